@@ -1,10 +1,10 @@
 """The `vlaforge` command. It parses arguments and calls the library; no logic lives here.
 
-    vlaforge collect   --tasks mt10 --episodes 50 --out data/mt10
-    vlaforge dataset   info DIR | view DIR --episode K --out ep.mp4
-    vlaforge train     --dataset DIR --preset tiny --head chunk --steps N --out RUN
-    vlaforge eval      --policy RUN/last --tasks mt10 --episodes 10 --out DIR
-    vlaforge demo      (collect + train + eval on a small default)
+vlaforge collect   --tasks mt10 --episodes 50 --out data/mt10
+vlaforge dataset   info DIR | view DIR --episode K --out ep.mp4
+vlaforge train     --dataset DIR --preset tiny --head chunk --steps N --out RUN
+vlaforge eval      --policy RUN/last --tasks mt10 --episodes 10 --out DIR
+vlaforge demo      (collect + train + eval on a small default)
 """
 
 from __future__ import annotations
@@ -105,18 +105,24 @@ def _cmd_demo(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vlaforge", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="vlaforge", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
 
     c = sub.add_parser("collect", help="record scripted-expert demonstrations as a LeRobot v3.0 dataset")
-    c.add_argument("--tasks", default="mt10", help="mt10, mt50, easy, medium, hard, very_hard, or a comma list")
+    c.add_argument(
+        "--tasks", default="mt10", help="mt10, mt50, easy, medium, hard, very_hard, or a comma list"
+    )
     c.add_argument("--episodes", type=int, default=50, help="successful episodes per task")
     c.add_argument("--out", required=True, help="dataset directory to create")
     c.add_argument("--image-size", type=int, default=128)
     c.add_argument("--cameras", default="corner2", help="comma list of Meta-World camera names")
     c.add_argument("--workers", type=int, default=2)
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--max-attempts", type=int, default=None, help="seeds tried per task (default 4 x episodes)")
+    c.add_argument(
+        "--max-attempts", type=int, default=None, help="seeds tried per task (default 4 x episodes)"
+    )
     c.add_argument("--max-steps", type=int, default=500, help="episode truncation")
     c.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
     c.set_defaults(func=_cmd_collect)
@@ -144,8 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--warmup-steps", type=int, default=0)
     t.add_argument("--grad-accum", type=int, default=1)
     t.add_argument("--clip-grad", type=float, default=1.0)
-    t.add_argument("--chunk-size", type=int, default=None, help="action chunk H (chunk head; default: preset)")
-    t.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (default: at the end)")
+    t.add_argument(
+        "--chunk-size", type=int, default=None, help="action chunk H (chunk head; default: preset)"
+    )
+    t.add_argument(
+        "--save-every", type=int, default=None, help="checkpoint every N steps (default: at the end)"
+    )
     t.add_argument("--log-every", type=int, default=10)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true", help="continue from OUT/last exactly")
@@ -166,7 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--instructions", default="train", choices=["train", "heldout"])
     e.add_argument("--videos", type=int, default=2, help="videos kept per task")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--execute-steps", type=int, default=None, help="open-loop steps per chunk (default: head's)")
+    e.add_argument(
+        "--execute-steps", type=int, default=None, help="open-loop steps per chunk (default: head's)"
+    )
     e.add_argument("--device", default="cpu")
     e.set_defaults(func=_cmd_eval)
 

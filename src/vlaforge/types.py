@@ -121,7 +121,9 @@ class Embodiment:
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown embodiment keys {sorted(unknown)}; expected a subset of {sorted(known)}")
+            raise ValueError(
+                f"unknown embodiment keys {sorted(unknown)}; expected a subset of {sorted(known)}"
+            )
         return cls(**dict(d))
 
     def check_fits(self, other: Embodiment, what: str = "environment") -> None:
