@@ -1,0 +1,90 @@
+"""Reference points for a success rate: Meta-World's scripted experts (the ceiling) and uniform random
+actions (the floor), evaluated with exactly the protocol and the report a trained policy gets.
+
+Every controller that `vlaforge eval` rolls out speaks one small interface (`Controller`): `reset(seed)`
+at the start of an episode, then `act(obs, env) -> (H, D)` chunks in robot units, of which the rollout
+executes `execute_steps` open loop before asking again. A trained `Policy` is wrapped by
+`PolicyController`; the two baselines are closed loop (one step per call).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from vlaforge.types import Embodiment, Observation
+
+BASELINES = ("expert", "random")
+
+
+class Controller(Protocol):
+    """What a rollout drives: anything that turns an observation into a chunk of actions."""
+
+    embodiment: Embodiment
+    execute_steps: int
+
+    def reset(self, seed: int) -> None: ...
+
+    def act(self, obs: Observation, env: Any) -> np.ndarray: ...
+
+
+class ExpertController:
+    """Meta-World's scripted expert for the current task (`env.expert_action()`), one step at a time."""
+
+    execute_steps = 1
+
+    def __init__(self, embodiment: Embodiment):
+        self.embodiment = embodiment
+
+    def reset(self, seed: int) -> None:
+        pass
+
+    def act(self, obs: Observation, env: Any) -> np.ndarray:
+        return np.asarray(env.expert_action(), dtype=np.float32)[None]  # (1, D)
+
+
+class RandomController:
+    """Actions drawn uniformly within the embodiment's limits, seeded per episode."""
+
+    execute_steps = 1
+
+    def __init__(self, embodiment: Embodiment):
+        self.embodiment = embodiment
+        self._low = np.asarray(embodiment.action_low, dtype=np.float32)
+        self._high = np.asarray(embodiment.action_high, dtype=np.float32)
+        self._rng = np.random.default_rng(0)
+
+    def reset(self, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+
+    def act(self, obs: Observation, env: Any) -> np.ndarray:
+        a = self._rng.uniform(self._low, self._high).astype(np.float32)
+        return a[None]  # (1, D)
+
+
+class PolicyController:
+    """A trained `Policy`: predicts an (H, D) chunk from the observation; the env is not consulted."""
+
+    def __init__(self, policy: Any, execute_steps: int | None = None):
+        self.policy = policy
+        self.embodiment = policy.embodiment
+        h = int(execute_steps or policy.execute_steps)
+        if h < 1:
+            raise ValueError(f"execute_steps must be >= 1; got {h}")
+        self.execute_steps = h
+
+    def reset(self, seed: int) -> None:
+        pass
+
+    def act(self, obs: Observation, env: Any) -> np.ndarray:
+        return np.asarray(self.policy.predict_action(obs), dtype=np.float32)
+
+
+def make_baseline(name: str, embodiment: Embodiment) -> Controller:
+    """Builds the `expert` or `random` baseline for an embodiment."""
+    if name == "expert":
+        return ExpertController(embodiment)
+    if name == "random":
+        return RandomController(embodiment)
+    raise ValueError(f"unknown baseline {name!r}; choose one of {list(BASELINES)} or give a checkpoint dir")

@@ -1,0 +1,250 @@
+"""Meta-World rollouts: one episode, and the worker processes that run many of them in parallel.
+
+Protocol (what `vlaforge eval` promises and records in eval_info.json):
+- Episode i of task t starts from `episode_seed(seed, t, i)`, so any episode can be replayed alone.
+- The controller's (H, D) chunk is executed open loop for `execute_steps` steps, then it re-plans
+  (action chunking as in ACT, Zhao et al. 2023, and OpenVLA-OFT, Kim et al. 2025).
+- Success is Meta-World's `info["success"]` at any step; the episode stops at the first success or at
+  `max_steps`.
+
+Workers are spawned processes (never forked: a forked MuJoCo/OpenGL or torch state is not safe). Each
+loads the policy once, with one torch thread, keeps the env of its current task, and encodes the videos
+of the episodes it was asked to record (h264 + yuv420p so that browsers play them).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlaforge.eval.baselines import BASELINES, Controller, PolicyController, make_baseline
+from vlaforge.types import Observation
+
+
+@dataclass
+class Job:
+    """One episode to run.
+
+    Attributes:
+        task: Meta-World task name.
+        episode: episode index within the task.
+        seed: the env seed (`episode_seed(seed, task, episode)`).
+        instruction: the words given to the policy.
+        video: where to write the episode's mp4, or None to record nothing.
+    """
+
+    task: str
+    episode: int
+    seed: int
+    instruction: str
+    video: str | None = None
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker needs to build its controller and envs (plain data: it crosses processes).
+
+    Attributes:
+        policy: a checkpoint directory, or a baseline name ("expert", "random").
+        cameras: cameras the env renders (the policy's).
+        image_size: square image side in pixels (the policy's).
+        max_steps: episode truncation.
+        execute_steps: open-loop steps per chunk; None -> the controller's own.
+        device: torch device for the policy.
+        fps: frame rate of the written videos.
+        threads: torch threads per worker.
+    """
+
+    policy: str
+    cameras: list[str]
+    image_size: int
+    max_steps: int
+    execute_steps: int | None
+    device: str = "cpu"
+    fps: float = 30.0
+    threads: int = 1
+
+
+def build_controller(spec: WorkerSpec) -> Controller:
+    """The controller a spec names: a baseline or a checkpoint loaded with `Policy.from_pretrained`."""
+    from vlaforge.envs.metaworld import embodiment
+
+    if spec.policy in BASELINES:
+        return make_baseline(spec.policy, embodiment(tuple(spec.cameras), spec.image_size))
+    from vlaforge.models.policy import Policy
+
+    policy = Policy.from_pretrained(spec.policy, device=spec.device)
+    return PolicyController(policy, spec.execute_steps)
+
+
+def write_mp4(frames: list[np.ndarray], path: str | Path, fps: float) -> Path:
+    """Encodes uint8 (H, W, 3) frames as an mp4 browsers can play (h264, yuv420p).
+
+    Falls back to MPEG-4 part 2 when this PyAV build has no h264 encoder (plays in VLC, not in every
+    browser). Odd sides are padded by one pixel, as yuv420p needs even dimensions.
+    """
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = frames[0].shape[:2]
+    ph, pw = h + h % 2, w + w % 2
+    codec = next((c for c in ("libx264", "h264", "libopenh264") if _has_encoder(c)), "mpeg4")
+    from fractions import Fraction
+
+    rate = Fraction(round(fps * 1000), 1000).limit_denominator(1000)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=rate)
+        stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
+        if codec == "libx264":
+            stream.options = {"crf": "23", "preset": "veryfast"}
+        for img in frames:
+            if (ph, pw) != (h, w):
+                img = np.pad(img, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def _has_encoder(name: str) -> bool:
+    import av
+
+    try:
+        av.codec.Codec(name, "w")
+    except Exception:
+        return False
+    return True
+
+
+def run_episode(controller: Controller, env: Any, job: Job, max_steps: int, fps: float = 30.0) -> dict:
+    """Runs one episode and returns its record (task, episode, instruction, seed, success, steps, video).
+
+    The instruction in each observation is replaced by `job.instruction` (train or held-out words). When
+    `job.video` is set, the first camera's frames are kept and written there as an mp4.
+    """
+    controller.reset(job.seed)
+    obs = env.reset(job.seed)
+    camera = controller.embodiment.camera_names[0]
+    frames = [obs.images[camera]] if job.video else None
+    success, steps = False, 0
+    while steps < max_steps and not success:
+        obs = Observation(images=obs.images, state=obs.state, instruction=job.instruction)
+        chunk = np.asarray(controller.act(obs, env), dtype=np.float32)
+        if chunk.ndim != 2 or chunk.shape[1] != controller.embodiment.action_dim:
+            raise ValueError(
+                f"the policy returned actions of shape {chunk.shape}; expected (H, {controller.embodiment.action_dim})"
+            )
+        done = False
+        for action in chunk[: controller.execute_steps]:
+            obs, _reward, done, info = env.step(action)
+            steps += 1
+            if frames is not None:
+                frames.append(obs.images[camera])
+            if info.get("success"):
+                success = True
+            if success or done or steps >= max_steps:
+                break
+        if done:
+            break
+    video = None
+    if frames is not None:
+        video = str(write_mp4(frames, job.video, fps))
+    return {
+        "task": job.task,
+        "episode": job.episode,
+        "instruction": job.instruction,
+        "seed": job.seed,
+        "success": bool(success),
+        "steps": steps,
+        "video": video,
+        "execute_steps": controller.execute_steps,  # popped by the caller into the protocol
+    }
+
+
+class EpisodeRunner:
+    """Holds one controller and the env of the current task; runs jobs one after another."""
+
+    def __init__(self, spec: WorkerSpec):
+        self.spec = spec
+        self.controller = build_controller(spec)
+        self._task: str | None = None
+        self._env: Any = None
+
+    def env_for(self, task: str) -> Any:
+        if task != self._task:
+            from vlaforge.envs.metaworld import MetaWorldEnv
+
+            self.close()
+            self._env = MetaWorldEnv(
+                task,
+                cameras=tuple(self.spec.cameras),
+                image_size=self.spec.image_size,
+                max_steps=self.spec.max_steps,
+            )
+            self._task = task
+        return self._env
+
+    def __call__(self, job: Job) -> dict:
+        return run_episode(self.controller, self.env_for(job.task), job, self.spec.max_steps, self.spec.fps)
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env.close()
+        self._env, self._task = None, None
+
+
+# One runner per worker process, built by the pool's initializer.
+_RUNNER: EpisodeRunner | None = None
+
+
+def _init_worker(spec_dict: dict) -> None:
+    global _RUNNER
+    os.environ.setdefault("MUJOCO_GL", "osmesa")
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    spec = WorkerSpec(**spec_dict)
+    import torch
+
+    torch.set_num_threads(spec.threads)
+    _RUNNER = EpisodeRunner(spec)
+
+
+def _run_job(job_dict: dict) -> dict:
+    assert _RUNNER is not None, "worker used before its initializer ran"
+    return _RUNNER(Job(**job_dict))
+
+
+def run_jobs(spec: WorkerSpec, jobs: list[Job], workers: int, progress: Any = None):
+    """Runs the jobs and yields each episode record as it finishes (in completion order).
+
+    Args:
+        spec: what every worker builds.
+        jobs: the episodes.
+        workers: number of spawned worker processes; 0 runs everything in this process (useful for
+            debugging and for very small evaluations, where starting processes costs more than it saves).
+        progress: an optional tqdm bar, advanced by one per episode.
+    """
+    if workers <= 0:
+        runner = EpisodeRunner(spec)
+        try:
+            for job in jobs:
+                rec = runner(job)
+                if progress is not None:
+                    progress.update(1)
+                yield rec
+        finally:
+            runner.close()
+        return
+
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(asdict(spec),)) as pool:
+        for rec in pool.imap_unordered(_run_job, [asdict(j) for j in jobs]):
+            if progress is not None:
+                progress.update(1)
+            yield rec

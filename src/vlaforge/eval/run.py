@@ -1,0 +1,333 @@
+"""`vlaforge eval`: evaluate a checkpoint (or the expert / random baseline) in Meta-World.
+
+Outputs, under `--out`:
+- `eval_info.json`: every episode (task, instruction, seed, success, steps, video), the aggregates per
+  task, per difficulty group and overall (n, successes, rate, Wilson 95% interval), and the protocol
+  (software versions, checkpoint path and sha256, cameras, image size, max_steps, execute_steps, seed,
+  instruction split, wall time) so that a number can be traced back to exactly how it was measured.
+- `report.html`: one self-contained page (videos and chart embedded) that opens offline.
+- `videos/`: up to `--videos` mp4 per task, preferring one success and one failure.
+
+Design choices: a checkpoint is checked against the environment *before* any rollout (a policy trained
+on other cameras, image size, state or action space is refused with the mismatch named), and the env is
+always built with the checkpoint's own cameras and image size; only episodes that may end up in the
+report are recorded, so memory stays flat however many episodes run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from vlaforge.eval.baselines import BASELINES
+from vlaforge.eval.rollout import Job, WorkerSpec, run_jobs
+from vlaforge.eval.stats import aggregate
+from vlaforge.types import Embodiment, as_list
+
+INSTRUCTION_SPLITS = ("train", "heldout")
+# Baselines render what a default checkpoint sees (`vlaforge collect` defaults: corner2, 128 px).
+BASELINE_CAMERAS = ("corner2",)
+BASELINE_IMAGE_SIZE = 128
+
+
+@dataclass
+class EvalConfig:
+    """How to evaluate (the `vlaforge eval` flags).
+
+    Attributes:
+        policy: a checkpoint directory (e.g. `RUN/last`), or "expert" / "random" for the baselines.
+        tasks: "mt10", "mt50", a difficulty group, or a comma list of Meta-World task names.
+        episodes: episodes per task.
+        out: output directory (eval_info.json, report.html, videos/).
+        workers: rollout worker processes (0: run in this process).
+        max_steps: episode truncation (Meta-World's is 500).
+        instructions: "train" (the training instruction) or "heldout" (paraphrases never trained on,
+            cycled by episode index) to test instruction following.
+        videos: videos kept per task (0: none).
+        seed: base seed; episode i of task t starts from `episode_seed(seed, t, i)`.
+        execute_steps: open-loop steps per predicted chunk (None: the policy's `execute_steps`).
+        device: torch device for the policy ("cpu", "cuda").
+        baseline_cameras: cameras the baselines render (checkpoints use their own).
+        baseline_image_size: image side the baselines render (checkpoints use their own).
+    """
+
+    policy: str
+    tasks: str | list[str] = "mt10"
+    episodes: int = 10
+    out: str | Path = "evals/out"
+    workers: int = 2
+    max_steps: int = 500
+    instructions: str = "train"
+    videos: int = 2
+    seed: int = 0
+    execute_steps: int | None = None
+    device: str = "cpu"
+    baseline_cameras: list[str] = field(default_factory=lambda: list(BASELINE_CAMERAS))
+    baseline_image_size: int = BASELINE_IMAGE_SIZE
+
+    def __post_init__(self) -> None:
+        self.policy = str(self.policy)
+        self.out = Path(self.out)
+        if self.episodes < 1:
+            raise ValueError(f"episodes must be >= 1; got {self.episodes}")
+        if self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1; got {self.max_steps}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0; got {self.workers}")
+        if self.videos < 0:
+            raise ValueError(f"videos must be >= 0; got {self.videos}")
+        if self.instructions not in INSTRUCTION_SPLITS:
+            raise ValueError(f"instructions must be one of {INSTRUCTION_SPLITS}; got {self.instructions!r}")
+        if self.execute_steps is not None and self.execute_steps < 1:
+            raise ValueError(
+                f"execute_steps must be >= 1 (or None for the policy's); got {self.execute_steps}"
+            )
+        if self.policy not in BASELINES and not Path(self.policy).is_dir():
+            raise FileNotFoundError(
+                f"--policy {self.policy!r} is neither a checkpoint directory nor a baseline {list(BASELINES)}"
+            )
+
+
+@dataclass
+class EvalResult:
+    """What `evaluate` returns.
+
+    Attributes:
+        info: the content of eval_info.json.
+        out: the output directory.
+        report_path: the HTML report.
+    """
+
+    info: dict[str, Any]
+    out: Path
+    report_path: Path
+
+    @property
+    def overall(self) -> dict[str, Any]:
+        return self.info["aggregates"]["overall"]
+
+    def table(self) -> str:
+        """A plain-text table: one row per task, then one per difficulty group, then overall."""
+        return format_table(self.info)
+
+
+def format_table(info: dict[str, Any]) -> str:
+    agg = info["aggregates"]
+    groups = info["groups"]
+    width = max([len("overall")] + [len(t) for t in agg["per_task"]]) + 2
+    head = f"{'task':<{width}}{'group':<11}{'succ/n':>9}{'rate':>7}   95% CI"
+    lines = [
+        f"policy: {info['policy']}  ({info['protocol']['instructions']} instructions)",
+        head,
+        "-" * len(head),
+    ]
+
+    def row(name: str, group: str, r: dict) -> str:
+        sn = f"{r['successes']}/{r['n']}"
+        return f"{name:<{width}}{group:<11}{sn:>9}{r['rate']:>7.2f}   [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+
+    for task, r in agg["per_task"].items():
+        lines.append(row(task, groups[task], r))
+    lines.append("-" * len(head))
+    for g, r in agg["per_group"].items():
+        lines.append(row(f"[{g}]", g, r))
+    lines.append(row("overall", "", agg["overall"]))
+    return "\n".join(lines)
+
+
+def _versions() -> dict[str, str]:
+    import vlaforge
+
+    out = {"vlaforge": vlaforge.__version__, "python": platform.python_version()}
+    for pkg in ("metaworld", "mujoco", "torch", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def sha256_file(path: Path, block: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checkpoint_embodiment(path: Path) -> Embodiment:
+    """Reads a checkpoint's embodiment from its config.json without building the model."""
+    cfg_path = path / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no config.json; --policy must be a policy directory written by save_pretrained "
+            f"(e.g. RUN/last or RUN/checkpoints/step-XXXXXXX) or one of {list(BASELINES)}"
+        )
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from e
+    if "embodiment" not in cfg:
+        raise ValueError(f"{cfg_path}: no 'embodiment' entry; this is not a vlaforge policy directory")
+    return Embodiment.from_dict(cfg["embodiment"])
+
+
+def check_checkpoint(path: Path) -> tuple[Embodiment, Embodiment]:
+    """Refuses a checkpoint that does not fit Meta-World, naming the mismatch, before any rollout.
+
+    Returns:
+        (the policy's embodiment, the environment's embodiment built with the policy's cameras and size).
+    """
+    from vlaforge.envs.metaworld import embodiment
+
+    policy_emb = checkpoint_embodiment(path)
+    try:
+        env_emb = embodiment(tuple(policy_emb.camera_names), policy_emb.image_size)
+    except ValueError as e:
+        raise ValueError(f"the checkpoint {path} does not fit the Meta-World environment: {e}") from e
+    try:
+        policy_emb.check_fits(env_emb, what="Meta-World environment")
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}. Evaluate it on the robot/cameras it was trained for.") from e
+    return policy_emb, env_emb
+
+
+def _choose_videos(records: list[dict], keep: int) -> set[int]:
+    """Episode indices whose videos to keep: one success and one failure first, then by episode order."""
+    recorded = sorted((r for r in records if r["video"]), key=lambda r: r["episode"])
+    chosen: list[int] = []
+    for want in (True, False):
+        first = next((r for r in recorded if r["success"] is want), None)
+        if first is not None and len(chosen) < keep:
+            chosen.append(first["episode"])
+    for r in recorded:
+        if len(chosen) >= keep:
+            break
+        if r["episode"] not in chosen:
+            chosen.append(r["episode"])
+    return set(chosen)
+
+
+def evaluate(cfg: EvalConfig) -> EvalResult:
+    """Rolls out the policy on every (task, episode), writes eval_info.json and report.html.
+
+    Args:
+        cfg: the evaluation settings.
+
+    Returns:
+        An `EvalResult` with the info dict, the output dir and the report path.
+    """
+    from vlaforge.envs import metaworld as mw
+
+    start = time.time()
+    tasks = mw.resolve_tasks(cfg.tasks)
+    checkpoint = None
+    if cfg.policy in BASELINES:
+        env_emb = mw.embodiment(tuple(as_list(cfg.baseline_cameras)), cfg.baseline_image_size)
+        policy_emb = env_emb
+        execute_steps = 1
+    else:
+        path = Path(cfg.policy)
+        policy_emb, env_emb = check_checkpoint(path)
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"{path}: no model.safetensors (the checkpoint is incomplete)")
+        checkpoint = {
+            "path": str(path),
+            "resolved": str(path.resolve()),
+            "model_sha256": sha256_file(weights),
+        }
+        execute_steps = cfg.execute_steps  # None: the policy's own, reported back by the workers
+
+    out = cfg.out
+    video_dir = out / "videos"
+    out.mkdir(parents=True, exist_ok=True)
+    for old in video_dir.glob("*.mp4"):  # videos of an earlier evaluation in the same dir
+        old.unlink()
+
+    record_first = min(cfg.episodes, 2 * cfg.videos)  # record a few more than kept, to find a failure
+    jobs, used_instructions = [], {}
+    for task in tasks:
+        n_words = len(mw.HELDOUT_INSTRUCTIONS[task]) if cfg.instructions == "heldout" else 1
+        used_instructions[task] = []
+        for i in range(cfg.episodes):
+            words = mw.instruction(task, cfg.instructions, i % n_words)
+            if words not in used_instructions[task]:
+                used_instructions[task].append(words)
+            video = str(video_dir / f"{task}_ep{i:03d}.mp4") if i < record_first else None
+            jobs.append(Job(task, i, mw.episode_seed(cfg.seed, task, i), words, video))
+
+    spec = WorkerSpec(
+        policy=str(cfg.policy),
+        cameras=list(policy_emb.camera_names),
+        image_size=policy_emb.image_size,
+        max_steps=cfg.max_steps,
+        execute_steps=execute_steps,
+        device=cfg.device,
+        fps=float(mw.CONTROL_HZ),
+    )
+    records: list[dict] = []
+    with tqdm(total=len(jobs), desc=f"eval {Path(cfg.policy).name}", unit="ep") as bar:
+        for rec in run_jobs(spec, jobs, cfg.workers, progress=bar):
+            records.append(rec)
+            bar.set_postfix(success=f"{sum(r['success'] for r in records) / len(records):.2f}")
+    order = {(j.task, j.episode): k for k, j in enumerate(jobs)}
+    records.sort(key=lambda r: order[(r["task"], r["episode"])])
+
+    for task in tasks:
+        per_task = [r for r in records if r["task"] == task]
+        keep = _choose_videos(per_task, cfg.videos)
+        for r in per_task:
+            if r["video"] and r["episode"] not in keep:
+                Path(r["video"]).unlink(missing_ok=True)
+                r["video"] = None
+            elif r["video"]:
+                r["video"] = str(Path(r["video"]).relative_to(out))
+
+    used = {r.pop("execute_steps") for r in records}
+    execute_steps = used.pop() if len(used) == 1 else execute_steps
+    info = {
+        "format": "vlaforge-eval/1",
+        "policy": cfg.policy,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "protocol": {
+            "benchmark": "metaworld",
+            "versions": _versions(),
+            "checkpoint": checkpoint,
+            "baseline": cfg.policy if cfg.policy in BASELINES else None,
+            "embodiment": policy_emb.to_dict(),
+            "cameras": list(policy_emb.camera_names),
+            "image_size": policy_emb.image_size,
+            "max_steps": cfg.max_steps,
+            "execute_steps": execute_steps,
+            "episodes_per_task": cfg.episodes,
+            "seed": cfg.seed,
+            "seed_rule": "episode i of task t starts from vlaforge.envs.metaworld.episode_seed(seed, t, i)",
+            "success": "info['success'] at any step; the episode stops at the first success",
+            "instructions": cfg.instructions,
+            "device": cfg.device,
+            "workers": cfg.workers,
+            "wall_time_s": None,  # filled below
+        },
+        "tasks": tasks,
+        "groups": {t: mw.DIFFICULTY[t] for t in tasks},
+        "instructions": used_instructions,
+        "aggregates": aggregate(records, mw.DIFFICULTY, mw.GROUPS),
+        "episodes": records,
+    }
+    info["protocol"]["wall_time_s"] = round(time.time() - start, 2)
+    (out / "eval_info.json").write_text(json.dumps(info, indent=2))
+
+    from vlaforge.eval.report import write_report
+
+    report = write_report(info, out)
+    return EvalResult(info=info, out=out, report_path=report)

@@ -1,0 +1,66 @@
+"""Shared checks for the evaluation tests."""
+
+from __future__ import annotations
+
+import base64
+import io
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+
+class _Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def parse_report(path: Path) -> dict:
+    """Parses report.html and checks it needs nothing outside itself.
+
+    Returns the tags, the visible text and the decoded video payloads.
+    """
+    import av
+
+    page = Path(path).read_text(encoding="utf-8")
+    p = _Collector()
+    p.feed(page)
+    for tag, attrs in p.tags:
+        for key in ("src", "href", "data", "poster", "srcset"):
+            value = attrs.get(key)
+            if value is None:
+                continue
+            assert not value.startswith(("http:", "https:", "//", "file:")), (
+                f"<{tag} {key}={value[:60]}> fetches"
+            )
+            if tag in ("video", "source", "img", "script", "link", "iframe"):
+                assert value.startswith("data:"), f"<{tag} {key}={value[:60]}> is not embedded"
+    assert not any(t == "script" and "src" in a for t, a in p.tags)
+    assert not any(t == "link" and a.get("rel") == "stylesheet" for t, a in p.tags)
+    videos = []
+    for tag, attrs in p.tags:
+        if tag == "video":
+            assert {"controls", "autoplay", "muted", "loop"} <= set(attrs), attrs.keys()
+            head, payload = attrs["src"].split(",", 1)
+            assert head == "data:video/mp4;base64"
+            data = base64.b64decode(payload)
+            with av.open(io.BytesIO(data)) as c:
+                stream = c.streams.video[0]
+                n = sum(1 for _ in c.decode(stream))
+                videos.append(
+                    {"codec": stream.codec_context.name, "frames": n, "pix_fmt": stream.format.name}
+                )
+    return {"tags": p.tags, "text": " ".join(p.text), "videos": videos, "html": page}
+
+
+@pytest.fixture
+def report_parser():
+    return parse_report
