@@ -1,0 +1,837 @@
+"""LeRobotDataset v3.0 on disk: a streaming writer and a validating reader.
+
+The layout follows LeRobot's v3.0 format (huggingface/lerobot, `CODEBASE_VERSION = "v3.0"`): many episodes
+per file, with a relational episode index telling where each episode lives::
+
+    meta/info.json                         codebase_version, fps, features, totals, path templates
+    meta/stats.json                        per-feature min/max/mean/std/count/q01/q10/q50/q90/q99
+    meta/tasks.parquet                     task string (the index) -> task_index
+    meta/episodes/chunk-000/file-000.parquet   one row per episode: length, data/video file indices,
+                                           dataset_from_index/to_index, video from/to timestamps, stats/...
+    data/chunk-000/file-000.parquet        one row per frame (timestamp, frame_index, episode_index, index,
+                                           task_index, observation.state, action, ...)
+    videos/<key>/chunk-000/file-000.mp4    frame k of episode e is at from_timestamp(e) + timestamp(k)
+
+Design choices:
+
+- The writer streams: each episode's rows go to the open parquet file as a row group and its frames are
+  encoded straight into the camera's open mp4, so memory stays bounded; files roll over at
+  `data_files_size_in_mb` / `video_files_size_in_mb` like LeRobot's. Everything is written into a hidden
+  sibling directory and moved into place with one `os.replace` at `finalize()`, so a crash never leaves
+  something that looks like a complete dataset.
+- The reader keeps every numeric column in memory as numpy and decodes each camera's videos once,
+  sequentially, into a uint8 memmap cache (`root/.cache/<key>.u8` + a JSON sidecar fingerprinting the
+  mp4s). Training reads the memmap; it never seeks in a video per frame.
+- Bad input is an error naming the file and what to do (`DatasetError`); nothing is silently skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from vlaforge.data.stats import compute_stats, feature_stats, sample_indices, stats_from_json, stats_to_json
+from vlaforge.data.video import VideoError, VideoWriter, iter_frames, probe
+from vlaforge.types import Embodiment, FeatureStats, NormStats
+
+CODEBASE_VERSION = "v3.0"
+CHUNKS_SIZE = 1000  # files per chunk directory
+DATA_FILE_SIZE_IN_MB = 100
+VIDEO_FILE_SIZE_IN_MB = 500
+INFO_PATH = "meta/info.json"
+STATS_PATH = "meta/stats.json"
+TASKS_PATH = "meta/tasks.parquet"
+EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+DEFAULT_FEATURES = {
+    "timestamp": {"dtype": "float32", "shape": [1], "names": None},
+    "frame_index": {"dtype": "int64", "shape": [1], "names": None},
+    "episode_index": {"dtype": "int64", "shape": [1], "names": None},
+    "index": {"dtype": "int64", "shape": [1], "names": None},
+    "task_index": {"dtype": "int64", "shape": [1], "names": None},
+}
+IMAGE_PREFIX = "observation.images."
+_STATS_FRAMES_PER_EPISODE = 16  # image frames kept per episode for statistics
+_STATS_IMAGE_SIDE = 64  # images are strided down to about this side for statistics
+
+
+class DatasetError(ValueError):
+    """A dataset on disk (or being written) is malformed; the message names the file and the fix."""
+
+
+def _next_file(chunk: int, file: int, chunks_size: int) -> tuple[int, int]:
+    return (chunk + 1, 0) if file == chunks_size - 1 else (chunk, file + 1)
+
+
+def _scalar(shape) -> bool:
+    return list(shape) == [1]
+
+
+def _arrow_column(values: np.ndarray, shape: list[int]) -> pa.Array:
+    """(T, *shape) numpy -> an arrow column: a scalar for shape [1], nested fixed-size lists otherwise."""
+    if _scalar(shape):
+        return pa.array(values.reshape(-1))
+    arr: pa.Array = pa.array(values.reshape(-1))
+    for dim in reversed(shape):
+        arr = pa.FixedSizeListArray.from_arrays(arr, int(dim))
+    return arr
+
+
+def _column_to_numpy(col: pa.ChunkedArray, shape: list[int], n: int, where: str) -> np.ndarray:
+    """An arrow column of (nested) lists or scalars -> numpy (N,) for shape [1], else (N, *shape)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    while (
+        pa.types.is_list(arr.type)
+        or pa.types.is_large_list(arr.type)
+        or pa.types.is_fixed_size_list(arr.type)
+    ):
+        arr = arr.flatten()
+    values = arr.to_numpy(zero_copy_only=False)
+    out_shape = (n,) if _scalar(shape) else (n, *shape)
+    if values.size != int(np.prod(out_shape)):
+        raise DatasetError(
+            f"{where}: has {values.size} values over {n} frames but the feature shape in meta/info.json is "
+            f"{list(shape)} ({int(np.prod(shape))} per frame). Fix the feature's shape in info.json or "
+            "re-create the dataset."
+        )
+    return values.reshape(out_shape)
+
+
+def _image_hw(feature: Mapping[str, Any], key: str) -> tuple[int, int]:
+    shape = list(feature["shape"])
+    names = feature.get("names") or []
+    if len(shape) != 3:
+        raise DatasetError(f"meta/info.json: video feature {key!r} has shape {shape}; expected [H, W, 3]")
+    if names and names[0] in ("channels", "channel"):  # channel-first description (C, H, W)
+        return int(shape[1]), int(shape[2])
+    return int(shape[0]), int(shape[1])
+
+
+class LeRobotWriter:
+    """Writes a LeRobotDataset v3.0 episode by episode.
+
+    Args:
+        root: the dataset directory to create.
+        fps: frames per second of every stream.
+        features: the non-default features, e.g. ``{"observation.images.corner2": {"dtype": "video",
+            "shape": [H, W, 3], "names": ["height", "width", "channels"]}, "observation.state": {"dtype":
+            "float32", "shape": [4], "names": [...]}, "action": {...}, "next.success": {"dtype": "bool",
+            "shape": [1]}}``. The defaults (timestamp, frame_index, episode_index, index, task_index) are added.
+        robot_type: stored in meta/info.json.
+        overwrite: replace an existing `root` at `finalize()` (otherwise an existing root is refused).
+        extra_info: merged into meta/info.json (e.g. ``{"vlaforge": {"embodiment": {...}}}``).
+        video_codec: encoder family or name ("h264" by default; see `vlaforge.data.video.pick_encoder`).
+        data_files_size_in_mb, video_files_size_in_mb, chunks_size: file rollover limits (LeRobot's defaults).
+
+    Use as a context manager: an exception inside ``with`` removes the temporary directory; leaving the block
+    normally finalizes.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        fps: float,
+        features: dict,
+        robot_type: str = "unknown",
+        overwrite: bool = False,
+        extra_info: dict | None = None,
+        video_codec: str = "h264",
+        data_files_size_in_mb: float = DATA_FILE_SIZE_IN_MB,
+        video_files_size_in_mb: float = VIDEO_FILE_SIZE_IN_MB,
+        chunks_size: int = CHUNKS_SIZE,
+    ) -> None:
+        self.root = Path(root)
+        if fps <= 0:
+            raise DatasetError(f"fps must be > 0; got {fps}")
+        if self.root.exists() and not overwrite:
+            raise DatasetError(f"{self.root} already exists; pass overwrite=True (--overwrite) to replace it")
+        self.fps = float(fps)
+        self.robot_type = robot_type
+        self.extra_info = dict(extra_info or {})
+        self.video_codec = video_codec
+        self.data_mb, self.video_mb, self.chunks_size = (
+            data_files_size_in_mb,
+            video_files_size_in_mb,
+            chunks_size,
+        )
+        self.features = self._check_features(features)
+        self.video_keys = [k for k, f in self.features.items() if f["dtype"] == "video"]
+        self.tmp = self.root.parent / f".{self.root.name}.tmp-{os.getpid()}"
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        self.tmp.mkdir(parents=True)
+        self.episodes: list[dict[str, Any]] = []
+        self.tasks: dict[str, int] = {}
+        self.total_frames = 0
+        self._schema = pa.schema(
+            [
+                (k, _arrow_column(np.zeros([1, *f["shape"]], f["dtype"]), f["shape"]).type)
+                for k, f in {**DEFAULT_FEATURES, **self.features}.items()
+                if f["dtype"] != "video"
+            ]
+        )
+        self._data: pq.ParquetWriter | None = None
+        self._data_idx = (0, 0)
+        self._data_bytes = 0
+        self._videos: dict[str, VideoWriter | None] = dict.fromkeys(self.video_keys)
+        self._video_idx = {k: (0, 0) for k in self.video_keys}
+        self._video_info: dict[str, dict] = {}
+        self._numeric: dict[str, list[np.ndarray]] = {}
+        self._image_samples: dict[str, list[np.ndarray]] = {k: [] for k in self.video_keys}
+        self._done = False
+
+    @staticmethod
+    def _check_features(features: dict) -> dict[str, dict]:
+        out = {}
+        for key, ft in features.items():
+            if key in DEFAULT_FEATURES:
+                raise DatasetError(f"feature {key!r} is written automatically; leave it out of `features`")
+            if "/" in key:
+                raise DatasetError(f"feature name {key!r} must not contain '/'")
+            if not isinstance(ft, Mapping) or "dtype" not in ft or "shape" not in ft:
+                raise DatasetError(f"feature {key!r} needs 'dtype' and 'shape'; got {ft!r}")
+            ft = {**ft, "shape": [int(s) for s in ft["shape"]], "names": ft.get("names")}
+            if ft["dtype"] == "video":
+                if len(ft["shape"]) != 3 or ft["shape"][2] != 3:
+                    raise DatasetError(f"video feature {key!r} needs shape [H, W, 3]; got {ft['shape']}")
+                ft["names"] = ft["names"] or ["height", "width", "channels"]
+            else:
+                try:
+                    np.dtype(ft["dtype"])
+                except TypeError as e:
+                    raise DatasetError(
+                        f"feature {key!r}: dtype {ft['dtype']!r} is not supported (use 'video' or a numpy dtype)"
+                    ) from e
+            out[key] = ft
+        return out
+
+    def _check_frames(self, frames: Mapping[str, np.ndarray]) -> tuple[int, dict[str, np.ndarray]]:
+        missing = sorted(set(self.features) - set(frames))
+        extra = sorted(set(frames) - set(self.features))
+        if missing or extra:
+            raise DatasetError(
+                f"episode {len(self.episodes)}: frame keys do not match the features (missing {missing}, "
+                f"unexpected {extra})"
+            )
+        out, length = {}, None
+        for key, ft in self.features.items():
+            arr = np.asarray(frames[key])
+            dtype = np.dtype("uint8" if ft["dtype"] == "video" else ft["dtype"])
+            shape = ft["shape"]
+            if _scalar(shape) and arr.ndim == 1:
+                arr = arr[:, None]
+            if arr.ndim != len(shape) + 1 or list(arr.shape[1:]) != shape:
+                raise DatasetError(
+                    f"episode {len(self.episodes)}: {key!r} has shape {arr.shape}; the features say "
+                    f"(T, {', '.join(map(str, shape))})"
+                )
+            if arr.dtype != dtype and not np.can_cast(arr.dtype, dtype, "same_kind"):
+                raise DatasetError(
+                    f"episode {len(self.episodes)}: {key!r} has dtype {arr.dtype}; the features say {dtype}"
+                )
+            if length is None:
+                length = arr.shape[0]
+            elif arr.shape[0] != length:
+                raise DatasetError(
+                    f"episode {len(self.episodes)}: {key!r} has {arr.shape[0]} frames, other keys {length}"
+                )
+            out[key] = arr.astype(dtype, copy=False)
+        if not length:
+            raise DatasetError(f"episode {len(self.episodes)}: an episode needs at least one frame")
+        return length, out
+
+    def add_episode(self, task: str, frames: dict[str, np.ndarray]) -> int:
+        """Appends one episode and returns its episode_index.
+
+        Args:
+            task: the instruction for this episode.
+            frames: one array per feature, (T, *shape); shape-[1] features may also be (T,). Video features
+                are uint8 (T, H, W, 3) and are encoded immediately.
+
+        Raises:
+            DatasetError: naming the key whose shape or dtype disagrees with the features.
+        """
+        if self._done:
+            raise DatasetError(f"{self.root}: the writer is finalized; open a new one to add episodes")
+        if not isinstance(task, str) or not task:
+            raise DatasetError(f"episode {len(self.episodes)}: task must be a non-empty string; got {task!r}")
+        n, frames = self._check_frames(frames)
+        ep = len(self.episodes)
+        task_index = self.tasks.setdefault(task, len(self.tasks))
+        cols = {
+            "timestamp": (np.arange(n) / self.fps).astype(np.float32),
+            "frame_index": np.arange(n, dtype=np.int64),
+            "episode_index": np.full(n, ep, dtype=np.int64),
+            "index": np.arange(self.total_frames, self.total_frames + n, dtype=np.int64),
+            "task_index": np.full(n, task_index, dtype=np.int64),
+        }
+        cols.update({k: v for k, v in frames.items() if k not in self.video_keys})
+        row: dict[str, Any] = {"episode_index": ep, "tasks": [task], "length": n}
+        # Data rows: one row group per episode in the open parquet file.
+        if self._data is None:
+            path = self.tmp / DATA_PATH.format(chunk_index=self._data_idx[0], file_index=self._data_idx[1])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._data = pq.ParquetWriter(path, self._schema)
+        table = pa.table(
+            {f.name: _arrow_column(cols[f.name], self._all_features[f.name]["shape"]) for f in self._schema},
+            schema=self._schema,
+        )
+        self._data.write_table(table)
+        self._data_bytes += table.nbytes
+        row["data/chunk_index"], row["data/file_index"] = self._data_idx
+        row["dataset_from_index"], row["dataset_to_index"] = self.total_frames, self.total_frames + n
+        if self._data_bytes > self.data_mb * 1024**2:
+            self._data.close()
+            self._data, self._data_bytes = None, 0
+            self._data_idx = _next_file(*self._data_idx, self.chunks_size)
+        # Videos: encode straight into each camera's open mp4.
+        for key in self.video_keys:
+            writer = self._videos[key]
+            if writer is None:
+                c, f = self._video_idx[key]
+                path = self.tmp / VIDEO_PATH.format(video_key=key, chunk_index=c, file_index=f)
+                h, w = self.features[key]["shape"][:2]
+                writer = self._videos[key] = VideoWriter(path, self.fps, h, w, codec=self.video_codec)
+            start = writer.frames_written
+            writer.write(frames[key])
+            row[f"videos/{key}/chunk_index"], row[f"videos/{key}/file_index"] = self._video_idx[key]
+            row[f"videos/{key}/from_timestamp"] = start / self.fps
+            row[f"videos/{key}/to_timestamp"] = (start + n) / self.fps
+            if writer.size_bytes() > self.video_mb * 1024**2:
+                self._close_video(key)
+                self._video_idx[key] = _next_file(*self._video_idx[key], self.chunks_size)
+        # Per-episode statistics, and what the global statistics need.
+        for key, arr in cols.items():
+            self._numeric.setdefault(key, []).append(arr)
+            for stat, value in feature_stats(arr).items():
+                row[f"stats/{key}/{stat}"] = value.tolist()
+        for key in self.video_keys:
+            h, w = self.features[key]["shape"][:2]
+            step = max(1, max(h, w) // _STATS_IMAGE_SIDE)
+            sample = frames[key][sample_indices(n, _STATS_FRAMES_PER_EPISODE)][:, ::step, ::step]
+            self._image_samples[key].append(np.ascontiguousarray(sample))
+            for stat, value in feature_stats(sample).items():
+                row[f"stats/{key}/{stat}"] = value.tolist()
+        row["meta/episodes/chunk_index"], row["meta/episodes/file_index"] = 0, 0
+        self.episodes.append(row)
+        self.total_frames += n
+        return ep
+
+    @property
+    def _all_features(self) -> dict[str, dict]:
+        return {**DEFAULT_FEATURES, **self.features}
+
+    def _close_video(self, key: str) -> None:
+        writer = self._videos[key]
+        if writer is not None:
+            writer.close()
+            if key not in self._video_info:
+                info = probe(writer.path)
+                info.pop("frames")
+                self._video_info[key] = info
+            self._videos[key] = None
+
+    def finalize(self) -> Path:
+        """Closes the files, writes stats and metadata, and moves the dataset into place. Returns root."""
+        if self._done:
+            return self.root
+        if not self.episodes:
+            self.abort()
+            raise DatasetError(f"{self.root}: no episodes were added; nothing to write")
+        if self._data is not None:
+            self._data.close()
+            self._data = None
+        for key in self.video_keys:
+            self._close_video(key)
+        stats = compute_stats({k: np.concatenate(v) for k, v in self._numeric.items()})
+        for key, samples in self._image_samples.items():
+            stats[key] = feature_stats(np.concatenate(samples), max_image_frames=2000)
+        meta = self.tmp / "meta"
+        meta.mkdir(parents=True, exist_ok=True)
+        (self.tmp / STATS_PATH).write_text(json.dumps(stats_to_json(stats), indent=2))
+        ep_path = self.tmp / EPISODES_PATH.format(chunk_index=0, file_index=0)
+        ep_path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(self.episodes), ep_path)
+        tasks = sorted(self.tasks, key=self.tasks.get)
+        pd.DataFrame(
+            {"task_index": [self.tasks[t] for t in tasks]}, index=pd.Index(tasks, name="task")
+        ).to_parquet(self.tmp / TASKS_PATH)
+        features = {}
+        for key, ft in self._all_features.items():
+            ft = {"dtype": ft["dtype"], "shape": list(ft["shape"]), "names": ft.get("names")}
+            if key in self._video_info:
+                ft["info"] = self._video_info[key]
+            features[key] = ft
+        info = {
+            "codebase_version": CODEBASE_VERSION,
+            "robot_type": self.robot_type,
+            "total_episodes": len(self.episodes),
+            "total_frames": self.total_frames,
+            "total_tasks": len(self.tasks),
+            "chunks_size": self.chunks_size,
+            "data_files_size_in_mb": self.data_mb,
+            "video_files_size_in_mb": self.video_mb,
+            "fps": int(self.fps) if self.fps.is_integer() else self.fps,  # LeRobot stores an int
+            "splits": {"train": f"0:{len(self.episodes)}"},
+            "data_path": DATA_PATH,
+            "video_path": VIDEO_PATH if self.video_keys else None,
+            "features": features,
+        }
+        clash = sorted(set(self.extra_info) & set(info))
+        if clash:
+            self.abort()
+            raise DatasetError(f"extra_info keys {clash} would overwrite LeRobot's own info.json fields")
+        info.update(self.extra_info)
+        (self.tmp / INFO_PATH).write_text(json.dumps(info, indent=4))
+        if self.root.exists():  # overwrite=True: move the old dataset aside, then swap in the new one
+            trash = self.root.parent / f".{self.root.name}.old-{os.getpid()}"
+            os.replace(self.root, trash)
+            os.replace(self.tmp, self.root)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.root)
+        self._done = True
+        return self.root
+
+    def abort(self) -> None:
+        """Stops writing and removes the temporary directory; nothing appears at root."""
+        if self._data is not None:
+            self._data.close()
+            self._data = None
+        for key, writer in self._videos.items():
+            if writer is not None:
+                writer.abort()
+                self._videos[key] = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._done = True
+
+    def __enter__(self) -> LeRobotWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self._done:
+            self.finalize()
+
+
+def _read_parquet(path: Path, what: str) -> pa.Table:
+    if not path.is_file():
+        raise DatasetError(
+            f"{path}: {what} file is missing; the dataset is incomplete (re-create or re-download it)"
+        )
+    try:
+        return pq.read_table(path)
+    except Exception as e:
+        raise DatasetError(
+            f"{path}: cannot read {what} parquet ({type(e).__name__}: {e}); the file is corrupt. "
+            "Re-create or re-download the dataset."
+        ) from e
+
+
+def _short(key: str) -> str:
+    """'observation.images.corner2' -> 'corner2'."""
+    return key[len(IMAGE_PREFIX) :] if key.startswith(IMAGE_PREFIX) else key
+
+
+def _names(names: Any, dim: int, prefix: str) -> list[str]:
+    """Feature names as a flat list of `dim` strings (LeRobot sometimes nests them, e.g. {"motors": [...]})."""
+    if isinstance(names, Mapping):
+        names = [n for v in names.values() for n in (v if isinstance(v, list) else [v])]
+    if isinstance(names, list) and len(names) == dim and all(isinstance(n, str) for n in names):
+        return list(names)
+    return [f"{prefix}_{i}" for i in range(dim)]
+
+
+class LeRobotDataset:
+    """Reads a LeRobotDataset v3.0 directory (written by vlaforge or by LeRobot itself).
+
+    Args:
+        root: the dataset directory.
+        cache_dir: where decoded video caches go (default ``root/.cache``).
+
+    Attributes:
+        root, info, fps, features, num_frames, num_episodes, camera_keys, tasks (by task_index),
+        episodes (rows of the episode index as dicts, sorted by episode_index), stats (meta/stats.json).
+
+    Raises:
+        DatasetError: on a missing/corrupt file, another codebase_version, frame counts that disagree with
+            the episode index, a column whose size disagrees with its feature shape, or a missing/unreadable
+            video; the message names the file.
+    """
+
+    def __init__(self, root: str | Path, cache_dir: str | Path | None = None) -> None:
+        self.root = Path(root)
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else self.root / ".cache"
+        info_path = self.root / INFO_PATH
+        if not info_path.is_file():
+            raise DatasetError(f"{info_path} is missing: {self.root} is not a LeRobotDataset v3.0 directory")
+        try:
+            self.info: dict[str, Any] = json.loads(info_path.read_text())
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{info_path}: not valid JSON ({e})") from e
+        version = self.info.get("codebase_version")
+        if version != CODEBASE_VERSION:
+            raise DatasetError(
+                f"{info_path}: codebase_version is {version!r}; only LeRobotDataset {CODEBASE_VERSION} is "
+                "supported. Convert it with LeRobot's v2.1 -> v3.0 converter "
+                "(lerobot/datasets/v30/convert_dataset_v21_to_v30.py) and try again."
+            )
+        for key in ("fps", "features"):
+            if key not in self.info:
+                raise DatasetError(f"{info_path}: required key {key!r} is missing")
+        self.fps = float(self.info["fps"])
+        self.features: dict[str, dict] = self.info["features"]
+        self.camera_keys = [k for k, f in self.features.items() if f.get("dtype") == "video"]
+        unsupported = [k for k, f in self.features.items() if f.get("dtype") in ("image", "string")]
+        if unsupported:
+            raise DatasetError(
+                f"{info_path}: features {unsupported} are stored as images/strings inside parquet; vlaforge "
+                "reads video features only. Re-encode them as videos (LeRobot: use_videos=True)."
+            )
+        self.tasks = self._load_tasks()
+        self.episodes = self._load_episodes()
+        self.num_episodes = len(self.episodes)
+        self._columns = self._load_data()
+        self.num_frames = int(self._columns["index"].shape[0])
+        self._check_videos()
+        self.stats = self._load_stats()
+        self._video_cache: dict[str, np.ndarray] = {}
+
+    # ------------------------------------------------------------------ loading and validation
+    def _load_tasks(self) -> list[str]:
+        path = self.root / TASKS_PATH
+        df = _read_parquet(path, "tasks").to_pandas()
+        if "task_index" not in df.columns:
+            raise DatasetError(f"{path}: no 'task_index' column (columns: {list(df.columns)})")
+        names = df["task"] if "task" in df.columns else pd.Series(df.index, index=df.index)
+        tasks: list[str | None] = [None] * len(df)
+        for name, idx in zip(names.tolist(), df["task_index"].tolist()):
+            if not 0 <= int(idx) < len(df):
+                raise DatasetError(f"{path}: task_index {idx} out of range for {len(df)} tasks")
+            tasks[int(idx)] = str(name)
+        return [str(t) for t in tasks]
+
+    def _load_episodes(self) -> list[dict[str, Any]]:
+        files = sorted((self.root / "meta" / "episodes").glob("*/*.parquet"))
+        if not files:
+            raise DatasetError(f"{self.root / 'meta/episodes'}: no episode index parquet files")
+        rows: list[dict[str, Any]] = []
+        need = [
+            "episode_index",
+            "length",
+            "dataset_from_index",
+            "dataset_to_index",
+            "data/chunk_index",
+            "data/file_index",
+        ]
+        for key in self.camera_keys:
+            need += [f"videos/{key}/chunk_index", f"videos/{key}/file_index", f"videos/{key}/from_timestamp"]
+        for path in files:
+            table = _read_parquet(path, "episode index")
+            missing = [c for c in need if c not in table.column_names]
+            if missing:
+                raise DatasetError(f"{path}: episode index is missing columns {missing}")
+            keep = [c for c in table.column_names if not c.startswith("stats/")]
+            rows += table.select(keep).to_pylist()
+        rows.sort(key=lambda r: r["episode_index"])
+        start = 0
+        for i, r in enumerate(rows):
+            if r["episode_index"] != i:
+                raise DatasetError(
+                    f"{self.root / 'meta/episodes'}: episode indices are not 0..{len(rows) - 1} "
+                    f"(found {r['episode_index']} at position {i})"
+                )
+            a, b, n = int(r["dataset_from_index"]), int(r["dataset_to_index"]), int(r["length"])
+            if b - a != n or a != start:
+                raise DatasetError(
+                    f"{self.root / 'meta/episodes'}: episode {i} has length {n} but spans frames [{a}, {b}) "
+                    f"(expected to start at {start}); the episode index is inconsistent, re-create the dataset"
+                )
+            start = b
+        return rows
+
+    def _load_data(self) -> dict[str, np.ndarray]:
+        template = self.info.get("data_path", DATA_PATH)
+        files = sorted({(int(r["data/chunk_index"]), int(r["data/file_index"])) for r in self.episodes})
+        tables = []
+        for c, f in files:
+            tables.append(_read_parquet(self.root / template.format(chunk_index=c, file_index=f), "data"))
+        where = f"{self.root / 'data'}"
+        try:
+            table = pa.concat_tables(tables, promote_options="permissive")
+        except pa.ArrowInvalid as e:
+            raise DatasetError(f"{where}: data files have incompatible columns ({e})") from e
+        n = table.num_rows
+        expected = sum(int(r["length"]) for r in self.episodes)
+        total = self.info.get("total_frames", n)
+        if n != expected or total != n:
+            raise DatasetError(
+                f"{where}: data files hold {n} frames but the episode index sums to {expected} and "
+                f"meta/info.json says total_frames={total}; the dataset is inconsistent (re-create it)"
+            )
+        cols = {}
+        for key, ft in self.features.items():
+            if ft.get("dtype") == "video":
+                continue
+            if key not in table.column_names:
+                raise DatasetError(
+                    f"{where}: feature {key!r} from meta/info.json has no column in the data files"
+                )
+            cols[key] = _column_to_numpy(table[key], list(ft["shape"]), n, f"{where}: column {key!r}")
+        for key in DEFAULT_FEATURES:
+            if key not in cols:
+                raise DatasetError(f"{where}: default column {key!r} is missing")
+        order = np.argsort(cols["index"], kind="stable")
+        if not np.array_equal(order, np.arange(n)):
+            cols = {k: v[order] for k, v in cols.items()}
+        if not np.array_equal(cols["index"], np.arange(n)):
+            raise DatasetError(f"{where}: the 'index' column is not 0..{n - 1}; re-create the dataset")
+        for r in self.episodes:
+            a, b, e = int(r["dataset_from_index"]), int(r["dataset_to_index"]), int(r["episode_index"])
+            if not np.all(cols["episode_index"][a:b] == e):
+                found = np.unique(cols["episode_index"][a:b]).tolist()
+                raise DatasetError(
+                    f"{where}: frames [{a}, {b}) should belong to episode {e} per the episode index but the "
+                    f"data says episodes {found}; the frame counts disagree (re-create the dataset)"
+                )
+        return cols
+
+    def video_path(self, key: str, episode: int) -> Path:
+        """The mp4 file holding camera `key` of `episode`."""
+        r = self.episodes[episode]
+        template = self.info.get("video_path") or VIDEO_PATH
+        return self.root / template.format(
+            video_key=key,
+            chunk_index=int(r[f"videos/{key}/chunk_index"]),
+            file_index=int(r[f"videos/{key}/file_index"]),
+        )
+
+    def _video_files(self, key: str) -> dict[Path, list[int]]:
+        files: dict[Path, list[int]] = {}
+        for e in range(self.num_episodes):
+            files.setdefault(self.video_path(key, e), []).append(e)
+        return files
+
+    def _check_videos(self) -> None:
+        for key in self.camera_keys:
+            for path in self._video_files(key):
+                try:
+                    probe(path)
+                except VideoError as e:
+                    raise DatasetError(str(e)) from e
+
+    def _load_stats(self) -> dict[str, dict[str, np.ndarray]]:
+        path = self.root / STATS_PATH
+        if not path.is_file():
+            return compute_stats({k: v for k, v in self._columns.items() if k not in DEFAULT_FEATURES})
+        try:
+            return stats_from_json(json.loads(path.read_text()))
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{path}: not valid JSON ({e}); delete it to recompute statistics") from e
+
+    # ------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def column(self, name: str) -> np.ndarray:
+        """The whole column over all frames: (N,) for shape-[1] features, (N, *shape) otherwise."""
+        if name not in self._columns:
+            raise KeyError(f"no column {name!r}; have {sorted(self._columns)} (videos: use video_frames)")
+        return self._columns[name]
+
+    def episode_frames(self, ep: int) -> range:
+        """Global frame indices of episode `ep`."""
+        r = self.episodes[ep]
+        return range(int(r["dataset_from_index"]), int(r["dataset_to_index"]))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        """Every column at frame `i` (numpy), each camera's uint8 (H, W, 3) image, and "task": str."""
+        if not -self.num_frames <= i < self.num_frames:
+            raise IndexError(f"frame {i} out of range for {self.num_frames} frames")
+        i = int(i) % self.num_frames
+        item: dict[str, Any] = {k: v[i] for k, v in self._columns.items()}
+        for key in self.camera_keys:
+            item[key] = np.array(self.video_frames(key)[i])
+        item["task"] = self.tasks[int(self._columns["task_index"][i])]
+        return item
+
+    def video_frames(self, key: str) -> np.ndarray:
+        """uint8 (N, H, W, 3) memmap of every frame of camera `key`, decoded once into the cache."""
+        if key in self._video_cache:
+            return self._video_cache[key]
+        if key not in self.camera_keys:
+            raise KeyError(f"no video feature {key!r}; cameras are {self.camera_keys}")
+        h, w = _image_hw(self.features[key], key)
+        shape = (self.num_frames, h, w, 3)
+        files = self._video_files(key)
+        fingerprint = {
+            "shape": list(shape),
+            "fps": self.fps,
+            "files": [[str(p.relative_to(self.root)), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+        }
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        data_path = self.cache_dir / f"{key}.u8"
+        side_path = self.cache_dir / f"{key}.json"
+        fresh = (
+            side_path.is_file()
+            and data_path.is_file()
+            and data_path.stat().st_size == int(np.prod(shape))
+            and json.loads(side_path.read_text()) == fingerprint
+        )
+        if not fresh:
+            self._build_cache(key, files, shape, data_path)
+            tmp_side = side_path.with_name(f".{side_path.name}.tmp-{os.getpid()}")
+            tmp_side.write_text(json.dumps(fingerprint))
+            os.replace(tmp_side, side_path)
+        frames = np.memmap(data_path, dtype=np.uint8, mode="r", shape=shape)
+        self._video_cache[key] = frames
+        return frames
+
+    def _build_cache(self, key: str, files: dict[Path, list[int]], shape: tuple, out: Path) -> None:
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        mm = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
+        filled = np.zeros(shape[0], dtype=bool)
+        half = 0.5 / self.fps
+        try:
+            with tqdm(
+                total=shape[0], desc=f"decoding {key}", unit="frame", leave=False, disable=shape[0] < 5000
+            ) as bar:
+                for path, eps in files.items():
+                    eps = sorted(eps, key=lambda e: float(self.episodes[e][f"videos/{key}/from_timestamp"]))
+                    starts = np.array([float(self.episodes[e][f"videos/{key}/from_timestamp"]) for e in eps])
+                    first = np.array([int(self.episodes[e]["dataset_from_index"]) for e in eps])
+                    lengths = np.array([int(self.episodes[e]["length"]) for e in eps])
+                    try:
+                        for t, img in iter_frames(path):
+                            j = int(np.searchsorted(starts, t + half, side="right")) - 1
+                            if j < 0:
+                                continue
+                            k = int(round((t - starts[j]) * self.fps))
+                            if not 0 <= k < lengths[j]:
+                                continue
+                            if img.shape != shape[1:]:
+                                raise DatasetError(
+                                    f"{path}: frames are {img.shape} but meta/info.json says {key!r} is "
+                                    f"{list(shape[1:])}; fix the feature shape or re-encode the video"
+                                )
+                            g = first[j] + k
+                            mm[g] = img
+                            filled[g] = True
+                            bar.update(1)
+                    except VideoError as e:
+                        raise DatasetError(str(e)) from e
+                    covered = np.concatenate([np.arange(a, a + n) for a, n in zip(first, lengths)])
+                    lost = covered[~filled[covered]]
+                    if lost.size:
+                        ep_of = np.searchsorted(np.sort(first), lost, side="right") - 1
+                        bad = sorted({eps[int(np.argsort(first)[i])] for i in ep_of})
+                        raise DatasetError(
+                            f"{path}: {lost.size} frames of {key!r} are missing from the video (episodes "
+                            f"{bad[:10]}, first global frame {int(lost[0])}); the mp4 is truncated or does "
+                            "not match meta/episodes. Re-create the dataset."
+                        )
+            mm.flush()
+            del mm
+            os.replace(tmp, out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    # ------------------------------------------------------------------ derived views
+    def embodiment(self) -> Embodiment:
+        """The robot this dataset describes (from info["vlaforge"]["embodiment"] when vlaforge wrote it)."""
+        stored = self.info.get("vlaforge", {}).get("embodiment")
+        if stored:
+            return Embodiment.from_dict(stored)
+        act = self.features.get("action")
+        if act is None:
+            raise DatasetError(f"{self.root / INFO_PATH}: no 'action' feature; cannot derive an embodiment")
+        dim = int(np.prod(act["shape"]))
+        names = _names(act.get("names"), dim, "action")
+        stats = self.stats.get("action", {})
+        col = self._columns["action"].reshape(self.num_frames, -1)
+        low = np.asarray(stats.get("min", col.min(0))).reshape(-1)
+        high = np.asarray(stats.get("max", col.max(0))).reshape(-1)
+        state = self.features.get("observation.state")
+        state_dim = int(np.prod(state["shape"])) if state else 0
+        if not self.camera_keys:
+            raise DatasetError(f"{self.root}: no video features; a VLA needs at least one camera")
+        return Embodiment(
+            action_dim=dim,
+            action_names=names,
+            normalize_mask=["gripper" not in n.lower() for n in names],
+            action_low=low.tolist(),
+            action_high=high.tolist(),
+            control_hz=self.fps,
+            camera_names=[_short(k) for k in self.camera_keys],
+            image_size=_image_hw(self.features[self.camera_keys[0]], self.camera_keys[0])[0],
+            state_dim=state_dim,
+            state_names=_names(state.get("names"), state_dim, "state") if state else [],
+            robot_type=str(self.info.get("robot_type") or "unknown"),
+        )
+
+    def norm_stats(self) -> NormStats:
+        """NormStats for "action" (with the embodiment's mask) and "observation.state" when present."""
+        out = {}
+        for key in ("action", "observation.state"):
+            if key not in self._columns:
+                continue
+            s = self.stats.get(key, {})
+            if any(k not in s for k in ("min", "max", "mean", "std", "q01", "q99")):
+                s = feature_stats(self._columns[key])  # older stats.json without quantiles
+            mask = self.embodiment().normalize_mask if key == "action" else None
+            out[key] = FeatureStats(
+                min=s["min"],
+                max=s["max"],
+                mean=s["mean"],
+                std=s["std"],
+                q01=s["q01"],
+                q99=s["q99"],
+                mask=mask,
+            )
+        return NormStats(out)
+
+    def size_bytes(self) -> int:
+        """Bytes on disk, not counting the decoded-video cache."""
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file() and ".cache" not in p.parts)
+
+    def summary(self) -> str:
+        """A human-readable summary (what `vlaforge dataset info DIR` prints)."""
+        lines = [
+            f"LeRobotDataset {self.info['codebase_version']} at {self.root}",
+            f"  robot_type {self.info.get('robot_type')}, fps {self.fps:g}, {self.num_frames} frames, "
+            f"{self.num_episodes} episodes, {len(self.tasks)} tasks, {self.size_bytes() / 1e6:.1f} MB on disk",
+            "  tasks (episodes):",
+        ]
+        counts: dict[str, int] = {}
+        for r in self.episodes:
+            for t in r.get("tasks") or []:
+                counts[t] = counts.get(t, 0) + 1
+        for t in self.tasks:
+            lines.append(f"    {counts.get(t, 0):5d}  {t}")
+        lines.append("  features:")
+        for key, ft in self.features.items():
+            extra = ""
+            if ft.get("dtype") == "video" and ft.get("info"):
+                extra = f"  ({ft['info'].get('video.codec')}, {ft['info'].get('video.pix_fmt')})"
+            lines.append(f"    {key:40s} {ft['dtype']:8s} {list(ft['shape'])}{extra}")
+        for key in ("action", "observation.state"):
+            if key in self.stats:
+                lines.append(f"  {key} stats:")
+                for stat in ("min", "max", "mean", "std", "q01", "q99"):
+                    if stat in self.stats[key]:
+                        vals = np.asarray(self.stats[key][stat]).reshape(-1)
+                        lines.append(f"    {stat:4s} " + " ".join(f"{v:+.3f}" for v in vals))
+        return "\n".join(lines)

@@ -1,0 +1,250 @@
+"""Video encode/decode helpers on PyAV (FFmpeg bindings).
+
+Design choices:
+
+- **Encoding** writes H.264 (libx264, yuv420p, CRF 20) when the installed FFmpeg has it: it is what every
+  browser and player decodes. LeRobot writes AV1 (SVT-AV1) by default; we decode those too when the
+  installed FFmpeg has an AV1 decoder (libdav1d or libaom). Frames are numbered by presentation
+  timestamps at `1 / fps`, so frame `n` of a file sits at `n / fps` seconds, which is exactly how
+  LeRobotDataset v3.0 addresses frames (`from_timestamp + timestamp`).
+- **Decoding** is always sequential over a whole file (`iter_frames`); training never seeks per frame,
+  it reads a decoded uint8 cache (see `vlaforge.data.lerobot`).
+- Odd image sides cannot be stored as 4:2:0 chroma; they fall back to yuv444p.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+
+# Encoders in order of preference for each requested codec family.
+_ENCODERS = {
+    "h264": ["libx264", "libopenh264", "h264"],
+    "av1": ["libsvtav1", "libaom-av1", "librav1e"],
+    "mpeg4": ["mpeg4"],
+}
+
+
+class VideoError(ValueError):
+    """A video file is missing, unreadable, or does not hold the frames it should."""
+
+
+def has_codec(name: str, mode: str = "w") -> bool:
+    """Whether the installed FFmpeg offers codec `name` for writing ("w") or reading ("r")."""
+    try:
+        av.codec.Codec(name, mode)
+    except Exception:
+        return False
+    return True
+
+
+def pick_encoder(preferred: str = "h264") -> str:
+    """Returns the name of an available encoder, trying `preferred` first, then H.264, then MPEG-4.
+
+    Args:
+        preferred: a family ("h264", "av1", "mpeg4") or an exact encoder name ("libx264").
+
+    Raises:
+        VideoError: when none of the candidates is available in the installed FFmpeg.
+    """
+    candidates = list(_ENCODERS.get(preferred, [preferred]))
+    for family in ("h264", "mpeg4"):
+        candidates += [c for c in _ENCODERS[family] if c not in candidates]
+    for name in candidates:
+        if has_codec(name, "w"):
+            return name
+    raise VideoError(f"no video encoder among {candidates} is available in this PyAV/FFmpeg build")
+
+
+def _rate(fps: float) -> Fraction:
+    return Fraction(fps).limit_denominator(1001)
+
+
+class VideoWriter:
+    """Streams uint8 RGB frames into one mp4 file.
+
+    Args:
+        path: the mp4 to create (parent directories are created).
+        fps: frames per second; frame n is stamped at n / fps seconds.
+        height, width: frame size in pixels.
+        codec: encoder family or exact name (see `pick_encoder`).
+        crf: constant rate factor (quality; lower is better). 20 keeps small images within a few levels.
+        gop: keyframe interval; None leaves the encoder's default.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        fps: float,
+        height: int,
+        width: int,
+        codec: str = "h264",
+        crf: int = 20,
+        gop: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.height, self.width = int(height), int(width)
+        self.encoder = pick_encoder(codec)
+        self.pix_fmt = "yuv420p" if self.height % 2 == 0 and self.width % 2 == 0 else "yuv444p"
+        if self.encoder == "mpeg4" and self.pix_fmt != "yuv420p":
+            raise VideoError(f"{self.path}: the mpeg4 encoder needs even image sides; got {height}x{width}")
+        self._rate = _rate(fps)
+        self._container = av.open(str(self.path), mode="w")
+        self._stream = self._container.add_stream(self.encoder, rate=self._rate)
+        self._stream.width, self._stream.height = self.width, self.height
+        self._stream.pix_fmt = self.pix_fmt
+        options: dict[str, str] = {}
+        if self.encoder in ("libx264", "libsvtav1", "libaom-av1"):
+            options["crf"] = str(crf)
+        if self.encoder == "libx264":
+            options["preset"] = "veryfast"
+        elif self.encoder == "mpeg4":
+            self._stream.codec_context.qscale = 2
+        if gop is not None:
+            options["g"] = str(gop)
+        self._stream.options = options
+        self._tb = Fraction(1, 1) / self._rate
+        self.frames_written = 0
+        self._closed = False
+
+    def write(self, frames: np.ndarray) -> None:
+        """Encodes frames uint8 (T, H, W, 3) (or one frame (H, W, 3)) at the end of the file."""
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        if frames.dtype != np.uint8 or frames.shape[1:] != (self.height, self.width, 3):
+            raise VideoError(
+                f"{self.path}: frames must be uint8 (T, {self.height}, {self.width}, 3); "
+                f"got {frames.dtype} {frames.shape}"
+            )
+        for img in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame.pts = self.frames_written
+            frame.time_base = self._tb
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+            self.frames_written += 1
+
+    def size_bytes(self) -> int:
+        """Bytes written to disk so far (the encoder may still hold a few frames)."""
+        return self.path.stat().st_size if self.path.exists() else 0
+
+    def close(self) -> None:
+        """Flushes the encoder and closes the file. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._container.close()
+
+    def abort(self) -> None:
+        """Closes the file without caring whether it is complete (used when a write fails)."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            self._container.close()
+
+    def __enter__(self) -> VideoWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_video(path: str | Path, frames: np.ndarray, fps: float, codec: str = "h264", crf: int = 20) -> Path:
+    """Writes uint8 frames (T, H, W, 3) to an mp4 in one call and returns its path."""
+    frames = np.asarray(frames)
+    with VideoWriter(path, fps, frames.shape[1], frames.shape[2], codec=codec, crf=crf) as w:
+        w.write(frames)
+    return Path(path)
+
+
+def probe(path: str | Path) -> dict[str, Any]:
+    """Opens an mp4's header and returns LeRobot-style video info.
+
+    Returns:
+        {"video.height", "video.width", "video.codec", "video.pix_fmt", "video.is_depth_map",
+        "video.fps", "video.channels", "has_audio", "frames"} ("frames" is the container's count, 0 when
+        the container does not say).
+
+    Raises:
+        VideoError: naming the file, when it is missing, unreadable, or has no video stream.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"{path}: video file is missing")
+    try:
+        with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise VideoError(f"{path}: no video stream in the file")
+            s = c.streams.video[0]
+            rate = s.average_rate or s.guessed_rate or 0
+            return {
+                "video.height": int(s.codec_context.height),
+                "video.width": int(s.codec_context.width),
+                "video.codec": s.codec_context.name,
+                "video.pix_fmt": s.codec_context.pix_fmt,
+                "video.is_depth_map": False,
+                "video.fps": float(rate),
+                "video.channels": 3,
+                "has_audio": bool(c.streams.audio),
+                "frames": int(s.frames or 0),
+            }
+    except VideoError:
+        raise
+    except Exception as e:
+        raise VideoError(
+            f"{path}: cannot open the video ({type(e).__name__}: {e}); the file is corrupt or truncated. "
+            "Re-create the dataset (or restore this file)."
+        ) from e
+
+
+def iter_frames(path: str | Path) -> Iterator[tuple[float, np.ndarray]]:
+    """Decodes a whole video sequentially, yielding (presentation time in seconds, uint8 (H, W, 3)).
+
+    Raises:
+        VideoError: naming the file, when it is missing or decoding fails (a corrupt or truncated file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"{path}: video file is missing")
+    try:
+        container = av.open(str(path))
+    except Exception as e:
+        raise VideoError(
+            f"{path}: cannot open the video ({type(e).__name__}: {e}); the file is corrupt or truncated"
+        ) from e
+    with container:
+        if not container.streams.video:
+            raise VideoError(f"{path}: no video stream in the file")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for frame in container.decode(stream):
+                t = frame.time if frame.time is not None else 0.0
+                yield float(t), frame.to_ndarray(format="rgb24")
+        except av.error.FFmpegError as e:
+            raise VideoError(f"{path}: decoding failed ({e}); the file is corrupt or truncated") from e
+
+
+def read_video(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Decodes a whole (small) video into memory: (times (T,) float64, frames uint8 (T, H, W, 3))."""
+    times, frames = [], []
+    for t, img in iter_frames(path):
+        times.append(t)
+        frames.append(img)
+    if not frames:
+        raise VideoError(f"{path}: the video holds no decodable frames")
+    return np.asarray(times), np.stack(frames)
