@@ -112,6 +112,7 @@ class VideoWriter:
         self._stream.options = options
         self._tb = Fraction(1, 1) / self._rate
         self.frames_written = 0
+        self._bytes = 0
         self._closed = False
 
     def write(self, frames: np.ndarray) -> None:
@@ -129,12 +130,13 @@ class VideoWriter:
             frame.pts = self.frames_written
             frame.time_base = self._tb
             for packet in self._stream.encode(frame):
+                self._bytes += packet.size
                 self._container.mux(packet)
             self.frames_written += 1
 
     def size_bytes(self) -> int:
-        """Bytes written to disk so far (the encoder may still hold a few frames)."""
-        return self.path.stat().st_size if self.path.exists() else 0
+        """Bytes of encoded video so far (the encoder may still hold a few frames in its lookahead)."""
+        return self._bytes
 
     def close(self) -> None:
         """Flushes the encoder and closes the file. Safe to call twice."""
