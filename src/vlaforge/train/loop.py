@@ -1,0 +1,619 @@
+"""The one training loop: pre-training the tiny preset and fine-tuning a 7B model go through `train`.
+
+Choices and where they come from:
+
+- AdamW with no weight decay and a constant learning rate, OpenVLA's recipe (Kim et al., 2024: 2e-5
+  constant for the 7B model); linear warm-up + cosine decay is the option most VLA codebases offer
+  (LeRobot, openpi). Gradient clipping at 1.0 and gradient accumulation.
+- bf16 autocast on CUDA only; CPU runs in fp32 so a resumed run can be checked bit for bit.
+- Exact resume (openpi's ``train_test``: train, stop, resume, compare): a checkpoint holds the weights,
+  the optimizer state, the step, every RNG state (dropout draws from torch's global generator) and
+  the sampler position, so N steps straight equal k steps + resume + N - k steps bitwise on CPU.
+  Checkpoints are atomic (`vlaforge.train.checkpoint`).
+- Freezing strategies and LoRA as in the OpenVLA paper (`vlaforge.train.finetune`).
+- Data parallel through ``torchrun``: with ``WORLD_SIZE > 1`` the process group starts (NCCL on CUDA,
+  Gloo on CPU), the model is wrapped in DDP, every rank reads its own shard of the sampler, and only
+  rank 0 writes metrics and checkpoints (the RNG and sampler states of all ranks are gathered into it).
+- ``batch_size`` is per process and per micro-batch: one optimizer step sees
+  ``batch_size * grad_accum * world_size`` samples.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import queue
+import threading
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from vlaforge.train import checkpoint as ckpt
+from vlaforge.train.finetune import (
+    FREEZE_STRATEGIES,
+    apply_freeze,
+    apply_lora,
+    describe_counts,
+    merged_lora,
+    trainable_state_dict,
+)
+
+# Fields a resumed run may change; everything else must match the checkpoint's config.
+RESUMABLE_CHANGES = ("steps", "save_every", "log_every", "resume", "device", "num_workers", "out")
+KEEP_CHECKPOINTS = 3
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs (``vlaforge train`` passes each flag here).
+
+    Attributes:
+        dataset: LeRobot v3.0 dataset directory.
+        out: run directory (``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``last``).
+        preset: a preset name (``tiny``, ``openvla-7b``, ...) or a policy directory whose backbone
+            weights initialise the run (fine-tuning; head and state projection start fresh).
+        head: ``tokens`` (OpenVLA's 256-bin tokens) or ``chunk`` (OpenVLA-OFT parallel decoding, L1).
+        steps: total optimizer steps of the run (a resumed run continues up to this).
+        batch_size: samples per micro-batch per process.
+        lr: peak learning rate; None takes the preset's.
+        schedule: ``constant`` (OpenVLA) or ``cosine`` (after the warm-up, decays to 0 at ``steps``).
+        warmup_steps: linear warm-up from lr / warmup_steps to lr over this many steps (0: none).
+        grad_accum: micro-batches per optimizer step.
+        clip_grad: max global gradient norm; <= 0 disables clipping (the norm is still logged).
+        chunk_size: action chunk H; None takes the head's default (tokens: 1, chunk: the preset's).
+        save_every: checkpoint every N steps; None saves only at the end.
+        log_every: write a metrics line every N steps.
+        seed: seeds model init, the sampler and every RNG.
+        resume: continue from ``out/last`` exactly (weights, optimizer, schedule, RNG, sampler).
+        lora_rank: LoRA rank on every backbone Linear; 0 trains without LoRA.
+        lora_alpha: LoRA alpha (the update is scaled by alpha / rank).
+        freeze: ``full``, ``frozen-vision``, ``last-layer`` or ``sandwich`` (OpenVLA's strategies);
+            must be ``full`` with LoRA (LoRA freezes the base itself).
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        num_workers: 0 builds batches in the training loop; N > 0 builds them in a background thread
+            with N batches of look-ahead (the sampler is vectorised, so one thread suffices).
+    """
+
+    dataset: str
+    out: str
+    preset: str = "tiny"
+    head: str = "chunk"
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float | None = None
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    grad_accum: int = 1
+    clip_grad: float = 1.0
+    chunk_size: int | None = None
+    save_every: int | None = None
+    log_every: int = 10
+    seed: int = 0
+    resume: bool = False
+    lora_rank: int = 0
+    lora_alpha: int = 16
+    freeze: str = "full"
+    device: str = "auto"
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        self.dataset, self.out = str(self.dataset), str(self.out)
+        problems = []
+        if self.head not in ("tokens", "chunk"):
+            problems.append(f"head {self.head!r} (choose 'tokens' or 'chunk')")
+        for name in ("steps", "batch_size", "grad_accum", "log_every"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name}={getattr(self, name)} (must be >= 1)")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            problems.append(f"lr={self.lr} (must be a positive number)")
+        if self.schedule not in ("constant", "cosine"):
+            problems.append(f"schedule {self.schedule!r} (choose 'constant' or 'cosine')")
+        if self.warmup_steps < 0 or self.warmup_steps >= max(self.steps, 1) and self.warmup_steps > 0:
+            problems.append(f"warmup_steps={self.warmup_steps} (must be in [0, steps={self.steps}))")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            problems.append(f"chunk_size={self.chunk_size} (must be >= 1)")
+        if self.save_every is not None and self.save_every < 1:
+            problems.append(f"save_every={self.save_every} (must be >= 1, or None for the end only)")
+        if self.lora_rank < 0 or self.lora_alpha <= 0:
+            problems.append(
+                f"lora_rank={self.lora_rank}, lora_alpha={self.lora_alpha} (rank >= 0, alpha > 0)"
+            )
+        if self.freeze not in FREEZE_STRATEGIES:
+            problems.append(f"freeze {self.freeze!r} (choose one of {list(FREEZE_STRATEGIES)})")
+        elif self.lora_rank > 0 and self.freeze != "full":
+            problems.append(f"freeze {self.freeze!r} with LoRA (LoRA freezes the base itself; use 'full')")
+        if self.device not in ("auto", "cpu", "cuda"):
+            problems.append(f"device {self.device!r} (choose 'auto', 'cpu' or 'cuda')")
+        if self.num_workers < 0:
+            problems.append(f"num_workers={self.num_workers} (must be >= 0)")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def lr_at(step: int, base_lr: float, schedule: str, warmup_steps: int, total_steps: int) -> float:
+    """The learning rate of optimizer step `step` (0-based): linear warm-up, then constant or cosine."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return base_lr
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+# --------------------------------------------------------------------------------------- processes
+
+
+@dataclass
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _setup(cfg: TrainConfig) -> tuple[_Dist, torch.device]:
+    """Reads torchrun's environment, picks the device, starts the process group when distributed."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    d = _Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+    want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if want_cuda and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' but torch sees no CUDA device; use --device cpu or auto")
+    if want_cuda:
+        device = torch.device("cuda", d.local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+        if local_world > 1:  # share the cores between the processes of this machine
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_world))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if want_cuda else "gloo")
+    return d, device
+
+
+def _gather_json(obj: Any, d: _Dist, device: torch.device) -> list[Any]:
+    """Every rank's JSON-able `obj`, in rank order (tensors on the wire; no pickling)."""
+    if d.world_size == 1:
+        return [obj]
+    data = torch.tensor(list(json.dumps(obj).encode()), dtype=torch.uint8, device=device)
+    size = torch.tensor([data.numel()], dtype=torch.int64, device=device)
+    sizes = [torch.zeros_like(size) for _ in range(d.world_size)]
+    dist.all_gather(sizes, size)
+    longest = int(max(s.item() for s in sizes))
+    padded = torch.zeros(longest, dtype=torch.uint8, device=device)
+    padded[: data.numel()] = data
+    bufs = [torch.zeros_like(padded) for _ in range(d.world_size)]
+    dist.all_gather(bufs, padded)
+    return [json.loads(bytes(b[: int(s.item())].cpu().tolist()).decode()) for b, s in zip(bufs, sizes)]
+
+
+def fingerprint(tensors: list[torch.Tensor]) -> str:
+    """A cheap content hash of tensors: sha256 over their float64 sums and sums of squares."""
+    if not tensors:
+        return "empty"
+    with torch.no_grad():
+        stats = torch.stack([torch.stack([t.double().sum(), t.double().square().sum()]) for t in tensors])
+    return hashlib.sha256(stats.cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+class _LossModule(nn.Module):
+    """Routes ``forward`` to ``policy.compute_loss`` so DDP's gradient hooks see the call."""
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.policy.compute_loss(batch)
+
+
+class _Batches:
+    """Batches from the sampler, optionally built ahead in a thread; remembers the sampler state that
+    follows each batch, so a checkpoint records where the *consumed* stream stands."""
+
+    def __init__(self, sampler: Any, lookahead: int):
+        self.sampler, self.lookahead = sampler, lookahead
+        self.state = sampler.state_dict()
+        self._q: queue.Queue | None = None
+        self._stop = threading.Event()
+        if lookahead > 0:
+            self._q = queue.Queue(maxsize=lookahead)
+            self._thread = threading.Thread(target=self._fill, daemon=True)
+            self._thread.start()
+
+    def _fill(self) -> None:
+        try:
+            while not self._stop.is_set():
+                item = (next(self.sampler), self.sampler.state_dict())
+                while not self._stop.is_set():
+                    try:
+                        self._q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except Exception as e:  # surfaced in the training thread
+            self._q.put(e)
+
+    def next(self) -> dict[str, Any]:
+        if self._q is None:
+            batch = next(self.sampler)
+            self.state = self.sampler.state_dict()
+            return batch
+        item = self._q.get()
+        if isinstance(item, Exception):
+            raise RuntimeError(f"building a training batch failed: {item}") from item
+        batch, self.state = item
+        return batch
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+# ----------------------------------------------------------------------------------------- building
+
+
+def _build_policy(cfg: TrainConfig, embodiment: Any, norm_stats: Any) -> tuple[nn.Module, dict[str, int]]:
+    """The policy of this run, with freezing or LoRA applied; returns it and its parameter counts."""
+    from vlaforge.models.policy import WEIGHTS_FILE, Policy
+
+    init_dir = Path(cfg.preset)
+    if (init_dir / "config.json").is_file():
+        pre = json.loads((init_dir / "config.json").read_text())
+        from vlaforge.models.presets import Preset
+
+        preset = Preset.from_dict(pre["preset"])
+        if preset.tokenizer == "llama":
+            preset = preset.with_overrides(tokenizer_path=str(init_dir))
+        policy = Policy.from_preset(preset, cfg.head, embodiment, norm_stats, chunk_size=cfg.chunk_size)
+        weights = load_file(str(init_dir / WEIGHTS_FILE))
+        parts = ("backbone.vision.", "backbone.projector.", "backbone.llm.")
+        wanted = {k for k in policy.state_dict() if k.startswith(parts)}
+        missing = sorted(wanted - set(weights))
+        if missing:
+            raise ValueError(f"{init_dir / WEIGHTS_FILE}: backbone weights missing, e.g. {missing[:3]}")
+        policy.load_state_dict({k: weights[k] for k in wanted}, strict=False)
+    else:
+        policy = Policy.from_preset(cfg.preset, cfg.head, embodiment, norm_stats, chunk_size=cfg.chunk_size)
+    if cfg.lora_rank > 0:
+        counts = apply_lora(policy, cfg.lora_rank, cfg.lora_alpha, dropout=0.0)
+    else:
+        counts = apply_freeze(policy, cfg.freeze)
+    return policy, counts
+
+
+def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> None:
+    now = cfg.to_dict()
+    diffs = [
+        f"{k}: {saved.get(k)!r} -> {now[k]!r}"
+        for k in now
+        if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]
+    ]
+    if diffs:
+        raise ValueError(
+            f"cannot resume {where}: the run was started with different settings ({'; '.join(diffs)}); "
+            f"only {', '.join(RESUMABLE_CHANGES)} may change. Start a new --out instead."
+        )
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drops metric lines logged after `step` (a run that died after its last checkpoint)."""
+    if not path.is_file():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        path.write_text("".join(ln + "\n" for ln in kept))
+
+
+# ------------------------------------------------------------------------------------------- train
+
+
+def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
+    """Trains (or resumes) a policy and returns the run directory.
+
+    Args:
+        cfg: the run's configuration.
+        stop_after: stop (with a checkpoint) once this many optimizer steps have run in this call,
+            even though the schedule spans ``cfg.steps``; a later ``resume`` continues as if the run
+            had never stopped. Used to split long jobs and to test exact resumption.
+
+    Returns:
+        ``Path(cfg.out)``; ``out/last`` points to the final checkpoint.
+    """
+    from vlaforge.data.lerobot import LeRobotDataset
+    from vlaforge.data.sampler import ChunkSampler
+
+    d, device = _setup(cfg)
+    run = Path(cfg.out)
+    try:
+        resume_from = None
+        if cfg.resume:
+            resume_from = ckpt.find_last(run)
+            if resume_from is None:
+                raise FileNotFoundError(
+                    f"--resume: {run} has no complete checkpoint to resume from (no {run / 'last'}); "
+                    "drop --resume to start a new run"
+                )
+        elif ckpt.list_checkpoints(run):
+            raise FileExistsError(
+                f"{run} already holds checkpoints; pass --resume to continue it or choose another --out"
+            )
+
+        ckpt.seed_everything(cfg.seed)
+        dataset = LeRobotDataset(cfg.dataset)
+        policy, counts = _build_policy(cfg, dataset.embodiment(), dataset.norm_stats())
+        policy.to(device).train()
+        params = [(n, p) for n, p in policy.named_parameters() if p.requires_grad]
+        param_names = [n for n, _ in params]
+        frozen_print = fingerprint([p for p in policy.parameters() if not p.requires_grad])
+        base_lr = cfg.lr if cfg.lr is not None else float(policy.preset.lr)
+        optimizer = torch.optim.AdamW(
+            [p for _, p in params], lr=base_lr, betas=(0.9, 0.999), weight_decay=0.0
+        )
+        sampler = ChunkSampler(
+            dataset,
+            batch_size=cfg.batch_size,
+            chunk_size=policy.chunk_size,
+            seed=cfg.seed,
+            shuffle=True,
+            cameras=list(policy.embodiment.camera_names),
+            rank=d.rank,
+            world_size=d.world_size,
+        )
+
+        step, elapsed_before = 0, 0.0
+        if resume_from is not None:
+            state = ckpt.read_trainer_state(resume_from)
+            _check_resumable(state["config"], cfg, resume_from)
+            if state["world_size"] != d.world_size:
+                raise ValueError(
+                    f"{resume_from} was written by {state['world_size']} processes; this run has "
+                    f"{d.world_size}. Resume with the same number of processes to continue exactly."
+                )
+            if state.get("frozen_fingerprint") != frozen_print:
+                raise ValueError(
+                    f"{resume_from}: the frozen weights rebuilt for this run differ from those the run "
+                    "started with (same preset, init directory and seed are needed to resume)"
+                )
+            _load_trainable(policy, resume_from, param_names)
+            ckpt.load_optimizer(resume_from / ckpt.OPTIMIZER_FILE, optimizer, param_names)
+            mine = state["ranks"][d.rank]
+            sampler.load_state_dict(mine["sampler"])
+            step, elapsed_before = int(state["step"]), float(state.get("elapsed_s", 0.0))
+        else:
+            ckpt.seed_everything(cfg.seed + d.rank)  # ranks draw different dropout masks
+
+        model: nn.Module = _LossModule(policy)
+        if d.world_size > 1:
+            model = nn.parallel.DistributedDataParallel(
+                model,
+                device_ids=[device.index] if device.type == "cuda" else None,
+                find_unused_parameters=True,
+            )
+        if resume_from is not None:
+            ckpt.set_rng_state(mine["rng"])  # last: DDP's parameter broadcast must not shift the streams
+
+        if d.main:
+            run.mkdir(parents=True, exist_ok=True)
+            if resume_from is None:
+                ckpt.write_json(run / "config.json", cfg.to_dict())
+            _truncate_metrics(run / "metrics.jsonl", step)
+            print(
+                f"vlaforge train: {cfg.preset} / {cfg.head} head, {counts_line(counts, cfg)}, "
+                f"{d.world_size} process(es) on {device}, "
+                + (
+                    f"resuming at step {step} from {resume_from}"
+                    if resume_from
+                    else f"{cfg.steps} steps -> {run}"
+                )
+            )
+
+        batches = _Batches(sampler, lookahead=cfg.num_workers)
+        try:
+            _loop(
+                cfg,
+                d,
+                device,
+                run,
+                policy,
+                model,
+                optimizer,
+                params,
+                batches,
+                step,
+                elapsed_before,
+                base_lr,
+                frozen_print,
+                counts,
+                stop_after,
+            )
+        finally:
+            batches.close()
+    finally:
+        if d.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    return run
+
+
+def counts_line(counts: dict[str, int], cfg: TrainConfig) -> str:
+    how = f"LoRA r={cfg.lora_rank} alpha={cfg.lora_alpha}" if cfg.lora_rank else f"freeze={cfg.freeze}"
+    return f"{how}: {describe_counts(counts)}"
+
+
+def _load_trainable(policy: nn.Module, ckpt_dir: Path, param_names: list[str]) -> None:
+    """Restores the trained tensors of a checkpoint into a freshly built policy."""
+    from vlaforge.models.policy import WEIGHTS_FILE
+
+    adapter = ckpt_dir / ckpt.ADAPTER_FILE
+    if adapter.is_file():  # LoRA: the base is rebuilt (and fingerprint-checked), adapters + head loaded
+        tensors = load_file(str(adapter))
+        if sorted(tensors) != sorted(param_names):
+            raise ValueError(f"{adapter}: holds {len(tensors)} tensors, this run trains {len(param_names)}")
+        missing, unexpected = policy.load_state_dict(tensors, strict=False)
+        if unexpected:
+            raise ValueError(f"{adapter}: unexpected tensors {unexpected[:5]}")
+        return
+    weights = load_file(str(ckpt_dir / WEIGHTS_FILE))
+    policy.load_state_dict(weights, strict=True)
+
+
+def _loop(
+    cfg,
+    d,
+    device,
+    run,
+    policy,
+    model,
+    optimizer,
+    params,
+    batches,
+    step,
+    elapsed_before,
+    base_lr,
+    frozen_print,
+    counts,
+    stop_after,
+) -> None:
+    """The optimizer-step loop (split from `train` for length; see there for the arguments)."""
+    trainable = [p for _, p in params]
+    names = [n for n, _ in params]
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
+    bar = tqdm(total=cfg.steps, initial=step, desc="train", disable=not d.main, dynamic_ncols=True)
+    t_start = time.perf_counter()
+    t_log, samples_since, sums, n_sums = t_start, 0, {}, 0
+    last_saved = None
+    while step < end:
+        lr = lr_at(step, base_lr, cfg.schedule, cfg.warmup_steps, cfg.steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        for micro in range(cfg.grad_accum):
+            batch = batches.next()
+            sync = micro == cfg.grad_accum - 1 or d.world_size == 1
+            with nullcontext() if sync else model.no_sync(), autocast:
+                loss, metrics = model(batch)
+            (loss / cfg.grad_accum).backward()
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n_sums += 1
+            samples_since += cfg.batch_size * d.world_size
+        max_norm = cfg.clip_grad if cfg.clip_grad > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+
+        if step % cfg.log_every == 0 or step == end:
+            means = {k: v / n_sums for k, v in sums.items()}
+            means["grad_norm"] = grad_norm
+            means = _mean_over_ranks(means, d, device)
+            now = time.perf_counter()
+            row = {
+                "step": step,
+                **{k: round(v, 6) for k, v in means.items()},
+                "lr": lr,
+                "samples_per_s": round(samples_since / max(now - t_log, 1e-9), 2),
+                "elapsed_s": round(elapsed_before + now - t_start, 2),
+            }
+            if d.main:
+                with open(run / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
+            t_log, samples_since, sums, n_sums = now, 0, {}, 0
+
+        if (cfg.save_every and step % cfg.save_every == 0) or step == end:
+            _save(
+                cfg,
+                d,
+                device,
+                run,
+                policy,
+                optimizer,
+                names,
+                batches,
+                step,
+                elapsed_before + time.perf_counter() - t_start,
+                base_lr,
+                frozen_print,
+                counts,
+            )
+            last_saved = step
+    bar.close()
+    if last_saved is None and d.main:  # nothing to do: the run was already complete
+        print(f"{run}: already at step {step} of {cfg.steps}; nothing to train")
+
+
+def _mean_over_ranks(values: dict[str, float], d: _Dist, device: torch.device) -> dict[str, float]:
+    if d.world_size == 1:
+        return values
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return {k: float(v) / d.world_size for k, v in zip(keys, t.tolist())}
+
+
+def _save(
+    cfg, d, device, run, policy, optimizer, names, batches, step, elapsed, base_lr, frozen_print, counts
+):
+    """Checkpoint on rank 0 with every rank's RNG and sampler state; all ranks wait for it."""
+    weights_print = fingerprint([p for p in policy.parameters()])
+    per_rank = _gather_json(
+        {"rng": ckpt.rng_state(), "sampler": batches.state, "weights_fingerprint": weights_print}, d, device
+    )
+    if d.main:
+        lora = cfg.lora_rank > 0
+
+        def save_policy(directory: Path) -> None:
+            with merged_lora(policy) if lora else nullcontext():
+                policy.save_pretrained(directory)
+
+        state = {
+            "step": step,
+            "elapsed_s": elapsed,
+            "scheduler": {
+                "schedule": cfg.schedule,
+                "base_lr": base_lr,
+                "warmup_steps": cfg.warmup_steps,
+                "total_steps": cfg.steps,
+                "last_lr": optimizer.param_groups[0]["lr"],
+            },
+            "world_size": d.world_size,
+            "ranks": per_rank,
+            "frozen_fingerprint": frozen_print,
+            "counts": counts,
+            "config": cfg.to_dict(),
+        }
+        ckpt.save_checkpoint(
+            run,
+            step,
+            save_policy,
+            optimizer,
+            names,
+            state,
+            adapter=trainable_state_dict(policy) if lora else None,
+            keep=KEEP_CHECKPOINTS,
+        )
+    if d.world_size > 1:
+        dist.barrier()
