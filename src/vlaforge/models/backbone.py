@@ -1,0 +1,197 @@
+"""The Prismatic backbone (Karamcheti et al., 2024; used by OpenVLA): vision -> projector -> causal LM.
+
+Sequence per sample, left-padded to the batch's longest:
+
+    [pad ...] [BOS] [patches of camera 1] ... [patches of camera C] [state token?] [prompt ids] [suffix]
+
+- Patches are the projected second-to-last-block features (`vision.py`), cameras in embodiment order.
+- The optional state token is `Linear(state_dim -> d_llm)` of the normalised proprioceptive state.
+- The suffix is what the head appends: teacher-forced action tokens + `</s>` (token head) or H*D learned
+  placeholders (chunk head). Because padding is on the left and the suffix has the same length for every
+  sample, the suffix always sits in the last K positions, so heads slice `hidden[:, -K:]`.
+
+Attention uses an explicit additive 4D mask (B, 1, T, T) that `transformers` passes through unchanged:
+causal over valid (non-pad) keys; a pad query sees itself so no softmax row is empty (no NaNs); and,
+for the chunk head, the suffix block attends bidirectionally within itself as in OpenVLA-OFT's parallel
+decoding (Kim et al., 2025, "Fine-Tuning Vision-Language-Action Models"). Position ids count valid tokens
+only, so left padding does not shift RoPE positions: batched decoding equals one-by-one decoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+from vlaforge.models.presets import LLMSpec, Preset
+from vlaforge.models.vision import Projector, VisionFeaturizer
+
+
+def build_llm(spec: LLMSpec) -> nn.Module:
+    """A causal LM from a config (random init, no download): Llama by default, any AutoModelForCausalLM."""
+    kwargs = dict(
+        hidden_size=spec.hidden_size,
+        num_hidden_layers=spec.num_layers,
+        num_attention_heads=spec.num_heads,
+        num_key_value_heads=spec.num_kv_heads or spec.num_heads,
+        intermediate_size=spec.intermediate_size,
+        vocab_size=spec.vocab_size,
+        max_position_embeddings=spec.max_position_embeddings,
+        rms_norm_eps=spec.rms_norm_eps,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
+    if spec.model_type == "llama":
+        cfg = LlamaConfig(rope_theta=spec.rope_theta, **kwargs)
+        cfg._attn_implementation = "sdpa"
+        return LlamaForCausalLM(cfg)
+    cfg = AutoConfig.for_model(spec.model_type, **kwargs)
+    cfg._attn_implementation = "sdpa"
+    return AutoModelForCausalLM.from_config(cfg)
+
+
+@dataclass
+class Sequence:
+    """An assembled, left-padded input batch.
+
+    Attributes:
+        embeds: (B, T, d_llm) input embeddings.
+        valid: (B, T) bool, False on left padding.
+        position_ids: (B, T) int64, counting valid tokens from 0.
+        mask: (B, 1, T, T) additive attention mask in the embeddings' dtype.
+    """
+
+    embeds: torch.Tensor
+    valid: torch.Tensor
+    position_ids: torch.Tensor
+    mask: torch.Tensor
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Bool (B, 1, Q, K) "may attend" -> additive float mask (0 where allowed, dtype's min elsewhere)."""
+    zero = torch.zeros((), dtype=dtype, device=allowed.device)
+    neg = torch.full((), torch.finfo(dtype).min, dtype=dtype, device=allowed.device)
+    return torch.where(allowed, zero, neg)
+
+
+def build_mask(valid: torch.Tensor, n_bidirectional: int, dtype: torch.dtype) -> torch.Tensor:
+    """The (B, 1, T, T) mask: causal over valid keys, last `n_bidirectional` positions see each other."""
+    B, T = valid.shape
+    idx = torch.arange(T, device=valid.device)
+    causal = idx[None, :] <= idx[:, None]  # (T_q, T_k)
+    if n_bidirectional > 0:
+        block = idx >= T - n_bidirectional
+        causal = causal | (block[:, None] & block[None, :])
+    allowed = causal[None] & valid[:, None, :]  # (B, T_q, T_k)
+    allowed = allowed | torch.eye(T, dtype=torch.bool, device=valid.device)[None]  # pad rows see themselves
+    return additive_mask(allowed[:, None], dtype)
+
+
+class PrismaticBackbone(nn.Module):
+    """Vision featurizer + projector + causal LM (+ optional state projection).
+
+    Args:
+        preset: the model configuration.
+        state_dim: proprioceptive state size; a state token is added when `preset.use_state` and > 0.
+        bos_id: the text tokenizer's BOS id.
+        pad_id: id whose embedding fills left padding (masked out anyway).
+    """
+
+    def __init__(self, preset: Preset, state_dim: int, bos_id: int = 1, pad_id: int = 0):
+        super().__init__()
+        self.preset = preset
+        self.bos_id, self.pad_id = bos_id, pad_id
+        self.vision = VisionFeaturizer(preset.vision, preset.image_size)
+        self.projector = Projector(preset.vision_dim, preset.llm.hidden_size, fused=len(preset.vision) == 2)
+        self.llm = build_llm(preset.llm)
+        self.state_dim = state_dim if preset.use_state else 0
+        self.state_proj = nn.Linear(state_dim, preset.llm.hidden_size) if self.state_dim else None
+
+    @property
+    def hidden_size(self) -> int:
+        return self.preset.llm.hidden_size
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.llm.get_input_embeddings()(ids)
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.llm.get_output_embeddings()(hidden)
+
+    def embed_images(self, images: list[torch.Tensor]) -> torch.Tensor:
+        """Per-camera uint8 (B, h, w, 3) -> projected patches (B, C * n_patches, d_llm)."""
+        B = images[0].shape[0]
+        pixels = torch.cat([self.vision.preprocess(img) for img in images], dim=0)  # (C*B, 3*n_towers, S, S)
+        pixels = pixels.to(self.projector.fc1.weight.dtype)
+        feats = self.vision(pixels)  # (C*B, n_patches, d_vision)
+        patches = self.projector(feats)  # (C*B, n_patches, d_llm)
+        C = len(images)
+        return patches.view(C, B, -1, patches.shape[-1]).transpose(0, 1).flatten(1, 2)  # (B, C*n_patches, d)
+
+    def assemble(
+        self,
+        images: list[torch.Tensor],
+        state: torch.Tensor | None,
+        prompt_ids: list[list[int]],
+        suffix: torch.Tensor | None = None,
+        bidirectional_suffix: bool = False,
+    ) -> Sequence:
+        """Builds the left-padded input sequence.
+
+        Args:
+            images: one uint8 (B, h, w, 3) tensor per camera, in embodiment order.
+            state: normalised state (B, S), or None when the backbone takes none.
+            prompt_ids: B lists of prompt token ids (no BOS).
+            suffix: (B, K, d_llm) embeddings appended after the prompt, or None.
+            bidirectional_suffix: let the suffix positions attend to each other both ways.
+        """
+        device = self.projector.fc1.weight.device
+        B = len(prompt_ids)
+        patches = self.embed_images(images)  # (B, P, d)
+        dtype = patches.dtype
+        parts = [self.embed_tokens(torch.full((B, 1), self.bos_id, device=device)), patches]
+        if self.state_proj is not None:
+            if state is None:
+                raise ValueError(f"this policy takes a state of dim {self.state_dim}; the batch has none")
+            parts.append(self.state_proj(state.to(device=device, dtype=dtype))[:, None])  # (B, 1, d)
+        prefix = torch.cat(parts, dim=1)  # (B, 1 + P (+1), d), same length for every sample
+        lengths = [len(p) for p in prompt_ids]
+        L = max(lengths)
+        ids = torch.full((B, L), self.pad_id, dtype=torch.long)
+        text_valid = torch.zeros(B, L, dtype=torch.bool)
+        for b, p in enumerate(prompt_ids):  # right-pad here; the roll below moves the pads to the front
+            ids[b, : len(p)] = torch.as_tensor(p, dtype=torch.long)
+            text_valid[b, : len(p)] = True
+        ids, text_valid = ids.to(device), text_valid.to(device)
+        text = self.embed_tokens(ids)  # (B, L, d)
+        # Left padding goes before BOS: [pads][BOS][patches][state][prompt][suffix]. Rolling each sample's
+        # [prefix][prompt][pads] right by its pad count wraps the pads around to the front.
+        seq = torch.cat([prefix, text], dim=1)  # (B, T0, d)
+        valid = torch.cat([torch.ones(B, prefix.shape[1], dtype=torch.bool, device=device), text_valid], 1)
+        shift = torch.tensor([L - n for n in lengths], device=device)
+        T0 = seq.shape[1]
+        gather = (torch.arange(T0, device=device)[None] - shift[:, None]) % T0  # (B, T0)
+        seq = torch.gather(seq, 1, gather[..., None].expand(-1, -1, seq.shape[-1]))
+        valid = torch.gather(valid, 1, gather)
+        K = 0
+        if suffix is not None:
+            K = suffix.shape[1]
+            seq = torch.cat([seq, suffix.to(dtype)], dim=1)
+            valid = torch.cat([valid, torch.ones(B, K, dtype=torch.bool, device=device)], dim=1)
+        position_ids = (valid.long().cumsum(1) - 1).clamp(min=0)
+        mask = build_mask(valid, K if bidirectional_suffix else 0, dtype)
+        return Sequence(seq, valid, position_ids, mask)
+
+    def run(self, seq: Sequence, cache=None) -> tuple[torch.Tensor, object]:
+        """LLM decoder over an assembled sequence -> (final hidden states (B, T, d), KV cache or None)."""
+        out = self.llm.get_decoder()(
+            inputs_embeds=seq.embeds,
+            attention_mask=seq.mask,
+            position_ids=seq.position_ids,
+            past_key_values=cache,
+            use_cache=cache is not None,
+        )
+        return out.last_hidden_state, (out.past_key_values if cache is not None else None)

@@ -1,0 +1,275 @@
+"""Action heads: how a Prismatic backbone turns its hidden states into a normalised action chunk (B, H, D).
+
+One interface (`ActionHead`), swappable:
+
+- `TokenHead` (RT-2, Brohan et al., 2023; OpenVLA, Kim et al., 2024): every normalised action dim is one of
+  256 bin tokens on the last ids of the LM vocabulary (`vlaforge.actions.BinTokenizer`). Training is
+  teacher-forced next-token prediction on `H*D` action tokens followed by `</s>`, with the loss only on those
+  positions. Inference is greedy decoding with the KV cache: one prefill, then one token per step. Unlike
+  OpenVLA (which asserts batch size 1) decoding is batched through left padding, an explicit mask and
+  position ids that count valid tokens. Decoding is a plain argmax over the whole vocab as in OpenVLA; an
+  id outside the action range is mapped to the nearest bin by the tokenizer's clipping rule.
+- `ChunkHead` (OpenVLA-OFT parallel decoding with L1 regression, Kim et al., 2025): `H*D` learned placeholder
+  embeddings follow the prompt and attend to each other bidirectionally; one forward pass, then each
+  placeholder's final hidden state goes through a small MLP to one continuous value. L1 loss against the
+  normalised chunk, ignoring the steps padded past an episode's end.
+
+A head is called with the backbone and a `Context` (images, state, prompt ids) because each head appends its
+own suffix to the sequence before the LLM runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache
+
+from vlaforge.actions import BinTokenizer
+from vlaforge.models.backbone import PrismaticBackbone, Sequence, additive_mask
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Context:
+    """What every head conditions on.
+
+    Attributes:
+        images: one uint8 (B, h, w, 3) tensor per camera, in embodiment order.
+        state: normalised state (B, S) or None.
+        prompt_ids: B lists of prompt ids (no BOS).
+    """
+
+    images: list[torch.Tensor]
+    state: torch.Tensor | None
+    prompt_ids: list[list[int]]
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.prompt_ids)
+
+
+class ActionHead(nn.Module):
+    """Base class: `loss` for training, `predict` for inference (normalised chunks)."""
+
+    kind = "base"
+
+    def __init__(self, action_dim: int, chunk_size: int):
+        super().__init__()
+        if chunk_size < 1 or action_dim < 1:
+            raise ValueError(f"need chunk_size >= 1 and action_dim >= 1, got {chunk_size}, {action_dim}")
+        self.action_dim = action_dim
+        self.chunk_size = chunk_size
+
+    @property
+    def execute_steps(self) -> int:
+        """The natural number of steps to run open-loop from one prediction."""
+        return self.chunk_size
+
+    def loss(
+        self, backbone: PrismaticBackbone, ctx: Context, actions: torch.Tensor, pad: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Training loss.
+
+        Args:
+            backbone: the Prismatic backbone.
+            ctx: images, state, prompt ids.
+            actions: normalised target chunk (B, H, D).
+            pad: bool (B, H), True on steps past the episode's end (they do not count).
+        """
+        raise NotImplementedError
+
+    def predict(self, backbone: PrismaticBackbone, ctx: Context) -> torch.Tensor:
+        """Normalised action chunk (B, H, D)."""
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        return {"kind": self.kind, "chunk_size": self.chunk_size, "action_dim": self.action_dim}
+
+
+class TokenHead(ActionHead):
+    """RT-2 / OpenVLA discrete action tokens, autoregressive with a KV cache.
+
+    Args:
+        action_dim: D.
+        chunk_size: H (OpenVLA: 1); H*D tokens are decoded.
+        bins: the action tokenizer (its ids must fit the LLM vocab).
+        eos_id: the text tokenizer's `</s>`.
+    """
+
+    kind = "tokens"
+
+    def __init__(self, action_dim: int, chunk_size: int, bins: BinTokenizer, eos_id: int):
+        super().__init__(action_dim, chunk_size)
+        self.bins = bins
+        self.eos_id = eos_id
+
+    @property
+    def n_tokens(self) -> int:
+        return self.chunk_size * self.action_dim
+
+    def targets(self, actions: torch.Tensor, pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised (B, H, D) -> target ids (B, H*D + 1) (action tokens then `</s>`) and the loss mask."""
+        B = actions.shape[0]
+        ids = torch.from_numpy(self.bins.encode(actions.detach().float().cpu().numpy()))  # (B, H, D)
+        ids = ids.to(actions.device).flatten(1)  # (B, H*D)
+        eos = torch.full((B, 1), self.eos_id, dtype=torch.long, device=actions.device)
+        keep = (~pad).repeat_interleave(self.action_dim, dim=1)  # (B, H*D)
+        keep = torch.cat([keep, torch.ones(B, 1, dtype=torch.bool, device=actions.device)], dim=1)
+        return torch.cat([ids, eos], dim=1), keep
+
+    @staticmethod
+    def sequence_labels(seq_len: int, targets: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Full-sequence labels (B, T): the target ids on the last K positions where kept, -100 elsewhere.
+
+        Label at position t is the token at t (HF convention: logits at t - 1 predict it).
+        """
+        B, K = targets.shape
+        labels = torch.full((B, seq_len), IGNORE_INDEX, dtype=torch.long, device=targets.device)
+        labels[:, -K:] = torch.where(keep, targets, torch.full_like(targets, IGNORE_INDEX))
+        return labels
+
+    def loss(self, backbone, ctx, actions, pad):
+        targets, keep = self.targets(actions[:, : self.chunk_size], pad[:, : self.chunk_size])
+        K = targets.shape[1]
+        seq = backbone.assemble(ctx.images, ctx.state, ctx.prompt_ids, suffix=backbone.embed_tokens(targets))
+        hidden, _ = backbone.run(seq)
+        labels = self.sequence_labels(seq.embeds.shape[1], targets, keep)
+        # Only the K positions that predict the suffix need logits (cheap even with a 32k vocab).
+        logits = backbone.lm_head(hidden[:, -K - 1 : -1]).float()  # (B, K, V)
+        lab = labels[:, -K:]  # (B, K)
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), lab.reshape(-1), ignore_index=IGNORE_INDEX
+        )
+        with torch.no_grad():
+            pred = logits[:, :-1].argmax(-1)  # (B, H*D) action positions only
+            act_keep = keep[:, :-1]
+            n = act_keep.sum().clamp(min=1)
+            acc = ((pred == targets[:, :-1]) & act_keep).sum() / n
+            decoded = torch.from_numpy(self.bins.decode(pred.cpu().numpy())).to(actions.device)
+            target = actions[:, : self.chunk_size].flatten(1).float()
+            l1 = ((decoded - target).abs() * act_keep).sum() / n
+        return loss, {"token_acc": float(acc), "l1": float(l1)}
+
+    @torch.no_grad()
+    def decode_ids(self, backbone: PrismaticBackbone, ctx: Context) -> torch.Tensor:
+        """Greedy ids (B, H*D) with the KV cache: prefill once, then one token per step."""
+        seq = backbone.assemble(ctx.images, ctx.state, ctx.prompt_ids)
+        cache = DynamicCache()
+        hidden, cache = backbone.run(seq, cache)
+        nxt = backbone.lm_head(hidden[:, -1]).argmax(-1)  # (B,)
+        out = [nxt]
+        valid, pos = seq.valid, seq.position_ids[:, -1]
+        B, device = valid.shape[0], valid.device
+        for _ in range(self.n_tokens - 1):
+            valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
+            pos = pos + 1
+            step = Sequence(
+                embeds=backbone.embed_tokens(nxt[:, None]),  # (B, 1, d)
+                valid=valid,
+                position_ids=pos[:, None],
+                mask=additive_mask(valid[:, None, None, :], seq.embeds.dtype),  # (B, 1, 1, T + t)
+            )
+            hidden, cache = backbone.run(step, cache)
+            nxt = backbone.lm_head(hidden[:, -1]).argmax(-1)
+            out.append(nxt)
+        return torch.stack(out, dim=1)
+
+    @torch.no_grad()
+    def decode_ids_reference(self, backbone: PrismaticBackbone, ctx: Context) -> torch.Tensor:
+        """Slow reference: re-runs the whole sequence for every token, no cache. (B, H*D)."""
+        B = ctx.batch_size
+        device = backbone.projector.fc1.weight.device
+        ids = torch.zeros(B, 0, dtype=torch.long, device=device)
+        for _ in range(self.n_tokens):
+            suffix = backbone.embed_tokens(ids) if ids.shape[1] else None
+            seq = backbone.assemble(ctx.images, ctx.state, ctx.prompt_ids, suffix=suffix)
+            hidden, _ = backbone.run(seq)
+            ids = torch.cat([ids, backbone.lm_head(hidden[:, -1]).argmax(-1)[:, None]], dim=1)
+        return ids
+
+    def ids_to_actions(self, ids: torch.Tensor) -> torch.Tensor:
+        """Ids (B, H*D) -> normalised actions (B, H, D); non-action ids clip to the nearest bin."""
+        vals = torch.from_numpy(self.bins.decode(ids.cpu().numpy()))
+        return vals.view(ids.shape[0], self.chunk_size, self.action_dim)
+
+    def predict(self, backbone, ctx):
+        return self.ids_to_actions(self.decode_ids(backbone, ctx))
+
+    def config(self) -> dict:
+        return {**super().config(), "bins": self.bins.to_dict(), "eos_id": self.eos_id}
+
+
+class ChunkHead(ActionHead):
+    """OpenVLA-OFT parallel decoding: H*D placeholders, one pass, an MLP to continuous values, L1 loss.
+
+    Args:
+        action_dim: D.
+        chunk_size: H.
+        hidden_size: the LLM width.
+        bidirectional: placeholders attend to each other both ways (OFT); False keeps plain causal attention.
+    """
+
+    kind = "chunk"
+
+    def __init__(self, action_dim: int, chunk_size: int, hidden_size: int, bidirectional: bool = True):
+        super().__init__(action_dim, chunk_size)
+        self.bidirectional = bidirectional
+        self.placeholders = nn.Parameter(torch.randn(chunk_size * action_dim, hidden_size) * 0.02)
+        self.mlp = nn.Sequential(
+            nn.LayerNorm(hidden_size),
+            nn.Linear(hidden_size, hidden_size),
+            nn.GELU(),
+            nn.Linear(hidden_size, 1),
+        )
+
+    def forward(self, backbone: PrismaticBackbone, ctx: Context) -> torch.Tensor:
+        """Normalised chunk (B, H, D), differentiable."""
+        B, K = ctx.batch_size, self.placeholders.shape[0]
+        suffix = self.placeholders[None].expand(B, -1, -1)  # (B, H*D, d)
+        seq = backbone.assemble(
+            ctx.images, ctx.state, ctx.prompt_ids, suffix=suffix, bidirectional_suffix=self.bidirectional
+        )
+        hidden, _ = backbone.run(seq)
+        values = self.mlp(hidden[:, -K:].to(self.placeholders.dtype))  # (B, H*D, 1)
+        return values.view(B, self.chunk_size, self.action_dim)
+
+    def loss(self, backbone, ctx, actions, pad):
+        pred = self(backbone, ctx).float()
+        target = actions[:, : self.chunk_size].float()
+        keep = (~pad[:, : self.chunk_size]).float()[..., None]  # (B, H, 1)
+        n = (keep.sum() * self.action_dim).clamp(min=1)
+        l1 = ((pred - target).abs() * keep).sum() / n
+        return l1, {"l1": float(l1.detach())}
+
+    @torch.no_grad()
+    def predict(self, backbone, ctx):
+        return self(backbone, ctx).float()
+
+    def config(self) -> dict:
+        return {**super().config(), "bidirectional": self.bidirectional}
+
+
+def build_head(
+    kind: str, action_dim: int, chunk_size: int, hidden_size: int, bins: BinTokenizer, eos_id: int, **kw
+) -> ActionHead:
+    """The head called `kind` ("tokens" or "chunk")."""
+    if kind == "tokens":
+        return TokenHead(action_dim, chunk_size, bins, eos_id)
+    if kind == "chunk":
+        return ChunkHead(action_dim, chunk_size, hidden_size, bidirectional=kw.get("bidirectional", True))
+    raise ValueError(f"unknown action head {kind!r}; choose 'tokens' or 'chunk'")
+
+
+def check_bins_fit(bins: BinTokenizer, vocab_size: int) -> None:
+    """The action ids must exist in the LLM's vocab."""
+    if bins.last_id >= vocab_size:
+        raise ValueError(
+            f"action ids {bins.first_id}..{bins.last_id} do not fit the LLM vocab of {vocab_size}"
+        )
+
+
+__all__ = ["ActionHead", "ChunkHead", "Context", "TokenHead", "build_head", "check_bins_fit"]

@@ -1,0 +1,328 @@
+"""`Policy`: the one model class for training, evaluation and serving.
+
+Policy = embodiment + norm stats + Prismatic backbone + action head. OpenVLA keeps separate training and
+Hugging Face classes with a converter between them, its users' most common trap; here the class that trains
+is the class that serves. A policy directory holds exactly three files, all safetensors or JSON:
+
+    config.json        preset (every size), head config, embodiment, text tokenizer, normalisation mode
+    model.safetensors  the state dict
+    norm_stats.json    per-feature statistics, validated against the embodiment at load
+
+(plus `tokenizer.json` when the Llama tokenizer is used). Actions are normalised inside the policy (q99 by
+default, as OpenVLA), so callers speak robot units both ways; predictions are clipped to the embodiment's
+limits.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vlaforge.actions import BinTokenizer, Normalizer
+from vlaforge.models.backbone import PrismaticBackbone
+from vlaforge.models.heads import Context, build_head, check_bins_fit
+from vlaforge.models.presets import Preset, get_preset
+from vlaforge.models.text import build_text_tokenizer
+from vlaforge.types import Embodiment, NormStats, Observation
+
+CONFIG_FILE, WEIGHTS_FILE, STATS_FILE = "config.json", "model.safetensors", "norm_stats.json"
+FORMAT = "vlaforge-policy"
+HEAD_OPTIONS = ("bidirectional",)
+POLICY_OPTIONS = ("norm_mode",)
+
+
+def _as_tensor(x: Any, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    return t.to(device=device, dtype=dtype) if dtype is not None else t.to(device)
+
+
+class Policy(nn.Module):
+    """A VLA policy. Build with `from_preset` or `from_pretrained`.
+
+    Attributes:
+        config: JSON-able description that rebuilds the model (preset, head, embodiment, tokenizer).
+        embodiment: the robot this policy drives.
+        norm_stats: the statistics actions (and state) are normalised with.
+        backbone: `PrismaticBackbone` with `.vision`, `.projector`, `.llm` (names freezing strategies use).
+        head: the `ActionHead`.
+    """
+
+    def __init__(
+        self,
+        preset: Preset,
+        head_config: Mapping[str, Any],
+        embodiment: Embodiment,
+        norm_stats: NormStats,
+        norm_mode: str = "q99",
+    ):
+        super().__init__()
+        norm_stats.validate(embodiment)
+        self.embodiment, self.norm_stats, self.preset = embodiment, norm_stats, preset
+        self.text = build_text_tokenizer(preset.tokenizer, preset.llm.vocab_size, preset.tokenizer_path)
+        self.bins = BinTokenizer(preset.action_vocab_size, preset.n_bins)
+        check_bins_fit(self.bins, preset.llm.vocab_size)
+        self.backbone = PrismaticBackbone(preset, embodiment.state_dim, self.text.bos_id, self.text.pad_id)
+        head_config = dict(head_config)
+        self.head = build_head(
+            head_config.pop("kind"),
+            action_dim=embodiment.action_dim,
+            chunk_size=head_config.pop("chunk_size"),
+            hidden_size=preset.llm.hidden_size,
+            bins=self.bins,
+            eos_id=self.text.eos_id,
+            **{k: v for k, v in head_config.items() if k in HEAD_OPTIONS},
+        )
+        self.norm_mode = norm_mode
+        mask = np.asarray(embodiment.normalize_mask, dtype=bool)
+        self.action_norm = Normalizer(norm_stats["action"], mode=norm_mode, mask=mask)
+        self.uses_state = bool(preset.use_state and embodiment.state_dim)
+        self.state_norm = (
+            Normalizer(norm_stats["observation.state"], mode=norm_mode) if self.uses_state else None
+        )
+        self._low = np.asarray(embodiment.action_low, dtype=np.float32)
+        self._high = np.asarray(embodiment.action_high, dtype=np.float32)
+        self._prompt_cache: dict[str, list[int]] = {}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_preset(
+        cls, preset: str | Preset, head: str, embodiment: Embodiment, norm_stats: NormStats, **overrides: Any
+    ) -> Policy:
+        """A freshly initialised policy.
+
+        Args:
+            preset: a preset name ("tiny", "openvla-7b", "openvla-7b-siglip") or a `Preset`.
+            head: "tokens" or "chunk".
+            embodiment: the robot.
+            norm_stats: statistics with "action" (and "observation.state" when the robot has a state).
+            **overrides: preset fields (chunk_size, use_state, tokenizer, tokenizer_path, llm, ...), head
+                options (bidirectional) or norm_mode. None values mean "keep the default". The token head's
+                chunk_size defaults to 1 (OpenVLA), the chunk head's to the preset's.
+        """
+        p = get_preset(preset) if isinstance(preset, str) else preset
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        head_opts = {k: overrides.pop(k) for k in HEAD_OPTIONS if k in overrides}
+        norm_mode = overrides.pop("norm_mode", "q99")
+        if head == "tokens" and "chunk_size" not in overrides:
+            overrides["chunk_size"] = 1
+        p = p.with_overrides(**overrides)
+        return cls(
+            p, {"kind": head, "chunk_size": p.chunk_size, **head_opts}, embodiment, norm_stats, norm_mode
+        )
+
+    @property
+    def config(self) -> dict[str, Any]:
+        preset = self.preset.to_dict()
+        preset["tokenizer_path"] = None  # a saved policy carries its own tokenizer.json
+        return {
+            "format": FORMAT,
+            "version": 1,
+            "preset": preset,
+            "head": self.head.config(),
+            "chunk_size": self.head.chunk_size,
+            "image_size": self.preset.image_size,
+            "embodiment": self.embodiment.to_dict(),
+            "text_tokenizer": self.text.to_dict() | ({"path": None} if self.text.kind == "llama" else {}),
+            "norm_mode": self.norm_mode,
+        }
+
+    @property
+    def execute_steps(self) -> int:
+        """The head's natural open-loop length (token head 1 by default, chunk head H)."""
+        return self.head.execute_steps
+
+    @property
+    def chunk_size(self) -> int:
+        return self.head.chunk_size
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ------------------------------------------------------------------ inputs
+    def _prompts(self, instructions: list[str]) -> list[list[int]]:
+        out = []
+        for text in instructions:
+            ids = self._prompt_cache.get(text)
+            if ids is None:
+                ids = self.text.encode_prompt(text)
+                if len(self._prompt_cache) < 10_000:
+                    self._prompt_cache[text] = ids
+            out.append(ids)
+        return out
+
+    def _context(self, images: Mapping[str, Any], state: Any, instructions: Any) -> Context:
+        device = self.device
+        missing = [c for c in self.embodiment.camera_names if c not in images]
+        if missing:
+            raise ValueError(
+                f"observation lacks camera(s) {missing}; this policy reads {self.embodiment.camera_names} "
+                f"and got {sorted(images)}"
+            )
+        imgs = [_as_tensor(images[c], device) for c in self.embodiment.camera_names]
+        B = imgs[0].shape[0]
+        for c, img in zip(self.embodiment.camera_names, imgs):
+            if img.dtype != torch.uint8 or img.ndim != 4 or img.shape[-1] != 3 or img.shape[0] != B:
+                raise ValueError(
+                    f"camera {c!r}: expected uint8 ({B}, H, W, 3), got {img.dtype} {tuple(img.shape)}"
+                )
+        if isinstance(instructions, str):
+            instructions = [instructions] * B
+        instructions = list(instructions)
+        if len(instructions) != B:
+            raise ValueError(f"{len(instructions)} instructions for a batch of {B} images")
+        state_t = None
+        if self.uses_state:
+            S = self.embodiment.state_dim
+            if state is None:
+                raise ValueError(f"this policy needs a state of dim {S}; the observation has none")
+            st = state.detach().cpu().numpy() if isinstance(state, torch.Tensor) else np.asarray(state)
+            if st.shape != (B, S):
+                raise ValueError(
+                    f"state has shape {st.shape}; this policy expects ({B}, {S}) (state_dim {S})"
+                )
+            state_t = _as_tensor(self.state_norm.normalize(st), device)
+        return Context(images=imgs, state=state_t, prompt_ids=self._prompts(instructions))
+
+    # ------------------------------------------------------------------ training
+    def compute_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss and metrics on a training batch (README "Training batch"; actions in robot units).
+
+        Returns:
+            (scalar loss tensor, {metric: float}); metrics: `l1` for both heads, `token_acc` for tokens.
+        """
+        ctx = self._context(batch["images"], batch.get("state"), batch["instruction"])
+        actions = batch["actions"]
+        a = actions.detach().cpu().numpy() if isinstance(actions, torch.Tensor) else np.asarray(actions)
+        B, H = ctx.batch_size, self.head.chunk_size
+        D = self.embodiment.action_dim
+        if a.ndim != 3 or a.shape[0] != B or a.shape[1] < H or a.shape[2] != D:
+            raise ValueError(
+                f"actions have shape {a.shape}; this policy needs ({B}, >= {H}, {D}) (chunk_size {H})"
+            )
+        a = a[:, :H]
+        pad = batch.get("action_pad")
+        pad = (
+            torch.zeros(B, H, dtype=torch.bool)
+            if pad is None
+            else _as_tensor(pad, torch.device("cpu"))[:, :H]
+        )
+        target = _as_tensor(self.action_norm.normalize(a), self.device)
+        loss, metrics = self.head.loss(self.backbone, ctx, target, pad.to(self.device, torch.bool))
+        return loss, {"loss": float(loss.detach()), **metrics}
+
+    # ------------------------------------------------------------------ inference
+    def predict_action_batch(self, batch: Mapping[str, Any]) -> np.ndarray:
+        """Batched observations -> action chunks (B, H, D) float32 in robot units, clipped to the limits.
+
+        Args:
+            batch: `{"images": {camera: uint8 (B, h, w, 3)}, "state": (B, S), "instruction": [B strings]}`.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                ctx = self._context(batch["images"], batch.get("state"), batch.get("instruction", ""))
+                norm = self.head.predict(self.backbone, ctx).float().cpu().numpy()  # (B, H, D)
+        finally:
+            self.train(was_training)
+        actions = self.action_norm.unnormalize(norm)
+        return np.clip(actions, self._low, self._high).astype(np.float32)
+
+    def predict_action(self, obs: Observation | Mapping[str, Any]) -> np.ndarray:
+        """One observation -> action chunk (H, D) float32 in robot units.
+
+        Args:
+            obs: an `Observation` or `{"images": {camera: uint8 (h, w, 3)}, "state": (S,), "instruction": str}`.
+        """
+        obs = Observation.from_dict(obs)
+        for name, img in obs.images.items():
+            if img.ndim != 3:
+                raise ValueError(
+                    f"image {name!r} has shape {img.shape}; predict_action takes one (H, W, 3) image"
+                )
+        state = None if obs.state is None else obs.state.reshape(1, -1)
+        if state is not None and self.uses_state and state.shape[1] != self.embodiment.state_dim:
+            raise ValueError(
+                f"state has {state.shape[1]} dims; this policy expects state_dim {self.embodiment.state_dim}"
+            )
+        batch = {"images": {k: v[None] for k, v in obs.images.items()}, "state": state}
+        batch["instruction"] = [str(obs.instruction)]
+        return self.predict_action_batch(batch)[0]
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Writes config.json, model.safetensors and norm_stats.json (and tokenizer.json for Llama)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config, indent=2))
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
+        self.norm_stats.save(directory / STATS_FILE)
+        if self.text.kind == "llama":
+            src = Path(self.text.path) / "tokenizer.json"
+            if src.resolve() != (directory / "tokenizer.json").resolve():
+                shutil.copyfile(src, directory / "tokenizer.json")
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> Policy:
+        """Loads a policy directory written by `save_pretrained` (safetensors + JSON only, no pickle).
+
+        Raises:
+            FileNotFoundError: the directory or one of its files is missing.
+            ValueError: stats that do not fit the embodiment, or weights that do not fit the config
+                (the message names the key and both shapes).
+        """
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise FileNotFoundError(f"{directory}: no such policy directory")
+        missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, STATS_FILE) if not (directory / f).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{directory}: missing {missing}; a policy directory needs {CONFIG_FILE}, {WEIGHTS_FILE} and "
+                f"{STATS_FILE} (written by Policy.save_pretrained)"
+            )
+        try:
+            config = json.loads((directory / CONFIG_FILE).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{directory / CONFIG_FILE}: not valid JSON ({e})") from e
+        if config.get("format") != FORMAT:
+            raise ValueError(
+                f"{directory / CONFIG_FILE}: not a vlaforge policy config (format {config.get('format')!r})"
+            )
+        embodiment = Embodiment.from_dict(config["embodiment"])
+        stats = NormStats.load(directory / STATS_FILE)
+        stats.validate(embodiment, where=str(directory / STATS_FILE))
+        preset = Preset.from_dict(config["preset"])
+        if preset.tokenizer == "llama":
+            preset = preset.with_overrides(tokenizer_path=str(directory))
+        policy = cls(preset, config["head"], embodiment, stats, config.get("norm_mode", "q99"))
+        weights = directory / WEIGHTS_FILE
+        expected = policy.state_dict()
+        with safe_open(str(weights), framework="pt") as f:
+            keys = set(f.keys())
+            for key in keys & set(expected):
+                shape = tuple(f.get_slice(key).get_shape())
+                if shape != tuple(expected[key].shape):
+                    raise ValueError(
+                        f"{weights}: tensor {key!r} has shape {shape}; the config expects "
+                        f"{tuple(expected[key].shape)}"
+                    )
+        unexpected, absent = sorted(keys - set(expected)), sorted(set(expected) - keys)
+        if unexpected or absent:
+            raise ValueError(
+                f"{weights}: state-dict keys do not match the config: missing {absent[:5]}"
+                f"{' ...' if len(absent) > 5 else ''}, unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
+            )
+        policy.load_state_dict(load_file(str(weights)))
+        return policy.to(device)

@@ -1,0 +1,238 @@
+"""Named model presets: one table of dataclass configs (gpt-fast's `transformer_configs` habit).
+
+- `tiny`: a few million parameters that train in minutes on a 2-core CPU. Fused tiny DINOv2-with-registers
+  + tiny SigLIP at 64 px with 16 px patches (16 patches per camera), a three-layer fused projector, a
+  small Llama and the self-contained byte tokenizer (vocab 3 + 256 bytes + 256 action bins = 515).
+- `openvla-7b`: OpenVLA's real dimensions (Kim et al., 2024, "OpenVLA: An Open-Source
+  Vision-Language-Action Model"): DINOv2 ViT-L/14 with 4 registers + SigLIP So400m/14 at 224 px
+  (256 patches, 1024 + 1152 = 2176 channels), projector 2176 -> 8704 -> 4096 -> 4096, Llama-2 7B with
+  its embedding padded to 32064 rows, 256 action bins on the last ids of the 32000-token Llama vocab.
+- `openvla-7b-siglip`: the SigLIP-only variant behind the paper's fine-tuning table (projector
+  1152 -> 4096 -> 4096).
+
+Everything is plain data so a checkpoint's `config.json` can rebuild the exact model; `get_preset` gives a
+"did you mean" on a typo.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+VISION_KINDS = ("dinov2_reg", "dinov2", "siglip")
+TOKENIZER_KINDS = ("byte", "llama")
+
+
+@dataclass(frozen=True)
+class ViTSpec:
+    """One vision transformer tower.
+
+    Attributes:
+        kind: "dinov2_reg" (DINOv2 with register tokens), "dinov2" or "siglip".
+        hidden_size: channel width d of the tower (its feature dim).
+        num_layers: transformer blocks; features are read from the output of block num_layers - 2.
+        num_heads: attention heads.
+        intermediate_size: MLP width.
+        patch_size: square patch side in pixels.
+        num_register_tokens: DINOv2 register tokens (4 in OpenVLA's ViT-L/14-reg4); 0 otherwise.
+        use_head: SigLIP's attention-pool head. Its features are never used, but OpenVLA's timm model
+            carries it, so the 7B preset keeps it for parameter parity.
+    """
+
+    kind: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    patch_size: int
+    num_register_tokens: int = 0
+    use_head: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in VISION_KINDS:
+            raise ValueError(f"unknown vision tower kind {self.kind!r}; choose one of {VISION_KINDS}")
+        if self.num_layers < 2:
+            raise ValueError(f"a {self.kind} tower needs >= 2 layers (features come from the second-to-last)")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.kind != "siglip" and self.intermediate_size % self.hidden_size:
+            raise ValueError(
+                f"DINOv2 needs intermediate_size ({self.intermediate_size}) to be a multiple of hidden_size "
+                f"({self.hidden_size}): transformers' config takes an integer mlp_ratio"
+            )
+
+
+@dataclass(frozen=True)
+class LLMSpec:
+    """The causal language model (a `transformers` Llama config by default).
+
+    Attributes:
+        hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size: the usual Llama sizes.
+        vocab_size: rows of the embedding matrix (OpenVLA pads Llama-2's 32000 to 32064).
+        max_position_embeddings: RoPE context length.
+        rms_norm_eps: RMSNorm epsilon (1e-5 for Llama-2 7B, 1e-6 here for tiny models).
+        rope_theta: RoPE base.
+        model_type: any `transformers` causal-LM model type; "llama" by default.
+    """
+
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    intermediate_size: int
+    vocab_size: int
+    num_kv_heads: int | None = None
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    model_type: str = "llama"
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"LLM hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}"
+            )
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A full model configuration.
+
+    Attributes:
+        name: the preset's name.
+        vision: the towers, fused by channel concatenation in this order (OpenVLA: DINOv2 then SigLIP).
+        image_size: square input side; camera images are resized to it inside the model.
+        llm: the language model.
+        tokenizer: "byte" (self-contained, saved in config.json) or "llama" (local `tokenizer.json`).
+        tokenizer_path: directory holding the Llama tokenizer files (only for tokenizer="llama").
+        action_vocab_size: the vocab whose last `n_bins` ids are action tokens (32000 for OpenVLA).
+        n_bins: action bins per dim (256).
+        use_state: add one projected proprioceptive-state token after the patches.
+        chunk_size: action chunk H of the chunk head; the token head defaults to 1.
+        lr: the learning rate the training loop uses when none is given.
+    """
+
+    name: str
+    vision: tuple[ViTSpec, ...]
+    image_size: int
+    llm: LLMSpec
+    tokenizer: str = "byte"
+    tokenizer_path: str | None = None
+    action_vocab_size: int = 515
+    n_bins: int = 256
+    use_state: bool = True
+    chunk_size: int = 8
+    lr: float = 3e-4
+
+    def __post_init__(self) -> None:
+        if not self.vision:
+            raise ValueError(f"preset {self.name!r} has no vision tower")
+        if self.tokenizer not in TOKENIZER_KINDS:
+            raise ValueError(f"unknown tokenizer {self.tokenizer!r}; choose one of {TOKENIZER_KINDS}")
+        for spec in self.vision:
+            if self.image_size % spec.patch_size:
+                raise ValueError(
+                    f"image_size {self.image_size} is not a multiple of the {spec.kind} patch size {spec.patch_size}"
+                )
+        if len({self.image_size // s.patch_size for s in self.vision}) != 1:
+            raise ValueError("fused vision towers must produce the same number of patches")
+        if self.action_vocab_size > self.llm.vocab_size:
+            raise ValueError(
+                f"action_vocab_size {self.action_vocab_size} exceeds the LLM vocab {self.llm.vocab_size}"
+            )
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+
+    @property
+    def n_patches(self) -> int:
+        """Patches per camera image."""
+        return (self.image_size // self.vision[0].patch_size) ** 2
+
+    @property
+    def vision_dim(self) -> int:
+        """Channel width of the fused features."""
+        return sum(s.hidden_size for s in self.vision)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preset:
+        d = dict(d)
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown preset keys {sorted(unknown)}; expected a subset of {sorted(known)}")
+        d["vision"] = tuple(ViTSpec(**v) for v in d["vision"])
+        d["llm"] = LLMSpec(**d["llm"])
+        return cls(**d)
+
+    def with_overrides(self, **overrides: Any) -> Preset:
+        """A copy with top-level fields replaced; an unknown name is a clear error."""
+        known = {f.name for f in fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ValueError(
+                f"unknown preset override(s) {sorted(unknown)} for {self.name!r}; known: {sorted(known)}"
+            )
+        return replace(self, **overrides)
+
+
+_DINO_L14 = ViTSpec("dinov2_reg", 1024, 24, 16, 4096, 14, num_register_tokens=4)
+_SIGLIP_SO400M = ViTSpec("siglip", 1152, 27, 16, 4304, 14, use_head=True)
+_LLAMA2_7B = LLMSpec(4096, 32, 32, 11008, vocab_size=32064, max_position_embeddings=4096, rms_norm_eps=1e-5)
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            name="tiny",
+            vision=(
+                ViTSpec("dinov2_reg", 64, 3, 4, 128, 16, num_register_tokens=4),
+                ViTSpec("siglip", 64, 3, 4, 128, 16),
+            ),
+            image_size=64,
+            llm=LLMSpec(128, 3, 4, 384, vocab_size=515, max_position_embeddings=512, rms_norm_eps=1e-6),
+            tokenizer="byte",
+            action_vocab_size=515,
+            use_state=True,
+            chunk_size=8,
+            lr=3e-4,
+        ),
+        Preset(
+            name="openvla-7b",
+            vision=(_DINO_L14, _SIGLIP_SO400M),
+            image_size=224,
+            llm=_LLAMA2_7B,
+            tokenizer="llama",
+            action_vocab_size=32000,
+            use_state=False,
+            chunk_size=8,
+            lr=2e-5,
+        ),
+        Preset(
+            name="openvla-7b-siglip",
+            vision=(_SIGLIP_SO400M,),
+            image_size=224,
+            llm=_LLAMA2_7B,
+            tokenizer="llama",
+            action_vocab_size=32000,
+            use_state=False,
+            chunk_size=8,
+            lr=2e-5,
+        ),
+    )
+}
+
+
+def get_preset(name: str) -> Preset:
+    """Returns the preset called `name`; a typo gets a "did you mean".
+
+    Raises:
+        KeyError: no preset of that name.
+    """
+    if name in PRESETS:
+        return PRESETS[name]
+    close = difflib.get_close_matches(name, PRESETS, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise KeyError(f"unknown preset {name!r}{hint} (known: {sorted(PRESETS)})")
