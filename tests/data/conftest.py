@@ -26,7 +26,10 @@ def make_raw(n_episodes: int = 5, cameras=("corner2",), size: int = 32, base_len
     raw = []
     for e in range(n_episodes):
         T = base_len + 3 * e
-        frames = {f"observation.images.{c}": smooth_images(T, size, size, seed=e + 10 * i) for i, c in enumerate(cameras)}
+        frames = {
+            f"observation.images.{c}": smooth_images(T, size, size, seed=e + 10 * i)
+            for i, c in enumerate(cameras)
+        }
         frames["observation.state"] = rng.normal(size=(T, 4)).astype(np.float32)
         frames["action"] = rng.uniform(-1, 1, size=(T, 4)).astype(np.float32)
         frames["next.success"] = np.arange(T) == T - 1
@@ -36,7 +39,11 @@ def make_raw(n_episodes: int = 5, cameras=("corner2",), size: int = 32, base_len
 
 def features_for(cameras=("corner2",), size: int = 32) -> dict:
     feats = {
-        f"observation.images.{c}": {"dtype": "video", "shape": [size, size, 3], "names": ["height", "width", "channels"]}
+        f"observation.images.{c}": {
+            "dtype": "video",
+            "shape": [size, size, 3],
+            "names": ["height", "width", "channels"],
+        }
         for c in cameras
     }
     feats["observation.state"] = {"dtype": "float32", "shape": [4], "names": ["x", "y", "z", "grip"]}
@@ -57,5 +64,7 @@ def two_cam(tmp_path_factory):
     """A 5-episode, 2-task, 2-camera dataset and its raw arrays (built once per session)."""
     cams = ("corner2", "gripperPOV")
     raw = make_raw(5, cams)
-    root = write_dataset(tmp_path_factory.mktemp("ds") / "two_cam", raw, cams, extra_info={"vlaforge": {"note": 1}})
+    root = write_dataset(
+        tmp_path_factory.mktemp("ds") / "two_cam", raw, cams, extra_info={"vlaforge": {"note": 1}}
+    )
     return root, raw

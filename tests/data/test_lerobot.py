@@ -25,12 +25,18 @@ def test_round_trip_columns(two_cam):
     assert ds.camera_keys == list(CAMS)
     assert ds.tasks == TASKS
     np.testing.assert_array_equal(ds.column("action"), np.concatenate([f["action"] for _, f in raw]))
-    np.testing.assert_array_equal(ds.column("observation.state"), np.concatenate([f["observation.state"] for _, f in raw]))
-    np.testing.assert_array_equal(ds.column("next.success"), np.concatenate([f["next.success"] for _, f in raw]))
+    np.testing.assert_array_equal(
+        ds.column("observation.state"), np.concatenate([f["observation.state"] for _, f in raw])
+    )
+    np.testing.assert_array_equal(
+        ds.column("next.success"), np.concatenate([f["next.success"] for _, f in raw])
+    )
     np.testing.assert_array_equal(ds.column("index"), np.arange(ds.num_frames))
     np.testing.assert_array_equal(ds.column("frame_index"), np.concatenate([np.arange(n) for n in lengths]))
     np.testing.assert_array_equal(ds.column("episode_index"), np.repeat(np.arange(5), lengths))
-    np.testing.assert_allclose(ds.column("timestamp"), np.concatenate([np.arange(n) / 10 for n in lengths]), atol=1e-6)
+    np.testing.assert_allclose(
+        ds.column("timestamp"), np.concatenate([np.arange(n) / 10 for n in lengths]), atol=1e-6
+    )
     np.testing.assert_array_equal(ds.column("task_index"), np.repeat([0, 1, 0, 1, 0], lengths))
     assert list(ds.episode_frames(2)) == list(range(sum(lengths[:2]), sum(lengths[:3])))
     item = ds[ds.episode_frames(3).start + 4]
@@ -72,9 +78,21 @@ def test_video_cache_reused_and_rebuilt_when_stale(tmp_path):
 def test_info_episodes_tasks_layout(two_cam):
     root, raw = two_cam
     info = json.loads((root / "meta/info.json").read_text())
-    for key in ("codebase_version", "robot_type", "total_episodes", "total_frames", "total_tasks", "chunks_size",
-                "data_files_size_in_mb", "video_files_size_in_mb", "fps", "splits", "data_path", "video_path",
-                "features"):
+    for key in (
+        "codebase_version",
+        "robot_type",
+        "total_episodes",
+        "total_frames",
+        "total_tasks",
+        "chunks_size",
+        "data_files_size_in_mb",
+        "video_files_size_in_mb",
+        "fps",
+        "splits",
+        "data_path",
+        "video_path",
+        "features",
+    ):
         assert key in info, key
     assert info["codebase_version"] == "v3.0" and info["robot_type"] == "sawyer"
     assert info["total_episodes"] == 5 and info["total_tasks"] == 2 and info["chunks_size"] == 1000
@@ -86,7 +104,9 @@ def test_info_episodes_tasks_layout(two_cam):
     for key in ("timestamp", "frame_index", "episode_index", "index", "task_index"):
         assert feats[key]["shape"] == [1]
     vinfo = feats[CAMS[0]]["info"]
-    assert vinfo["video.codec"] in ("h264", "mpeg4") and vinfo["video.height"] == 32 and vinfo["video.fps"] == 10
+    assert (
+        vinfo["video.codec"] in ("h264", "mpeg4") and vinfo["video.height"] == 32 and vinfo["video.fps"] == 10
+    )
     assert (root / "data/chunk-000/file-000.parquet").is_file()
     for key in CAMS:
         assert (root / f"videos/{key}/chunk-000/file-000.mp4").is_file()
@@ -131,7 +151,7 @@ def test_stats_json_equals_numpy(two_cam):
     assert np.asarray(img["mean"]).shape == (3, 1, 1)
     truth = np.concatenate([f[CAMS[0]] for _, f in raw]) / 255.0
     np.testing.assert_allclose(np.asarray(img["mean"]).reshape(3), truth.reshape(-1, 3).mean(0), atol=0.03)
-    assert 0 <= np.min(img["min"]) and np.max(img["max"]) <= 1
+    assert np.min(img["min"]) >= 0 and np.max(img["max"]) <= 1
 
 
 def test_norm_stats_and_embodiment(two_cam):
@@ -152,19 +172,34 @@ def test_norm_stats_and_embodiment(two_cam):
 
 
 def test_embodiment_from_info(tmp_path):
-    emb = {"action_dim": 4, "action_names": ["a", "b", "c", "grip"], "normalize_mask": [True, True, True, False],
-           "action_low": [-1] * 4, "action_high": [1] * 4, "control_hz": 10.0, "camera_names": ["corner2"],
-           "image_size": 16, "state_dim": 4, "state_names": [], "robot_type": "sawyer"}
-    root = write_dataset(tmp_path / "ds", make_raw(1, size=16, base_len=5), size=16,
-                         extra_info={"vlaforge": {"embodiment": emb}})
+    emb = {
+        "action_dim": 4,
+        "action_names": ["a", "b", "c", "grip"],
+        "normalize_mask": [True, True, True, False],
+        "action_low": [-1] * 4,
+        "action_high": [1] * 4,
+        "control_hz": 10.0,
+        "camera_names": ["corner2"],
+        "image_size": 16,
+        "state_dim": 4,
+        "state_names": [],
+        "robot_type": "sawyer",
+    }
+    root = write_dataset(
+        tmp_path / "ds",
+        make_raw(1, size=16, base_len=5),
+        size=16,
+        extra_info={"vlaforge": {"embodiment": emb}},
+    )
     assert LeRobotDataset(root).embodiment().to_dict() == emb
 
 
 def test_writer_rolls_over_files(tmp_path):
     """Tiny size limits force several data and video files; reading must stitch them back."""
     raw = make_raw(4, size=16, base_len=40)
-    root = write_dataset(tmp_path / "ds", raw, size=16, data_files_size_in_mb=1e-6, video_files_size_in_mb=1e-6,
-                         chunks_size=2)
+    root = write_dataset(
+        tmp_path / "ds", raw, size=16, data_files_size_in_mb=1e-6, video_files_size_in_mb=1e-6, chunks_size=2
+    )
     assert (root / "data/chunk-001/file-001.parquet").is_file()
     assert (root / "videos/observation.images.corner2/chunk-001/file-001.mp4").is_file()
     ds = LeRobotDataset(root)
@@ -204,7 +239,10 @@ def test_writer_refuses_existing_root_and_overwrites_on_request(tmp_path):
 def test_writer_validates_frames(tmp_path, key, value, match):
     task, frames = make_raw(1, size=16, base_len=5)[0]
     frames[key] = value
-    with pytest.raises(DatasetError, match=match), LeRobotWriter(tmp_path / "ds", 10, features_for(size=16)) as w:
+    with (
+        pytest.raises(DatasetError, match=match),
+        LeRobotWriter(tmp_path / "ds", 10, features_for(size=16)) as w,
+    ):
         w.add_episode(task, frames)
     assert not (tmp_path / "ds").exists()
 
@@ -212,7 +250,8 @@ def test_writer_validates_frames(tmp_path, key, value, match):
 def test_writer_rejects_missing_keys(tmp_path):
     task, frames = make_raw(1, size=16, base_len=5)[0]
     del frames["observation.state"]
-    with pytest.raises(DatasetError, match=r"missing \['observation.state'\]"), LeRobotWriter(
-        tmp_path / "ds", 10, features_for(size=16)
-    ) as w:
+    with (
+        pytest.raises(DatasetError, match=r"missing \['observation.state'\]"),
+        LeRobotWriter(tmp_path / "ds", 10, features_for(size=16)) as w,
+    ):
         w.add_episode(task, frames)
