@@ -66,9 +66,10 @@ def tiny_dataset(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("train_ds") / "ds")
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def _one_thread():
-    """Bitwise comparisons and a shared 2-core machine: one intra-op thread per test."""
+    """One intra-op thread for every run of a module (module fixtures included): bitwise comparisons
+    need the same reduction order in the runs they compare, and the machine has 2 shared cores."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

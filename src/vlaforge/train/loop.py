@@ -461,6 +461,39 @@ def counts_line(counts: dict[str, int], cfg: TrainConfig) -> str:
     return f"{how}: {describe_counts(counts)}"
 
 
+def restore_policy(checkpoint: str | Path, device: str = "cpu") -> nn.Module:
+    """The policy exactly as training holds it at a checkpoint (LoRA layers still injected).
+
+    ``Policy.from_pretrained(checkpoint)`` gives the merged, plain policy for evaluation and serving;
+    this rebuilds the training-time module (base + adapters, frozen flags) from the run's config, the
+    checkpoint's embodiment and statistics, and its trained tensors.
+
+    Args:
+        checkpoint: a checkpoint directory (``RUN/last`` or ``RUN/checkpoints/step-XXXXXXX``).
+        device: where to put the policy.
+    """
+    from vlaforge.types import Embodiment, NormStats
+
+    checkpoint = Path(checkpoint).resolve()
+    if not ckpt.is_complete(checkpoint):
+        raise FileNotFoundError(f"{checkpoint}: not a complete training checkpoint (no {ckpt.TRAINER_STATE})")
+    state = ckpt.read_trainer_state(checkpoint)
+    cfg = TrainConfig.from_dict(state["config"])
+    pcfg = json.loads((checkpoint / "config.json").read_text())
+    embodiment = Embodiment.from_dict(pcfg["embodiment"])
+    stats = NormStats.load(checkpoint / "norm_stats.json")
+    ckpt.seed_everything(cfg.seed)
+    policy, _ = _build_policy(cfg, embodiment, stats)
+    if fingerprint([p for p in policy.parameters() if not p.requires_grad]) != state.get(
+        "frozen_fingerprint"
+    ):
+        raise ValueError(
+            f"{checkpoint}: the rebuilt frozen weights differ from the run's (same preset and seed?)"
+        )
+    _load_trainable(policy, checkpoint, [n for n, p in policy.named_parameters() if p.requires_grad])
+    return policy.to(device)
+
+
 def _load_trainable(policy: nn.Module, ckpt_dir: Path, param_names: list[str]) -> None:
     """Restores the trained tensors of a checkpoint into a freshly built policy."""
     from vlaforge.models.policy import WEIGHTS_FILE

@@ -1,0 +1,130 @@
+"""Exact resume and crash-safe checkpoints: N steps straight == k steps, stop, resume, N - k steps."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import safetensors.torch
+from safetensors.torch import load_file
+
+from vlaforge.models.policy import Policy
+from vlaforge.train import checkpoint as ckpt
+from vlaforge.train.loop import TrainConfig, train
+
+
+def _cfg(ds, out, **kw) -> TrainConfig:
+    base = dict(
+        dataset=str(ds), out=str(out), preset="tiny", steps=4, batch_size=2, log_every=1, device="cpu"
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def _same_tensors(a: Path, b: Path) -> None:
+    ta, tb = load_file(str(a)), load_file(str(b))
+    assert sorted(ta) == sorted(tb)
+    different = [k for k in ta if not np.array_equal(ta[k].numpy(), tb[k].numpy())]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_dataset, tmp_path_factory):
+    """4 steps in one go, per head (the reference every resumed run must equal bitwise)."""
+    runs = {}
+    for head in ("chunk", "tokens"):
+        runs[head] = train(_cfg(tiny_dataset, tmp_path_factory.mktemp("straight") / head, head=head))
+    return runs
+
+
+@pytest.mark.parametrize("head", ["chunk", "tokens"])
+def test_resume_is_bitwise_exact(head, straight, tiny_dataset, tmp_path):
+    run = tmp_path / "split"
+    train(_cfg(tiny_dataset, run, head=head), stop_after=2)
+    assert ckpt.find_last(run).name == "step-0000002"
+    train(_cfg(tiny_dataset, run, head=head, resume=True))
+    ref, got = straight[head] / "last", run / "last"
+    assert got.resolve().name == "step-0000004"
+    _same_tensors(ref / "model.safetensors", got / "model.safetensors")
+    _same_tensors(ref / ckpt.OPTIMIZER_FILE, got / ckpt.OPTIMIZER_FILE)
+    drop = ("elapsed_s", "samples_per_s")
+    strip = [{k: v for k, v in m.items() if k not in drop} for m in _metrics(run)]
+    assert strip == [{k: v for k, v in m.items() if k not in drop} for m in _metrics(straight[head])]
+
+
+def test_resume_from_cli_style_runs_with_more_steps(straight, tiny_dataset, tmp_path):
+    """`--steps 2`, then `--steps 4 --resume` (constant schedule) equals 4 straight steps."""
+    run = tmp_path / "cli"
+    train(_cfg(tiny_dataset, run, steps=2))
+    train(_cfg(tiny_dataset, run, steps=4, resume=True))
+    _same_tensors(straight["chunk"] / "last" / "model.safetensors", run / "last" / "model.safetensors")
+
+
+def test_crash_mid_save_keeps_previous_checkpoint(straight, tiny_dataset, tmp_path, monkeypatch):
+    run = tmp_path / "crash"
+    train(_cfg(tiny_dataset, run), stop_after=2)
+    real_save = safetensors.torch.save_file
+
+    def dies_after_partial_write(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\x00" * 100)  # a torn file, as a killed process leaves it
+        raise OSError("simulated crash while writing the optimizer state")
+
+    monkeypatch.setattr(ckpt, "save_file", dies_after_partial_write)
+    with pytest.raises(OSError, match="simulated crash"):
+        train(_cfg(tiny_dataset, run, resume=True))
+    half = run / "checkpoints" / ".tmp-step-0000004"
+    assert (half / "model.safetensors").is_file() and not (half / ckpt.TRAINER_STATE).exists()
+    # `last` still names the complete step-2 checkpoint, which loads; the half one is never picked.
+    assert os.readlink(run / "last") == os.path.join("checkpoints", "step-0000002")
+    assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-0000002"]
+    assert ckpt.find_last(run).name == "step-0000002"
+    Policy.from_pretrained(run / "last")
+    # A step dir without its trainer state (e.g. copied by hand, half) is not mistaken for a checkpoint.
+    (run / "checkpoints" / "step-0000009").mkdir()
+    assert ckpt.find_last(run).name == "step-0000002"
+
+    monkeypatch.setattr(ckpt, "save_file", real_save)
+    train(_cfg(tiny_dataset, run, resume=True))
+    assert not half.exists() and not (run / "checkpoints" / "step-0000009").exists()
+    _same_tensors(straight["chunk"] / "last" / "model.safetensors", run / "last" / "model.safetensors")
+
+
+def test_last_falls_back_to_newest_complete_checkpoint(tiny_dataset, tmp_path):
+    run = tmp_path / "fallback"
+    train(_cfg(tiny_dataset, run, steps=2, save_every=1))
+    (run / "last").unlink()
+    os.symlink("checkpoints/step-does-not-exist", run / "last")
+    assert ckpt.find_last(run).name == "step-0000002"
+
+
+def test_keeps_last_three_checkpoints_and_writes_run_files(tiny_dataset, tmp_path):
+    run = tmp_path / "keep"
+    train(_cfg(tiny_dataset, run, steps=5, save_every=1, log_every=2))
+    assert [p.name for p in ckpt.list_checkpoints(run)] == [f"step-000000{i}" for i in (3, 4, 5)]
+    assert os.readlink(run / "last") == os.path.join("checkpoints", "step-0000005")
+    assert json.loads((run / "config.json").read_text())["steps"] == 5
+    rows = _metrics(run)
+    assert [r["step"] for r in rows] == [2, 4, 5]
+    for r in rows:
+        assert {"step", "loss", "l1", "lr", "grad_norm", "samples_per_s", "elapsed_s"} <= set(r)
+        assert np.isfinite(r["loss"]) and r["samples_per_s"] > 0
+    state = ckpt.read_trainer_state(run / "last")
+    assert state["step"] == 5 and state["ranks"][0]["sampler"]["position"] > 0
+    assert set(state["ranks"][0]["rng"]) >= {"python", "numpy", "torch"}
+
+
+def test_refuses_to_overwrite_or_resume_with_other_settings(tiny_dataset, tmp_path):
+    run = tmp_path / "guard"
+    train(_cfg(tiny_dataset, run, steps=1))
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(_cfg(tiny_dataset, run, steps=1))
+    with pytest.raises(ValueError, match="batch_size"):
+        train(_cfg(tiny_dataset, run, steps=2, batch_size=3, resume=True))
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+        train(_cfg(tiny_dataset, tmp_path / "empty", resume=True))
