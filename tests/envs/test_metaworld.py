@@ -177,7 +177,6 @@ def test_corner2_is_upright_and_the_raw_render_is_not():
 # -- all 50 tasks ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("task", mw.ALL_TASKS)
 def test_task_resets_renders_upright_and_expert_succeeds(task):
     with mw.MetaWorldEnv(task, image_size=32, max_steps=500) as env:

@@ -1,0 +1,111 @@
+"""`vlaforge collect` end to end: real experts, real worker processes, a real LeRobot v3.0 dataset."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "osmesa")
+os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+
+import numpy as np
+import pytest
+
+from vlaforge.data.lerobot import DatasetError, LeRobotDataset
+from vlaforge.envs import metaworld as mw
+from vlaforge.envs.collect import SUCCESS_TAIL, collect
+
+pytestmark = pytest.mark.sim
+
+TASKS = ["reach-v3", "button-press-topdown-v3"]
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("collect") / "ds"
+    return collect(TASKS, episodes=2, out=out, image_size=SIZE, workers=2, seed=3)
+
+
+def test_dataset_has_the_episodes_tasks_and_features(dataset_dir):
+    ds = LeRobotDataset(dataset_dir)
+    assert ds.num_episodes == 4
+    assert ds.tasks == [mw.INSTRUCTIONS[t] for t in TASKS]
+    assert ds.fps == pytest.approx(mw.CONTROL_HZ)
+    assert ds.info["robot_type"] == "sawyer"
+    assert ds.info["features"]["observation.images.corner2"]["shape"] == [SIZE, SIZE, 3]
+    emb = mw.embodiment("corner2", SIZE)
+    assert ds.info["vlaforge"]["embodiment"] == emb.to_dict()
+    assert ds.num_frames == sum(len(ds.episode_frames(e)) for e in range(4))
+    # Episodes are in task order, then attempt order, whatever order the workers finished in.
+    kept = ds.info["vlaforge"]["episodes"]
+    assert [k["task"] for k in kept] == [TASKS[0]] * 2 + [TASKS[1]] * 2
+    for k in kept:
+        assert k["seed"] == mw.episode_seed(3, k["task"], k["attempt"])
+    for t in range(2):
+        assert kept[2 * t]["attempt"] < kept[2 * t + 1]["attempt"]
+    item = ds[0]
+    assert item["observation.images.corner2"].shape == (SIZE, SIZE, 3)
+    assert item["observation.images.corner2"].dtype == np.uint8
+    assert item["task"] == mw.INSTRUCTIONS[TASKS[0]]
+
+
+def test_every_episode_succeeds_and_ends_shortly_after(dataset_dir):
+    ds = LeRobotDataset(dataset_dir)
+    success = ds.column("next.success").astype(bool).reshape(-1)
+    for ep in range(ds.num_episodes):
+        idx = np.asarray(ds.episode_frames(ep))
+        flags = success[idx]
+        assert flags[-1], f"episode {ep} does not end in success"
+        first = int(np.argmax(flags))
+        assert len(flags) == first + 1 + SUCCESS_TAIL  # the short tail after the first success
+        assert not flags[:first].any()
+        actions = ds.column("action")[idx]
+        assert actions.dtype == np.float32 and np.all(np.abs(actions) <= 1.0)
+
+
+def test_a_recorded_seed_reproduces_its_episode(dataset_dir):
+    ds = LeRobotDataset(dataset_dir)
+    ep = 3
+    record = ds.info["vlaforge"]["episodes"][ep]
+    idx = np.asarray(ds.episode_frames(ep))
+    states, actions = ds.column("observation.state")[idx], ds.column("action")[idx]
+    images = ds.video_frames("observation.images.corner2")[idx]
+    with mw.MetaWorldEnv(record["task"], image_size=SIZE) as env:
+        obs = env.reset(record["seed"])
+        for t in range(len(idx)):
+            np.testing.assert_array_equal(obs.state, states[t])
+            action = env.expert_action()
+            np.testing.assert_array_equal(action, actions[t])
+            if t in (0, len(idx) - 1):  # the video is lossy (h264): close, not equal
+                diff = np.abs(obs.images["corner2"].astype(int) - images[t].astype(int)).mean()
+                assert diff < 12, f"frame {t}: mean abs difference {diff:.1f} to the rendered image"
+            obs = env.step(action)[0]
+
+
+def test_worker_count_does_not_change_the_data(dataset_dir, tmp_path):
+    inline = collect(TASKS, episodes=2, out=tmp_path / "inline", image_size=SIZE, workers=0, seed=3)
+    a, b = LeRobotDataset(dataset_dir), LeRobotDataset(inline)
+    assert a.info["vlaforge"]["episodes"] == b.info["vlaforge"]["episodes"]
+    for key in ("observation.state", "action", "next.success", "episode_index"):
+        np.testing.assert_array_equal(a.column(key), b.column(key))
+
+
+def test_an_unreachable_count_raises_and_leaves_nothing(tmp_path):
+    out = tmp_path / "never"
+    # Five steps are too few for the drawer expert: no seed can succeed.
+    with pytest.raises(RuntimeError, match=r"drawer-open-v3 \(0/2 in 3 seeds\).*--max-attempts"):
+        collect(
+            "drawer-open-v3", episodes=2, out=out, image_size=SIZE, workers=1, max_attempts=3, max_steps=5
+        )
+    assert not out.exists()
+    assert os.listdir(tmp_path) == []  # no temporary directory left beside it either
+
+
+def test_refuses_an_existing_dataset_and_bad_arguments(dataset_dir):
+    with pytest.raises(DatasetError, match="already exists"):
+        collect(TASKS, episodes=1, out=dataset_dir, image_size=SIZE, workers=0)
+    with pytest.raises(ValueError, match="valid cameras"):
+        collect("reach-v3", episodes=1, out=dataset_dir.parent / "x", cameras="corner9", workers=0)
+    with pytest.raises(ValueError, match="max_attempts"):
+        collect("reach-v3", episodes=3, out=dataset_dir.parent / "y", max_attempts=2, workers=0)
+    assert not (dataset_dir.parent / "x").exists() and not (dataset_dir.parent / "y").exists()
