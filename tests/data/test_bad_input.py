@@ -83,7 +83,9 @@ def test_mp4_with_too_few_frames(ds_root):
     ds = LeRobotDataset(ds_root)
     path = ds_root / f"videos/{KEY}/chunk-000/file-000.mp4"
     write_video(path, np.zeros((ds.num_frames - 4, 16, 16, 3), np.uint8), fps=10)
-    with pytest.raises(DatasetError, match=r"file-000.mp4: 4 frames of .* are missing .*episodes \[2\]"):
+    with pytest.raises(
+        DatasetError, match=r"file-000.mp4: 4 frames are missing from the video \(episodes \[2\]\)"
+    ):
         LeRobotDataset(ds_root).video_frames(KEY)
     assert not list((ds_root / ".cache").glob("*.u8"))  # no half-built cache left behind
 

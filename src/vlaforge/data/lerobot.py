@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from vlaforge.data.stats import compute_stats, feature_stats, sample_indices, stats_from_json, stats_to_json
-from vlaforge.data.video import VideoError, VideoWriter, iter_frames, probe
+from vlaforge.data.video import VideoError, VideoWriter, decode_episodes_into, probe
 from vlaforge.types import Embodiment, FeatureStats, NormStats
 
 CODEBASE_VERSION = "v3.0"
@@ -62,6 +62,23 @@ DEFAULT_FEATURES = {
     "task_index": {"dtype": "int64", "shape": [1], "names": None},
 }
 IMAGE_PREFIX = "observation.images."
+_INFO_KEYS = set(  # LeRobot's own info.json fields, which extra_info must not overwrite
+    [
+        "codebase_version",
+        "robot_type",
+        "total_episodes",
+        "total_frames",
+        "total_tasks",
+        "chunks_size",
+        "data_files_size_in_mb",
+        "video_files_size_in_mb",
+        "fps",
+        "splits",
+        "data_path",
+        "video_path",
+        "features",
+    ]
+)
 _STATS_FRAMES_PER_EPISODE = 16  # image frames kept per episode for statistics
 _STATS_IMAGE_SIDE = 64  # images are strided down to about this side for statistics
 
@@ -160,11 +177,11 @@ class LeRobotWriter:
         self.robot_type = robot_type
         self.extra_info = dict(extra_info or {})
         self.video_codec = video_codec
-        self.data_mb, self.video_mb, self.chunks_size = (
-            data_files_size_in_mb,
-            video_files_size_in_mb,
-            chunks_size,
-        )
+        self.data_mb, self.video_mb = data_files_size_in_mb, video_files_size_in_mb
+        self.chunks_size = chunks_size
+        clash = sorted(set(self.extra_info) & _INFO_KEYS)
+        if clash:
+            raise DatasetError(f"extra_info keys {clash} would overwrite LeRobot's own info.json fields")
         self.features = self._check_features(features)
         self.video_keys = [k for k, f in self.features.items() if f["dtype"] == "video"]
         self.tmp = self.root.parent / f".{self.root.name}.tmp-{os.getpid()}"
@@ -174,11 +191,11 @@ class LeRobotWriter:
         self.episodes: list[dict[str, Any]] = []
         self.tasks: dict[str, int] = {}
         self.total_frames = 0
+        tabular = {k: f for k, f in self._all_features.items() if f["dtype"] != "video"}
         self._schema = pa.schema(
             [
                 (k, _arrow_column(np.zeros([1, *f["shape"]], f["dtype"]), f["shape"]).type)
-                for k, f in {**DEFAULT_FEATURES, **self.features}.items()
-                if f["dtype"] != "video"
+                for k, f in tabular.items()
             ]
         )
         self._data: pq.ParquetWriter | None = None
@@ -367,12 +384,11 @@ class LeRobotWriter:
         pd.DataFrame(
             {"task_index": [self.tasks[t] for t in tasks]}, index=pd.Index(tasks, name="task")
         ).to_parquet(self.tmp / TASKS_PATH)
-        features = {}
-        for key, ft in self._all_features.items():
-            ft = {"dtype": ft["dtype"], "shape": list(ft["shape"]), "names": ft.get("names")}
-            if key in self._video_info:
-                ft["info"] = self._video_info[key]
-            features[key] = ft
+        features = {
+            k: {"dtype": f["dtype"], "shape": list(f["shape"]), "names": f.get("names")}
+            | ({"info": self._video_info[k]} if k in self._video_info else {})
+            for k, f in self._all_features.items()
+        }
         info = {
             "codebase_version": CODEBASE_VERSION,
             "robot_type": self.robot_type,
@@ -388,10 +404,6 @@ class LeRobotWriter:
             "video_path": VIDEO_PATH if self.video_keys else None,
             "features": features,
         }
-        clash = sorted(set(self.extra_info) & set(info))
-        if clash:
-            self.abort()
-            raise DatasetError(f"extra_info keys {clash} would overwrite LeRobot's own info.json fields")
         info.update(self.extra_info)
         (self.tmp / INFO_PATH).write_text(json.dumps(info, indent=4))
         if self.root.exists():  # overwrite=True: move the old dataset aside, then swap in the new one
@@ -701,47 +713,26 @@ class LeRobotDataset:
 
     def _build_cache(self, key: str, files: dict[Path, list[int]], shape: tuple, out: Path) -> None:
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        mm = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
-        filled = np.zeros(shape[0], dtype=bool)
-        half = 0.5 / self.fps
+        mm = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)  # (N, H, W, 3)
         try:
             with tqdm(
                 total=shape[0], desc=f"decoding {key}", unit="frame", leave=False, disable=shape[0] < 5000
             ) as bar:
                 for path, eps in files.items():
-                    eps = sorted(eps, key=lambda e: float(self.episodes[e][f"videos/{key}/from_timestamp"]))
-                    starts = np.array([float(self.episodes[e][f"videos/{key}/from_timestamp"]) for e in eps])
-                    first = np.array([int(self.episodes[e]["dataset_from_index"]) for e in eps])
-                    lengths = np.array([int(self.episodes[e]["length"]) for e in eps])
-                    try:
-                        for t, img in iter_frames(path):
-                            j = int(np.searchsorted(starts, t + half, side="right")) - 1
-                            if j < 0:
-                                continue
-                            k = int(round((t - starts[j]) * self.fps))
-                            if not 0 <= k < lengths[j]:
-                                continue
-                            if img.shape != shape[1:]:
-                                raise DatasetError(
-                                    f"{path}: frames are {img.shape} but meta/info.json says {key!r} is "
-                                    f"{list(shape[1:])}; fix the feature shape or re-encode the video"
-                                )
-                            g = first[j] + k
-                            mm[g] = img
-                            filled[g] = True
-                            bar.update(1)
-                    except VideoError as e:
-                        raise DatasetError(str(e)) from e
-                    covered = np.concatenate([np.arange(a, a + n) for a, n in zip(first, lengths)])
-                    lost = covered[~filled[covered]]
-                    if lost.size:
-                        ep_of = np.searchsorted(np.sort(first), lost, side="right") - 1
-                        bad = sorted({eps[int(np.argsort(first)[i])] for i in ep_of})
-                        raise DatasetError(
-                            f"{path}: {lost.size} frames of {key!r} are missing from the video (episodes "
-                            f"{bad[:10]}, first global frame {int(lost[0])}); the mp4 is truncated or does "
-                            "not match meta/episodes. Re-create the dataset."
+                    rows = [self.episodes[e] for e in eps]
+                    spans = [
+                        (
+                            e,
+                            float(r[f"videos/{key}/from_timestamp"]),
+                            int(r["dataset_from_index"]),
+                            int(r["length"]),
                         )
+                        for e, r in zip(eps, rows)
+                    ]
+                    try:
+                        decode_episodes_into(path, mm, spans, self.fps, progress=bar.update)
+                    except VideoError as e:
+                        raise DatasetError(f"{e} (camera {key!r})") from e
             mm.flush()
             del mm
             os.replace(tmp, out)
@@ -815,23 +806,15 @@ class LeRobotDataset:
             f"{self.num_episodes} episodes, {len(self.tasks)} tasks, {self.size_bytes() / 1e6:.1f} MB on disk",
             "  tasks (episodes):",
         ]
-        counts: dict[str, int] = {}
-        for r in self.episodes:
-            for t in r.get("tasks") or []:
-                counts[t] = counts.get(t, 0) + 1
-        for t in self.tasks:
-            lines.append(f"    {counts.get(t, 0):5d}  {t}")
-        lines.append("  features:")
+        counts = pd.Series([t for r in self.episodes for t in (r.get("tasks") or [])]).value_counts()
+        lines += [f"    {int(counts.get(t, 0)):5d}  {t}" for t in self.tasks] + ["  features:"]
         for key, ft in self.features.items():
-            extra = ""
-            if ft.get("dtype") == "video" and ft.get("info"):
-                extra = f"  ({ft['info'].get('video.codec')}, {ft['info'].get('video.pix_fmt')})"
+            vi = ft.get("info") or {}
+            extra = f"  ({vi['video.codec']}, {vi.get('video.pix_fmt')})" if "video.codec" in vi else ""
             lines.append(f"    {key:40s} {ft['dtype']:8s} {list(ft['shape'])}{extra}")
-        for key in ("action", "observation.state"):
-            if key in self.stats:
-                lines.append(f"  {key} stats:")
-                for stat in ("min", "max", "mean", "std", "q01", "q99"):
-                    if stat in self.stats[key]:
-                        vals = np.asarray(self.stats[key][stat]).reshape(-1)
-                        lines.append(f"    {stat:4s} " + " ".join(f"{v:+.3f}" for v in vals))
+        for key in [k for k in ("action", "observation.state") if k in self.stats]:
+            lines.append(f"  {key} stats:")
+            for stat in [s for s in ("min", "max", "mean", "std", "q01", "q99") if s in self.stats[key]]:
+                vals = np.asarray(self.stats[key][stat]).reshape(-1)
+                lines.append(f"    {stat:4s} " + " ".join(f"{v:+.3f}" for v in vals))
         return "\n".join(lines)

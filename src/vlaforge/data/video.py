@@ -15,7 +15,7 @@ Design choices:
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -250,3 +250,58 @@ def read_video(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if not frames:
         raise VideoError(f"{path}: the video holds no decodable frames")
     return np.asarray(times), np.stack(frames)
+
+
+def decode_episodes_into(
+    path: str | Path,
+    out: np.ndarray,
+    episodes: list[tuple[int, float, int, int]],
+    fps: float,
+    progress: Callable[[int], Any] | None = None,
+) -> None:
+    """Decodes one file holding several episodes back to back into their global frame slots.
+
+    LeRobotDataset v3.0 addresses frame k of an episode at `from_timestamp + k / fps` in its file; each
+    decoded frame's presentation time is mapped back to (episode, k) and then to the global frame index.
+
+    Args:
+        path: the mp4.
+        out: uint8 (N, H, W, 3) array (e.g. a memmap) that receives the frames.
+        episodes: (episode_index, from_timestamp, first global frame, length) of every episode in the file.
+        fps: frames per second of the dataset.
+        progress: called with 1 after each stored frame (e.g. a tqdm bar's `update`).
+
+    Raises:
+        VideoError: naming the file, when decoding fails, a frame has the wrong size, or frames of an
+            episode are missing (the mp4 is truncated or does not match the episode index).
+    """
+    path = Path(path)
+    eps = sorted(episodes, key=lambda e: e[1])
+    starts = np.array([e[1] for e in eps], dtype=np.float64)
+    filled = np.zeros(out.shape[0], dtype=bool)
+    half = 0.5 / fps
+    for t, img in iter_frames(path):
+        j = int(np.searchsorted(starts, t + half, side="right")) - 1
+        if j < 0:
+            continue
+        _, start, first, length = eps[j]
+        k = int(round((t - start) * fps))
+        if not 0 <= k < length:
+            continue  # a frame past the episode's end (LeRobot files may carry padding frames)
+        if img.shape != out.shape[1:]:
+            raise VideoError(
+                f"{path}: frames are {img.shape} but the dataset's features say {list(out.shape[1:])}; "
+                "fix the feature shape in meta/info.json or re-encode the video"
+            )
+        out[first + k] = img
+        filled[first + k] = True
+        if progress is not None:
+            progress(1)
+    missing = [(e, int(length - filled[first : first + length].sum())) for e, _, first, length in eps]
+    missing = [(e, n) for e, n in missing if n]
+    if missing:
+        total = sum(n for _, n in missing)
+        raise VideoError(
+            f"{path}: {total} frames are missing from the video (episodes {[e for e, _ in missing][:10]}); "
+            "the mp4 is truncated or does not match meta/episodes. Re-create the dataset."
+        )
