@@ -192,7 +192,7 @@ PRESETS: dict[str, Preset] = {
                 ViTSpec("siglip", 64, 3, 4, 128, 16),
             ),
             image_size=64,
-            llm=LLMSpec(128, 3, 4, 384, vocab_size=515, max_position_embeddings=512, rms_norm_eps=1e-6),
+            llm=LLMSpec(128, 2, 4, 384, vocab_size=515, max_position_embeddings=512, rms_norm_eps=1e-6),
             tokenizer="byte",
             action_vocab_size=515,
             use_state=True,
