@@ -22,6 +22,7 @@ from typing import Any
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 # Encoders in order of preference for each requested codec family.
 _ENCODERS = {
@@ -111,6 +112,7 @@ class VideoWriter:
             options["g"] = str(gop)
         self._stream.options = options
         self._tb = Fraction(1, 1) / self._rate
+        self._yuv = VideoReformatter()
         self.frames_written = 0
         self._bytes = 0
         self._closed = False
@@ -127,6 +129,7 @@ class VideoWriter:
             )
         for img in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            frame = self._yuv.reformat(frame, format=self.pix_fmt)  # shared swscale context (see iter_frames)
             frame.pts = self.frames_written
             frame.time_base = self._tb
             for packet in self._stream.encode(frame):
@@ -233,10 +236,13 @@ def iter_frames(path: str | Path) -> Iterator[tuple[float, np.ndarray]]:
             raise VideoError(f"{path}: no video stream in the file")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        # One reformatter for the whole file: it keeps its swscale context, whereas `to_ndarray(format=)`
+        # builds a new one per frame (measured 17x slower at 128 px, bit-identical output).
+        rgb = VideoReformatter()
         try:
             for frame in container.decode(stream):
                 t = frame.time if frame.time is not None else 0.0
-                yield float(t), frame.to_ndarray(format="rgb24")
+                yield float(t), rgb.reformat(frame, format="rgb24").to_ndarray()
         except av.error.FFmpegError as e:
             raise VideoError(f"{path}: decoding failed ({e}); the file is corrupt or truncated") from e
 
