@@ -17,10 +17,10 @@ Design choices:
   3 entries of Meta-World's 39-D observation) because the scripted experts read it; the policy only
   sees the images, the first 4 entries (hand xyz + gripper opening) and the instruction.
 - **Rendering.** One `mujoco.Renderer` per env, shared by its cameras, with shadows and reflections
-  off (about 5x faster through OSMesa on a CPU). Fixed cameras mounted upside down (`corner`,
-  `corner2`, `corner3`, `corner4`: their image-up axis points at the floor) are turned right side up
-  by a 180-degree rotation, which is the inverse of the camera's roll (a vertical flip alone would
-  mirror the scene).
+  off (about 8x faster through OSMesa on a CPU) and no multisampling (2.6x more). Fixed cameras
+  mounted upside down (`corner`, `corner2`, `corner3`, `corner4`: their image-up axis points at the
+  floor) are turned right side up by a 180-degree rotation, the inverse of the camera's roll (a
+  vertical flip alone would mirror the scene).
 """
 
 from __future__ import annotations
@@ -684,6 +684,9 @@ class MetaWorldEnv:
             vis = model.vis.global_
             vis.offwidth = max(int(vis.offwidth), self.image_size)  # the offscreen buffer bounds the size
             vis.offheight = max(int(vis.offheight), self.image_size)
+            # No multisample anti-aliasing: 2.6x faster through OSMesa (8.5 vs 22 ms a 128 px frame) at the
+            # cost of slightly jagged edges. Set everywhere so that images look the same on every machine.
+            model.vis.quality.offsamples = 0
             self._renderer = mujoco.Renderer(model, self.image_size, self.image_size)
             # Shadows and reflections cost ~8x the render time through OSMesa and add little for a policy.
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
