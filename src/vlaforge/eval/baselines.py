@@ -23,6 +23,7 @@ class Controller(Protocol):
 
     embodiment: Embodiment
     execute_steps: int
+    needs_images: bool  # False: the env may skip rendering when no video is recorded
 
     def reset(self, seed: int) -> None: ...
 
@@ -33,6 +34,7 @@ class ExpertController:
     """Meta-World's scripted expert for the current task (`env.expert_action()`), one step at a time."""
 
     execute_steps = 1
+    needs_images = False  # the expert reads the simulator state
 
     def __init__(self, embodiment: Embodiment):
         self.embodiment = embodiment
@@ -48,6 +50,7 @@ class RandomController:
     """Actions drawn uniformly within the embodiment's limits, seeded per episode."""
 
     execute_steps = 1
+    needs_images = False
 
     def __init__(self, embodiment: Embodiment):
         self.embodiment = embodiment
@@ -65,6 +68,8 @@ class RandomController:
 
 class PolicyController:
     """A trained `Policy`: predicts an (H, D) chunk from the observation; the env is not consulted."""
+
+    needs_images = True
 
     def __init__(self, policy: Any, execute_steps: int | None = None):
         self.policy = policy

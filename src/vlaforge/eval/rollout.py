@@ -167,35 +167,43 @@ def run_episode(controller: Controller, env: Any, job: Job, max_steps: int, fps:
 
 
 class EpisodeRunner:
-    """Holds one controller and the env of the current task; runs jobs one after another."""
+    """Holds one controller and the envs of the current task; runs jobs one after another.
+
+    A controller that does not look at images (the baselines) gets an env that skips rendering, except
+    for the episodes whose video is recorded: rendering is almost all of a Meta-World step's cost.
+    """
 
     def __init__(self, spec: WorkerSpec):
         self.spec = spec
         self.controller = build_controller(spec)
         self._task: str | None = None
-        self._env: Any = None
+        self._envs: dict[bool, Any] = {}  # render? -> env of the current task
 
-    def env_for(self, task: str) -> Any:
+    def env_for(self, task: str, render: bool) -> Any:
         if task != self._task:
+            self.close()
+            self._task = task
+        if render not in self._envs:
             from vlaforge.envs.metaworld import MetaWorldEnv
 
-            self.close()
-            self._env = MetaWorldEnv(
+            self._envs[render] = MetaWorldEnv(
                 task,
                 cameras=tuple(self.spec.cameras),
                 image_size=self.spec.image_size,
                 max_steps=self.spec.max_steps,
+                render=render,
             )
-            self._task = task
-        return self._env
+        return self._envs[render]
 
     def __call__(self, job: Job) -> dict:
-        return run_episode(self.controller, self.env_for(job.task), job, self.spec.max_steps, self.spec.fps)
+        render = bool(self.controller.needs_images or job.video)
+        env = self.env_for(job.task, render)
+        return run_episode(self.controller, env, job, self.spec.max_steps, self.spec.fps)
 
     def close(self) -> None:
-        if self._env is not None:
-            self._env.close()
-        self._env, self._task = None, None
+        for env in self._envs.values():
+            env.close()
+        self._envs, self._task = {}, None
 
 
 # One runner per worker process, built by the pool's initializer.
@@ -241,10 +249,20 @@ def run_jobs(spec: WorkerSpec, jobs: list[Job], workers: int, progress: Any = No
         return
 
     import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    # An executor (not multiprocessing.Pool): a worker that fails to start or dies breaks the executor and
+    # the error reaches the caller, where a Pool would silently respawn it forever.
     ctx = mp.get_context("spawn")
-    with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(asdict(spec),)) as pool:
-        for rec in pool.imap_unordered(_run_job, [asdict(j) for j in jobs]):
-            if progress is not None:
-                progress.update(1)
-            yield rec
+    n = min(workers, len(jobs))
+    with ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(asdict(spec),)) as pool:
+        futures = [pool.submit(_run_job, asdict(j)) for j in jobs]
+        try:
+            for fut in as_completed(futures):
+                rec = fut.result()
+                if progress is not None:
+                    progress.update(1)
+                yield rec
+        finally:
+            for fut in futures:
+                fut.cancel()

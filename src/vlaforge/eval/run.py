@@ -181,23 +181,30 @@ def checkpoint_embodiment(path: Path) -> Embodiment:
     return Embodiment.from_dict(cfg["embodiment"])
 
 
-def check_checkpoint(path: Path) -> tuple[Embodiment, Embodiment]:
+def check_checkpoint(path: Path, task: str) -> tuple[Embodiment, Embodiment]:
     """Refuses a checkpoint that does not fit Meta-World, naming the mismatch, before any rollout.
 
+    The environment is built (without rendering) with the checkpoint's own cameras and image size, so an
+    unknown camera is caught here too.
+
     Returns:
-        (the policy's embodiment, the environment's embodiment built with the policy's cameras and size).
+        (the policy's embodiment, the environment's embodiment).
     """
-    from vlaforge.envs.metaworld import embodiment
+    from vlaforge.envs.metaworld import MetaWorldEnv
 
     policy_emb = checkpoint_embodiment(path)
     try:
-        env_emb = embodiment(tuple(policy_emb.camera_names), policy_emb.image_size)
+        env = MetaWorldEnv(
+            task, cameras=policy_emb.camera_names, image_size=policy_emb.image_size, render=False
+        )
     except ValueError as e:
         raise ValueError(f"the checkpoint {path} does not fit the Meta-World environment: {e}") from e
+    env_emb = env.embodiment
+    env.close()
     try:
         policy_emb.check_fits(env_emb, what="Meta-World environment")
     except ValueError as e:
-        raise ValueError(f"{path}: {e}. Evaluate it on the robot/cameras it was trained for.") from e
+        raise ValueError(f"{path}: {e}. Evaluate it on the robot and cameras it was trained for.") from e
     return policy_emb, env_emb
 
 
@@ -237,7 +244,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         execute_steps = 1
     else:
         path = Path(cfg.policy)
-        policy_emb, env_emb = check_checkpoint(path)
+        policy_emb, env_emb = check_checkpoint(path, tasks[0])
         weights = path / "model.safetensors"
         if not weights.is_file():
             raise FileNotFoundError(f"{path}: no model.safetensors (the checkpoint is incomplete)")
