@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+os.environ.setdefault("MUJOCO_GL", "osmesa")
+os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
 
 class _Collector(HTMLParser):
@@ -64,3 +69,39 @@ def parse_report(path: Path) -> dict:
 @pytest.fixture
 def report_parser():
     return parse_report
+
+
+def make_stats(action_dim: int = 4, state_dim: int = 4):
+    """Plausible statistics for a policy that has not seen data (actions in [-1, 1], gripper unmasked)."""
+    from vlaforge.types import FeatureStats, NormStats
+
+    def fs(d, mask=None):
+        return FeatureStats(
+            min=-np.ones(d), max=np.ones(d), mean=np.zeros(d), std=np.full(d, 0.5),
+            q01=np.full(d, -0.9), q99=np.full(d, 0.9), mask=mask,
+        )  # fmt: skip
+
+    feats = {"action": fs(action_dim, [True] * (action_dim - 1) + [False])}
+    if state_dim:
+        feats["observation.state"] = fs(state_dim)
+    return NormStats(feats)
+
+
+def save_tiny_policy(directory: Path, embodiment) -> Path:
+    """An untrained tiny chunk-head policy for `embodiment`, saved as a checkpoint directory."""
+    import torch
+
+    from vlaforge.models.policy import Policy
+
+    torch.manual_seed(0)
+    policy = Policy.from_preset(
+        "tiny", "chunk", embodiment, make_stats(embodiment.action_dim, embodiment.state_dim)
+    )
+    policy.save_pretrained(directory)
+    return Path(directory)
+
+
+@pytest.fixture
+def tiny_policy():
+    """`tiny_policy(directory, embodiment) -> Path`: saves an untrained tiny policy checkpoint."""
+    return save_tiny_policy
