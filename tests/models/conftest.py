@@ -74,8 +74,14 @@ def norm_stats() -> NormStats:
 
 
 @pytest.fixture(autouse=True)
-def _seed():
+def _seed_and_one_thread():
+    # One intra-op thread: these models are tiny, and on a busy 2-core machine a second OpenMP thread
+    # spin-waits and makes each step ~10x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)
 
 
 class Helpers:

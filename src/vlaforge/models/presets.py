@@ -197,7 +197,7 @@ PRESETS: dict[str, Preset] = {
             action_vocab_size=515,
             use_state=True,
             chunk_size=8,
-            lr=3e-4,
+            lr=1e-3,
         ),
         Preset(
             name="openvla-7b",
