@@ -74,3 +74,9 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def dataset_factory():
+    """`make_dataset` for tests that need a dataset of another size (no cross-directory imports)."""
+    return make_dataset

@@ -15,9 +15,28 @@ from vlaforge.train.loop import fingerprint
 
 
 def _torchrun(ds, run, *extra: str) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "vlaforge.cli", "train", "--dataset", str(ds), "--out", str(run), "--batch-size", "2",
-           "--log-every", "1", "--device", "cpu", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "vlaforge.cli",
+        "train",
+        "--dataset",
+        str(ds),
+        "--out",
+        str(run),
+        "--batch-size",
+        "2",
+        "--log-every",
+        "1",
+        "--device",
+        "cpu",
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
