@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-steps", type=int, default=500)
     e.add_argument("--instructions", default="train", choices=["train", "heldout"])
     e.add_argument("--videos", type=int, default=2, help="videos kept per task")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--seed", type=int, default=1000, help="episode seeds; keep apart from collect's --seed")
     e.add_argument(
         "--execute-steps", type=int, default=None, help="open-loop steps per chunk (default: head's)"
     )

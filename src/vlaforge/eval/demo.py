@@ -46,7 +46,9 @@ class DemoConfig:
         save_every: checkpoint interval, so an interrupted run resumes.
         max_steps: evaluation episode truncation; the experts finish these tasks in well under it.
         videos: videos per task in the reports.
-        seed: seed for collection, training and evaluation.
+        seed: seed for collection and training.
+        eval_seed: seed of the evaluation episodes; differs from `seed` so that no evaluation episode
+            starts from a scene the policy was trained on.
     """
 
     tasks: str = "button-press-topdown-v3,drawer-close-v3,handle-press-v3"
@@ -67,6 +69,7 @@ class DemoConfig:
     max_steps: int = 300
     videos: int = 2
     seed: int = 0
+    eval_seed: int = 1000
 
     def __post_init__(self) -> None:
         for name in ("episodes", "steps", "eval_episodes", "image_size", "batch_size", "max_steps"):
@@ -74,6 +77,10 @@ class DemoConfig:
                 raise ValueError(f"demo {name} must be >= 1; got {getattr(self, name)}")
         if self.workers < 0:
             raise ValueError(f"demo workers must be >= 0; got {self.workers}")
+        if self.eval_seed == self.seed:
+            raise ValueError(
+                f"demo eval_seed must differ from seed ({self.seed}): evaluation would replay training scenes"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"demo device must be auto, cpu or cuda; got {self.device!r}")
 
@@ -222,7 +229,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         workers=cfg.workers,
         max_steps=cfg.max_steps,
         videos=cfg.videos,
-        seed=cfg.seed,
+        seed=cfg.eval_seed,
         device=device,
     )
     t0 = time.time()

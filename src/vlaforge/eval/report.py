@@ -100,6 +100,10 @@ def chart_svg(info: dict[str, Any]) -> str:
     return re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
 
 
+def _workers(n: int) -> str:
+    return "in one process" if n <= 0 else f"{n} worker process{'es' if n > 1 else ''}"
+
+
 def _video_uri(path: Path) -> str:
     return "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
@@ -154,7 +158,7 @@ def render_html(info: dict[str, Any], out_dir: Path) -> str:
         ("software", ", ".join(f"{k} {v}" for k, v in proto["versions"].items())),
         (
             "wall time",
-            f"{proto['wall_time_s']:.1f} s on {proto['workers']} worker(s), device {proto['device']}",
+            f"{proto['wall_time_s']:.1f} s, {_workers(proto['workers'])}, device {proto['device']}",
         ),
     ]
     parts.append("<h2>Protocol</h2><section class=card><dl class=proto>")

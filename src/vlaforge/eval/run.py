@@ -53,7 +53,9 @@ class EvalConfig:
         instructions: "train" (the training instruction) or "heldout" (paraphrases never trained on,
             cycled by episode index) to test instruction following.
         videos: videos kept per task (0: none).
-        seed: base seed; episode i of task t starts from `episode_seed(seed, t, i)`.
+        seed: base seed; episode i of task t starts from `episode_seed(seed, t, i)`. `vlaforge collect`
+            draws its demonstrations from `episode_seed(collect_seed, t, k)`, so keep the two seeds apart
+            (collect defaults to 0, eval to 1000) or the evaluation replays training scenes.
         execute_steps: open-loop steps per predicted chunk (None: the policy's `execute_steps`).
         device: torch device for the policy ("cpu", "cuda").
         baseline_cameras: cameras the baselines render (checkpoints use their own).
@@ -68,7 +70,7 @@ class EvalConfig:
     max_steps: int = 500
     instructions: str = "train"
     videos: int = 2
-    seed: int = 0
+    seed: int = 1000
     execute_steps: int | None = None
     device: str = "cpu"
     baseline_cameras: list[str] = field(default_factory=lambda: list(BASELINE_CAMERAS))
