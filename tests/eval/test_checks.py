@@ -1,6 +1,7 @@
 """Checkpoints that do not fit Meta-World are refused before any rollout, with the mismatch named."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -68,3 +69,13 @@ def test_fitting_checkpoint_runs_with_its_own_cameras_and_size(tmp_path, tiny_po
     assert proto["execute_steps"] >= 1
     ep = res.info["episodes"][0]
     assert ep["steps"] == 6 and ep["success"] is False
+
+
+def test_execute_steps_longer_than_the_chunk_is_refused(tmp_path, tiny_policy):
+    ckpt = tiny_policy(tmp_path / "ckpt", embodiment(("corner2",), 32))
+    chunk = json.loads((ckpt / "config.json").read_text())["chunk_size"]
+    cfg = EvalConfig(
+        policy=str(ckpt), tasks="reach-v3", episodes=1, out=tmp_path / "e", execute_steps=chunk + 1
+    )
+    with pytest.raises(ValueError, match=f"exceeds the chunk of {chunk}"):
+        evaluate(cfg)

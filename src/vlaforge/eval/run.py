@@ -256,6 +256,12 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             "model_sha256": sha256_file(weights),
         }
         execute_steps = cfg.execute_steps  # None: the policy's own, reported back by the workers
+        chunk = json.loads((path / "config.json").read_text()).get("chunk_size")
+        if execute_steps is not None and isinstance(chunk, int) and execute_steps > chunk:
+            raise ValueError(
+                f"--execute-steps {execute_steps} exceeds the chunk of {chunk} actions that {path} predicts; "
+                f"use at most {chunk}"
+            )
 
     out = cfg.out
     video_dir = out / "videos"
