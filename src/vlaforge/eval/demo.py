@@ -172,7 +172,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             out=str(data),
             image_size=cfg.image_size,
             cameras=cfg.cameras,
-            workers=max(cfg.workers, 1),
+            workers=cfg.workers,
             seed=cfg.seed,
             overwrite=True,
         )
