@@ -1,0 +1,165 @@
+"""Training and inference throughput of the tiny preset, per action head, on this machine.
+
+    .venv/bin/python bench/bench_train.py [--steps 30] [--batch-size 32] [--threads N]
+
+Measures, for the token head (OpenVLA: one action per forward, D tokens decoded one by one) and the
+chunk head (OpenVLA-OFT: H x D actions in one parallel pass):
+
+- training samples/s through the real loop (`vlaforge.train.train`, batch 32, fp32), from its
+  metrics.jsonl, skipping the first logging window (warm-up);
+- inference at batch 1 with `Policy.predict_action` on the trained checkpoint, after warm-up:
+  latency (median of the timed calls) and actions/s = chunk length H / latency, i.e. environment
+  steps covered per second of compute when the whole chunk is executed open loop (token head H = 1).
+
+The headline is the chunk head's actions/s over the token head's. Writes bench/results/train.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vlaforge.data.lerobot import LeRobotWriter
+from vlaforge.models.policy import Policy
+from vlaforge.train.loop import TrainConfig, train
+
+
+def write_dataset(root: Path, episodes: int = 4, length: int = 40, size: int = 64) -> Path:
+    """A small synthetic LeRobot v3.0 dataset (smooth images, smooth actions, 4-dim state)."""
+    rng = np.random.default_rng(0)
+    features = {
+        "observation.images.corner2": {
+            "dtype": "video",
+            "shape": [size, size, 3],
+            "names": ["height", "width", "channels"],
+        },
+        "observation.state": {"dtype": "float32", "shape": [4], "names": ["x", "y", "z", "grip"]},
+        "action": {"dtype": "float32", "shape": [4], "names": ["dx", "dy", "dz", "gripper"]},
+    }
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    with LeRobotWriter(root, fps=10, features=features, robot_type="synthetic") as w:
+        for e in range(episodes):
+            t = np.arange(length, dtype=np.float32)[:, None, None]
+            img = np.stack(
+                [
+                    128 + 90 * np.sin(xx / size * 3 + t * 0.2 + e),
+                    128 + 90 * np.cos(yy / size * 2 - t * 0.1),
+                    0 * t + xx,
+                ],
+                -1,
+            )
+            state = np.cumsum(rng.normal(scale=0.05, size=(length, 4)), 0).astype(np.float32)
+            w.add_episode(
+                f"task {e % 2}",
+                {
+                    "observation.images.corner2": np.clip(img, 0, 255).astype(np.uint8),
+                    "observation.state": state,
+                    "action": np.tanh(np.diff(state, axis=0, append=state[-1:]) * 10).astype(np.float32),
+                },
+            )
+    return root
+
+
+def bench_head(head: str, dataset: Path, out: Path, steps: int, batch_size: int, calls: int) -> dict:
+    run = train(
+        TrainConfig(
+            dataset=str(dataset),
+            out=str(out / head),
+            preset="tiny",
+            head=head,
+            steps=steps,
+            batch_size=batch_size,
+            log_every=max(1, steps // 6),
+            device="cpu",
+        )
+    )
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    timed = rows[1:] or rows
+    samples_per_s = statistics.median(r["samples_per_s"] for r in timed)
+
+    policy = Policy.from_pretrained(run / "last")
+    obs = {
+        "images": {"corner2": np.full((64, 64, 3), 120, dtype=np.uint8)},
+        "state": np.zeros(4, dtype=np.float32),
+        "instruction": "task 0",
+    }
+    for _ in range(3):  # warm-up
+        chunk = policy.predict_action(obs)
+    latencies = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        chunk = policy.predict_action(obs)
+        latencies.append(time.perf_counter() - t0)
+    latency = statistics.median(latencies)
+    H = int(chunk.shape[0])
+    return {
+        "head": head,
+        "train_samples_per_s": round(samples_per_s, 1),
+        "chunk_len": H,
+        "action_dim": int(chunk.shape[1]),
+        "latency_ms": round(latency * 1e3, 2),
+        "actions_per_s": round(H / latency, 1),
+        "params": sum(p.numel() for p in policy.parameters()),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=30, help="training steps per head (first window is warm-up)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--calls", type=int, default=30, help="timed predict_action calls per head")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = write_dataset(Path(tmp) / "ds")
+        results = [
+            bench_head(h, dataset, Path(tmp), a.steps, a.batch_size, a.calls) for h in ("tokens", "chunk")
+        ]
+    by = {r["head"]: r for r in results}
+    ratio = by["chunk"]["actions_per_s"] / by["tokens"]["actions_per_s"]
+
+    print(
+        f"\ntiny preset, batch {a.batch_size} training, batch 1 inference, {torch.get_num_threads()} threads"
+    )
+    print(f"{'head':<8}{'train samples/s':>17}{'H':>4}{'latency ms':>12}{'actions/s':>11}")
+    for r in results:
+        print(
+            f"{r['head']:<8}{r['train_samples_per_s']:>17.1f}{r['chunk_len']:>4}"
+            f"{r['latency_ms']:>12.2f}{r['actions_per_s']:>11.1f}"
+        )
+    print(f"chunk head / token head actions/s: {ratio:.1f}x")
+
+    report = {
+        "preset": "tiny",
+        "batch_size": a.batch_size,
+        "steps": a.steps,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "python": sys.version.split()[0],
+        "heads": results,
+        "chunk_over_tokens_actions_per_s": round(ratio, 2),
+        "definition": "actions/s = chunk length H / median predict_action latency at batch 1 (env steps covered)",
+    }
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
