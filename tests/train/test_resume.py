@@ -128,3 +128,13 @@ def test_refuses_to_overwrite_or_resume_with_other_settings(tiny_dataset, tmp_pa
         train(_cfg(tiny_dataset, run, steps=2, batch_size=3, resume=True))
     with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
         train(_cfg(tiny_dataset, tmp_path / "empty", resume=True))
+
+
+def test_background_batches_give_the_same_run(straight, tiny_dataset, tmp_path):
+    """num_workers > 0 builds batches ahead in a thread; the checkpointed sampler state is the consumed one."""
+    run = tmp_path / "prefetch"
+    train(_cfg(tiny_dataset, run, num_workers=2), stop_after=2)
+    state = ckpt.read_trainer_state(run / "last")
+    assert state["ranks"][0]["sampler"]["position"] == 2 * 2  # 2 steps x batch 2, not what was prefetched
+    train(_cfg(tiny_dataset, run, num_workers=2, resume=True))
+    _same_tensors(straight["chunk"] / "last" / "model.safetensors", run / "last" / "model.safetensors")

@@ -118,7 +118,7 @@ class TrainConfig:
             problems.append(f"lr={self.lr} (must be a positive number)")
         if self.schedule not in ("constant", "cosine"):
             problems.append(f"schedule {self.schedule!r} (choose 'constant' or 'cosine')")
-        if self.warmup_steps < 0 or self.warmup_steps >= max(self.steps, 1) and self.warmup_steps > 0:
+        if not 0 <= self.warmup_steps < max(self.steps, 1):
             problems.append(f"warmup_steps={self.warmup_steps} (must be in [0, steps={self.steps}))")
         if self.chunk_size is not None and self.chunk_size < 1:
             problems.append(f"chunk_size={self.chunk_size} (must be >= 1)")
