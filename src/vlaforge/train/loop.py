@@ -431,23 +431,10 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
 
         batches = _Batches(sampler, lookahead=cfg.num_workers)
         try:
-            _loop(
-                cfg,
-                d,
-                device,
-                run,
-                policy,
-                model,
-                optimizer,
-                params,
-                batches,
-                step,
-                elapsed_before,
-                base_lr,
-                frozen_print,
-                counts,
-                stop_after,
+            session = _Session(
+                cfg, d, device, run, policy, model, optimizer, params, batches, base_lr, frozen_print, counts
             )
+            session.loop(step, elapsed_before, stop_after)
         finally:
             batches.close()
     finally:
@@ -511,91 +498,125 @@ def _load_trainable(policy: nn.Module, ckpt_dir: Path, param_names: list[str]) -
     policy.load_state_dict(weights, strict=True)
 
 
-def _loop(
-    cfg,
-    d,
-    device,
-    run,
-    policy,
-    model,
-    optimizer,
-    params,
-    batches,
-    step,
-    elapsed_before,
-    base_lr,
-    frozen_print,
-    counts,
-    stop_after,
-) -> None:
-    """The optimizer-step loop (split from `train` for length; see there for the arguments)."""
-    trainable = [p for _, p in params]
-    names = [n for n, _ in params]
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
-    bar = tqdm(total=cfg.steps, initial=step, desc="train", disable=not d.main, dynamic_ncols=True)
-    t_start = time.perf_counter()
-    t_log, samples_since, sums, n_sums = t_start, 0, {}, 0
-    last_saved = None
-    while step < end:
-        lr = lr_at(step, base_lr, cfg.schedule, cfg.warmup_steps, cfg.steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        for micro in range(cfg.grad_accum):
-            batch = batches.next()
-            sync = micro == cfg.grad_accum - 1 or d.world_size == 1
-            with nullcontext() if sync else model.no_sync(), autocast:
-                loss, metrics = model(batch)
-            (loss / cfg.grad_accum).backward()
-            for k, v in metrics.items():
-                sums[k] = sums.get(k, 0.0) + float(v)
-            n_sums += 1
-            samples_since += cfg.batch_size * d.world_size
-        max_norm = cfg.clip_grad if cfg.clip_grad > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        bar.update(1)
+@dataclass
+class _Session:
+    """What the step loop and the checkpointing share (built by `train`)."""
 
-        if step % cfg.log_every == 0 or step == end:
-            means = {k: v / n_sums for k, v in sums.items()}
-            means["grad_norm"] = grad_norm
-            means = _mean_over_ranks(means, d, device)
-            now = time.perf_counter()
-            row = {
+    cfg: TrainConfig
+    d: _Dist
+    device: torch.device
+    run: Path
+    policy: nn.Module
+    model: nn.Module  # the policy's loss module, DDP-wrapped when distributed
+    optimizer: torch.optim.Optimizer
+    params: list[tuple[str, nn.Parameter]]  # trainable, in optimizer order
+    batches: _Batches
+    base_lr: float
+    frozen_print: str
+    counts: dict[str, int]
+
+    def loop(self, step: int, elapsed_before: float, stop_after: int | None) -> None:
+        """Runs optimizer steps from `step` to the end (or `stop_after` more), logging and saving."""
+        cfg, d, device, run = self.cfg, self.d, self.device, self.run
+        model, optimizer, batches, base_lr = self.model, self.optimizer, self.batches, self.base_lr
+        trainable = [p for _, p in self.params]
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+        end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
+        bar = tqdm(total=cfg.steps, initial=step, desc="train", disable=not d.main, dynamic_ncols=True)
+        t_start = time.perf_counter()
+        t_log, samples_since, sums, n_sums = t_start, 0, {}, 0
+        last_saved = None
+        while step < end:
+            lr = lr_at(step, base_lr, cfg.schedule, cfg.warmup_steps, cfg.steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            for micro in range(cfg.grad_accum):
+                batch = batches.next()
+                sync = micro == cfg.grad_accum - 1 or d.world_size == 1
+                with nullcontext() if sync else model.no_sync(), autocast:
+                    loss, metrics = model(batch)
+                (loss / cfg.grad_accum).backward()
+                for k, v in metrics.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                n_sums += 1
+                samples_since += cfg.batch_size * d.world_size
+            max_norm = cfg.clip_grad if cfg.clip_grad > 0 else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+
+            if step % cfg.log_every == 0 or step == end:
+                means = {k: v / n_sums for k, v in sums.items()}
+                means["grad_norm"] = grad_norm
+                means = _mean_over_ranks(means, d, device)
+                now = time.perf_counter()
+                row = {
+                    "step": step,
+                    **{k: round(v, 6) for k, v in means.items()},
+                    "lr": lr,
+                    "samples_per_s": round(samples_since / max(now - t_log, 1e-9), 2),
+                    "elapsed_s": round(elapsed_before + now - t_start, 2),
+                }
+                if d.main:
+                    with open(run / "metrics.jsonl", "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
+                t_log, samples_since, sums, n_sums = now, 0, {}, 0
+
+            if (cfg.save_every and step % cfg.save_every == 0) or step == end:
+                self.save(step, elapsed_before + time.perf_counter() - t_start)
+                last_saved = step
+        bar.close()
+        if last_saved is None and d.main:  # nothing to do: the run was already complete
+            print(f"{run}: already at step {step} of {cfg.steps}; nothing to train")
+
+    def save(self, step: int, elapsed: float) -> None:
+        """Checkpoint on rank 0 with every rank's RNG and sampler state; all ranks wait for it."""
+        cfg, d, device, run, policy = self.cfg, self.d, self.device, self.run, self.policy
+        names = [n for n, _ in self.params]
+        weights_print = fingerprint([p for p in policy.parameters()])
+        per_rank = _gather_json(
+            {"rng": ckpt.rng_state(), "sampler": self.batches.state, "weights_fingerprint": weights_print},
+            d,
+            device,
+        )
+        if d.main:
+            lora = cfg.lora_rank > 0
+
+            def save_policy(directory: Path) -> None:
+                with merged_lora(policy) if lora else nullcontext():
+                    policy.save_pretrained(directory)
+
+            state = {
                 "step": step,
-                **{k: round(v, 6) for k, v in means.items()},
-                "lr": lr,
-                "samples_per_s": round(samples_since / max(now - t_log, 1e-9), 2),
-                "elapsed_s": round(elapsed_before + now - t_start, 2),
+                "elapsed_s": elapsed,
+                "scheduler": {
+                    "schedule": cfg.schedule,
+                    "base_lr": self.base_lr,
+                    "warmup_steps": cfg.warmup_steps,
+                    "total_steps": cfg.steps,
+                    "last_lr": self.optimizer.param_groups[0]["lr"],
+                },
+                "world_size": d.world_size,
+                "ranks": per_rank,
+                "frozen_fingerprint": self.frozen_print,
+                "counts": self.counts,
+                "config": cfg.to_dict(),
             }
-            if d.main:
-                with open(run / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(row) + "\n")
-                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
-            t_log, samples_since, sums, n_sums = now, 0, {}, 0
-
-        if (cfg.save_every and step % cfg.save_every == 0) or step == end:
-            _save(
-                cfg,
-                d,
-                device,
+            ckpt.save_checkpoint(
                 run,
-                policy,
-                optimizer,
-                names,
-                batches,
                 step,
-                elapsed_before + time.perf_counter() - t_start,
-                base_lr,
-                frozen_print,
-                counts,
+                save_policy,
+                self.optimizer,
+                names,
+                state,
+                adapter=trainable_state_dict(policy) if lora else None,
+                keep=KEEP_CHECKPOINTS,
             )
-            last_saved = step
-    bar.close()
-    if last_saved is None and d.main:  # nothing to do: the run was already complete
-        print(f"{run}: already at step {step} of {cfg.steps}; nothing to train")
+        if d.world_size > 1:
+            dist.barrier()
 
 
 def _mean_over_ranks(values: dict[str, float], d: _Dist, device: torch.device) -> dict[str, float]:
@@ -605,48 +626,3 @@ def _mean_over_ranks(values: dict[str, float], d: _Dist, device: torch.device) -
     t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(t)
     return {k: float(v) / d.world_size for k, v in zip(keys, t.tolist())}
-
-
-def _save(
-    cfg, d, device, run, policy, optimizer, names, batches, step, elapsed, base_lr, frozen_print, counts
-):
-    """Checkpoint on rank 0 with every rank's RNG and sampler state; all ranks wait for it."""
-    weights_print = fingerprint([p for p in policy.parameters()])
-    per_rank = _gather_json(
-        {"rng": ckpt.rng_state(), "sampler": batches.state, "weights_fingerprint": weights_print}, d, device
-    )
-    if d.main:
-        lora = cfg.lora_rank > 0
-
-        def save_policy(directory: Path) -> None:
-            with merged_lora(policy) if lora else nullcontext():
-                policy.save_pretrained(directory)
-
-        state = {
-            "step": step,
-            "elapsed_s": elapsed,
-            "scheduler": {
-                "schedule": cfg.schedule,
-                "base_lr": base_lr,
-                "warmup_steps": cfg.warmup_steps,
-                "total_steps": cfg.steps,
-                "last_lr": optimizer.param_groups[0]["lr"],
-            },
-            "world_size": d.world_size,
-            "ranks": per_rank,
-            "frozen_fingerprint": frozen_print,
-            "counts": counts,
-            "config": cfg.to_dict(),
-        }
-        ckpt.save_checkpoint(
-            run,
-            step,
-            save_policy,
-            optimizer,
-            names,
-            state,
-            adapter=trainable_state_dict(policy) if lora else None,
-            keep=KEEP_CHECKPOINTS,
-        )
-    if d.world_size > 1:
-        dist.barrier()
