@@ -25,6 +25,15 @@ adapter there would never run. A LoRA checkpoint must load with the one
 ``Policy.from_pretrained``: `merged_lora` swaps every adapted layer for a plain layer holding
 ``W + (alpha / r) B A`` while the policy is saved, leaving the training weights untouched (merging
 in place and un-merging later would not give back the same bits, which exact resume needs).
+
+Counts on the ``openvla-7b-siglip`` preset (vision + projector + LLM; tests/train/test_finetune.py):
+the four freezing strategies give the paper's 7,188.1 / 6,760.4 / 465.1 / 914.2 M exactly. LoRA r=32
+gives 98.1 M (98,123,776) against the paper's 97.6 M. The rule is the same; the layouts differ:
+transformers' SigLIP splits timm's fused ``qkv`` into q, k and v (three adapters where timm has one,
++2.0 M) and pools with ``nn.MultiheadAttention``. The paper's figure is what the same rule gives on
+timm's layout with ``lm_head`` and the patch-embedding convolution adapted too (OpenVLA's training
+model is a plain ``nn.Module``, so peft's output-layer exclusion did not apply): 97,603,968 at r=32
+and 195,207,936 at r=64, the paper's 97.6 M and 195.2 M.
 """
 
 from __future__ import annotations
