@@ -30,10 +30,10 @@ Counts on the ``openvla-7b-siglip`` preset (vision + projector + LLM; tests/trai
 the four freezing strategies give the paper's 7,188.1 / 6,760.4 / 465.1 / 914.2 M exactly. LoRA r=32
 gives 98.1 M (98,123,776) against the paper's 97.6 M. The rule is the same; the layouts differ:
 transformers' SigLIP splits timm's fused ``qkv`` into q, k and v (three adapters where timm has one,
-+2.0 M) and pools with ``nn.MultiheadAttention``. The paper's figure is what the same rule gives on
-timm's layout with ``lm_head`` and the patch-embedding convolution adapted too (OpenVLA's training
-model is a plain ``nn.Module``, so peft's output-layer exclusion did not apply): 97,603,968 at r=32
-and 195,207,936 at r=64, the paper's 97.6 M and 195.2 M.
++2.0 M) and pools with ``nn.MultiheadAttention``. The paper's figure matches, at both ranks it
+reports, timm's layout with ``lm_head`` and the patch-embedding convolution adapted as well:
+97,603,968 at r=32 and 195,207,936 at r=64 (97.6 M and 195.2 M), so its count evidently included
+those two layers.
 """
 
 from __future__ import annotations
