@@ -1,6 +1,6 @@
 """Training and inference throughput of the tiny preset, per action head, on this machine.
 
-    .venv/bin/python bench/bench_train.py [--steps 30] [--batch-size 32] [--threads N]
+    .venv/bin/python bench/bench_train.py [--steps 30] [--batch-size 32] [--threads 1]
 
 Measures, for the token head (OpenVLA: one action per forward, D tokens decoded one by one) and the
 chunk head (OpenVLA-OFT: H x D actions in one parallel pass):
@@ -117,7 +117,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=30, help="training steps per head (first window is warm-up)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--calls", type=int, default=30, help="timed predict_action calls per head")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    # One intra-op thread by default: on a small machine shared with other jobs, OpenMP threads that
+    # spin on a busy core make timings swing by 10x; one thread gives stable, comparable numbers.
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
     a = ap.parse_args(argv)
     if a.threads:
