@@ -317,11 +317,18 @@ def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> No
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drops metric lines logged after `step` (a run that died after its last checkpoint)."""
+    """Drops metric lines logged after `step` (a run that died after its last checkpoint), and a line
+    torn by a crash mid-write."""
     if not path.is_file():
         return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+    lines = path.read_text().splitlines()
+    kept = []
+    for ln in lines:
+        try:
+            if json.loads(ln).get("step", 0) <= step:
+                kept.append(ln)
+        except json.JSONDecodeError:
+            continue
     if len(kept) != len(lines):
         path.write_text("".join(ln + "\n" for ln in kept))
 
