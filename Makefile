@@ -7,7 +7,7 @@ STAMP := $(VENV)/.setup-done
 export MUJOCO_GL ?= osmesa
 export PYOPENGL_PLATFORM ?= osmesa
 
-.PHONY: setup demo test test-all lint bench clean
+.PHONY: setup demo test test-fast lint bench clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,7 @@ lint: setup
 
 bench: setup
 	$(PY) bench/bench_data.py
+	$(PY) bench/bench_train.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

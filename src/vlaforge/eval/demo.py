@@ -51,10 +51,10 @@ class DemoConfig:
             starts from a scene the policy was trained on.
     """
 
-    tasks: str = "button-press-topdown-v3,drawer-close-v3,handle-press-v3"
+    tasks: str = "drawer-close-v3,button-press-topdown-v3,window-close-v3,drawer-open-v3,faucet-open-v3"
     episodes: int = 30
     steps: int = 3000
-    eval_episodes: int = 10
+    eval_episodes: int = 20
     out: str = "demo"
     device: str = "auto"
     workers: int = 2
