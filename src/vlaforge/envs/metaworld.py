@@ -29,6 +29,7 @@ import difflib
 import hashlib
 import os
 import warnings
+import weakref
 from collections.abc import Sequence
 
 # Headless MuJoCo must choose its GL backend before mujoco is imported: OSMesa on a CPU unless the
@@ -662,6 +663,7 @@ class MetaWorldEnv:
             raise ValueError(f"unknown Meta-World camera(s) {unknown}; valid cameras are {valid}")
         self._cam_ids = [valid.index(c) for c in self.cameras]
         self._renderer = None  # made on first use: an env that never renders needs no GL context
+        self._close_renderer: weakref.finalize | None = None
         self._upside_down: dict[str, bool] = {}
 
     # -- images ---------------------------------------------------------------------------------------
@@ -691,6 +693,9 @@ class MetaWorldEnv:
             # Shadows and reflections cost ~8x the render time through OSMesa and add little for a policy.
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+            # Free the GL context when the env is collected or at exit (atexit runs before module teardown);
+            # left to the renderer's own __del__, OSMesa's free function may already be gone at shutdown.
+            self._close_renderer = weakref.finalize(self, self._renderer.close)
         return self._renderer
 
     def render_raw(self, camera: str) -> np.ndarray:
@@ -771,9 +776,10 @@ class MetaWorldEnv:
         return self._raw_obs
 
     def close(self) -> None:
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
+        if self._close_renderer is not None:
+            self._close_renderer()  # runs renderer.close once, whichever comes first
+            self._close_renderer = None
+        self._renderer = None
         self._env.close()
 
     def __enter__(self) -> MetaWorldEnv:
