@@ -43,6 +43,9 @@ class DemoConfig:
         batch_size: training batch size.
         chunk_size: action chunk length H (None: the preset's default).
         lr: learning rate (None: the preset's default).
+        schedule: "cosine" (decays to 0 at the last step: a from-scratch run ends on a quieter policy than
+            with a constant rate) or "constant".
+        warmup_steps: linear warm-up steps (None: 5% of `steps`, at most 200).
         save_every: checkpoint interval, so an interrupted run resumes.
         max_steps: evaluation episode truncation; the experts finish these tasks in well under it.
         videos: videos per task in the reports.
@@ -53,7 +56,7 @@ class DemoConfig:
 
     tasks: str = "drawer-close-v3,button-press-topdown-v3,window-close-v3,drawer-open-v3,faucet-open-v3"
     episodes: int = 30
-    steps: int = 3000
+    steps: int = 6000
     eval_episodes: int = 20
     out: str = "demo"
     device: str = "auto"
@@ -65,6 +68,8 @@ class DemoConfig:
     batch_size: int = 32
     chunk_size: int | None = None
     lr: float | None = None
+    schedule: str = "cosine"
+    warmup_steps: int | None = None
     save_every: int = 500
     max_steps: int = 300
     videos: int = 2
@@ -72,6 +77,8 @@ class DemoConfig:
     eval_seed: int = 1000
 
     def __post_init__(self) -> None:
+        if self.warmup_steps is None:
+            self.warmup_steps = min(200, self.steps // 20)
         for name in ("episodes", "steps", "eval_episodes", "image_size", "batch_size", "max_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"demo {name} must be >= 1; got {getattr(self, name)}")
@@ -96,7 +103,7 @@ def _data_key(cfg: DemoConfig, tasks: list[str]) -> dict[str, Any]:
 
 
 def _train_key(cfg: DemoConfig, tasks: list[str]) -> dict[str, Any]:
-    keys = ("steps", "preset", "head", "batch_size", "chunk_size", "lr")
+    keys = ("steps", "preset", "head", "batch_size", "chunk_size", "lr", "schedule", "warmup_steps")
     return {**_data_key(cfg, tasks), **{k: getattr(cfg, k) for k in keys}}
 
 
@@ -203,8 +210,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
                 steps=cfg.steps,
                 batch_size=cfg.batch_size,
                 lr=cfg.lr,
-                schedule="constant",
-                warmup_steps=0,
+                schedule=cfg.schedule,
+                warmup_steps=cfg.warmup_steps,
                 grad_accum=1,
                 clip_grad=1.0,
                 chunk_size=cfg.chunk_size,
