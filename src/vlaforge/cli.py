@@ -201,6 +201,14 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as e:
+        # Bad input is reported as one line naming the file/key/shape; the traceback is for developers.
+        if os.environ.get("VLAFORGE_DEBUG"):
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"vlaforge {args.cmd}: error: {message}", file=sys.stderr)
+        print("(set VLAFORGE_DEBUG=1 for the full traceback)", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
