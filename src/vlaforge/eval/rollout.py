@@ -82,43 +82,19 @@ def build_controller(spec: WorkerSpec) -> Controller:
 
 
 def write_mp4(frames: list[np.ndarray], path: str | Path, fps: float) -> Path:
-    """Encodes uint8 (H, W, 3) frames as an mp4 browsers can play (h264, yuv420p).
+    """Encodes uint8 (H, W, 3) frames as an mp4 browsers can play (h264, yuv420p) through
+    `vlaforge.data.video.write_video` (MPEG-4 part 2 where this PyAV build has no h264 encoder).
 
-    Falls back to MPEG-4 part 2 when this PyAV build has no h264 encoder (plays in VLC, not in every
-    browser). Odd sides are padded by one pixel, as yuv420p needs even dimensions.
+    Odd sides are padded by one pixel: yuv420p needs even dimensions, and the writer would otherwise
+    switch to yuv444p, which browsers do not play.
     """
-    import av
+    from vlaforge.data.video import write_video
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    h, w = frames[0].shape[:2]
-    ph, pw = h + h % 2, w + w % 2
-    codec = next((c for c in ("libx264", "h264", "libopenh264") if _has_encoder(c)), "mpeg4")
-    from fractions import Fraction
-
-    rate = Fraction(round(fps * 1000), 1000).limit_denominator(1000)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=rate)
-        stream.width, stream.height, stream.pix_fmt = pw, ph, "yuv420p"
-        if codec == "libx264":
-            stream.options = {"crf": "23", "preset": "veryfast"}
-        for img in frames:
-            if (ph, pw) != (h, w):
-                img = np.pad(img, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-            container.mux(stream.encode(frame))
-        container.mux(stream.encode())
-    return path
-
-
-def _has_encoder(name: str) -> bool:
-    import av
-
-    try:
-        av.codec.Codec(name, "w")
-    except Exception:
-        return False
-    return True
+    video = np.stack(frames)  # (T, H, W, 3)
+    _, h, w, _ = video.shape
+    if h % 2 or w % 2:
+        video = np.pad(video, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    return write_video(path, video, fps, codec="h264", crf=23)
 
 
 def run_episode(controller: Controller, env: Any, job: Job, max_steps: int, fps: float = 30.0) -> dict:
