@@ -250,11 +250,7 @@ class Policy(nn.Module):
                 raise ValueError(
                     f"image {name!r} has shape {img.shape}; predict_action takes one (H, W, 3) image"
                 )
-        state = None if obs.state is None else obs.state.reshape(1, -1)
-        if state is not None and self.uses_state and state.shape[1] != self.embodiment.state_dim:
-            raise ValueError(
-                f"state has {state.shape[1]} dims; this policy expects state_dim {self.embodiment.state_dim}"
-            )
+        state = None if obs.state is None else obs.state.reshape(1, -1)  # its dim is checked in _context
         batch = {"images": {k: v[None] for k, v in obs.images.items()}, "state": state}
         batch["instruction"] = [str(obs.instruction)]
         return self.predict_action_batch(batch)[0]
