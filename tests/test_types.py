@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from vlaforge.errors import InputError
 from vlaforge.types import Embodiment, FeatureStats, NormStats, Observation
 
 
@@ -62,7 +63,7 @@ def test_norm_stats_validate_errors(tmp_path):
         NormStats({"action": bad, "observation.state": _fs(4)}).validate(_emb())
     with pytest.raises(ValueError, match="mask"):
         NormStats({"action": _fs(4, [True] * 4), "observation.state": _fs(4)}).validate(_emb())
-    with pytest.raises(FileNotFoundError, match="must not load"):
+    with pytest.raises(InputError, match="must not load"):
         NormStats.load(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text('{"action": {"min": [1]}}')
     with pytest.raises(ValueError, match="missing statistics"):

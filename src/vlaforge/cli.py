@@ -13,6 +13,8 @@ import argparse
 import os
 import sys
 
+from vlaforge.errors import InputError
+
 # Headless MuJoCo: OSMesa on CPU unless the user chose a backend (EGL on a GPU machine).
 os.environ.setdefault("MUJOCO_GL", "osmesa")
 os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
@@ -201,12 +203,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, RuntimeError) as e:
-        # Bad input is reported as one line naming the file/key/shape; the traceback is for developers.
+    except InputError as e:
+        # Bad input is reported as one line naming the file/key/shape. Anything else (an internal bug, an
+        # out-of-memory) is not the user's input and keeps its traceback.
         if os.environ.get("VLAFORGE_DEBUG"):
             raise
-        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"vlaforge {args.cmd}: error: {message}", file=sys.stderr)
+        print(f"vlaforge {args.cmd}: error: {e}", file=sys.stderr)
         print("(set VLAFORGE_DEBUG=1 for the full traceback)", file=sys.stderr)
         sys.exit(2)
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from vlaforge.errors import InputError
+
 STAT_KEYS = ("min", "max", "mean", "std", "q01", "q99")
 
 
@@ -42,7 +44,7 @@ class Observation:
         if isinstance(d, Observation):
             return d
         if not isinstance(d, Mapping) or "images" not in d:
-            raise ValueError(
+            raise InputError(
                 "an observation needs an 'images' dict {camera: uint8 (H, W, 3)}; "
                 f"got keys {sorted(d) if isinstance(d, Mapping) else type(d).__name__}"
             )
@@ -50,7 +52,7 @@ class Observation:
         for name, img in dict(d["images"]).items():
             arr = np.asarray(img)
             if arr.dtype != np.uint8 or arr.ndim not in (3, 4) or arr.shape[-1] != 3:
-                raise ValueError(
+                raise InputError(
                     f"image {name!r} must be uint8 (H, W, 3) or (B, H, W, 3); got {arr.dtype} {arr.shape}"
                 )
             images[name] = arr
@@ -95,15 +97,15 @@ class Embodiment:
         for name in ("action_names", "normalize_mask", "action_low", "action_high"):
             value = getattr(self, name)
             if len(value) != d:
-                raise ValueError(f"Embodiment.{name} has {len(value)} entries; action_dim is {d}")
+                raise InputError(f"Embodiment.{name} has {len(value)} entries; action_dim is {d}")
         if len(self.state_names) not in (0, self.state_dim):
-            raise ValueError(
+            raise InputError(
                 f"Embodiment.state_names has {len(self.state_names)} entries; state_dim is {self.state_dim}"
             )
         if not self.camera_names:
-            raise ValueError("Embodiment.camera_names is empty: a VLA needs at least one camera")
+            raise InputError("Embodiment.camera_names is empty: a VLA needs at least one camera")
         if self.image_size <= 0 or self.control_hz <= 0:
-            raise ValueError(
+            raise InputError(
                 f"Embodiment.image_size ({self.image_size}) and control_hz ({self.control_hz}) must be > 0"
             )
         self.action_names = list(self.action_names)
@@ -121,7 +123,7 @@ class Embodiment:
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"unknown embodiment keys {sorted(unknown)}; expected a subset of {sorted(known)}"
             )
         return cls(**dict(d))
@@ -139,7 +141,7 @@ class Embodiment:
         if self.image_size != other.image_size:
             problems.append(f"image_size {self.image_size} != {other.image_size}")
         if problems:
-            raise ValueError(f"the policy does not fit the {what}: " + "; ".join(problems))
+            raise InputError(f"the policy does not fit the {what}: " + "; ".join(problems))
 
 
 @dataclass
@@ -174,7 +176,7 @@ class FeatureStats:
     def from_dict(cls, d: Mapping[str, Any], where: str = "stats") -> FeatureStats:
         missing = [k for k in STAT_KEYS if k not in d]
         if missing:
-            raise ValueError(f"{where}: missing statistics {missing} (need {list(STAT_KEYS)})")
+            raise InputError(f"{where}: missing statistics {missing} (need {list(STAT_KEYS)})")
         return cls(**{k: d[k] for k in STAT_KEYS}, mask=d.get("mask"))
 
 
@@ -206,35 +208,35 @@ class NormStats:
     def load(cls, path: str | Path) -> NormStats:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: norm stats file is missing; a policy must not load without it")
+            raise InputError(f"{path}: norm stats file is missing; a policy must not load without it")
         try:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from e
+            raise InputError(f"{path}: not valid JSON ({e})") from e
         return cls.from_dict(data, where=str(path))
 
     def validate(self, embodiment: Embodiment, where: str = "norm stats") -> None:
         """Checks the stats fit the embodiment: keys present, right dims, finite values."""
         if "action" not in self.features:
-            raise ValueError(f"{where}: no 'action' statistics; have {sorted(self.features)}")
+            raise InputError(f"{where}: no 'action' statistics; have {sorted(self.features)}")
         expect = {"action": embodiment.action_dim}
         if embodiment.state_dim:
             expect["observation.state"] = embodiment.state_dim
         for key, dim in expect.items():
             if key not in self.features:
-                raise ValueError(f"{where}: no {key!r} statistics but the embodiment has {key} dim {dim}")
+                raise InputError(f"{where}: no {key!r} statistics but the embodiment has {key} dim {dim}")
             fs = self.features[key]
             for stat in STAT_KEYS:
                 arr = getattr(fs, stat)
                 if arr.shape != (dim,):
-                    raise ValueError(
+                    raise InputError(
                         f"{where}: {key}.{stat} has shape {arr.shape}; the embodiment expects ({dim},)"
                     )
                 if not np.all(np.isfinite(arr)):
-                    raise ValueError(f"{where}: {key}.{stat} has non-finite values {arr.tolist()}")
+                    raise InputError(f"{where}: {key}.{stat} has non-finite values {arr.tolist()}")
         mask = self.features["action"].mask
         if mask is not None and mask.tolist() != list(embodiment.normalize_mask):
-            raise ValueError(
+            raise InputError(
                 f"{where}: action mask {mask.tolist()} differs from the embodiment's "
                 f"normalize_mask {embodiment.normalize_mask}"
             )

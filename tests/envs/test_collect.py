@@ -13,6 +13,7 @@ import pytest
 from vlaforge.data.lerobot import DatasetError, LeRobotDataset
 from vlaforge.envs import metaworld as mw
 from vlaforge.envs.collect import SUCCESS_TAIL, collect
+from vlaforge.errors import InputError
 
 pytestmark = pytest.mark.sim
 
@@ -93,7 +94,7 @@ def test_worker_count_does_not_change_the_data(dataset_dir, tmp_path):
 def test_an_unreachable_count_raises_and_leaves_nothing(tmp_path):
     out = tmp_path / "never"
     # Five steps are too few for the drawer expert: no seed can succeed.
-    with pytest.raises(RuntimeError, match=r"drawer-open-v3 \(0/2 in 3 seeds\).*--max-attempts"):
+    with pytest.raises(InputError, match=r"drawer-open-v3 \(0/2 in 3 seeds\).*--max-attempts"):
         collect(
             "drawer-open-v3", episodes=2, out=out, image_size=SIZE, workers=1, max_attempts=3, max_steps=5
         )

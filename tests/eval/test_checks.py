@@ -6,6 +6,7 @@ import json
 import pytest
 
 from vlaforge.envs.metaworld import embodiment
+from vlaforge.errors import InputError
 from vlaforge.eval.run import EvalConfig, evaluate
 
 
@@ -43,10 +44,10 @@ def test_unknown_camera_is_refused(tmp_path, tiny_policy):
 
 
 def test_missing_policy_dir(tmp_path):
-    with pytest.raises(FileNotFoundError, match="neither a checkpoint directory nor a baseline"):
+    with pytest.raises(InputError, match="neither a checkpoint directory nor a baseline"):
         EvalConfig(policy=str(tmp_path / "nope"), out=tmp_path / "o")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="no config.json"):
+    with pytest.raises(InputError, match=r"missing \[.config.json."):
         evaluate(EvalConfig(policy=str(tmp_path / "empty"), tasks="reach-v3", episodes=1, out=tmp_path / "o"))
 
 

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vlaforge import Policy as LazyPolicy
+from vlaforge.errors import InputError
 from vlaforge.models.policy import Policy
 
 
@@ -106,7 +107,7 @@ def saved(embodiment, norm_stats, tmp_path):
 
 def test_missing_file(saved):
     (saved / "norm_stats.json").unlink()
-    with pytest.raises(FileNotFoundError, match=r"missing \['norm_stats.json'\]"):
+    with pytest.raises(InputError, match=r"missing \['norm_stats.json'\]"):
         Policy.from_pretrained(saved)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from vlaforge.errors import InputError
 from vlaforge.models.policy import Policy
 from vlaforge.models.presets import PRESETS, get_preset
 
@@ -15,7 +16,7 @@ def _m(module) -> float:
 
 def test_get_preset_did_you_mean():
     assert get_preset("tiny").name == "tiny"
-    with pytest.raises(KeyError, match="did you mean 'openvla-7b'"):
+    with pytest.raises(InputError, match="did you mean 'openvla-7b'"):
         get_preset("openvla-7")
 
 

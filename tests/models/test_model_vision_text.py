@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from vlaforge.errors import InputError
 from vlaforge.models.presets import ViTSpec, get_preset
 from vlaforge.models.text import (
     LLAMA_EMPTY_TOKEN,
@@ -101,5 +102,5 @@ def test_llama_tokenizer_from_local_file(tmp_path):
     ids = tok.encode_prompt("open the drawer")
     assert ids[-1] == LLAMA_EMPTY_TOKEN and ids[0] == vocab["In:"] and 1 not in ids
     assert json.loads((tmp_path / "tokenizer.json").read_text())["model"]["type"] == "WordLevel"
-    with pytest.raises(FileNotFoundError, match="tokenizer.json"):
+    with pytest.raises(InputError, match="tokenizer.json"):
         LlamaTokenizer(tmp_path / "nowhere")

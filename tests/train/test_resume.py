@@ -11,6 +11,7 @@ import pytest
 import safetensors.torch
 from safetensors.torch import load_file
 
+from vlaforge.errors import InputError
 from vlaforge.models.policy import Policy
 from vlaforge.train import checkpoint as ckpt
 from vlaforge.train.loop import TrainConfig, train
@@ -122,11 +123,11 @@ def test_keeps_last_three_checkpoints_and_writes_run_files(tiny_dataset, tmp_pat
 def test_refuses_to_overwrite_or_resume_with_other_settings(tiny_dataset, tmp_path):
     run = tmp_path / "guard"
     train(_cfg(tiny_dataset, run, steps=1))
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(InputError, match="--resume"):
         train(_cfg(tiny_dataset, run, steps=1))
     with pytest.raises(ValueError, match="batch_size"):
         train(_cfg(tiny_dataset, run, steps=2, batch_size=3, resume=True))
-    with pytest.raises(FileNotFoundError, match="no complete checkpoint"):
+    with pytest.raises(InputError, match="no complete checkpoint"):
         train(_cfg(tiny_dataset, tmp_path / "empty", resume=True))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from vlaforge.errors import InputError
 from vlaforge.types import FeatureStats
 
 EPS = 1e-8
@@ -32,13 +33,13 @@ class Normalizer:
 
     def __init__(self, stats: FeatureStats, mode: str = "q99", mask: np.ndarray | None = None):
         if mode not in MODES:
-            raise ValueError(f"unknown normalisation mode {mode!r}; choose one of {MODES}")
+            raise InputError(f"unknown normalisation mode {mode!r}; choose one of {MODES}")
         self.mode = mode
         self.dim = stats.dim
         mask = stats.mask if mask is None else np.asarray(mask, dtype=bool)
         self.mask = np.ones(self.dim, dtype=bool) if mask is None else np.asarray(mask, dtype=bool)
         if self.mask.shape != (self.dim,):
-            raise ValueError(
+            raise InputError(
                 f"normalisation mask has shape {self.mask.shape}; the stats have {self.dim} dims"
             )
         if mode == "q99":
@@ -51,7 +52,7 @@ class Normalizer:
     def _check(self, x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
         if x.shape[-1:] != (self.dim,):
-            raise ValueError(f"expected values with last dim {self.dim}, got shape {x.shape}")
+            raise InputError(f"expected values with last dim {self.dim}, got shape {x.shape}")
         return x
 
     def normalize(self, x: np.ndarray) -> np.ndarray:

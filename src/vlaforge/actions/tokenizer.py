@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from vlaforge.errors import InputError
+
 
 class BinTokenizer:
     """Uniform-bin action tokenizer on normalised actions.
@@ -30,11 +32,11 @@ class BinTokenizer:
 
     def __init__(self, vocab_size: int = 32000, n_bins: int = 256, low: float = -1.0, high: float = 1.0):
         if n_bins < 2:
-            raise ValueError(f"n_bins must be >= 2, got {n_bins}")
+            raise InputError(f"n_bins must be >= 2, got {n_bins}")
         if vocab_size < n_bins:
-            raise ValueError(f"vocab_size ({vocab_size}) must be >= n_bins ({n_bins})")
+            raise InputError(f"vocab_size ({vocab_size}) must be >= n_bins ({n_bins})")
         if not high > low:
-            raise ValueError(f"need low < high, got low={low}, high={high}")
+            raise InputError(f"need low < high, got low={low}, high={high}")
         self.vocab_size = int(vocab_size)
         self.n_bins = int(n_bins)
         self.low, self.high = float(low), float(high)
@@ -55,7 +57,7 @@ class BinTokenizer:
         """Normalised actions (..., D) -> int64 token ids (..., D) in [first_id, last_id]."""
         a = np.clip(np.asarray(actions, dtype=np.float64), self.low, self.high)
         if np.isnan(a).any():
-            raise ValueError("cannot tokenize NaN actions; check the normalisation statistics")
+            raise InputError("cannot tokenize NaN actions; check the normalisation statistics")
         return (self.vocab_size - np.digitize(a, self.bins)).astype(np.int64)
 
     def decode(self, ids: np.ndarray) -> np.ndarray:

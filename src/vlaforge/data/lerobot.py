@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 
 from vlaforge.data.stats import compute_stats, feature_stats, sample_indices, stats_from_json, stats_to_json
 from vlaforge.data.video import VideoError, VideoWriter, decode_episodes_into, probe
+from vlaforge.errors import InputError
 from vlaforge.types import Embodiment, FeatureStats, NormStats
 
 CODEBASE_VERSION = "v3.0"
@@ -83,7 +84,7 @@ _STATS_FRAMES_PER_EPISODE = 16  # image frames kept per episode for statistics
 _STATS_IMAGE_SIDE = 64  # images are strided down to about this side for statistics
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset on disk (or being written) is malformed; the message names the file and the fix."""
 
 
@@ -772,6 +773,17 @@ class LeRobotDataset:
             state_names=_names(state.get("names"), state_dim, "state") if state else [],
             robot_type=str(self.info.get("robot_type") or "unknown"),
         )
+
+    def training_data(self) -> dict[str, Any]:
+        """Where a policy trained on this dataset comes from: the path and, for simulation datasets vlaforge
+        collected, the environment and each episode's task and reset seed (`meta/info.json` "vlaforge")."""
+        ours = self.info.get("vlaforge") or {}
+        episodes = [
+            {"task": str(e["task"]), "seed": int(e["seed"])}
+            for e in ours.get("episodes") or []
+            if "task" in e and "seed" in e
+        ]
+        return {"dataset": str(self.root.resolve()), "env": ours.get("env"), "episodes": episodes}
 
     def norm_stats(self) -> NormStats:
         """NormStats for "action" (with the embodiment's mask) and "observation.state" when present."""

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from vlaforge.data.lerobot import IMAGE_PREFIX, LeRobotDataset
+from vlaforge.errors import InputError
 
 
 class ChunkSampler:
@@ -57,9 +58,9 @@ class ChunkSampler:
         world_size: int = 1,
     ) -> None:
         if batch_size < 1 or chunk_size < 1:
-            raise ValueError(f"batch_size ({batch_size}) and chunk_size ({chunk_size}) must be >= 1")
+            raise InputError(f"batch_size ({batch_size}) and chunk_size ({chunk_size}) must be >= 1")
         if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} must be in [0, world_size={world_size})")
+            raise InputError(f"rank {rank} must be in [0, world_size={world_size})")
         self.dataset = dataset
         self.batch_size, self.chunk_size = int(batch_size), int(chunk_size)
         self.seed, self.shuffle = int(seed), bool(shuffle)
@@ -67,7 +68,7 @@ class ChunkSampler:
         n = dataset.num_frames
         self.shard_len = n // world_size
         if self.shard_len == 0:
-            raise ValueError(f"the dataset has {n} frames, fewer than world_size={world_size}")
+            raise InputError(f"the dataset has {n} frames, fewer than world_size={world_size}")
         self.cameras = self._resolve_cameras(cameras)
         self.action = np.ascontiguousarray(dataset.column("action"), dtype=np.float32).reshape(
             n, -1
@@ -98,7 +99,7 @@ class ChunkSampler:
         for cam in cameras:
             key = cam if cam in keys else IMAGE_PREFIX + cam
             if key not in keys:
-                raise ValueError(f"camera {cam!r} is not in the dataset; it has {keys}")
+                raise InputError(f"camera {cam!r} is not in the dataset; it has {keys}")
             out[key[len(IMAGE_PREFIX) :] if key.startswith(IMAGE_PREFIX) else key] = key
         return out
 
@@ -181,12 +182,12 @@ class ChunkSampler:
     def load_state_dict(self, d: dict) -> None:
         """Restores a position saved by `state_dict` (the dataset must have the same number of frames)."""
         if int(d.get("num_frames", self.dataset.num_frames)) != self.dataset.num_frames:
-            raise ValueError(
+            raise InputError(
                 f"sampler state is for a dataset of {d['num_frames']} frames; this one has "
                 f"{self.dataset.num_frames}: resuming on a different dataset cannot continue exactly"
             )
         if int(d.get("world_size", self.world_size)) != self.world_size:
-            raise ValueError(
+            raise InputError(
                 f"sampler state has world_size {d['world_size']}; this run has {self.world_size}"
             )
         self.epoch, self.position, self.seed = int(d["epoch"]), int(d["position"]), int(d["seed"])

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from vlaforge.errors import InputError
+
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 STATS_KEYS = ("min", "max", "mean", "std", "count", *QUANTILES)
 
@@ -62,7 +64,7 @@ def feature_stats(arr: np.ndarray, max_image_frames: int = 100) -> dict[str, np.
     """
     arr = np.asarray(arr)
     if arr.shape[0] == 0:
-        raise ValueError("cannot compute statistics of an empty feature (0 frames)")
+        raise InputError("cannot compute statistics of an empty feature (0 frames)")
     if is_image_array(arr):
         idx = sample_indices(arr.shape[0], max_image_frames)
         pixels = arr[idx].reshape(-1, 3).astype(np.float64) / 255.0  # (n * H * W, 3)
@@ -70,7 +72,7 @@ def feature_stats(arr: np.ndarray, max_image_frames: int = 100) -> dict[str, np.
         out["count"] = np.array([len(idx)], dtype=np.int64)
         return out
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-        raise ValueError(f"cannot compute statistics of dtype {arr.dtype}")
+        raise InputError(f"cannot compute statistics of dtype {arr.dtype}")
     values = arr.astype(np.float64).reshape(arr.shape[0], -1)  # (N, D)
     out = _reduce(values)
     out["count"] = np.array([arr.shape[0]], dtype=np.int64)

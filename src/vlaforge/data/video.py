@@ -24,6 +24,8 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from vlaforge.errors import InputError
+
 # Encoders in order of preference for each requested codec family.
 _ENCODERS = {
     "h264": ["libx264", "libopenh264", "h264"],
@@ -32,7 +34,7 @@ _ENCODERS = {
 }
 
 
-class VideoError(ValueError):
+class VideoError(InputError):
     """A video file is missing, unreadable, or does not hold the frames it should."""
 
 

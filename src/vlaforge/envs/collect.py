@@ -43,6 +43,7 @@ from vlaforge.envs.metaworld import (
     episode_seed,
     resolve_tasks,
 )
+from vlaforge.errors import InputError
 from vlaforge.types import as_list
 
 SUCCESS_TAIL = 10  # steps recorded after the first success
@@ -189,14 +190,14 @@ def collect(
     task_list = resolve_tasks(tasks)
     cams = as_list(cameras)
     if episodes < 1:
-        raise ValueError(f"episodes must be >= 1; got {episodes}")
+        raise InputError(f"episodes must be >= 1; got {episodes}")
     cap = 4 * episodes if max_attempts is None else int(max_attempts)
     if cap < episodes:
-        raise ValueError(
+        raise InputError(
             f"max_attempts ({cap}) must be >= episodes ({episodes}): each kept episode needs a seed"
         )
     if workers < 0:
-        raise ValueError(f"workers must be >= 0; got {workers}")
+        raise InputError(f"workers must be >= 0; got {workers}")
     emb = embodiment(cams, image_size)
     # Fail on a bad camera name now, before any process starts.
     MetaWorldEnv(task_list[0], cameras=cams, image_size=image_size, max_steps=max_steps, render=False).close()
@@ -307,7 +308,7 @@ def collect(
                 detail = ", ".join(
                     f"{task_list[ti]} ({succeeded[ti]}/{episodes} in {tried[ti]} seeds)" for ti in short
                 )
-                raise RuntimeError(
+                raise InputError(
                     f"the scripted expert did not reach {episodes} successful episodes within {cap} seeds for: "
                     f"{detail}. Raise --max-attempts, ask for fewer --episodes, or leave these tasks out. "
                     f"Nothing was written to {out}."

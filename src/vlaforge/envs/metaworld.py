@@ -32,6 +32,8 @@ import warnings
 import weakref
 from collections.abc import Sequence
 
+from vlaforge.errors import InputError
+
 # Headless MuJoCo must choose its GL backend before mujoco is imported: OSMesa on a CPU unless the
 # user picked one (MUJOCO_GL=egl on a GPU machine).
 os.environ.setdefault("MUJOCO_GL", "osmesa")
@@ -520,13 +522,13 @@ def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
             vocabulary = ["mt10", "mt50", *GROUPS, *ALL_TASKS]
             close = difflib.get_close_matches(key, vocabulary, n=3, cutoff=0.5)
             hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            raise ValueError(
+            raise InputError(
                 f"unknown Meta-World task {item!r}{hint} Use mt10, mt50, a group {list(GROUPS)} "
                 f"or v3 task names such as 'reach-v3'."
             )
         out.extend(n for n in names if n not in out)
     if not out:
-        raise ValueError(f"no tasks in {spec!r}; use mt10, mt50, a group {list(GROUPS)} or task names")
+        raise InputError(f"no tasks in {spec!r}; use mt10, mt50, a group {list(GROUPS)} or task names")
     return out
 
 
@@ -549,7 +551,7 @@ def instruction(task: str, split: str = "train", index: int = 0) -> str:
     if split == "heldout":
         options = HELDOUT_INSTRUCTIONS[task]
         return options[index % len(options)]
-    raise ValueError(f"unknown instruction split {split!r}; use 'train' or 'heldout'")
+    raise InputError(f"unknown instruction split {split!r}; use 'train' or 'heldout'")
 
 
 def embodiment(cameras: str | Sequence[str] = ("corner2",), image_size: int = 128) -> Embodiment:
@@ -595,7 +597,7 @@ def make_expert(task: str):
     name = expert_class_name(task)
     cls = getattr(policies, name, None)
     if cls is None:
-        raise RuntimeError(f"metaworld.policies has no {name} for {task}; is metaworld >= 3.0 installed?")
+        raise InputError(f"metaworld.policies has no {name} for {task}; is metaworld >= 3.0 installed?")
     return cls()
 
 
@@ -636,9 +638,9 @@ class MetaWorldEnv:
         self.task = _check_task(task)
         self.cameras = as_list(cameras)
         if not self.cameras:
-            raise ValueError("MetaWorldEnv needs at least one camera (e.g. 'corner2')")
+            raise InputError("MetaWorldEnv needs at least one camera (e.g. 'corner2')")
         if image_size <= 0 or max_steps <= 0:
-            raise ValueError(f"image_size ({image_size}) and max_steps ({max_steps}) must be > 0")
+            raise InputError(f"image_size ({image_size}) and max_steps ({max_steps}) must be > 0")
         self.image_size = int(image_size)
         self.max_steps = int(max_steps)
         self.render_images = bool(render)  # may be switched at any time
@@ -660,7 +662,7 @@ class MetaWorldEnv:
         valid = camera_names_of(env.model)
         unknown = [c for c in self.cameras if c not in valid]
         if unknown:
-            raise ValueError(f"unknown Meta-World camera(s) {unknown}; valid cameras are {valid}")
+            raise InputError(f"unknown Meta-World camera(s) {unknown}; valid cameras are {valid}")
         self._cam_ids = [valid.index(c) for c in self.cameras]
         self._renderer = None  # made on first use: an env that never renders needs no GL context
         self._close_renderer: weakref.finalize | None = None
@@ -747,7 +749,7 @@ class MetaWorldEnv:
             )
         action = np.asarray(action, dtype=np.float64).reshape(-1)
         if action.shape != (4,):
-            raise ValueError(
+            raise InputError(
                 f"{self.task}: an action has 4 values (dx, dy, dz, gripper); got shape {action.shape}"
             )
         action = np.clip(action, -1.0, 1.0)

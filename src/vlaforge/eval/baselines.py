@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from vlaforge.errors import InputError
 from vlaforge.types import Embodiment, Observation
 
 BASELINES = ("expert", "random")
@@ -76,7 +77,7 @@ class PolicyController:
         self.embodiment = policy.embodiment
         h = int(execute_steps or policy.execute_steps)
         if h < 1:
-            raise ValueError(f"execute_steps must be >= 1; got {h}")
+            raise InputError(f"execute_steps must be >= 1; got {h}")
         self.execute_steps = h
 
     def reset(self, seed: int) -> None:
@@ -92,4 +93,4 @@ def make_baseline(name: str, embodiment: Embodiment) -> Controller:
         return ExpertController(embodiment)
     if name == "random":
         return RandomController(embodiment)
-    raise ValueError(f"unknown baseline {name!r}; choose one of {list(BASELINES)} or give a checkpoint dir")
+    raise InputError(f"unknown baseline {name!r}; choose one of {list(BASELINES)} or give a checkpoint dir")

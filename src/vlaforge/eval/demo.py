@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from vlaforge.errors import InputError
 from vlaforge.types import as_list
 
 
@@ -81,15 +82,15 @@ class DemoConfig:
             self.warmup_steps = min(200, self.steps // 20)
         for name in ("episodes", "steps", "eval_episodes", "image_size", "batch_size", "max_steps"):
             if getattr(self, name) < 1:
-                raise ValueError(f"demo {name} must be >= 1; got {getattr(self, name)}")
+                raise InputError(f"demo {name} must be >= 1; got {getattr(self, name)}")
         if self.workers < 0:
-            raise ValueError(f"demo workers must be >= 0; got {self.workers}")
+            raise InputError(f"demo workers must be >= 0; got {self.workers}")
         if self.eval_seed == self.seed:
-            raise ValueError(
+            raise InputError(
                 f"demo eval_seed must differ from seed ({self.seed}): evaluation would replay training scenes"
             )
         if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"demo device must be auto, cpu or cuda; got {self.device!r}")
+            raise InputError(f"demo device must be auto, cpu or cuda; got {self.device!r}")
 
 
 def _data_key(cfg: DemoConfig, tasks: list[str]) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from vlaforge.errors import InputError
 from vlaforge.eval.baselines import BASELINES, Controller, PolicyController, make_baseline
 from vlaforge.types import Observation
 
@@ -112,7 +113,7 @@ def run_episode(controller: Controller, env: Any, job: Job, max_steps: int, fps:
         obs = Observation(images=obs.images, state=obs.state, instruction=job.instruction)
         chunk = np.asarray(controller.act(obs, env), dtype=np.float32)
         if chunk.ndim != 2 or chunk.shape[1] != controller.embodiment.action_dim:
-            raise ValueError(
+            raise InputError(
                 f"the policy returned actions of shape {chunk.shape}; expected (H, {controller.embodiment.action_dim})"
             )
         done = False

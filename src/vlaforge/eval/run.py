@@ -28,9 +28,11 @@ from typing import Any
 
 from tqdm import tqdm
 
+from vlaforge.errors import InputError
 from vlaforge.eval.baselines import BASELINES
 from vlaforge.eval.rollout import Job, WorkerSpec, run_jobs
 from vlaforge.eval.stats import aggregate
+from vlaforge.policy_files import read_policy_dir
 from vlaforge.types import Embodiment, as_list
 
 INSTRUCTION_SPLITS = ("train", "heldout")
@@ -80,21 +82,21 @@ class EvalConfig:
         self.policy = str(self.policy)
         self.out = Path(self.out)
         if self.episodes < 1:
-            raise ValueError(f"episodes must be >= 1; got {self.episodes}")
+            raise InputError(f"episodes must be >= 1; got {self.episodes}")
         if self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1; got {self.max_steps}")
+            raise InputError(f"max_steps must be >= 1; got {self.max_steps}")
         if self.workers < 0:
-            raise ValueError(f"workers must be >= 0; got {self.workers}")
+            raise InputError(f"workers must be >= 0; got {self.workers}")
         if self.videos < 0:
-            raise ValueError(f"videos must be >= 0; got {self.videos}")
+            raise InputError(f"videos must be >= 0; got {self.videos}")
         if self.instructions not in INSTRUCTION_SPLITS:
-            raise ValueError(f"instructions must be one of {INSTRUCTION_SPLITS}; got {self.instructions!r}")
+            raise InputError(f"instructions must be one of {INSTRUCTION_SPLITS}; got {self.instructions!r}")
         if self.execute_steps is not None and self.execute_steps < 1:
-            raise ValueError(
+            raise InputError(
                 f"execute_steps must be >= 1 (or None for the policy's); got {self.execute_steps}"
             )
         if self.policy not in BASELINES and not Path(self.policy).is_dir():
-            raise FileNotFoundError(
+            raise InputError(
                 f"--policy {self.policy!r} is neither a checkpoint directory nor a baseline {list(BASELINES)}"
             )
 
@@ -167,20 +169,8 @@ def sha256_file(path: Path, block: int = 1 << 20) -> str:
 
 
 def checkpoint_embodiment(path: Path) -> Embodiment:
-    """Reads a checkpoint's embodiment from its config.json without building the model."""
-    cfg_path = path / "config.json"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no config.json; --policy must be a policy directory written by save_pretrained "
-            f"(e.g. RUN/last or RUN/checkpoints/step-XXXXXXX) or one of {list(BASELINES)}"
-        )
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from e
-    if "embodiment" not in cfg:
-        raise ValueError(f"{cfg_path}: no 'embodiment' entry; this is not a vlaforge policy directory")
-    return Embodiment.from_dict(cfg["embodiment"])
+    """Reads a checkpoint's embodiment without building the model."""
+    return read_policy_dir(path).embodiment
 
 
 def check_checkpoint(path: Path, task: str) -> tuple[Embodiment, Embodiment]:
@@ -200,13 +190,13 @@ def check_checkpoint(path: Path, task: str) -> tuple[Embodiment, Embodiment]:
             task, cameras=policy_emb.camera_names, image_size=policy_emb.image_size, render=False
         )
     except ValueError as e:
-        raise ValueError(f"the checkpoint {path} does not fit the Meta-World environment: {e}") from e
+        raise InputError(f"the checkpoint {path} does not fit the Meta-World environment: {e}") from e
     env_emb = env.embodiment
     env.close()
     try:
         policy_emb.check_fits(env_emb, what="Meta-World environment")
     except ValueError as e:
-        raise ValueError(f"{path}: {e}. Evaluate it on the robot and cameras it was trained for.") from e
+        raise InputError(f"{path}: {e}. Evaluate it on the robot and cameras it was trained for.") from e
     return policy_emb, env_emb
 
 
@@ -249,7 +239,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         policy_emb, env_emb = check_checkpoint(path, tasks[0])
         weights = path / "model.safetensors"
         if not weights.is_file():
-            raise FileNotFoundError(f"{path}: no model.safetensors (the checkpoint is incomplete)")
+            raise InputError(f"{path}: no model.safetensors (the checkpoint is incomplete)")
         checkpoint = {
             "path": str(path),
             "resolved": str(path.resolve()),
@@ -258,7 +248,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         execute_steps = cfg.execute_steps  # None: the policy's own, reported back by the workers
         chunk = json.loads((path / "config.json").read_text()).get("chunk_size")
         if execute_steps is not None and isinstance(chunk, int) and execute_steps > chunk:
-            raise ValueError(
+            raise InputError(
                 f"--execute-steps {execute_steps} exceeds the chunk of {chunk} actions that {path} predicts; "
                 f"use at most {chunk}"
             )

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from vlaforge.errors import InputError
+
 # Two-sided 95%: the 0.975 quantile of the standard normal.
 Z95 = 1.959963984540054
 
@@ -34,7 +36,7 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
         (low, high), both in [0, 1]. With n == 0 nothing is known: (0.0, 1.0).
     """
     if n < 0 or successes < 0 or successes > n:
-        raise ValueError(f"need 0 <= successes <= n; got successes={successes}, n={n}")
+        raise InputError(f"need 0 <= successes <= n; got successes={successes}, n={n}")
     if n == 0:
         return 0.0, 1.0
     p = successes / n
@@ -95,7 +97,7 @@ def aggregate(
         c[1] += 1
     unknown = [t for t in counts if t not in difficulty]
     if unknown:
-        raise ValueError(f"no difficulty group for tasks {unknown}; known tasks: {len(difficulty)}")
+        raise InputError(f"no difficulty group for tasks {unknown}; known tasks: {len(difficulty)}")
 
     per_task = {t: Rate.of(s, n).to_dict() for t, (s, n) in counts.items()}
     per_group = {}

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
+from vlaforge.errors import InputError
 from vlaforge.models.presets import LLMSpec, Preset
 from vlaforge.models.vision import Projector, VisionFeaturizer
 
@@ -155,7 +156,7 @@ class PrismaticBackbone(nn.Module):
         parts = [self.embed_tokens(torch.full((B, 1), self.bos_id, device=device)), patches]
         if self.state_proj is not None:
             if state is None:
-                raise ValueError(f"this policy takes a state of dim {self.state_dim}; the batch has none")
+                raise InputError(f"this policy takes a state of dim {self.state_dim}; the batch has none")
             parts.append(self.state_proj(state.to(device=device, dtype=dtype))[:, None])  # (B, 1, d)
         prefix = torch.cat(parts, dim=1)  # (B, 1 + P (+1), d), same length for every sample
         lengths = [len(p) for p in prompt_ids]

@@ -28,6 +28,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from vlaforge.actions import BinTokenizer
+from vlaforge.errors import InputError
 from vlaforge.models.backbone import PrismaticBackbone, Sequence, additive_mask
 
 IGNORE_INDEX = -100
@@ -60,7 +61,7 @@ class ActionHead(nn.Module):
     def __init__(self, action_dim: int, chunk_size: int):
         super().__init__()
         if chunk_size < 1 or action_dim < 1:
-            raise ValueError(f"need chunk_size >= 1 and action_dim >= 1, got {chunk_size}, {action_dim}")
+            raise InputError(f"need chunk_size >= 1 and action_dim >= 1, got {chunk_size}, {action_dim}")
         self.action_dim = action_dim
         self.chunk_size = chunk_size
 
@@ -261,13 +262,13 @@ def build_head(
         return TokenHead(action_dim, chunk_size, bins, eos_id)
     if kind == "chunk":
         return ChunkHead(action_dim, chunk_size, hidden_size, bidirectional=kw.get("bidirectional", True))
-    raise ValueError(f"unknown action head {kind!r}; choose 'tokens' or 'chunk'")
+    raise InputError(f"unknown action head {kind!r}; choose 'tokens' or 'chunk'")
 
 
 def check_bins_fit(bins: BinTokenizer, vocab_size: int) -> None:
     """The action ids must exist in the LLM's vocab."""
     if bins.last_id >= vocab_size:
-        raise ValueError(
+        raise InputError(
             f"action ids {bins.first_id}..{bins.last_id} do not fit the LLM vocab of {vocab_size}"
         )
 

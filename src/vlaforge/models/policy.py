@@ -28,14 +28,21 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vlaforge.actions import BinTokenizer, Normalizer
+from vlaforge.errors import InputError
 from vlaforge.models.backbone import PrismaticBackbone
 from vlaforge.models.heads import Context, build_head, check_bins_fit
 from vlaforge.models.presets import Preset, get_preset
 from vlaforge.models.text import build_text_tokenizer
+from vlaforge.policy_files import (
+    CONFIG_FILE,
+    FORMAT,
+    STATS_FILE,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    read_policy_dir,
+)
 from vlaforge.types import Embodiment, NormStats, Observation
 
-CONFIG_FILE, WEIGHTS_FILE, STATS_FILE = "config.json", "model.safetensors", "norm_stats.json"
-FORMAT = "vlaforge-policy"
 HEAD_OPTIONS = ("bidirectional",)
 POLICY_OPTIONS = ("norm_mode",)
 
@@ -91,6 +98,9 @@ class Policy(nn.Module):
         self._low = np.asarray(embodiment.action_low, dtype=np.float32)
         self._high = np.asarray(embodiment.action_high, dtype=np.float32)
         self._prompt_cache: dict[str, list[int]] = {}
+        # Where the weights were trained (dataset path, and per episode its task and seed for simulation
+        # datasets); saved in config.json so evaluation can refuse scenes seen in training.
+        self.training_data: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -133,6 +143,7 @@ class Policy(nn.Module):
             "embodiment": self.embodiment.to_dict(),
             "text_tokenizer": self.text.to_dict() | ({"path": None} if self.text.kind == "llama" else {}),
             "norm_mode": self.norm_mode,
+            "training_data": self.training_data,
         }
 
     @property
@@ -164,7 +175,7 @@ class Policy(nn.Module):
         device = self.device
         missing = [c for c in self.embodiment.camera_names if c not in images]
         if missing:
-            raise ValueError(
+            raise InputError(
                 f"observation lacks camera(s) {missing}; this policy reads {self.embodiment.camera_names} "
                 f"and got {sorted(images)}"
             )
@@ -172,22 +183,22 @@ class Policy(nn.Module):
         B = imgs[0].shape[0]
         for c, img in zip(self.embodiment.camera_names, imgs):
             if img.dtype != torch.uint8 or img.ndim != 4 or img.shape[-1] != 3 or img.shape[0] != B:
-                raise ValueError(
+                raise InputError(
                     f"camera {c!r}: expected uint8 ({B}, H, W, 3), got {img.dtype} {tuple(img.shape)}"
                 )
         if isinstance(instructions, str):
             instructions = [instructions] * B
         instructions = list(instructions)
         if len(instructions) != B:
-            raise ValueError(f"{len(instructions)} instructions for a batch of {B} images")
+            raise InputError(f"{len(instructions)} instructions for a batch of {B} images")
         state_t = None
         if self.uses_state:
             S = self.embodiment.state_dim
             if state is None:
-                raise ValueError(f"this policy needs a state of dim {S}; the observation has none")
+                raise InputError(f"this policy needs a state of dim {S}; the observation has none")
             st = state.detach().cpu().numpy() if isinstance(state, torch.Tensor) else np.asarray(state)
             if st.shape != (B, S):
-                raise ValueError(
+                raise InputError(
                     f"state has shape {st.shape}; this policy expects ({B}, {S}) (state_dim {S})"
                 )
             state_t = _as_tensor(self.state_norm.normalize(st), device)
@@ -206,7 +217,7 @@ class Policy(nn.Module):
         B, H = ctx.batch_size, self.head.chunk_size
         D = self.embodiment.action_dim
         if a.ndim != 3 or a.shape[0] != B or a.shape[1] < H or a.shape[2] != D:
-            raise ValueError(
+            raise InputError(
                 f"actions have shape {a.shape}; this policy needs ({B}, >= {H}, {D}) (chunk_size {H})"
             )
         a = a[:, :H]
@@ -247,7 +258,7 @@ class Policy(nn.Module):
         obs = Observation.from_dict(obs)
         for name, img in obs.images.items():
             if img.ndim != 3:
-                raise ValueError(
+                raise InputError(
                     f"image {name!r} has shape {img.shape}; predict_action takes one (H, W, 3) image"
                 )
         state = None if obs.state is None else obs.state.reshape(1, -1)  # its dim is checked in _context
@@ -265,9 +276,9 @@ class Policy(nn.Module):
         save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
         self.norm_stats.save(directory / STATS_FILE)
         if self.text.kind == "llama":
-            src = Path(self.text.path) / "tokenizer.json"
-            if src.resolve() != (directory / "tokenizer.json").resolve():
-                shutil.copyfile(src, directory / "tokenizer.json")
+            src = Path(self.text.path) / TOKENIZER_FILE
+            if src.resolve() != (directory / TOKENIZER_FILE).resolve():
+                shutil.copyfile(src, directory / TOKENIZER_FILE)
         return directory
 
     @classmethod
@@ -275,34 +286,16 @@ class Policy(nn.Module):
         """Loads a policy directory written by `save_pretrained` (safetensors + JSON only, no pickle).
 
         Raises:
-            FileNotFoundError: the directory or one of its files is missing.
-            ValueError: stats that do not fit the embodiment, or weights that do not fit the config
-                (the message names the key and both shapes).
+            InputError: a missing directory or file, stats that do not fit the embodiment, or weights that
+                do not fit the config (the message names the key and both shapes).
         """
-        directory = Path(directory)
-        if not directory.is_dir():
-            raise FileNotFoundError(f"{directory}: no such policy directory")
-        missing = [f for f in (CONFIG_FILE, WEIGHTS_FILE, STATS_FILE) if not (directory / f).is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"{directory}: missing {missing}; a policy directory needs {CONFIG_FILE}, {WEIGHTS_FILE} and "
-                f"{STATS_FILE} (written by Policy.save_pretrained)"
-            )
-        try:
-            config = json.loads((directory / CONFIG_FILE).read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{directory / CONFIG_FILE}: not valid JSON ({e})") from e
-        if config.get("format") != FORMAT:
-            raise ValueError(
-                f"{directory / CONFIG_FILE}: not a vlaforge policy config (format {config.get('format')!r})"
-            )
-        embodiment = Embodiment.from_dict(config["embodiment"])
-        stats = NormStats.load(directory / STATS_FILE)
-        stats.validate(embodiment, where=str(directory / STATS_FILE))
-        preset = Preset.from_dict(config["preset"])
+        files = read_policy_dir(directory)
+        directory = files.root
+        preset = Preset.from_dict(files.preset)
         if preset.tokenizer == "llama":
             preset = preset.with_overrides(tokenizer_path=str(directory))
-        policy = cls(preset, config["head"], embodiment, stats, config.get("norm_mode", "q99"))
+        policy = cls(preset, files.head, files.embodiment, files.norm_stats, files.norm_mode)
+        policy.training_data = files.training_data
         weights = directory / WEIGHTS_FILE
         expected = policy.state_dict()
         with safe_open(str(weights), framework="pt") as f:
@@ -310,13 +303,13 @@ class Policy(nn.Module):
             for key in keys & set(expected):
                 shape = tuple(f.get_slice(key).get_shape())
                 if shape != tuple(expected[key].shape):
-                    raise ValueError(
+                    raise InputError(
                         f"{weights}: tensor {key!r} has shape {shape}; the config expects "
                         f"{tuple(expected[key].shape)}"
                     )
         unexpected, absent = sorted(keys - set(expected)), sorted(set(expected) - keys)
         if unexpected or absent:
-            raise ValueError(
+            raise InputError(
                 f"{weights}: state-dict keys do not match the config: missing {absent[:5]}"
                 f"{' ...' if len(absent) > 5 else ''}, unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
             )

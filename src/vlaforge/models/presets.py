@@ -20,6 +20,8 @@ import difflib
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from vlaforge.errors import InputError
+
 VISION_KINDS = ("dinov2_reg", "dinov2", "siglip")
 TOKENIZER_KINDS = ("byte", "llama")
 
@@ -51,13 +53,13 @@ class ViTSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in VISION_KINDS:
-            raise ValueError(f"unknown vision tower kind {self.kind!r}; choose one of {VISION_KINDS}")
+            raise InputError(f"unknown vision tower kind {self.kind!r}; choose one of {VISION_KINDS}")
         if self.num_layers < 2:
-            raise ValueError(f"a {self.kind} tower needs >= 2 layers (features come from the second-to-last)")
+            raise InputError(f"a {self.kind} tower needs >= 2 layers (features come from the second-to-last)")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+            raise InputError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         if self.kind != "siglip" and self.intermediate_size % self.hidden_size:
-            raise ValueError(
+            raise InputError(
                 f"DINOv2 needs intermediate_size ({self.intermediate_size}) to be a multiple of hidden_size "
                 f"({self.hidden_size}): transformers' config takes an integer mlp_ratio"
             )
@@ -89,7 +91,7 @@ class LLMSpec:
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_heads:
-            raise ValueError(
+            raise InputError(
                 f"LLM hidden_size {self.hidden_size} not divisible by num_heads {self.num_heads}"
             )
 
@@ -126,22 +128,22 @@ class Preset:
 
     def __post_init__(self) -> None:
         if not self.vision:
-            raise ValueError(f"preset {self.name!r} has no vision tower")
+            raise InputError(f"preset {self.name!r} has no vision tower")
         if self.tokenizer not in TOKENIZER_KINDS:
-            raise ValueError(f"unknown tokenizer {self.tokenizer!r}; choose one of {TOKENIZER_KINDS}")
+            raise InputError(f"unknown tokenizer {self.tokenizer!r}; choose one of {TOKENIZER_KINDS}")
         for spec in self.vision:
             if self.image_size % spec.patch_size:
-                raise ValueError(
+                raise InputError(
                     f"image_size {self.image_size} is not a multiple of the {spec.kind} patch size {spec.patch_size}"
                 )
         if len({self.image_size // s.patch_size for s in self.vision}) != 1:
-            raise ValueError("fused vision towers must produce the same number of patches")
+            raise InputError("fused vision towers must produce the same number of patches")
         if self.action_vocab_size > self.llm.vocab_size:
-            raise ValueError(
+            raise InputError(
                 f"action_vocab_size {self.action_vocab_size} exceeds the LLM vocab {self.llm.vocab_size}"
             )
         if self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
+            raise InputError(f"chunk_size must be >= 1, got {self.chunk_size}")
 
     @property
     def n_patches(self) -> int:
@@ -162,7 +164,7 @@ class Preset:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown preset keys {sorted(unknown)}; expected a subset of {sorted(known)}")
+            raise InputError(f"unknown preset keys {sorted(unknown)}; expected a subset of {sorted(known)}")
         d["vision"] = tuple(ViTSpec(**v) for v in d["vision"])
         d["llm"] = LLMSpec(**d["llm"])
         return cls(**d)
@@ -172,7 +174,7 @@ class Preset:
         known = {f.name for f in fields(self)}
         unknown = set(overrides) - known
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"unknown preset override(s) {sorted(unknown)} for {self.name!r}; known: {sorted(known)}"
             )
         return replace(self, **overrides)
@@ -235,4 +237,4 @@ def get_preset(name: str) -> Preset:
         return PRESETS[name]
     close = difflib.get_close_matches(name, PRESETS, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise KeyError(f"unknown preset {name!r}{hint} (known: {sorted(PRESETS)})")
+    raise InputError(f"unknown preset {name!r}{hint} (known: {sorted(PRESETS)})")

@@ -15,6 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vlaforge.errors import InputError
+
 LLAMA_EMPTY_TOKEN = 29871  # "▁" in the Llama-2 SentencePiece vocab
 
 
@@ -44,7 +46,7 @@ class ByteTokenizer:
 
     def __init__(self, vocab_size: int = 515):
         if vocab_size < self.offset + 256:
-            raise ValueError(f"a byte tokenizer needs vocab_size >= 259, got {vocab_size}")
+            raise InputError(f"a byte tokenizer needs vocab_size >= 259, got {vocab_size}")
         self.vocab_size = int(vocab_size)
 
     def encode(self, text: str) -> list[int]:
@@ -78,7 +80,7 @@ class LlamaTokenizer:
         path = Path(path)
         file = path if path.is_file() else path / "tokenizer.json"
         if not file.is_file():
-            raise FileNotFoundError(
+            raise InputError(
                 f"{file}: no tokenizer.json; the Llama presets need a local directory with the Llama-2 "
                 "tokenizer (pass tokenizer_path=DIR), or use tokenizer='byte'"
             )
@@ -116,9 +118,9 @@ def build_text_tokenizer(
         return ByteTokenizer(vocab_size)
     if kind == "llama":
         if path is None:
-            raise ValueError(
+            raise InputError(
                 "this preset uses the Llama-2 tokenizer: pass tokenizer_path=DIR (a local directory with "
                 "tokenizer.json), or tokenizer='byte' for the self-contained byte tokenizer"
             )
         return LlamaTokenizer(path)
-    raise ValueError(f"unknown text tokenizer {kind!r}; choose 'byte' or 'llama'")
+    raise InputError(f"unknown text tokenizer {kind!r}; choose 'byte' or 'llama'")

@@ -32,6 +32,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
+from vlaforge.errors import InputError
 from vlaforge.models.presets import ViTSpec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -86,7 +87,7 @@ class VisionFeaturizer(nn.Module):
     def __init__(self, specs: tuple[ViTSpec, ...], image_size: int):
         super().__init__()
         if len(specs) not in (1, 2):
-            raise ValueError(f"the featurizer takes one or two towers, got {len(specs)}")
+            raise InputError(f"the featurizer takes one or two towers, got {len(specs)}")
         self.specs = tuple(specs)
         self.image_size = image_size
         self.featurizer = build_tower(specs[0], image_size)
@@ -118,7 +119,7 @@ class VisionFeaturizer(nn.Module):
         With two towers this is OpenVLA's 6-channel input (DINO-normalised then SigLIP-normalised).
         """
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"images must be uint8 (B, H, W, 3); got {images.dtype} {tuple(images.shape)}")
+            raise InputError(f"images must be uint8 (B, H, W, 3); got {images.dtype} {tuple(images.shape)}")
         dtype = self.pixel_mean.dtype
         x = images.permute(0, 3, 1, 2).to(dtype) / 255.0  # (B, 3, h, w)
         size = self.image_size

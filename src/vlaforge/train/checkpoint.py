@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
+from vlaforge.errors import InputError
+
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 ADAPTER_FILE = "adapter.safetensors"
@@ -140,11 +142,11 @@ def load_optimizer(path: Path, optimizer: torch.optim.Optimizer, param_names: li
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
     if "param_groups" not in meta:
-        raise ValueError(f"{path}: no 'param_groups' metadata; not an optimizer file written by vlaforge")
+        raise InputError(f"{path}: no 'param_groups' metadata; not an optimizer file written by vlaforge")
     saved_names = json.loads(meta["param_names"])
     if saved_names != param_names:
         diff = sorted(set(saved_names) ^ set(param_names))[:5]
-        raise ValueError(
+        raise InputError(
             f"{path}: the optimizer was saved over {len(saved_names)} trainable parameters, this run has "
             f"{len(param_names)} (first differences: {diff}); resume with the same preset, head, freeze "
             "and LoRA settings"
@@ -297,9 +299,9 @@ def read_trainer_state(ckpt: Path) -> dict[str, Any]:
     try:
         state = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: cannot read the trainer state ({e}); the checkpoint is damaged") from e
+        raise InputError(f"{path}: cannot read the trainer state ({e}); the checkpoint is damaged") from e
     if state.get("format") != FORMAT_VERSION:
-        raise ValueError(
+        raise InputError(
             f"{path}: trainer state format {state.get('format')!r}; this vlaforge reads {FORMAT_VERSION}"
         )
     return state

@@ -46,6 +46,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vlaforge.errors import InputError
+
 FREEZE_STRATEGIES = ("full", "frozen-vision", "last-layer", "sandwich")
 LORA_ADAPTER = "default"
 
@@ -68,7 +70,7 @@ def _backbone_parts(policy: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]
     bb = getattr(policy, "backbone", None)
     missing = [n for n in ("vision", "projector", "llm") if bb is None or not hasattr(bb, n)]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"freezing needs policy.backbone.vision/.projector/.llm; {type(policy).__name__} lacks {missing}"
         )
     return bb.vision, bb.projector, bb.llm
@@ -80,7 +82,7 @@ def _llm_last_layer_parts(llm: nn.Module) -> list[nn.Module]:
     layers = getattr(decoder, "layers", None)
     norm = getattr(decoder, "norm", None)
     if layers is None or len(layers) == 0 or norm is None:
-        raise ValueError(
+        raise InputError(
             f"last-layer/sandwich freezing needs a decoder with .layers and .norm (Llama-style); "
             f"{type(llm).__name__} has decoder {type(decoder).__name__}"
         )
@@ -133,7 +135,7 @@ def apply_freeze(policy: nn.Module, strategy: str) -> dict[str, int]:
         The counts of `param_counts` after freezing.
     """
     if strategy not in FREEZE_STRATEGIES:
-        raise ValueError(f"unknown freeze strategy {strategy!r}; choose one of {list(FREEZE_STRATEGIES)}")
+        raise InputError(f"unknown freeze strategy {strategy!r}; choose one of {list(FREEZE_STRATEGIES)}")
     vision, projector, llm = _backbone_parts(policy)
     if strategy == "full":
         train_modules = [policy]
@@ -168,7 +170,7 @@ def lora_target_names(policy: nn.Module) -> list[str]:
         if isinstance(m, nn.Linear) and id(m) in allowed and id(m) not in skip
     ]
     if not names:
-        raise ValueError(
+        raise InputError(
             f"no nn.Linear layers found in {type(policy).__name__}'s backbone to adapt with LoRA"
         )
     return names
@@ -199,7 +201,7 @@ def apply_lora(policy: nn.Module, rank: int, alpha: int, dropout: float = 0.0) -
     from peft import LoraConfig, inject_adapter_in_model
 
     if rank <= 0:
-        raise ValueError(f"LoRA rank must be > 0; got {rank}")
+        raise InputError(f"LoRA rank must be > 0; got {rank}")
     targets = lora_target_names(policy)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
     on_meta = any(p.is_meta for p in policy.parameters())

@@ -38,6 +38,8 @@ from safetensors.torch import load_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from vlaforge.errors import InputError
+from vlaforge.policy_files import WEIGHTS_FILE, read_policy_dir
 from vlaforge.train import checkpoint as ckpt
 from vlaforge.train.finetune import (
     FREEZE_STRATEGIES,
@@ -137,7 +139,7 @@ class TrainConfig:
         if self.num_workers < 0:
             problems.append(f"num_workers={self.num_workers} (must be >= 0)")
         if problems:
-            raise ValueError("invalid training config: " + "; ".join(problems))
+            raise InputError("invalid training config: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -178,7 +180,7 @@ def _setup(cfg: TrainConfig) -> tuple[_Dist, torch.device]:
     d = _Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
     want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if want_cuda and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' but torch sees no CUDA device; use --device cpu or auto")
+        raise InputError("device='cuda' but torch sees no CUDA device; use --device cpu or auto")
     if want_cuda:
         device = torch.device("cuda", d.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
@@ -261,6 +263,8 @@ class _Batches:
             self.state = self.sampler.state_dict()
             return batch
         item = self._q.get()
+        if isinstance(item, InputError):
+            raise item
         if isinstance(item, Exception):
             raise RuntimeError(f"building a training batch failed: {item}") from item
         batch, self.state = item
@@ -275,23 +279,22 @@ class _Batches:
 
 def _build_policy(cfg: TrainConfig, embodiment: Any, norm_stats: Any) -> tuple[nn.Module, dict[str, int]]:
     """The policy of this run, with freezing or LoRA applied; returns it and its parameter counts."""
-    from vlaforge.models.policy import WEIGHTS_FILE, Policy
+    from vlaforge.models.policy import Policy
+    from vlaforge.models.presets import Preset
 
     init_dir = Path(cfg.preset)
-    if (init_dir / "config.json").is_file():
-        pre = json.loads((init_dir / "config.json").read_text())
-        from vlaforge.models.presets import Preset
-
-        preset = Preset.from_dict(pre["preset"])
+    if init_dir.is_dir():
+        init = read_policy_dir(init_dir)
+        preset = Preset.from_dict(init.preset)
         if preset.tokenizer == "llama":
             preset = preset.with_overrides(tokenizer_path=str(init_dir))
         policy = Policy.from_preset(preset, cfg.head, embodiment, norm_stats, chunk_size=cfg.chunk_size)
-        weights = load_file(str(init_dir / WEIGHTS_FILE))
+        weights = load_file(str(init.weights))
         parts = ("backbone.vision.", "backbone.projector.", "backbone.llm.")
         wanted = {k for k in policy.state_dict() if k.startswith(parts)}
         missing = sorted(wanted - set(weights))
         if missing:
-            raise ValueError(f"{init_dir / WEIGHTS_FILE}: backbone weights missing, e.g. {missing[:3]}")
+            raise InputError(f"{init.weights}: backbone weights missing, e.g. {missing[:3]}")
         policy.load_state_dict({k: weights[k] for k in wanted}, strict=False)
     else:
         policy = Policy.from_preset(cfg.preset, cfg.head, embodiment, norm_stats, chunk_size=cfg.chunk_size)
@@ -310,7 +313,7 @@ def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> No
         if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]
     ]
     if diffs:
-        raise ValueError(
+        raise InputError(
             f"cannot resume {where}: the run was started with different settings ({'; '.join(diffs)}); "
             f"only {', '.join(RESUMABLE_CHANGES)} may change. Start a new --out instead."
         )
@@ -358,18 +361,19 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
         if cfg.resume:
             resume_from = ckpt.find_last(run)
             if resume_from is None:
-                raise FileNotFoundError(
+                raise InputError(
                     f"--resume: {run} has no complete checkpoint to resume from (no {run / 'last'}); "
                     "drop --resume to start a new run"
                 )
         elif ckpt.list_checkpoints(run):
-            raise FileExistsError(
+            raise InputError(
                 f"{run} already holds checkpoints; pass --resume to continue it or choose another --out"
             )
 
         ckpt.seed_everything(cfg.seed)
         dataset = LeRobotDataset(cfg.dataset)
         policy, counts = _build_policy(cfg, dataset.embodiment(), dataset.norm_stats())
+        policy.training_data = dataset.training_data()
         policy.to(device).train()
         params = [(n, p) for n, p in policy.named_parameters() if p.requires_grad]
         param_names = [n for n, _ in params]
@@ -394,12 +398,12 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
             state = ckpt.read_trainer_state(resume_from)
             _check_resumable(state["config"], cfg, resume_from)
             if state["world_size"] != d.world_size:
-                raise ValueError(
+                raise InputError(
                     f"{resume_from} was written by {state['world_size']} processes; this run has "
                     f"{d.world_size}. Resume with the same number of processes to continue exactly."
                 )
             if state.get("frozen_fingerprint") != frozen_print:
-                raise ValueError(
+                raise InputError(
                     f"{resume_from}: the frozen weights rebuilt for this run differ from those the run "
                     "started with (same preset, init directory and seed are needed to resume)"
                 )
@@ -466,22 +470,18 @@ def restore_policy(checkpoint: str | Path, device: str = "cpu") -> nn.Module:
         checkpoint: a checkpoint directory (``RUN/last`` or ``RUN/checkpoints/step-XXXXXXX``).
         device: where to put the policy.
     """
-    from vlaforge.types import Embodiment, NormStats
-
     checkpoint = Path(checkpoint).resolve()
     if not ckpt.is_complete(checkpoint):
-        raise FileNotFoundError(f"{checkpoint}: not a complete training checkpoint (no {ckpt.TRAINER_STATE})")
+        raise InputError(f"{checkpoint}: not a complete training checkpoint (no {ckpt.TRAINER_STATE})")
     state = ckpt.read_trainer_state(checkpoint)
     cfg = TrainConfig.from_dict(state["config"])
-    pcfg = json.loads((checkpoint / "config.json").read_text())
-    embodiment = Embodiment.from_dict(pcfg["embodiment"])
-    stats = NormStats.load(checkpoint / "norm_stats.json")
+    files = read_policy_dir(checkpoint)
     ckpt.seed_everything(cfg.seed)
-    policy, _ = _build_policy(cfg, embodiment, stats)
+    policy, _ = _build_policy(cfg, files.embodiment, files.norm_stats)
     if fingerprint([p for p in policy.parameters() if not p.requires_grad]) != state.get(
         "frozen_fingerprint"
     ):
-        raise ValueError(
+        raise InputError(
             f"{checkpoint}: the rebuilt frozen weights differ from the run's (same preset and seed?)"
         )
     _load_trainable(policy, checkpoint, [n for n, p in policy.named_parameters() if p.requires_grad])
@@ -490,16 +490,14 @@ def restore_policy(checkpoint: str | Path, device: str = "cpu") -> nn.Module:
 
 def _load_trainable(policy: nn.Module, ckpt_dir: Path, param_names: list[str]) -> None:
     """Restores the trained tensors of a checkpoint into a freshly built policy."""
-    from vlaforge.models.policy import WEIGHTS_FILE
-
     adapter = ckpt_dir / ckpt.ADAPTER_FILE
     if adapter.is_file():  # LoRA: the base is rebuilt (and fingerprint-checked), adapters + head loaded
         tensors = load_file(str(adapter))
         if sorted(tensors) != sorted(param_names):
-            raise ValueError(f"{adapter}: holds {len(tensors)} tensors, this run trains {len(param_names)}")
+            raise InputError(f"{adapter}: holds {len(tensors)} tensors, this run trains {len(param_names)}")
         missing, unexpected = policy.load_state_dict(tensors, strict=False)
         if unexpected:
-            raise ValueError(f"{adapter}: unexpected tensors {unexpected[:5]}")
+            raise InputError(f"{adapter}: unexpected tensors {unexpected[:5]}")
         return
     weights = load_file(str(ckpt_dir / WEIGHTS_FILE))
     policy.load_state_dict(weights, strict=True)

@@ -1,0 +1,145 @@
+"""The policy directory on disk, parsed in one place (plain JSON + numpy: no torch, no model code).
+
+A policy directory (what `Policy.save_pretrained` writes, and every training checkpoint holds):
+
+    config.json        {"format": "vlaforge-policy", "version": 1, "preset": {...}, "head": {...},
+                        "chunk_size": H, "image_size": S, "embodiment": {...}, "text_tokenizer": {...},
+                        "norm_mode": "q99", "training_data": {...} | null}
+    model.safetensors  the state dict
+    norm_stats.json    per-feature statistics, validated against the embodiment here
+    tokenizer.json     only for presets that use the Llama tokenizer
+
+`training_data` records where the weights were trained: the dataset path and, for datasets vlaforge
+collected in simulation, the environment and every episode's (task, seed). Evaluation reads it to refuse
+scenes the policy was trained on.
+
+Everything that needs to know what a policy directory holds (the model loader, evaluation's checks
+before any rollout, training's fine-tuning from a policy) calls `read_policy_dir`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vlaforge.errors import InputError
+from vlaforge.types import Embodiment, NormStats
+
+CONFIG_FILE, WEIGHTS_FILE, STATS_FILE, TOKENIZER_FILE = (
+    "config.json",
+    "model.safetensors",
+    "norm_stats.json",
+    "tokenizer.json",
+)
+FORMAT = "vlaforge-policy"
+VERSION = 1
+
+
+@dataclass
+class PolicyFiles:
+    """A parsed, validated policy directory (the weights are not read).
+
+    Attributes:
+        root: the directory.
+        config: config.json as a dict.
+        embodiment: the robot the policy drives.
+        norm_stats: its statistics, already validated against the embodiment.
+    """
+
+    root: Path
+    config: dict[str, Any]
+    embodiment: Embodiment
+    norm_stats: NormStats
+
+    @property
+    def weights(self) -> Path:
+        return self.root / WEIGHTS_FILE
+
+    @property
+    def head(self) -> dict[str, Any]:
+        """The head's config (`kind`, `chunk_size`, options)."""
+        return dict(self.config["head"])
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self.config.get("chunk_size") or self.config["head"]["chunk_size"])
+
+    @property
+    def preset(self) -> dict[str, Any]:
+        return dict(self.config["preset"])
+
+    @property
+    def norm_mode(self) -> str:
+        return str(self.config.get("norm_mode", "q99"))
+
+    @property
+    def training_data(self) -> dict[str, Any] | None:
+        return self.config.get("training_data")
+
+    def training_seeds(self) -> dict[str, set[int]]:
+        """{task: seeds of its training episodes} for simulation datasets vlaforge collected; {} otherwise."""
+        data = self.training_data or {}
+        out: dict[str, set[int]] = {}
+        for ep in data.get("episodes") or []:
+            if "task" in ep and "seed" in ep:
+                out.setdefault(str(ep["task"]), set()).add(int(ep["seed"]))
+        return out
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from e
+
+
+def read_policy_dir(directory: str | Path, need_weights: bool = True) -> PolicyFiles:
+    """Reads and validates a policy directory's config, embodiment and statistics.
+
+    Args:
+        directory: the policy directory (e.g. `RUN/last`).
+        need_weights: also require model.safetensors to exist.
+
+    Raises:
+        InputError: a missing directory or file, invalid JSON, not a vlaforge policy, or statistics that
+            do not fit the embodiment; the message names the file.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise InputError(f"{root}: no such policy directory")
+    need = [CONFIG_FILE, STATS_FILE] + ([WEIGHTS_FILE] if need_weights else [])
+    missing = [f for f in need if not (root / f).is_file()]
+    if missing:
+        raise InputError(
+            f"{root}: missing {missing}; a policy directory needs {CONFIG_FILE}, {WEIGHTS_FILE} and "
+            f"{STATS_FILE} (written by Policy.save_pretrained, e.g. RUN/last or RUN/checkpoints/step-XXXXXXX)"
+        )
+    config = _read_json(root / CONFIG_FILE)
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        fmt = config.get("format") if isinstance(config, dict) else type(config).__name__
+        raise InputError(f"{root / CONFIG_FILE}: not a vlaforge policy config (format {fmt!r})")
+    if config.get("version", VERSION) > VERSION:
+        raise InputError(
+            f"{root / CONFIG_FILE}: policy format version {config['version']}; this vlaforge reads up to "
+            f"{VERSION}. Upgrade vlaforge."
+        )
+    for key in ("embodiment", "preset", "head"):
+        if key not in config:
+            raise InputError(f"{root / CONFIG_FILE}: no {key!r} entry; the policy config is incomplete")
+    embodiment = Embodiment.from_dict(config["embodiment"])
+    stats = NormStats.load(root / STATS_FILE)
+    stats.validate(embodiment, where=str(root / STATS_FILE))
+    return PolicyFiles(root=root, config=config, embodiment=embodiment, norm_stats=stats)
+
+
+__all__ = [
+    "CONFIG_FILE",
+    "FORMAT",
+    "STATS_FILE",
+    "TOKENIZER_FILE",
+    "WEIGHTS_FILE",
+    "PolicyFiles",
+    "read_policy_dir",
+]
