@@ -36,13 +36,50 @@ def test_token_labels_cover_only_action_tokens_and_eos(embodiment, norm_stats, h
 
 
 def test_kv_cache_decoding_equals_no_cache_reference(embodiment, norm_stats, h):
+    # Per-step logits, not argmax ids: an untrained model's argmax could agree by luck.
     policy = Policy.from_preset("tiny", "tokens", embodiment, norm_stats, chunk_size=2).eval()
     ctx = _ctx(policy, h.batch(B=3, H=2))
     with torch.inference_mode():
-        fast = policy.head.decode_ids(policy.backbone, ctx)
-        slow = policy.head.decode_ids_reference(policy.backbone, ctx)
-    assert fast.shape == (3, 8)
-    assert torch.equal(fast, slow)
+        fast_ids, fast_logits = policy.head.decode(policy.backbone, ctx)
+        slow_ids, slow_logits = policy.head.decode_reference(policy.backbone, ctx)
+    assert fast_logits.shape == (3, 8, policy.preset.llm.vocab_size)
+    torch.testing.assert_close(fast_logits, slow_logits, atol=1e-5, rtol=1e-5)
+    assert torch.equal(fast_ids, slow_ids)
+    assert fast_logits.std() > 0.01  # logits that carry information, not a constant
+
+
+def test_cached_prefix_suffix_equals_one_pass(embodiment, norm_stats, h):
+    """`encode_prefix` + `run_suffix` gives the plain one-pass hidden states position by position, for a
+    bidirectional and a causal suffix, and leaves the prefix cache as it found it."""
+    policy = Policy.from_preset("tiny", "chunk", embodiment, norm_stats).eval()
+    bb = policy.backbone
+    ctx = _ctx(policy, h.batch(B=3))
+    suffix = torch.randn(3, 5, bb.hidden_size)
+    with torch.inference_mode():
+        prefix = bb.encode_prefix(ctx.images, ctx.state, ctx.prompt_ids)
+        T = prefix.length
+        for bidirectional in (True, False, True):  # the third pass reuses the cropped cache
+            seq = bb.assemble(
+                ctx.images, ctx.state, ctx.prompt_ids, suffix=suffix, bidirectional_suffix=bidirectional
+            )
+            plain, _ = bb.run(seq)
+            cached = bb.run_suffix(prefix, suffix, bidirectional=bidirectional)
+            torch.testing.assert_close(cached, plain[:, -5:], atol=1e-5, rtol=1e-5)
+            assert prefix.cache.get_seq_length() == T
+        # The two attention patterns really differ (the test would not notice a mask that is ignored).
+        causal = bb.run_suffix(prefix, suffix, bidirectional=False)
+        both = bb.run_suffix(prefix, suffix, bidirectional=True)
+        assert not torch.allclose(causal[:, 0], both[:, 0], atol=1e-4)
+
+
+def test_chunk_head_cached_predict_equals_plain_forward(embodiment, norm_stats, h):
+    policy = Policy.from_preset("tiny", "chunk", embodiment, norm_stats).eval()
+    ctx = _ctx(policy, h.batch(B=3))
+    with torch.inference_mode():
+        plain = policy.head(policy.backbone, ctx)
+        cached = policy.head.predict(policy.backbone, ctx)
+    assert cached.shape == (3, 8, 4)
+    torch.testing.assert_close(cached, plain, atol=1e-5, rtol=1e-5)
 
 
 def test_batched_decoding_equals_one_by_one(embodiment, norm_stats, h):

@@ -32,7 +32,6 @@ def test_cosine_schedule_decays_to_zero():
         ({"schedule": "linear"}, "schedule"),
         ({"warmup_steps": 10, "steps": 10}, "warmup_steps"),
         ({"freeze": "frozen"}, "freeze"),
-        ({"freeze": "sandwich", "lora_rank": 8}, "LoRA"),
         ({"device": "tpu"}, "device"),
         ({"save_every": 0}, "save_every"),
     ],

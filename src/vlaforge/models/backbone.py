@@ -10,6 +10,14 @@ Sequence per sample, left-padded to the batch's longest:
   placeholders (chunk head). Because padding is on the left and the suffix has the same length for every
   sample, the suffix always sits in the last K positions, so heads slice `hidden[:, -K:]`.
 
+Encoding the prefix once: a head that iterates (token decoding, flow-matching or diffusion steps) calls
+`encode_prefix` once per prediction, which runs vision, projector and LLM over `[pads][BOS][patches][state]
+[prompt]` into a KV cache, then `run_suffix` for each pass over its own K positions. A suffix query sees
+every valid prefix key and, within the suffix, causal or bidirectional attention; unless the head asks to
+keep it (token decoding, which grows the cache one token at a time), the suffix's keys and values are
+cropped from the cache after the pass, so the next pass starts from the same prefix. `assemble` + `run`
+over the whole sequence stays as the reference path, and the tests check the two agree per position.
+
 Attention uses an explicit additive 4D mask (B, 1, T, T) that `transformers` passes through unchanged:
 causal over valid (non-pad) keys; a pad query sees itself so no softmax row is empty (no NaNs); and,
 for the chunk head, the suffix block attends bidirectionally within itself as in OpenVLA-OFT's parallel
@@ -23,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from vlaforge.errors import InputError
 from vlaforge.models.presets import LLMSpec, Preset
@@ -70,6 +78,27 @@ class Sequence:
     valid: torch.Tensor
     position_ids: torch.Tensor
     mask: torch.Tensor
+
+
+@dataclass
+class Prefix:
+    """A prefix encoded once into a KV cache (see `PrismaticBackbone.encode_prefix`).
+
+    Attributes:
+        cache: the LLM's per-layer keys and values over the T cached positions.
+        valid: (B, T) bool, False on left padding.
+        next_position: (B,) int64, the position id of the first position after the cache.
+        last_hidden: (B, d) final hidden state of the last cached position (predicts the next token).
+    """
+
+    cache: DynamicCache
+    valid: torch.Tensor
+    next_position: torch.Tensor
+    last_hidden: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return int(self.valid.shape[1])
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -196,3 +225,48 @@ class PrismaticBackbone(nn.Module):
             use_cache=cache is not None,
         )
         return out.last_hidden_state, (out.past_key_values if cache is not None else None)
+
+    @torch.no_grad()
+    def encode_prefix(
+        self, images: list[torch.Tensor], state: torch.Tensor | None, prompt_ids: list[list[int]]
+    ) -> Prefix:
+        """Runs vision, projector and LLM once over images + state + prompt into a KV cache (inference)."""
+        seq = self.assemble(images, state, prompt_ids)
+        hidden, cache = self.run(seq, DynamicCache())
+        return Prefix(cache, seq.valid, seq.position_ids[:, -1] + 1, hidden[:, -1])
+
+    def run_suffix(
+        self, prefix: Prefix, suffix: torch.Tensor, bidirectional: bool = False, keep: bool = False
+    ) -> torch.Tensor:
+        """Runs the LLM over `suffix` (B, K, d) on top of a cached prefix -> final hidden states (B, K, d).
+
+        Args:
+            prefix: from `encode_prefix`; its cache grows by K when `keep`, else it is left as it was.
+            suffix: input embeddings of the K new positions.
+            bidirectional: the suffix positions attend to each other both ways (else causally).
+            keep: keep the suffix in the cache (autoregressive decoding) and advance the prefix.
+        """
+        B, K = suffix.shape[:2]
+        T = prefix.length
+        device = suffix.device
+        q = torch.arange(K, device=device)
+        within = torch.ones(K, K, dtype=torch.bool, device=device) if bidirectional else q[None] <= q[:, None]
+        allowed = torch.cat(
+            [prefix.valid[:, None, :].expand(B, K, T), within[None].expand(B, K, K)], dim=-1
+        )  # (B, K, T + K)
+        dtype = prefix.last_hidden.dtype
+        valid = torch.cat([prefix.valid, torch.ones(B, K, dtype=torch.bool, device=device)], dim=1)
+        seq = Sequence(
+            embeds=suffix.to(dtype),
+            valid=valid,
+            position_ids=prefix.next_position[:, None] + q[None],  # (B, K)
+            mask=additive_mask(allowed[:, None], dtype),  # (B, 1, K, T + K)
+        )
+        hidden, cache = self.run(seq, prefix.cache)
+        if keep:
+            prefix.cache, prefix.valid = cache, valid
+            prefix.next_position = prefix.next_position + K
+            prefix.last_hidden = hidden[:, -1]
+        else:
+            prefix.cache.crop(-K)  # drop the suffix again (negative: tokens to remove)
+        return hidden

@@ -15,21 +15,28 @@ One interface (`ActionHead`), swappable:
   normalised chunk, ignoring the steps padded past an episode's end.
 
 A head is called with the backbone and a `Context` (images, state, prompt ids) because each head appends its
-own suffix to the sequence before the LLM runs.
+own suffix to the sequence before the LLM runs. At inference a head encodes the prefix once
+(`backbone.encode_prefix`) and runs only its suffix on the cached keys and values (`backbone.run_suffix`);
+training runs the whole sequence in one pass, which is also the reference the tests compare against.
+
+Every head is declared once, in `HEADS` (`vlaforge.models.registry`): name, class, default chunk and options
+with their docs. The CLI's choices, config validation, `Policy` construction and checkpoint loading all read
+that table, so a new head is one module plus one line there. `predict` takes sampling options (a
+`torch.Generator`, a number of steps) so that stochastic heads are reproducible.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import DynamicCache
 
 from vlaforge.actions import BinTokenizer
 from vlaforge.errors import InputError
-from vlaforge.models.backbone import PrismaticBackbone, Sequence, additive_mask
+from vlaforge.models.backbone import PrismaticBackbone
 
 IGNORE_INDEX = -100
 
@@ -53,10 +60,94 @@ class Context:
         return len(self.prompt_ids)
 
 
+@dataclass(frozen=True)
+class HeadOption:
+    """One option of a head, as the registry declares it.
+
+    Attributes:
+        name: keyword argument of the head's constructor (and key in its saved config).
+        type: bool, int, float or str; values from the command line are converted to it.
+        default: the value when none is given.
+        doc: one line for `--help`.
+    """
+
+    name: str
+    type: type
+    default: Any
+    doc: str
+
+    def convert(self, value: Any) -> Any:
+        """Converts a value (possibly a command-line string) to the option's type."""
+        if self.type is bool and isinstance(value, str):
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise InputError(f"head option {self.name!r} takes true/false; got {value!r}")
+        try:
+            return self.type(value)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"head option {self.name!r} takes a {self.type.__name__}; got {value!r}") from e
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A head in the registry.
+
+    Attributes:
+        name: what `--head` and config.json call it.
+        cls: the `ActionHead` subclass.
+        doc: one line for `--help`.
+        default_chunk: the chunk H when none is given; None takes the preset's `chunk_size`.
+        options: the head's own options.
+    """
+
+    name: str
+    cls: type
+    doc: str
+    default_chunk: int | None = None
+    options: tuple[HeadOption, ...] = field(default_factory=tuple)
+
+    def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
+        """Every option with its value (given, converted, or the default); unknown names are an error."""
+        known = {o.name: o for o in self.options}
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise InputError(
+                f"head {self.name!r} has no option(s) {unknown}; its options are "
+                + (", ".join(f"{o.name} ({o.doc})" for o in self.options) or "none")
+            )
+        return {n: (o.convert(given[n]) if n in given else o.default) for n, o in known.items()}
+
+
+@dataclass(frozen=True)
+class HeadDims:
+    """What every head is built from, besides its own options.
+
+    Attributes:
+        action_dim: D.
+        chunk_size: H.
+        hidden_size: the LLM width.
+        bins: the action bin tokenizer (the token head's vocabulary).
+        eos_id: the text tokenizer's `</s>`.
+    """
+
+    action_dim: int
+    chunk_size: int
+    hidden_size: int
+    bins: BinTokenizer
+    eos_id: int
+
+
 class ActionHead(nn.Module):
-    """Base class: `loss` for training, `predict` for inference (normalised chunks)."""
+    """Base class: `loss` for training, `predict` for inference (normalised chunks).
+
+    Subclasses declare `spec: HeadSpec` and take `(dims: HeadDims, **options)`.
+    """
 
     kind = "base"
+    spec: HeadSpec
+    uses_lm_head = False  # True when the loss goes through the LLM's output layer (token heads)
 
     def __init__(self, action_dim: int, chunk_size: int):
         super().__init__()
@@ -83,30 +174,54 @@ class ActionHead(nn.Module):
         """
         raise NotImplementedError
 
-    def predict(self, backbone: PrismaticBackbone, ctx: Context) -> torch.Tensor:
-        """Normalised action chunk (B, H, D)."""
+    def predict(
+        self,
+        backbone: PrismaticBackbone,
+        ctx: Context,
+        *,
+        generator: torch.Generator | None = None,
+        num_steps: int | None = None,
+    ) -> torch.Tensor:
+        """Normalised action chunk (B, H, D).
+
+        Args:
+            backbone: the Prismatic backbone.
+            ctx: images, state, prompt ids.
+            generator: the random stream of a stochastic head (flow matching, diffusion), for
+                reproducible samples; deterministic heads ignore it.
+            num_steps: integration / denoising steps of an iterative head (None: its default);
+                deterministic heads ignore it.
+        """
         raise NotImplementedError
 
+    def options(self) -> dict[str, Any]:
+        """The head's own options, as the registry declares them (saved in config.json)."""
+        return {o.name: getattr(self, o.name) for o in self.spec.options}
+
     def config(self) -> dict:
-        return {"kind": self.kind, "chunk_size": self.chunk_size, "action_dim": self.action_dim}
+        return {
+            "kind": self.kind,
+            "chunk_size": self.chunk_size,
+            "action_dim": self.action_dim,
+            **self.options(),
+        }
 
 
 class TokenHead(ActionHead):
     """RT-2 / OpenVLA discrete action tokens, autoregressive with a KV cache.
 
     Args:
-        action_dim: D.
-        chunk_size: H (OpenVLA: 1); H*D tokens are decoded.
-        bins: the action tokenizer (its ids must fit the LLM vocab).
-        eos_id: the text tokenizer's `</s>`.
+        dims: D, H (OpenVLA: H = 1; H*D tokens are decoded), the bin tokenizer (its ids must fit the LLM
+            vocab) and `</s>`.
     """
 
     kind = "tokens"
+    uses_lm_head = True
 
-    def __init__(self, action_dim: int, chunk_size: int, bins: BinTokenizer, eos_id: int):
-        super().__init__(action_dim, chunk_size)
-        self.bins = bins
-        self.eos_id = eos_id
+    def __init__(self, dims: HeadDims):
+        super().__init__(dims.action_dim, dims.chunk_size)
+        self.bins = dims.bins
+        self.eos_id = dims.eos_id
 
     @property
     def n_tokens(self) -> int:
@@ -156,69 +271,76 @@ class TokenHead(ActionHead):
         return loss, {"token_acc": float(acc), "l1": float(l1)}
 
     @torch.no_grad()
-    def decode_ids(self, backbone: PrismaticBackbone, ctx: Context) -> torch.Tensor:
-        """Greedy ids (B, H*D) with the KV cache: prefill once, then one token per step."""
-        seq = backbone.assemble(ctx.images, ctx.state, ctx.prompt_ids)
-        cache = DynamicCache()
-        hidden, cache = backbone.run(seq, cache)
-        nxt = backbone.lm_head(hidden[:, -1]).argmax(-1)  # (B,)
-        out = [nxt]
-        valid, pos = seq.valid, seq.position_ids[:, -1]
-        B, device = valid.shape[0], valid.device
+    def decode(self, backbone: PrismaticBackbone, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+        """Greedy decoding on the cached prefix: one prefill, then one token per step.
+
+        Returns:
+            ids (B, H*D) and the logits each was chosen from (B, H*D, V).
+        """
+        prefix = backbone.encode_prefix(ctx.images, ctx.state, ctx.prompt_ids)
+        logits = [backbone.lm_head(prefix.last_hidden).float()]  # (B, V)
+        ids = [logits[-1].argmax(-1)]
         for _ in range(self.n_tokens - 1):
-            valid = torch.cat([valid, torch.ones(B, 1, dtype=torch.bool, device=device)], dim=1)
-            pos = pos + 1
-            step = Sequence(
-                embeds=backbone.embed_tokens(nxt[:, None]),  # (B, 1, d)
-                valid=valid,
-                position_ids=pos[:, None],
-                mask=additive_mask(valid[:, None, None, :], seq.embeds.dtype),  # (B, 1, 1, T + t)
-            )
-            hidden, cache = backbone.run(step, cache)
-            nxt = backbone.lm_head(hidden[:, -1]).argmax(-1)
-            out.append(nxt)
-        return torch.stack(out, dim=1)
+            backbone.run_suffix(prefix, backbone.embed_tokens(ids[-1][:, None]), keep=True)
+            logits.append(backbone.lm_head(prefix.last_hidden).float())
+            ids.append(logits[-1].argmax(-1))
+        return torch.stack(ids, dim=1), torch.stack(logits, dim=1)
+
+    def decode_ids(self, backbone: PrismaticBackbone, ctx: Context) -> torch.Tensor:
+        """Greedy ids (B, H*D) with the KV cache."""
+        return self.decode(backbone, ctx)[0]
 
     @torch.no_grad()
-    def decode_ids_reference(self, backbone: PrismaticBackbone, ctx: Context) -> torch.Tensor:
-        """Slow reference: re-runs the whole sequence for every token, no cache. (B, H*D)."""
+    def decode_reference(
+        self, backbone: PrismaticBackbone, ctx: Context
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slow reference: re-runs the whole sequence for every token, no cache. Ids (B, H*D), logits (B, H*D, V)."""
         B = ctx.batch_size
         device = backbone.projector.fc1.weight.device
         ids = torch.zeros(B, 0, dtype=torch.long, device=device)
+        logits = []
         for _ in range(self.n_tokens):
             suffix = backbone.embed_tokens(ids) if ids.shape[1] else None
             seq = backbone.assemble(ctx.images, ctx.state, ctx.prompt_ids, suffix=suffix)
             hidden, _ = backbone.run(seq)
-            ids = torch.cat([ids, backbone.lm_head(hidden[:, -1]).argmax(-1)[:, None]], dim=1)
-        return ids
+            logits.append(backbone.lm_head(hidden[:, -1]).float())
+            ids = torch.cat([ids, logits[-1].argmax(-1)[:, None]], dim=1)
+        return ids, torch.stack(logits, dim=1)
 
     def ids_to_actions(self, ids: torch.Tensor) -> torch.Tensor:
         """Ids (B, H*D) -> normalised actions (B, H, D); non-action ids clip to the nearest bin."""
         vals = torch.from_numpy(self.bins.decode(ids.cpu().numpy()))
         return vals.view(ids.shape[0], self.chunk_size, self.action_dim)
 
-    def predict(self, backbone, ctx):
+    def predict(self, backbone, ctx, *, generator=None, num_steps=None):
         return self.ids_to_actions(self.decode_ids(backbone, ctx))
 
     def config(self) -> dict:
         return {**super().config(), "bins": self.bins.to_dict(), "eos_id": self.eos_id}
 
 
+TokenHead.spec = HeadSpec(
+    "tokens",
+    TokenHead,
+    "RT-2 / OpenVLA: 256-bin action tokens, greedy autoregressive decoding with a KV cache",
+    default_chunk=1,
+)
+
+
 class ChunkHead(ActionHead):
     """OpenVLA-OFT parallel decoding: H*D placeholders, one pass, an MLP to continuous values, L1 loss.
 
     Args:
-        action_dim: D.
-        chunk_size: H.
-        hidden_size: the LLM width.
+        dims: D, H and the LLM width.
         bidirectional: placeholders attend to each other both ways (OFT); False keeps plain causal attention.
     """
 
     kind = "chunk"
 
-    def __init__(self, action_dim: int, chunk_size: int, hidden_size: int, bidirectional: bool = True):
-        super().__init__(action_dim, chunk_size)
-        self.bidirectional = bidirectional
+    def __init__(self, dims: HeadDims, bidirectional: bool = True):
+        super().__init__(dims.action_dim, dims.chunk_size)
+        self.bidirectional = bool(bidirectional)
+        hidden_size, chunk_size, action_dim = dims.hidden_size, dims.chunk_size, dims.action_dim
         self.placeholders = nn.Parameter(torch.randn(chunk_size * action_dim, hidden_size) * 0.02)
         self.mlp = nn.Sequential(
             nn.LayerNorm(hidden_size),
@@ -228,7 +350,7 @@ class ChunkHead(ActionHead):
         )
 
     def forward(self, backbone: PrismaticBackbone, ctx: Context) -> torch.Tensor:
-        """Normalised chunk (B, H, D), differentiable."""
+        """Normalised chunk (B, H, D), differentiable: the whole sequence in one pass (training, reference)."""
         B, K = ctx.batch_size, self.placeholders.shape[0]
         suffix = self.placeholders[None].expand(B, -1, -1)  # (B, H*D, d)
         seq = backbone.assemble(
@@ -247,22 +369,31 @@ class ChunkHead(ActionHead):
         return l1, {"l1": float(l1.detach())}
 
     @torch.no_grad()
-    def predict(self, backbone, ctx):
-        return self(backbone, ctx).float()
+    def predict(self, backbone, ctx, *, generator=None, num_steps=None):
+        """Prefix from the cache, then the H*D placeholders in one pass on top of it."""
+        prefix = backbone.encode_prefix(ctx.images, ctx.state, ctx.prompt_ids)
+        B = ctx.batch_size
+        hidden = backbone.run_suffix(
+            prefix, self.placeholders[None].expand(B, -1, -1), bidirectional=self.bidirectional
+        )  # (B, H*D, d)
+        values = self.mlp(hidden.to(self.placeholders.dtype))  # (B, H*D, 1)
+        return values.view(B, self.chunk_size, self.action_dim).float()
 
-    def config(self) -> dict:
-        return {**super().config(), "bidirectional": self.bidirectional}
 
-
-def build_head(
-    kind: str, action_dim: int, chunk_size: int, hidden_size: int, bins: BinTokenizer, eos_id: int, **kw
-) -> ActionHead:
-    """The head called `kind` ("tokens" or "chunk")."""
-    if kind == "tokens":
-        return TokenHead(action_dim, chunk_size, bins, eos_id)
-    if kind == "chunk":
-        return ChunkHead(action_dim, chunk_size, hidden_size, bidirectional=kw.get("bidirectional", True))
-    raise InputError(f"unknown action head {kind!r}; choose 'tokens' or 'chunk'")
+ChunkHead.spec = HeadSpec(
+    "chunk",
+    ChunkHead,
+    "OpenVLA-OFT: H x D placeholders decoded in one parallel pass, L1 regression",
+    default_chunk=None,
+    options=(
+        HeadOption(
+            "bidirectional",
+            bool,
+            True,
+            "placeholders attend to each other both ways (OFT's parallel decoding); false: causal",
+        ),
+    ),
+)
 
 
 def check_bins_fit(bins: BinTokenizer, vocab_size: int) -> None:
@@ -273,4 +404,13 @@ def check_bins_fit(bins: BinTokenizer, vocab_size: int) -> None:
         )
 
 
-__all__ = ["ActionHead", "ChunkHead", "Context", "TokenHead", "build_head", "check_bins_fit"]
+__all__ = [
+    "ActionHead",
+    "ChunkHead",
+    "Context",
+    "HeadDims",
+    "HeadOption",
+    "HeadSpec",
+    "TokenHead",
+    "check_bins_fit",
+]

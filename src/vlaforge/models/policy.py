@@ -30,8 +30,9 @@ from torch import nn
 from vlaforge.actions import BinTokenizer, Normalizer
 from vlaforge.errors import InputError
 from vlaforge.models.backbone import PrismaticBackbone
-from vlaforge.models.heads import Context, build_head, check_bins_fit
+from vlaforge.models.heads import Context, HeadDims, check_bins_fit
 from vlaforge.models.presets import Preset, get_preset
+from vlaforge.models.registry import build_head, get_head_spec
 from vlaforge.models.text import build_text_tokenizer
 from vlaforge.policy_files import (
     CONFIG_FILE,
@@ -43,7 +44,6 @@ from vlaforge.policy_files import (
 )
 from vlaforge.types import Embodiment, NormStats, Observation
 
-HEAD_OPTIONS = ("bidirectional",)
 POLICY_OPTIONS = ("norm_mode",)
 
 
@@ -79,15 +79,17 @@ class Policy(nn.Module):
         check_bins_fit(self.bins, preset.llm.vocab_size)
         self.backbone = PrismaticBackbone(preset, embodiment.state_dim, self.text.bos_id, self.text.pad_id)
         head_config = dict(head_config)
-        self.head = build_head(
-            head_config.pop("kind"),
+        spec = get_head_spec(head_config.pop("kind"))
+        dims = HeadDims(
             action_dim=embodiment.action_dim,
-            chunk_size=head_config.pop("chunk_size"),
+            chunk_size=int(head_config.pop("chunk_size")),
             hidden_size=preset.llm.hidden_size,
             bins=self.bins,
             eos_id=self.text.eos_id,
-            **{k: v for k, v in head_config.items() if k in HEAD_OPTIONS},
         )
+        # A saved head config also holds derived values (action_dim, bins, ...): only options are passed.
+        options = {o.name: head_config[o.name] for o in spec.options if o.name in head_config}
+        self.head = build_head(spec.name, dims, options)
         self.norm_mode = norm_mode
         mask = np.asarray(embodiment.normalize_mask, dtype=bool)
         self.action_norm = Normalizer(norm_stats["action"], mode=norm_mode, mask=mask)
@@ -111,19 +113,21 @@ class Policy(nn.Module):
 
         Args:
             preset: a preset name ("tiny", "openvla-7b", "openvla-7b-siglip") or a `Preset`.
-            head: "tokens" or "chunk".
+            head: a registered head (`vlaforge.models.registry.HEADS`: "tokens", "chunk", ...).
             embodiment: the robot.
             norm_stats: statistics with "action" (and "observation.state" when the robot has a state).
-            **overrides: preset fields (chunk_size, use_state, tokenizer, tokenizer_path, llm, ...), head
-                options (bidirectional) or norm_mode. None values mean "keep the default". The token head's
-                chunk_size defaults to 1 (OpenVLA), the chunk head's to the preset's.
+            **overrides: preset fields (chunk_size, use_state, tokenizer, tokenizer_path, llm, ...), the
+                head's options (e.g. bidirectional) or norm_mode. None values mean "keep the default". The
+                chunk size defaults to the head's registered default (tokens: 1, as OpenVLA), else the
+                preset's.
         """
         p = get_preset(preset) if isinstance(preset, str) else preset
+        spec = get_head_spec(head)
         overrides = {k: v for k, v in overrides.items() if v is not None}
-        head_opts = {k: overrides.pop(k) for k in HEAD_OPTIONS if k in overrides}
+        head_opts = {o.name: overrides.pop(o.name) for o in spec.options if o.name in overrides}
         norm_mode = overrides.pop("norm_mode", "q99")
-        if head == "tokens" and "chunk_size" not in overrides:
-            overrides["chunk_size"] = 1
+        if spec.default_chunk is not None and "chunk_size" not in overrides:
+            overrides["chunk_size"] = spec.default_chunk
         p = p.with_overrides(**overrides)
         return cls(
             p, {"kind": head, "chunk_size": p.chunk_size, **head_opts}, embodiment, norm_stats, norm_mode
@@ -145,6 +149,18 @@ class Policy(nn.Module):
             "norm_mode": self.norm_mode,
             "training_data": self.training_data,
         }
+
+    def unused_parameter_names(self) -> list[str]:
+        """Names of the parameters whose outputs never reach this policy's loss or predictions: the
+        vision towers' unused tail (`VisionFeaturizer.unused_parameters`) and, for heads that do not decode
+        tokens, the LLM's output layer. Training keeps them frozen, so every trainable parameter gets a
+        gradient at every step (and DDP needs no `find_unused_parameters`). LoRA adapters injected inside
+        these modules are included."""
+        unused = list(self.backbone.vision.unused_parameters())
+        if not self.head.uses_lm_head:
+            unused += list(self.backbone.llm.get_output_embeddings().parameters())
+        unused_ids = {id(p) for p in unused}  # module.parameters() recurses, so adapters are included
+        return [n for n, p in self.named_parameters() if id(p) in unused_ids]
 
     @property
     def execute_steps(self) -> int:
@@ -232,28 +248,44 @@ class Policy(nn.Module):
         return loss, {"loss": float(loss.detach()), **metrics}
 
     # ------------------------------------------------------------------ inference
-    def predict_action_batch(self, batch: Mapping[str, Any]) -> np.ndarray:
+    def predict_action_batch(
+        self,
+        batch: Mapping[str, Any],
+        *,
+        generator: torch.Generator | None = None,
+        num_steps: int | None = None,
+    ) -> np.ndarray:
         """Batched observations -> action chunks (B, H, D) float32 in robot units, clipped to the limits.
 
         Args:
             batch: `{"images": {camera: uint8 (B, h, w, 3)}, "state": (B, S), "instruction": [B strings]}`.
+            generator: random stream of a stochastic head (reproducible samples); ignored by the others.
+            num_steps: steps of an iterative head (flow / diffusion; None: its default); ignored by the others.
         """
         was_training = self.training
         self.eval()
         try:
             with torch.inference_mode():
                 ctx = self._context(batch["images"], batch.get("state"), batch.get("instruction", ""))
-                norm = self.head.predict(self.backbone, ctx).float().cpu().numpy()  # (B, H, D)
+                norm = self.head.predict(self.backbone, ctx, generator=generator, num_steps=num_steps)
+                norm = norm.float().cpu().numpy()  # (B, H, D)
         finally:
             self.train(was_training)
         actions = self.action_norm.unnormalize(norm)
         return np.clip(actions, self._low, self._high).astype(np.float32)
 
-    def predict_action(self, obs: Observation | Mapping[str, Any]) -> np.ndarray:
+    def predict_action(
+        self,
+        obs: Observation | Mapping[str, Any],
+        *,
+        generator: torch.Generator | None = None,
+        num_steps: int | None = None,
+    ) -> np.ndarray:
         """One observation -> action chunk (H, D) float32 in robot units.
 
         Args:
             obs: an `Observation` or `{"images": {camera: uint8 (h, w, 3)}, "state": (S,), "instruction": str}`.
+            generator, num_steps: sampling options, as in `predict_action_batch`.
         """
         obs = Observation.from_dict(obs)
         for name, img in obs.images.items():
@@ -264,7 +296,7 @@ class Policy(nn.Module):
         state = None if obs.state is None else obs.state.reshape(1, -1)  # its dim is checked in _context
         batch = {"images": {k: v[None] for k, v in obs.images.items()}, "state": state}
         batch["instruction"] = [str(obs.instruction)]
-        return self.predict_action_batch(batch)[0]
+        return self.predict_action_batch(batch, generator=generator, num_steps=num_steps)[0]
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path) -> Path:

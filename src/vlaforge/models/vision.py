@@ -144,6 +144,21 @@ class VisionFeaturizer(nn.Module):
             x = block(x, None)
         return x[:, _n_prefix(spec) :]
 
+    def unused_parameters(self) -> list[nn.Parameter]:
+        """Parameters whose outputs never reach the features: each tower's last block (features come from
+        the one before), its final norm, SigLIP's attention-pool head and DINOv2's mask token (used only for
+        masked-image pre-training). Kept for checkpoint parity with OpenVLA, never trained."""
+        out: list[nn.Parameter] = []
+        for spec, tower in zip(self.specs, self.towers):
+            if spec.kind == "siglip":
+                vm = getattr(tower, "vision_model", tower)
+                modules = [vm.encoder.layers[-1], vm.post_layernorm, getattr(vm, "head", None)]
+            else:
+                modules = [tower.encoder.layer[-1], tower.layernorm]
+                out.append(tower.embeddings.mask_token)
+            out += [p for m in modules if m is not None for p in m.parameters()]
+        return out
+
     def reference_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Slow reference: full forward with `output_hidden_states`; hidden_states[-2] is block L-2's output."""
         feats = []

@@ -26,6 +26,7 @@ import json
 import os
 import random
 import shutil
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,12 @@ def _unb64(s: str) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(base64.b64decode(s), dtype=np.uint8).copy())
 
 
-def rng_state() -> dict[str, Any]:
-    """Python, numpy, torch (and CUDA) generator states as JSON-safe values."""
+def rng_state(device: torch.device | str | None = None) -> dict[str, Any]:
+    """Python, numpy, torch and, when `device` is a CUDA device, that device's generator state, JSON-safe.
+
+    The CUDA state is saved whenever the run uses CUDA (not only once CUDA happens to be initialised), and
+    only the run's own device: a torchrun rank must not touch, or depend on the count of, the other GPUs.
+    """
     version, mt, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     out: dict[str, Any] = {
@@ -74,13 +79,18 @@ def rng_state() -> dict[str, Any]:
         },
         "torch": _b64(torch.get_rng_state()),
     }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda":
+        out["cuda"] = {"device": device.index, "state": _b64(torch.cuda.get_rng_state(device))}
     return out
 
 
-def set_rng_state(state: Mapping[str, Any]) -> None:
-    """Restores what `rng_state` returned."""
+def set_rng_state(state: Mapping[str, Any], device: torch.device | str | None = None) -> None:
+    """Restores what `rng_state` returned; the CUDA state goes to `device` when it is a CUDA device.
+
+    A checkpoint written on CUDA and resumed on the CPU (or the reverse) restores the host generators
+    only; such a continuation is not bit-exact anyway, and a warning says so.
+    """
     py = state["python"]
     random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
     npy = state["numpy"]
@@ -94,10 +104,20 @@ def set_rng_state(state: Mapping[str, Any]) -> None:
         )
     )
     torch.set_rng_state(_unb64(state["torch"]))
-    if "cuda" in state and torch.cuda.is_available():
-        cuda = [_unb64(s) for s in state["cuda"]]
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
+    device = torch.device(device) if device is not None else None
+    on_cuda = device is not None and device.type == "cuda"
+    saved = state.get("cuda")
+    if isinstance(saved, list):  # the first checkpoint format: every visible device's state
+        index = device.index or 0 if on_cuda else 0
+        saved = {"device": index, "state": saved[index]} if index < len(saved) else None
+    if on_cuda and saved is not None:
+        torch.cuda.set_rng_state(_unb64(saved["state"]), device)
+    elif on_cuda or saved is not None:
+        warnings.warn(
+            "resuming a run on a different device type than it was saved on: the CUDA random stream "
+            "cannot be restored, so the continuation is not bit-exact",
+            stacklevel=2,
+        )
 
 
 def seed_everything(seed: int) -> None:

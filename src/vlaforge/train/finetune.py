@@ -134,27 +134,32 @@ def apply_freeze(policy: nn.Module, strategy: str) -> dict[str, int]:
     Returns:
         The counts of `param_counts` after freezing.
     """
-    if strategy not in FREEZE_STRATEGIES:
-        raise InputError(f"unknown freeze strategy {strategy!r}; choose one of {list(FREEZE_STRATEGIES)}")
-    vision, projector, llm = _backbone_parts(policy)
-    if strategy == "full":
-        train_modules = [policy]
-    elif strategy == "frozen-vision":
-        train_modules = [projector, llm]
-    elif strategy == "last-layer":
-        train_modules = _llm_last_layer_parts(llm)
-    else:  # sandwich
-        train_modules = [vision, projector, *_llm_last_layer_parts(llm)]
+    train_modules = [policy] if strategy == "full" else _strategy_modules(policy, strategy)
     keep = {**_unique_params(train_modules), **_new_params(policy)}
     for p in policy.parameters():
         p.requires_grad_(id(p) in keep)
     return param_counts(policy)
 
 
-def lora_target_names(policy: nn.Module) -> list[str]:
-    """Full names of the layers LoRA adapts: peft's "all-linear" over vision, projector and LLM.
+def _strategy_modules(policy: nn.Module, strategy: str) -> list[nn.Module]:
+    """The backbone modules a freezing strategy trains."""
+    if strategy not in FREEZE_STRATEGIES:
+        raise InputError(f"unknown freeze strategy {strategy!r}; choose one of {list(FREEZE_STRATEGIES)}")
+    vision, projector, llm = _backbone_parts(policy)
+    if strategy == "full":
+        return [vision, projector, llm]
+    if strategy == "frozen-vision":
+        return [projector, llm]
+    if strategy == "last-layer":
+        return _llm_last_layer_parts(llm)
+    return [vision, projector, *_llm_last_layer_parts(llm)]  # sandwich
 
-    Every ``nn.Linear`` there except the LLM's output layer and the output projection of an
+
+def lora_target_names(policy: nn.Module, strategy: str = "full") -> list[str]:
+    """Full names of the layers LoRA adapts: peft's "all-linear" over the parts `strategy` trains.
+
+    Every ``nn.Linear`` there (vision, projector and LLM for ``full``; projector and LLM for
+    ``frozen-vision``; ...) except the LLM's output layer and the output projection of an
     ``nn.MultiheadAttention`` (whose forward bypasses the submodule).
     """
     vision, projector, llm = _backbone_parts(policy)
@@ -163,7 +168,7 @@ def lora_target_names(policy: nn.Module) -> list[str]:
         for m in part.modules():
             if isinstance(m, nn.MultiheadAttention):
                 skip.add(id(m.out_proj))
-    allowed = {id(m) for part in (vision, projector, llm) for m in part.modules()}
+    allowed = {id(m) for part in _strategy_modules(policy, strategy) for m in part.modules()}
     names = [
         name
         for name, m in policy.named_modules()
@@ -186,7 +191,9 @@ def lora_param_count(policy: nn.Module, rank: int) -> int:
     return sum(rank * (mods[n].in_features + mods[n].out_features) for n in lora_target_names(policy))
 
 
-def apply_lora(policy: nn.Module, rank: int, alpha: int, dropout: float = 0.0) -> dict[str, int]:
+def apply_lora(
+    policy: nn.Module, rank: int, alpha: int, dropout: float = 0.0, strategy: str = "full"
+) -> dict[str, int]:
     """Injects LoRA adapters into the backbone's Linears (in place); freezes all but adapters and new modules.
 
     Args:
@@ -194,6 +201,9 @@ def apply_lora(policy: nn.Module, rank: int, alpha: int, dropout: float = 0.0) -
         rank: LoRA rank r (> 0).
         alpha: LoRA alpha; the update is scaled by ``alpha / r``.
         dropout: dropout on the adapter input (OpenVLA uses 0.0; keep it 0 for exact resume tests).
+        strategy: which parts get adapters, named like the freezing strategies: ``full`` (vision,
+            projector and LLM, OpenVLA's LoRA), ``frozen-vision`` (projector and LLM; the vision encoder
+            stays exactly as it was), ``last-layer``, ``sandwich``.
 
     Returns:
         The counts of `param_counts` after injection (adapter parameters count as backbone).
@@ -202,7 +212,7 @@ def apply_lora(policy: nn.Module, rank: int, alpha: int, dropout: float = 0.0) -
 
     if rank <= 0:
         raise InputError(f"LoRA rank must be > 0; got {rank}")
-    targets = lora_target_names(policy)
+    targets = lora_target_names(policy, strategy)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
     on_meta = any(p.is_meta for p in policy.parameters())
     inject_adapter_in_model(config, policy, adapter_name=LORA_ADAPTER, low_cpu_mem_usage=on_meta)
@@ -270,4 +280,25 @@ def describe_counts(counts: dict[str, Any]) -> str:
         f"trainable {m(counts['trainable'])} of {m(counts['total'])} "
         f"(backbone {m(counts['backbone_trainable'])} of {m(counts['backbone_total'])}, "
         f"head and other new modules {m(counts['new_trainable'])})"
+        + (
+            f"; {m(counts['never_used'])} never reach the loss and stay frozen"
+            if counts.get("never_used")
+            else ""
+        )
     )
+
+
+def freeze_unused(policy: nn.Module) -> int:
+    """Freezes the parameters whose outputs never reach the loss (`Policy.unused_parameter_names`).
+
+    Applied after a freezing strategy or LoRA, so the strategies' counts stay the paper's: they select
+    modules, and this only removes what could never receive a gradient. Returns how many parameters
+    (elements) it froze among those that were trainable.
+    """
+    names = set(policy.unused_parameter_names())
+    frozen = 0
+    for n, p in policy.named_parameters():
+        if n in names and p.requires_grad:
+            frozen += p.numel()
+            p.requires_grad_(False)
+    return frozen

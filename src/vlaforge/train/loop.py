@@ -28,9 +28,9 @@ import queue
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -39,6 +39,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vlaforge.errors import InputError
+from vlaforge.models.registry import HEADS
 from vlaforge.policy_files import WEIGHTS_FILE, read_policy_dir
 from vlaforge.train import checkpoint as ckpt
 from vlaforge.train.finetune import (
@@ -46,6 +47,7 @@ from vlaforge.train.finetune import (
     apply_freeze,
     apply_lora,
     describe_counts,
+    freeze_unused,
     merged_lora,
     trainable_state_dict,
 )
@@ -64,7 +66,10 @@ class TrainConfig:
         out: run directory (``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``last``).
         preset: a preset name (``tiny``, ``openvla-7b``, ...) or a policy directory whose backbone
             weights initialise the run (fine-tuning; head and state projection start fresh).
-        head: ``tokens`` (OpenVLA's 256-bin tokens) or ``chunk`` (OpenVLA-OFT parallel decoding, L1).
+        head: the action head, one of the registry's (`vlaforge.models.registry.HEADS`): ``tokens``
+            (OpenVLA's 256-bin tokens) or ``chunk`` (OpenVLA-OFT parallel decoding, L1).
+        head_options: the head's own options as key=value (e.g. ``bidirectional=false`` for ``chunk``);
+            `vlaforge train --help` lists each head's options.
         steps: total optimizer steps of the run (a resumed run continues up to this).
         batch_size: samples per micro-batch per process.
         lr: peak learning rate; None takes the preset's.
@@ -79,21 +84,33 @@ class TrainConfig:
         resume: continue from ``out/last`` exactly (weights, optimizer, schedule, RNG, sampler).
         lora_rank: LoRA rank on every backbone Linear; 0 trains without LoRA.
         lora_alpha: LoRA alpha (the update is scaled by alpha / rank).
-        freeze: ``full``, ``frozen-vision``, ``last-layer`` or ``sandwich`` (OpenVLA's strategies);
-            must be ``full`` with LoRA (LoRA freezes the base itself).
+        freeze: ``full``, ``frozen-vision``, ``last-layer`` or ``sandwich`` (OpenVLA's strategies): the
+            parts that train; with LoRA, the parts that get adapters (the rest stays frozen).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         num_workers: 0 builds batches in the training loop; N > 0 builds them in a background thread
             with N batches of look-ahead (the sampler is vectorised, so one thread suffices).
+        image_size: side of the square frames the policy is trained on (the video cache is decoded at
+            this size, Pillow bicubic, antialiased) and the embodiment's ``image_size``, at which
+            evaluation renders; None: the dataset's.
+        cache_max_gb: the decoded-video cache is used while it takes at most this many GB (1e9 bytes,
+            all cameras, at ``image_size``); above it frames are decoded on the fly by ``decode_workers``
+            processes ahead of the trainer (streaming: same batches, slower). 0 always streams; None
+            always caches.
+        decode_workers: processes decoding video frames in streaming mode.
+        unnormalized_actions: action dims left unnormalised, by name or index (a list, or a
+            comma-separated string such as ``gripper`` or ``3``); None follows the dataset's metadata
+            (vlaforge's stored embodiment) and otherwise normalises every dim.
     """
 
     dataset: str
     out: str
     preset: str = "tiny"
-    head: str = "chunk"
+    head: str = field(default="chunk", metadata={"choices": lambda: list(HEADS)})
+    head_options: dict[str, Any] = field(default_factory=dict)
     steps: int = 1000
     batch_size: int = 32
     lr: float | None = None
-    schedule: str = "constant"
+    schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0
     grad_accum: int = 1
     clip_grad: float = 1.0
@@ -104,15 +121,24 @@ class TrainConfig:
     resume: bool = False
     lora_rank: int = 0
     lora_alpha: int = 16
-    freeze: str = "full"
-    device: str = "auto"
+    freeze: str = field(default="full", metadata={"choices": FREEZE_STRATEGIES})
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     num_workers: int = 0
+    image_size: int | None = None
+    cache_max_gb: float | None = 20.0
+    decode_workers: int = 2
+    unnormalized_actions: list[str] | str | None = None
 
     def __post_init__(self) -> None:
         self.dataset, self.out = str(self.dataset), str(self.out)
         problems = []
-        if self.head not in ("tokens", "chunk"):
-            problems.append(f"head {self.head!r} (choose 'tokens' or 'chunk')")
+        if self.head not in HEADS:
+            problems.append(f"head {self.head!r} (choose one of {list(HEADS)})")
+        else:
+            try:
+                self.head_options = HEADS[self.head].resolve_options(dict(self.head_options or {}))
+            except InputError as e:
+                problems.append(str(e))
         for name in ("steps", "batch_size", "grad_accum", "log_every"):
             if int(getattr(self, name)) < 1:
                 problems.append(f"{name}={getattr(self, name)} (must be >= 1)")
@@ -132,12 +158,23 @@ class TrainConfig:
             )
         if self.freeze not in FREEZE_STRATEGIES:
             problems.append(f"freeze {self.freeze!r} (choose one of {list(FREEZE_STRATEGIES)})")
-        elif self.lora_rank > 0 and self.freeze != "full":
-            problems.append(f"freeze {self.freeze!r} with LoRA (LoRA freezes the base itself; use 'full')")
         if self.device not in ("auto", "cpu", "cuda"):
             problems.append(f"device {self.device!r} (choose 'auto', 'cpu' or 'cuda')")
         if self.num_workers < 0:
             problems.append(f"num_workers={self.num_workers} (must be >= 0)")
+        if self.image_size is not None and int(self.image_size) < 1:
+            problems.append(f"image_size={self.image_size} (a side in pixels >= 1, or None for the dataset's)")
+        if self.cache_max_gb is not None and not (self.cache_max_gb >= 0 and math.isfinite(self.cache_max_gb)):
+            problems.append(f"cache_max_gb={self.cache_max_gb} (must be >= 0; 0 streams, None never does)")
+        if self.decode_workers < 1:
+            problems.append(f"decode_workers={self.decode_workers} (must be >= 1)")
+        if self.unnormalized_actions is not None:
+            from vlaforge.data.dataset import parse_unnormalized
+
+            try:
+                self.unnormalized_actions = parse_unnormalized(self.unnormalized_actions)
+            except InputError as e:
+                problems.append(str(e))
         if problems:
             raise InputError("invalid training config: " + "; ".join(problems))
 
@@ -288,7 +325,9 @@ def _build_policy(cfg: TrainConfig, embodiment: Any, norm_stats: Any) -> tuple[n
         preset = Preset.from_dict(init.preset)
         if preset.tokenizer == "llama":
             preset = preset.with_overrides(tokenizer_path=str(init_dir))
-        policy = Policy.from_preset(preset, cfg.head, embodiment, norm_stats, chunk_size=cfg.chunk_size)
+        policy = Policy.from_preset(
+            preset, cfg.head, embodiment, norm_stats, chunk_size=cfg.chunk_size, **cfg.head_options
+        )
         weights = load_file(str(init.weights))
         parts = ("backbone.vision.", "backbone.projector.", "backbone.llm.")
         wanted = {k for k in policy.state_dict() if k.startswith(parts)}
@@ -297,11 +336,14 @@ def _build_policy(cfg: TrainConfig, embodiment: Any, norm_stats: Any) -> tuple[n
             raise InputError(f"{init.weights}: backbone weights missing, e.g. {missing[:3]}")
         policy.load_state_dict({k: weights[k] for k in wanted}, strict=False)
     else:
-        policy = Policy.from_preset(cfg.preset, cfg.head, embodiment, norm_stats, chunk_size=cfg.chunk_size)
+        policy = Policy.from_preset(
+            cfg.preset, cfg.head, embodiment, norm_stats, chunk_size=cfg.chunk_size, **cfg.head_options
+        )
     if cfg.lora_rank > 0:
-        counts = apply_lora(policy, cfg.lora_rank, cfg.lora_alpha, dropout=0.0)
+        counts = apply_lora(policy, cfg.lora_rank, cfg.lora_alpha, dropout=0.0, strategy=cfg.freeze)
     else:
         counts = apply_freeze(policy, cfg.freeze)
+    counts["never_used"] = freeze_unused(policy)
     return policy, counts
 
 
@@ -316,6 +358,15 @@ def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> No
         raise InputError(
             f"cannot resume {where}: the run was started with different settings ({'; '.join(diffs)}); "
             f"only {', '.join(RESUMABLE_CHANGES)} may change. Start a new --out instead."
+        )
+    if cfg.schedule == "cosine" and saved.get("steps") != cfg.steps:
+        # The cosine curve is laid over the run's total steps: changing them mid-run would jump the
+        # learning rate to another curve, which is neither the old run continued nor a new one.
+        raise InputError(
+            f"cannot resume {where} with --steps {cfg.steps}: the run decays its learning rate on a cosine "
+            f"schedule over {saved.get('steps')} steps, and changing the total would move it to another "
+            f"curve mid-run. Resume with --steps {saved.get('steps')}, or start a new --out (optionally "
+            "from these weights: --preset RUN/last)."
         )
 
 
@@ -351,8 +402,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
     Returns:
         ``Path(cfg.out)``; ``out/last`` points to the final checkpoint.
     """
-    from vlaforge.data.lerobot import LeRobotDataset
-    from vlaforge.data.sampler import ChunkSampler
+    from vlaforge.data.dataset import open_dataset
 
     d, device = _setup(cfg)
     run = Path(cfg.out)
@@ -371,7 +421,9 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
             )
 
         ckpt.seed_everything(cfg.seed)
-        dataset = LeRobotDataset(cfg.dataset)
+        dataset = open_dataset(
+            cfg.dataset, image_size=cfg.image_size, unnormalized_actions=cfg.unnormalized_actions
+        )
         policy, counts = _build_policy(cfg, dataset.embodiment(), dataset.norm_stats())
         policy.training_data = dataset.training_data()
         policy.to(device).train()
@@ -382,8 +434,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
         optimizer = torch.optim.AdamW(
             [p for _, p in params], lr=base_lr, betas=(0.9, 0.999), weight_decay=0.0
         )
-        sampler = ChunkSampler(
-            dataset,
+        sampler = dataset.sampler(
             batch_size=cfg.batch_size,
             chunk_size=policy.chunk_size,
             seed=cfg.seed,
@@ -391,9 +442,11 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
             cameras=list(policy.embodiment.camera_names),
             rank=d.rank,
             world_size=d.world_size,
+            cache_max_gb=cfg.cache_max_gb,
+            decode_workers=cfg.decode_workers,
         )
 
-        step, elapsed_before = 0, 0.0
+        step, elapsed_before, mine = 0, 0.0, {}
         if resume_from is not None:
             state = ckpt.read_trainer_state(resume_from)
             _check_resumable(state["config"], cfg, resume_from)
@@ -420,10 +473,11 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
             model = nn.parallel.DistributedDataParallel(
                 model,
                 device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=True,
+                # Every trainable parameter gets a gradient at every step (`freeze_unused`).
+                find_unused_parameters=False,
             )
         if resume_from is not None:
-            ckpt.set_rng_state(mine["rng"])  # last: DDP's parameter broadcast must not shift the streams
+            ckpt.set_rng_state(mine["rng"], device)  # last: DDP's broadcast must not shift the streams
 
         if d.main:
             run.mkdir(parents=True, exist_ok=True)
@@ -445,7 +499,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
             session = _Session(
                 cfg, d, device, run, policy, model, optimizer, params, batches, base_lr, frozen_print, counts
             )
-            session.loop(step, elapsed_before, stop_after)
+            session.loop(step, elapsed_before, stop_after, window=mine.get("log_window"))
         finally:
             batches.close()
     finally:
@@ -519,9 +573,18 @@ class _Session:
     base_lr: float
     frozen_print: str
     counts: dict[str, int]
+    window: dict = field(default_factory=dict)  # partial metric sums since the last log line
 
-    def loop(self, step: int, elapsed_before: float, stop_after: int | None) -> None:
-        """Runs optimizer steps from `step` to the end (or `stop_after` more), logging and saving."""
+    def loop(
+        self, step: int, elapsed_before: float, stop_after: int | None, window: dict | None = None
+    ) -> None:
+        """Runs optimizer steps from `step` to the end (or `stop_after` more), logging and saving.
+
+        Metrics stay on the device as tensors and are read back to the host only at log steps (a CUDA
+        step then never waits on a `.item()`). A metrics line is written every `log_every` steps and at
+        the run's last step; a run stopped in between carries its partial averages in the checkpoint
+        (`window`), so a resumed run logs the same averages as one that never stopped.
+        """
         cfg, d, device, run = self.cfg, self.d, self.device, self.run
         model, optimizer, batches, base_lr = self.model, self.optimizer, self.batches, self.base_lr
         trainable = [p for _, p in self.params]
@@ -529,7 +592,13 @@ class _Session:
         end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
         bar = tqdm(total=cfg.steps, initial=step, desc="train", disable=not d.main, dynamic_ncols=True)
         t_start = time.perf_counter()
-        t_log, samples_since, sums, n_sums = t_start, 0, {}, 0
+        window = window or {}
+        sums = {
+            k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in window.get("sums", {}).items()
+        }
+        self.window = {"sums": sums, "n": int(window.get("n", 0)), "samples": int(window.get("samples", 0))}
+        t_log = t_start
+        max_norm = cfg.clip_grad if cfg.clip_grad > 0 else float("inf")
         last_saved = None
         while step < end:
             lr = lr_at(step, base_lr, cfg.schedule, cfg.warmup_steps, cfg.steps)
@@ -541,34 +610,37 @@ class _Session:
                 with nullcontext() if sync else model.no_sync(), autocast:
                     loss, metrics = model(batch)
                 (loss / cfg.grad_accum).backward()
-                for k, v in metrics.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                n_sums += 1
-                samples_since += cfg.batch_size * d.world_size
-            max_norm = cfg.clip_grad if cfg.clip_grad > 0 else float("inf")
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
+                for k, v in metrics.items():  # tensors: no host read-back here
+                    v = torch.as_tensor(v).detach().to(device=device, dtype=torch.float64)
+                    sums[k] = sums[k] + v if k in sums else v
+                self.window["n"] += 1
+                self.window["samples"] += cfg.batch_size * d.world_size
+            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)  # a tensor, read at log steps
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             bar.update(1)
 
-            if step % cfg.log_every == 0 or step == end:
-                means = {k: v / n_sums for k, v in sums.items()}
-                means["grad_norm"] = grad_norm
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                n = max(self.window["n"], 1)
+                means = {k: float(v) / n for k, v in sums.items()}
+                means["grad_norm"] = float(grad_norm)
                 means = _mean_over_ranks(means, d, device)
                 now = time.perf_counter()
                 row = {
                     "step": step,
                     **{k: round(v, 6) for k, v in means.items()},
                     "lr": lr,
-                    "samples_per_s": round(samples_since / max(now - t_log, 1e-9), 2),
+                    "samples_per_s": round(self.window["samples"] / max(now - t_log, 1e-9), 2),
                     "elapsed_s": round(elapsed_before + now - t_start, 2),
                 }
                 if d.main:
                     with open(run / "metrics.jsonl", "a") as f:
                         f.write(json.dumps(row) + "\n")
                     bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
-                t_log, samples_since, sums, n_sums = now, 0, {}, 0
+                t_log = now
+                sums.clear()
+                self.window["n"] = self.window["samples"] = 0
 
             if (cfg.save_every and step % cfg.save_every == 0) or step == end:
                 self.save(step, elapsed_before + time.perf_counter() - t_start)
@@ -583,7 +655,17 @@ class _Session:
         names = [n for n, _ in self.params]
         weights_print = fingerprint([p for p in policy.parameters()])
         per_rank = _gather_json(
-            {"rng": ckpt.rng_state(), "sampler": self.batches.state, "weights_fingerprint": weights_print},
+            {
+                "rng": ckpt.rng_state(device),
+                "sampler": self.batches.state,
+                "weights_fingerprint": weights_print,
+                # This rank's partial metric averages since the last logged step (read back at saves only).
+                "log_window": {
+                    "sums": {k: float(v) for k, v in self.window["sums"].items()},
+                    "n": self.window["n"],
+                    "samples": self.window["samples"],
+                },
+            },
             d,
             device,
         )
