@@ -1,6 +1,7 @@
 import pytest
 
 from vlaforge.cli import main
+from vlaforge.errors import InputError
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
@@ -9,8 +10,77 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
         main(["dataset", "info", str(tmp_path)])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "vlaforge dataset: error:" in err and "meta/info.json is missing" in err
+    assert "vlaforge dataset: error:" in err and "is not a dataset vlaforge can" in err
     assert "Traceback" not in err
     monkeypatch.setenv("VLAFORGE_DEBUG", "1")
-    with pytest.raises(ValueError, match="info.json is missing"):
+    with pytest.raises(InputError, match="is not a dataset vlaforge can"):
         main(["dataset", "info", str(tmp_path)])
+
+
+def test_cli_keeps_the_traceback_of_internal_errors(tmp_path, monkeypatch, capsys):
+    """Only vlaforge's InputError is bad input; an internal RuntimeError or KeyError is not reworded."""
+    import vlaforge.data.synth as synth
+
+    monkeypatch.delenv("VLAFORGE_DEBUG", raising=False)
+    for exc in (RuntimeError("CUDA out of memory"), KeyError("internal bug")):
+
+        def boom(cfg, exc=exc):
+            raise exc
+
+        monkeypatch.setattr(synth, "write_synthetic", boom)
+        with pytest.raises(type(exc)):
+            main(["dataset", "synth", "--out", str(tmp_path / "ds")])
+        assert "error:" not in capsys.readouterr().err
+
+
+def test_every_config_field_is_a_documented_flag():
+    """Each command's flags are exactly its config's fields, with the field's doc and default."""
+    import dataclasses
+
+    from vlaforge.cli import CONFIG_COMMANDS, _load, build_parser
+    from vlaforge.config import field_docs
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "cmd").choices
+    for name, (_, config_path, _) in CONFIG_COMMANDS.items():
+        cls = _load(config_path)
+        docs = field_docs(cls)
+        actions = {a.dest: a for a in subparsers[name]._actions if a.dest != "help"}
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        assert set(actions) == set(fields), name
+        for fname, f in fields.items():
+            assert docs[fname] and docs[fname].replace("%", "%%") in actions[fname].help, (name, fname)
+            if f.default is not dataclasses.MISSING:
+                assert actions[fname].default == f.default, (name, fname)
+
+
+def test_train_flags_build_the_same_config_as_the_library(tmp_path):
+    from vlaforge.cli import build_parser
+    from vlaforge.config import config_from_args
+    from vlaforge.train.loop import TrainConfig
+
+    args = build_parser("train").parse_args(
+        ["train", "--dataset", "d", "--out", "o", "--head", "chunk", "--head-options", "bidirectional=false"]
+        + ["--lora-rank", "32", "--freeze", "frozen-vision", "--no-resume"]
+    )
+    cfg = config_from_args(TrainConfig, args)
+    want = TrainConfig(
+        dataset="d",
+        out="o",
+        head="chunk",
+        head_options={"bidirectional": False},
+        lora_rank=32,
+        freeze="frozen-vision",
+    )
+    assert cfg == want
+    assert cfg.head_options == {"bidirectional": False}  # converted from the string by the registry
+
+
+def test_transformers_version_is_checked():
+    from vlaforge.models import check_transformers_version
+
+    check_transformers_version("5.23.0")
+    check_transformers_version("5.0.0.dev0")
+    for old in ("4.57.1", "4.50.0", "6.0.0"):
+        with pytest.raises(InputError, match=r"transformers >= 5.0, < 6.0"):
+            check_transformers_version(old)

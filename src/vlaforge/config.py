@@ -135,6 +135,7 @@ def add_config_args(
         doc = docs.get(f.name)
         if doc is None:
             raise RuntimeError(f"{cls.__name__}.{f.name} has no entry in the class's Attributes: docstring")
+        doc = doc.replace("%", "%%")  # argparse formats help strings with %
         kwargs: dict[str, Any] = {"help": doc, "dest": f.name}
         choices = f.metadata.get("choices")
         if callable(choices):
@@ -165,7 +166,7 @@ def add_config_args(
             kwargs["required"] = True
         else:
             kwargs["default"] = default
-            kwargs["help"] = f"{doc} (default: {_shown(default)})"
+            kwargs["help"] = f"{doc} (default: {_shown(default).replace('%', '%%')})"
         parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
 
 

@@ -16,22 +16,66 @@ def test_openvla_id_range_and_extremes():
     assert ids.dtype == np.int64
 
 
-def test_openvla_decode_rule_matches_reference_formula():
+# (normalised action, OpenVLA token id) pairs worked out by hand from OpenVLA's ActionTokenizer: the 256
+# edges are -1 + 2k/255 (k = 0..255), digitize counts the edges <= a, and the id is 32000 minus that count.
+# E.g. a = 0.5: edges <= 0.5 are k <= 191.25, i.e. 192 of them -> id 31808.
+OPENVLA_ENCODE = [
+    (-1.0, 31999),
+    (-0.999, 31999),
+    (-0.99, 31998),
+    (-0.5, 31936),
+    (0.0, 31872),
+    (0.5, 31808),
+    (0.999, 31745),
+    (1.0, 31744),
+    (-7.0, 31999),  # clipped to -1 first
+    (3.0, 31744),  # clipped to +1 first
+]
+# (id, decoded value): idx = clip(32000 - id - 1, 0, 254), value = the centre -1 + (2 idx + 1) / 255. Ids
+# outside 31744..31999 (text tokens, OpenVLA's padded vocab up to 32063) clip to the nearest end.
+OPENVLA_DECODE = [
+    (31999, -1 + 1 / 255),
+    (31998, -1 + 3 / 255),
+    (31872, 0.0),
+    (31808, -1 + 383 / 255),
+    (31745, -1 + 509 / 255),
+    (31744, -1 + 509 / 255),  # idx 255 has no centre: clipped to 254
+    (32000, -1 + 1 / 255),
+    (32063, -1 + 1 / 255),
+    (29871, -1 + 509 / 255),
+    (0, -1 + 509 / 255),
+]
+
+
+def test_encode_matches_known_openvla_ids():
     tok = BinTokenizer(vocab_size=32000, n_bins=256)
-    bins = np.linspace(-1, 1, 256)
-    centres = (bins[:-1] + bins[1:]) / 2
-    ids = np.arange(31700, 32064)  # includes ids below the range and the padded vocab above 32000
-    expect = centres[np.clip(32000 - ids - 1, 0, 254)]
-    np.testing.assert_allclose(tok.decode(ids), expect.astype(np.float32))
-    assert tok.decode(np.array([31999]))[0] == pytest.approx(centres[0])
-    assert tok.decode(np.array([31744]))[0] == pytest.approx(centres[254])  # idx 255 clipped to 254
+    actions = np.array([a for a, _ in OPENVLA_ENCODE])
+    assert tok.encode(actions).tolist() == [i for _, i in OPENVLA_ENCODE]
 
 
-def test_encode_is_openvla_digitize():
-    tok = BinTokenizer()
-    a = np.array([[-0.999, -0.5, 0.0, 0.3, 0.99999]])
-    expect = 32000 - np.digitize(a, np.linspace(-1, 1, 256))
-    np.testing.assert_array_equal(tok.encode(a), expect)
+def test_decode_matches_known_openvla_values():
+    tok = BinTokenizer(vocab_size=32000, n_bins=256)
+    ids = np.array([i for i, _ in OPENVLA_DECODE])
+    np.testing.assert_allclose(tok.decode(ids), [v for _, v in OPENVLA_DECODE], atol=1e-6)
+
+
+def test_token_head_torch_coding_equals_the_numpy_tokenizer():
+    """The token head encodes targets on the device (no host round trip): same ids and values."""
+    import torch
+
+    from vlaforge.models.heads import HeadDims, TokenHead
+
+    tok = BinTokenizer(vocab_size=32000, n_bins=256)
+    head = TokenHead(HeadDims(action_dim=1, chunk_size=1, hidden_size=8, bins=tok, eos_id=2))
+    edges = np.linspace(-1, 1, 256)
+    a = np.concatenate(
+        [edges, np.nextafter(edges, 2), np.nextafter(edges, -2), [a for a, _ in OPENVLA_ENCODE]]
+    )
+    a = a.astype(np.float32)
+    ids = head.encode_t(torch.from_numpy(a))
+    np.testing.assert_array_equal(ids.numpy(), tok.encode(a))
+    all_ids = np.arange(0, 32064)
+    np.testing.assert_array_equal(head.decode_t(torch.from_numpy(all_ids)).numpy(), tok.decode(all_ids))
 
 
 @given(arrays(np.float64, st.integers(1, 16), elements=st.floats(-1, 1, allow_nan=False)))

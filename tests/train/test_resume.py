@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import safetensors.torch
 from safetensors.torch import load_file
 
@@ -94,6 +95,43 @@ def test_crash_mid_save_keeps_previous_checkpoint(straight, tiny_dataset, tmp_pa
     train(_cfg(tiny_dataset, run, resume=True))
     assert not half.exists() and not (run / "checkpoints" / "step-0000009").exists()
     _same_tensors(straight["chunk"] / "last" / "model.safetensors", run / "last" / "model.safetensors")
+
+
+def test_resaving_a_step_never_leaves_last_dangling(tiny_dataset, tmp_path, monkeypatch):
+    """Saving a step that already has a checkpoint, with a crash at the moment the new one is moved into
+    place: `last` must still name a complete, loadable checkpoint."""
+    run = tmp_path / "resave"
+    train(_cfg(tiny_dataset, run, steps=2))
+    session_dir = ckpt.find_last(run)
+    assert session_dir.name == "step-0000002"
+    real_replace = os.replace
+
+    def crash_on_move_into_place(src, dst):
+        if Path(src).name.startswith(".tmp-step-"):
+            raise OSError("simulated crash while moving the new checkpoint into place")
+        return real_replace(src, dst)
+
+    def save_again() -> Path:
+        return ckpt.save_checkpoint(
+            run,
+            2,
+            lambda d: Policy.from_pretrained(session_dir).save_pretrained(d),
+            torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))]),
+            ["p"],
+            ckpt.read_trainer_state(session_dir),
+        )
+
+    monkeypatch.setattr(os, "replace", crash_on_move_into_place)
+    with pytest.raises(OSError, match="simulated crash"):
+        save_again()
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert ckpt.is_complete((run / "last").resolve())
+    Policy.from_pretrained(run / "last")
+    # Saved again without a crash: `last` moves to the new copy and the old one is gone.
+    final = save_again()
+    assert (run / "last").resolve() == final.resolve() and ckpt.is_complete(final)
+    assert [p.name for p in ckpt.list_checkpoints(run)] == [final.name]
+    Policy.from_pretrained(run / "last")
 
 
 def test_last_falls_back_to_newest_complete_checkpoint(tiny_dataset, tmp_path):
@@ -190,3 +228,43 @@ def test_sigkill_during_training_leaves_a_resumable_run(tiny_dataset, tmp_path):
     assert [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()] == list(
         range(1, step + 2)
     )
+
+
+def test_logged_averages_continue_across_a_resume(tiny_dataset, tmp_path):
+    """log_every=4: a run stopped after 2 steps logs, at step 4, the mean over steps 1-4 as one that never
+    stopped does (the partial window travels in the checkpoint)."""
+    drop = ("elapsed_s", "samples_per_s")
+    ref = train(_cfg(tiny_dataset, tmp_path / "ref", log_every=4))
+    run = tmp_path / "split"
+    train(_cfg(tiny_dataset, run, log_every=4), stop_after=2)
+    assert not (run / "metrics.jsonl").exists() or _metrics(run) == []  # no line at a non-log step
+    train(_cfg(tiny_dataset, run, log_every=4, resume=True))
+    got = [{k: v for k, v in m.items() if k not in drop} for m in _metrics(run)]
+    want = [{k: v for k, v in m.items() if k not in drop} for m in _metrics(ref)]
+    assert [m["step"] for m in got] == [4] and got == want
+
+
+def test_resume_with_other_steps_under_cosine_is_refused(tiny_dataset, tmp_path):
+    run = tmp_path / "cos"
+    train(_cfg(tiny_dataset, run, steps=4, schedule="cosine"), stop_after=2)
+    with pytest.raises(InputError, match=r"cosine schedule over 4 steps.*--steps 4"):
+        train(_cfg(tiny_dataset, run, steps=6, schedule="cosine", resume=True))
+    train(_cfg(tiny_dataset, run, steps=4, schedule="cosine", resume=True))  # the same total resumes
+    assert ckpt.find_last(run).name == "step-0000004"
+
+
+def test_rng_state_holds_the_runs_cuda_device_only():
+    state = ckpt.rng_state(torch.device("cpu"))
+    assert "cuda" not in state
+    ckpt.set_rng_state(state, torch.device("cpu"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_rng_state_saves_and_restores_cuda_whenever_cuda_is_used():
+    device = torch.device("cuda", 0)
+    state = ckpt.rng_state(device)  # saved even before any CUDA random op ran
+    assert state["cuda"]["device"] == 0
+    a = torch.rand(4, device=device)
+    ckpt.set_rng_state(state, device)
+    assert torch.equal(torch.rand(4, device=device), a)

@@ -163,8 +163,9 @@ class ActionHead(nn.Module):
 
     def loss(
         self, backbone: PrismaticBackbone, ctx: Context, actions: torch.Tensor, pad: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        """Training loss.
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Training loss and metrics (detached scalar tensors, left on the device: the training loop reads
+        them back to the host only at log steps).
 
         Args:
             backbone: the Prismatic backbone.
@@ -230,12 +231,26 @@ class TokenHead(ActionHead):
     def targets(self, actions: torch.Tensor, pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised (B, H, D) -> target ids (B, H*D + 1) (action tokens then `</s>`) and the loss mask."""
         B = actions.shape[0]
-        ids = torch.from_numpy(self.bins.encode(actions.detach().float().cpu().numpy()))  # (B, H, D)
-        ids = ids.to(actions.device).flatten(1)  # (B, H*D)
+        ids = self.encode_t(actions.detach()).flatten(1)  # (B, H*D), on the actions' device
         eos = torch.full((B, 1), self.eos_id, dtype=torch.long, device=actions.device)
         keep = (~pad).repeat_interleave(self.action_dim, dim=1)  # (B, H*D)
         keep = torch.cat([keep, torch.ones(B, 1, dtype=torch.bool, device=actions.device)], dim=1)
         return torch.cat([ids, eos], dim=1), keep
+
+    def encode_t(self, actions: torch.Tensor) -> torch.Tensor:
+        """`BinTokenizer.encode` on the actions' device (no host round trip in the training step).
+
+        `torch.bucketize(right=True)` puts x in bin i when edges[i-1] <= x < edges[i], numpy's `digitize`
+        rule; float64 so the edges are exactly numpy's `linspace`.
+        """
+        edges = torch.as_tensor(self.bins.bins, dtype=torch.float64, device=actions.device)
+        a = actions.double().clamp(self.bins.low, self.bins.high)
+        return self.bins.vocab_size - torch.bucketize(a, edges, right=True)
+
+    def decode_t(self, ids: torch.Tensor) -> torch.Tensor:
+        """`BinTokenizer.decode` on the ids' device: bin centres, any id clipped into the action range."""
+        centres = torch.as_tensor(self.bins.centres, dtype=torch.float32, device=ids.device)
+        return centres[(self.bins.vocab_size - ids - 1).clamp(0, self.bins.n_bins - 2)]
 
     @staticmethod
     def sequence_labels(seq_len: int, targets: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -265,10 +280,10 @@ class TokenHead(ActionHead):
             act_keep = keep[:, :-1]
             n = act_keep.sum().clamp(min=1)
             acc = ((pred == targets[:, :-1]) & act_keep).sum() / n
-            decoded = torch.from_numpy(self.bins.decode(pred.cpu().numpy())).to(actions.device)
+            decoded = self.decode_t(pred)
             target = actions[:, : self.chunk_size].flatten(1).float()
             l1 = ((decoded - target).abs() * act_keep).sum() / n
-        return loss, {"token_acc": float(acc), "l1": float(l1)}
+        return loss, {"token_acc": acc.detach(), "l1": l1.detach()}  # tensors: read at log steps
 
     @torch.no_grad()
     def decode(self, backbone: PrismaticBackbone, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
@@ -366,7 +381,7 @@ class ChunkHead(ActionHead):
         keep = (~pad[:, : self.chunk_size]).float()[..., None]  # (B, H, 1)
         n = (keep.sum() * self.action_dim).clamp(min=1)
         l1 = ((pred - target).abs() * keep).sum() / n
-        return l1, {"l1": float(l1.detach())}
+        return l1, {"l1": l1.detach()}
 
     @torch.no_grad()
     def predict(self, backbone, ctx, *, generator=None, num_steps=None):

@@ -221,11 +221,12 @@ class Policy(nn.Module):
         return Context(images=imgs, state=state_t, prompt_ids=self._prompts(instructions))
 
     # ------------------------------------------------------------------ training
-    def compute_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_loss(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Loss and metrics on a training batch (README "Training batch"; actions in robot units).
 
         Returns:
-            (scalar loss tensor, {metric: float}); metrics: `l1` for both heads, `token_acc` for tokens.
+            (scalar loss tensor, {metric: detached scalar tensor on the policy's device}); metrics: `loss`,
+            `l1` for every head, `token_acc` for tokens. Nothing is read back to the host here.
         """
         ctx = self._context(batch["images"], batch.get("state"), batch["instruction"])
         actions = batch["actions"]
@@ -237,6 +238,9 @@ class Policy(nn.Module):
                 f"actions have shape {a.shape}; this policy needs ({B}, >= {H}, {D}) (chunk_size {H})"
             )
         a = a[:, :H]
+        if not np.isfinite(a).all():
+            bad = np.argwhere(~np.isfinite(a))[0].tolist()
+            raise InputError(f"the batch has non-finite actions (first at [sample, step, dim] = {bad})")
         pad = batch.get("action_pad")
         pad = (
             torch.zeros(B, H, dtype=torch.bool)
@@ -245,7 +249,7 @@ class Policy(nn.Module):
         )
         target = _as_tensor(self.action_norm.normalize(a), self.device)
         loss, metrics = self.head.loss(self.backbone, ctx, target, pad.to(self.device, torch.bool))
-        return loss, {"loss": float(loss.detach()), **metrics}
+        return loss, {"loss": loss.detach(), **metrics}
 
     # ------------------------------------------------------------------ inference
     def predict_action_batch(

@@ -252,17 +252,20 @@ def save_checkpoint(
         )
     write_json(tmp / TRAINER_STATE, {"format": FORMAT_VERSION, **trainer_state})
     _fsync_tree(tmp)
-    if final.exists():  # the same step saved again (e.g. a resumed run that ends where it started)
-        old = ckpts / f".old-{name}"
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
+    if final.exists():
+        # The same step saved again (a run resumed from an older `last` while a newer checkpoint exists).
+        # The complete checkpoint that `last` may name is never moved away: the new one gets a fresh name
+        # (sorted after it), `last` is switched to it, and only then is the old copy removed.
+        k = 1
+        while (ckpts / f"{name}.{k}").exists():
+            k += 1
+        final = ckpts / f"{name}.{k}"
+    os.replace(tmp, final)
     _fsync_dir(ckpts)
     point_last(Path(run), final)
+    for other in ckpts.glob(f"{name}*"):
+        if other != final and (other.name == name or other.name.startswith(name + ".")):
+            shutil.rmtree(other, ignore_errors=True)
     prune(Path(run), keep)
     return final
 
