@@ -41,6 +41,7 @@ lint: setup
 bench: setup
 	$(PY) bench/bench_data.py
 	$(PY) bench/bench_train.py
+	$(PY) bench/bench_eval.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -7,11 +7,15 @@ dir, then measures, in the same run:
    is timed separately), against a baseline that assembles the same batches from per-frame
    `LeRobotDataset.__getitem__` calls (one call for the observation, one per chunk step for the actions,
    as a map-style dataset with per-frame access would). The ratio is the figure of merit.
-2. compute_stats frames/s over every column of the dataset (numeric columns + the camera's frames).
+2. Streaming mode (frames decoded by `--decode-workers` spawned processes, `--prefetch` batches ahead,
+   as when the cache would pass `cache_max_gb`) against cached mode on the same batches (same seed; the
+   first batches are checked bitwise equal): samples/s of both and their ratio. The pool's start-up and
+   first batch are not timed.
+3. compute_stats frames/s over every column of the dataset (numeric columns + the camera's frames).
 
 Prints a table and writes bench/results/data.json.
 
-    .venv/bin/python bench/bench_data.py [--episodes 50] [--frames 100] [--size 128]
+    .venv/bin/python bench/bench_data.py [--episodes 50] [--frames 100] [--size 128] [--gop N]
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def synthetic_images(T: int, size: int, seed: int) -> np.ndarray:
     return np.clip(np.stack([r, g, b], -1), 0, 255).astype(np.uint8)
 
 
-def build(root: Path, episodes: int, frames_per_episode: int, size: int) -> float:
+def build(root: Path, episodes: int, frames_per_episode: int, size: int, gop: int | None = None) -> float:
     feats = {
         KEY: {"dtype": "video", "shape": [size, size, 3], "names": ["height", "width", "channels"]},
         "observation.state": {"dtype": "float32", "shape": [4], "names": ["x", "y", "z", "grip"]},
@@ -52,7 +56,7 @@ def build(root: Path, episodes: int, frames_per_episode: int, size: int) -> floa
     rng = np.random.default_rng(0)
     spent = 0.0  # writer time only: generating the synthetic images is not counted
     t0 = time.perf_counter()
-    writer = LeRobotWriter(root, fps=80, features=feats, robot_type="sawyer")
+    writer = LeRobotWriter(root, fps=80, features=feats, robot_type="sawyer", video_gop=gop)
     spent += time.perf_counter() - t0
     with writer:
         for e in range(episodes):
@@ -101,13 +105,17 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--chunk", type=int, default=8)
     p.add_argument("--batches", type=int, default=300)
+    p.add_argument("--stream-batches", type=int, default=40, help="timed batches in streaming mode")
+    p.add_argument("--decode-workers", type=int, default=2)
+    p.add_argument("--prefetch", type=int, default=None, help="streaming look-ahead (default 2 per worker)")
+    p.add_argument("--gop", type=int, default=None, help="keyframe interval of the mp4s (default: encoder's)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "data.json"))
     a = p.parse_args()
     torch.set_num_threads(1)
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "bench_ds"
-        write_s = build(root, a.episodes, a.frames, a.size)
+        write_s = build(root, a.episodes, a.frames, a.size, a.gop)
         ds = LeRobotDataset(root)
         n = ds.num_frames
         t0 = time.perf_counter()
@@ -134,6 +142,33 @@ def main() -> None:
             baseline_batch(ds, ref.next_indices(), a.chunk)
         baseline_sps = base_batches * a.batch_size / (time.perf_counter() - t0)
 
+        # streaming vs cached on the same batches (same seed); pool start-up and first batch untimed
+        cached = ChunkSampler(ds, batch_size=a.batch_size, chunk_size=a.chunk, seed=2)
+        stream = ChunkSampler(
+            ds,
+            batch_size=a.batch_size,
+            chunk_size=a.chunk,
+            seed=2,
+            cache_max_gb=0,
+            decode_workers=a.decode_workers,
+            prefetch=a.prefetch,
+        )
+        try:
+            for _ in range(2):
+                x, y = next(cached), next(stream)
+                assert torch.equal(x["images"]["corner2"], y["images"]["corner2"])
+                assert torch.equal(x["index"], y["index"]) and torch.equal(x["actions"], y["actions"])
+            t0 = time.perf_counter()
+            for _ in range(a.stream_batches):
+                next(stream)
+            stream_sps = a.stream_batches * a.batch_size / (time.perf_counter() - t0)
+        finally:
+            stream.close()
+        t0 = time.perf_counter()
+        for _ in range(a.stream_batches):
+            next(cached)
+        cached_sps = a.stream_batches * a.batch_size / (time.perf_counter() - t0)
+
         arrays = {k: ds.column(k) for k in ("action", "observation.state", "timestamp", "index")}
         arrays[KEY] = ds.video_frames(KEY)
         t0 = time.perf_counter()
@@ -158,6 +193,15 @@ def main() -> None:
         "sampler_samples_per_s": sampler_sps,
         "getitem_baseline_samples_per_s": baseline_sps,
         "speedup": sampler_sps / baseline_sps,
+        "streaming": {
+            "decode_workers": a.decode_workers,
+            "prefetch": stream.prefetch,
+            "gop": a.gop,
+            "batches": a.stream_batches,
+            "cached_samples_per_s": cached_sps,
+            "streamed_samples_per_s": stream_sps,
+            "cached_over_streamed": cached_sps / stream_sps,
+        },
         "stats_s": stats_s,
         "stats_frames_per_s": n / stats_s,
         "machine": {
@@ -173,6 +217,12 @@ def main() -> None:
         (f"ChunkSampler B={a.batch_size} H={a.chunk}", f"{sampler_sps:,.0f} samples/s"),
         ("per-frame __getitem__ baseline", f"{baseline_sps:,.0f} samples/s"),
         ("speedup", f"{sampler_sps / baseline_sps:.1f}x"),
+        ("same batches, cached", f"{cached_sps:,.0f} samples/s"),
+        (
+            f"same batches, streamed ({a.decode_workers} decode workers, gop {a.gop or 'default'})",
+            f"{stream_sps:,.0f} samples/s",
+        ),
+        ("cached / streamed", f"{cached_sps / stream_sps:.1f}x"),
         ("compute_stats (all columns)", f"{stats_s:.2f} s  ({n / stats_s:,.0f} frames/s)"),
     ]
     width = max(len(r[0]) for r in rows)

@@ -28,45 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vlaforge.data.lerobot import LeRobotWriter
+from vlaforge.data.synth import TASKS, SynthConfig, write_synthetic
 from vlaforge.models.policy import Policy
 from vlaforge.train.loop import TrainConfig, train
-
-
-def write_dataset(root: Path, episodes: int = 4, length: int = 40, size: int = 64) -> Path:
-    """A small synthetic LeRobot v3.0 dataset (smooth images, smooth actions, 4-dim state)."""
-    rng = np.random.default_rng(0)
-    features = {
-        "observation.images.corner2": {
-            "dtype": "video",
-            "shape": [size, size, 3],
-            "names": ["height", "width", "channels"],
-        },
-        "observation.state": {"dtype": "float32", "shape": [4], "names": ["x", "y", "z", "grip"]},
-        "action": {"dtype": "float32", "shape": [4], "names": ["dx", "dy", "dz", "gripper"]},
-    }
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    with LeRobotWriter(root, fps=10, features=features, robot_type="synthetic") as w:
-        for e in range(episodes):
-            t = np.arange(length, dtype=np.float32)[:, None, None]
-            img = np.stack(
-                [
-                    128 + 90 * np.sin(xx / size * 3 + t * 0.2 + e),
-                    128 + 90 * np.cos(yy / size * 2 - t * 0.1),
-                    0 * t + xx,
-                ],
-                -1,
-            )
-            state = np.cumsum(rng.normal(scale=0.05, size=(length, 4)), 0).astype(np.float32)
-            w.add_episode(
-                f"task {e % 2}",
-                {
-                    "observation.images.corner2": np.clip(img, 0, 255).astype(np.uint8),
-                    "observation.state": state,
-                    "action": np.tanh(np.diff(state, axis=0, append=state[-1:]) * 10).astype(np.float32),
-                },
-            )
-    return root
 
 
 def bench_head(head: str, dataset: Path, out: Path, steps: int, batch_size: int, calls: int) -> dict:
@@ -90,7 +54,7 @@ def bench_head(head: str, dataset: Path, out: Path, steps: int, batch_size: int,
     obs = {
         "images": {"corner2": np.full((64, 64, 3), 120, dtype=np.uint8)},
         "state": np.zeros(4, dtype=np.float32),
-        "instruction": "task 0",
+        "instruction": TASKS[0],
     }
     for _ in range(3):  # warm-up
         chunk = policy.predict_action(obs)
@@ -126,7 +90,9 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(a.threads)
 
     with tempfile.TemporaryDirectory() as tmp:
-        dataset = write_dataset(Path(tmp) / "ds")
+        dataset = write_synthetic(
+            SynthConfig(out=str(Path(tmp) / "ds"), episodes=4, length=40, image_size=64)
+        )
         results = [
             bench_head(h, dataset, Path(tmp), a.steps, a.batch_size, a.calls) for h in ("tokens", "chunk")
         ]

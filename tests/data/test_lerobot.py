@@ -11,6 +11,7 @@ import pytest
 
 from vlaforge.data.lerobot import DatasetError, LeRobotDataset, LeRobotWriter
 from vlaforge.data.stats import QUANTILES, feature_stats
+from vlaforge.errors import InputError
 
 from .conftest import TASKS, features_for, make_raw, write_dataset
 
@@ -65,7 +66,7 @@ def test_video_cache_reused_and_rebuilt_when_stale(tmp_path):
     ds = LeRobotDataset(root)
     key = ds.camera_keys[0]
     ds.video_frames(key)
-    cache = root / ".cache" / f"{key}.u8"
+    cache = root / ".cache" / f"{key}.16x16.u8"
     mtime = cache.stat().st_mtime_ns
     LeRobotDataset(root).video_frames(key)
     assert cache.stat().st_mtime_ns == mtime  # fresh cache: not rebuilt
@@ -158,7 +159,7 @@ def test_norm_stats_and_embodiment(two_cam):
     ds = LeRobotDataset(two_cam[0])
     emb = ds.embodiment()
     assert emb.action_dim == 4 and emb.action_names == ["dx", "dy", "dz", "gripper"]
-    assert emb.normalize_mask == [True, True, True, False]
+    assert emb.normalize_mask == [True, True, True, True]  # no metadata: every dim, whatever its name
     assert emb.camera_names == ["corner2", "gripperPOV"] and emb.image_size == 32 and emb.control_hz == 10
     assert emb.state_dim == 4 and emb.robot_type == "sawyer"
     act = ds.column("action")
@@ -192,6 +193,24 @@ def test_embodiment_from_info(tmp_path):
         extra_info={"vlaforge": {"embodiment": emb}},
     )
     assert LeRobotDataset(root).embodiment().to_dict() == emb
+    # explicit options override the stored embodiment: the training size and the mask
+    opened = LeRobotDataset(root, image_size=8, unnormalized_actions=["a", "3"])
+    assert opened.embodiment().to_dict() == {
+        **emb,
+        "image_size": 8,
+        "normalize_mask": [False, True, True, False],
+    }
+    assert opened.norm_stats()["action"].mask.tolist() == [False, True, True, False]
+    assert LeRobotDataset(root, unnormalized_actions=[]).embodiment().normalize_mask == [True] * 4
+
+
+def test_unnormalized_actions_bad_name(two_cam):
+    with pytest.raises(
+        InputError, match=r"'grip' is not an action dim; the valid names are \['dx', 'dy', 'dz', 'gripper'\]"
+    ):
+        LeRobotDataset(two_cam[0], unnormalized_actions="dx,grip")
+    with pytest.raises(InputError, match="'4' is not an action dim.*indices 0..3"):
+        LeRobotDataset(two_cam[0], unnormalized_actions=[4])
 
 
 def test_writer_rolls_over_files(tmp_path):

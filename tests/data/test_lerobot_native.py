@@ -189,7 +189,11 @@ def test_reads_lerobot_layout(tmp_path):
     assert item["task"] == TASKS[1] and item[KEY].shape == (64, 64, 3)
 
     emb = ds.embodiment()
-    assert emb.action_names[-1] == "gripper" and emb.normalize_mask == [True] * 5 + [False]
+    # no vlaforge metadata: every dim is normalised (nothing is guessed from the name "gripper")
+    assert emb.action_names[-1] == "gripper" and emb.normalize_mask == [True] * 6
+    assert LeRobotDataset(root, unnormalized_actions="gripper").embodiment().normalize_mask == [True] * 5 + [
+        False
+    ]
     assert emb.camera_names == ["top"] and emb.control_hz == FPS and emb.robot_type == "so100"
     ns = ds.norm_stats()  # the state has no quantiles in stats.json: they are computed from the column
     np.testing.assert_allclose(

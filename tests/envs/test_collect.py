@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("MUJOCO_GL", "osmesa")
-os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
-
 import numpy as np
 import pytest
 
 from vlaforge.data.lerobot import DatasetError, LeRobotDataset
 from vlaforge.envs import metaworld as mw
-from vlaforge.envs.collect import SUCCESS_TAIL, collect
+from vlaforge.envs.collect import SUCCESS_TAIL, CollectConfig, collect
 from vlaforge.errors import InputError
+
+mw.configure_rendering()  # OSMesa unless MUJOCO_GL says otherwise; before any test imports mujoco
 
 pytestmark = pytest.mark.sim
 
@@ -24,7 +23,7 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("collect") / "ds"
-    return collect(TASKS, episodes=2, out=out, image_size=SIZE, workers=2, seed=3)
+    return collect(CollectConfig(tasks=TASKS, episodes=2, out=out, image_size=SIZE, workers=2, seed=3))
 
 
 def test_dataset_has_the_episodes_tasks_and_features(dataset_dir):
@@ -84,7 +83,8 @@ def test_a_recorded_seed_reproduces_its_episode(dataset_dir):
 
 
 def test_worker_count_does_not_change_the_data(dataset_dir, tmp_path):
-    inline = collect(TASKS, episodes=2, out=tmp_path / "inline", image_size=SIZE, workers=0, seed=3)
+    # The keyword form is the same as passing a CollectConfig.
+    inline = collect(tasks=TASKS, episodes=2, out=tmp_path / "inline", image_size=SIZE, workers=0, seed=3)
     a, b = LeRobotDataset(dataset_dir), LeRobotDataset(inline)
     assert a.info["vlaforge"]["episodes"] == b.info["vlaforge"]["episodes"]
     for key in ("observation.state", "action", "next.success", "episode_index"):
@@ -96,17 +96,51 @@ def test_an_unreachable_count_raises_and_leaves_nothing(tmp_path):
     # Five steps are too few for the drawer expert: no seed can succeed.
     with pytest.raises(InputError, match=r"drawer-open-v3 \(0/2 in 3 seeds\).*--max-attempts"):
         collect(
-            "drawer-open-v3", episodes=2, out=out, image_size=SIZE, workers=1, max_attempts=3, max_steps=5
-        )
+            CollectConfig(
+                tasks="drawer-open-v3", episodes=2, out=out, image_size=SIZE, workers=1, max_attempts=3,
+                max_steps=5,
+            )
+        )  # fmt: skip
     assert not out.exists()
     assert os.listdir(tmp_path) == []  # no temporary directory left beside it either
 
 
 def test_refuses_an_existing_dataset_and_bad_arguments(dataset_dir):
     with pytest.raises(DatasetError, match="already exists"):
-        collect(TASKS, episodes=1, out=dataset_dir, image_size=SIZE, workers=0)
+        collect(CollectConfig(tasks=TASKS, episodes=1, out=dataset_dir, image_size=SIZE, workers=0))
     with pytest.raises(ValueError, match="valid cameras"):
-        collect("reach-v3", episodes=1, out=dataset_dir.parent / "x", cameras="corner9", workers=0)
-    with pytest.raises(ValueError, match="max_attempts"):
-        collect("reach-v3", episodes=3, out=dataset_dir.parent / "y", max_attempts=2, workers=0)
+        collect(CollectConfig(tasks="reach-v3", episodes=1, out=dataset_dir.parent / "x", cameras="corner9",
+                              workers=0))  # fmt: skip
+    with pytest.raises(InputError, match=r"max_attempts \(2\) must be >= episodes \(3\)"):
+        CollectConfig(tasks="reach-v3", episodes=3, out=dataset_dir.parent / "y", max_attempts=2)
     assert not (dataset_dir.parent / "x").exists() and not (dataset_dir.parent / "y").exists()
+
+
+def test_collect_config_fields_defaults_and_validation(tmp_path):
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(CollectConfig)]
+    assert names == ["tasks", "episodes", "out", "image_size", "cameras", "workers", "seed", "max_attempts",
+                     "max_steps", "overwrite"]  # fmt: skip
+    doc = CollectConfig.__doc__.split("Attributes:")[1]
+    assert all(f"    {n}: " in doc for n in names)  # every field documented (the CLI's help text)
+    cfg = CollectConfig(out=tmp_path / "d")
+    assert (cfg.tasks, cfg.episodes, cfg.image_size, cfg.cameras, cfg.workers, cfg.seed) == (
+        "mt10",
+        50,
+        128,
+        "corner2",
+        2,
+        0,
+    )
+    assert cfg.attempts_per_task == 200 and cfg.max_steps == 500 and cfg.overwrite is False
+    assert CollectConfig(out="d", episodes=3, max_attempts=7).attempts_per_task == 7
+    with pytest.raises(TypeError):
+        CollectConfig()  # out is required
+    with pytest.raises(InputError, match=r"episodes=0 \(must be >= 1\).*workers=-1"):
+        CollectConfig(out="d", episodes=0, workers=-1)
+    with pytest.raises(InputError, match="did you mean 'drawer-open-v3'"):
+        CollectConfig(out="d", tasks="drawer-opne")
+    with pytest.raises(TypeError, match="not both"):
+        collect(CollectConfig(out="d"), episodes=2)
+    assert not (tmp_path / "d").exists()

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("MUJOCO_GL", "osmesa")
-os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
-
 import numpy as np
 import pytest
 
 from vlaforge.envs import metaworld as mw
+
+mw.configure_rendering()  # OSMesa unless MUJOCO_GL says otherwise; before any test imports mujoco
 
 pytestmark = pytest.mark.sim
 
@@ -172,6 +169,25 @@ def test_corner2_is_upright_and_the_raw_render_is_not():
     bottom = dark[img.shape[0] // 2 :]
     w = img.shape[1]
     assert bottom[:, : w // 2].sum() > 3 * bottom[:, w // 2 :].sum()
+
+
+def test_render_can_be_chosen_per_call_and_renders_are_counted():
+    """`step(render=False)` skips the cameras; `observe(render=True)` then shows the same state a rendering
+    env shows after the same actions (rendering never changes the simulation)."""
+    blind = mw.MetaWorldEnv("reach-v3", image_size=32, render=False)
+    with blind, mw.MetaWorldEnv("reach-v3", image_size=32) as seeing:
+        assert blind.reset(5).images == {} and blind.frames_rendered == 0
+        seeing.reset(5)
+        for _ in range(6):
+            action = blind.expert_action()
+            ob = blind.step(action, render=False)[0]
+            os_ = seeing.step(action)[0]
+            assert ob.images == {}
+        np.testing.assert_array_equal(blind.observe(render=True).images["corner2"], os_.images["corner2"])
+        np.testing.assert_array_equal(blind.observe().state, os_.state)
+        assert blind.observe().images == {}  # None follows render_images
+        assert blind.frames_rendered == 1 and seeing.frames_rendered == 7
+        assert seeing.step(action, render=False)[0].images == {} and seeing.frames_rendered == 7
 
 
 # -- all 50 tasks ---------------------------------------------------------------------------------------

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-os.environ.setdefault("MUJOCO_GL", "osmesa")
-os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+from vlaforge.envs.metaworld import configure_rendering
+
+configure_rendering()  # the tests render; pick the GL backend before anything imports mujoco
 
 
 class _Collector(HTMLParser):

@@ -5,7 +5,7 @@ import json
 import numpy as np
 
 from vlaforge.envs.metaworld import HELDOUT_INSTRUCTIONS, embodiment, episode_seed
-from vlaforge.eval.baselines import RandomController
+from vlaforge.eval.baselines import RANDOM_ACTION_STREAM, RandomController
 from vlaforge.eval.run import EvalConfig, _choose_videos, evaluate
 
 EASY = "button-press-topdown-v3,drawer-close-v3"
@@ -76,6 +76,25 @@ def test_random_controller_is_seeded_and_within_limits():
     assert xa.shape == (50, 4) and xa.min() >= -1 and xa.max() <= 1 and xa.std() > 0.4
     b.reset(8)
     assert not np.array_equal(b.act(None, None), xa[:1])
+
+
+def test_random_actions_do_not_share_the_scene_stream():
+    """The env's reset(seed) draws the scene from default_rng(seed); the actions come from another stream."""
+    emb = embodiment(("corner2",), 32)
+    low, high = np.asarray(emb.action_low, np.float32), np.asarray(emb.action_high, np.float32)
+    for seed in (0, 7, episode_seed(1000, "reach-v3", 0)):
+        c = RandomController(emb)
+        c.reset(seed)
+        first = np.concatenate([c.act(None, None) for _ in range(3)])
+        scene_stream = np.random.default_rng(seed)
+        same_stream = np.stack([scene_stream.uniform(low, high) for _ in range(3)]).astype(np.float32)
+        assert np.abs(first - same_stream).min() > 1e-6, seed  # not a single value in common
+        own = np.random.default_rng([seed, RANDOM_ACTION_STREAM])
+        np.testing.assert_array_equal(
+            first, np.stack([own.uniform(low, high) for _ in range(3)]).astype(np.float32)
+        )
+        c.reset(seed)  # reproducible from the episode seed alone
+        np.testing.assert_array_equal(first, np.concatenate([c.act(None, None) for _ in range(3)]))
 
 
 def test_videos_prefer_one_success_and_one_failure():

@@ -55,7 +55,7 @@ def test_collect_train_eval_cli(tmp_path, report_parser, capsys):
 
 @pytest.mark.slow
 def test_demo_runs_and_skips_finished_stages(tmp_path, capsys):
-    from vlaforge.eval.demo import DemoConfig, run_demo
+    from vlaforge.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(
         tasks=TASK, episodes=2, steps=2, eval_episodes=1, out=str(tmp_path / "demo"), device="cpu",

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import safetensors.torch
+import torch
 from safetensors.torch import load_file
 
 from vlaforge.errors import InputError

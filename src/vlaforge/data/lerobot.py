@@ -20,17 +20,27 @@ Design choices:
   sibling directory and moved into place with one `os.replace` at `finalize()`, so a crash never leaves
   something that looks like a complete dataset.
 - The reader keeps every numeric column in memory as numpy and decodes each camera's videos once,
-  sequentially, into a uint8 memmap cache (`root/.cache/<key>.u8` + a JSON sidecar fingerprinting the
-  mp4s). Training reads the memmap; it never seeks in a video per frame.
+  sequentially, into a uint8 memmap cache at the training resolution (`root/.cache/<key>.<h>x<w>.u8` + a
+  JSON sidecar fingerprinting the mp4s and the size, so several sizes coexist; frames are resized with
+  Pillow's antialiased bicubic filter, see `vlaforge.data.video.resize_frames`). Training reads the
+  memmap; it never seeks in a video per frame. When several processes (torchrun ranks) open a missing
+  cache at once, one builds it under an exclusive `fcntl.flock` on `<key>.<h>x<w>.lock` beside it and
+  the others wait for it, so a node decodes once; no process group is needed.
+- For datasets whose cache would be too big, `frame_reader(camera)` decodes chosen frames by seeking
+  (`vlaforge.data.video.SeekingDecoder`), bitwise equal to the cache; `ChunkSampler` runs it in worker
+  processes ahead of the trainer (streaming mode).
+- `LeRobotDataset` implements `vlaforge.data.dataset.TrainingDataset`, the interface training uses.
 - Bad input is an error naming the file and what to do (`DatasetError`); nothing is silently skipped.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +50,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from vlaforge.data.dataset import IMAGE_PREFIX, BatchSampler, normalize_mask, parse_unnormalized
 from vlaforge.data.stats import compute_stats, feature_stats, sample_indices, stats_from_json, stats_to_json
-from vlaforge.data.video import VideoError, VideoWriter, decode_episodes_into, probe
+from vlaforge.data.video import (
+    SeekingDecoder,
+    VideoError,
+    VideoWriter,
+    decode_episodes_into,
+    probe,
+    resize_frames,
+)
 from vlaforge.errors import InputError
 from vlaforge.types import Embodiment, FeatureStats, NormStats
 
@@ -62,7 +80,6 @@ DEFAULT_FEATURES = {
     "index": {"dtype": "int64", "shape": [1], "names": None},
     "task_index": {"dtype": "int64", "shape": [1], "names": None},
 }
-IMAGE_PREFIX = "observation.images."
 _INFO_KEYS = set(  # LeRobot's own info.json fields, which extra_info must not overwrite
     [
         "codebase_version",
@@ -150,6 +167,8 @@ class LeRobotWriter:
         overwrite: replace an existing `root` at `finalize()` (otherwise an existing root is refused).
         extra_info: merged into meta/info.json (e.g. ``{"vlaforge": {"embodiment": {...}}}``).
         video_codec: encoder family or name ("h264" by default; see `vlaforge.data.video.pick_encoder`).
+        video_gop: keyframe interval in frames; None leaves the encoder's default (libx264: 250). A short
+            interval makes random access (streaming training) cheaper and files bigger (LeRobot uses 2).
         data_files_size_in_mb, video_files_size_in_mb, chunks_size: file rollover limits (LeRobot's defaults).
 
     Use as a context manager: an exception inside ``with`` removes the temporary directory; leaving the block
@@ -165,6 +184,7 @@ class LeRobotWriter:
         overwrite: bool = False,
         extra_info: dict | None = None,
         video_codec: str = "h264",
+        video_gop: int | None = None,
         data_files_size_in_mb: float = DATA_FILE_SIZE_IN_MB,
         video_files_size_in_mb: float = VIDEO_FILE_SIZE_IN_MB,
         chunks_size: int = CHUNKS_SIZE,
@@ -178,6 +198,7 @@ class LeRobotWriter:
         self.robot_type = robot_type
         self.extra_info = dict(extra_info or {})
         self.video_codec = video_codec
+        self.video_gop = video_gop
         self.data_mb, self.video_mb = data_files_size_in_mb, video_files_size_in_mb
         self.chunks_size = chunks_size
         clash = sorted(set(self.extra_info) & _INFO_KEYS)
@@ -320,7 +341,9 @@ class LeRobotWriter:
                 c, f = self._video_idx[key]
                 path = self.tmp / VIDEO_PATH.format(video_key=key, chunk_index=c, file_index=f)
                 h, w = self.features[key]["shape"][:2]
-                writer = self._videos[key] = VideoWriter(path, self.fps, h, w, codec=self.video_codec)
+                writer = self._videos[key] = VideoWriter(
+                    path, self.fps, h, w, codec=self.video_codec, gop=self.video_gop
+                )
             start = writer.frames_written
             writer.write(frames[key])
             row[f"videos/{key}/chunk_index"], row[f"videos/{key}/file_index"] = self._video_idx[key]
@@ -470,13 +493,22 @@ def _names(names: Any, dim: int, prefix: str) -> list[str]:
 class LeRobotDataset:
     """Reads a LeRobotDataset v3.0 directory (written by vlaforge or by LeRobot itself).
 
+    Implements `vlaforge.data.dataset.TrainingDataset` (what training uses); `open_dataset` returns one
+    for a LeRobot directory.
+
     Args:
         root: the dataset directory.
         cache_dir: where decoded video caches go (default ``root/.cache``).
+        image_size: square side camera frames are cached and served at (`frames`, `frame_reader`,
+            `__getitem__`) and the embodiment's `image_size`; None keeps the dataset's own size.
+        unnormalized_actions: names or indices of action dims left unnormalised (or a comma-separated
+            string); None takes the mask of vlaforge's stored embodiment when there is one, else every
+            dim is normalised (nothing is guessed from names).
 
     Attributes:
-        root, info, fps, features, num_frames, num_episodes, camera_keys, tasks (by task_index),
-        episodes (rows of the episode index as dicts, sorted by episode_index), stats (meta/stats.json).
+        root, info, fps, features, num_frames, num_episodes, camera_keys (feature keys), camera_names
+        (short), tasks (by task_index), episodes (rows of the episode index as dicts, sorted by
+        episode_index), stats (meta/stats.json), image_size, cache_builds (the caches this object decoded).
 
     Raises:
         DatasetError: on a missing/corrupt file, another codebase_version, frame counts that disagree with
@@ -484,8 +516,19 @@ class LeRobotDataset:
             video; the message names the file.
     """
 
-    def __init__(self, root: str | Path, cache_dir: str | Path | None = None) -> None:
+    def __init__(
+        self,
+        root: str | Path,
+        cache_dir: str | Path | None = None,
+        image_size: int | None = None,
+        unnormalized_actions: Sequence[str | int] | str | None = None,
+    ) -> None:
         self.root = Path(root)
+        if image_size is not None and int(image_size) < 1:
+            raise DatasetError(f"image_size={image_size}: must be a positive number of pixels (or None)")
+        self.image_size = int(image_size) if image_size is not None else None
+        self.unnormalized_actions = parse_unnormalized(unnormalized_actions)
+        self.cache_builds: list[str] = []
         self.cache_dir = Path(cache_dir) if cache_dir is not None else self.root / ".cache"
         info_path = self.root / INFO_PATH
         if not info_path.is_file():
@@ -507,6 +550,7 @@ class LeRobotDataset:
         self.fps = float(self.info["fps"])
         self.features: dict[str, dict] = self.info["features"]
         self.camera_keys = [k for k, f in self.features.items() if f.get("dtype") == "video"]
+        self.camera_names = [_short(k) for k in self.camera_keys]
         unsupported = [k for k, f in self.features.items() if f.get("dtype") in ("image", "string")]
         if unsupported:
             raise DatasetError(
@@ -520,7 +564,9 @@ class LeRobotDataset:
         self.num_frames = int(self._columns["index"].shape[0])
         self._check_videos()
         self.stats = self._load_stats()
-        self._video_cache: dict[str, np.ndarray] = {}
+        self._video_cache: dict[tuple[str, int, int], np.ndarray] = {}
+        if self.unnormalized_actions is not None:
+            self.embodiment()  # checks the names now, not at the first norm_stats()
 
     # ------------------------------------------------------------------ loading and validation
     def _load_tasks(self) -> list[str]:
@@ -670,54 +716,163 @@ class LeRobotDataset:
         return range(int(r["dataset_from_index"]), int(r["dataset_to_index"]))
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        """Every column at frame `i` (numpy), each camera's uint8 (H, W, 3) image, and "task": str."""
+        """Every column at frame `i` (numpy), each camera's uint8 (h, w, 3) image, and "task": str."""
         if not -self.num_frames <= i < self.num_frames:
             raise IndexError(f"frame {i} out of range for {self.num_frames} frames")
         i = int(i) % self.num_frames
         item: dict[str, Any] = {k: v[i] for k, v in self._columns.items()}
         for key in self.camera_keys:
-            item[key] = np.array(self.video_frames(key)[i])
+            item[key] = np.array(self.frames(key)[i])
         item["task"] = self.tasks[int(self._columns["task_index"][i])]
         return item
 
-    def video_frames(self, key: str) -> np.ndarray:
-        """uint8 (N, H, W, 3) memmap of every frame of camera `key`, decoded once into the cache."""
-        if key in self._video_cache:
-            return self._video_cache[key]
+    # ------------------------------------------------------------------ the TrainingDataset interface
+    def actions(self) -> np.ndarray:
+        """float32 (N, D) actions in robot units."""
+        if "action" not in self._columns:
+            raise DatasetError(f"{self.root / INFO_PATH}: no 'action' feature; a policy needs actions")
+        return np.ascontiguousarray(self._columns["action"], dtype=np.float32).reshape(self.num_frames, -1)
+
+    def states(self) -> np.ndarray:
+        """float32 (N, S) "observation.state"; (N, 0) when the dataset has none."""
+        if "observation.state" not in self._columns:
+            return np.zeros((self.num_frames, 0), dtype=np.float32)
+        state = self._columns["observation.state"]
+        return np.ascontiguousarray(state, dtype=np.float32).reshape(self.num_frames, -1)
+
+    def task_indices(self) -> np.ndarray:
+        """int64 (N,) task index of every frame."""
+        return np.asarray(self._columns["task_index"], dtype=np.int64)
+
+    def frames(self, camera: str) -> np.ndarray:
+        """uint8 (N, s, s, 3) memmap of `camera` (short name or key) at `image_size`, from the cache."""
+        return self.video_frames(self._camera_key(camera), self.image_size)
+
+    def frame_reader(self, camera: str) -> VideoFrameReader:
+        """A picklable reader decoding chosen frames of `camera` at `image_size` (bitwise = `frames`)."""
+        key = self._camera_key(camera)
+        native = _image_hw(self.features[key], key)
+        files: dict[str, int] = {}
+        file_of = np.empty(self.num_frames, dtype=np.int32)
+        time_of = np.empty(self.num_frames, dtype=np.float64)
+        for e, r in enumerate(self.episodes):
+            a, n = int(r["dataset_from_index"]), int(r["length"])
+            f = files.setdefault(str(self.video_path(key, e)), len(files))
+            file_of[a : a + n] = f
+            time_of[a : a + n] = float(r[f"videos/{key}/from_timestamp"]) + np.arange(n) / self.fps
+        return VideoFrameReader(list(files), file_of, time_of, self.fps, native, self.image_size, key)
+
+    def cache_bytes(self, cameras: Sequence[str] | None = None) -> int:
+        """Bytes the decoded caches of `cameras` (default: all) take at `image_size`."""
+        keys = [self._camera_key(c) for c in cameras] if cameras is not None else self.camera_keys
+        return sum(self.num_frames * int(np.prod(self._frame_hw(k))) * 3 for k in keys)
+
+    def sampler(
+        self,
+        batch_size: int,
+        chunk_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        cameras: list[str] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        cache_max_gb: float | None = None,
+        decode_workers: int = 2,
+    ) -> BatchSampler:
+        """A `ChunkSampler` over this dataset (see it for the arguments)."""
+        from vlaforge.data.sampler import ChunkSampler
+
+        return ChunkSampler(
+            self,
+            batch_size=batch_size,
+            chunk_size=chunk_size,
+            seed=seed,
+            shuffle=shuffle,
+            cameras=cameras,
+            rank=rank,
+            world_size=world_size,
+            cache_max_gb=cache_max_gb,
+            decode_workers=decode_workers,
+        )
+
+    # ------------------------------------------------------------------ the decoded-video cache
+    def _camera_key(self, camera: str) -> str:
+        key = camera if camera in self.camera_keys else IMAGE_PREFIX + camera
         if key not in self.camera_keys:
-            raise KeyError(f"no video feature {key!r}; cameras are {self.camera_keys}")
-        h, w = _image_hw(self.features[key], key)
+            raise KeyError(f"no camera {camera!r} in {self.root}; cameras are {self.camera_names}")
+        return key
+
+    def _frame_hw(self, key: str, size: int | None = None) -> tuple[int, int]:
+        size = self.image_size if size is None else size
+        return (size, size) if size is not None else _image_hw(self.features[key], key)
+
+    def video_frames(self, key: str, size: int | None = None) -> np.ndarray:
+        """uint8 (N, h, w, 3) memmap of every frame of camera `key`, decoded once into the cache.
+
+        Args:
+            key: the camera's feature key ("observation.images.corner2") or short name.
+            size: square side to resize the frames to; None: the dataset's own (h, w).
+
+        The cache (``cache_dir/<key>.<h>x<w>.u8``) is built by the first process that needs it; others
+        opening it at the same time wait on its lock file and then read it.
+        """
+        key = self._camera_key(key)
+        native = _image_hw(self.features[key], key)
+        h, w = (int(size), int(size)) if size is not None else native
+        if (key, h, w) in self._video_cache:
+            return self._video_cache[(key, h, w)]
         shape = (self.num_frames, h, w, 3)
         files = self._video_files(key)
         fingerprint = {
             "shape": list(shape),
             "fps": self.fps,
+            "resize": None if (h, w) == native else "PIL bicubic (antialiased)",
             "files": [[str(p.relative_to(self.root)), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
         }
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        data_path = self.cache_dir / f"{key}.u8"
-        side_path = self.cache_dir / f"{key}.json"
-        fresh = (
-            side_path.is_file()
-            and data_path.is_file()
-            and data_path.stat().st_size == int(np.prod(shape))
-            and json.loads(side_path.read_text()) == fingerprint
-        )
-        if not fresh:
-            self._build_cache(key, files, shape, data_path)
-            tmp_side = side_path.with_name(f".{side_path.name}.tmp-{os.getpid()}")
-            tmp_side.write_text(json.dumps(fingerprint))
-            os.replace(tmp_side, side_path)
+        stem = f"{key}.{h}x{w}"
+        data_path = self.cache_dir / f"{stem}.u8"
+        side_path = self.cache_dir / f"{stem}.json"
+
+        def fresh() -> bool:
+            try:
+                return data_path.stat().st_size == int(np.prod(shape)) and (
+                    json.loads(side_path.read_text()) == fingerprint
+                )
+            except (OSError, json.JSONDecodeError):
+                return False
+
+        if not fresh():
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.cache_dir / f"{stem}.lock", "a+") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    tqdm.write(f"waiting for another process to build the video cache {data_path}")
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                try:
+                    if not fresh():  # nobody built it while we waited
+                        side_path.unlink(missing_ok=True)
+                        self._build_cache(key, files, shape, data_path, native)
+                        tmp_side = side_path.with_name(f".{side_path.name}.tmp-{os.getpid()}")
+                        tmp_side.write_text(json.dumps(fingerprint))
+                        os.replace(tmp_side, side_path)
+                        self.cache_builds.append(stem)
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
         frames = np.memmap(data_path, dtype=np.uint8, mode="r", shape=shape)
-        self._video_cache[key] = frames
+        self._video_cache[(key, h, w)] = frames
         return frames
 
-    def _build_cache(self, key: str, files: dict[Path, list[int]], shape: tuple, out: Path) -> None:
+    def _build_cache(
+        self, key: str, files: dict[Path, list[int]], shape: tuple, out: Path, native: tuple[int, int]
+    ) -> None:
         tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        mm = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)  # (N, H, W, 3)
+        mm = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)  # (N, h, w, 3)
         try:
+            # The bar appears only when the build lasts more than 2 s (tqdm's `delay`).
             with tqdm(
-                total=shape[0], desc=f"decoding {key}", unit="frame", leave=False, disable=shape[0] < 5000
+                total=shape[0], desc=f"caching {key} at {shape[1]}x{shape[2]}", unit="frame", delay=2.0
             ) as bar:
                 for path, eps in files.items():
                     rows = [self.episodes[e] for e in eps]
@@ -731,7 +886,7 @@ class LeRobotDataset:
                         for e, r in zip(eps, rows)
                     ]
                     try:
-                        decode_episodes_into(path, mm, spans, self.fps, progress=bar.update)
+                        decode_episodes_into(path, mm, spans, self.fps, progress=bar.update, native_hw=native)
                     except VideoError as e:
                         raise DatasetError(f"{e} (camera {key!r})") from e
             mm.flush()
@@ -743,10 +898,23 @@ class LeRobotDataset:
 
     # ------------------------------------------------------------------ derived views
     def embodiment(self) -> Embodiment:
-        """The robot this dataset describes (from info["vlaforge"]["embodiment"] when vlaforge wrote it)."""
-        stored = self.info.get("vlaforge", {}).get("embodiment")
+        """The robot this dataset describes, at `image_size` and with the `unnormalized_actions` mask.
+
+        From info["vlaforge"]["embodiment"] when vlaforge wrote the dataset; otherwise derived from the
+        features and statistics, with every action dim normalised unless `unnormalized_actions` names it
+        (a gripper in degrees or 0..100 would not train if it were left unnormalised).
+        """
+        stored = (self.info.get("vlaforge") or {}).get("embodiment")
         if stored:
-            return Embodiment.from_dict(stored)
+            emb = Embodiment.from_dict(stored)
+            changes: dict[str, Any] = {}
+            if self.image_size is not None:
+                changes["image_size"] = self.image_size
+            if self.unnormalized_actions is not None:
+                changes["normalize_mask"] = normalize_mask(
+                    emb.action_names, self.unnormalized_actions, f"{self.root}: "
+                )
+            return dataclasses.replace(emb, **changes) if changes else emb
         act = self.features.get("action")
         if act is None:
             raise DatasetError(f"{self.root / INFO_PATH}: no 'action' feature; cannot derive an embodiment")
@@ -763,12 +931,12 @@ class LeRobotDataset:
         return Embodiment(
             action_dim=dim,
             action_names=names,
-            normalize_mask=["gripper" not in n.lower() for n in names],
+            normalize_mask=normalize_mask(names, self.unnormalized_actions, f"{self.root}: "),
             action_low=low.tolist(),
             action_high=high.tolist(),
             control_hz=self.fps,
-            camera_names=[_short(k) for k in self.camera_keys],
-            image_size=_image_hw(self.features[self.camera_keys[0]], self.camera_keys[0])[0],
+            camera_names=list(self.camera_names),
+            image_size=self._frame_hw(self.camera_keys[0])[0],
             state_dim=state_dim,
             state_names=_names(state.get("names"), state_dim, "state") if state else [],
             robot_type=str(self.info.get("robot_type") or "unknown"),
@@ -788,13 +956,13 @@ class LeRobotDataset:
     def norm_stats(self) -> NormStats:
         """NormStats for "action" (with the embodiment's mask) and "observation.state" when present."""
         out = {}
+        mask = self.embodiment().normalize_mask
         for key in ("action", "observation.state"):
             if key not in self._columns:
                 continue
             s = self.stats.get(key, {})
             if any(k not in s for k in ("min", "max", "mean", "std", "q01", "q99")):
                 s = feature_stats(self._columns[key])  # older stats.json without quantiles
-            mask = self.embodiment().normalize_mask if key == "action" else None
             out[key] = FeatureStats(
                 min=s["min"],
                 max=s["max"],
@@ -802,7 +970,7 @@ class LeRobotDataset:
                 std=s["std"],
                 q01=s["q01"],
                 q99=s["q99"],
-                mask=mask,
+                mask=mask if key == "action" else None,
             )
         return NormStats(out)
 
@@ -830,3 +998,64 @@ class LeRobotDataset:
                 vals = np.asarray(self.stats[key][stat]).reshape(-1)
                 lines.append(f"    {stat:4s} " + " ".join(f"{v:+.3f}" for v in vals))
         return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class VideoFrameReader:
+    """Decodes chosen frames of one camera of a LeRobot dataset (`LeRobotDataset.frame_reader`).
+
+    Picklable (paths and numpy arrays; the open decoder is not pickled), so a streaming `ChunkSampler`
+    sends it to its worker processes once. Frames come out bitwise equal to the decoded cache: the same
+    decoder from a keyframe, the same RGB conversion and the same resize.
+
+    Attributes:
+        files: the mp4 paths.
+        file_of: int32 (N,) index into `files` of every global frame.
+        time_of: float64 (N,) presentation time (s) of every global frame inside its file.
+        fps: frames per second.
+        native_hw: (H, W) of the frames in the files.
+        size: square side to resize to; None keeps `native_hw`.
+        key: the camera's feature key (for error messages).
+    """
+
+    files: list[str]
+    file_of: np.ndarray
+    time_of: np.ndarray
+    fps: float
+    native_hw: tuple[int, int]
+    size: int | None
+    key: str
+
+    def __post_init__(self) -> None:
+        self._decoder: SeekingDecoder | None = None
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        h, w = (self.size, self.size) if self.size is not None else self.native_hw
+        return (int(h), int(w), 3)
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """uint8 (B, h, w, 3) frames at global indices `indices` (B,), in that order."""
+        idx = np.asarray(indices, dtype=np.int64)
+        out = np.empty((len(idx), *self.frame_shape), dtype=np.uint8)  # (B, h, w, 3)
+        if self._decoder is None:
+            self._decoder = SeekingDecoder()
+        files = self.file_of[idx]
+        for f in np.unique(files):
+            sel = np.nonzero(files == f)[0]
+            try:
+                imgs = self._decoder.frames_at(self.files[f], self.time_of[idx[sel]], self.fps)
+            except VideoError as e:
+                raise DatasetError(f"{e} (camera {self.key!r})") from e
+            if imgs.shape[1:3] != tuple(self.native_hw):
+                raise DatasetError(
+                    f"{self.files[f]}: frames are {imgs.shape[1:]} but the dataset's features say "
+                    f"{[*self.native_hw, 3]}; fix the feature shape in meta/info.json or re-encode the video"
+                )
+            out[sel] = resize_frames(imgs, self.size)
+        return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_decoder"] = None  # open containers stay in the process that opened them
+        return state

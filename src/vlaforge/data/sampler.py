@@ -7,9 +7,19 @@ loss can ignore them (as LeRobot's `action_is_pad`).
 
 Design choices:
 
-- Everything is precomputed: the numeric columns live in memory as numpy, images come from the decoded
+- The sampler reads a dataset only through the `vlaforge.data.dataset.TrainingDataset` interface
+  (`actions()`, `states()`, `task_indices()`, `episode_frames()`, `frames()` / `frame_reader()`), so a
+  LeRobot dataset and any other reader get the same batches, resume and sharding.
+- Cached mode (the default): the numeric columns live in memory as numpy, images come from the decoded
   uint8 memmap caches, and a batch is a handful of vectorised fancy-indexing gathers, so training never
   waits on data and no worker processes are needed.
+- Streaming mode, when the caches of the chosen cameras would pass `cache_max_gb` (0 forces it): the
+  index stream is the same, but the frames each upcoming batch needs are decoded by a pool of spawned
+  worker processes (`decode_workers`) running `prefetch` batches ahead of the trainer; each batch's
+  sorted unique frames are split into contiguous pieces, one job per piece and camera, and the reader
+  seeks to the keyframe before each frame (`vlaforge.data.video.SeekingDecoder`). The decoded frames
+  are bitwise equal to the cache's, so both modes yield identical batches, and `state_dict()` reports
+  the position of the last batch handed out (not of the prefetched ones), so resume stays exact.
 - The stream of samples is a chain of epochs, each a permutation drawn from a generator seeded by
   `(seed, epoch)`; a batch may straddle two epochs. `state_dict()` is (epoch, position, seed), so a
   resumed run continues with exactly the same next batch.
@@ -19,27 +29,41 @@ Design choices:
 
 from __future__ import annotations
 
+import multiprocessing
+import weakref
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
 import torch
 
-from vlaforge.data.lerobot import IMAGE_PREFIX, LeRobotDataset
+from vlaforge.data.dataset import IMAGE_PREFIX, TrainingDataset, decode_job, init_decode_worker
 from vlaforge.errors import InputError
+
+GB = 1e9  # cache_max_gb counts decimal gigabytes
 
 
 class ChunkSampler:
     """Infinite iterator of training batches with action chunks.
 
     Args:
-        dataset: the LeRobot v3.0 dataset.
+        dataset: any `TrainingDataset` (e.g. a `LeRobotDataset`); images are served at its `image_size`.
         batch_size: B, samples per batch.
         chunk_size: H, future actions per sample (1 for single-step policies).
         seed: seeds the per-epoch permutations.
         shuffle: False walks the frames in order (still sharded by rank).
         cameras: short names ("corner2") or full keys; default: every camera of the dataset.
         rank, world_size: this process's shard for distributed training.
+        cache_max_gb: stream (decode in worker processes) instead of caching when the decoded caches of
+            the cameras would take more than this many GB (1e9 bytes); 0 always streams, None never does.
+        decode_workers: worker processes decoding frames in streaming mode.
+        prefetch: batches decoded ahead in streaming mode (default: 2 per worker).
+
+    Attributes:
+        streaming: whether frames are decoded on the fly (else read from the cache).
+        cache_bytes: bytes the caches of the chosen cameras take (or would take).
 
     Yields:
         {"images": {camera: uint8 (B, h, w, 3)}, "state": float32 (B, S), "instruction": list[str],
@@ -48,7 +72,7 @@ class ChunkSampler:
 
     def __init__(
         self,
-        dataset: LeRobotDataset,
+        dataset: TrainingDataset,
         batch_size: int,
         chunk_size: int,
         seed: int = 0,
@@ -56,11 +80,18 @@ class ChunkSampler:
         cameras: list[str] | None = None,
         rank: int = 0,
         world_size: int = 1,
+        cache_max_gb: float | None = None,
+        decode_workers: int = 2,
+        prefetch: int | None = None,
     ) -> None:
         if batch_size < 1 or chunk_size < 1:
             raise InputError(f"batch_size ({batch_size}) and chunk_size ({chunk_size}) must be >= 1")
         if not 0 <= rank < world_size:
             raise InputError(f"rank {rank} must be in [0, world_size={world_size})")
+        if decode_workers < 1 or (prefetch is not None and prefetch < 1):
+            raise InputError(f"decode_workers ({decode_workers}) and prefetch ({prefetch}) must be >= 1")
+        if cache_max_gb is not None and not cache_max_gb >= 0:
+            raise InputError(f"cache_max_gb={cache_max_gb}: must be >= 0 (0 streams), or None (never stream)")
         self.dataset = dataset
         self.batch_size, self.chunk_size = int(batch_size), int(chunk_size)
         self.seed, self.shuffle = int(seed), bool(shuffle)
@@ -70,37 +101,42 @@ class ChunkSampler:
         if self.shard_len == 0:
             raise InputError(f"the dataset has {n} frames, fewer than world_size={world_size}")
         self.cameras = self._resolve_cameras(cameras)
-        self.action = np.ascontiguousarray(dataset.column("action"), dtype=np.float32).reshape(
-            n, -1
-        )  # (N, D)
-        if "observation.state" in dataset.features:
-            self.state = np.ascontiguousarray(dataset.column("observation.state"), dtype=np.float32).reshape(
-                n, -1
-            )
-        else:
-            self.state = np.zeros((n, 0), dtype=np.float32)
+        self.action = np.ascontiguousarray(dataset.actions(), dtype=np.float32).reshape(n, -1)  # (N, D)
+        self.state = np.ascontiguousarray(dataset.states(), dtype=np.float32).reshape(n, -1)  # (N, S)
         # End (exclusive) of each frame's episode, so chunks stop at the episode boundary.
         self.episode_end = np.empty(n, dtype=np.int64)
         for e in range(dataset.num_episodes):
             r = dataset.episode_frames(e)
             self.episode_end[r.start : r.stop] = r.stop
-        self.task_index = np.asarray(dataset.column("task_index"), dtype=np.int64)
+        self.task_index = np.asarray(dataset.task_indices(), dtype=np.int64)
         self.tasks = list(dataset.tasks)
-        self.images = {short: dataset.video_frames(key) for short, key in self.cameras.items()}
         self._offsets = np.arange(self.chunk_size, dtype=np.int64)
         self.epoch = 0
-        self.position = 0  # samples of the current epoch's shard already yielded
+        self.position = 0  # samples of the current epoch's shard already drawn
+        self.cache_bytes = int(dataset.cache_bytes(self.cameras))
+        self.streaming = cache_max_gb is not None and self.cache_bytes > cache_max_gb * GB
+        self.decode_workers = int(decode_workers)
+        self.prefetch = int(prefetch) if prefetch is not None else 2 * self.decode_workers
+        self.images: dict[str, np.ndarray] = {}
+        self.readers: dict[str, Any] = {}
+        if self.streaming:
+            self.readers = {cam: dataset.frame_reader(cam) for cam in self.cameras}
+        else:
+            self.images = {cam: dataset.frames(cam) for cam in self.cameras}
+        # Streaming: batches drawn but not yet handed out, as (position before, indices, {camera: jobs}).
+        self._pending: deque[tuple[tuple[int, int], np.ndarray, dict[str, list[Future]]]] = deque()
+        self._pool: ProcessPoolExecutor | None = None
 
-    def _resolve_cameras(self, cameras: list[str] | None) -> dict[str, str]:
-        keys = self.dataset.camera_keys
+    def _resolve_cameras(self, cameras: list[str] | None) -> list[str]:
+        names = list(self.dataset.camera_names)
         if cameras is None:
-            return {k[len(IMAGE_PREFIX) :] if k.startswith(IMAGE_PREFIX) else k: k for k in keys}
-        out = {}
+            return names
+        out = []
         for cam in cameras:
-            key = cam if cam in keys else IMAGE_PREFIX + cam
-            if key not in keys:
-                raise InputError(f"camera {cam!r} is not in the dataset; it has {keys}")
-            out[key[len(IMAGE_PREFIX) :] if key.startswith(IMAGE_PREFIX) else key] = key
+            short = cam[len(IMAGE_PREFIX) :] if cam.startswith(IMAGE_PREFIX) else cam
+            if short not in names:
+                raise InputError(f"camera {cam!r} is not in the dataset; it has {names}")
+            out.append(short)
         return out
 
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -114,19 +150,27 @@ class ChunkSampler:
         return order[: self.shard_len * self.world_size][self.rank :: self.world_size]
 
     def batch_from_indices(self, idx: np.ndarray) -> dict[str, Any]:
-        """Builds the batch for global frame indices `idx` (B,)."""
+        """Builds the batch for global frame indices `idx` (B,) (streaming: decoded in this process)."""
         idx = np.asarray(idx, dtype=np.int64)
+        if self.streaming:
+            images = {cam: torch.from_numpy(reader.read(idx)) for cam, reader in self.readers.items()}
+        else:
+            images = {cam: torch.from_numpy(self._gather(frames, idx)) for cam, frames in self.images.items()}
+        return self._assemble(idx, images)
+
+    @staticmethod
+    def _gather(frames: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        order = np.argsort(idx)  # sorted reads are kinder to the page cache
+        gathered = np.empty((len(idx), *frames.shape[1:]), dtype=np.uint8)  # (B, h, w, 3)
+        gathered[order] = frames[idx[order]]
+        return gathered
+
+    def _assemble(self, idx: np.ndarray, images: dict[str, torch.Tensor]) -> dict[str, Any]:
         steps = idx[:, None] + self._offsets[None, :]  # (B, H)
         end = self.episode_end[idx][:, None]  # (B, 1)
         pad = steps >= end
         steps = np.minimum(steps, end - 1)  # repeat the episode's last action past its end
         actions = self.action[steps]  # (B, H, D)
-        images = {}
-        for cam, frames in self.images.items():
-            order = np.argsort(idx)  # sorted reads are kinder to the page cache
-            gathered = np.empty((len(idx), *frames.shape[1:]), dtype=np.uint8)  # (B, h, w, 3)
-            gathered[order] = frames[idx[order]]
-            images[cam] = torch.from_numpy(gathered)
         return {
             "images": images,
             "state": torch.from_numpy(self.state[idx]),
@@ -158,10 +202,58 @@ class ChunkSampler:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while True:
-            yield self.batch_from_indices(self.next_indices())
+            yield next(self)
 
     def __next__(self) -> dict[str, Any]:
-        return self.batch_from_indices(self.next_indices())
+        if not self.streaming:
+            return self.batch_from_indices(self.next_indices())
+        self._fill()
+        _, idx, jobs = self._pending.popleft()
+        images = {}
+        for cam, futures in jobs.items():
+            inverse = np.unique(idx, return_inverse=True)[1]  # (B,) position in the sorted unique
+            frames = np.concatenate([f.result() for f in futures])  # (U, h, w, 3), sorted by index
+            images[cam] = torch.from_numpy(frames[inverse])  # (B, h, w, 3)
+        self._fill()  # keep the workers busy while the trainer uses this batch
+        return self._assemble(idx, images)
+
+    # ------------------------------------------------------------------ streaming
+    def _start_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # spawn: a fork of a process holding torch / CUDA / OpenMP threads is unsafe.
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.decode_workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=init_decode_worker,
+                initargs=(self.readers,),
+            )
+            self._finalizer = weakref.finalize(self, _shutdown, self._pool)
+        return self._pool
+
+    def _fill(self) -> None:
+        """Draws batches and submits their decode jobs until `prefetch` batches are pending."""
+        pool = self._start_pool()
+        while len(self._pending) < self.prefetch:
+            before = (self.epoch, self.position)
+            idx = self.next_indices()
+            uniq = np.unique(idx)  # sorted: neighbouring frames share files and keyframes
+            pieces = [p for p in np.array_split(uniq, self.decode_workers) if len(p)]
+            jobs = {cam: [pool.submit(decode_job, cam, p) for p in pieces] for cam in self.readers}
+            self._pending.append((before, idx, jobs))
+
+    def _drop_pending(self) -> None:
+        for _, _, jobs in self._pending:
+            for futures in jobs.values():
+                for f in futures:
+                    f.cancel()
+        self._pending.clear()
+
+    def close(self) -> None:
+        """Stops the decode workers (streaming mode); safe to call twice."""
+        self._drop_pending()
+        if self._pool is not None:
+            self._finalizer()
+            self._pool = None
 
     @property
     def batches_per_epoch(self) -> float:
@@ -169,10 +261,14 @@ class ChunkSampler:
         return self.shard_len / self.batch_size
 
     def state_dict(self) -> dict[str, int]:
-        """JSON-able position: a sampler loaded with it yields exactly the batch this one would yield next."""
+        """JSON-able position: a sampler loaded with it yields exactly the batch this one would yield next.
+
+        In streaming mode that is the position before the first prefetched batch not yet handed out.
+        """
+        epoch, position = self._pending[0][0] if self._pending else (self.epoch, self.position)
         return {
-            "epoch": self.epoch,
-            "position": self.position,
+            "epoch": epoch,
+            "position": position,
             "seed": self.seed,
             "rank": self.rank,
             "world_size": self.world_size,
@@ -190,5 +286,10 @@ class ChunkSampler:
             raise InputError(
                 f"sampler state has world_size {d['world_size']}; this run has {self.world_size}"
             )
+        self._drop_pending()
         self.epoch, self.position, self.seed = int(d["epoch"]), int(d["position"]), int(d["seed"])
         self._cached_order = None
+
+
+def _shutdown(pool: ProcessPoolExecutor) -> None:
+    pool.shutdown(wait=True, cancel_futures=True)

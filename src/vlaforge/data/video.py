@@ -7,8 +7,17 @@ Design choices:
   installed FFmpeg has an AV1 decoder (libdav1d or libaom). Frames are numbered by presentation
   timestamps at `1 / fps`, so frame `n` of a file sits at `n / fps` seconds, which is exactly how
   LeRobotDataset v3.0 addresses frames (`from_timestamp + timestamp`).
-- **Decoding** is always sequential over a whole file (`iter_frames`); training never seeks per frame,
-  it reads a decoded uint8 cache (see `vlaforge.data.lerobot`).
+- **Decoding** for the training cache is sequential over a whole file (`iter_frames`). Streaming training
+  (a dataset too big for the cache) decodes chosen frames with `SeekingDecoder`: it seeks to the keyframe
+  at or before each wanted frame and decodes forward, reusing the open decoder while the next wanted
+  frame lies in the same group of pictures. Our writer leaves the keyframe interval to the encoder
+  (libx264's default `keyint` is 250 frames, with IDR keyframes and closed GOPs), so a random frame costs
+  on average half a GOP of decoding; LeRobot encodes with `g=2` for this reason (its
+  `encode_video_frames`), and `VideoWriter(gop=...)` sets it here. H.264/AV1 decoding is bit-exact from
+  a keyframe, so the seeking decoder yields exactly the frames the sequential pass does.
+- **Resizing** to the training resolution (`resize_frames`) is Pillow's bicubic filter on RGB, which is
+  antialiased when shrinking (its kernel support widens by the scale factor), the same filter OpenVLA's
+  image processor uses ("resize-naive", PIL bicubic). A non-square frame is stretched to the square.
 - Odd image sides cannot be stored as 4:2:0 chroma; they fall back to yuv444p.
 """
 
@@ -23,6 +32,7 @@ from typing import Any
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
+from PIL import Image
 
 from vlaforge.errors import InputError
 
@@ -260,12 +270,29 @@ def read_video(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(times), np.stack(frames)
 
 
+def resize_frames(frames: np.ndarray, size: int | None) -> np.ndarray:
+    """uint8 (T, H, W, 3) or (H, W, 3) -> the same at (size, size), Pillow bicubic (antialiased).
+
+    Returns the input unchanged when `size` is None or the frames already are size x size.
+    """
+    frames = np.asarray(frames)
+    if size is None or frames.shape[-3:-1] == (size, size):
+        return frames
+    single = frames.ndim == 3
+    batch = frames[None] if single else frames
+    out = np.empty((len(batch), size, size, 3), dtype=np.uint8)  # (T, size, size, 3)
+    for i, img in enumerate(batch):
+        out[i] = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BICUBIC))
+    return out[0] if single else out
+
+
 def decode_episodes_into(
     path: str | Path,
     out: np.ndarray,
     episodes: list[tuple[int, float, int, int]],
     fps: float,
     progress: Callable[[int], Any] | None = None,
+    native_hw: tuple[int, int] | None = None,
 ) -> None:
     """Decodes one file holding several episodes back to back into their global frame slots.
 
@@ -278,6 +305,8 @@ def decode_episodes_into(
         episodes: (episode_index, from_timestamp, first global frame, length) of every episode in the file.
         fps: frames per second of the dataset.
         progress: called with 1 after each stored frame (e.g. a tqdm bar's `update`).
+        native_hw: the (H, W) the file's frames have; when it differs from `out`'s frame size, each frame
+            is resized to `out`'s (square) size with `resize_frames`. None: the frames must fit `out`.
 
     Raises:
         VideoError: naming the file, when decoding fails, a frame has the wrong size, or frames of an
@@ -296,12 +325,13 @@ def decode_episodes_into(
         k = int(round((t - start) * fps))
         if not 0 <= k < length:
             continue  # a frame past the episode's end (LeRobot files may carry padding frames)
-        if img.shape != out.shape[1:]:
+        expected = (*native_hw, 3) if native_hw is not None else out.shape[1:]
+        if img.shape != tuple(expected):
             raise VideoError(
-                f"{path}: frames are {img.shape} but the dataset's features say {list(out.shape[1:])}; "
+                f"{path}: frames are {img.shape} but the dataset's features say {list(expected)}; "
                 "fix the feature shape in meta/info.json or re-encode the video"
             )
-        out[first + k] = img
+        out[first + k] = resize_frames(img, out.shape[1]) if img.shape != out.shape[1:] else img
         filled[first + k] = True
         if progress is not None:
             progress(1)
@@ -313,3 +343,79 @@ def decode_episodes_into(
             f"{path}: {total} frames are missing from the video (episodes {[e for e, _ in missing][:10]}); "
             "the mp4 is truncated or does not match meta/episodes. Re-create the dataset."
         )
+
+
+class SeekingDecoder:
+    """Decodes chosen frames of mp4 files: seek to the keyframe at or before each, decode forward.
+
+    Keeps every file it has read open (one container each) with its keyframe times, found once by a
+    demux-only pass (no decoding). Not thread-safe; meant to live inside one worker process.
+    """
+
+    def __init__(self) -> None:
+        self._open: dict[str, tuple[Any, Any, np.ndarray]] = {}
+        self._rgb = VideoReformatter()
+
+    def _get(self, path: str) -> tuple[Any, Any, np.ndarray]:
+        if path not in self._open:
+            if not Path(path).is_file():
+                raise VideoError(f"{path}: video file is missing")
+            try:
+                container = av.open(path)
+                stream = container.streams.video[0]
+                tb = float(stream.time_base)
+                keys = [p.pts * tb for p in container.demux(stream) if p.is_keyframe and p.pts is not None]
+                container.seek(0, stream=stream)
+            except Exception as e:
+                raise VideoError(f"{path}: cannot index the video ({type(e).__name__}: {e})") from e
+            stream.thread_type = "AUTO"  # as in iter_frames: the decoded pixels are the same
+            self._open[path] = (container, stream, np.sort(np.asarray(keys, dtype=np.float64)))
+        return self._open[path]
+
+    def frames_at(self, path: str | Path, times: np.ndarray, fps: float) -> np.ndarray:
+        """uint8 (T, H, W, 3): the frames of `path` presented at `times` (seconds, any order).
+
+        Raises:
+            VideoError: naming the file, when a wanted frame is not in it or decoding fails.
+        """
+        path = str(path)
+        times = np.asarray(times, dtype=np.float64)
+        container, stream, keys = self._get(path)
+        tb = stream.time_base
+        half = 0.5 / fps
+        out: list[np.ndarray | None] = [None] * len(times)
+        frames, pos, last = None, None, None  # open decode iterator, time and pixels of its last frame
+        try:
+            for j in np.argsort(times, kind="stable"):
+                t = float(times[j])
+                if last is not None and abs(pos - t) < half:  # the same frame again
+                    out[j] = last
+                    continue
+                ki = int(np.searchsorted(keys, t + half, side="right")) - 1
+                key = keys[max(ki, 0)] if len(keys) else 0.0
+                if frames is None or pos is None or pos > t - half or key > pos + half:
+                    container.seek(int(round(key / tb)), stream=stream, backward=True, any_frame=False)
+                    frames, pos, last = container.decode(stream), None, None
+                for frame in frames:
+                    pos = float(frame.time) if frame.time is not None else 0.0
+                    if pos > t - half:
+                        break
+                else:
+                    frames = None
+                if pos is None or abs(pos - t) >= half:
+                    raise VideoError(
+                        f"{path}: no frame at {t:.3f} s (decoding reached {pos}); the mp4 is truncated or "
+                        "does not match meta/episodes. Re-create the dataset."
+                    )
+                last = self._rgb.reformat(frame, format="rgb24").to_ndarray()
+                out[j] = last
+        except av.error.FFmpegError as e:
+            raise VideoError(f"{path}: decoding failed ({e}); the file is corrupt or truncated") from e
+        return np.stack(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
+
+    def close(self) -> None:
+        """Closes every open file."""
+        for container, _, _ in self._open.values():
+            with contextlib.suppress(Exception):
+                container.close()
+        self._open.clear()

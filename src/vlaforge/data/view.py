@@ -1,8 +1,14 @@
 """Render one episode of a dataset to an mp4: the camera image, the instruction, and the action plot.
 
-The background (instruction text, the plot of every action dim over the episode) is drawn once with
-matplotlib's Agg canvas; each video frame then only pastes the upscaled camera image and a cursor column
-at the current step into a copy of that background, so rendering costs about as much as encoding.
+The background (instruction text, the plot of every action dim over the episode) is drawn once on a
+matplotlib `Figure` attached to its own Agg canvas; each video frame then only pastes the upscaled camera
+image and a cursor column at the current step into a copy of that background, so rendering costs about as
+much as encoding.
+
+The figure is made without pyplot (matplotlib's "embedding in a web application server" example,
+https://matplotlib.org/stable/gallery/user_interfaces/web_application_server_sgskip.html): no global
+backend is switched (`matplotlib.use`) and no figure is registered with pyplot's state, so importing or
+calling this module leaves the caller's matplotlib setup alone.
 """
 
 from __future__ import annotations
@@ -10,14 +16,10 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from vlaforge.data.lerobot import IMAGE_PREFIX, DatasetError, LeRobotDataset  # noqa: E402
-from vlaforge.data.video import VideoWriter  # noqa: E402
+from vlaforge.data.lerobot import IMAGE_PREFIX, DatasetError, LeRobotDataset
+from vlaforge.data.video import VideoWriter
 
 _PANEL = 256  # pixels of the camera panel's side
 _PLOT_W = 448  # pixels of the plot's width
@@ -26,8 +28,12 @@ _DPI = 100
 
 def _background(actions: np.ndarray, names: list[str], instruction: str, title: str):
     """Draws the static frame once. Returns (rgb uint8 (H, W, 3), x pixel per step (T,), plot rows)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     width, height = _PANEL + _PLOT_W, _PANEL + 48
-    fig = plt.figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
+    fig = Figure(figsize=(width / _DPI, height / _DPI), dpi=_DPI)
+    canvas = FigureCanvasAgg(fig)  # this figure's own canvas; the global backend is untouched
     fig.text(0.01, 0.985, title, fontsize=8, va="top", family="monospace")
     fig.text(0.01, 0.94, textwrap.shorten(instruction, 90), fontsize=9, va="top", weight="bold")
     left = (_PANEL + 40) / width
@@ -39,12 +45,11 @@ def _background(actions: np.ndarray, names: list[str], instruction: str, title: 
     ax.set_xlabel("step", fontsize=7)
     ax.tick_params(labelsize=6)
     ax.legend(fontsize=6, loc="upper right", ncol=min(4, actions.shape[1]))
-    fig.canvas.draw()
-    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3)
+    canvas.draw()
+    rgb = np.asarray(canvas.buffer_rgba())[..., :3].copy()  # (H, W, 3)
     xs = ax.transData.transform(np.stack([steps, np.zeros_like(steps)], 1))[:, 0]
     y0, y1 = ax.bbox.y0, ax.bbox.y1  # display coordinates have their origin at the bottom
     rows = (int(rgb.shape[0] - y1), int(rgb.shape[0] - y0))
-    plt.close(fig)
     return rgb, np.clip(xs.round().astype(int), 0, rgb.shape[1] - 1), rows
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from vlaforge.envs.metaworld import (
     CONTROL_HZ,
     INSTRUCTIONS,
     MetaWorldEnv,
+    configure_rendering,
     embodiment,
     episode_seed,
     resolve_tasks,
@@ -53,9 +55,64 @@ _ENVS: dict[tuple, MetaWorldEnv] = {}
 
 
 def _init_worker() -> None:
-    os.environ.setdefault("MUJOCO_GL", "osmesa")
-    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    configure_rendering()  # before this fresh process imports mujoco
     os.environ["OMP_NUM_THREADS"] = "1"  # one core per worker: MuJoCo and numpy need no more
+
+
+@dataclass(kw_only=True)
+class CollectConfig:
+    """What `vlaforge collect` records (one field per flag).
+
+    Attributes:
+        tasks: "mt10", "mt50", a difficulty group ("easy", "medium", "hard", "very_hard"), or a comma
+            list of Meta-World task names (see `resolve_tasks`).
+        episodes: successful expert episodes kept per task.
+        out: the dataset directory to create.
+        image_size: side of the square camera images in pixels.
+        cameras: Meta-World camera names, a comma list (corner, corner2, corner3, corner4, topview,
+            behindGripper, gripperPOV).
+        workers: worker processes (0 runs everything in this process).
+        seed: the run seed; attempt k of a task resets with `episode_seed(seed, task, k)`. Evaluate with
+            another seed (`vlaforge eval` refuses episodes the policy was trained on).
+        max_attempts: seeds tried per task before giving up (None: 4 x episodes).
+        max_steps: truncation of each attempt.
+        overwrite: replace an existing dataset at `out`.
+    """
+
+    tasks: str | list[str] = "mt10"
+    episodes: int = 50
+    out: str | Path
+    image_size: int = 128
+    cameras: str | list[str] = "corner2"
+    workers: int = 2
+    seed: int = 0
+    max_attempts: int | None = None
+    max_steps: int = 500
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        problems = []
+        for name in ("episodes", "image_size", "max_steps"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name}={getattr(self, name)} (must be >= 1)")
+        if self.workers < 0:
+            problems.append(f"workers={self.workers} (must be >= 0)")
+        if self.max_attempts is not None and self.max_attempts < self.episodes:
+            problems.append(
+                f"max_attempts ({self.max_attempts}) must be >= episodes ({self.episodes}): each kept "
+                "episode needs a seed"
+            )
+        if not as_list(self.cameras):
+            problems.append("cameras is empty (give at least one, e.g. corner2)")
+        if problems:
+            raise InputError("invalid collection config: " + "; ".join(problems))
+        resolve_tasks(self.tasks)  # an unknown task is named now, with the closest known names
+
+    @property
+    def attempts_per_task(self) -> int:
+        """Seeds tried per task before giving up."""
+        return 4 * self.episodes if self.max_attempts is None else int(self.max_attempts)
 
 
 def _env_for(task: str, cameras: tuple[str, ...], image_size: int, max_steps: int) -> MetaWorldEnv:
@@ -152,52 +209,31 @@ class _InlinePool:
         pass
 
 
-def collect(
-    tasks: str | Sequence[str],
-    episodes: int,
-    out: str | Path,
-    image_size: int = 128,
-    cameras: str | Sequence[str] = "corner2",
-    workers: int = 2,
-    seed: int = 0,
-    max_attempts: int | None = None,
-    max_steps: int = 500,
-    overwrite: bool = False,
-) -> Path:
-    """Collects `episodes` successful expert episodes per task into a LeRobot v3.0 dataset at `out`.
+def collect(cfg: CollectConfig | None = None, **fields: Any) -> Path:
+    """Collects `cfg.episodes` successful expert episodes per task into a LeRobot v3.0 dataset.
 
     Args:
-        tasks: "mt10", "mt50", a difficulty group, or task names (see `resolve_tasks`).
-        episodes: successful episodes to keep per task.
-        out: the dataset directory to create.
-        image_size: side of the square camera images.
-        cameras: Meta-World camera names (comma string or list).
-        workers: worker processes (0 runs everything in this process).
-        seed: the run seed; attempt k of a task resets with `episode_seed(seed, task, k)`.
-        max_attempts: seeds tried per task before giving up (default 4 x episodes).
-        max_steps: truncation of each attempt.
-        overwrite: replace an existing dataset at `out`.
+        cfg: what to collect.
+        **fields: instead of `cfg`, its fields as keywords: `collect(tasks="mt10", episodes=5,
+            out="data")` is `collect(CollectConfig(tasks="mt10", episodes=5, out="data"))`.
 
     Returns:
         The dataset directory.
 
     Raises:
-        RuntimeError: when a task's expert does not reach `episodes` successes within `max_attempts`
-            seeds; nothing is written at `out` then.
+        InputError: bad settings, or a task whose expert does not reach `episodes` successes within
+            `max_attempts` seeds; nothing is written at `out` then.
     """
     from vlaforge.data.lerobot import LeRobotWriter
 
-    task_list = resolve_tasks(tasks)
-    cams = as_list(cameras)
-    if episodes < 1:
-        raise InputError(f"episodes must be >= 1; got {episodes}")
-    cap = 4 * episodes if max_attempts is None else int(max_attempts)
-    if cap < episodes:
-        raise InputError(
-            f"max_attempts ({cap}) must be >= episodes ({episodes}): each kept episode needs a seed"
-        )
-    if workers < 0:
-        raise InputError(f"workers must be >= 0; got {workers}")
+    if cfg is None:
+        cfg = CollectConfig(**fields)
+    elif fields or not isinstance(cfg, CollectConfig):
+        raise TypeError("collect takes a CollectConfig, or the CollectConfig fields as keywords; not both")
+    task_list = resolve_tasks(cfg.tasks)
+    cams = as_list(cfg.cameras)
+    episodes, out, image_size, workers = cfg.episodes, cfg.out, cfg.image_size, cfg.workers
+    seed, max_steps, cap = cfg.seed, cfg.max_steps, cfg.attempts_per_task
     emb = embodiment(cams, image_size)
     # Fail on a bad camera name now, before any process starts.
     MetaWorldEnv(task_list[0], cameras=cams, image_size=image_size, max_steps=max_steps, render=False).close()
@@ -230,7 +266,7 @@ def collect(
         fps=CONTROL_HZ,
         features=features,
         robot_type="sawyer",
-        overwrite=overwrite,
+        overwrite=cfg.overwrite,
         extra_info={"vlaforge": vlaforge_info},
     )
 

@@ -20,7 +20,10 @@ Design choices:
   off (about 8x faster through OSMesa on a CPU) and no multisampling (2.6x more). Fixed cameras
   mounted upside down (`corner`, `corner2`, `corner3`, `corner4`: their image-up axis points at the
   floor) are turned right side up by a 180-degree rotation, the inverse of the camera's roll (a
-  vertical flip alone would mirror the scene).
+  vertical flip alone would mirror the scene). `step(action, render=False)` skips the cameras for
+  steps whose images nobody looks at (inside an open-loop chunk), and `observe()` renders the current
+  state when they are needed. The GL backend is chosen by `configure_rendering()` when an env is first
+  made, not when this module is imported.
 """
 
 from __future__ import annotations
@@ -28,19 +31,14 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
+import sys
 import warnings
 import weakref
 from collections.abc import Sequence
 
-from vlaforge.errors import InputError
-
-# Headless MuJoCo must choose its GL backend before mujoco is imported: OSMesa on a CPU unless the
-# user picked one (MUJOCO_GL=egl on a GPU machine).
-os.environ.setdefault("MUJOCO_GL", "osmesa")
-os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
-
 import numpy as np
 
+from vlaforge.errors import InputError
 from vlaforge.types import Embodiment, Observation, as_list
 
 # The MT50 order of Meta-World v3 (metaworld.env_dict.ALL_V3_ENVIRONMENTS).
@@ -492,6 +490,41 @@ CONTROL_HZ: float = 1.0 / (_FRAME_SKIP * _TIMESTEP)
 _STATE_DIM = 4  # hand xyz + gripper opening: the first 4 entries of Meta-World's observation
 
 
+DEFAULT_GL = "osmesa"  # headless CPU rendering (Debian package libosmesa6)
+
+
+def configure_rendering(backend: str | None = None) -> str:
+    """Chooses MuJoCo's OpenGL backend; call it before `mujoco` is first imported in the process.
+
+    MuJoCo reads `MUJOCO_GL` once, when `mujoco` is imported, and PyOpenGL reads `PYOPENGL_PLATFORM`
+    when it is imported; neither can be changed afterwards. So this sets them explicitly, at the
+    moment rendering is first needed, instead of at import time: `MetaWorldEnv` and `make_expert` call
+    it before importing Meta-World (which imports mujoco), the rollout and collection workers call it
+    in their initializers, and the `vlaforge` command calls it at start-up.
+
+    Args:
+        backend: "osmesa" (CPU), "egl" (GPU, headless) or "glfw" (a window). None keeps a backend the
+            user already chose in `MUJOCO_GL`, else uses OSMesa.
+
+    Returns:
+        The backend in effect. A user's `PYOPENGL_PLATFORM` is kept; otherwise it follows the backend.
+        When mujoco was already imported with another backend, a `RuntimeWarning` says so (the earlier
+        choice stays in effect).
+    """
+    gl = backend or os.environ.get("MUJOCO_GL") or DEFAULT_GL
+    previous = os.environ.get("MUJOCO_GL")
+    os.environ["MUJOCO_GL"] = gl
+    os.environ.setdefault("PYOPENGL_PLATFORM", gl)
+    if "mujoco" in sys.modules and previous != gl:
+        warnings.warn(
+            f"mujoco was imported before configure_rendering({gl!r}) and keeps its backend "
+            f"{previous or 'default'!r}; call configure_rendering before importing mujoco or metaworld",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return gl
+
+
 def resolve_tasks(spec: str | Sequence[str]) -> list[str]:
     """Turns a task spec into a list of Meta-World v3 task names.
 
@@ -592,6 +625,7 @@ def expert_class_name(task: str) -> str:
 
 def make_expert(task: str):
     """A fresh instance of the task's scripted expert (`get_action(raw_obs_39) -> (4,)`)."""
+    configure_rendering()  # importing metaworld imports mujoco, which fixes its GL backend
     import metaworld.policies as policies
 
     name = expert_class_name(task)
@@ -621,8 +655,11 @@ class MetaWorldEnv:
 
     Attributes:
         embodiment: the `Embodiment` of this env (cameras and image size included).
-        render_images: whether observations carry images; may be switched between steps (collection
-            first checks an expert's episode without images, then replays it with them).
+        render_images: whether observations carry images by default; may be switched between steps
+            (collection first checks an expert's episode without images, then replays it with them).
+            `reset`, `step` and `observe` take a `render` argument that overrides it for one call.
+        frames_rendered: camera images rendered since the env was made (one per camera per rendered
+            observation); rendering is most of a step's cost, so this is what evaluation keeps low.
     """
 
     def __init__(
@@ -633,6 +670,7 @@ class MetaWorldEnv:
         max_steps: int = 500,
         render: bool = True,
     ) -> None:
+        configure_rendering()  # before metaworld imports mujoco
         from metaworld.env_dict import ENV_CLS_MAP
 
         self.task = _check_task(task)
@@ -644,6 +682,7 @@ class MetaWorldEnv:
         self.image_size = int(image_size)
         self.max_steps = int(max_steps)
         self.render_images = bool(render)  # may be switched at any time
+        self.frames_rendered = 0
         self.embodiment = embodiment(self.cameras, self.image_size)
 
         env = ENV_CLS_MAP[self.task]()
@@ -706,8 +745,8 @@ class MetaWorldEnv:
         renderer.update_scene(self._env.data, camera=camera)
         return renderer.render()
 
-    def _images(self) -> dict[str, np.ndarray]:
-        if not self.render_images:
+    def _images(self, render: bool | None) -> dict[str, np.ndarray]:
+        if not (self.render_images if render is None else render):
             return {}
         images = {}
         for name, cam_id in zip(self.cameras, self._cam_ids):
@@ -717,25 +756,46 @@ class MetaWorldEnv:
             if self._upside_down[name]:
                 img = img[::-1, ::-1]  # undo the camera's 180-degree roll
             images[name] = np.ascontiguousarray(img)
+            self.frames_rendered += 1
         return images
 
-    def _observation(self) -> Observation:
-        assert self._raw_obs is not None
+    def observe(self, render: bool | None = None) -> Observation:
+        """The observation of the current state, without stepping.
+
+        Rendering reads the simulation state and never changes it, so an episode stepped with
+        `render=False` and observed only where images are needed follows exactly the same trajectory
+        as one rendered at every step (`tests/eval/test_rollout.py` checks it).
+
+        Args:
+            render: whether to render the cameras; None follows `render_images`.
+        """
+        if self._raw_obs is None:
+            raise RuntimeError(f"{self.task}: call reset(seed) first")
         state = self._raw_obs[:_STATE_DIM].astype(np.float32)
-        return Observation(images=self._images(), state=state, instruction=INSTRUCTIONS[self.task])
+        return Observation(images=self._images(render), state=state, instruction=INSTRUCTIONS[self.task])
 
     # -- episode --------------------------------------------------------------------------------------
 
-    def reset(self, seed: int) -> Observation:
-        """Starts an episode whose object and goal positions are a function of `seed` alone."""
+    def reset(self, seed: int, render: bool | None = None) -> Observation:
+        """Starts an episode whose object and goal positions are a function of `seed` alone.
+
+        Args:
+            seed: the episode's seed.
+            render: whether the returned observation carries images; None follows `render_images`.
+        """
         self._env.np_random = np.random.default_rng(int(seed))
         raw, _ = self._env.reset()
         self._raw_obs = raw
         self._steps = 0
-        return self._observation()
+        return self.observe(render)
 
-    def step(self, action: np.ndarray) -> tuple[Observation, float, bool, dict]:
+    def step(self, action: np.ndarray, render: bool | None = None) -> tuple[Observation, float, bool, dict]:
         """Applies one action (clipped to [-1, 1]).
+
+        Args:
+            action: (4,) dx, dy, dz, gripper.
+            render: whether the returned observation carries images; None follows `render_images`.
+                An open-loop rollout passes False for the steps after which nobody looks at the images.
 
         Returns:
             (observation, reward, done, info): done is True once `max_steps` steps were taken;
@@ -759,7 +819,7 @@ class MetaWorldEnv:
         info = dict(info)
         info["success"] = bool(info.get("success", 0.0))
         done = bool(truncated) or self._steps >= self.max_steps
-        return self._observation(), float(reward), done, info
+        return self.observe(render), float(reward), done, info
 
     def expert_action(self) -> np.ndarray:
         """The scripted expert's action for the current state, float32 (4,) in [-1, 1]."""

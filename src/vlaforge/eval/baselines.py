@@ -18,6 +18,13 @@ from vlaforge.types import Embodiment, Observation
 
 BASELINES = ("expert", "random")
 
+# The random baseline's actions come from their own stream of the episode seed: `default_rng(seed)` is
+# what `MetaWorldEnv.reset(seed)` draws the scene from, so drawing the actions from it too would tie the
+# first actions to the object positions. numpy seeds a generator from a sequence of integers through
+# `SeedSequence`, whose outputs for [seed, k] and [seed] are independent (numpy "Parallel random number
+# generation": https://numpy.org/doc/stable/reference/random/parallel.html). The id spells "ACTS".
+RANDOM_ACTION_STREAM = 0x41435453
+
 
 class Controller(Protocol):
     """What a rollout drives: anything that turns an observation into a chunk of actions."""
@@ -48,7 +55,11 @@ class ExpertController:
 
 
 class RandomController:
-    """Actions drawn uniformly within the embodiment's limits, seeded per episode."""
+    """Actions drawn uniformly within the embodiment's limits, seeded per episode.
+
+    Episode `seed` draws from `np.random.default_rng([seed, RANDOM_ACTION_STREAM])`: reproducible from
+    the episode seed, and a stream separate from the one the env's reset draws the scene from.
+    """
 
     execute_steps = 1
     needs_images = False
@@ -57,10 +68,10 @@ class RandomController:
         self.embodiment = embodiment
         self._low = np.asarray(embodiment.action_low, dtype=np.float32)
         self._high = np.asarray(embodiment.action_high, dtype=np.float32)
-        self._rng = np.random.default_rng(0)
+        self._rng = np.random.default_rng([0, RANDOM_ACTION_STREAM])
 
     def reset(self, seed: int) -> None:
-        self._rng = np.random.default_rng(seed)
+        self._rng = np.random.default_rng([int(seed), RANDOM_ACTION_STREAM])
 
     def act(self, obs: Observation, env: Any) -> np.ndarray:
         a = self._rng.uniform(self._low, self._high).astype(np.float32)

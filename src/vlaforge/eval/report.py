@@ -161,6 +161,15 @@ def render_html(info: dict[str, Any], out_dir: Path) -> str:
             f"{proto['wall_time_s']:.1f} s, {_workers(proto['workers'])}, device {proto['device']}",
         ),
     ]
+    if proto.get("training_seed_overlap"):  # only evaluated with allow_training_seeds
+        rows.insert(
+            6,
+            (
+                "training scenes",
+                f"{proto['training_seed_overlap']} episodes start from scenes the policy was trained on "
+                "(--allow-training-seeds): they measure memorisation, not generalisation",
+            ),
+        )
     parts.append("<h2>Protocol</h2><section class=card><dl class=proto>")
     parts += [f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows]
     parts.append("</dl></section>")

@@ -6,6 +6,11 @@ Protocol (what `vlaforge eval` promises and records in eval_info.json):
   (action chunking as in ACT, Zhao et al. 2023, and OpenVLA-OFT, Kim et al. 2025).
 - Success is Meta-World's `info["success"]` at any step; the episode stops at the first success or at
   `max_steps`.
+- The cameras are rendered only where someone looks at the images: at reset, after the last step of
+  each executed chunk (the state the controller re-plans from) and at every step of an episode whose
+  video is kept. The steps inside an open-loop chunk are physics only; rendering reads the simulation
+  and never changes it, so outcomes are identical to rendering every step, which stays available as
+  the reference path (`WorkerSpec.render_every_step`, used by `bench/bench_eval.py` and the tests).
 
 Workers are spawned processes (never forked: a forked MuJoCo/OpenGL or torch state is not safe). Each
 loads the policy once, with one torch thread, keeps the env of its current task, and encodes the videos
@@ -14,7 +19,6 @@ of the episodes it was asked to record (h264 + yuv420p so that browsers play the
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +62,9 @@ class WorkerSpec:
         device: torch device for the policy.
         fps: frame rate of the written videos.
         threads: torch threads per worker.
+        render_every_step: the reference path: render the cameras after every physics step, as
+            evaluation did before it rendered only where the images are used. Same outcomes, slower;
+            kept to measure the difference (`bench/bench_eval.py`) and to test that the two agree.
     """
 
     policy: str
@@ -68,6 +75,7 @@ class WorkerSpec:
     device: str = "cpu"
     fps: float = 30.0
     threads: int = 1
+    render_every_step: bool = False
 
 
 def build_controller(spec: WorkerSpec) -> Controller:
@@ -98,16 +106,36 @@ def write_mp4(frames: list[np.ndarray], path: str | Path, fps: float) -> Path:
     return write_video(path, video, fps, codec="h264", crf=23)
 
 
-def run_episode(controller: Controller, env: Any, job: Job, max_steps: int, fps: float = 30.0) -> dict:
+def run_episode(
+    controller: Controller,
+    env: Any,
+    job: Job,
+    max_steps: int,
+    fps: float = 30.0,
+    render_every_step: bool = False,
+) -> dict:
     """Runs one episode and returns its record (task, episode, instruction, seed, success, steps, video).
 
     The instruction in each observation is replaced by `job.instruction` (train or held-out words). When
     `job.video` is set, the first camera's frames are kept and written there as an mp4.
+
+    Args:
+        controller: what acts (see `vlaforge.eval.baselines.Controller`).
+        env: a `MetaWorldEnv` (anything with `reset(seed, render)`, `step(action, render)`, `observe`).
+        job: the episode.
+        max_steps: truncation.
+        fps: frame rate of the video.
+        render_every_step: the reference path: render after every step even where no one looks at the
+            images (inside an open-loop chunk). The outcome is the same; only the time differs.
     """
     controller.reset(job.seed)
-    obs = env.reset(job.seed)
+    keep_frames = bool(job.video)
+    needs_images = bool(controller.needs_images)
+    # Images at every step only for a kept video (or the reference path); otherwise at re-plans only.
+    render_steps = keep_frames or (render_every_step and needs_images)
+    obs = env.reset(job.seed, render=needs_images or keep_frames)
     camera = controller.embodiment.camera_names[0]
-    frames = [obs.images[camera]] if job.video else None
+    frames = [obs.images[camera]] if keep_frames else None
     success, steps = False, 0
     while steps < max_steps and not success:
         obs = Observation(images=obs.images, state=obs.state, instruction=job.instruction)
@@ -118,7 +146,7 @@ def run_episode(controller: Controller, env: Any, job: Job, max_steps: int, fps:
             )
         done = False
         for action in chunk[: controller.execute_steps]:
-            obs, _reward, done, info = env.step(action)
+            obs, _reward, done, info = env.step(action, render=render_steps)
             steps += 1
             if frames is not None:
                 frames.append(obs.images[camera])
@@ -128,6 +156,8 @@ def run_episode(controller: Controller, env: Any, job: Job, max_steps: int, fps:
                 break
         if done:
             break
+        if needs_images and not success and steps < max_steps and not obs.images:
+            obs = env.observe(render=True)  # the state the controller re-plans from
     video = None
     if frames is not None:
         video = str(write_mp4(frames, job.video, fps))
@@ -144,43 +174,53 @@ def run_episode(controller: Controller, env: Any, job: Job, max_steps: int, fps:
 
 
 class EpisodeRunner:
-    """Holds one controller and the envs of the current task; runs jobs one after another.
+    """Holds one controller and the env of the current task; runs jobs one after another.
 
-    A controller that does not look at images (the baselines) gets an env that skips rendering, except
-    for the episodes whose video is recorded: rendering is almost all of a Meta-World step's cost.
+    `run_episode` asks the env for images only where they are used (a controller that does not look at
+    images, like the baselines, gets none unless the episode's video is kept): rendering is almost all
+    of a Meta-World step's cost.
+
+    Attributes:
+        frames_rendered: camera images rendered so far by this runner's envs (all tasks).
     """
 
     def __init__(self, spec: WorkerSpec):
         self.spec = spec
         self.controller = build_controller(spec)
         self._task: str | None = None
-        self._envs: dict[bool, Any] = {}  # render? -> env of the current task
+        self._env: Any = None
+        self.frames_rendered = 0
 
-    def env_for(self, task: str, render: bool) -> Any:
+    def env_for(self, task: str) -> Any:
+        """The env of `task`, made on first use (the previous task's env is closed)."""
         if task != self._task:
             self.close()
-            self._task = task
-        if render not in self._envs:
             from vlaforge.envs.metaworld import MetaWorldEnv
 
-            self._envs[render] = MetaWorldEnv(
+            self._env = MetaWorldEnv(
                 task,
                 cameras=tuple(self.spec.cameras),
                 image_size=self.spec.image_size,
                 max_steps=self.spec.max_steps,
-                render=render,
+                render=False,  # run_episode says when to render
             )
-        return self._envs[render]
+            self._task = task
+        return self._env
 
     def __call__(self, job: Job) -> dict:
-        render = bool(self.controller.needs_images or job.video)
-        env = self.env_for(job.task, render)
-        return run_episode(self.controller, env, job, self.spec.max_steps, self.spec.fps)
+        env = self.env_for(job.task)
+        before = env.frames_rendered
+        try:
+            return run_episode(
+                self.controller, env, job, self.spec.max_steps, self.spec.fps, self.spec.render_every_step
+            )
+        finally:
+            self.frames_rendered += env.frames_rendered - before
 
     def close(self) -> None:
-        for env in self._envs.values():
-            env.close()
-        self._envs, self._task = {}, None
+        if self._env is not None:
+            self._env.close()
+        self._env, self._task = None, None
 
 
 # One runner per worker process, built by the pool's initializer.
@@ -189,8 +229,9 @@ _RUNNER: EpisodeRunner | None = None
 
 def _init_worker(spec_dict: dict) -> None:
     global _RUNNER
-    os.environ.setdefault("MUJOCO_GL", "osmesa")
-    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    from vlaforge.envs.metaworld import configure_rendering
+
+    configure_rendering()  # before anything in this fresh process imports mujoco
     spec = WorkerSpec(**spec_dict)
     import torch
 

@@ -12,6 +12,11 @@ Design choices: a checkpoint is checked against the environment *before* any rol
 on other cameras, image size, state or action space is refused with the mismatch named), and the env is
 always built with the checkpoint's own cameras and image size; only episodes that may end up in the
 report are recorded, so memory stays flat however many episodes run.
+
+Evaluation never silently replays training scenes: a checkpoint records the (task, seed) of every episode
+it was trained on (`training_data` in config.json, read through `PolicyFiles.training_seeds()`), and an
+evaluation whose episodes start from any of those seeds is refused before any rollout, unless
+`allow_training_seeds` is set; the number of such episodes and the flag are recorded in the protocol.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from vlaforge.errors import InputError
 from vlaforge.eval.baselines import BASELINES
 from vlaforge.eval.rollout import Job, WorkerSpec, run_jobs
 from vlaforge.eval.stats import aggregate
-from vlaforge.policy_files import read_policy_dir
+from vlaforge.policy_files import PolicyFiles, read_policy_dir
 from vlaforge.types import Embodiment, as_list
 
 INSTRUCTION_SPLITS = ("train", "heldout")
@@ -62,6 +67,10 @@ class EvalConfig:
         device: torch device for the policy ("cpu", "cuda").
         baseline_cameras: cameras the baselines render (checkpoints use their own).
         baseline_image_size: image side the baselines render (checkpoints use their own).
+        allow_training_seeds: evaluate even episodes that start from a scene the checkpoint was trained
+            on (a (task, seed) in its config.json `training_data`). Off by default: such episodes measure
+            memorisation, not generalisation, so evaluation refuses them before any rollout; when set,
+            their number is recorded in eval_info.json's protocol (`training_seed_overlap`).
     """
 
     policy: str
@@ -77,6 +86,7 @@ class EvalConfig:
     device: str = "cpu"
     baseline_cameras: list[str] = field(default_factory=lambda: list(BASELINE_CAMERAS))
     baseline_image_size: int = BASELINE_IMAGE_SIZE
+    allow_training_seeds: bool = False
 
     def __post_init__(self) -> None:
         self.policy = str(self.policy)
@@ -168,23 +178,22 @@ def sha256_file(path: Path, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def checkpoint_embodiment(path: Path) -> Embodiment:
-    """Reads a checkpoint's embodiment without building the model."""
-    return read_policy_dir(path).embodiment
-
-
-def check_checkpoint(path: Path, task: str) -> tuple[Embodiment, Embodiment]:
+def check_checkpoint(files: PolicyFiles, task: str) -> tuple[Embodiment, Embodiment]:
     """Refuses a checkpoint that does not fit Meta-World, naming the mismatch, before any rollout.
 
     The environment is built (without rendering) with the checkpoint's own cameras and image size, so an
     unknown camera is caught here too.
+
+    Args:
+        files: the parsed checkpoint directory (`read_policy_dir`).
+        task: a task to build the environment of.
 
     Returns:
         (the policy's embodiment, the environment's embodiment).
     """
     from vlaforge.envs.metaworld import MetaWorldEnv
 
-    policy_emb = checkpoint_embodiment(path)
+    path, policy_emb = files.root, files.embodiment
     try:
         env = MetaWorldEnv(
             task, cameras=policy_emb.camera_names, image_size=policy_emb.image_size, render=False
@@ -198,6 +207,40 @@ def check_checkpoint(path: Path, task: str) -> tuple[Embodiment, Embodiment]:
     except ValueError as e:
         raise InputError(f"{path}: {e}. Evaluate it on the robot and cameras it was trained for.") from e
     return policy_emb, env_emb
+
+
+def training_seed_overlap(jobs: list[Job], training_seeds: dict[str, set[int]]) -> list[Job]:
+    """The jobs whose (task, seed) is the start of an episode the policy was trained on."""
+    return [j for j in jobs if j.seed in training_seeds.get(j.task, ())]
+
+
+def check_training_seeds(jobs: list[Job], files: PolicyFiles, cfg: EvalConfig) -> int:
+    """Refuses, before any rollout, an evaluation that would replay scenes the policy was trained on.
+
+    Args:
+        jobs: the evaluation's episodes.
+        files: the checkpoint; `files.training_seeds()` holds the (task, seed) of its training episodes.
+        cfg: the settings (`allow_training_seeds` lets the overlap through).
+
+    Returns:
+        The number of evaluation episodes that start from a training scene (0 when none, or when the
+        checkpoint does not record where it was trained).
+
+    Raises:
+        InputError: when some episodes overlap and `cfg.allow_training_seeds` is not set.
+    """
+    overlap = training_seed_overlap(jobs, files.training_seeds())
+    if overlap and not cfg.allow_training_seeds:
+        tasks = list(dict.fromkeys(j.task for j in overlap))
+        dataset = (files.training_data or {}).get("dataset")
+        raise InputError(
+            f"{len(overlap)} of the {len(jobs)} evaluation episodes start from scenes {files.root} was "
+            f"trained on (tasks: {', '.join(tasks)}; training data {dataset}): evaluating with --seed "
+            f"{cfg.seed} replays training episodes. Choose another --seed (collection and evaluation seeds "
+            f"must differ), or pass --allow-training-seeds to evaluate on them anyway (recorded in "
+            f"eval_info.json)."
+        )
+    return len(overlap)
 
 
 def _choose_videos(records: list[dict], keep: int) -> set[int]:
@@ -229,25 +272,23 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
 
     start = time.time()
     tasks = mw.resolve_tasks(cfg.tasks)
-    checkpoint = None
+    checkpoint, files = None, None
     if cfg.policy in BASELINES:
         env_emb = mw.embodiment(tuple(as_list(cfg.baseline_cameras)), cfg.baseline_image_size)
         policy_emb = env_emb
         execute_steps = 1
     else:
         path = Path(cfg.policy)
-        policy_emb, env_emb = check_checkpoint(path, tasks[0])
-        weights = path / "model.safetensors"
-        if not weights.is_file():
-            raise InputError(f"{path}: no model.safetensors (the checkpoint is incomplete)")
+        files = read_policy_dir(path)  # also requires model.safetensors
+        policy_emb, env_emb = check_checkpoint(files, tasks[0])
         checkpoint = {
             "path": str(path),
             "resolved": str(path.resolve()),
-            "model_sha256": sha256_file(weights),
+            "model_sha256": sha256_file(files.weights),
         }
         execute_steps = cfg.execute_steps  # None: the policy's own, reported back by the workers
-        chunk = json.loads((path / "config.json").read_text()).get("chunk_size")
-        if execute_steps is not None and isinstance(chunk, int) and execute_steps > chunk:
+        chunk = files.chunk_size
+        if execute_steps is not None and execute_steps > chunk:
             raise InputError(
                 f"--execute-steps {execute_steps} exceeds the chunk of {chunk} actions that {path} predicts; "
                 f"use at most {chunk}"
@@ -255,10 +296,6 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
 
     out = cfg.out
     video_dir = out / "videos"
-    out.mkdir(parents=True, exist_ok=True)
-    for old in video_dir.glob("*.mp4"):  # videos of an earlier evaluation in the same dir
-        old.unlink()
-
     record_first = min(cfg.episodes, 2 * cfg.videos)  # record a few more than kept, to find a failure
     jobs, used_instructions = [], {}
     for task in tasks:
@@ -270,6 +307,11 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
                 used_instructions[task].append(words)
             video = str(video_dir / f"{task}_ep{i:03d}.mp4") if i < record_first else None
             jobs.append(Job(task, i, mw.episode_seed(cfg.seed, task, i), words, video))
+    overlap = check_training_seeds(jobs, files, cfg) if files is not None else 0
+
+    out.mkdir(parents=True, exist_ok=True)
+    for old in video_dir.glob("*.mp4"):  # videos of an earlier evaluation in the same dir
+        old.unlink()
 
     spec = WorkerSpec(
         policy=str(cfg.policy),
@@ -317,6 +359,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             "episodes_per_task": cfg.episodes,
             "seed": cfg.seed,
             "seed_rule": "episode i of task t starts from vlaforge.envs.metaworld.episode_seed(seed, t, i)",
+            "training_seed_overlap": overlap,  # episodes starting from a scene the policy was trained on
+            "allow_training_seeds": cfg.allow_training_seeds,
             "success": "info['success'] at any step; the episode stops at the first success",
             "instructions": cfg.instructions,
             "device": cfg.device,

@@ -53,7 +53,17 @@ from vlaforge.train.finetune import (
 )
 
 # Fields a resumed run may change; everything else must match the checkpoint's config.
-RESUMABLE_CHANGES = ("steps", "save_every", "log_every", "resume", "device", "num_workers", "out")
+RESUMABLE_CHANGES = (
+    "steps",
+    "save_every",
+    "log_every",
+    "resume",
+    "device",
+    "num_workers",
+    "out",
+    "cache_max_gb",  # cached and streamed frames are the same batches
+    "decode_workers",
+)
 KEEP_CHECKPOINTS = 3
 
 
@@ -163,8 +173,12 @@ class TrainConfig:
         if self.num_workers < 0:
             problems.append(f"num_workers={self.num_workers} (must be >= 0)")
         if self.image_size is not None and int(self.image_size) < 1:
-            problems.append(f"image_size={self.image_size} (a side in pixels >= 1, or None for the dataset's)")
-        if self.cache_max_gb is not None and not (self.cache_max_gb >= 0 and math.isfinite(self.cache_max_gb)):
+            problems.append(
+                f"image_size={self.image_size} (a side in pixels >= 1, or None for the dataset's)"
+            )
+        if self.cache_max_gb is not None and not (
+            self.cache_max_gb >= 0 and math.isfinite(self.cache_max_gb)
+        ):
             problems.append(f"cache_max_gb={self.cache_max_gb} (must be >= 0; 0 streams, None never does)")
         if self.decode_workers < 1:
             problems.append(f"decode_workers={self.decode_workers} (must be >= 1)")
@@ -349,10 +363,12 @@ def _build_policy(cfg: TrainConfig, embodiment: Any, norm_stats: Any) -> tuple[n
 
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> None:
     now = cfg.to_dict()
+    # A field added after the run started is compared with its default (what the run effectively used).
+    defaults = TrainConfig(dataset=cfg.dataset, out=cfg.out).to_dict()
     diffs = [
-        f"{k}: {saved.get(k)!r} -> {now[k]!r}"
+        f"{k}: {saved.get(k, defaults[k])!r} -> {now[k]!r}"
         for k in now
-        if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]
+        if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k]
     ]
     if diffs:
         raise InputError(
@@ -502,6 +518,9 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
             session.loop(step, elapsed_before, stop_after, window=mine.get("log_window"))
         finally:
             batches.close()
+            close = getattr(sampler, "close", None)
+            if close is not None:  # a streaming sampler's decode workers
+                close()
     finally:
         if d.world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()

@@ -5,10 +5,16 @@
 3. evaluate it in simulation, and the uniform-random baseline with the same protocol for comparison,
 4. print both tables and the paths of the HTML reports.
 
+This module sits above the stages it drives (`vlaforge.envs.collect`, `vlaforge.train`, `vlaforge.eval`),
+which know nothing of each other or of it; evaluation in particular never imports training. It does not
+restate their options: `DemoConfig` holds the few settings a demo is about and builds the stages' own
+configs from them (`collect_config`, `train_config`, `eval_config`), every other option keeping the
+stage's default.
+
 Every stage is skipped when its output is already there for the same settings (recorded in
 `OUT/demo_state.json`), and an interrupted training run resumes from its last checkpoint, so running
-`vlaforge demo` again is cheap. The defaults live in one place, `DemoConfig`; they are chosen so the demo
-finishes in about half an hour on two CPU cores and the policy clearly beats random.
+`vlaforge demo` again is cheap. The defaults are chosen so the demo finishes in about half an hour on two
+CPU cores and the policy clearly beats random.
 """
 
 from __future__ import annotations
@@ -18,10 +24,17 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlaforge.errors import InputError
 from vlaforge.types import as_list
+
+if TYPE_CHECKING:
+    from vlaforge.envs.collect import CollectConfig
+    from vlaforge.eval.run import EvalConfig
+    from vlaforge.train.loop import TrainConfig
+
+LOG_EVERY = 50  # training metrics lines: often enough to watch the loss, rarely enough to stay quiet
 
 
 @dataclass
@@ -52,7 +65,7 @@ class DemoConfig:
         videos: videos per task in the reports.
         seed: seed for collection and training.
         eval_seed: seed of the evaluation episodes; differs from `seed` so that no evaluation episode
-            starts from a scene the policy was trained on.
+            starts from a scene the policy was trained on (evaluation refuses those anyway).
     """
 
     tasks: str = "drawer-close-v3,button-press-topdown-v3,window-close-v3,drawer-open-v3,faucet-open-v3"
@@ -92,20 +105,114 @@ class DemoConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise InputError(f"demo device must be auto, cpu or cuda; got {self.device!r}")
 
+    # -- where things go -------------------------------------------------------------------------------
 
-def _data_key(cfg: DemoConfig, tasks: list[str]) -> dict[str, Any]:
-    return {
-        "tasks": tasks,
-        "episodes": cfg.episodes,
-        "image_size": cfg.image_size,
-        "cameras": as_list(cfg.cameras),
-        "seed": cfg.seed,
-    }
+    @property
+    def root(self) -> Path:
+        return Path(self.out)
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def policy_dir(self) -> Path:
+        """The trained policy evaluated: the run's `last` checkpoint."""
+        return self.run_dir / "last"
+
+    def torch_device(self) -> str:
+        """`device` with "auto" resolved ("cuda" when torch sees a GPU, else "cpu")."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    # -- the stages' own configs -------------------------------------------------------------------------
+
+    def collect_config(self) -> CollectConfig:
+        """Stage 1: the demonstrations (`vlaforge.envs.collect`), replacing an incomplete dataset."""
+        from vlaforge.envs.collect import CollectConfig
+
+        return CollectConfig(
+            tasks=self.tasks,
+            episodes=self.episodes,
+            out=self.data_dir,
+            image_size=self.image_size,
+            cameras=self.cameras,
+            workers=self.workers,
+            seed=self.seed,
+            overwrite=True,
+        )
+
+    def train_config(self, resume: bool = False) -> TrainConfig:
+        """Stage 2: training on `data_dir` into `run_dir`; options the demo does not set keep
+        `TrainConfig`'s defaults (no LoRA, full fine-tuning, clipping at 1.0, no accumulation)."""
+        from vlaforge.train.loop import TrainConfig
+
+        return TrainConfig(
+            dataset=str(self.data_dir),
+            out=str(self.run_dir),
+            preset=self.preset,
+            head=self.head,
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            schedule=self.schedule,
+            warmup_steps=int(self.warmup_steps or 0),
+            chunk_size=self.chunk_size,
+            save_every=self.save_every,
+            log_every=LOG_EVERY,
+            seed=self.seed,
+            resume=resume,
+            device=self.device,
+        )
+
+    def eval_config(self, policy: str | Path, out: str | Path) -> EvalConfig:
+        """Stages 3 and 4: the same tasks, episodes and seeds for the policy and for a baseline (which
+        renders the demo's cameras and image size, as the policy does)."""
+        from vlaforge.eval.run import EvalConfig
+
+        return EvalConfig(
+            policy=str(policy),
+            out=out,
+            tasks=self.tasks,
+            episodes=self.eval_episodes,
+            workers=self.workers,
+            max_steps=self.max_steps,
+            videos=self.videos,
+            seed=self.eval_seed,
+            device=self.torch_device(),
+            baseline_cameras=as_list(self.cameras),
+            baseline_image_size=self.image_size,
+        )
 
 
-def _train_key(cfg: DemoConfig, tasks: list[str]) -> dict[str, Any]:
-    keys = ("steps", "preset", "head", "batch_size", "chunk_size", "lr", "schedule", "warmup_steps")
-    return {**_data_key(cfg, tasks), **{k: getattr(cfg, k) for k in keys}}
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(d, default=str))
+
+
+def _data_key(cfg: DemoConfig) -> dict[str, Any]:
+    """What the dataset depends on: the collection settings but where to write and how many processes."""
+    from vlaforge.envs.metaworld import resolve_tasks
+
+    key = asdict(cfg.collect_config())
+    key["tasks"] = resolve_tasks(key["tasks"])
+    for k in ("out", "workers", "overwrite"):
+        key.pop(k)
+    return _jsonable(key)
+
+
+def _train_key(cfg: DemoConfig) -> dict[str, Any]:
+    """What the trained weights depend on: the data and every training setting a resume may not change."""
+    from vlaforge.train.loop import RESUMABLE_CHANGES
+
+    train = {k: v for k, v in cfg.train_config().to_dict().items() if k not in RESUMABLE_CHANGES}
+    return _jsonable({"data": _data_key(cfg), "train": train})
 
 
 def _dataset_complete(root: Path, n_episodes: int) -> bool:
@@ -149,18 +256,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """
     from vlaforge.envs.collect import collect
     from vlaforge.envs.metaworld import resolve_tasks
-    from vlaforge.eval.run import EvalConfig, evaluate
-    from vlaforge.train.loop import TrainConfig, train
+    from vlaforge.eval.run import evaluate
+    from vlaforge.train.loop import train
 
     tasks = resolve_tasks(cfg.tasks)
-    out = Path(cfg.out)
-    data, run, ev, ev_random = out / "data", out / "run", out / "eval", out / "eval-random"
+    out, data, run, last = cfg.root, cfg.data_dir, cfg.run_dir, cfg.policy_dir
     state = _State(out / "demo_state.json")
-    device = cfg.device
-    if device == "auto":
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = cfg.torch_device()
     seconds: dict[str, float] = {}
     print(
         f"vlaforge demo: {len(tasks)} tasks ({', '.join(tasks)}), {cfg.episodes} demos each, "
@@ -169,29 +271,19 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
 
     # 1. Demonstrations.
     t0 = time.time()
-    data_key = _data_key(cfg, tasks)
+    data_key = _data_key(cfg)
     if state.get("data") == data_key and _dataset_complete(data, len(tasks) * cfg.episodes):
         print(f"[1/4] dataset {data} already collected; skipping")
     else:
         print(f"[1/4] collecting {cfg.episodes} expert demonstrations per task -> {data}")
-        collect(
-            tasks=tasks,
-            episodes=cfg.episodes,
-            out=str(data),
-            image_size=cfg.image_size,
-            cameras=cfg.cameras,
-            workers=cfg.workers,
-            seed=cfg.seed,
-            overwrite=True,
-        )
+        collect(cfg.collect_config())
         state.set("data", data_key)
         state.set("train", None)
     seconds["collect"] = time.time() - t0
 
     # 2. Training (resumes an interrupted run with the same settings).
     t0 = time.time()
-    train_key = _train_key(cfg, tasks)
-    last = run / "last"
+    train_key = _train_key(cfg)
     if state.get("train") == train_key and last.exists():
         print(f"[2/4] {last} already trained; skipping")
     else:
@@ -202,60 +294,19 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             f"[2/4] {'resuming' if resume else 'training'} the {cfg.preset} preset ({cfg.head} head) -> {run}"
         )
         state.set("train_started", train_key)
-        train(
-            TrainConfig(
-                dataset=str(data),
-                out=str(run),
-                preset=cfg.preset,
-                head=cfg.head,
-                steps=cfg.steps,
-                batch_size=cfg.batch_size,
-                lr=cfg.lr,
-                schedule=cfg.schedule,
-                warmup_steps=cfg.warmup_steps,
-                grad_accum=1,
-                clip_grad=1.0,
-                chunk_size=cfg.chunk_size,
-                save_every=cfg.save_every,
-                log_every=50,
-                seed=cfg.seed,
-                resume=resume,
-                lora_rank=0,
-                lora_alpha=16,
-                freeze="full",
-                device=device,
-                num_workers=0,
-            )
-        )
+        train(cfg.train_config(resume=resume))
         state.set("train", train_key)
     seconds["train"] = time.time() - t0
 
     # 3-4. The policy and the random baseline, same tasks, seeds and episodes.
-    common = dict(
-        tasks=tasks,
-        episodes=cfg.eval_episodes,
-        workers=cfg.workers,
-        max_steps=cfg.max_steps,
-        videos=cfg.videos,
-        seed=cfg.eval_seed,
-        device=device,
-    )
     t0 = time.time()
+    ev, ev_random = out / "eval", out / "eval-random"
     print(f"[3/4] evaluating {last} on {cfg.eval_episodes} episodes per task -> {ev}")
-    result = evaluate(EvalConfig(policy=str(last), out=ev, **common))
+    result = evaluate(cfg.eval_config(last, ev))
     seconds["eval"] = time.time() - t0
     t0 = time.time()
     print(f"[4/4] evaluating the random baseline -> {ev_random}")
-    emb = result.info["protocol"]
-    baseline = evaluate(
-        EvalConfig(
-            policy="random",
-            out=ev_random,
-            baseline_cameras=emb["cameras"],
-            baseline_image_size=emb["image_size"],
-            **common,
-        )
-    )
+    baseline = evaluate(cfg.eval_config("random", ev_random))
     seconds["eval_random"] = time.time() - t0
 
     print()
@@ -285,3 +336,6 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         )
     )
     return {"policy": result, "random": baseline, "run": run, "data": data, "seconds": seconds}
+
+
+__all__ = ["DemoConfig", "run_demo"]
