@@ -12,10 +12,13 @@ dir, then measures, in the same run:
    first batches are checked bitwise equal): samples/s of both and their ratio. The pool's start-up and
    first batch are not timed.
 3. compute_stats frames/s over every column of the dataset (numeric columns + the camera's frames).
+4. With `--cache-size-of DIR`: the frame cache of a real dataset at `--size`, built and measured on disk
+   (the MT10 x 50 figure: `vlaforge collect --tasks mt10 --episodes 50 --image-size 128 --out DIR`).
 
 Prints a table and writes bench/results/data.json.
 
     .venv/bin/python bench/bench_data.py [--episodes 50] [--frames 100] [--size 128] [--gop N]
+                                         [--cache-size-of DIR]
 """
 
 from __future__ import annotations
@@ -109,6 +112,7 @@ def main() -> None:
     p.add_argument("--decode-workers", type=int, default=2)
     p.add_argument("--prefetch", type=int, default=None, help="streaming look-ahead (default 2 per worker)")
     p.add_argument("--gop", type=int, default=None, help="keyframe interval of the mp4s (default: encoder's)")
+    p.add_argument("--cache-size-of", default=None, help="a dataset whose frame cache at --size to measure")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "data.json"))
     a = p.parse_args()
     torch.set_num_threads(1)
@@ -225,6 +229,34 @@ def main() -> None:
         ("cached / streamed", f"{cached_sps / stream_sps:.1f}x"),
         ("compute_stats (all columns)", f"{stats_s:.2f} s  ({n / stats_s:,.0f} frames/s)"),
     ]
+    if a.cache_size_of:
+        from vlaforge.data.dataset import open_dataset
+
+        big = open_dataset(a.cache_size_of, image_size=a.size)
+        t0 = time.perf_counter()
+        frames = {c: big.frames(c) for c in big.camera_names}  # built (or reused) on disk
+        build_s = time.perf_counter() - t0
+        files = sorted(Path(big.cache_dir).glob(f"*.{a.size}x{a.size}.u8"))
+        on_disk = sum(f.stat().st_size for f in files)
+        result["cache_size"] = {
+            "dataset": str(a.cache_size_of),
+            "episodes": big.num_episodes,
+            "frames": big.num_frames,
+            "cameras": list(big.camera_names),
+            "image_size": a.size,
+            "cache_bytes": on_disk,
+            "cache_bytes_expected": big.cache_bytes(),
+            "array_bytes": sum(int(f.nbytes) for f in frames.values()),
+            "build_or_open_s": build_s,
+            "dataset_mb": big.size_bytes() / 1e6,
+        }
+        rows.append(
+            (
+                f"frame cache of {a.cache_size_of} at {a.size}px",
+                f"{big.num_episodes} eps, {big.num_frames:,} frames -> {on_disk / 1e9:.2f} GB "
+                f"(dataset {big.size_bytes() / 1e6:.1f} MB)",
+            )
+        )
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")

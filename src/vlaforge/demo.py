@@ -70,7 +70,7 @@ class DemoConfig:
 
     tasks: str = "drawer-close-v3,button-press-topdown-v3,window-close-v3,drawer-open-v3,faucet-open-v3"
     episodes: int = 30
-    steps: int = 6000
+    steps: int = 5000
     eval_episodes: int = 20
     out: str = "demo"
     device: str = "auto"

@@ -74,7 +74,9 @@ class Policy(nn.Module):
         super().__init__()
         norm_stats.validate(embodiment)
         self.embodiment, self.norm_stats, self.preset = embodiment, norm_stats, preset
-        self.text = build_text_tokenizer(preset.tokenizer, preset.llm.vocab_size, preset.tokenizer_path)
+        self.text = build_text_tokenizer(
+            preset.tokenizer, preset.llm.vocab_size, preset.tokenizer_path, preset.prompt
+        )
         self.bins = BinTokenizer(preset.action_vocab_size, preset.n_bins)
         check_bins_fit(self.bins, preset.llm.vocab_size)
         self.backbone = PrismaticBackbone(preset, embodiment.state_dim, self.text.bos_id, self.text.pad_id)

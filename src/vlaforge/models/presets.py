@@ -24,6 +24,7 @@ from vlaforge.errors import InputError
 
 VISION_KINDS = ("dinov2_reg", "dinov2", "siglip")
 TOKENIZER_KINDS = ("byte", "llama")
+PROMPT_FORMATS = ("openvla", "instruction")
 
 
 @dataclass(frozen=True)
@@ -107,6 +108,11 @@ class Preset:
         llm: the language model.
         tokenizer: "byte" (self-contained, saved in config.json) or "llama" (local `tokenizer.json`).
         tokenizer_path: directory holding the Llama tokenizer files (only for tokenizer="llama").
+        prompt: "openvla" (`In: What action should the robot take to {instruction}?\nOut:`, the format
+            OpenVLA was trained with) or "instruction" (the lower-cased instruction alone). The tiny
+            preset's byte-level LM pays one position per byte, and the template's 45 fixed bytes carry
+            no information: dropping them shortens its sequence by about 40% and its training step
+            accordingly.
         action_vocab_size: the vocab whose last `n_bins` ids are action tokens (32000 for OpenVLA).
         n_bins: action bins per dim (256).
         use_state: add one projected proprioceptive-state token after the patches.
@@ -120,6 +126,7 @@ class Preset:
     llm: LLMSpec
     tokenizer: str = "byte"
     tokenizer_path: str | None = None
+    prompt: str = "openvla"
     action_vocab_size: int = 515
     n_bins: int = 256
     use_state: bool = True
@@ -131,6 +138,8 @@ class Preset:
             raise InputError(f"preset {self.name!r} has no vision tower")
         if self.tokenizer not in TOKENIZER_KINDS:
             raise InputError(f"unknown tokenizer {self.tokenizer!r}; choose one of {TOKENIZER_KINDS}")
+        if self.prompt not in PROMPT_FORMATS:
+            raise InputError(f"unknown prompt format {self.prompt!r}; choose one of {PROMPT_FORMATS}")
         for spec in self.vision:
             if self.image_size % spec.patch_size:
                 raise InputError(
@@ -196,6 +205,7 @@ PRESETS: dict[str, Preset] = {
             image_size=64,
             llm=LLMSpec(128, 2, 4, 384, vocab_size=515, max_position_embeddings=512, rms_norm_eps=1e-6),
             tokenizer="byte",
+            prompt="instruction",
             action_vocab_size=515,
             use_state=True,
             chunk_size=8,

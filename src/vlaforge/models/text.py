@@ -20,8 +20,16 @@ from vlaforge.errors import InputError
 LLAMA_EMPTY_TOKEN = 29871  # "▁" in the Llama-2 SentencePiece vocab
 
 
-def format_prompt(instruction: str) -> str:
-    """OpenVLA's prompt: `In: What action should the robot take to {instruction.lower()}?\\nOut:`."""
+def format_prompt(instruction: str, style: str = "openvla") -> str:
+    """The prompt for `instruction`.
+
+    Args:
+        instruction: the task in words.
+        style: "openvla" (`In: What action should the robot take to {instruction.lower()}?\\nOut:`) or
+            "instruction" (the lower-cased instruction alone; see `Preset.prompt`).
+    """
+    if style == "instruction":
+        return instruction.lower()
     return f"In: What action should the robot take to {instruction.lower()}?\nOut:"
 
 
@@ -44,10 +52,11 @@ class ByteTokenizer:
     unk_id, bos_id, eos_id, pad_id = 0, 1, 2, 0
     offset = 3
 
-    def __init__(self, vocab_size: int = 515):
+    def __init__(self, vocab_size: int = 515, prompt: str = "openvla"):
         if vocab_size < self.offset + 256:
             raise InputError(f"a byte tokenizer needs vocab_size >= 259, got {vocab_size}")
         self.vocab_size = int(vocab_size)
+        self.prompt = prompt
 
     def encode(self, text: str) -> list[int]:
         """Text -> ids (no BOS, no EOS)."""
@@ -59,7 +68,7 @@ class ByteTokenizer:
         return data.decode("utf-8", errors="replace")
 
     def encode_prompt(self, instruction: str) -> list[int]:
-        return self.encode(format_prompt(instruction))
+        return self.encode(format_prompt(instruction, self.prompt))
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "vocab_size": self.vocab_size}
@@ -74,7 +83,7 @@ class LlamaTokenizer:
 
     kind = "llama"
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, prompt: str = "openvla"):
         from transformers import PreTrainedTokenizerFast
 
         path = Path(path)
@@ -85,6 +94,7 @@ class LlamaTokenizer:
                 "tokenizer (pass tokenizer_path=DIR), or use tokenizer='byte'"
             )
         self.path = str(file.parent)
+        self.prompt = prompt
         self.tok = PreTrainedTokenizerFast(tokenizer_file=str(file), bos_token="<s>", eos_token="</s>")
         self.bos_id = self.tok.convert_tokens_to_ids("<s>")
         self.eos_id = self.tok.convert_tokens_to_ids("</s>")
@@ -100,14 +110,14 @@ class LlamaTokenizer:
 
     def encode_prompt(self, instruction: str) -> list[int]:
         """The prompt's ids with OpenVLA's trailing 29871 (no BOS; the backbone adds it)."""
-        return append_empty_token(self.encode(format_prompt(instruction)))
+        return append_empty_token(self.encode(format_prompt(instruction, self.prompt)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "path": self.path}
 
 
 def build_text_tokenizer(
-    kind: str, vocab_size: int, path: str | None = None
+    kind: str, vocab_size: int, path: str | None = None, prompt: str = "openvla"
 ) -> ByteTokenizer | LlamaTokenizer:
     """The tokenizer a preset names.
 
@@ -115,12 +125,12 @@ def build_text_tokenizer(
         ValueError: a Llama tokenizer without a path, or an unknown kind.
     """
     if kind == "byte":
-        return ByteTokenizer(vocab_size)
+        return ByteTokenizer(vocab_size, prompt)
     if kind == "llama":
         if path is None:
             raise InputError(
                 "this preset uses the Llama-2 tokenizer: pass tokenizer_path=DIR (a local directory with "
                 "tokenizer.json), or tokenizer='byte' for the self-contained byte tokenizer"
             )
-        return LlamaTokenizer(path)
+        return LlamaTokenizer(path, prompt)
     raise InputError(f"unknown text tokenizer {kind!r}; choose 'byte' or 'llama'")
