@@ -17,6 +17,7 @@ The headline is the chunk head's actions/s over the token head's. Writes bench/r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -30,6 +31,7 @@ import torch
 
 from vlaforge.data.synth import TASKS, SynthConfig, write_synthetic
 from vlaforge.models.policy import Policy
+from vlaforge.models.presets import PRESETS, PROMPT_FORMATS
 from vlaforge.train.loop import TrainConfig, train
 
 
@@ -84,10 +86,19 @@ def main(argv: list[str] | None = None) -> dict:
     # One intra-op thread by default: on a small machine shared with other jobs, OpenMP threads that
     # spin on a busy core make timings swing by 10x; one thread gives stable, comparable numbers.
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument(
+        "--prompt",
+        default=None,
+        choices=PROMPT_FORMATS,
+        help="the tiny preset's prompt format (default: the preset's, 'instruction'); 'openvla' measures "
+        "the same model with OpenVLA's template, as the tiny preset had it before",
+    )
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "train.json"))
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.prompt is not None:  # this process only: the registered preset with another prompt format
+        PRESETS["tiny"] = dataclasses.replace(PRESETS["tiny"], prompt=a.prompt)
 
     with tempfile.TemporaryDirectory() as tmp:
         dataset = write_synthetic(
@@ -112,6 +123,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     report = {
         "preset": "tiny",
+        "prompt": PRESETS["tiny"].prompt,
         "batch_size": a.batch_size,
         "steps": a.steps,
         "threads": torch.get_num_threads(),

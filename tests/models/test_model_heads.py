@@ -75,9 +75,12 @@ def test_cached_prefix_suffix_equals_one_pass(embodiment, norm_stats, h):
 def test_chunk_head_cached_predict_equals_plain_forward(embodiment, norm_stats, h):
     policy = Policy.from_preset("tiny", "chunk", embodiment, norm_stats).eval()
     ctx = _ctx(policy, h.batch(B=3))
+    head, bb = policy.head, policy.backbone
     with torch.inference_mode():
-        plain = policy.head(policy.backbone, ctx)
-        cached = policy.head.predict(policy.backbone, ctx)
+        plain = head.predict(bb, ctx)
+        prefix = bb.encode_prefix(ctx.images, ctx.state, ctx.prompt_ids)
+        hidden = bb.run_suffix(prefix, head.placeholders[None].expand(3, -1, -1), bidirectional=True)
+        cached = head.mlp(hidden).view(3, head.chunk_size, head.action_dim)
     assert cached.shape == (3, 8, 4)
     torch.testing.assert_close(cached, plain, atol=1e-5, rtol=1e-5)
 

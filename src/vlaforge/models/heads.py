@@ -385,14 +385,9 @@ class ChunkHead(ActionHead):
 
     @torch.no_grad()
     def predict(self, backbone, ctx, *, generator=None, num_steps=None):
-        """Prefix from the cache, then the H*D placeholders in one pass on top of it."""
-        prefix = backbone.encode_prefix(ctx.images, ctx.state, ctx.prompt_ids)
-        B = ctx.batch_size
-        hidden = backbone.run_suffix(
-            prefix, self.placeholders[None].expand(B, -1, -1), bidirectional=self.bidirectional
-        )  # (B, H*D, d)
-        values = self.mlp(hidden.to(self.placeholders.dtype))  # (B, H*D, 1)
-        return values.view(B, self.chunk_size, self.action_dim).float()
+        """One pass: the chunk head does not iterate, so caching the prefix would only add a second call
+        (`backbone.encode_prefix` + `run_suffix` give the same values; tests/models check it)."""
+        return self(backbone, ctx).float()
 
 
 ChunkHead.spec = HeadSpec(
