@@ -110,7 +110,7 @@ class Preset:
         tokenizer_path: directory holding the Llama tokenizer files (only for tokenizer="llama").
         prompt: "openvla" (`In: What action should the robot take to {instruction}?\nOut:`, the format
             OpenVLA was trained with) or "instruction" (the lower-cased instruction alone). The tiny
-            preset's byte-level LM pays one position per byte, and the template's 45 fixed bytes carry
+            preset's byte-level LM pays one position per byte, and the template's 47 fixed bytes carry
             no information: dropping them shortens its sequence by about 40% and its training step
             accordingly.
         action_vocab_size: the vocab whose last `n_bins` ids are action tokens (32000 for OpenVLA).
