@@ -123,8 +123,11 @@ class ChunkSampler:
             self.readers = {cam: dataset.frame_reader(cam) for cam in self.cameras}
         else:
             self.images = {cam: dataset.frames(cam) for cam in self.cameras}
-        # Streaming: batches drawn but not yet handed out, as (position before, indices, {camera: jobs}).
-        self._pending: deque[tuple[tuple[int, int], np.ndarray, dict[str, list[Future]]]] = deque()
+        # Streaming: batches drawn but not yet handed out, as
+        # (position before, indices, their positions in the sorted unique frames, {camera: jobs}).
+        self._pending: deque[tuple[tuple[int, int], np.ndarray, np.ndarray, dict[str, list[Future]]]] = (
+            deque()
+        )
         self._pool: ProcessPoolExecutor | None = None
 
     def _resolve_cameras(self, cameras: list[str] | None) -> list[str]:
@@ -208,10 +211,9 @@ class ChunkSampler:
         if not self.streaming:
             return self.batch_from_indices(self.next_indices())
         self._fill()
-        _, idx, jobs = self._pending.popleft()
+        _, idx, inverse, jobs = self._pending.popleft()
         images = {}
         for cam, futures in jobs.items():
-            inverse = np.unique(idx, return_inverse=True)[1]  # (B,) position in the sorted unique
             frames = np.concatenate([f.result() for f in futures])  # (U, h, w, 3), sorted by index
             images[cam] = torch.from_numpy(frames[inverse])  # (B, h, w, 3)
         self._fill()  # keep the workers busy while the trainer uses this batch
@@ -236,13 +238,15 @@ class ChunkSampler:
         while len(self._pending) < self.prefetch:
             before = (self.epoch, self.position)
             idx = self.next_indices()
-            uniq = np.unique(idx)  # sorted: neighbouring frames share files and keyframes
+            # Sorted unique frames (neighbours share files and keyframes); `inverse` maps them back to the
+            # batch's order: (B,) positions in `uniq`.
+            uniq, inverse = np.unique(idx, return_inverse=True)
             pieces = [p for p in np.array_split(uniq, self.decode_workers) if len(p)]
             jobs = {cam: [pool.submit(decode_job, cam, p) for p in pieces] for cam in self.readers}
-            self._pending.append((before, idx, jobs))
+            self._pending.append((before, idx, inverse, jobs))
 
     def _drop_pending(self) -> None:
-        for _, _, jobs in self._pending:
+        for *_, jobs in self._pending:
             for futures in jobs.values():
                 for f in futures:
                     f.cancel()

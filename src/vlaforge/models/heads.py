@@ -145,7 +145,6 @@ class ActionHead(nn.Module):
     Subclasses declare `spec: HeadSpec` and take `(dims: HeadDims, **options)`.
     """
 
-    kind = "base"
     spec: HeadSpec
     uses_lm_head = False  # True when the loss goes through the LLM's output layer (token heads)
 
@@ -195,6 +194,11 @@ class ActionHead(nn.Module):
         """
         raise NotImplementedError
 
+    @property
+    def kind(self) -> str:
+        """The head's registered name (what config.json stores)."""
+        return self.spec.name
+
     def options(self) -> dict[str, Any]:
         """The head's own options, as the registry declares them (saved in config.json)."""
         return {o.name: getattr(self, o.name) for o in self.spec.options}
@@ -216,7 +220,6 @@ class TokenHead(ActionHead):
             vocab) and `</s>`.
     """
 
-    kind = "tokens"
     uses_lm_head = True
 
     def __init__(self, dims: HeadDims):
@@ -324,8 +327,7 @@ class TokenHead(ActionHead):
 
     def ids_to_actions(self, ids: torch.Tensor) -> torch.Tensor:
         """Ids (B, H*D) -> normalised actions (B, H, D); non-action ids clip to the nearest bin."""
-        vals = torch.from_numpy(self.bins.decode(ids.cpu().numpy()))
-        return vals.view(ids.shape[0], self.chunk_size, self.action_dim)
+        return self.decode_t(ids).view(ids.shape[0], self.chunk_size, self.action_dim)
 
     def predict(self, backbone, ctx, *, generator=None, num_steps=None):
         return self.ids_to_actions(self.decode_ids(backbone, ctx))
@@ -349,8 +351,6 @@ class ChunkHead(ActionHead):
         dims: D, H and the LLM width.
         bidirectional: placeholders attend to each other both ways (OFT); False keeps plain causal attention.
     """
-
-    kind = "chunk"
 
     def __init__(self, dims: HeadDims, bidirectional: bool = True):
         super().__init__(dims.action_dim, dims.chunk_size)
