@@ -41,7 +41,7 @@ def test_open_dataset_recognises_lerobot_and_refuses_the_rest(gop4, tmp_path):
     rlds.mkdir(parents=True)
     (rlds / "dataset_info.json").write_text("{}")
     (rlds / "bridge-train.tfrecord-00000-of-00001").write_bytes(b"")
-    with pytest.raises(InputError, match="looks like an RLDS"):
+    with pytest.raises(InputError, match="features.json is missing"):  # now read by the RLDS reader
         open_dataset(rlds)
 
 

@@ -3,9 +3,8 @@
 `vlaforge.train.train` needs six things from a dataset, whatever its format: the robot (`Embodiment`),
 the normalisation statistics (`NormStats`), where it comes from (`training_data()`), its episodes (count
 and frame ranges), its tasks, and a sampler of training batches. `TrainingDataset` writes that down as a
-`typing.Protocol`; `LeRobotDataset` (`vlaforge.data.lerobot`) is one implementation, and a reader of
-another format (RLDS for Open X-Embodiment) is another: it implements the same methods and `train()`
-does not change.
+`typing.Protocol`; `LeRobotDataset` (`vlaforge.data.lerobot`) and `RLDSDataset`
+(`vlaforge.data.rlds_dataset`, RLDS / Open X-Embodiment) implement it, and `train()` does not care which.
 
 Frames are addressed by a global index 0..N-1 over all episodes, episode by episode. Numeric columns come
 whole as numpy arrays (`actions()`, `states()`, `task_indices()`); camera frames come either from a decoded
@@ -151,16 +150,20 @@ def open_dataset(
     image_size: int | None = None,
     unnormalized_actions: Sequence[str | int] | str | None = None,
     cache_dir: str | Path | None = None,
+    oxe: str | None = None,
 ) -> TrainingDataset:
     """Opens the dataset at `path` with the reader its layout calls for.
 
     Args:
-        path: a LeRobotDataset v3.0 directory (``meta/info.json``, ``data/``, ``videos/``).
+        path: a LeRobotDataset v3.0 directory (``meta/info.json``, ``data/``, ``videos/``) or an RLDS / TFDS
+            directory (``<name>/<version>/`` with ``dataset_info.json``, or ``<name>/`` above it).
         image_size: square side frames are decoded, cached and served at; None keeps the dataset's.
         unnormalized_actions: names or indices of action dims left unnormalised (a comma-separated
-            string works too); None follows the dataset's metadata (vlaforge's stored embodiment), and
-            normalises every dim when there is none.
-        cache_dir: where decoded video caches go (default: ``path/.cache``).
+            string works too); None follows the dataset's metadata (vlaforge's stored embodiment, or Open
+            X-Embodiment's gripper), and normalises every dim when there is none.
+        cache_dir: where decoded caches (and the RLDS index) go (default: inside the dataset directory).
+        oxe: RLDS only: the Open X-Embodiment standardisation to apply (None: by the dataset's name when the
+            table has it; "": none).
 
     Raises:
         InputError: naming the path, when it is not a dataset this version reads.
@@ -169,20 +172,38 @@ def open_dataset(
     if (root / "meta" / "info.json").is_file():
         from vlaforge.data.lerobot import LeRobotDataset
 
+        if oxe:
+            raise InputError(
+                f"{root} is a LeRobot dataset; an Open X-Embodiment standardisation applies to RLDS"
+            )
         return LeRobotDataset(
             root, cache_dir=cache_dir, image_size=image_size, unnormalized_actions=unnormalized_actions
         )
     if not root.exists():
-        raise InputError(f"dataset {root} does not exist; pass the directory of a LeRobot v3.0 dataset")
-    if root.is_dir() and (any(root.glob("*.tfrecord*")) or (root / "dataset_info.json").is_file()):
-        raise InputError(
-            f"{root} looks like an RLDS / TFDS dataset; this version reads LeRobot v3.0 datasets only "
-            "(convert it with LeRobot's port scripts, or wait for the RLDS reader)"
+        raise InputError(f"dataset {root} does not exist; pass a LeRobot v3.0 or an RLDS / TFDS directory")
+    if is_rlds(root):
+        from vlaforge.data.rlds_dataset import RLDSDataset
+
+        return RLDSDataset(
+            root,
+            image_size=image_size,
+            unnormalized_actions=unnormalized_actions,
+            cache_dir=cache_dir,
+            oxe=oxe,
         )
     raise InputError(
         f"{root} is not a dataset vlaforge can read: a LeRobot v3.0 dataset is a directory with "
-        "meta/info.json, data/ and videos/ (make one with `vlaforge collect` or LeRobot)"
+        "meta/info.json, data/ and videos/ (make one with `vlaforge collect` or LeRobot); an RLDS dataset is "
+        "a TFDS directory <name>/<version>/ with dataset_info.json, features.json and *.tfrecord-* shards"
     )
+
+
+def is_rlds(path: str | Path) -> bool:
+    """True when `path` is a TFDS version directory or a dataset directory holding one."""
+    root = Path(path)
+    if (root / "dataset_info.json").is_file():
+        return True
+    return root.is_dir() and any((p / "dataset_info.json").is_file() for p in root.iterdir() if p.is_dir())
 
 
 def parse_unnormalized(value: Sequence[str | int] | str | None) -> list[str] | None:

@@ -36,7 +36,6 @@ Design choices:
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import json
 import os
 import shutil
@@ -51,6 +50,7 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from vlaforge.data.dataset import IMAGE_PREFIX, BatchSampler, normalize_mask, parse_unnormalized
+from vlaforge.data.frame_cache import cached_frames, file_fingerprint
 from vlaforge.data.stats import compute_stats, feature_stats, sample_indices, stats_from_json, stats_to_json
 from vlaforge.data.video import (
     SeekingDecoder,
@@ -828,73 +828,32 @@ class LeRobotDataset:
             "shape": list(shape),
             "fps": self.fps,
             "resize": None if (h, w) == native else "PIL bicubic (antialiased)",
-            "files": [[str(p.relative_to(self.root)), p.stat().st_size, p.stat().st_mtime_ns] for p in files],
+            "files": file_fingerprint(list(files), self.root),
         }
-        stem = f"{key}.{h}x{w}"
-        data_path = self.cache_dir / f"{stem}.u8"
-        side_path = self.cache_dir / f"{stem}.json"
 
-        def fresh() -> bool:
-            try:
-                return data_path.stat().st_size == int(np.prod(shape)) and (
-                    json.loads(side_path.read_text()) == fingerprint
-                )
-            except (OSError, json.JSONDecodeError):
-                return False
-
-        if not fresh():
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            with open(self.cache_dir / f"{stem}.lock", "a+") as lock:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    tqdm.write(f"waiting for another process to build the video cache {data_path}")
-                    fcntl.flock(lock, fcntl.LOCK_EX)
-                try:
-                    if not fresh():  # nobody built it while we waited
-                        side_path.unlink(missing_ok=True)
-                        self._build_cache(key, files, shape, data_path, native)
-                        tmp_side = side_path.with_name(f".{side_path.name}.tmp-{os.getpid()}")
-                        tmp_side.write_text(json.dumps(fingerprint))
-                        os.replace(tmp_side, side_path)
-                        self.cache_builds.append(stem)
-                finally:
-                    fcntl.flock(lock, fcntl.LOCK_UN)
-        frames = np.memmap(data_path, dtype=np.uint8, mode="r", shape=shape)
-        self._video_cache[(key, h, w)] = frames
-        return frames
-
-    def _build_cache(
-        self, key: str, files: dict[Path, list[int]], shape: tuple, out: Path, native: tuple[int, int]
-    ) -> None:
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        mm = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)  # (N, h, w, 3)
-        try:
+        def build(out: np.ndarray) -> None:
             # The bar appears only when the build lasts more than 2 s (tqdm's `delay`).
-            with tqdm(
-                total=shape[0], desc=f"caching {key} at {shape[1]}x{shape[2]}", unit="frame", delay=2.0
-            ) as bar:
+            with tqdm(total=shape[0], desc=f"caching {key} at {h}x{w}", unit="frame", delay=2.0) as bar:
                 for path, eps in files.items():
-                    rows = [self.episodes[e] for e in eps]
                     spans = [
                         (
                             e,
-                            float(r[f"videos/{key}/from_timestamp"]),
-                            int(r["dataset_from_index"]),
-                            int(r["length"]),
+                            float(self.episodes[e][f"videos/{key}/from_timestamp"]),
+                            int(self.episodes[e]["dataset_from_index"]),
+                            int(self.episodes[e]["length"]),
                         )
-                        for e, r in zip(eps, rows)
+                        for e in eps
                     ]
                     try:
-                        decode_episodes_into(path, mm, spans, self.fps, progress=bar.update, native_hw=native)
+                        decode_episodes_into(
+                            path, out, spans, self.fps, progress=bar.update, native_hw=native
+                        )
                     except VideoError as e:
                         raise DatasetError(f"{e} (camera {key!r})") from e
-            mm.flush()
-            del mm
-            os.replace(tmp, out)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+
+        frames = cached_frames(self.cache_dir, f"{key}.{h}x{w}", shape, fingerprint, build, self.cache_builds)
+        self._video_cache[(key, h, w)] = frames
+        return frames
 
     # ------------------------------------------------------------------ derived views
     def embodiment(self) -> Embodiment:

@@ -46,6 +46,7 @@ import os
 import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -276,12 +277,19 @@ Feature = (
 )  # bytes_list -> list[bytes]; float_list -> float32 (n,); int64 -> int64 (n,)
 
 
+class ByteSpans(NamedTuple):
+    """A bytes_list given as positions instead of copies: `spans` int64 (n, 2), [start, end) in the message."""
+
+    spans: np.ndarray
+
+
 class _Parser:
     """Reads protobuf fields from `buf`; every position is absolute in `buf`, so errors point at the byte."""
 
-    def __init__(self, buf: bytes, source: str):
+    def __init__(self, buf: bytes, source: str, spans: bool = False):
         self.buf = buf
         self.source = source
+        self.spans = spans  # bytes values come back as (start, end) positions in `buf`, not copied
 
     def error(self, pos: int, what: str) -> InputError:
         return InputError(f"{self.source}: malformed tf.train.Example at byte {pos}: {what}")
@@ -373,7 +381,7 @@ class _Parser:
                     continue
                 if kind == _BYTES_LIST:
                     self.expect(vfield, vwire, (_LEN,), vkey_pos, "BytesList.value")
-                    parts.append(bytes(self.buf[vs:ve]))
+                    parts.append((vs, ve) if self.spans else bytes(self.buf[vs:ve]))
                 elif kind == _FLOAT_LIST:
                     self.expect(vfield, vwire, (_LEN, _FIXED32), vkey_pos, "FloatList.value")
                     if vwire == _LEN and (ve - vs) % 4:
@@ -388,6 +396,8 @@ class _Parser:
                     else:
                         value = self.varint(vs, ve)[0]
                         parts.append(np.array([value - (1 << 64) if value >> 63 else value], dtype=np.int64))
+        if kind == _BYTES_LIST and self.spans:
+            return ByteSpans(np.asarray(parts, dtype=np.int64).reshape(len(parts), 2))
         if kind is None or kind == _BYTES_LIST:
             return parts  # a Feature with no kind set is an empty list
         dtype = np.float32 if kind == _FLOAT_LIST else np.int64
@@ -411,12 +421,14 @@ class _Parser:
         return name, self.feature(*value)
 
 
-def parse_example(data: bytes, *, source: str = "record") -> dict[str, Feature]:
+def parse_example(data: bytes, *, source: str = "record", spans: bool = False) -> dict[str, Feature]:
     """Decodes a serialized `tf.train.Example` (example.proto / feature.proto, wire format).
 
     Args:
         data: the serialized message (one TFRecord payload in an RLDS shard).
         source: names the message in errors, e.g. "shard-00000 at byte offset 1234".
+        spans: return every bytes_list as `ByteSpans` (positions of its values in `data`) instead of copies,
+            so a reader can index encoded images and read them later straight from the file.
 
     Returns:
         feature name -> value: a bytes_list as list[bytes], a float_list as float32 (n,), an int64_list as
@@ -428,7 +440,7 @@ def parse_example(data: bytes, *, source: str = "record") -> dict[str, Feature]:
             gives the byte position in `data`.
     """
     buf = bytes(data)
-    p = _Parser(buf, source)
+    p = _Parser(buf, source, spans)
     out: dict[str, Feature] = {}
     for field, wire, key_pos, s, e in p.fields(0, len(buf)):
         if field != 1:
@@ -505,6 +517,7 @@ def encode_example(features: dict[str, Feature]) -> bytes:
 
 
 __all__ = [
+    "ByteSpans",
     "crc32c",
     "crc32c_reference",
     "encode_example",
