@@ -2,6 +2,7 @@
 
 vlaforge collect   --tasks mt10 --episodes 50 --out data/mt10
 vlaforge dataset   info DIR | view DIR --episode K --out ep.mp4 | synth --out DIR
+                   | convert SRC --to rlds|lerobot --out DST
 vlaforge train     --dataset DIR --preset tiny --head chunk --steps N --out RUN
 vlaforge eval      --policy RUN/last --tasks mt10 --episodes 10 --out DIR
 vlaforge demo      (collect + train + eval on a small default)
@@ -45,6 +46,10 @@ def _run_eval(cfg: Any) -> None:
     print(f"report: {result.report_path}")
 
 
+def _run_serve(cfg: Any) -> None:
+    _load("vlaforge.serve.server:serve")(cfg)
+
+
 def _run_demo(cfg: Any) -> None:
     _load("vlaforge.demo:run_demo")(cfg)
 
@@ -63,6 +68,11 @@ CONFIG_COMMANDS: dict[str, tuple[str, str, Callable[[Any], None]]] = {
     ),
     "train": ("train or fine-tune a policy", "vlaforge.train.loop:TrainConfig", _run_train),
     "eval": ("evaluate a policy in Meta-World", "vlaforge.eval.run:EvalConfig", _run_eval),
+    "serve": (
+        "serve a policy to robots (openpi websocket + OpenVLA POST /act, batched)",
+        "vlaforge.serve.server:ServeConfig",
+        _run_serve,
+    ),
     "demo": (
         "collect a small dataset, train the tiny preset, evaluate it",
         "vlaforge.demo:DemoConfig",
@@ -107,6 +117,48 @@ def _add_dataset_command(sub: Any, build: bool) -> None:
         print(f"wrote {path}")
 
     dv.set_defaults(func=view)
+    dc = dsub.add_parser(
+        "convert",
+        help="convert a dataset between LeRobot v3.0 and RLDS / TFDS (streaming, in parallel)",
+        description="Convert SRC (a LeRobot v3.0 or an RLDS / TFDS directory) to the other format.",
+    )
+    dc.add_argument("src", help="the dataset to convert")
+    dc.add_argument("--to", required=True, choices=["rlds", "lerobot"], help="the target format")
+    dc.add_argument("--out", required=True, help="the directory to write (RLDS: shards go in OUT/1.0.0/)")
+    dc.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
+    dc.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    dc.add_argument(
+        "--image-format",
+        default="jpeg",
+        choices=["jpeg", "png"],
+        help="RLDS images (default: jpeg, quality 95)",
+    )
+    dc.add_argument("--episodes-per-shard", type=int, default=None, help="RLDS shard size (default: ~200 MB)")
+    dc.add_argument(
+        "--oxe",
+        default=None,
+        help="reading RLDS: the Open X-Embodiment standardisation to apply (default: by the dataset's name; "
+        "'' for none)",
+    )
+    dc.add_argument(
+        "--video-gop", type=int, default=None, help="writing LeRobot: keyframe interval in frames"
+    )
+
+    def convert(a: argparse.Namespace) -> None:
+        report = _load("vlaforge.data.convert:convert")(
+            a.src,
+            a.to,
+            a.out,
+            workers=a.workers,
+            overwrite=a.overwrite,
+            image_format=a.image_format,
+            episodes_per_shard=a.episodes_per_shard,
+            oxe=a.oxe,
+            video_gop=a.video_gop,
+        )
+        print(report)
+
+    dc.set_defaults(func=convert)
     ds = dsub.add_parser("synth", help="write a small synthetic LeRobot v3.0 dataset (smoke tests, examples)")
     cls = _load("vlaforge.data.synth:SynthConfig")
     add_config_args(ds, cls)
@@ -119,7 +171,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="vlaforge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("collect", "dataset", "train", "eval", "demo"):
+    for name in ("collect", "dataset", "train", "eval", "serve", "demo"):
         build = command in (None, name)
         if name == "dataset":
             _add_dataset_command(sub, build)

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .conftest import smooth_images
+
 
 def spec_crc32c(data: bytes) -> int:
     crc = 0xFFFFFFFF
@@ -93,7 +95,11 @@ def tensor(shape, dtype) -> dict:
     cls = "scalar.Scalar" if not shape else "tensor_feature.Tensor"
     return {
         "pythonClassName": f"tensorflow_datasets.core.features.{cls}",
-        "tensor": {"shape": {"dimensions": [str(d) for d in shape]} if shape else {}, "dtype": dtype, "encoding": "none"},
+        "tensor": {
+            "shape": {"dimensions": [str(d) for d in shape]} if shape else {},
+            "dtype": dtype,
+            "encoding": "none",
+        },
     }
 
 
@@ -122,11 +128,13 @@ def libero_like(n_episodes=6, shards=2, size=16, fmt="png", seed=0, action_dim=7
         T = 5 + e % 4
         episodes.append(
             {
-                "image": rng.integers(0, 256, (T, size, size, 3), dtype=np.uint8),
-                "wrist_image": rng.integers(0, 256, (T, size, size, 3), dtype=np.uint8),
+                "image": smooth_images(T, size, size, seed * 100 + 2 * e),
+                "wrist_image": smooth_images(T, size, size, seed * 100 + 2 * e + 1),
                 "state": rng.normal(size=(T, state_dim)).astype(np.float32),
                 "action": rng.normal(size=(T, action_dim)).astype(np.float32),
-                "instruction": ["open the top drawer", "put the bowl on the plate", "turn on the stove"][e % 3],
+                "instruction": ["open the top drawer", "put the bowl on the plate", "turn on the stove"][
+                    e % 3
+                ],
                 "file_path": f"/raw/episode_{e}.hdf5",
             }
         )
@@ -164,7 +172,9 @@ def write_tfds(root: Path, data: dict, name: str = "libero_like", extra_feature:
     for s in range(n):
         chunk = records[s * per : (s + 1) * per]
         lengths.append(len(chunk))
-        (out / f"{name}-train.tfrecord-{s:05d}-of-{n:05d}").write_bytes(b"".join(frame_record(r) for r in chunk))
+        (out / f"{name}-train.tfrecord-{s:05d}-of-{n:05d}").write_bytes(
+            b"".join(frame_record(r) for r in chunk)
+        )
     steps = fdict(
         {
             "observation": fdict(

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from vlaforge.cli import main
-from vlaforge.data.lerobot import DatasetError, LeRobotDataset
+from vlaforge.data.lerobot import LeRobotDataset
 from vlaforge.data.video import read_video
 from vlaforge.data.view import render_episode
+from vlaforge.errors import InputError
 
 
 def test_render_episode(two_cam, tmp_path):
@@ -20,7 +21,7 @@ def test_render_episode(two_cam, tmp_path):
     assert frames.shape[1] % 2 == 0 and frames.shape[2] % 2 == 0 and frames.shape[1] >= 256
     np.testing.assert_allclose(np.diff(times), 1 / ds.fps, atol=1e-3)
     assert np.abs(frames[0].astype(int) - frames[-1].astype(int)).mean() > 0.5  # the image and cursor move
-    with pytest.raises(DatasetError, match="episode 9 does not exist"):
+    with pytest.raises(InputError, match="episode 9 does not exist"):
         render_episode(root, episode=9, out=tmp_path / "x.mp4")
 
 

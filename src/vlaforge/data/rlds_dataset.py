@@ -96,15 +96,15 @@ def default_mapping(tfds: TFDSDirectory, oxe_name: str | None = None) -> RLDSMap
         oxe_name: the table row to use ("" never uses the table); None looks the dataset's name up.
     """
     feats = tfds.features
+    stored = (tfds.vlaforge or {}).get("mapping")
+    if stored and oxe_name is None:  # a dataset vlaforge wrote says what its features are
+        return RLDSMapping(**{**stored, "cameras": dict(stored["cameras"])})
     if oxe_name != "":
         from vlaforge.data import oxe
 
         row = oxe.find_dataset(oxe_name or tfds.name, required=oxe_name is not None)
         if row is not None:
             return oxe.rlds_mapping(row, feats, str(tfds.root))
-    stored = (tfds.vlaforge or {}).get("mapping")
-    if stored:
-        return RLDSMapping(**{**stored, "cameras": dict(stored["cameras"])})
     cameras = {
         key.rsplit("/", 1)[-1]: key
         for key, f in feats.items()

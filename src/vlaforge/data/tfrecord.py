@@ -225,6 +225,38 @@ def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
             offset = end
 
 
+def read_record(path: str | os.PathLike, offset: int) -> bytes:
+    """The payload of the one record whose header is at byte `offset` of `path`, both CRCs checked.
+
+    Raises:
+        InputError: as `iter_records`, naming the file and the offset.
+    """
+    path = Path(path)
+    try:
+        f = open(path, "rb")  # noqa: SIM115
+    except OSError as e:
+        raise InputError(f"{path}: cannot open TFRecord file ({e.strerror})") from e
+    with f:
+        f.seek(offset)
+        header = f.read(_HEADER.size)
+        if len(header) < _HEADER.size:
+            raise InputError(f"{path}: no record header at byte offset {offset} (the file is shorter)")
+        length, length_crc = _HEADER.unpack(header)
+        if masked_crc32c(header[:8]) != length_crc:
+            raise InputError(
+                f"{path}: corrupt record at byte offset {offset}: the CRC of the length field does not match"
+            )
+        data = f.read(length)
+        footer = f.read(_FOOTER.size)
+    if len(data) != length or len(footer) != _FOOTER.size:
+        raise InputError(f"{path}: truncated record at byte offset {offset}")
+    if masked_crc32c(data) != _FOOTER.unpack(footer)[0]:
+        raise InputError(
+            f"{path}: corrupt record at byte offset {offset}: the CRC of its {length} data bytes does not match"
+        )
+    return data
+
+
 def write_records(path: str | os.PathLike, records: Iterable[bytes]) -> int:
     """Writes `records` as a TFRecord file, atomically (a temp file beside it, then `os.replace`).
 
@@ -524,5 +556,6 @@ __all__ = [
     "iter_records",
     "masked_crc32c",
     "parse_example",
+    "read_record",
     "write_records",
 ]

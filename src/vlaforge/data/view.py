@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vlaforge.data.lerobot import IMAGE_PREFIX, DatasetError, LeRobotDataset
+from vlaforge.data.dataset import IMAGE_PREFIX, open_dataset
 from vlaforge.data.video import VideoWriter
+from vlaforge.errors import InputError
 
 _PANEL = 256  # pixels of the camera panel's side
 _PLOT_W = 448  # pixels of the plot's width
@@ -57,37 +58,36 @@ def render_episode(root: str | Path, episode: int, out: str | Path, camera: str 
     """Writes an mp4 of `episode`: camera image, instruction, and actions with a moving cursor.
 
     Args:
-        root: a LeRobotDataset v3.0 directory.
+        root: a LeRobotDataset v3.0 or an RLDS / TFDS directory.
         episode: the episode index.
         out: the mp4 to write.
-        camera: camera key or short name (default: the dataset's first camera).
+        camera: camera name or LeRobot key (default: the dataset's first camera).
 
     Returns:
         The path of the written mp4 (one video frame per episode frame, at the dataset's fps).
     """
-    ds = LeRobotDataset(root)
+    ds = open_dataset(root)
     if not 0 <= episode < ds.num_episodes:
-        raise DatasetError(f"{ds.root}: episode {episode} does not exist (the dataset has {ds.num_episodes})")
-    if not ds.camera_keys:
-        raise DatasetError(f"{ds.root}: the dataset has no camera to render")
-    key = ds.camera_keys[0] if camera is None else camera
-    if key not in ds.camera_keys:
-        key = IMAGE_PREFIX + key
-    if key not in ds.camera_keys:
-        raise DatasetError(f"{ds.root}: no camera {camera!r}; cameras are {ds.camera_keys}")
+        raise InputError(f"{root}: episode {episode} does not exist (the dataset has {ds.num_episodes})")
+    cam = ds.camera_names[0] if camera is None else camera
+    cam = cam[len(IMAGE_PREFIX) :] if cam.startswith(IMAGE_PREFIX) else cam
+    if cam not in ds.camera_names:
+        raise InputError(f"{root}: no camera {camera!r}; cameras are {ds.camera_names}")
     frames = ds.episode_frames(episode)
-    images = ds.video_frames(key)[frames.start : frames.stop]  # (T, h, w, 3)
-    actions = ds.column("action")[frames.start : frames.stop].reshape(len(frames), -1)  # (T, D)
-    names = ds.embodiment().action_names
-    task = ds.tasks[int(ds.column("task_index")[frames.start])]
-    title = f"{ds.root.name}  episode {episode}  {key}  {len(frames)} steps @ {ds.fps:g} fps"
+    idx = np.arange(frames.start, frames.stop)
+    images = ds.frame_reader(cam).read(idx)  # (T, h, w, 3): only this episode is decoded
+    actions = ds.actions()[frames.start : frames.stop]  # (T, D)
+    emb = ds.embodiment()
+    names, fps = emb.action_names, emb.control_hz
+    task = ds.tasks[int(ds.task_indices()[frames.start])]
+    title = f"{Path(root).name}  episode {episode}  {cam}  {len(frames)} steps @ {fps:g} fps"
     bg, xs, (r0, r1) = _background(actions, names, task, title)
     h, w = images.shape[1:3]
     scale = max(1, _PANEL // max(h, w))
     top = bg.shape[0] - _PANEL - 4
     H, W = bg.shape[0] // 2 * 2, bg.shape[1] // 2 * 2  # yuv420p needs even sides
     out = Path(out)
-    with VideoWriter(out, ds.fps, H, W) as writer:
+    with VideoWriter(out, fps, H, W) as writer:
         for t in range(len(frames)):
             canvas = bg.copy()
             big = images[t].repeat(scale, 0).repeat(scale, 1)[:_PANEL, :_PANEL]  # nearest-neighbour upscale
