@@ -20,7 +20,7 @@ before any rollout, training's fine-tuning from a policy) calls `read_policy_dir
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ CONFIG_FILE, WEIGHTS_FILE, STATS_FILE, TOKENIZER_FILE = (
     "norm_stats.json",
     "tokenizer.json",
 )
+DATASET_STATS_FILE = "dataset_stats.json"  # per training dataset of a mixture: {unnorm_key: norm stats}
 FORMAT = "vlaforge-policy"
 VERSION = 1
 
@@ -46,12 +47,15 @@ class PolicyFiles:
         config: config.json as a dict.
         embodiment: the robot the policy drives.
         norm_stats: its statistics, already validated against the embodiment.
+        dataset_stats: per training dataset of a mixture, its own statistics by key (the `unnorm_key`s);
+            empty for a policy trained on one dataset.
     """
 
     root: Path
     config: dict[str, Any]
     embodiment: Embodiment
     norm_stats: NormStats
+    dataset_stats: dict[str, NormStats] = field(default_factory=dict)
 
     @property
     def weights(self) -> Path:
@@ -131,11 +135,23 @@ def read_policy_dir(directory: str | Path, need_weights: bool = True) -> PolicyF
     embodiment = Embodiment.from_dict(config["embodiment"])
     stats = NormStats.load(root / STATS_FILE)
     stats.validate(embodiment, where=str(root / STATS_FILE))
-    return PolicyFiles(root=root, config=config, embodiment=embodiment, norm_stats=stats)
+    per_dataset: dict[str, NormStats] = {}
+    if (root / DATASET_STATS_FILE).is_file():
+        doc = _read_json(root / DATASET_STATS_FILE)
+        if not isinstance(doc, dict) or not doc:
+            raise InputError(f"{root / DATASET_STATS_FILE}: expected {{dataset key: statistics}}")
+        for key, d in doc.items():
+            where = f"{root / DATASET_STATS_FILE}[{key!r}]"
+            per_dataset[key] = NormStats.from_dict(d, where=where)
+            per_dataset[key].validate(embodiment, where=where)
+    return PolicyFiles(
+        root=root, config=config, embodiment=embodiment, norm_stats=stats, dataset_stats=per_dataset
+    )
 
 
 __all__ = [
     "CONFIG_FILE",
+    "DATASET_STATS_FILE",
     "FORMAT",
     "STATS_FILE",
     "TOKENIZER_FILE",

@@ -155,8 +155,9 @@ def open_dataset(
     """Opens the dataset at `path` with the reader its layout calls for.
 
     Args:
-        path: a LeRobotDataset v3.0 directory (``meta/info.json``, ``data/``, ``videos/``) or an RLDS / TFDS
-            directory (``<name>/<version>/`` with ``dataset_info.json``, or ``<name>/`` above it).
+        path: a LeRobotDataset v3.0 directory (``meta/info.json``, ``data/``, ``videos/``), an RLDS / TFDS
+            directory (``<name>/<version>/`` with ``dataset_info.json``, or ``<name>/`` above it), or a
+            mixture: a ``mix.json`` file or a comma-separated list of datasets (`vlaforge.data.mixture`).
         image_size: square side frames are decoded, cached and served at; None keeps the dataset's.
         unnormalized_actions: names or indices of action dims left unnormalised (a comma-separated
             string works too); None follows the dataset's metadata (vlaforge's stored embodiment, or Open
@@ -168,6 +169,15 @@ def open_dataset(
     Raises:
         InputError: naming the path, when it is not a dataset this version reads.
     """
+    from vlaforge.data.mixture import MixtureDataset, is_mixture, parse_mixture
+
+    if is_mixture(path):
+        return MixtureDataset(
+            parse_mixture(path),
+            image_size=image_size,
+            unnormalized_actions=unnormalized_actions,
+            cache_dir=cache_dir,
+        )
     root = Path(path)
     if (root / "meta" / "info.json").is_file():
         from vlaforge.data.lerobot import LeRobotDataset

@@ -125,9 +125,7 @@ class ChunkSampler:
             self.images = {cam: dataset.frames(cam) for cam in self.cameras}
         # Streaming: batches drawn but not yet handed out, as
         # (position before, indices, their positions in the sorted unique frames, {camera: jobs}).
-        self._pending: deque[tuple[tuple[int, int], np.ndarray, np.ndarray, dict[str, list[Future]]]] = (
-            deque()
-        )
+        self._pending: deque[tuple[dict[str, Any], np.ndarray, np.ndarray, dict[str, list[Future]]]] = deque()
         self._pool: ProcessPoolExecutor | None = None
 
     def _resolve_cameras(self, cameras: list[str] | None) -> list[str]:
@@ -236,7 +234,7 @@ class ChunkSampler:
         """Draws batches and submits their decode jobs until `prefetch` batches are pending."""
         pool = self._start_pool()
         while len(self._pending) < self.prefetch:
-            before = (self.epoch, self.position)
+            before = self._position()
             idx = self.next_indices()
             # Sorted unique frames (neighbours share files and keyframes); `inverse` maps them back to the
             # batch's order: (B,) positions in `uniq`.
@@ -264,20 +262,27 @@ class ChunkSampler:
         """Batches per pass over this rank's shard."""
         return self.shard_len / self.batch_size
 
-    def state_dict(self) -> dict[str, int]:
+    def state_dict(self) -> dict[str, Any]:
         """JSON-able position: a sampler loaded with it yields exactly the batch this one would yield next.
 
         In streaming mode that is the position before the first prefetched batch not yet handed out.
         """
-        epoch, position = self._pending[0][0] if self._pending else (self.epoch, self.position)
+        pos = self._pending[0][0] if self._pending else self._position()
         return {
-            "epoch": epoch,
-            "position": position,
+            **pos,
             "seed": self.seed,
             "rank": self.rank,
             "world_size": self.world_size,
             "num_frames": self.dataset.num_frames,
         }
+
+    def _position(self) -> dict[str, Any]:
+        """Where the index stream is (JSON-able); a subclass with another stream overrides both methods."""
+        return {"epoch": self.epoch, "position": self.position}
+
+    def _restore_position(self, pos: dict[str, Any]) -> None:
+        self.epoch, self.position = int(pos["epoch"]), int(pos["position"])
+        self._cached_order = None
 
     def load_state_dict(self, d: dict) -> None:
         """Restores a position saved by `state_dict` (the dataset must have the same number of frames)."""
@@ -291,8 +296,8 @@ class ChunkSampler:
                 f"sampler state has world_size {d['world_size']}; this run has {self.world_size}"
             )
         self._drop_pending()
-        self.epoch, self.position, self.seed = int(d["epoch"]), int(d["position"]), int(d["seed"])
-        self._cached_order = None
+        self.seed = int(d["seed"])
+        self._restore_position(d)
 
 
 def _shutdown(pool: ProcessPoolExecutor) -> None:

@@ -36,6 +36,7 @@ from vlaforge.models.registry import build_head, get_head_spec
 from vlaforge.models.text import build_text_tokenizer
 from vlaforge.policy_files import (
     CONFIG_FILE,
+    DATASET_STATS_FILE,
     FORMAT,
     STATS_FILE,
     TOKENIZER_FILE,
@@ -102,6 +103,9 @@ class Policy(nn.Module):
         self._low = np.asarray(embodiment.action_low, dtype=np.float32)
         self._high = np.asarray(embodiment.action_high, dtype=np.float32)
         self._prompt_cache: dict[str, list[int]] = {}
+        # Trained on a mixture: each dataset's own statistics, by key (`set_dataset_stats`).
+        self.dataset_stats: dict[str, NormStats] = {}
+        self._dataset_norms: dict[str, tuple[Normalizer, Normalizer | None]] = {}
         # Where the weights were trained (dataset path, and per episode its task and seed for simulation
         # datasets); saved in config.json so evaluation can refuse scenes seen in training.
         self.training_data: dict[str, Any] | None = None
@@ -177,6 +181,52 @@ class Policy(nn.Module):
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
+    # ------------------------------------------------------------------ per-dataset statistics
+    def set_dataset_stats(self, stats: Mapping[str, NormStats] | None) -> None:
+        """Per training dataset of a mixture, its own statistics: training normalises every sample with
+        its dataset's (the batch's "dataset" keys), and inference un-normalises with the `unnorm_key`
+        asked for, as OpenVLA's `dataset_statistics.json`. None or {} keeps the one set of `norm_stats`."""
+        self.dataset_stats, self._dataset_norms = {}, {}
+        mask = np.asarray(self.embodiment.normalize_mask, dtype=bool)
+        for key, ns in (stats or {}).items():
+            ns.validate(self.embodiment, where=f"statistics of dataset {key!r}")
+            state = Normalizer(ns["observation.state"], mode=self.norm_mode) if self.uses_state else None
+            self.dataset_stats[key] = ns
+            self._dataset_norms[key] = (Normalizer(ns["action"], mode=self.norm_mode, mask=mask), state)
+
+    @property
+    def unnorm_keys(self) -> list[str]:
+        """The datasets whose statistics this policy holds (empty: one set, `norm_stats`)."""
+        return list(self.dataset_stats)
+
+    def _norms_for(self, key: str | None) -> tuple[Normalizer, Normalizer | None]:
+        """(action, state) normalisers for `unnorm_key` `key` (None: the policy's only set)."""
+        if not self._dataset_norms:
+            if key is not None:
+                raise InputError(
+                    f"unnorm_key {key!r}: this policy was trained on one dataset and has one set of statistics; "
+                    "pass no unnorm_key"
+                )
+            return self.action_norm, self.state_norm
+        if key is None:
+            if len(self._dataset_norms) == 1:
+                return next(iter(self._dataset_norms.values()))
+            raise InputError(
+                f"this policy was trained on {len(self._dataset_norms)} datasets; pass unnorm_key, one of "
+                f"{self.unnorm_keys}"
+            )
+        if key not in self._dataset_norms:
+            raise InputError(f"unnorm_key {key!r} is not one of this policy's datasets {self.unnorm_keys}")
+        return self._dataset_norms[key]
+
+    def _per_key(self, keys: list[str | None], x: np.ndarray, which: int, fn: str) -> np.ndarray:
+        """Applies normaliser `which` (0 action, 1 state) method `fn` to each sample with its key's stats."""
+        out = np.empty(x.shape, dtype=np.float32)
+        for key in dict.fromkeys(keys):
+            sel = np.asarray([k == key for k in keys])
+            out[sel] = getattr(self._norms_for(key)[which], fn)(x[sel])
+        return out
+
     # ------------------------------------------------------------------ inputs
     def _prompts(self, instructions: list[str]) -> list[list[int]]:
         out = []
@@ -189,7 +239,9 @@ class Policy(nn.Module):
             out.append(ids)
         return out
 
-    def _context(self, images: Mapping[str, Any], state: Any, instructions: Any) -> Context:
+    def _context(
+        self, images: Mapping[str, Any], state: Any, instructions: Any, keys: list[str | None] | None = None
+    ) -> Context:
         device = self.device
         missing = [c for c in self.embodiment.camera_names if c not in images]
         if missing:
@@ -219,7 +271,7 @@ class Policy(nn.Module):
                 raise InputError(
                     f"state has shape {st.shape}; this policy expects ({B}, {S}) (state_dim {S})"
                 )
-            state_t = _as_tensor(self.state_norm.normalize(st), device)
+            state_t = _as_tensor(self._per_key(keys or [None] * B, st, 1, "normalize"), device)
         return Context(images=imgs, state=state_t, prompt_ids=self._prompts(instructions))
 
     # ------------------------------------------------------------------ training
@@ -230,7 +282,8 @@ class Policy(nn.Module):
             (scalar loss tensor, {metric: detached scalar tensor on the policy's device}); metrics: `loss`,
             `l1` for every head, `token_acc` for tokens. Nothing is read back to the host here.
         """
-        ctx = self._context(batch["images"], batch.get("state"), batch["instruction"])
+        keys = self._batch_keys(batch)
+        ctx = self._context(batch["images"], batch.get("state"), batch["instruction"], keys)
         actions = batch["actions"]
         a = actions.detach().cpu().numpy() if isinstance(actions, torch.Tensor) else np.asarray(actions)
         B, H = ctx.batch_size, self.head.chunk_size
@@ -249,9 +302,19 @@ class Policy(nn.Module):
             if pad is None
             else _as_tensor(pad, torch.device("cpu"))[:, :H]
         )
-        target = _as_tensor(self.action_norm.normalize(a), self.device)
+        target = _as_tensor(self._per_key(keys, a, 0, "normalize"), self.device)
         loss, metrics = self.head.loss(self.backbone, ctx, target, pad.to(self.device, torch.bool))
         return loss, {"loss": loss.detach(), **metrics}
+
+    def _batch_keys(self, batch: Mapping[str, Any]) -> list[str | None]:
+        """The batch's per-sample dataset keys (a mixture's); [None] * B for a single dataset."""
+        B = len(batch["instruction"]) if not isinstance(batch["instruction"], str) else 1
+        keys = batch.get("dataset")
+        if keys is None or not self._dataset_norms:
+            return [None] * B
+        if isinstance(keys, str):
+            keys = [keys] * B
+        return list(keys)
 
     # ------------------------------------------------------------------ inference
     def predict_action_batch(
@@ -260,6 +323,7 @@ class Policy(nn.Module):
         *,
         generator: torch.Generator | None = None,
         num_steps: int | None = None,
+        unnorm_key: str | None = None,
     ) -> np.ndarray:
         """Batched observations -> action chunks (B, H, D) float32 in robot units, clipped to the limits.
 
@@ -267,17 +331,22 @@ class Policy(nn.Module):
             batch: `{"images": {camera: uint8 (B, h, w, 3)}, "state": (B, S), "instruction": [B strings]}`.
             generator: random stream of a stochastic head (reproducible samples); ignored by the others.
             num_steps: steps of an iterative head (flow / diffusion; None: its default); ignored by the others.
+            unnorm_key: the training dataset whose statistics un-normalise the actions (a policy trained on a
+                mixture: required when it holds several, see `unnorm_keys`).
         """
+        action_norm, _ = self._norms_for(unnorm_key)  # a bad key fails before any compute
         was_training = self.training
         self.eval()
         try:
             with torch.inference_mode():
-                ctx = self._context(batch["images"], batch.get("state"), batch.get("instruction", ""))
+                instr = batch.get("instruction", "")
+                n = len(next(iter(batch["images"].values()))) if batch.get("images") else 1
+                ctx = self._context(batch["images"], batch.get("state"), instr, [unnorm_key] * n)
                 norm = self.head.predict(self.backbone, ctx, generator=generator, num_steps=num_steps)
                 norm = norm.float().cpu().numpy()  # (B, H, D)
         finally:
             self.train(was_training)
-        actions = self.action_norm.unnormalize(norm)
+        actions = action_norm.unnormalize(norm)
         return np.clip(actions, self._low, self._high).astype(np.float32)
 
     def predict_action(
@@ -286,12 +355,13 @@ class Policy(nn.Module):
         *,
         generator: torch.Generator | None = None,
         num_steps: int | None = None,
+        unnorm_key: str | None = None,
     ) -> np.ndarray:
         """One observation -> action chunk (H, D) float32 in robot units.
 
         Args:
             obs: an `Observation` or `{"images": {camera: uint8 (h, w, 3)}, "state": (S,), "instruction": str}`.
-            generator, num_steps: sampling options, as in `predict_action_batch`.
+            generator, num_steps, unnorm_key: as in `predict_action_batch`.
         """
         obs = Observation.from_dict(obs)
         for name, img in obs.images.items():
@@ -302,7 +372,9 @@ class Policy(nn.Module):
         state = None if obs.state is None else obs.state.reshape(1, -1)  # its dim is checked in _context
         batch = {"images": {k: v[None] for k, v in obs.images.items()}, "state": state}
         batch["instruction"] = [str(obs.instruction)]
-        return self.predict_action_batch(batch, generator=generator, num_steps=num_steps)[0]
+        return self.predict_action_batch(
+            batch, generator=generator, num_steps=num_steps, unnorm_key=unnorm_key
+        )[0]
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, directory: str | Path) -> Path:
@@ -313,6 +385,9 @@ class Policy(nn.Module):
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
         self.norm_stats.save(directory / STATS_FILE)
+        if self.dataset_stats:
+            doc = {k: v.to_dict() for k, v in self.dataset_stats.items()}
+            (directory / DATASET_STATS_FILE).write_text(json.dumps(doc, indent=2))
         if self.text.kind == "llama":
             src = Path(self.text.path) / TOKENIZER_FILE
             if src.resolve() != (directory / TOKENIZER_FILE).resolve():
@@ -334,6 +409,7 @@ class Policy(nn.Module):
             preset = preset.with_overrides(tokenizer_path=str(directory))
         policy = cls(preset, files.head, files.embodiment, files.norm_stats, files.norm_mode)
         policy.training_data = files.training_data
+        policy.set_dataset_stats(files.dataset_stats)
         weights = directory / WEIGHTS_FILE
         expected = policy.state_dict()
         with safe_open(str(weights), framework="pt") as f:

@@ -442,6 +442,8 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
         )
         policy, counts = _build_policy(cfg, dataset.embodiment(), dataset.norm_stats())
         policy.training_data = dataset.training_data()
+        # A mixture normalises every sample with its own dataset's statistics (the checkpoint's unnorm_keys).
+        policy.set_dataset_stats(getattr(dataset, "dataset_norm_stats", dict)())
         policy.to(device).train()
         params = [(n, p) for n, p in policy.named_parameters() if p.requires_grad]
         param_names = [n for n, _ in params]
@@ -551,6 +553,7 @@ def restore_policy(checkpoint: str | Path, device: str = "cpu") -> nn.Module:
     files = read_policy_dir(checkpoint)
     ckpt.seed_everything(cfg.seed)
     policy, _ = _build_policy(cfg, files.embodiment, files.norm_stats)
+    policy.set_dataset_stats(files.dataset_stats)
     if fingerprint([p for p in policy.parameters() if not p.requires_grad]) != state.get(
         "frozen_fingerprint"
     ):
