@@ -72,7 +72,8 @@ class TrainConfig:
     """Everything one training run needs (``vlaforge train`` passes each flag here).
 
     Attributes:
-        dataset: LeRobot v3.0 dataset directory.
+        dataset: a LeRobot v3.0 or RLDS / TFDS directory, or a mixture: a comma list of them or a mix.json
+            (`vlaforge.data.mixture`; each dataset keeps its own statistics, the policy's unnorm_keys).
         out: run directory (``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``last``).
         preset: a preset name (``tiny``, ``openvla-7b``, ...) or a policy directory whose backbone
             weights initialise the run (fine-tuning; head and state projection start fresh).
