@@ -99,6 +99,9 @@ _INFO_KEYS = set(  # LeRobot's own info.json fields, which extra_info must not o
 )
 _STATS_FRAMES_PER_EPISODE = 16  # image frames kept per episode for statistics
 _STATS_IMAGE_SIDE = 64  # images are strided down to about this side for statistics
+# Image frames kept for the global statistics: past this many, every other one is dropped, so a writer's
+# memory stays bounded whatever the dataset's size (the statistics use at most 2000 frames anyway).
+_STATS_MAX_KEPT = 8000
 
 
 class DatasetError(InputError):
@@ -362,6 +365,9 @@ class LeRobotWriter:
             step = max(1, max(h, w) // _STATS_IMAGE_SIDE)
             sample = frames[key][sample_indices(n, _STATS_FRAMES_PER_EPISODE)][:, ::step, ::step]
             self._image_samples[key].append(np.ascontiguousarray(sample))
+            kept = self._image_samples[key]
+            if sum(len(x) for x in kept) > _STATS_MAX_KEPT:  # bounded memory on huge datasets
+                self._image_samples[key] = [np.concatenate(kept)[::2]]
             for stat, value in feature_stats(sample).items():
                 row[f"stats/{key}/{stat}"] = value.tolist()
         row["meta/episodes/chunk_index"], row["meta/episodes/file_index"] = 0, 0

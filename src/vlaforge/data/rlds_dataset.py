@@ -119,7 +119,8 @@ def default_mapping(tfds: TFDSDirectory, oxe_name: str | None = None) -> RLDSMap
     if act is None or act.kind != "tensor" or act.dtype == "string":
         nested = sorted(k for k in feats if k.startswith("steps/action/"))
         hint = (
-            f"its action is a dict ({nested}): name its Open X-Embodiment standardisation (--rlds-oxe NAME)"
+            f'its action is a dict ({nested}): name its Open X-Embodiment standardisation (the "oxe" of its '
+            "mixture entry, or `dataset convert --oxe NAME`)"
             if nested
             else f"it has {sorted(k for k in feats if k.startswith('steps/'))}"
         )
