@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml
 	# torch first and pinned, so the CPU wheel is used; the package's torch>=2.6 is then already satisfied.
 	$(PIP) install -q "torch==2.13.0"
 	$(PIP) install -q -e ".[sim,dev]"
+	# openpi-client, for the serving tests: --no-deps because it pins numpy<2 (its needs are installed above).
+	$(PIP) install -q --no-deps "openpi-client==0.1.2"
 	@touch $(STAMP)
 
 demo: setup
@@ -42,6 +44,8 @@ bench: setup
 	$(PY) bench/bench_data.py
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_eval.py
+	$(PY) bench/bench_rlds.py
+	$(PY) bench/bench_serve.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -6,7 +6,9 @@ and its config built (a refused flag combination fails here), then run in a scra
 its sizes scaled down, as listed in `SCALE`: the tasks become one easy task, episode and step counts
 shrink. A command that needs a GPU (`--device cuda`) is parsed and configured only. A bare command name in a
 sentence (`vlaforge demo` runs ...) is a mention, not a command: the demo itself is `make demo`, and
-tests/eval/test_end_to_end.py runs it scaled down.
+tests/eval/test_end_to_end.py runs it scaled down. `vlaforge serve` runs until stopped: it is started in a
+subprocess on a free port, the README's evaluation over `ws://127.0.0.1:8000` is pointed at it, and it is
+stopped at the end.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ SCALE = {
     ("demo", "--episodes"): "2",
     (None, "--steps"): "2",
     (None, "--tasks"): TASK,
+    ("serve", "--port"): "0",  # a free port; the README's ws://127.0.0.1:8000 is rewritten to it
 }
 
 
@@ -73,6 +76,7 @@ def test_readme_lists_the_main_commands():
         "vlaforge train",
         "vlaforge eval",
         "vlaforge dataset",
+        "vlaforge serve",
         "torchrun --nproc_per_node",
     ):
         assert any(c.startswith(want) for c in cmds), want
@@ -86,13 +90,31 @@ def test_every_readme_command_runs(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     commands = readme_commands()
     # Order: data before training before evaluation, as a reader runs them.
-    rank = {"collect": 0, "dataset": 1, "train": 2, "eval": 3, "demo": 4}
+    rank = {"collect": 0, "dataset": 1, "train": 2, "serve": 3, "eval": 4, "demo": 5}
     commands.sort(key=lambda c: rank[_command_of(_vlaforge_argv(c))])
     ran = []
+    servers: list[subprocess.Popen] = []
+    served = {}  # the README's ws:// address -> the running server's
+    try:
+        _run_commands(commands, ran, servers, served)
+    finally:
+        for proc in servers:
+            proc.terminate()
+            proc.communicate(timeout=30)
+    assert Path("runs/mt10/last/model.safetensors").is_file()
+    assert Path("runs/lora/last/model.safetensors").is_file()
+    assert Path("runs/ddp/last/model.safetensors").is_file()
+    assert Path("evals/mt10/eval_info.json").is_file() and Path("ep3.mp4").is_file()
+    assert Path("evals/served/eval_info.json").is_file()
+    assert len(ran) >= 12, ran
+
+
+def _run_commands(commands: list[list[str]], ran: list, servers: list, served: dict) -> None:
     for cmd in commands:
         argv = _scaled(_vlaforge_argv(cmd))
         if "demo/run/last" in argv:  # the README's held-out evaluation of the demo's policy
             argv[argv.index("demo/run/last")] = "runs/mt10/last"
+        argv = [served.get(a, a) for a in argv]
         name = _command_of(argv)
         args = build_parser(name).parse_args(argv)  # every flag exists and every value parses
         needs_gpu = getattr(args, "device", None) == "cuda" and not torch.cuda.is_available()
@@ -101,6 +123,18 @@ def test_every_readme_command_runs(tmp_path, monkeypatch):
             from vlaforge.config import config_from_args
 
             config_from_args(_load(CONFIG_COMMANDS[name][1]), args)  # valid, but needs a GPU to run
+            continue
+        if name == "serve":
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "vlaforge.cli", *argv], stdout=subprocess.PIPE, text=True
+            )
+            servers.append(proc)
+            line = proc.stdout.readline()
+            port = re.search(r"on ws://127\.0\.0\.1:(\d+) ", line)
+            assert port, f"{cmd}: {line!r}"
+            readme_port = cmd[cmd.index("--port") + 1]
+            served[f"ws://127.0.0.1:{readme_port}"] = f"ws://127.0.0.1:{port.group(1)}"
+            ran.append(" ".join(argv))
             continue
         if cmd[0] == "torchrun":
             torchrun = [sys.executable, "-m", "torch.distributed.run", *cmd[1 : cmd.index("-m")]]
@@ -115,8 +149,3 @@ def test_every_readme_command_runs(tmp_path, monkeypatch):
             except SystemExit as e:
                 pytest.fail(f"README command {' '.join(cmd)} (run as {argv}) exited with {e.code}")
         ran.append(" ".join(argv))
-    assert Path("runs/mt10/last/model.safetensors").is_file()
-    assert Path("runs/lora/last/model.safetensors").is_file()
-    assert Path("runs/ddp/last/model.safetensors").is_file()
-    assert Path("evals/mt10/eval_info.json").is_file() and Path("ep3.mp4").is_file()
-    assert len(ran) >= 10, ran

@@ -54,7 +54,7 @@ class WorkerSpec:
     """Everything a worker needs to build its controller and envs (plain data: it crosses processes).
 
     Attributes:
-        policy: a checkpoint directory, or a baseline name ("expert", "random").
+        policy: a checkpoint directory, a baseline name ("expert", "random") or a served policy (ws://).
         cameras: cameras the env renders (the policy's).
         image_size: square image side in pixels (the policy's).
         max_steps: episode truncation.
@@ -78,12 +78,33 @@ class WorkerSpec:
     render_every_step: bool = False
 
 
+def connect_remote(uri: str, cameras: list[str], image_size: int) -> Any:
+    """A `vlaforge.client.RemotePolicy` for a served policy (token: the VLAFORGE_TOKEN environment variable).
+    A server that does not describe its robot is taken to drive Meta-World's with these cameras."""
+    import os
+
+    from vlaforge.client import RemotePolicy, ServerError, ServerUnavailable
+    from vlaforge.envs.metaworld import embodiment
+
+    try:
+        return RemotePolicy(
+            uri, os.environ.get("VLAFORGE_TOKEN"), embodiment=embodiment(tuple(cameras), image_size)
+        )
+    except (ServerUnavailable, ServerError) as e:
+        raise InputError(f"--policy {uri}: {e} (is `vlaforge serve` running there, with this token?)") from e
+
+
 def build_controller(spec: WorkerSpec) -> Controller:
-    """The controller a spec names: a baseline or a checkpoint loaded with `Policy.from_pretrained`."""
+    """The controller a spec names: a baseline, a checkpoint loaded with `Policy.from_pretrained`, or a
+    served policy (`ws://HOST:PORT`) driven through `vlaforge.client`."""
     from vlaforge.envs.metaworld import embodiment
 
     if spec.policy in BASELINES:
         return make_baseline(spec.policy, embodiment(tuple(spec.cameras), spec.image_size))
+    if spec.policy.startswith(("ws://", "wss://")):
+        return PolicyController(
+            connect_remote(spec.policy, spec.cameras, spec.image_size), spec.execute_steps
+        )
     from vlaforge.models.policy import Policy
 
     policy = Policy.from_pretrained(spec.policy, device=spec.device)

@@ -13,6 +13,12 @@ on other cameras, image size, state or action space is refused with the mismatch
 always built with the checkpoint's own cameras and image size; only episodes that may end up in the
 report are recorded, so memory stays flat however many episodes run.
 
+A served policy is evaluated the same way: `--policy ws://HOST:PORT` drives it through `vlaforge.client`
+(the openpi websocket protocol, token from the VLAFORGE_TOKEN environment variable), so the act-observe
+loop over the wire gets the same episodes and statistics as in-process evaluation. The embodiment comes
+from the server's metadata; a server that does not send one (another framework's) is taken to drive
+Meta-World's robot with the baseline cameras and image size. Training seeds cannot be checked remotely.
+
 Evaluation never silently replays training scenes: a checkpoint records the (task, seed) of every episode
 it was trained on (`training_data` in config.json, read through `PolicyFiles.training_seeds()`), and an
 evaluation whose episodes start from any of those seeds is refused before any rollout, unless
@@ -51,7 +57,8 @@ class EvalConfig:
     """How to evaluate (the `vlaforge eval` flags).
 
     Attributes:
-        policy: a checkpoint directory (e.g. `RUN/last`), or "expert" / "random" for the baselines.
+        policy: a checkpoint directory (e.g. `RUN/last`), "expert" / "random" for the baselines, or a
+            served policy `ws://HOST:PORT` (`vlaforge serve`, or any openpi-protocol server).
         tasks: "mt10", "mt50", a difficulty group, or a comma list of Meta-World task names.
         episodes: episodes per task.
         out: output directory (eval_info.json, report.html, videos/).
@@ -105,9 +112,10 @@ class EvalConfig:
             raise InputError(
                 f"execute_steps must be >= 1 (or None for the policy's); got {self.execute_steps}"
             )
-        if self.policy not in BASELINES and not Path(self.policy).is_dir():
+        if self.policy not in BASELINES and not is_remote(self.policy) and not Path(self.policy).is_dir():
             raise InputError(
-                f"--policy {self.policy!r} is neither a checkpoint directory nor a baseline {list(BASELINES)}"
+                f"--policy {self.policy!r} is neither a checkpoint directory, a baseline {list(BASELINES)}, "
+                f"nor a served policy ws://HOST:PORT"
             )
 
 
@@ -178,6 +186,11 @@ def sha256_file(path: Path, block: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def is_remote(policy: str) -> bool:
+    """Whether `--policy` names a served policy (ws:// or wss://)."""
+    return str(policy).startswith(("ws://", "wss://"))
+
+
 def check_checkpoint(files: PolicyFiles, task: str) -> tuple[Embodiment, Embodiment]:
     """Refuses a checkpoint that does not fit Meta-World, naming the mismatch, before any rollout.
 
@@ -191,9 +204,13 @@ def check_checkpoint(files: PolicyFiles, task: str) -> tuple[Embodiment, Embodim
     Returns:
         (the policy's embodiment, the environment's embodiment).
     """
+    return check_embodiment(files.embodiment, task, files.root)
+
+
+def check_embodiment(policy_emb: Embodiment, task: str, path: Any) -> tuple[Embodiment, Embodiment]:
+    """`check_checkpoint` for an embodiment from anywhere (`path` names it in the errors)."""
     from vlaforge.envs.metaworld import MetaWorldEnv
 
-    path, policy_emb = files.root, files.embodiment
     try:
         env = MetaWorldEnv(
             task, cameras=policy_emb.camera_names, image_size=policy_emb.image_size, render=False
@@ -277,6 +294,26 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         env_emb = mw.embodiment(tuple(as_list(cfg.baseline_cameras)), cfg.baseline_image_size)
         policy_emb = env_emb
         execute_steps = 1
+    elif is_remote(cfg.policy):
+        from vlaforge.eval.rollout import connect_remote
+
+        remote = connect_remote(cfg.policy, as_list(cfg.baseline_cameras), cfg.baseline_image_size)
+        meta, chunk = remote.metadata, remote.chunk_size
+        remote.close()
+        policy_emb, env_emb = check_embodiment(remote.embodiment, tasks[0], cfg.policy)
+        checkpoint = {
+            "remote": cfg.policy,
+            "path": cfg.policy,
+            "resolved": f"{cfg.policy} (serving {meta.get('checkpoint') or 'an unnamed policy'})",
+            "server": meta.get("server"),
+            "checkpoint": meta.get("checkpoint"),
+            "model_sha256": meta.get("model_sha256"),
+        }
+        execute_steps = cfg.execute_steps
+        if execute_steps is not None and chunk and execute_steps > chunk:
+            raise InputError(
+                f"--execute-steps {execute_steps} exceeds the chunk of {chunk} actions {cfg.policy} predicts"
+            )
     else:
         path = Path(cfg.policy)
         files = read_policy_dir(path)  # also requires model.safetensors

@@ -314,6 +314,8 @@ class Policy(nn.Module):
             return [None] * B
         if isinstance(keys, str):
             keys = [keys] * B
+        if len(keys) != B:
+            raise InputError(f"the batch has {len(keys)} dataset keys for {B} samples")
         return list(keys)
 
     # ------------------------------------------------------------------ inference
