@@ -18,6 +18,7 @@ frames, 1.5 GB decoded) and measures, in the same run:
 Prints a table and writes bench/results/rlds.json.
 
     .venv/bin/python bench/bench_rlds.py [--episodes 200] [--frames 100] [--size 160] [--workers 2]
+    .venv/bin/python bench/bench_rlds.py --memory-scaling 25,100,400   # peak memory of the conversions vs size
 """
 
 from __future__ import annotations
@@ -101,6 +102,27 @@ def timed_convert(src: Path, to: str, out: Path, workers: int, frames: int) -> d
     }
 
 
+def memory_scaling(sizes: list[int], args: argparse.Namespace) -> dict:
+    """Peak memory of both conversions at several dataset sizes (same frames per episode and image size)."""
+    out: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "args": vars(args), "runs": {}}
+    print(f"{'episodes':>8} {'frames':>7} {'decoded GB':>10} {'to RLDS MB':>10} {'to LeRobot MB':>13}")
+    for eps in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            build(tmp / "lr", eps, args.frames, args.size)
+            n = eps * args.frames
+            a = timed_convert(tmp / "lr", "rlds", tmp / "rl", args.workers, n)
+            b = timed_convert(tmp / "rl", "lerobot", tmp / "back", args.workers, n)
+        gb = n * args.size * args.size * 3 / 1e9
+        out["runs"][eps] = {"frames": n, "decoded_gb": round(gb, 2), "to_rlds": a, "to_lerobot": b}
+        print(f"{eps:8d} {n:7d} {gb:10.2f} {a['peak_rss_mb']:10.1f} {b['peak_rss_mb']:13.1f}", flush=True)
+    path = Path(args.out).with_name("rlds-memory-scaling.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
+    print(f"wrote {path}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--episodes", type=int, default=200)
@@ -114,7 +136,14 @@ def main(argv: list[str] | None = None) -> dict:
         "--gpu-samples-per-s", type=float, default=None, help="per-GPU consumption for the projection"
     )
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "rlds.json"))
+    ap.add_argument(
+        "--memory-scaling",
+        default=None,
+        help="instead: comma list of episode counts; only the two conversions at each size (peak memory vs size)",
+    )
     args = ap.parse_args(argv)
+    if args.memory_scaling:
+        return memory_scaling([int(x) for x in args.memory_scaling.split(",")], args)
     torch.set_num_threads(1)
     result: dict = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "args": vars(args)}
     with tempfile.TemporaryDirectory() as tmp:
