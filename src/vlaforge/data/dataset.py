@@ -23,6 +23,7 @@ This module imports numpy only (plus vlaforge's pure types), so the streaming de
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -142,6 +143,34 @@ class TrainingDataset(Protocol):
     ) -> BatchSampler:
         """Training batches (see `vlaforge.data.sampler.ChunkSampler` for the arguments)."""
         ...
+
+
+class ChunkSampling:
+    """Mixin giving a `TrainingDataset` its `sampler()`: a `ChunkSampler` over itself (or, for a subclass, the
+    sampler class `_sampler` names). The sampler module imports torch, so it is imported only when called."""
+
+    _sampler = "vlaforge.data.sampler:ChunkSampler"
+
+    def sampler(
+        self,
+        batch_size: int,
+        chunk_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        cameras: list[str] | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        cache_max_gb: float | None = None,
+        decode_workers: int = 2,
+    ) -> BatchSampler:
+        """Training batches (see `vlaforge.data.sampler.ChunkSampler` for the arguments)."""
+        module, _, name = self._sampler.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+        return cls(
+            self, batch_size, chunk_size, seed=seed, shuffle=shuffle, cameras=cameras, rank=rank,
+            world_size=world_size, cache_max_gb=cache_max_gb, decode_workers=decode_workers,
+        )  # fmt: skip
 
 
 def open_dataset(

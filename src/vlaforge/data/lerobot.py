@@ -49,7 +49,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from vlaforge.data.dataset import IMAGE_PREFIX, BatchSampler, normalize_mask, parse_unnormalized
+from vlaforge.data.dataset import IMAGE_PREFIX, ChunkSampling, normalize_mask, parse_unnormalized
 from vlaforge.data.frame_cache import cached_frames, file_fingerprint
 from vlaforge.data.stats import compute_stats, feature_stats, sample_indices, stats_from_json, stats_to_json
 from vlaforge.data.video import (
@@ -496,7 +496,7 @@ def _names(names: Any, dim: int, prefix: str) -> list[str]:
     return [f"{prefix}_{i}" for i in range(dim)]
 
 
-class LeRobotDataset:
+class LeRobotDataset(ChunkSampling):
     """Reads a LeRobotDataset v3.0 directory (written by vlaforge or by LeRobot itself).
 
     Implements `vlaforge.data.dataset.TrainingDataset` (what training uses); `open_dataset` returns one
@@ -772,35 +772,6 @@ class LeRobotDataset:
         """Bytes the decoded caches of `cameras` (default: all) take at `image_size`."""
         keys = [self._camera_key(c) for c in cameras] if cameras is not None else self.camera_keys
         return sum(self.num_frames * int(np.prod(self._frame_hw(k))) * 3 for k in keys)
-
-    def sampler(
-        self,
-        batch_size: int,
-        chunk_size: int,
-        *,
-        seed: int = 0,
-        shuffle: bool = True,
-        cameras: list[str] | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-        cache_max_gb: float | None = None,
-        decode_workers: int = 2,
-    ) -> BatchSampler:
-        """A `ChunkSampler` over this dataset (see it for the arguments)."""
-        from vlaforge.data.sampler import ChunkSampler
-
-        return ChunkSampler(
-            self,
-            batch_size=batch_size,
-            chunk_size=chunk_size,
-            seed=seed,
-            shuffle=shuffle,
-            cameras=cameras,
-            rank=rank,
-            world_size=world_size,
-            cache_max_gb=cache_max_gb,
-            decode_workers=decode_workers,
-        )
 
     # ------------------------------------------------------------------ the decoded-video cache
     def _camera_key(self, camera: str) -> str:

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vlaforge.data.dataset import BatchSampler, TrainingDataset
+from vlaforge.data.dataset import ChunkSampling, TrainingDataset
 from vlaforge.data.sampler import ChunkSampler
 from vlaforge.errors import InputError
 from vlaforge.types import Embodiment, FeatureStats, NormStats
@@ -185,7 +185,7 @@ class MixtureFrameReader:
         return out
 
 
-class MixtureDataset:
+class MixtureDataset(ChunkSampling):
     """Several datasets as one `TrainingDataset` (see the module docstring).
 
     Args:
@@ -196,6 +196,8 @@ class MixtureDataset:
         datasets: the opened datasets; keys: their keys; weights: their weights; offsets: (K + 1,) first
         global frame of each dataset.
     """
+
+    _sampler = "vlaforge.data.mixture:MixtureSampler"  # `sampler()` draws datasets by weight
 
     def __init__(
         self,
@@ -332,25 +334,6 @@ class MixtureDataset:
         """(K,) probability of drawing each dataset: weight x frames, normalised (OpenVLA's balancing)."""
         p = self.weights * np.diff(self.offsets)
         return p / p.sum()
-
-    def sampler(
-        self,
-        batch_size: int,
-        chunk_size: int,
-        *,
-        seed: int = 0,
-        shuffle: bool = True,
-        cameras: list[str] | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-        cache_max_gb: float | None = None,
-        decode_workers: int = 2,
-    ) -> BatchSampler:
-        """A `MixtureSampler` (weighted datasets; see `ChunkSampler` for the arguments)."""
-        return MixtureSampler(
-            self, batch_size, chunk_size, seed=seed, shuffle=shuffle, cameras=cameras, rank=rank,
-            world_size=world_size, cache_max_gb=cache_max_gb, decode_workers=decode_workers,
-        )  # fmt: skip
 
 
 class MixtureSampler(ChunkSampler):

@@ -41,7 +41,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
-from vlaforge.data.dataset import BatchSampler, normalize_mask, parse_unnormalized
+from vlaforge.data.dataset import ChunkSampling, normalize_mask, parse_unnormalized
 from vlaforge.data.frame_cache import cached_frames, file_fingerprint
 from vlaforge.data.rlds import RLDSError, RLDSFeature, TFDSDirectory, decode_image, iter_episodes, open_tfds
 from vlaforge.data.stats import feature_stats
@@ -293,7 +293,7 @@ def load_or_build_index(
 # ---------------------------------------------------------------------------------------------------------
 
 
-class RLDSDataset:
+class RLDSDataset(ChunkSampling):
     """An RLDS / TFDS dataset as a `vlaforge.data.dataset.TrainingDataset` (see the module docstring).
 
     Args:
@@ -435,35 +435,6 @@ class RLDSDataset:
             h, w = (self.image_size,) * 2 if self.image_size is not None else self._native_hw(cam)
             total += self.num_frames * h * w * 3
         return total
-
-    def sampler(
-        self,
-        batch_size: int,
-        chunk_size: int,
-        *,
-        seed: int = 0,
-        shuffle: bool = True,
-        cameras: list[str] | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-        cache_max_gb: float | None = None,
-        decode_workers: int = 2,
-    ) -> BatchSampler:
-        """A `ChunkSampler` over this dataset (see it for the arguments)."""
-        from vlaforge.data.sampler import ChunkSampler
-
-        return ChunkSampler(
-            self,
-            batch_size=batch_size,
-            chunk_size=chunk_size,
-            seed=seed,
-            shuffle=shuffle,
-            cameras=cameras,
-            rank=rank,
-            world_size=world_size,
-            cache_max_gb=cache_max_gb,
-            decode_workers=decode_workers,
-        )
 
     # ------------------------------------------------------------------ derived views
     def embodiment(self) -> Embodiment:
