@@ -44,7 +44,9 @@ def test_unknown_camera_is_refused(tmp_path, tiny_policy):
 
 
 def test_missing_policy_dir(tmp_path):
-    with pytest.raises(InputError, match="neither a checkpoint directory, a baseline .*nor a served policy ws:"):
+    with pytest.raises(
+        InputError, match="neither a checkpoint directory, a baseline .*nor a served policy ws:"
+    ):
         EvalConfig(policy=str(tmp_path / "nope"), out=tmp_path / "o")
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match=r"missing \[.config.json."):
