@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -81,6 +82,14 @@ def test_index_is_cached_and_rebuilt_when_a_shard_changes(tmp_path):
     shard.write_bytes(shard.read_bytes())  # same bytes, new mtime: the index cannot know, so it rebuilds
     os.utime(shard, ns=(1, 1))
     assert RLDSDataset(root).index_built
+
+
+def test_concurrent_openers_build_the_index_once(tmp_path):
+    root = write_tfds(tmp_path, libero_like(n_episodes=4, shards=2))
+    with ThreadPoolExecutor(3) as pool:  # flock excludes separate open files, threads included
+        opened = list(pool.map(lambda _: RLDSDataset(root), range(3)))
+    assert sorted(d.index_built for d in opened) == [False, False, True]
+    assert all(np.array_equal(d.actions(), opened[0].actions()) for d in opened)
 
 
 def test_streaming_and_cached_batches_are_identical(spec):

@@ -37,8 +37,6 @@ from tqdm.auto import tqdm
 
 from vlaforge.data.dataset import IMAGE_PREFIX, is_rlds
 from vlaforge.data.rlds import (
-    VLAFORGE_META,
-    RLDSError,
     RLDSFeature,
     decode_episode,
     encode_episode,
@@ -319,7 +317,7 @@ def _rlds_to_lerobot(
     not_carried: list[str] = []
     lerobot_features: dict[str, dict] = {}
     for cam in ds.camera_names:
-        h, w = ds._native_hw(cam)
+        h, w = ds.native_hw(cam)
         lerobot_features[IMAGE_PREFIX + cam] = {"dtype": "video", "shape": [h, w, 3]}
     lerobot_features["action"] = {"dtype": "float32", "shape": [emb.action_dim], "names": emb.action_names}
     if ds.states().shape[1]:
@@ -347,12 +345,11 @@ def _rlds_to_lerobot(
         "name": ds.name,
         "version": ds.tfds.version,
     }
-    ep_shard, ep_offset = ds._arrays["ep_shard"], ds._arrays["ep_offset"]
-    jobs = [
-        (str(ds.tfds.shards[int(ep_shard[e])]), int(ep_offset[e]), feats, m, extra)
-        for e in range(ds.num_episodes)
-        if ds._arrays["ep_steps"][e] > 0
-    ]
+    jobs = []
+    for e in range(ds.num_episodes):
+        if len(ds.episode_frames(e)):
+            path, offset = ds.episode_record(e)
+            jobs.append((str(path), offset, feats, m, extra))
     skipped = ds.num_episodes - len(jobs)
     if skipped:
         not_carried.append(f"{skipped} empty episode(s) (LeRobot episodes need a frame)")
@@ -405,4 +402,4 @@ def _move_into_place(staging: Path, out: Path) -> None:
         os.replace(staging, out)
 
 
-__all__ = ["ConvertReport", "RLDSError", "VLAFORGE_META", "convert"]
+__all__ = ["ConvertReport", "convert"]

@@ -29,6 +29,29 @@ import numpy as np
 from tqdm.auto import tqdm
 
 
+class BuildLock:
+    """An exclusive `fcntl.flock` on `path` while a cache is built: one process per node builds, the others
+    wait for it and then find the cache fresh. Opening the lock file raises `OSError` in a read-only place.
+    """
+
+    def __init__(self, path: Path, what: str):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.file = open(path, "a+")  # noqa: SIM115 (held until __exit__)
+        self.what = what
+
+    def __enter__(self) -> BuildLock:
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            tqdm.write(f"waiting for another process to build {self.what}")
+            fcntl.flock(self.file, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.file, fcntl.LOCK_UN)
+        self.file.close()
+
+
 def cached_frames(
     cache_dir: Path,
     stem: str,
@@ -59,33 +82,24 @@ def cached_frames(
             return False
 
     if not fresh():
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        with open(cache_dir / f"{stem}.lock", "a+") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                tqdm.write(f"waiting for another process to build the frame cache {data_path}")
-                fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                if not fresh():  # nobody built it while we waited
-                    side_path.unlink(missing_ok=True)
-                    tmp = data_path.with_name(f".{data_path.name}.tmp-{os.getpid()}")
-                    try:
-                        out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
-                        build(out)
-                        out.flush()
-                        del out
-                        os.replace(tmp, data_path)
-                    except BaseException:
-                        tmp.unlink(missing_ok=True)
-                        raise
-                    tmp_side = side_path.with_name(f".{side_path.name}.tmp-{os.getpid()}")
-                    tmp_side.write_text(json.dumps(fingerprint))
-                    os.replace(tmp_side, side_path)
-                    if built is not None:
-                        built.append(stem)
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        with BuildLock(cache_dir / f"{stem}.lock", f"the frame cache {data_path}"):
+            if not fresh():  # nobody built it while we waited
+                side_path.unlink(missing_ok=True)
+                tmp = data_path.with_name(f".{data_path.name}.tmp-{os.getpid()}")
+                try:
+                    out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
+                    build(out)
+                    out.flush()
+                    del out
+                    os.replace(tmp, data_path)
+                except BaseException:
+                    tmp.unlink(missing_ok=True)
+                    raise
+                tmp_side = side_path.with_name(f".{side_path.name}.tmp-{os.getpid()}")
+                tmp_side.write_text(json.dumps(fingerprint))
+                os.replace(tmp_side, side_path)
+                if built is not None:
+                    built.append(stem)
     return np.memmap(data_path, dtype=np.uint8, mode="r", shape=shape)
 
 

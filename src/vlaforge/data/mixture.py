@@ -44,8 +44,9 @@ import torch
 
 from vlaforge.data.dataset import ChunkSampling, TrainingDataset
 from vlaforge.data.sampler import ChunkSampler
+from vlaforge.data.stats import norm_stats_of
 from vlaforge.errors import InputError
-from vlaforge.types import Embodiment, FeatureStats, NormStats
+from vlaforge.types import Embodiment, NormStats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,18 +296,7 @@ class MixtureDataset(ChunkSampling):
 
     def norm_stats(self) -> NormStats:
         """Statistics of the pooled frames (the per-dataset ones are `dataset_norm_stats`)."""
-        from vlaforge.data.stats import feature_stats
-
-        mask = self.embodiment().normalize_mask
-        out = {}
-        for key, arr in (("action", self.actions()), ("observation.state", self.states())):
-            if arr.shape[1]:
-                s = feature_stats(arr)
-                out[key] = FeatureStats(
-                    **{k: s[k] for k in ("min", "max", "mean", "std", "q01", "q99")},
-                    mask=mask if key == "action" else None,
-                )
-        return NormStats(out)
+        return norm_stats_of(self.actions(), self.states(), self.embodiment().normalize_mask)
 
     def training_data(self) -> dict[str, Any]:
         parts = [d.training_data() for d in self.datasets]
@@ -394,7 +384,3 @@ class MixtureSampler(ChunkSampler):
             raise InputError(
                 f"sampler state has {len(self.streams)} datasets; this mixture has {len(self.mixture.datasets)}"
             )
-
-    @property
-    def batches_per_epoch(self) -> float:
-        return self.shard_len / self.batch_size

@@ -42,11 +42,11 @@ from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
 from vlaforge.data.dataset import ChunkSampling, normalize_mask, parse_unnormalized
-from vlaforge.data.frame_cache import cached_frames, file_fingerprint
+from vlaforge.data.frame_cache import BuildLock, cached_frames, file_fingerprint
 from vlaforge.data.rlds import RLDSError, RLDSFeature, TFDSDirectory, decode_image, iter_episodes, open_tfds
-from vlaforge.data.stats import feature_stats
+from vlaforge.data.stats import norm_stats_of
 from vlaforge.data.video import resize_frames
-from vlaforge.types import Embodiment, FeatureStats, NormStats
+from vlaforge.types import Embodiment, NormStats
 
 INDEX_VERSION = 1  # bump when the index layout changes: old caches are then rebuilt
 _PARALLEL_SCAN_BYTES = 64 << 20  # shards scanned in worker processes above this total size
@@ -259,32 +259,44 @@ def _index_fingerprint(tfds: TFDSDirectory, mapping: RLDSMapping) -> dict[str, A
 def load_or_build_index(
     tfds: TFDSDirectory, mapping: RLDSMapping, cache_dir: Path, workers: int = 2
 ) -> tuple[dict[str, np.ndarray], list[str], bool]:
-    """The index from `cache_dir` when its fingerprint matches, else built and saved (atomically).
+    """The index from `cache_dir` when its fingerprint matches, else built and saved (atomically), by one
+    process at a time (`BuildLock`): concurrent openers wait for it and load it.
 
     Returns:
         (arrays, tasks, built): `built` is True when this call scanned the shards.
     """
     fingerprint = _index_fingerprint(tfds, mapping)
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
-    stem = cache_dir / f"rlds-index.{tfds.split}.{digest}"
-    meta_path, data_path = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
-    try:
-        meta = json.loads(meta_path.read_text())
-        if meta.get("fingerprint") == fingerprint:
-            return load_file(str(data_path)), list(meta["tasks"]), False
-    except (OSError, json.JSONDecodeError, KeyError):
-        pass
-    index = build_index(tfds, mapping, workers)
-    try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"rlds-index.{tfds.split}.{digest}"
+    meta_path, data_path = cache_dir / f"{stem}.json", cache_dir / f"{stem}.safetensors"
+
+    def load() -> tuple[dict[str, np.ndarray], list[str]] | None:
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("fingerprint") == fingerprint:
+                return load_file(str(data_path)), list(meta["tasks"])
+        except (OSError, json.JSONDecodeError, KeyError):
+            pass
+        return None
+
+    if (cached := load()) is not None:
+        return (*cached, False)
+    try:  # DDP ranks opening the dataset at once: one scans, the others wait and load its index
+        lock = BuildLock(cache_dir / f"{stem}.lock", f"the RLDS index of {tfds.root}")
+    except OSError as e:  # a read-only dataset directory: build it here, without the cache
+        tqdm.write(f"could not save the RLDS index in {cache_dir} ({e.strerror}); pass cache_dir to keep it")
+        index = build_index(tfds, mapping, workers)
+        return index["arrays"], index["tasks"], True
+    with lock:
+        if (cached := load()) is not None:  # another process built it while we waited
+            return (*cached, False)
+        index = build_index(tfds, mapping, workers)
         tmp = data_path.with_name(f".{data_path.name}.tmp-{os.getpid()}")
         save_file({k: np.ascontiguousarray(v) for k, v in index["arrays"].items()}, str(tmp))
         os.replace(tmp, data_path)
         tmp_meta = meta_path.with_name(f".{meta_path.name}.tmp-{os.getpid()}")
         tmp_meta.write_text(json.dumps({"fingerprint": fingerprint, "tasks": index["tasks"]}))
         os.replace(tmp_meta, meta_path)
-    except OSError as e:  # a read-only dataset directory: keep going without the cache
-        tqdm.write(f"could not save the RLDS index in {cache_dir} ({e.strerror}); pass cache_dir to keep it")
     return index["arrays"], index["tasks"], True
 
 
@@ -359,6 +371,12 @@ class RLDSDataset(ChunkSampling):
         """Global frame indices of `episode`."""
         return range(int(self._ep_start[episode]), int(self._ep_start[episode + 1]))
 
+    def episode_record(self, episode: int) -> tuple[Path, int]:
+        """(shard file, byte offset of the record) of `episode`: read it with `tfrecord.read_record`."""
+        return self.tfds.shards[int(self._arrays["ep_shard"][episode])], int(
+            self._arrays["ep_offset"][episode]
+        )
+
     def actions(self) -> np.ndarray:
         """float32 (N, D) actions in robot units (after the mapping's standardisation)."""
         return self._arrays["action"]
@@ -371,7 +389,8 @@ class RLDSDataset(ChunkSampling):
         """int64 (N,) index into `tasks` of every frame."""
         return self._arrays["task_index"]
 
-    def _native_hw(self, camera: str) -> tuple[int, int]:
+    def native_hw(self, camera: str) -> tuple[int, int]:
+        """(H, W) of `camera`'s frames as stored (from features.json, else from its first frame)."""
         f = self.tfds.features[self.mapping.cameras[camera]]
         if len(f.shape) >= 2 and f.shape[0] > 0 and f.shape[1] > 0:
             return int(f.shape[0]), int(f.shape[1])
@@ -389,7 +408,7 @@ class RLDSDataset(ChunkSampling):
         """A picklable reader decoding chosen frames of `camera` at `image_size` (bitwise = `frames`)."""
         self._check_camera(camera)
         size = self.image_size if size == "default" else size
-        native = self._native_hw(camera) if check_shape else None
+        native = self.native_hw(camera) if check_shape else None
         return RLDSFrameReader(
             files=[str(p) for p in self.tfds.shards],
             shard_of=np.repeat(self._arrays["ep_shard"], self._arrays["ep_steps"]).astype(np.int32),
@@ -402,7 +421,7 @@ class RLDSDataset(ChunkSampling):
     def frames(self, camera: str) -> np.ndarray:
         """uint8 (N, s, s, 3) memmap of every frame of `camera` at `image_size`, decoded once into the cache."""
         self._check_camera(camera)
-        native = self._native_hw(camera)
+        native = self.native_hw(camera)
         h, w = (self.image_size, self.image_size) if self.image_size is not None else native
         if (camera, h, w) in self._frames:
             return self._frames[(camera, h, w)]
@@ -432,7 +451,7 @@ class RLDSDataset(ChunkSampling):
         """Bytes the decoded caches of `cameras` (default: all) take at `image_size`."""
         total = 0
         for cam in cameras if cameras is not None else self.camera_names:
-            h, w = (self.image_size,) * 2 if self.image_size is not None else self._native_hw(cam)
+            h, w = (self.image_size,) * 2 if self.image_size is not None else self.native_hw(cam)
             total += self.num_frames * h * w * 3
         return total
 
@@ -440,7 +459,7 @@ class RLDSDataset(ChunkSampling):
     def embodiment(self) -> Embodiment:
         """The robot: vlaforge's stored embodiment for datasets it wrote, else derived from the mapping."""
         stored = (self.tfds.vlaforge or {}).get("embodiment")
-        size = self.image_size or self._native_hw(self.camera_names[0])[0]
+        size = self.image_size or self.native_hw(self.camera_names[0])[0]
         if stored:
             emb = Embodiment.from_dict(stored)
             changes: dict[str, Any] = {"image_size": size}
@@ -475,17 +494,7 @@ class RLDSDataset(ChunkSampling):
 
     def norm_stats(self) -> NormStats:
         """NormStats of "action" (with the embodiment's mask) and "observation.state" when there is one."""
-        mask = self.embodiment().normalize_mask
-        out = {}
-        for key, arr in (("action", self.actions()), ("observation.state", self.states())):
-            if arr.shape[1] == 0:
-                continue
-            s = feature_stats(arr)
-            out[key] = FeatureStats(
-                min=s["min"], max=s["max"], mean=s["mean"], std=s["std"], q01=s["q01"], q99=s["q99"],
-                mask=mask if key == "action" else None,
-            )  # fmt: skip
-        return NormStats(out)
+        return norm_stats_of(self.actions(), self.states(), self.embodiment().normalize_mask)
 
     def training_data(self) -> dict[str, Any]:
         """Provenance: the path, and vlaforge's per-episode task and seed for datasets it converted."""
@@ -496,10 +505,6 @@ class RLDSDataset(ChunkSampling):
             if "task" in e and "seed" in e
         ]
         return {"dataset": str(self.root.resolve()), "env": meta.get("env"), "episodes": episodes}
-
-    @property
-    def control_hz(self) -> float:
-        return self.embodiment().control_hz
 
     def size_bytes(self) -> int:
         """Bytes of the shards on disk."""

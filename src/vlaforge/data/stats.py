@@ -11,12 +11,13 @@ population standard deviation (ddof=0), as LeRobot computes it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from vlaforge.errors import InputError
+from vlaforge.types import FeatureStats, NormStats
 
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 STATS_KEYS = ("min", "max", "mean", "std", "count", *QUANTILES)
@@ -82,6 +83,19 @@ def feature_stats(arr: np.ndarray, max_image_frames: int = 100) -> dict[str, np.
 def compute_stats(arrays: Mapping[str, np.ndarray], max_image_frames: int = 100) -> dict[str, dict]:
     """Statistics of every feature in `arrays` (feature name -> all its frames); see `feature_stats`."""
     return {key: feature_stats(arr, max_image_frames=max_image_frames) for key, arr in arrays.items()}
+
+
+def norm_stats_of(actions: np.ndarray, states: np.ndarray, mask: Sequence[bool]) -> NormStats:
+    """NormStats of "action" (N, D) with the normalisation `mask`, and of "observation.state" (N, S) when S > 0."""
+    out = {}
+    for key, arr in (("action", actions), ("observation.state", states)):
+        if arr.shape[1]:
+            s = feature_stats(arr)
+            out[key] = FeatureStats(
+                **{k: s[k] for k in ("min", "max", "mean", "std", "q01", "q99")},
+                mask=list(mask) if key == "action" else None,
+            )
+    return NormStats(out)
 
 
 def stats_to_json(stats: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, dict[str, Any]]:

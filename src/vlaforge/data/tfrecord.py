@@ -170,6 +170,48 @@ _HEADER = struct.Struct("<QI")  # uint64 length, uint32 masked CRC of the 8 leng
 _FOOTER = struct.Struct("<I")  # uint32 masked CRC of the data
 
 
+def _read_at(f, path: Path, offset: int, size: int) -> bytes | None:
+    """The payload of the record whose header is at `offset` (f positioned there), both CRCs checked; None
+    at the end of the file. Raises `InputError` naming the file and the offset (see `iter_records`)."""
+    header = f.read(_HEADER.size)
+    if not header:
+        return None
+    if len(header) < _HEADER.size:
+        raise InputError(
+            f"{path}: truncated record header at byte offset {offset} ({len(header)} of "
+            f"{_HEADER.size} bytes; the file is cut short or has trailing garbage)"
+        )
+    length, length_crc = _HEADER.unpack(header)
+    if masked_crc32c(header[:8]) != length_crc:
+        raise InputError(
+            f"{path}: corrupt record at byte offset {offset}: the CRC of the length field does not "
+            "match (the file is damaged, or this is not a TFRecord file / trailing garbage)"
+        )
+    end = offset + _HEADER.size + length + _FOOTER.size
+    if end > size:
+        raise InputError(
+            f"{path}: truncated record at byte offset {offset}: it needs {length} data bytes and a "
+            f"4-byte CRC up to byte {end}, but the file has {size} bytes"
+        )
+    data = f.read(length)
+    footer = f.read(_FOOTER.size)
+    if len(data) != length or len(footer) != _FOOTER.size:  # the file shrank while being read
+        raise InputError(f"{path}: truncated record at byte offset {offset}")
+    if masked_crc32c(data) != _FOOTER.unpack(footer)[0]:
+        raise InputError(
+            f"{path}: corrupt record at byte offset {offset}: the CRC of its {length} data bytes "
+            "does not match (the file is damaged)"
+        )
+    return data
+
+
+def _open(path: Path):
+    try:
+        return open(path, "rb")  # noqa: SIM115 (callers hold it open between records)
+    except OSError as e:
+        raise InputError(f"{path}: cannot open TFRecord file ({e.strerror})") from e
+
+
 def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
     """Reads a TFRecord file, checking both CRCs of every record.
 
@@ -184,76 +226,27 @@ def iter_records(path: str | os.PathLike) -> Iterator[tuple[int, bytes]]:
             that are not a record; the message names the file and the record's byte offset.
     """
     path = Path(path)
-    try:
-        f = open(path, "rb")  # noqa: SIM115 (a generator holds it open between records)
-    except OSError as e:
-        raise InputError(f"{path}: cannot open TFRecord file ({e.strerror})") from e
-    with f:
+    with _open(path) as f:
         size = os.fstat(f.fileno()).st_size
         offset = 0
-        while True:
-            header = f.read(_HEADER.size)
-            if not header:
-                return
-            if len(header) < _HEADER.size:
-                raise InputError(
-                    f"{path}: truncated record header at byte offset {offset} ({len(header)} of "
-                    f"{_HEADER.size} bytes; the file is cut short or has trailing garbage)"
-                )
-            length, length_crc = _HEADER.unpack(header)
-            if masked_crc32c(header[:8]) != length_crc:
-                raise InputError(
-                    f"{path}: corrupt record at byte offset {offset}: the CRC of the length field does not "
-                    "match (the file is damaged, or this is not a TFRecord file / trailing garbage)"
-                )
-            end = offset + _HEADER.size + length + _FOOTER.size
-            if end > size:
-                raise InputError(
-                    f"{path}: truncated record at byte offset {offset}: it needs {length} data bytes and a "
-                    f"4-byte CRC up to byte {end}, but the file has {size} bytes"
-                )
-            data = f.read(length)
-            footer = f.read(_FOOTER.size)
-            if len(data) != length or len(footer) != _FOOTER.size:  # the file shrank while being read
-                raise InputError(f"{path}: truncated record at byte offset {offset}")
-            if masked_crc32c(data) != _FOOTER.unpack(footer)[0]:
-                raise InputError(
-                    f"{path}: corrupt record at byte offset {offset}: the CRC of its {length} data bytes "
-                    "does not match (the file is damaged)"
-                )
+        while (data := _read_at(f, path, offset, size)) is not None:
             yield offset, data
-            offset = end
+            offset += _HEADER.size + len(data) + _FOOTER.size
 
 
 def read_record(path: str | os.PathLike, offset: int) -> bytes:
     """The payload of the one record whose header is at byte `offset` of `path`, both CRCs checked.
 
     Raises:
-        InputError: as `iter_records`, naming the file and the offset.
+        InputError: as `iter_records`, naming the file and the offset; also when no record starts there.
     """
     path = Path(path)
-    try:
-        f = open(path, "rb")  # noqa: SIM115
-    except OSError as e:
-        raise InputError(f"{path}: cannot open TFRecord file ({e.strerror})") from e
-    with f:
+    with _open(path) as f:
+        size = os.fstat(f.fileno()).st_size
         f.seek(offset)
-        header = f.read(_HEADER.size)
-        if len(header) < _HEADER.size:
-            raise InputError(f"{path}: no record header at byte offset {offset} (the file is shorter)")
-        length, length_crc = _HEADER.unpack(header)
-        if masked_crc32c(header[:8]) != length_crc:
-            raise InputError(
-                f"{path}: corrupt record at byte offset {offset}: the CRC of the length field does not match"
-            )
-        data = f.read(length)
-        footer = f.read(_FOOTER.size)
-    if len(data) != length or len(footer) != _FOOTER.size:
-        raise InputError(f"{path}: truncated record at byte offset {offset}")
-    if masked_crc32c(data) != _FOOTER.unpack(footer)[0]:
-        raise InputError(
-            f"{path}: corrupt record at byte offset {offset}: the CRC of its {length} data bytes does not match"
-        )
+        data = _read_at(f, path, offset, size)
+    if data is None:
+        raise InputError(f"{path}: no record header at byte offset {offset} (the file is shorter)")
     return data
 
 
