@@ -135,7 +135,9 @@ class PrismaticBackbone(nn.Module):
         super().__init__()
         self.preset = preset
         self.bos_id, self.pad_id = bos_id, pad_id
-        self.vision = VisionFeaturizer(preset.vision, preset.image_size)
+        self.vision = VisionFeaturizer(
+            preset.vision, preset.image_size, preset.image_resize, preset.resize_strategy
+        )
         self.projector = Projector(preset.vision_dim, preset.llm.hidden_size, fused=len(preset.vision) == 2)
         self.llm = build_llm(preset.llm)
         self.state_dim = state_dim if preset.use_state else 0
@@ -152,14 +154,26 @@ class PrismaticBackbone(nn.Module):
         return self.llm.get_output_embeddings()(hidden)
 
     def embed_images(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """Per-camera uint8 (B, h, w, 3) -> projected patches (B, C * n_patches, d_llm)."""
+        """Per-camera uint8 (B, h, w, 3), or already preprocessed float pixels (B, 3 * n_towers, S, S) as
+        OpenVLA's processor returns them -> projected patches (B, C * n_patches, d_llm)."""
         B = images[0].shape[0]
-        pixels = torch.cat([self.vision.preprocess(img) for img in images], dim=0)  # (C*B, 3*n_towers, S, S)
+        pixels = torch.cat([self._pixels(img) for img in images], dim=0)  # (C*B, 3*n_towers, S, S)
         pixels = pixels.to(self.projector.fc1.weight.dtype)
         feats = self.vision(pixels)  # (C*B, n_patches, d_vision)
         patches = self.projector(feats)  # (C*B, n_patches, d_llm)
         C = len(images)
         return patches.view(C, B, -1, patches.shape[-1]).transpose(0, 1).flatten(1, 2)  # (B, C*n_patches, d)
+
+    def _pixels(self, img: torch.Tensor) -> torch.Tensor:
+        if img.dtype == torch.uint8:
+            return self.vision.preprocess(img)
+        S, n = self.vision.image_size, 3 * len(self.vision.specs)
+        if img.ndim != 4 or tuple(img.shape[1:]) != (n, S, S) or not img.is_floating_point():
+            raise InputError(
+                f"pixel_values must be float (B, {n}, {S}, {S}) (the processor's output) or uint8 camera "
+                f"images (B, H, W, 3); got {img.dtype} {tuple(img.shape)}"
+            )
+        return img.to(self.projector.fc1.weight.device)
 
     def assemble(
         self,

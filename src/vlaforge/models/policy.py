@@ -71,6 +71,7 @@ class Policy(nn.Module):
         embodiment: Embodiment,
         norm_stats: NormStats,
         norm_mode: str = "q99",
+        backbone: PrismaticBackbone | None = None,
     ):
         super().__init__()
         norm_stats.validate(embodiment)
@@ -80,7 +81,13 @@ class Policy(nn.Module):
         )
         self.bins = BinTokenizer(preset.action_vocab_size, preset.n_bins)
         check_bins_fit(self.bins, preset.llm.vocab_size)
-        self.backbone = PrismaticBackbone(preset, embodiment.state_dim, self.text.bos_id, self.text.pad_id)
+        if backbone is None:
+            backbone = PrismaticBackbone(preset, embodiment.state_dim, self.text.bos_id, self.text.pad_id)
+        elif backbone.state_dim and backbone.state_dim != embodiment.state_dim:
+            raise InputError(
+                f"the given backbone projects a state of dim {backbone.state_dim}; the embodiment has {embodiment.state_dim}"
+            )
+        self.backbone = backbone
         head_config = dict(head_config)
         spec = get_head_spec(head_config.pop("kind"))
         dims = HeadDims(
@@ -109,6 +116,9 @@ class Policy(nn.Module):
         # Where the weights were trained (dataset path, and per episode its task and seed for simulation
         # datasets); saved in config.json so evaluation can refuse scenes seen in training.
         self.training_data: dict[str, Any] | None = None
+        # An imported OpenVLA checkpoint's config.json and dataset_statistics.json, written back by
+        # `save_pretrained(format="openvla")` (`vlaforge.models.openvla`).
+        self.openvla_source: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -353,18 +363,50 @@ class Policy(nn.Module):
 
     def predict_action(
         self,
-        obs: Observation | Mapping[str, Any],
+        obs: Observation | Mapping[str, Any] | None = None,
         *,
         generator: torch.Generator | None = None,
         num_steps: int | None = None,
         unnorm_key: str | None = None,
+        input_ids: Any = None,
+        attention_mask: Any = None,
+        pixel_values: Any = None,
+        do_sample: bool = False,
     ) -> np.ndarray:
         """One observation -> action chunk (H, D) float32 in robot units.
 
+        Two forms:
+
+        - `predict_action({"images": {camera: uint8 (h, w, 3)}, "state": (S,), "instruction": str})`;
+          for a one-camera policy `"images"` may be the image itself.
+        - OpenVLA's: `predict_action(**policy.processor(prompt, image), unnorm_key=...)`, i.e. `input_ids`
+          (B, T) starting with BOS (left-padded with `attention_mask` in a batch) and `pixel_values`
+          (B, 3 * n_towers, S, S). As in OpenVLA, token 29871 is appended to a Llama prompt that does not
+          end with it, and the result is (D,) for one prompt of a one-step head ((B, D) for a batch; a
+          chunk head keeps its H axis). Unlike OpenVLA, batches are allowed and give the same actions as
+          one by one.
+
         Args:
-            obs: an `Observation` or `{"images": {camera: uint8 (h, w, 3)}, "state": (S,), "instruction": str}`.
+            obs: the observation (first form).
             generator, num_steps, unnorm_key: as in `predict_action_batch`.
+            input_ids, attention_mask, pixel_values: the processor's output (second form).
+            do_sample: accepted for OpenVLA scripts; only greedy decoding (False) exists.
         """
+        if do_sample:
+            raise InputError("do_sample=True: vlaforge's token head decodes greedily, as OpenVLA's predict_action")
+        if input_ids is not None or pixel_values is not None:
+            if obs is not None or input_ids is None or pixel_values is None:
+                raise InputError("the OpenVLA form takes input_ids and pixel_values (the processor's output), and no obs")
+            inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
+            return self._predict_openvla_form(inputs, generator, num_steps, unnorm_key)
+        if obs is None:
+            raise InputError("predict_action needs an observation, or input_ids and pixel_values from policy.processor")
+        if isinstance(obs, Mapping) and "images" in obs and not isinstance(obs["images"], Mapping):
+            if len(self.embodiment.camera_names) != 1:
+                raise InputError(
+                    f"'images' is one image but this policy reads {self.embodiment.camera_names}: pass a dict"
+                )
+            obs = {**obs, "images": {self.embodiment.camera_names[0]: np.asarray(obs["images"])}}
         obs = Observation.from_dict(obs)
         for name, img in obs.images.items():
             if img.ndim != 3:
@@ -378,9 +420,81 @@ class Policy(nn.Module):
             batch, generator=generator, num_steps=num_steps, unnorm_key=unnorm_key
         )[0]
 
+    def _openvla_context(self, inputs: Mapping[str, Any]) -> Context:
+        """The head's context for OpenVLA's inputs (`input_ids`, `attention_mask`, `pixel_values`): pads and
+        the leading BOS dropped (the backbone inserts BOS before the patches), 29871 appended to Llama
+        prompts that lack it."""
+        from vlaforge.models.text import append_empty_token
+
+        if self.uses_state:
+            raise InputError("this policy reads a state, which OpenVLA's input_ids form cannot carry; pass an observation")
+        if len(self.embodiment.camera_names) != 1:
+            raise InputError(
+                f"this policy reads {len(self.embodiment.camera_names)} cameras; the OpenVLA form carries one image"
+            )
+        ids = torch.as_tensor(inputs["input_ids"]).long().cpu()
+        ids = ids[None] if ids.ndim == 1 else ids
+        mask = inputs.get("attention_mask")
+        mask = torch.ones_like(ids) if mask is None else torch.as_tensor(mask).cpu()
+        if mask.shape != ids.shape:
+            raise InputError(f"attention_mask {tuple(mask.shape)} does not match input_ids {tuple(ids.shape)}")
+        pixels = torch.as_tensor(inputs["pixel_values"])
+        pixels = pixels[None] if pixels.ndim == 3 else pixels
+        if pixels.shape[0] != ids.shape[0]:
+            raise InputError(f"{pixels.shape[0]} images (pixel_values) for {ids.shape[0]} prompts (input_ids)")
+        prompts = []
+        for row, keep in zip(ids.tolist(), mask.bool().tolist()):
+            p = [t for t, k in zip(row, keep) if k]
+            if p and p[0] == self.text.bos_id:
+                p = p[1:]
+            if self.text.kind == "llama":
+                p = append_empty_token(p)
+            prompts.append(p)
+        return Context(images=[pixels.to(self.device)], state=None, prompt_ids=prompts)
+
+    def _predict_openvla_form(self, inputs, generator, num_steps, unnorm_key) -> np.ndarray:
+        action_norm, _ = self._norms_for(unnorm_key)  # a bad key fails before any compute
+        ctx = self._openvla_context(inputs)
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                norm = self.head.predict(self.backbone, ctx, generator=generator, num_steps=num_steps)
+                norm = norm.float().cpu().numpy()  # (B, H, D)
+        finally:
+            self.train(was_training)
+        actions = np.clip(action_norm.unnormalize(norm), self._low, self._high).astype(np.float32)
+        if actions.shape[1] == 1:
+            actions = actions[:, 0]
+        return actions[0] if actions.shape[0] == 1 else actions
+
+    @property
+    def processor(self) -> Any:
+        """OpenVLA's processor contract: `inputs = policy.processor(prompt, image)`, then
+        `policy.predict_action(**inputs, unnorm_key=...)` (`vlaforge.models.openvla.Processor`)."""
+        from vlaforge.models.openvla import Processor
+
+        return Processor(self)
+
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Writes config.json, model.safetensors and norm_stats.json (and tokenizer.json for Llama)."""
+    def save_pretrained(self, directory: str | Path, format: str = "vlaforge", **options: Any) -> Path:
+        """Writes the policy.
+
+        Args:
+            directory: created if needed.
+            format: "vlaforge" (config.json, model.safetensors, norm_stats.json, and tokenizer.json for
+                Llama) or "openvla" (OpenVLA's Hugging Face layout, readable by OpenVLA's own code:
+                `vlaforge.models.openvla.save_openvla`, whose options `max_shard_bytes` and `unnorm_key`
+                pass through).
+        """
+        if format == "openvla":
+            from vlaforge.models.openvla import save_openvla
+
+            return save_openvla(self, directory, **options)
+        if format != "vlaforge":
+            raise InputError(f"unknown checkpoint format {format!r}; choose 'vlaforge' or 'openvla'")
+        if options:
+            raise InputError(f"options {sorted(options)} apply to format='openvla' only")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / CONFIG_FILE).write_text(json.dumps(self.config, indent=2))
@@ -397,13 +511,45 @@ class Policy(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> Policy:
-        """Loads a policy directory written by `save_pretrained` (safetensors + JSON only, no pickle).
+    def from_pretrained(
+        cls,
+        directory: str | Path,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | str | None = None,
+        quantize: str | None = None,
+    ) -> Policy:
+        """Loads a policy: a directory written by `save_pretrained`, or an OpenVLA checkpoint (a directory
+        whose config.json has `model_type: "openvla"`, or a hub id such as `openvla/openvla-7b`).
+        Safetensors + JSON only: no pickle, no remote code.
+
+        Args:
+            directory: the policy directory, OpenVLA directory or hub id.
+            device: where the weights go.
+            dtype: the weights' dtype (None: as stored).
+            quantize: "int8" or "int4" weight-only quantisation of the backbone's Linear layers
+                (`vlaforge.models.quantize`: bitsandbytes on CUDA, portable kernels elsewhere); None keeps
+                full precision.
 
         Raises:
             InputError: a missing directory or file, stats that do not fit the embodiment, or weights that
                 do not fit the config (the message names the key and both shapes).
         """
+        from vlaforge.models import openvla
+
+        if openvla.is_openvla_dir(directory) or (not Path(directory).exists() and str(directory).count("/") == 1):
+            policy = openvla.load_openvla(directory, dtype=dtype, device=device)
+        else:
+            policy = cls._from_vlaforge_dir(directory, device)
+            if dtype is not None:
+                policy = policy.to(openvla._dtype(dtype))
+        if quantize is not None:
+            from vlaforge.models.quantize import quantize_policy
+
+            quantize_policy(policy, quantize)
+        return policy
+
+    @classmethod
+    def _from_vlaforge_dir(cls, directory: str | Path, device: str | torch.device) -> Policy:
         files = read_policy_dir(directory)
         directory = files.root
         preset = Preset.from_dict(files.preset)

@@ -25,6 +25,8 @@ from vlaforge.errors import InputError
 VISION_KINDS = ("dinov2_reg", "dinov2", "siglip")
 TOKENIZER_KINDS = ("byte", "llama")
 PROMPT_FORMATS = ("openvla", "instruction")
+IMAGE_RESIZES = ("bilinear", "bicubic-pil")
+RESIZE_STRATEGIES = ("resize-naive", "letterbox", "resize-crop")
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,13 @@ class Preset:
         use_state: add one projected proprioceptive-state token after the patches.
         chunk_size: action chunk H of the chunk head; the token head defaults to 1.
         lr: the learning rate the training loop uses when none is given.
+        image_resize: how camera images reach `image_size` inside the model: "bilinear" (on torch, on the
+            policy's device, antialiased when shrinking; vlaforge's default) or "bicubic-pil" (Pillow's
+            bicubic on the host, what OpenVLA's image processor does, so imported checkpoints see the
+            pixels they were trained on).
+        resize_strategy: OpenVLA's `image_resize_strategy` (with "bicubic-pil"): "resize-naive" (stretch
+            to a square), "letterbox" (pad to a square with the mean colour first) or "resize-crop"
+            (shorter side to `image_size`, then a centre crop).
     """
 
     name: str
@@ -132,8 +141,20 @@ class Preset:
     use_state: bool = True
     chunk_size: int = 8
     lr: float = 3e-4
+    image_resize: str = "bilinear"
+    resize_strategy: str = "resize-naive"
 
     def __post_init__(self) -> None:
+        if self.image_resize not in IMAGE_RESIZES:
+            raise InputError(f"unknown image_resize {self.image_resize!r}; choose one of {IMAGE_RESIZES}")
+        if self.resize_strategy not in RESIZE_STRATEGIES:
+            raise InputError(
+                f"unknown resize_strategy {self.resize_strategy!r}; choose one of {RESIZE_STRATEGIES}"
+            )
+        if self.image_resize == "bilinear" and self.resize_strategy != "resize-naive":
+            raise InputError(
+                f"resize_strategy {self.resize_strategy!r} needs image_resize='bicubic-pil' (OpenVLA's processor)"
+            )
         if not self.vision:
             raise InputError(f"preset {self.name!r} has no vision tower")
         if self.tokenizer not in TOKENIZER_KINDS:

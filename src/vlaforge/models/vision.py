@@ -9,7 +9,9 @@ Towers are `transformers` models built from configs (nothing is downloaded): `Di
 - Fused towers are concatenated along channels: (B, n_patches, d_dino + d_siglip).
 - Exact GELU (not the tanh approximation transformers' SigLIP config defaults to) and LayerNorm eps 1e-6.
 - Pixels: uint8 (B, h, w, 3) -> [0, 1] -> resized on torch (bilinear, antialiased when shrinking) ->
-  normalised per tower: ImageNet mean/std for DINOv2, mean 0.5 / std 0.5 for SigLIP.
+  normalised per tower: ImageNet mean/std for DINOv2, mean 0.5 / std 0.5 for SigLIP. Imported OpenVLA
+  checkpoints resize as OpenVLA's image processor does instead (`resize_pil`: Pillow bicubic on the
+  uint8 image, after its letterbox or crop strategy), so they see the pixels they were trained on.
 
 The fast path runs the embeddings and the first `num_layers - 1` blocks only; `reference_features`
 runs the full model with `output_hidden_states=True` and the tests check both agree.
@@ -20,8 +22,10 @@ position embeddings to the class token too and keeps a (unused) mask token.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from transformers import (
     Dinov2Config,
@@ -39,6 +43,41 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SIGLIP_MEAN = (0.5, 0.5, 0.5)
 SIGLIP_STD = (0.5, 0.5, 0.5)
+
+
+def resize_pil(
+    image: np.ndarray, size: int, strategy: str = "resize-naive", fill: tuple[int, ...] = (127, 127, 127)
+) -> np.ndarray:
+    """One uint8 (h, w, 3) image -> (size, size, 3) as OpenVLA's processor prepares it (torchvision's
+    functional resize on a PIL image is Pillow's antialiased bicubic).
+
+    Args:
+        strategy: "resize-naive" stretches to the square; "resize-crop" scales the shorter side to
+            `size` (the longer to int(size * long / short)) then crops the centre (offsets rounded as
+            torchvision's `center_crop`); "letterbox" first pads both sides of the shorter dimension by
+            floor(half the difference) with the colour `fill`, then resizes and crops as "resize-crop".
+    """
+    img = Image.fromarray(np.ascontiguousarray(image))
+    w, h = img.size
+    if strategy == "letterbox":
+        # torchvision pads int((side - w) / 2) on both sides, so an odd difference leaves it one short of a
+        # square; the resize-crop below (OpenVLA keeps the int size for letterbox) absorbs that.
+        side = max(w, h)
+        pad_w, pad_h = (side - w) // 2, (side - h) // 2
+        padded = Image.new("RGB", (w + 2 * pad_w, h + 2 * pad_h), tuple(fill))
+        padded.paste(img, (pad_w, pad_h))
+        img, (w, h) = padded, padded.size
+    if strategy in ("letterbox", "resize-crop"):
+        short, long = min(w, h), max(w, h)
+        new_long = int(size * long / short)
+        nw, nh = (size, new_long) if w <= h else (new_long, size)
+        if (nw, nh) != (w, h):
+            img = img.resize((nw, nh), Image.BICUBIC)
+        left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+        return np.asarray(img.crop((left, top, left + size, top + size)))
+    if (w, h) != (size, size):
+        img = img.resize((size, size), Image.BICUBIC)
+    return np.asarray(img)
 
 
 def build_tower(spec: ViTSpec, image_size: int) -> nn.Module:
@@ -82,14 +121,23 @@ class VisionFeaturizer(nn.Module):
     Args:
         specs: one or two tower specs.
         image_size: the square side every image is resized to.
+        resize: "bilinear" (torch, on the device) or "bicubic-pil" (OpenVLA's processor, `resize_pil`).
+        resize_strategy: with "bicubic-pil", OpenVLA's image_resize_strategy.
     """
 
-    def __init__(self, specs: tuple[ViTSpec, ...], image_size: int):
+    def __init__(
+        self,
+        specs: tuple[ViTSpec, ...],
+        image_size: int,
+        resize: str = "bilinear",
+        resize_strategy: str = "resize-naive",
+    ):
         super().__init__()
         if len(specs) not in (1, 2):
             raise InputError(f"the featurizer takes one or two towers, got {len(specs)}")
         self.specs = tuple(specs)
         self.image_size = image_size
+        self.resize, self.resize_strategy = resize, resize_strategy
         self.featurizer = build_tower(specs[0], image_size)
         self.fused_featurizer = build_tower(specs[1], image_size) if len(specs) == 2 else None
         means, stds = [], []
@@ -97,9 +145,11 @@ class VisionFeaturizer(nn.Module):
             siglip = spec.kind == "siglip"
             means.append(SIGLIP_MEAN if siglip else IMAGENET_MEAN)
             stds.append(SIGLIP_STD if siglip else IMAGENET_STD)
-        # (n_towers, 3, 1, 1); buffers follow the module's device, kept out of the state dict.
-        self.register_buffer("pixel_mean", torch.tensor(means).view(len(specs), 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(stds).view(len(specs), 3, 1, 1), persistent=False)
+        # OpenVLA letterboxes with the last tower's mean colour, as 0..255 integers.
+        self.letterbox_fill = tuple(int(m * 255) for m in means[-1])
+        # (n_towers, 3, 1, 1) float32, deliberately not buffers: `.to(bfloat16)` must not round them.
+        self.pixel_mean = torch.tensor(means, dtype=torch.float32).view(len(specs), 3, 1, 1)
+        self.pixel_std = torch.tensor(stds, dtype=torch.float32).view(len(specs), 3, 1, 1)
 
     @property
     def towers(self) -> list[nn.Module]:
@@ -120,14 +170,18 @@ class VisionFeaturizer(nn.Module):
         """
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
             raise InputError(f"images must be uint8 (B, H, W, 3); got {images.dtype} {tuple(images.shape)}")
-        dtype = self.pixel_mean.dtype
-        x = images.permute(0, 3, 1, 2).to(dtype) / 255.0  # (B, 3, h, w)
         size = self.image_size
+        if self.resize == "bicubic-pil" and images.shape[1:3] != (size, size):
+            arr = images.cpu().numpy()
+            arr = np.stack([resize_pil(a, size, self.resize_strategy, self.letterbox_fill) for a in arr])
+            images = torch.from_numpy(arr).to(images.device)
+        # float32 whatever the model's dtype (OpenVLA's processor too); the backbone casts afterwards.
+        x = images.permute(0, 3, 1, 2).float() / 255.0  # (B, 3, h, w)
         if x.shape[-2:] != (size, size):
             shrink = x.shape[-2] > size or x.shape[-1] > size
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
         x = x.unsqueeze(1)  # (B, 1, 3, S, S)
-        x = (x - self.pixel_mean) / self.pixel_std  # (B, n_towers, 3, S, S)
+        x = (x - self.pixel_mean.to(x.device)) / self.pixel_std.to(x.device)  # (B, n_towers, 3, S, S)
         return x.flatten(1, 2)
 
     def _tower_features(self, i: int, pixels: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,16 @@ class TrainConfig:
         out: run directory (``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``last``).
         preset: a preset name (``tiny``, ``openvla-7b``, ...) or a policy directory whose backbone
             weights initialise the run (fine-tuning; head and state projection start fresh).
+        init: weights to fine-tune from, replacing ``preset``: an OpenVLA checkpoint (a directory whose
+            config.json says ``model_type: "openvla"``, or a hub id such as ``openvla/openvla-7b``) or a
+            vlaforge policy directory. The backbone (vision, projector, LLM) and, for OpenVLA, its Llama
+            tokenizer come from it; the head starts fresh (the token head reuses the LLM's output layer,
+            so an OpenVLA token head continues from its action tokens), and the run's dataset brings its
+            own embodiment (any action dim) and statistics.
+        quantize: ``int4`` or ``int8`` loads the ``init`` base quantised and trains LoRA adapters on top
+            (QLoRA); needs CUDA, bitsandbytes and ``lora_rank`` > 0.
+        tokenizer_path: a local directory with the Llama-2 ``tokenizer.json``, for presets that use the
+            Llama tokenizer (``openvla-7b``) trained from scratch.
         head: the action head, one of the registry's (`vlaforge.models.registry.HEADS`): ``tokens``
             (OpenVLA's 256-bin tokens) or ``chunk`` (OpenVLA-OFT parallel decoding, L1).
         head_options: the head's own options as key=value (e.g. ``bidirectional=false`` for ``chunk``);
@@ -116,6 +126,9 @@ class TrainConfig:
     dataset: str
     out: str
     preset: str = "tiny"
+    init: str | None = None
+    quantize: str | None = field(default=None, metadata={"choices": ["int8", "int4"]})
+    tokenizer_path: str | None = None
     head: str = field(default="chunk", metadata={"choices": lambda: list(HEADS)})
     head_options: dict[str, Any] = field(default_factory=dict)
     steps: int = 1000
@@ -167,6 +180,14 @@ class TrainConfig:
             problems.append(
                 f"lora_rank={self.lora_rank}, lora_alpha={self.lora_alpha} (rank >= 0, alpha > 0)"
             )
+        if self.quantize is not None:
+            if self.quantize not in ("int8", "int4"):
+                problems.append(f"quantize {self.quantize!r} (choose 'int8' or 'int4')")
+            if self.init is None or self.lora_rank <= 0:
+                problems.append(
+                    f"quantize={self.quantize} needs --init (the base to quantise) and --lora-rank > 0: a "
+                    "quantised base is frozen and only LoRA adapters train (QLoRA)"
+                )
         if self.freeze not in FREEZE_STRATEGIES:
             problems.append(f"freeze {self.freeze!r} (choose one of {list(FREEZE_STRATEGIES)})")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -334,25 +355,58 @@ def _build_policy(cfg: TrainConfig, embodiment: Any, norm_stats: Any) -> tuple[n
     from vlaforge.models.policy import Policy
     from vlaforge.models.presets import Preset
 
-    init_dir = Path(cfg.preset)
-    if init_dir.is_dir():
-        init = read_policy_dir(init_dir)
-        preset = Preset.from_dict(init.preset)
+    from vlaforge.models import openvla
+
+    init = cfg.init if cfg.init is not None else cfg.preset
+    init_dir = Path(init)
+    if cfg.init is not None and (openvla.is_openvla_dir(init_dir) or not init_dir.exists()):
+        # An OpenVLA checkpoint: its backbone (memory-mapped, no second copy) under a fresh head for
+        # this dataset's embodiment; float32 weights train, a quantised base only under LoRA.
+        src = openvla.load_openvla(init, dtype=None if cfg.quantize else torch.float32)
+        if cfg.quantize is not None:
+            _require_qlora_support()
+            from vlaforge.models.quantize import quantize_policy
+
+            quantize_policy(src, cfg.quantize)
+        preset = src.preset
+        overrides = {"chunk_size": cfg.chunk_size} if cfg.chunk_size else {}
+        spec = HEADS[cfg.head]
+        if spec.default_chunk is not None and not cfg.chunk_size:
+            overrides["chunk_size"] = spec.default_chunk
+        preset = preset.with_overrides(**overrides)
+        policy = Policy(
+            preset,
+            {"kind": cfg.head, "chunk_size": preset.chunk_size, **cfg.head_options},
+            embodiment,
+            norm_stats,
+            backbone=src.backbone,
+        )
+    elif init_dir.is_dir():
+        init_files = read_policy_dir(init_dir)
+        preset = Preset.from_dict(init_files.preset)
         if preset.tokenizer == "llama":
             preset = preset.with_overrides(tokenizer_path=str(init_dir))
         policy = Policy.from_preset(
             preset, cfg.head, embodiment, norm_stats, chunk_size=cfg.chunk_size, **cfg.head_options
         )
-        weights = load_file(str(init.weights))
+        weights = load_file(str(init_files.weights))
         parts = ("backbone.vision.", "backbone.projector.", "backbone.llm.")
         wanted = {k for k in policy.state_dict() if k.startswith(parts)}
         missing = sorted(wanted - set(weights))
         if missing:
-            raise InputError(f"{init.weights}: backbone weights missing, e.g. {missing[:3]}")
+            raise InputError(f"{init_files.weights}: backbone weights missing, e.g. {missing[:3]}")
         policy.load_state_dict({k: weights[k] for k in wanted}, strict=False)
+    elif cfg.init is not None:
+        raise InputError(f"--init {init}: no such directory (an OpenVLA or vlaforge checkpoint, or a hub id)")
     else:
         policy = Policy.from_preset(
-            cfg.preset, cfg.head, embodiment, norm_stats, chunk_size=cfg.chunk_size, **cfg.head_options
+            cfg.preset,
+            cfg.head,
+            embodiment,
+            norm_stats,
+            chunk_size=cfg.chunk_size,
+            tokenizer_path=cfg.tokenizer_path,
+            **cfg.head_options,
         )
     if cfg.lora_rank > 0:
         counts = apply_lora(policy, cfg.lora_rank, cfg.lora_alpha, dropout=0.0, strategy=cfg.freeze)
@@ -360,6 +414,19 @@ def _build_policy(cfg: TrainConfig, embodiment: Any, norm_stats: Any) -> tuple[n
         counts = apply_freeze(policy, cfg.freeze)
     counts["never_used"] = freeze_unused(policy)
     return policy, counts
+
+
+def _require_qlora_support() -> None:
+    """QLoRA trains LoRA adapters through bitsandbytes' 4/8-bit layers, which exist on CUDA only."""
+    if not torch.cuda.is_available():
+        raise InputError(
+            "--quantize (QLoRA) needs a CUDA GPU: bitsandbytes' quantised layers are what LoRA trains through. "
+            "On this machine fine-tune in full precision (drop --quantize), e.g. with --lora-rank 32"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:
+        raise InputError("--quantize (QLoRA) needs bitsandbytes: pip install bitsandbytes") from e
 
 
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> None:
