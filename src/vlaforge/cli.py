@@ -5,6 +5,7 @@ vlaforge dataset   info DIR | view DIR --episode K --out ep.mp4 | synth --out DI
                    | convert SRC --to rlds|lerobot --out DST
 vlaforge train     --dataset DIR --preset tiny --head chunk --steps N --out RUN
 vlaforge eval      --policy RUN/last --tasks mt10 --episodes 10 --out DIR
+vlaforge export    RUN/last --format openvla --out DIR   (or an OpenVLA checkpoint to --format vlaforge)
 vlaforge demo      (collect + train + eval on a small default)
 
 The flags of collect, dataset synth, train, eval and demo are derived from their config dataclasses
@@ -165,16 +166,50 @@ def _add_dataset_command(sub: Any, build: bool) -> None:
     ds.set_defaults(func=lambda a: _run_synth(config_from_args(cls, a)))
 
 
+EXPORT_HELP = "write a policy in another checkpoint format (OpenVLA's Hugging Face layout, or vlaforge's)"
+
+
+def _add_export_command(sub: Any, build: bool) -> None:
+    e = sub.add_parser("export", help=EXPORT_HELP, description=EXPORT_HELP)
+    if not build:
+        return
+    e.add_argument(
+        "policy", help="a vlaforge policy directory (e.g. RUN/last), an OpenVLA directory or hub id"
+    )
+    e.add_argument("--out", required=True, help="the directory to write")
+    e.add_argument("--format", default="openvla", choices=["openvla", "vlaforge"], help="(default: openvla)")
+    e.add_argument(
+        "--dtype", default=None, help="cast the weights (bfloat16, float32, float16; default: as stored)"
+    )
+    e.add_argument(
+        "--unnorm-key",
+        default=None,
+        help="openvla: the statistics' name for a policy trained on one dataset (default: the dataset's directory name)",
+    )
+    e.add_argument("--max-shard-gb", type=float, default=5.0, help="openvla: the largest shard (default: 5)")
+
+    def export(a: argparse.Namespace) -> None:
+        policy = _load("vlaforge.models.policy:Policy").from_pretrained(a.policy, dtype=a.dtype)
+        options = {"unnorm_key": a.unnorm_key, "max_shard_bytes": int(a.max_shard_gb * 1e9)}
+        path = policy.save_pretrained(a.out, format=a.format, **(options if a.format == "openvla" else {}))
+        print(f"wrote {path}")
+
+    e.set_defaults(func=export)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only `command`'s flags are built (all of them when None)."""
     p = argparse.ArgumentParser(
         prog="vlaforge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("collect", "dataset", "train", "eval", "serve", "demo"):
+    for name in ("collect", "dataset", "train", "eval", "serve", "export", "demo"):
         build = command in (None, name)
         if name == "dataset":
             _add_dataset_command(sub, build)
+            continue
+        if name == "export":
+            _add_export_command(sub, build)
             continue
         help_text, config_path, func = CONFIG_COMMANDS[name]
         _add_config_command(sub, name, help_text, config_path if build else None, func)
@@ -182,7 +217,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _command_of(argv: list[str]) -> str | None:
-    known = set(CONFIG_COMMANDS) | {"dataset"}
+    known = set(CONFIG_COMMANDS) | {"dataset", "export"}
     first = next((a for a in argv if not a.startswith("-")), None)
     return first if first in known else None
 

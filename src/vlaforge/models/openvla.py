@@ -52,8 +52,14 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 DATASET_STATISTICS_FILE = "dataset_statistics.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "generation_config.json",
+)
 
 # transformers 4.40's LlamaConfig defaults: OpenVLA's config.json stores only the fields that differ.
 LLAMA_DEFAULTS = {
@@ -157,12 +163,14 @@ class Shards:
         self.handles = {f: safe_open(str(root / f), framework="pt") for f in files}
         self.where: dict[str, str] = {}
         for f, h in self.handles.items():
-            for k in h.keys():
+            for k in h.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
                 self.where[k] = f
         if weight_map is not None:
             wrong = sorted(k for k, f in weight_map.items() if self.where.get(k) != f)
             if wrong:
-                raise InputError(f"{index}: {len(wrong)} key(s) are not in the shard it names, e.g. {wrong[:3]}")
+                raise InputError(
+                    f"{index}: {len(wrong)} key(s) are not in the shard it names, e.g. {wrong[:3]}"
+                )
 
     def keys(self) -> set[str]:
         return set(self.where)
@@ -208,7 +216,9 @@ def _split_qkv(theirs: str, ours: tuple[str, str, str]) -> list[Group]:
     def save(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (torch.cat([q, k, v], dim=0),)
 
-    return [Group((f"{theirs}.{p}",), tuple(f"{o}.{p}" for o in ours), load, save) for p in ("weight", "bias")]
+    return [
+        Group((f"{theirs}.{p}",), tuple(f"{o}.{p}" for o in ours), load, save) for p in ("weight", "bias")
+    ]
 
 
 def _tower_groups(spec: ViTSpec, theirs: str, ours: str, hf_keys: set[str]) -> list[Group]:
@@ -261,7 +271,10 @@ def _tower_groups(spec: ViTSpec, theirs: str, ours: str, hf_keys: set[str]) -> l
         )
         groups.append(_rename(f"{theirs}reg_token", f"{e}register_tokens"))
     else:
-        groups += [_rename(f"{theirs}cls_token", f"{e}cls_token"), _rename(f"{theirs}pos_embed", f"{e}position_embeddings")]
+        groups += [
+            _rename(f"{theirs}cls_token", f"{e}cls_token"),
+            _rename(f"{theirs}pos_embed", f"{e}position_embeddings"),
+        ]
     groups.append(Group((), (f"{e}mask_token",), None, lambda m: ()))  # type: ignore[arg-type]
     # transformers renamed DINOv2's attention projections over its versions; use what this one has.
     new_names = f"{ours}encoder.layer.0.attention.q_proj.weight" in hf_keys
@@ -315,7 +328,9 @@ def _tower_spec(timm_id: str, image_size: int, prefix: str, shards: Shards) -> V
     mlp = shards.shape(f"{prefix}blocks.0.mlp.fc1.weight")[0]
     registers = shards.shape(f"{prefix}reg_token")[1] if f"{prefix}reg_token" in keys else 0
     if (kind == "dinov2_reg") != (registers > 0):
-        raise InputError(f"{shards.root}: tower {timm_id!r} is registered as {kind} but has {registers} registers")
+        raise InputError(
+            f"{shards.root}: tower {timm_id!r} is registered as {kind} but has {registers} registers"
+        )
     n_pos = shards.shape(f"{prefix}pos_embed")[1]
     want = (image_size // patch) ** 2 + (1 if kind == "dinov2" else 0)
     if n_pos != want:
@@ -324,8 +339,15 @@ def _tower_spec(timm_id: str, image_size: int, prefix: str, shards: Shards) -> V
             f"needs {want}"
         )
     return ViTSpec(
-        kind, hidden, layers, heads, mlp, patch, num_register_tokens=registers,
+        kind,
+        hidden,
+        layers,
+        heads,
+        mlp,
+        patch,
+        num_register_tokens=registers,
         use_head=f"{prefix}attn_pool.latent" in keys,
+        timm_id=timm_id,
     )
 
 
@@ -352,14 +374,18 @@ def preset_from_config(cfg: Mapping[str, Any], root: Path, shards: Shards) -> Pr
             f"{'two fused towers' if fused else 'one tower'}"
         )
     if any(a is not None for a in acts):
-        raise InputError(f"{root}/config.json: towers with overridden activations {acts} (CLIP's quick_gelu) are not supported")
+        raise InputError(
+            f"{root}/config.json: towers with overridden activations {acts} (CLIP's quick_gelu) are not supported"
+        )
     if len(set(sizes)) != 1:
         raise InputError(f"{root}/config.json: towers of different image sizes {sizes} are not supported")
     prefixes = ["vision_backbone.featurizer.", "vision_backbone.fused_featurizer."]
     towers = tuple(_tower_spec(t, sizes[0], prefixes[i], shards) for i, t in enumerate(ids))
     text = {**LLAMA_DEFAULTS, **dict(cfg.get("text_config") or {})}
     if text.get("model_type", "llama") != "llama":
-        raise InputError(f"{root}/config.json: text_config model_type {text.get('model_type')!r}; only Llama is supported")
+        raise InputError(
+            f"{root}/config.json: text_config model_type {text.get('model_type')!r}; only Llama is supported"
+        )
     rope = text.get("rope_scaling")
     if rope:
         raise InputError(f"{root}/config.json: rope_scaling {rope} is not supported")
@@ -557,8 +583,14 @@ def load_openvla(
 def _dtype(d: torch.dtype | str) -> torch.dtype:
     if isinstance(d, torch.dtype):
         return d
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if d not in table:
         raise InputError(f"unknown dtype {d!r}; choose one of {sorted(table)}")
     return table[d]
@@ -573,21 +605,15 @@ def _stored_dtype(cfg: Mapping[str, Any], shards: Shards) -> torch.dtype:
 
 
 def _timm_ids(preset: Preset) -> list[str]:
-    by_kind = {"dinov2_reg": "vit_large_patch14_reg4_dinov2.lvd142m", "dinov2": "vit_large_patch14_dinov2.lvd142m"}
-    out = []
-    for spec in preset.vision:
-        if spec.kind == "siglip":
-            tid = f"vit_so400m_patch14_siglip_{preset.image_size}"
-        else:
-            tid = by_kind[spec.kind]
-        if TIMM_MODELS.get(tid, (None, None))[1] != spec.num_heads or spec.hidden_size not in (1024, 1152):
-            raise InputError(
-                f"no timm model id for a {spec.kind} tower of width {spec.hidden_size} with {spec.num_heads} heads; "
-                "only OpenVLA's towers (DINOv2 ViT-L/14-reg4, SigLIP So400m/14) can be written without their "
-                "original config"
-            )
-        out.append(tid)
-    return out
+    """The towers' timm model ids (each spec records the one its weights came from)."""
+    missing = [s.kind for s in preset.vision if s.timm_id is None]
+    if missing:
+        raise InputError(
+            f"the {missing} tower(s) of preset {preset.name!r} name no timm model, so OpenVLA's code could not "
+            "rebuild them; only towers that came from timm (OpenVLA's presets and imported checkpoints) can be "
+            "written in OpenVLA's layout"
+        )
+    return [str(s.timm_id) for s in preset.vision]
 
 
 def openvla_config(policy: Any, stats: Mapping[str, Any]) -> dict[str, Any]:
@@ -640,7 +666,9 @@ def _check_exportable(policy: Any) -> None:
     p: Preset = policy.preset
     problems = []
     if policy.head.kind != "tokens" or policy.head.chunk_size != 1:
-        problems.append(f"head {policy.head.kind!r} with chunk {policy.head.chunk_size} (OpenVLA decodes one step of tokens)")
+        problems.append(
+            f"head {policy.head.kind!r} with chunk {policy.head.chunk_size} (OpenVLA decodes one step of tokens)"
+        )
     if p.tokenizer != "llama":
         problems.append(f"tokenizer {p.tokenizer!r} (OpenVLA uses the Llama tokenizer)")
     if policy.uses_state:
@@ -651,12 +679,16 @@ def _check_exportable(policy: Any) -> None:
         problems.append(f"LLM {p.llm.model_type!r}")
     pad = p.llm.vocab_size - p.action_vocab_size
     if pad < 0 or (pad and p.llm.vocab_size % pad):
-        problems.append(f"LLM vocab {p.llm.vocab_size} vs action vocab {p.action_vocab_size} (OpenVLA pads 32000 to a multiple of 64)")
+        problems.append(
+            f"LLM vocab {p.llm.vocab_size} vs action vocab {p.action_vocab_size} (OpenVLA pads 32000 to a multiple of 64)"
+        )
     if problems:
         raise InputError("this policy cannot be written as an OpenVLA checkpoint: " + "; ".join(problems))
 
 
-def save_openvla(policy: Any, directory: str | Path, max_shard_bytes: int = 5 * 10**9, unnorm_key: str | None = None) -> Path:
+def save_openvla(
+    policy: Any, directory: str | Path, max_shard_bytes: int = 5 * 10**9, unnorm_key: str | None = None
+) -> Path:
     """Writes `policy` in OpenVLA's Hugging Face layout (see the module docstring).
 
     Args:
@@ -695,7 +727,9 @@ def save_openvla(policy: Any, directory: str | Path, max_shard_bytes: int = 5 * 
         save_file(shard, str(directory / name), metadata={"format": "pt"})
         weight_map.update({k: name for k in shard})
     total = sum(t.numel() * t.element_size() for t in state.values())
-    (directory / INDEX_FILE).write_text(json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
+    (directory / INDEX_FILE).write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2)
+    )
     (directory / "config.json").write_text(json.dumps(openvla_config(policy, stats), indent=2))
     (directory / DATASET_STATISTICS_FILE).write_text(json.dumps(stats, indent=2))
     (directory / PREPROCESSOR_FILE).write_text(json.dumps(preprocessor_config(policy.preset), indent=2))
@@ -761,8 +795,12 @@ def check_preprocessor(root: Path, preset: Preset) -> None:
     want = preprocessor_config(preset)
     for key in ("means", "stds"):
         got = have.get(key)
-        if got is not None and not np.allclose(np.asarray(got, dtype=float), np.asarray(want[key], dtype=float), atol=1e-6):
-            raise InputError(f"{path}: {key} {got} differ from the towers' {want[key]}; vlaforge cannot reproduce them")
+        if got is not None and not np.allclose(
+            np.asarray(got, dtype=float), np.asarray(want[key], dtype=float), atol=1e-6
+        ):
+            raise InputError(
+                f"{path}: {key} {got} differ from the towers' {want[key]}; vlaforge cannot reproduce them"
+            )
     interp = have.get("interpolations")
     if interp is not None and any(i != "bicubic" for i in interp):
         raise InputError(f"{path}: interpolations {interp}; only bicubic (OpenVLA's) is supported")
@@ -780,7 +818,9 @@ class Processor:
         self.policy = policy
         self.tokenizer = policy.text
 
-    def __call__(self, text: str | list[str], images: Any, return_tensors: str = "pt") -> dict[str, torch.Tensor]:
+    def __call__(
+        self, text: str | list[str], images: Any, return_tensors: str = "pt"
+    ) -> dict[str, torch.Tensor]:
         texts = [text] if isinstance(text, str) else list(text)
         imgs = images if isinstance(images, (list, tuple)) else [images]
         if len(imgs) != len(texts):
@@ -800,7 +840,9 @@ class Processor:
         for img in imgs:
             arr = np.asarray(img.convert("RGB")) if hasattr(img, "convert") else np.asarray(img)
             if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] != 3:
-                raise InputError(f"images must be PIL images or uint8 (H, W, 3) arrays; got {arr.dtype} {arr.shape}")
+                raise InputError(
+                    f"images must be PIL images or uint8 (H, W, 3) arrays; got {arr.dtype} {arr.shape}"
+                )
             with torch.no_grad():
                 pixels.append(vision.preprocess(torch.from_numpy(np.ascontiguousarray(arr))[None]))
         return {"input_ids": input_ids, "attention_mask": mask, "pixel_values": torch.cat(pixels).cpu()}

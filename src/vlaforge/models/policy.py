@@ -164,6 +164,11 @@ class Policy(nn.Module):
             "text_tokenizer": self.text.to_dict() | ({"path": None} if self.text.kind == "llama" else {}),
             "norm_mode": self.norm_mode,
             "training_data": self.training_data,
+            # An OpenVLA checkpoint's config.json (its statistics aside) travels through fine-tuning, so
+            # the OpenVLA export writes back the same architecture names.
+            "openvla": {k: v for k, v in self.openvla_source["config"].items() if k != "norm_stats"}
+            if self.openvla_source
+            else None,
         }
 
     def unused_parameter_names(self) -> list[str]:
@@ -393,14 +398,20 @@ class Policy(nn.Module):
             do_sample: accepted for OpenVLA scripts; only greedy decoding (False) exists.
         """
         if do_sample:
-            raise InputError("do_sample=True: vlaforge's token head decodes greedily, as OpenVLA's predict_action")
+            raise InputError(
+                "do_sample=True: vlaforge's token head decodes greedily, as OpenVLA's predict_action"
+            )
         if input_ids is not None or pixel_values is not None:
             if obs is not None or input_ids is None or pixel_values is None:
-                raise InputError("the OpenVLA form takes input_ids and pixel_values (the processor's output), and no obs")
+                raise InputError(
+                    "the OpenVLA form takes input_ids and pixel_values (the processor's output), and no obs"
+                )
             inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "pixel_values": pixel_values}
             return self._predict_openvla_form(inputs, generator, num_steps, unnorm_key)
         if obs is None:
-            raise InputError("predict_action needs an observation, or input_ids and pixel_values from policy.processor")
+            raise InputError(
+                "predict_action needs an observation, or input_ids and pixel_values from policy.processor"
+            )
         if isinstance(obs, Mapping) and "images" in obs and not isinstance(obs["images"], Mapping):
             if len(self.embodiment.camera_names) != 1:
                 raise InputError(
@@ -427,7 +438,9 @@ class Policy(nn.Module):
         from vlaforge.models.text import append_empty_token
 
         if self.uses_state:
-            raise InputError("this policy reads a state, which OpenVLA's input_ids form cannot carry; pass an observation")
+            raise InputError(
+                "this policy reads a state, which OpenVLA's input_ids form cannot carry; pass an observation"
+            )
         if len(self.embodiment.camera_names) != 1:
             raise InputError(
                 f"this policy reads {len(self.embodiment.camera_names)} cameras; the OpenVLA form carries one image"
@@ -437,11 +450,15 @@ class Policy(nn.Module):
         mask = inputs.get("attention_mask")
         mask = torch.ones_like(ids) if mask is None else torch.as_tensor(mask).cpu()
         if mask.shape != ids.shape:
-            raise InputError(f"attention_mask {tuple(mask.shape)} does not match input_ids {tuple(ids.shape)}")
+            raise InputError(
+                f"attention_mask {tuple(mask.shape)} does not match input_ids {tuple(ids.shape)}"
+            )
         pixels = torch.as_tensor(inputs["pixel_values"])
         pixels = pixels[None] if pixels.ndim == 3 else pixels
         if pixels.shape[0] != ids.shape[0]:
-            raise InputError(f"{pixels.shape[0]} images (pixel_values) for {ids.shape[0]} prompts (input_ids)")
+            raise InputError(
+                f"{pixels.shape[0]} images (pixel_values) for {ids.shape[0]} prompts (input_ids)"
+            )
         prompts = []
         for row, keep in zip(ids.tolist(), mask.bool().tolist()):
             p = [t for t, k in zip(row, keep) if k]
@@ -536,7 +553,9 @@ class Policy(nn.Module):
         """
         from vlaforge.models import openvla
 
-        if openvla.is_openvla_dir(directory) or (not Path(directory).exists() and str(directory).count("/") == 1):
+        if openvla.is_openvla_dir(directory) or (
+            not Path(directory).exists() and str(directory).count("/") == 1
+        ):
             policy = openvla.load_openvla(directory, dtype=dtype, device=device)
         else:
             policy = cls._from_vlaforge_dir(directory, device)
@@ -558,6 +577,8 @@ class Policy(nn.Module):
         policy = cls(preset, files.head, files.embodiment, files.norm_stats, files.norm_mode)
         policy.training_data = files.training_data
         policy.set_dataset_stats(files.dataset_stats)
+        if files.config.get("openvla"):
+            policy.openvla_source = {"config": files.config["openvla"]}
         weights = directory / WEIGHTS_FILE
         expected = policy.state_dict()
         with safe_open(str(weights), framework="pt") as f:

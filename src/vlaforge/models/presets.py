@@ -43,6 +43,8 @@ class ViTSpec:
         num_register_tokens: DINOv2 register tokens (4 in OpenVLA's ViT-L/14-reg4); 0 otherwise.
         use_head: SigLIP's attention-pool head. Its features are never used, but OpenVLA's timm model
             carries it, so the 7B preset keeps it for parameter parity.
+        timm_id: the timm model this tower's weights come from, when they do (OpenVLA's checkpoints name
+            their towers so); written back by the OpenVLA export.
     """
 
     kind: str
@@ -53,6 +55,7 @@ class ViTSpec:
     patch_size: int
     num_register_tokens: int = 0
     use_head: bool = False
+    timm_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in VISION_KINDS:
@@ -210,8 +213,19 @@ class Preset:
         return replace(self, **overrides)
 
 
-_DINO_L14 = ViTSpec("dinov2_reg", 1024, 24, 16, 4096, 14, num_register_tokens=4)
-_SIGLIP_SO400M = ViTSpec("siglip", 1152, 27, 16, 4304, 14, use_head=True)
+_DINO_L14 = ViTSpec(
+    "dinov2_reg",
+    1024,
+    24,
+    16,
+    4096,
+    14,
+    num_register_tokens=4,
+    timm_id="vit_large_patch14_reg4_dinov2.lvd142m",
+)
+_SIGLIP_SO400M = ViTSpec(
+    "siglip", 1152, 27, 16, 4304, 14, use_head=True, timm_id="vit_so400m_patch14_siglip_224"
+)
 _LLAMA2_7B = LLMSpec(4096, 32, 32, 11008, vocab_size=32064, max_position_embeddings=4096, rms_norm_eps=1e-5)
 
 PRESETS: dict[str, Preset] = {

@@ -580,8 +580,18 @@ def load_served_policy(cfg: ServeConfig) -> tuple[Any, dict[str, Any]]:
     from vlaforge.models.policy import Policy
     from vlaforge.policy_files import read_policy_dir
 
+    from vlaforge.models import openvla
+
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+    if openvla.is_openvla_dir(cfg.policy):  # OpenVLA's own checkpoint, served as its deploy script does
+        policy = Policy.from_pretrained(cfg.policy, device=cfg.device)
+        root = Path(cfg.policy).resolve()
+        index = root / openvla.INDEX_FILE
+        return policy, {
+            "checkpoint": root.name,
+            "model_sha256": sha256_file(index if index.is_file() else root / openvla.SINGLE_FILE),
+        }
     files = read_policy_dir(cfg.policy)
     policy = Policy.from_pretrained(files.root, device=cfg.device)
     info = {

@@ -352,10 +352,9 @@ class _Batches:
 
 def _build_policy(cfg: TrainConfig, embodiment: Any, norm_stats: Any) -> tuple[nn.Module, dict[str, int]]:
     """The policy of this run, with freezing or LoRA applied; returns it and its parameter counts."""
+    from vlaforge.models import openvla
     from vlaforge.models.policy import Policy
     from vlaforge.models.presets import Preset
-
-    from vlaforge.models import openvla
 
     init = cfg.init if cfg.init is not None else cfg.preset
     init_dir = Path(init)
@@ -381,6 +380,7 @@ def _build_policy(cfg: TrainConfig, embodiment: Any, norm_stats: Any) -> tuple[n
             norm_stats,
             backbone=src.backbone,
         )
+        policy.openvla_source = {"config": src.openvla_source["config"]}
     elif init_dir.is_dir():
         init_files = read_policy_dir(init_dir)
         preset = Preset.from_dict(init_files.preset)
@@ -571,7 +571,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
                 ckpt.write_json(run / "config.json", cfg.to_dict())
             _truncate_metrics(run / "metrics.jsonl", step)
             print(
-                f"vlaforge train: {cfg.preset} / {cfg.head} head, {counts_line(counts, cfg)}, "
+                f"vlaforge train: {cfg.init or cfg.preset} / {cfg.head} head, {counts_line(counts, cfg)}, "
                 f"{d.world_size} process(es) on {device}, "
                 + (
                     f"resuming at step {step} from {resume_from}"
