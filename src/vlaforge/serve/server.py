@@ -577,10 +577,9 @@ def load_served_policy(cfg: ServeConfig) -> tuple[Any, dict[str, Any]]:
     import torch
 
     from vlaforge.eval.run import sha256_file
+    from vlaforge.models import openvla
     from vlaforge.models.policy import Policy
     from vlaforge.policy_files import read_policy_dir
-
-    from vlaforge.models import openvla
 
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
