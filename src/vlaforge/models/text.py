@@ -129,7 +129,8 @@ def build_text_tokenizer(
     if kind == "llama":
         if path is None:
             raise InputError(
-                "this preset uses the Llama-2 tokenizer: pass tokenizer_path=DIR (a local directory with "
+                "this preset uses the Llama-2 tokenizer: pass tokenizer_path=DIR (`vlaforge train "
+                "--tokenizer-path DIR`: a local directory with "
                 "tokenizer.json), or tokenizer='byte' for the self-contained byte tokenizer"
             )
         return LlamaTokenizer(path, prompt)
