@@ -214,7 +214,9 @@ def test_7b_preset_from_the_cli_asks_for_its_tokenizer(tmp_path):
     from vlaforge.train.loop import TrainConfig, train
 
     data = write_synthetic(SynthConfig(out=str(tmp_path / "d"), episodes=1, length=8, image_size=32, tasks=1))
-    cfg = TrainConfig(dataset=str(data), out=str(tmp_path / "run"), preset="openvla-7b", head="tokens", steps=1)
+    cfg = TrainConfig(
+        dataset=str(data), out=str(tmp_path / "run"), preset="openvla-7b", head="tokens", steps=1
+    )
     with pytest.raises(InputError, match="--tokenizer-path DIR"):
         train(cfg)  # refused before any 7B tensor is allocated
 
