@@ -144,6 +144,16 @@ class PrismaticBackbone(nn.Module):
         self.state_proj = nn.Linear(state_dim, preset.llm.hidden_size) if self.state_dim else None
 
     @property
+    def device(self) -> torch.device:
+        """Where the model runs (read from the input embeddings, which are never quantised)."""
+        return self.llm.get_input_embeddings().weight.device
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The activations' dtype: the input embeddings' (a quantised Linear stores int8 / uint8 weights)."""
+        return self.llm.get_input_embeddings().weight.dtype
+
+    @property
     def hidden_size(self) -> int:
         return self.preset.llm.hidden_size
 
@@ -158,7 +168,7 @@ class PrismaticBackbone(nn.Module):
         OpenVLA's processor returns them -> projected patches (B, C * n_patches, d_llm)."""
         B = images[0].shape[0]
         pixels = torch.cat([self._pixels(img) for img in images], dim=0)  # (C*B, 3*n_towers, S, S)
-        pixels = pixels.to(self.projector.fc1.weight.dtype)
+        pixels = pixels.to(self.compute_dtype)
         feats = self.vision(pixels)  # (C*B, n_patches, d_vision)
         patches = self.projector(feats)  # (C*B, n_patches, d_llm)
         C = len(images)
@@ -173,7 +183,7 @@ class PrismaticBackbone(nn.Module):
                 f"pixel_values must be float (B, {n}, {S}, {S}) (the processor's output) or uint8 camera "
                 f"images (B, H, W, 3); got {img.dtype} {tuple(img.shape)}"
             )
-        return img.to(self.projector.fc1.weight.device)
+        return img.to(self.device)
 
     def assemble(
         self,
@@ -192,7 +202,7 @@ class PrismaticBackbone(nn.Module):
             suffix: (B, K, d_llm) embeddings appended after the prompt, or None.
             bidirectional_suffix: let the suffix positions attend to each other both ways.
         """
-        device = self.projector.fc1.weight.device
+        device = self.device
         B = len(prompt_ids)
         patches = self.embed_images(images)  # (B, P, d)
         dtype = patches.dtype

@@ -314,7 +314,7 @@ class TokenHead(ActionHead):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Slow reference: re-runs the whole sequence for every token, no cache. Ids (B, H*D), logits (B, H*D, V)."""
         B = ctx.batch_size
-        device = backbone.projector.fc1.weight.device
+        device = backbone.device
         ids = torch.zeros(B, 0, dtype=torch.long, device=device)
         logits = []
         for _ in range(self.n_tokens):

@@ -9,9 +9,9 @@ activations, biases, norms and embeddings keep the model's dtype.
 
 Two backends:
 
-- ``bitsandbytes`` (CUDA): `bnb.nn.Linear8bitLt` (LLM.int8(), outlier threshold 6.0) and
-  `bnb.nn.Linear4bit` (NF4, compute in the weight's dtype, no double quantisation: the settings of
-  OpenVLA's `BitsAndBytesConfig`). ``auto`` picks it when the weights are on CUDA.
+- ``bitsandbytes`` (CUDA): `bnb.nn.Linear8bitLt` (LLM.int8(), outlier threshold 6.0, transformers'
+  default) and `bnb.nn.Linear4bit` (NF4, compute in the weight's dtype, no double quantisation: the
+  `BitsAndBytesConfig` of OpenVLA's `vla-scripts/finetune.py`). ``auto`` picks it for CUDA weights.
 - ``torch``: our own portable kernels, pure PyTorch on any device (the CPU's only choice).
   `Int8Linear` is symmetric per output channel (scale = absmax / 127 per row, codes in -127..127).
   `Int4Linear` is asymmetric per group of `group_size` input columns (scale = (max - min) / 15, and the
@@ -27,16 +27,18 @@ What stays in full precision, and why:
   `out_proj.weight` directly instead of calling the layer, so a replacement would never run;
 - for int4, layers whose `in_features` is not a multiple of `group_size` (the tiny preset's 6-input
   state projection, say): listed in the summary's "skipped" with the reason;
+- LoRA adapters (peft's `lora_A` / `lora_B`) already injected: they are what trains; the base layers
+  under them are quantised, which is QLoRA's arrangement;
 - everything outside `policy.backbone`: the action head is small and is what a fine-tune trains.
 
 On the CPU the portable kernels save memory, not time: each call dequantises the weight before the
 matmul, so a quantised policy is slower than the full-precision one (bench/bench_quantize.py measures
 by how much). `torch._weight_int8pack_mm` exists in torch 2.13's CPU build and was measured as a faster
 int8 path. It is not used: in float32 it agrees with dequantise + matmul (to ~1e-6 relative) but is a
-per-row loop, slower at one row and ~100x slower for a 300-token prefill; in bfloat16, the dtype it is
-vectorised for, it returned wrong values for some shapes (K = 8, 40 inputs) and crashed the process for
-others (K not a multiple of 16), apparently because its oneDNN kernel is built once, for the first shape
-it sees.
+per-row loop: slower at one row, ~30x slower for a 300-token prefill. In bfloat16, the dtype it is
+vectorised for (about 8x faster than dequantising at one row), it returned wrong values for some shapes
+(8 or 40 inputs) and crashed the process for others (6, 13, 70 inputs), apparently because its oneDNN
+kernel is generated once, for the first shape it sees.
 
 Quantised policies are for inference. The quantised weights are buffers, not parameters, so nothing
 trains them; to fine-tune on a quantised base, put LoRA adapters on top of the bitsandbytes layers
@@ -83,10 +85,11 @@ def quantize_int8(
     step = _rows_per_chunk(K)
     for r in range(0, N, step):
         w = weight[r : r + step].detach().float()  # (n, K)
-        absmax = w.abs().amax(dim=1)
+        lo, hi = torch.aminmax(w, dim=1)
+        absmax = torch.maximum(-lo, hi)
         s = torch.where(absmax > 0, absmax / 127.0, torch.ones_like(absmax)).to(dtype)
         scales[r : r + step] = s
-        codes[r : r + step] = torch.round(w / s.float()[:, None]).clamp_(-127, 127).to(torch.int8)
+        codes[r : r + step] = w.div(s.float()[:, None]).round_().clamp_(-127, 127)  # one temporary
     return codes, scales
 
 
@@ -125,7 +128,8 @@ class Int8Linear(nn.Module):
     def from_linear(cls, linear: nn.Linear) -> Int8Linear:
         """Quantises `linear` (its bias parameter is kept as it is, shared with the original)."""
         w = linear.weight
-        layer = cls(linear.in_features, linear.out_features, bias=False, dtype=w.dtype, device=w.device)
+        # built on the meta device: its placeholder buffers take no memory before the real ones replace them
+        layer = cls(linear.in_features, linear.out_features, bias=False, dtype=w.dtype, device="meta")
         layer.qweight, layer.scales = quantize_int8(w)
         layer.bias = linear.bias
         return layer
@@ -138,7 +142,8 @@ class Int8Linear(nn.Module):
     @property
     def weight(self) -> torch.Tensor:
         """The dequantised weight, rebuilt on every access: for code that reads a Linear's weight (its dtype,
-        device or values; `PrismaticBackbone` reads `projector.fc1.weight.dtype`). The forward does not use it."""
+        device or values; `PrismaticBackbone` reads `projector.fc1.weight.dtype`). The forward does not
+        use it."""
         return self.dequantize()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -181,8 +186,11 @@ def quantize_int4(
     constant group), zero = min, code = round((w - zero) / scale) in 0..15 with the scale and zero as
     stored, so |w - (code * scale + zero)| <= scale / 2. Computed in float32, one block of rows at a time.
     """
+    _check_group_size(group_size)
     dtype = dtype or weight.dtype
     N, K = weight.shape
+    if K % group_size:
+        raise InputError(f"a weight with {K} input columns does not split into groups of {group_size}")
     G = K // group_size
     packed = torch.empty(N, K // 2, dtype=torch.uint8, device=weight.device)
     scales = torch.empty(N, G, dtype=dtype, device=weight.device)
@@ -190,10 +198,10 @@ def quantize_int4(
     step = _rows_per_chunk(K)
     for r in range(0, N, step):
         w = weight[r : r + step].detach().float().view(-1, G, group_size)  # (n, G, g)
-        lo, hi = w.amin(dim=-1), w.amax(dim=-1)  # (n, G)
+        lo, hi = torch.aminmax(w, dim=-1)  # (n, G)
         s = torch.where(hi > lo, (hi - lo) / 15.0, torch.ones_like(lo)).to(dtype)
         z = lo.to(dtype)
-        q = torch.round((w - z.float()[..., None]) / s.float()[..., None]).clamp_(0, 15).to(torch.uint8)
+        q = w.sub(z.float()[..., None]).div_(s.float()[..., None]).round_().clamp_(0, 15).to(torch.uint8)
         scales[r : r + step], zeros[r : r + step] = s, z
         packed[r : r + step] = pack_int4(q.view(-1, K))
     return packed, scales, zeros
@@ -244,7 +252,7 @@ class Int4Linear(nn.Module):
         """Quantises `linear` (its bias parameter is kept as it is, shared with the original)."""
         w = linear.weight
         layer = cls(
-            linear.in_features, linear.out_features, group_size, bias=False, dtype=w.dtype, device=w.device
+            linear.in_features, linear.out_features, group_size, bias=False, dtype=w.dtype, device="meta"
         )
         layer.qweight, layer.scales, layer.zeros = quantize_int4(w, group_size)
         layer.bias = linear.bias
@@ -332,6 +340,16 @@ def _bnb_weight_bytes(layer: nn.Module) -> int:
     return total
 
 
+def layer_weight_bytes(layer: nn.Module) -> int:
+    """Bytes of a Linear layer's weight as stored: quantised codes + statistics for the layers
+    `quantize_policy` puts in (ours or bitsandbytes'), the plain weight for an `nn.Linear`; biases excluded."""
+    if isinstance(layer, (Int8Linear, Int4Linear)):
+        return layer.weight_bytes()
+    if is_quantized_layer(layer):
+        return _bnb_weight_bytes(layer)
+    return _nbytes(layer.weight)
+
+
 # ---------------------------------------------------------------------------------------------- policy
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
@@ -376,9 +394,9 @@ def quantize_policy(
     """Replaces, in place, the nn.Linear layers of `policy.backbone` by quantised layers.
 
     Covers the vision towers, the projector, the state projection and the LLM decoder; keeps the LLM's output
-    layer, Linear layers inside an `nn.MultiheadAttention` and (int4) layers whose `in_features` is not a
-    multiple of `group_size` in full precision, and touches nothing outside the backbone (see the module
-    docstring for why). The quantised weights do not train (they are buffers, or bitsandbytes parameters
+    layer, Linear layers inside an `nn.MultiheadAttention`, LoRA adapters and (int4) layers whose
+    `in_features` is not a multiple of `group_size` in full precision, and touches nothing outside the
+    backbone (see the module docstring for why). The quantised weights do not train (they are buffers, or bitsandbytes parameters
     with requires_grad False): a quantised policy is for inference.
 
     Args:
@@ -437,6 +455,8 @@ def quantize_policy(
             reasons[full] = "the LLM's output layer (action logits) stays in full precision"
         elif id(module) in in_mha:
             reasons[full] = "inside nn.MultiheadAttention, whose forward reads the weight directly"
+        elif {"lora_A", "lora_B"} & set(name.split(".")):
+            reasons[full] = "a LoRA adapter: it trains, in full precision"
         elif mode == "int4" and module.in_features % group_size:
             reasons[full] = f"in_features {module.in_features} is not a multiple of group_size {group_size}"
         else:
@@ -450,15 +470,12 @@ def quantize_policy(
         for name, linear in targets:
             if chosen == "bitsandbytes":
                 new = _bnb_layer(bnb, linear, mode)
-                after += _bnb_weight_bytes(new)
+            elif mode == "int8":
+                new = Int8Linear.from_linear(linear)
             else:
-                new = (
-                    Int8Linear.from_linear(linear)
-                    if mode == "int8"
-                    else Int4Linear.from_linear(linear, group_size)
-                )
-                after += new.weight_bytes()
+                new = Int4Linear.from_linear(linear, group_size)
             before += _nbytes(linear.weight)
+            after += layer_weight_bytes(new)
             parent_name, _, child = name.rpartition(".")
             setattr(backbone.get_submodule(parent_name) if parent_name else backbone, child, new)
 
@@ -481,6 +498,7 @@ __all__ = [
     "Int4Linear",
     "Int8Linear",
     "is_quantized_layer",
+    "layer_weight_bytes",
     "pack_int4",
     "quantize_int4",
     "quantize_int8",
