@@ -314,3 +314,15 @@ def test_served_over_openvla_http(checkpoint, policy):
         {"images": img, "instruction": INSTRUCTION}, unnorm_key="fractal20220817_data"
     )[0]
     np.testing.assert_allclose(action, want, atol=1e-6)
+
+
+def test_int8_at_load_stays_close_to_full_precision(checkpoint, policy):
+    root, _ = checkpoint
+    q = Policy.from_pretrained(root, quantize="int8")
+    assert q.quantization["mode"] == "int8" and q.quantization["layers"] > 0
+    for seed in (11, 12):
+        inputs = policy.processor(format_prompt(INSTRUCTION), _image(seed))
+        full = policy.head.decode(policy.backbone, policy._openvla_context(inputs))[1]
+        quant = q.head.decode(q.backbone, q._openvla_context(inputs))[1]
+        # per-channel int8 weights move the first action token's logits by a small fraction of their spread
+        assert (full[:, 0] - quant[:, 0]).abs().max() < 0.05 * full[:, 0].std()
