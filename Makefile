@@ -46,6 +46,7 @@ bench: setup
 	$(PY) bench/bench_eval.py
 	$(PY) bench/bench_rlds.py
 	$(PY) bench/bench_serve.py
+	$(PY) bench/bench_quantize.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -84,3 +84,27 @@ def test_transformers_version_is_checked():
     for old in ("4.57.1", "4.50.0", "6.0.0"):
         with pytest.raises(InputError, match=r"transformers >= 5.0, < 6.0"):
             check_transformers_version(old)
+
+
+def test_tokenizer_train_command_writes_a_fast_tokenizer(tmp_path, capsys):
+    import json
+
+    from vlaforge.actions.fast import FASTTokenizer
+
+    main(["dataset", "synth", "--out", str(tmp_path / "d"), "--episodes", "3", "--length", "20"])
+    main(
+        [
+            "tokenizer",
+            "train",
+            "--dataset",
+            str(tmp_path / "d"),
+            "--out",
+            str(tmp_path / "tok"),
+            "--vocab-size",
+            "256",
+        ]
+    )
+    report = json.loads(capsys.readouterr().out.split("\n", 1)[1])  # after the synth line
+    tok = FASTTokenizer.load(tmp_path / "tok")
+    assert report["chunks"] > 0 and report["naive_tokens_per_chunk"] == 10 * report["action_dim"]
+    assert tok.vocab_size == report["vocab_size"] <= 256

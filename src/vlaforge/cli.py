@@ -6,6 +6,7 @@ vlaforge dataset   info DIR | view DIR --episode K --out ep.mp4 | synth --out DI
 vlaforge train     --dataset DIR --preset tiny --head chunk --steps N --out RUN
 vlaforge eval      --policy RUN/last --tasks mt10 --episodes 10 --out DIR
 vlaforge export    RUN/last --format openvla --out DIR   (or an OpenVLA checkpoint to --format vlaforge)
+vlaforge tokenizer train --dataset DIR --out TOK         (FAST: DCT + byte-pair encoding of action chunks)
 vlaforge demo      (collect + train + eval on a small default)
 
 The flags of collect, dataset synth, train, eval and demo are derived from their config dataclasses
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import sys
 from collections.abc import Callable
@@ -197,13 +199,45 @@ def _add_export_command(sub: Any, build: bool) -> None:
     e.set_defaults(func=export)
 
 
+TOKENIZER_HELP = "train the FAST action tokenizer (DCT + byte-pair encoding) on a dataset's action chunks"
+
+
+def _add_tokenizer_command(sub: Any, build: bool) -> None:
+    t = sub.add_parser("tokenizer", help=TOKENIZER_HELP, description=TOKENIZER_HELP)
+    if not build:
+        return
+    tsub = t.add_subparsers(dest="tokenizer_cmd", required=True)
+    tt = tsub.add_parser("train", help=TOKENIZER_HELP)
+    tt.add_argument("--dataset", required=True, help="a LeRobot v3.0 or RLDS dataset")
+    tt.add_argument("--out", required=True, help="the directory to write (fast.json + tokenizer.json)")
+    tt.add_argument("--chunk-size", type=int, default=10, help="actions per chunk H (default: 10)")
+    tt.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary (default: 1024, FAST's)")
+    tt.add_argument(
+        "--scale", type=float, default=10.0, help="DCT coefficients x scale, rounded (default: 10)"
+    )
+    tt.add_argument("--max-chunks", type=int, default=None, help="train on at most this many chunks")
+
+    def train_tok(a: argparse.Namespace) -> None:
+        report = _load("vlaforge.actions.fast:train_tokenizer_command")(
+            a.dataset,
+            a.out,
+            chunk_size=a.chunk_size,
+            vocab_size=a.vocab_size,
+            scale=a.scale,
+            max_chunks=a.max_chunks,
+        )
+        print(json.dumps(report, indent=2))
+
+    tt.set_defaults(func=train_tok)
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only `command`'s flags are built (all of them when None)."""
     p = argparse.ArgumentParser(
         prog="vlaforge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("collect", "dataset", "train", "eval", "serve", "export", "demo"):
+    for name in ("collect", "dataset", "train", "eval", "serve", "export", "tokenizer", "demo"):
         build = command in (None, name)
         if name == "dataset":
             _add_dataset_command(sub, build)
@@ -211,13 +245,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if name == "export":
             _add_export_command(sub, build)
             continue
+        if name == "tokenizer":
+            _add_tokenizer_command(sub, build)
+            continue
         help_text, config_path, func = CONFIG_COMMANDS[name]
         _add_config_command(sub, name, help_text, config_path if build else None, func)
     return p
 
 
 def _command_of(argv: list[str]) -> str | None:
-    known = set(CONFIG_COMMANDS) | {"dataset", "export"}
+    known = set(CONFIG_COMMANDS) | {"dataset", "export", "tokenizer"}
     first = next((a for a in argv if not a.startswith("-")), None)
     return first if first in known else None
 
