@@ -100,6 +100,16 @@ def chart_svg(info: dict[str, Any]) -> str:
     return re.sub(r"<metadata>.*?</metadata>", "", svg, flags=re.S)
 
 
+def _execution(proto: dict) -> str:
+    """The chunk execution strategy in words (reports written before strategies existed: open loop)."""
+    kind = proto.get("execution", "open-loop")
+    if kind == "ensemble":
+        return f"temporal ensembling (a chunk every step, weights exp(-{proto.get('ensemble_decay')} i))"
+    if kind == "receding":
+        return f"receding horizon, re-plan every {proto.get('replan_every')} step(s)"
+    return f"open loop, {proto['execute_steps']} step(s) per chunk"
+
+
 def _workers(n: int) -> str:
     return "in one process" if n <= 0 else f"{n} worker process{'es' if n > 1 else ''}"
 
@@ -151,7 +161,7 @@ def render_html(info: dict[str, Any], out_dir: Path) -> str:
         ("model sha256", ck["model_sha256"] if ck else "(baseline: no weights)"),
         ("cameras / image size", f"{', '.join(proto['cameras'])} / {proto['image_size']} px"),
         ("max steps", proto["max_steps"]),
-        ("open-loop steps per chunk", proto["execute_steps"]),
+        ("execution", _execution(proto)),
         ("seed", f"{proto['seed']} ({proto['seed_rule']})"),
         ("success", proto["success"]),
         ("instructions", proto["instructions"]),

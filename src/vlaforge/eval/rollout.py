@@ -2,15 +2,29 @@
 
 Protocol (what `vlaforge eval` promises and records in eval_info.json):
 - Episode i of task t starts from `episode_seed(seed, t, i)`, so any episode can be replayed alone.
-- The controller's (H, D) chunk is executed open loop for `execute_steps` steps, then it re-plans
-  (action chunking as in ACT, Zhao et al. 2023, and OpenVLA-OFT, Kim et al. 2025).
+- Chunks become one action per step by one of three execution strategies (`EXECUTIONS`), all through
+  `vlaforge.client.ActionQueue`, the chunk -> step logic the robot-side client uses, so a strategy means
+  the same thing in evaluation and on a robot:
+  - `open-loop`: the controller's (H, D) chunk is executed for `execute_steps` steps (default: the
+    controller's own), then it re-plans (action chunking as in ACT, Zhao et al. 2023, and OpenVLA-OFT,
+    Kim et al. 2025).
+  - `receding`: receding-horizon control, re-plan every K steps and execute the first K actions of each
+    new chunk. The rollout is exactly open-loop with `execute_steps` K (same actions, same outcomes); it
+    is a name of its own because it is chosen for another reason (react to the scene: K small, often 1)
+    and K must fit in every chunk: a policy that returns fewer than K actions is an error here, where
+    open loop would re-plan early.
+  - `ensemble`: ACT's temporal ensembling. The controller predicts a chunk at every step, and the action
+    of step t is the weighted mean of every prediction made for t by the chunks still covering it,
+    weights exp(-m i) with i = 0 for the oldest prediction (ACT's m = 0.01 weights the oldest a little
+    more: the action changes smoothly).
 - Success is Meta-World's `info["success"]` at any step; the episode stops at the first success or at
   `max_steps`.
-- The cameras are rendered only where someone looks at the images: at reset, after the last step of
-  each executed chunk (the state the controller re-plans from) and at every step of an episode whose
-  video is kept. The steps inside an open-loop chunk are physics only; rendering reads the simulation
-  and never changes it, so outcomes are identical to rendering every step, which stays available as
-  the reference path (`WorkerSpec.render_every_step`, used by `bench/bench_eval.py` and the tests).
+- The cameras are rendered only where someone looks at the images: at reset, after every step the
+  controller re-plans from (the last step of each executed chunk; every step under `ensemble`) and at
+  every step of an episode whose video is kept. The steps inside an open-loop chunk are physics only;
+  rendering reads the simulation and never changes it, so outcomes are identical to rendering every
+  step, which stays available as the reference path (`WorkerSpec.render_every_step`, used by
+  `bench/bench_eval.py` and the tests).
 
 Workers are spawned processes (never forked: a forked MuJoCo/OpenGL or torch state is not safe). Each
 loads the policy once, with one torch thread, keeps the env of its current task, and encodes the videos
@@ -25,9 +39,15 @@ from typing import Any
 
 import numpy as np
 
+from vlaforge.client import ActionQueue
 from vlaforge.errors import InputError
 from vlaforge.eval.baselines import BASELINES, Controller, PolicyController, make_baseline
 from vlaforge.types import Observation
+
+# Execution strategy -> the `ActionQueue` mode that implements it (`receding` is open loop with K steps).
+EXECUTIONS = {"open-loop": "open_loop", "receding": "open_loop", "ensemble": "ensemble"}
+# ACT's m: w_i = exp(-m i), w_0 for the oldest prediction (`k = 0.01` in tonyzhaozh/act imitate_episodes.py).
+ENSEMBLE_DECAY = 0.01
 
 
 @dataclass
@@ -58,13 +78,16 @@ class WorkerSpec:
         cameras: cameras the env renders (the policy's).
         image_size: square image side in pixels (the policy's).
         max_steps: episode truncation.
-        execute_steps: open-loop steps per chunk; None -> the controller's own.
+        execute_steps: steps executed from each chunk before re-planning (`open-loop`: None -> the
+            controller's own; `receding`: its K); unused by `ensemble`, which re-plans every step.
         device: torch device for the policy.
         fps: frame rate of the written videos.
         threads: torch threads per worker.
         render_every_step: the reference path: render the cameras after every physics step, as
             evaluation did before it rendered only where the images are used. Same outcomes, slower;
             kept to measure the difference (`bench/bench_eval.py`) and to test that the two agree.
+        execution: the execution strategy, one of `EXECUTIONS` (see the module docstring).
+        ensemble_decay: `ensemble`'s weight m: the i-th oldest prediction of a step weighs exp(-m i).
     """
 
     policy: str
@@ -76,6 +99,8 @@ class WorkerSpec:
     fps: float = 30.0
     threads: int = 1
     render_every_step: bool = False
+    execution: str = "open-loop"
+    ensemble_decay: float = ENSEMBLE_DECAY
 
 
 def connect_remote(uri: str, cameras: list[str], image_size: int) -> Any:
@@ -134,6 +159,8 @@ def run_episode(
     max_steps: int,
     fps: float = 30.0,
     render_every_step: bool = False,
+    execution: str = "open-loop",
+    ensemble_decay: float = ENSEMBLE_DECAY,
 ) -> dict:
     """Runs one episode and returns its record (task, episode, instruction, seed, success, steps, video).
 
@@ -141,14 +168,22 @@ def run_episode(
     `job.video` is set, the first camera's frames are kept and written there as an mp4.
 
     Args:
-        controller: what acts (see `vlaforge.eval.baselines.Controller`).
+        controller: what acts (see `vlaforge.eval.baselines.Controller`); its `execute_steps` is the K of
+            `open-loop` and `receding`.
         env: a `MetaWorldEnv` (anything with `reset(seed, render)`, `step(action, render)`, `observe`).
         job: the episode.
         max_steps: truncation.
         fps: frame rate of the video.
         render_every_step: the reference path: render after every step even where no one looks at the
             images (inside an open-loop chunk). The outcome is the same; only the time differs.
+        execution: "open-loop", "receding" or "ensemble" (see the module docstring).
+        ensemble_decay: `ensemble`'s weight m.
     """
+    if execution not in EXECUTIONS:
+        raise InputError(f"execution must be one of {list(EXECUTIONS)}; got {execution!r}")
+    ensemble = execution == "ensemble"
+    queue = ActionQueue(EXECUTIONS[execution], controller.execute_steps, ensemble_decay)
+    action_dim = controller.embodiment.action_dim
     controller.reset(job.seed)
     keep_frames = bool(job.video)
     needs_images = bool(controller.needs_images)
@@ -159,25 +194,30 @@ def run_episode(
     frames = [obs.images[camera]] if keep_frames else None
     success, steps = False, 0
     while steps < max_steps and not success:
-        obs = Observation(images=obs.images, state=obs.state, instruction=job.instruction)
-        chunk = np.asarray(controller.act(obs, env), dtype=np.float32)
-        if chunk.ndim != 2 or chunk.shape[1] != controller.embodiment.action_dim:
-            raise InputError(
-                f"the policy returned actions of shape {chunk.shape}; expected (H, {controller.embodiment.action_dim})"
-            )
-        done = False
-        for action in chunk[: controller.execute_steps]:
-            obs, _reward, done, info = env.step(action, render=render_steps)
-            steps += 1
-            if frames is not None:
-                frames.append(obs.images[camera])
-            if info.get("success"):
-                success = True
-            if success or done or steps >= max_steps:
-                break
+        if ensemble or not queue.remaining(steps):  # re-plan from the current observation
+            obs = Observation(images=obs.images, state=obs.state, instruction=job.instruction)
+            chunk = np.asarray(controller.act(obs, env), dtype=np.float32)
+            if chunk.ndim != 2 or chunk.shape[1] != action_dim or not len(chunk):
+                raise InputError(
+                    f"the policy returned actions of shape {chunk.shape}; expected (H, {action_dim})"
+                )
+            if execution == "receding" and len(chunk) < controller.execute_steps:
+                raise InputError(
+                    f"receding execution re-plans every {controller.execute_steps} steps, but the policy "
+                    f"returned a chunk of {len(chunk)} actions; use replan_every <= {len(chunk)}"
+                )
+            queue.add(chunk, steps, steps)  # predicted from this step's observation, for this step on
+        action = queue.pop(steps)  # open loop: the chunk's next row as it is; ensemble: the weighted mean
+        obs, _reward, done, info = env.step(action, render=render_steps)
+        steps += 1
+        if frames is not None:
+            frames.append(obs.images[camera])
+        if info.get("success"):
+            success = True
         if done:
             break
-        if needs_images and not success and steps < max_steps and not obs.images:
+        replans = ensemble or not queue.remaining(steps)
+        if replans and needs_images and not success and steps < max_steps and not obs.images:
             obs = env.observe(render=True)  # the state the controller re-plans from
     video = None
     if frames is not None:
@@ -190,7 +230,8 @@ def run_episode(
         "success": bool(success),
         "steps": steps,
         "video": video,
-        "execute_steps": controller.execute_steps,  # popped by the caller into the protocol
+        # Steps executed per plan (ensemble: a plan every step); popped by the caller into the protocol.
+        "execute_steps": 1 if ensemble else controller.execute_steps,
     }
 
 
@@ -232,9 +273,11 @@ class EpisodeRunner:
         env = self.env_for(job.task)
         before = env.frames_rendered
         try:
+            spec = self.spec
             return run_episode(
-                self.controller, env, job, self.spec.max_steps, self.spec.fps, self.spec.render_every_step
-            )
+                self.controller, env, job, spec.max_steps, spec.fps, spec.render_every_step,
+                spec.execution, spec.ensemble_decay,
+            )  # fmt: skip
         finally:
             self.frames_rendered += env.frames_rendered - before
 

@@ -3,8 +3,9 @@
 Outputs, under `--out`:
 - `eval_info.json`: every episode (task, instruction, seed, success, steps, video), the aggregates per
   task, per difficulty group and overall (n, successes, rate, Wilson 95% interval), and the protocol
-  (software versions, checkpoint path and sha256, cameras, image size, max_steps, execute_steps, seed,
-  instruction split, wall time) so that a number can be traced back to exactly how it was measured.
+  (software versions, checkpoint path and sha256, cameras, image size, max_steps, the execution strategy
+  with its execute_steps / replan_every / ensemble_decay, seed, instruction split, wall time) so that a
+  number can be traced back to exactly how it was measured.
 - `report.html`: one self-contained page (videos and chart embedded) that opens offline.
 - `videos/`: up to `--videos` mp4 per task, preferring one success and one failure.
 
@@ -19,6 +20,12 @@ loop over the wire gets the same episodes and statistics as in-process evaluatio
 from the server's metadata; a server that does not send one (another framework's) is taken to drive
 Meta-World's robot with the baseline cameras and image size. Training seeds cannot be checked remotely.
 
+How a chunk is executed is a choice of the run (`execution`, see `vlaforge.eval.rollout`): `open-loop`
+runs `execute_steps` actions of each chunk, then re-plans; `receding` re-plans every `replan_every` steps
+(the same rollout as `open-loop` with that many `execute_steps`, but refused when K exceeds the chunk);
+`ensemble` re-plans every step and executes ACT's temporally ensembled action. The steps run per plan are
+always recorded as `execute_steps` (1 for `ensemble`), whichever way they were chosen.
+
 Evaluation never silently replays training scenes: a checkpoint records the (task, seed) of every episode
 it was trained on (`training_data` in config.json, read through `PolicyFiles.training_seeds()`), and an
 evaluation whose episodes start from any of those seeds is refused before any rollout, unless
@@ -27,8 +34,10 @@ evaluation whose episodes start from any of those seeds is refused before any ro
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import math
 import platform
 import time
 from dataclasses import dataclass, field
@@ -41,7 +50,7 @@ from tqdm import tqdm
 
 from vlaforge.errors import InputError
 from vlaforge.eval.baselines import BASELINES
-from vlaforge.eval.rollout import Job, WorkerSpec, run_jobs
+from vlaforge.eval.rollout import ENSEMBLE_DECAY, EXECUTIONS, Job, WorkerSpec, run_jobs
 from vlaforge.eval.stats import aggregate
 from vlaforge.policy_files import PolicyFiles, read_policy_dir
 from vlaforge.types import Embodiment, as_list
@@ -70,7 +79,8 @@ class EvalConfig:
         seed: base seed; episode i of task t starts from `episode_seed(seed, t, i)`. `vlaforge collect`
             draws its demonstrations from `episode_seed(collect_seed, t, k)`, so keep the two seeds apart
             (collect defaults to 0, eval to 1000) or the evaluation replays training scenes.
-        execute_steps: open-loop steps per predicted chunk (None: the policy's `execute_steps`).
+        execute_steps: `open-loop` only: actions executed from each predicted chunk before re-planning
+            (None: the policy's `execute_steps`; at most the chunk).
         device: torch device for the policy ("cpu", "cuda").
         baseline_cameras: cameras the baselines render (checkpoints use their own).
         baseline_image_size: image side the baselines render (checkpoints use their own).
@@ -78,6 +88,15 @@ class EvalConfig:
             on (a (task, seed) in its config.json `training_data`). Off by default: such episodes measure
             memorisation, not generalisation, so evaluation refuses them before any rollout; when set,
             their number is recorded in eval_info.json's protocol (`training_seed_overlap`).
+        execution: how a predicted chunk becomes actions: "open-loop" (run `execute_steps` of it, then
+            re-plan), "receding" (re-plan every `replan_every` steps, running the first `replan_every`
+            actions of each chunk: the same rollout as open-loop with `execute_steps` = `replan_every`)
+            or "ensemble" (ACT's temporal ensembling: a chunk every step, each step's action the weighted
+            mean of every prediction made for it, weights exp(-m i), i = 0 for the oldest).
+        replan_every: `receding` only: the steps between re-plans, K (None: 1, re-plan every step); at
+            most the policy's chunk.
+        ensemble_decay: `ensemble` only: the weight m (ACT's 0.01; 0 is a plain mean; larger values
+            weight the older predictions more, so the action changes more smoothly).
     """
 
     policy: str
@@ -94,6 +113,9 @@ class EvalConfig:
     baseline_cameras: list[str] = field(default_factory=lambda: list(BASELINE_CAMERAS))
     baseline_image_size: int = BASELINE_IMAGE_SIZE
     allow_training_seeds: bool = False
+    execution: str = field(default="open-loop", metadata={"choices": list(EXECUTIONS)})
+    replan_every: int | None = None
+    ensemble_decay: float = ENSEMBLE_DECAY
 
     def __post_init__(self) -> None:
         self.policy = str(self.policy)
@@ -117,6 +139,50 @@ class EvalConfig:
                 f"--policy {self.policy!r} is neither a checkpoint directory, a baseline {list(BASELINES)}, "
                 f"nor a served policy ws://HOST:PORT"
             )
+        self._check_execution()
+
+    def _check_execution(self) -> None:
+        """Each strategy takes its own knob; a knob given to another strategy is a mistake, not a no-op."""
+        if self.execution not in EXECUTIONS:
+            close = difflib.get_close_matches(str(self.execution).replace("_", "-"), list(EXECUTIONS), 1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise InputError(f"execution must be one of {list(EXECUTIONS)}; got {self.execution!r}{hint}")
+        if self.execute_steps is not None and self.execution != "open-loop":
+            instead = (
+                f"use replan_every {self.execute_steps} (receding with replan_every K is open-loop with "
+                f"execute_steps K)"
+                if self.execution == "receding"
+                else "ensemble re-plans every step and executes the ensembled action; leave execute_steps out"
+            )
+            raise InputError(
+                f"execute_steps is the open-loop setting; got execute_steps {self.execute_steps} with "
+                f"execution {self.execution!r}: {instead}"
+            )
+        if self.replan_every is not None:
+            if self.execution != "receding":
+                raise InputError(
+                    f"replan_every applies to execution 'receding'; got replan_every {self.replan_every} with "
+                    f"execution {self.execution!r} (open-loop re-plans every execute_steps, ensemble every "
+                    f"step): pass execution='receding' (--execution receding) or leave replan_every out"
+                )
+            if self.replan_every < 1:
+                raise InputError(
+                    f"replan_every must be >= 1 (1: re-plan every step); got {self.replan_every}"
+                )
+        elif self.execution == "receding":
+            self.replan_every = 1
+        decay = float(self.ensemble_decay)
+        if not math.isfinite(decay) or decay < 0:
+            raise InputError(
+                f"ensemble_decay must be a finite number >= 0 (ACT's is {ENSEMBLE_DECAY}; 0 is a plain mean); "
+                f"got {self.ensemble_decay}"
+            )
+        if decay != ENSEMBLE_DECAY and self.execution != "ensemble":
+            raise InputError(
+                f"ensemble_decay applies to execution 'ensemble'; got ensemble_decay {decay} with execution "
+                f"{self.execution!r}: pass execution='ensemble' (--execution ensemble) or leave it out"
+            )
+        self.ensemble_decay = decay
 
 
 @dataclass
@@ -293,7 +359,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     if cfg.policy in BASELINES:
         env_emb = mw.embodiment(tuple(as_list(cfg.baseline_cameras)), cfg.baseline_image_size)
         policy_emb = env_emb
-        execute_steps = 1
+        execute_steps, chunk = 1, 1  # one action per call
     elif is_remote(cfg.policy):
         from vlaforge.eval.rollout import connect_remote
 
@@ -309,8 +375,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             "checkpoint": meta.get("checkpoint"),
             "model_sha256": meta.get("model_sha256"),
         }
-        execute_steps = cfg.execute_steps
-        if execute_steps is not None and chunk and execute_steps > chunk:
+        execute_steps = cfg.execute_steps if cfg.execution == "open-loop" else cfg.replan_every
+        if cfg.execute_steps is not None and chunk and cfg.execute_steps > chunk:
             raise InputError(
                 f"--execute-steps {execute_steps} exceeds the chunk of {chunk} actions {cfg.policy} predicts"
             )
@@ -323,13 +389,20 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             "resolved": str(path.resolve()),
             "model_sha256": sha256_file(files.weights),
         }
-        execute_steps = cfg.execute_steps  # None: the policy's own, reported back by the workers
+        # None: the policy's own, reported back by the workers (ensemble: unused, it re-plans every step)
+        execute_steps = cfg.execute_steps if cfg.execution == "open-loop" else cfg.replan_every
         chunk = files.chunk_size
-        if execute_steps is not None and execute_steps > chunk:
+        if cfg.execute_steps is not None and cfg.execute_steps > chunk:
             raise InputError(
                 f"--execute-steps {execute_steps} exceeds the chunk of {chunk} actions that {path} predicts; "
                 f"use at most {chunk}"
             )
+
+    if cfg.execution == "receding" and chunk and cfg.replan_every > chunk:
+        raise InputError(
+            f"--replan-every {cfg.replan_every} exceeds the chunk of {chunk} action(s) that {cfg.policy} "
+            f"predicts: receding executes the first replan_every actions of each chunk, so use at most {chunk}"
+        )
 
     out = cfg.out
     video_dir = out / "videos"
@@ -358,6 +431,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         execute_steps=execute_steps,
         device=cfg.device,
         fps=float(mw.CONTROL_HZ),
+        execution=cfg.execution,
+        ensemble_decay=cfg.ensemble_decay,
     )
     records: list[dict] = []
     with tqdm(total=len(jobs), desc=f"eval {Path(cfg.policy).name}", unit="ep") as bar:
@@ -392,7 +467,10 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             "cameras": list(policy_emb.camera_names),
             "image_size": policy_emb.image_size,
             "max_steps": cfg.max_steps,
-            "execute_steps": execute_steps,
+            "execution": cfg.execution,
+            "execute_steps": execute_steps,  # actions run per plan, however chosen (ensemble: 1)
+            "replan_every": cfg.replan_every,  # receding only
+            "ensemble_decay": cfg.ensemble_decay if cfg.execution == "ensemble" else None,
             "episodes_per_task": cfg.episodes,
             "seed": cfg.seed,
             "seed_rule": "episode i of task t starts from vlaforge.envs.metaworld.episode_seed(seed, t, i)",
