@@ -453,14 +453,13 @@ def stats_to_norm(key: str, entry: Mapping[str, Any], where: str) -> NormStats:
     return NormStats.from_dict(feats, where=f"{where}[{key!r}]")
 
 
-def norm_to_stats(ns: NormStats, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def norm_to_stats(ns: NormStats) -> dict[str, Any]:
     """NormStats -> one dataset's entry of dataset_statistics.json."""
     out: dict[str, Any] = {"action": ns["action"].to_dict()}
     if "mask" not in out["action"]:
         out["action"]["mask"] = [True] * ns["action"].dim
     if "observation.state" in ns:
         out["proprio"] = ns["observation.state"].to_dict()
-    out.update({k: v for k, v in (extra or {}).items() if k in ("num_transitions", "num_trajectories")})
     return out
 
 
@@ -732,7 +731,11 @@ def save_openvla(
     )
     (directory / "config.json").write_text(json.dumps(openvla_config(policy, stats), indent=2))
     (directory / DATASET_STATISTICS_FILE).write_text(json.dumps(stats, indent=2))
-    (directory / PREPROCESSOR_FILE).write_text(json.dumps(preprocessor_config(policy.preset), indent=2))
+    source_dir = Path((policy.openvla_source or {}).get("source") or directory)
+    if (source_dir / PREPROCESSOR_FILE).is_file() and source_dir.resolve() != directory.resolve():
+        shutil.copyfile(source_dir / PREPROCESSOR_FILE, directory / PREPROCESSOR_FILE)  # as imported, verbatim
+    else:
+        (directory / PREPROCESSOR_FILE).write_text(json.dumps(preprocessor_config(policy.preset), indent=2))
     tok_dir = Path(policy.text.path)
     for name in TOKENIZER_FILES:
         src = tok_dir / name
@@ -758,8 +761,7 @@ def _export_stats(policy: Any, unnorm_key: str | None) -> dict[str, Any]:
         if entry is not None and _same_stats(stats_to_norm(key, entry, "source"), ns):
             out[key] = entry  # unchanged: written back exactly as read
         else:
-            extra = (policy.training_data or {}).get("counts", {})
-            out[key] = norm_to_stats(ns, extra)
+            out[key] = norm_to_stats(ns)
     return out
 
 
