@@ -733,7 +733,9 @@ def save_openvla(
     (directory / DATASET_STATISTICS_FILE).write_text(json.dumps(stats, indent=2))
     source_dir = Path((policy.openvla_source or {}).get("source") or directory)
     if (source_dir / PREPROCESSOR_FILE).is_file() and source_dir.resolve() != directory.resolve():
-        shutil.copyfile(source_dir / PREPROCESSOR_FILE, directory / PREPROCESSOR_FILE)  # as imported, verbatim
+        shutil.copyfile(
+            source_dir / PREPROCESSOR_FILE, directory / PREPROCESSOR_FILE
+        )  # as imported, verbatim
     else:
         (directory / PREPROCESSOR_FILE).write_text(json.dumps(preprocessor_config(policy.preset), indent=2))
     tok_dir = Path(policy.text.path)
