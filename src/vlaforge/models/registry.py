@@ -11,6 +11,7 @@ import difflib
 from typing import Any
 
 from vlaforge.errors import InputError
+from vlaforge.models.fast_head import FastTokenHead
 from vlaforge.models.heads import ActionHead, ChunkHead, HeadDims, HeadSpec, TokenHead
 
 HEADS: dict[str, HeadSpec] = {
@@ -18,6 +19,7 @@ HEADS: dict[str, HeadSpec] = {
     for spec in (
         TokenHead.spec,
         ChunkHead.spec,
+        FastTokenHead.spec,
     )
 }
 
