@@ -11,6 +11,7 @@ import difflib
 from typing import Any
 
 from vlaforge.errors import InputError
+from vlaforge.models.diffusion import DiffusionHead
 from vlaforge.models.fast_head import FastTokenHead
 from vlaforge.models.heads import ActionHead, ChunkHead, HeadDims, HeadSpec, TokenHead
 
@@ -19,6 +20,7 @@ HEADS: dict[str, HeadSpec] = {
     for spec in (
         TokenHead.spec,
         ChunkHead.spec,
+        DiffusionHead.spec,
         FastTokenHead.spec,
     )
 }
