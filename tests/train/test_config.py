@@ -26,7 +26,7 @@ def test_cosine_schedule_decays_to_zero():
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
-        ({"head": "diffusion"}, "head"),
+        ({"head": "difusion"}, "head"),
         ({"steps": 0}, "steps"),
         ({"lr": -1.0}, "lr"),
         ({"schedule": "linear"}, "schedule"),

@@ -37,6 +37,7 @@ from torch import nn
 from vlaforge.actions import BinTokenizer
 from vlaforge.errors import InputError
 from vlaforge.models.backbone import PrismaticBackbone
+from vlaforge.models.presets import LLMSpec
 
 IGNORE_INDEX = -100
 
@@ -130,6 +131,8 @@ class HeadDims:
         hidden_size: the LLM width.
         bins: the action bin tokenizer (the token head's vocabulary).
         eos_id: the text tokenizer's `</s>`.
+        llm: the LLM's sizes (depth, heads, KV heads), for heads whose layers attend to its keys and values
+            (the flow head's action expert); None when unknown.
     """
 
     action_dim: int
@@ -137,6 +140,7 @@ class HeadDims:
     hidden_size: int
     bins: BinTokenizer
     eos_id: int
+    llm: LLMSpec | None = None
 
 
 class ActionHead(nn.Module):
@@ -193,6 +197,11 @@ class ActionHead(nn.Module):
                 deterministic heads ignore it.
         """
         raise NotImplementedError
+
+    def unused_backbone_modules(self, backbone: PrismaticBackbone) -> list[nn.Module]:
+        """Backbone modules whose outputs never reach this head's loss or predictions, besides the vision
+        tail and (for heads that do not decode tokens) the LLM output layer, which `Policy` declares itself."""
+        return []
 
     @property
     def kind(self) -> str:

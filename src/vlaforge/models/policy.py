@@ -96,6 +96,7 @@ class Policy(nn.Module):
             hidden_size=preset.llm.hidden_size,
             bins=self.bins,
             eos_id=self.text.eos_id,
+            llm=preset.llm,
         )
         # A saved head config also holds derived values (action_dim, bins, ...): only options are passed.
         options = {o.name: head_config[o.name] for o in spec.options if o.name in head_config}
@@ -180,6 +181,8 @@ class Policy(nn.Module):
         unused = list(self.backbone.vision.unused_parameters())
         if not self.head.uses_lm_head:
             unused += list(self.backbone.llm.get_output_embeddings().parameters())
+        for module in self.head.unused_backbone_modules(self.backbone):
+            unused += list(module.parameters())
         unused_ids = {id(p) for p in unused}  # module.parameters() recurses, so adapters are included
         return [n for n, p in self.named_parameters() if id(p) in unused_ids]
 

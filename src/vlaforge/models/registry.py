@@ -13,6 +13,7 @@ from typing import Any
 from vlaforge.errors import InputError
 from vlaforge.models.diffusion import DiffusionHead
 from vlaforge.models.fast_head import FastTokenHead
+from vlaforge.models.flow import FlowHead
 from vlaforge.models.heads import ActionHead, ChunkHead, HeadDims, HeadSpec, TokenHead
 
 HEADS: dict[str, HeadSpec] = {
@@ -22,6 +23,7 @@ HEADS: dict[str, HeadSpec] = {
         ChunkHead.spec,
         DiffusionHead.spec,
         FastTokenHead.spec,
+        FlowHead.spec,
     )
 }
 

@@ -1,0 +1,368 @@
+"""pi0's action expert: flow matching over the action chunk, by a second transformer that reads the LLM's keys
+and values layer by layer.
+
+Black et al., 2024, "pi0: A Vision-Language-Action Flow Model for General Robot Control". What is taken from
+it (in the convention of its released code, where t = 1 is noise and t = 0 the actions):
+
+- Objective: conditional flow matching (Lipman et al., 2023) on the straight path
+      x_t = t * noise + (1 - t) * actions,        target velocity  u = noise - actions,
+  loss = mean of (v_theta(x_t, t, prefix) - u)^2 over the chunk steps that are not padding.
+- Time in training: s ~ Beta(1.5, 1), t = 0.999 s + 0.001, which puts more weight on noisy times (the paper
+  writes the same density in its own time direction, tau = 1 - t). Beta(a, 1) has the CDF s^a, so it is
+  sampled exactly by inverting it, s = U^(1 / a), which also takes a `torch.Generator`.
+  E[t] = 0.999 * a / (a + 1) + 0.001 = 0.6004 for a = 1.5.
+- Inference: x = noise at t = 1, then N Euler steps of dt = -1/N (N = 10), x <- x + dt * v(x, t) with
+  t_i = 1 - i / N, and x at t = 0 is the normalised chunk (B, H, D).
+- A mixture of transformers: the "action expert" has the LLM's depth and attention geometry (heads, KV heads,
+  head_dim) but its own, smaller width and MLP, RMSNorm, SwiGLU and RoPE. In layer l the H action tokens'
+  queries attend to [the LLM's layer-l keys/values of the prefix] ++ [the expert's own keys/values of the H
+  tokens]: every valid (non-pad) prefix position and, bidirectionally, all H actions. The prefix never
+  attends to the actions (pi0's block-causal mask), so its keys and values are exactly what the LLM computes
+  on its own: `backbone.encode_prefix` fills a KV cache once per prediction and only the expert runs N times,
+  reading the cache and never appending to it. Training runs the backbone (with grad) over the prefix once
+  into a fresh cache and the expert on it, so the backbone learns through the expert's attention, as pi0
+  trains its VLM.
+- Input: the noisy action (D) through a Linear to the expert width, concatenated with a sine-cosine
+  embedding of t (periods from 4e-3 to 4.0), then Linear - SiLU - Linear back to the width. Output: a final
+  RMSNorm and a Linear to D, the velocity.
+
+Choices pi0 leaves open, or that differ:
+
+- Width: `expert_width=0` (the default) takes half the LLM width rounded down to a multiple of head_dim
+  (pi0: Gemma 300M, width 1024, beside Gemma 2B, width 2048): 64 on the tiny preset (LLM 128, 4 heads of
+  32), 2048 beside Llama-2 7B. The MLP keeps the LLM's ratio intermediate / width (tiny: 192; 7B: 5504).
+  The resolved width is what `config()` saves, so a checkpoint does not depend on this rule.
+- The state is the backbone's prefix token (pi0 puts it in the suffix); RoPE positions of the actions continue
+  after the prefix's last valid position, from the LLM's own rotary module, so frequencies are the LLM's.
+- The prefix outputs of the LLM's last layer are never read: that layer's q_proj, o_proj, post-attention
+  norm and MLP, and the final norm, get no gradient (`unused_backbone_modules` lists them).
+- `velocity_reference` computes the same velocity without the cache: one joint attention per layer over
+  [prefix ++ actions] with pi0's block mask, the LLM's and the expert's projections applied to their own
+  tokens (pi0's formulation). It assumes a Llama-style decoder layer (`input_layernorm`, `self_attn.q/k/v/
+  o_proj`, `post_attention_layernorm`, `mlp`); the tests compare the two paths.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+from vlaforge.errors import InputError
+from vlaforge.models.backbone import Prefix, PrismaticBackbone, additive_mask
+from vlaforge.models.heads import ActionHead, Context, HeadDims, HeadOption, HeadSpec
+
+TIME_BETA_ALPHA = 1.5  # pi0: s ~ Beta(1.5, 1)
+TIME_SCALE, TIME_MIN = 0.999, 0.001  # pi0: t = 0.999 s + 0.001, so t never reaches 0 (noise-free)
+MIN_PERIOD, MAX_PERIOD = 4e-3, 4.0  # pi0's sine-cosine time embedding
+
+
+def flow_targets(
+    actions: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """pi0's straight path: actions, noise (B, H, D), t (B,) -> x_t = t noise + (1 - t) actions and the
+    target velocity u = noise - actions, both (B, H, D)."""
+    tt = t.to(actions.dtype)[:, None, None]  # (B, 1, 1)
+    return tt * noise + (1 - tt) * actions, noise - actions
+
+
+def sample_time(
+    n: int, device: torch.device | str = "cpu", generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Training times (n,) float32: t = 0.999 s + 0.001, s ~ Beta(1.5, 1) drawn as U^(1/1.5) (inverse CDF).
+
+    Drawn on the generator's device (the default device without one), then moved to `device`.
+    """
+    where = generator.device if generator is not None else device
+    u = torch.rand(n, generator=generator, device=where)
+    s = u.pow(1.0 / TIME_BETA_ALPHA)
+    return (TIME_SCALE * s + TIME_MIN).to(device)
+
+
+def time_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sine-cosine embedding (B, dim) of t (B,): dim / 2 periods spaced geometrically from 4e-3 to 4.0,
+    [sin(2 pi t / period), cos(2 pi t / period)] (pi0's `posemb_sincos`)."""
+    if dim % 2:
+        raise InputError(f"the time embedding needs an even width, got {dim}")
+    fraction = torch.linspace(0.0, 1.0, dim // 2, device=t.device)
+    period = MIN_PERIOD * (MAX_PERIOD / MIN_PERIOD) ** fraction  # (dim/2,)
+    angle = t.float()[:, None] * (2 * math.pi / period)[None]  # (B, dim/2)
+    return torch.cat([angle.sin(), angle.cos()], dim=-1)
+
+
+def _heads(x: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, T, n * hd) -> (B, n, T, hd)."""
+    B, T, _ = x.shape
+    return x.view(B, T, n, -1).transpose(1, 2)
+
+
+class SwiGLU(nn.Module):
+    """Llama / Gemma MLP: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, width: int, mlp_width: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(width, mlp_width, bias=False)
+        self.up_proj = nn.Linear(width, mlp_width, bias=False)
+        self.down_proj = nn.Linear(mlp_width, width, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class ExpertLayer(nn.Module):
+    """One expert block: pre-norm attention over [LLM prefix keys/values ++ own], then pre-norm SwiGLU.
+
+    Its projections map its own width to the LLM's attention geometry (n_heads x head_dim queries, n_kv_heads x
+    head_dim keys and values), so its queries can attend to the LLM's cached keys.
+    """
+
+    def __init__(self, width: int, mlp_width: int, n_heads: int, n_kv_heads: int, head_dim: int, eps: float):
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.input_norm = nn.RMSNorm(width, eps=eps)
+        self.q_proj = nn.Linear(width, n_heads * head_dim, bias=False)
+        self.k_proj = nn.Linear(width, n_kv_heads * head_dim, bias=False)
+        self.v_proj = nn.Linear(width, n_kv_heads * head_dim, bias=False)
+        self.o_proj = nn.Linear(n_heads * head_dim, width, bias=False)
+        self.post_norm = nn.RMSNorm(width, eps=eps)
+        self.mlp = SwiGLU(width, mlp_width)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        prefix_k: torch.Tensor,
+        prefix_v: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """x (B, H, width); prefix keys / values (B, n_kv, T, hd) as the LLM cached them (RoPE applied);
+        rope: cos, sin (B, H, hd) of the actions' positions; mask: additive (B, 1, H, T + H)."""
+        h = self.input_norm(x)
+        q = _heads(self.q_proj(h), self.n_heads)  # (B, nh, H, hd)
+        k = _heads(self.k_proj(h), self.n_kv_heads)  # (B, nkv, H, hd)
+        v = _heads(self.v_proj(h), self.n_kv_heads)
+        q, k = apply_rotary_pos_emb(q, k, *rope)
+        k = torch.cat([prefix_k.to(k.dtype), k], dim=2)  # (B, nkv, T + H, hd)
+        v = torch.cat([prefix_v.to(v.dtype), v], dim=2)
+        rep = self.n_heads // self.n_kv_heads  # grouped-query attention: each KV head serves `rep` heads
+        if rep > 1:
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype))  # (B, nh, H, hd)
+        x = x + self.o_proj(out.transpose(1, 2).flatten(2))
+        return x + self.mlp(self.post_norm(x))
+
+
+class FlowHead(ActionHead):
+    """pi0's flow-matching action expert (see the module docstring).
+
+    Args:
+        dims: D, H, and `dims.llm` (the LLM's `LLMSpec`: depth, heads, KV heads, width, norm epsilon).
+        num_steps: Euler steps at inference (pi0: 10); `predict(num_steps=...)` overrides it per call.
+        expert_width: the expert's width; 0 takes half the LLM width rounded down to a multiple of head_dim.
+    """
+
+    def __init__(self, dims: HeadDims, num_steps: int = 10, expert_width: int = 0):
+        super().__init__(dims.action_dim, dims.chunk_size)
+        llm = getattr(dims, "llm", None)
+        if llm is None:
+            raise InputError("the flow head needs the LLM's geometry: build it with HeadDims(llm=preset.llm)")
+        if num_steps < 1:
+            raise InputError(f"the flow head needs num_steps >= 1, got {num_steps}")
+        n_heads, n_kv = llm.num_heads, llm.num_kv_heads or llm.num_heads
+        head_dim = llm.hidden_size // n_heads
+        width = int(expert_width) or max(head_dim, llm.hidden_size // 2 // head_dim * head_dim)
+        if width < 2 or width % 2:
+            raise InputError(f"expert_width must be even and >= 2 (the time embedding), got {width}")
+        self.num_steps = int(num_steps)
+        self.expert_width = width  # the resolved width is what config() saves
+        self.mlp_width = max(1, round(llm.intermediate_size * width / llm.hidden_size))
+        self.action_in = nn.Linear(dims.action_dim, width)
+        self.time_mlp_in = nn.Linear(2 * width, width)
+        self.time_mlp_out = nn.Linear(width, width)
+        self.layers = nn.ModuleList(
+            ExpertLayer(width, self.mlp_width, n_heads, n_kv, head_dim, llm.rms_norm_eps)
+            for _ in range(llm.num_layers)
+        )
+        self.norm = nn.RMSNorm(width, eps=llm.rms_norm_eps)
+        self.action_out = nn.Linear(width, dims.action_dim)
+
+    # -------------------------------------------------------------------- the expert
+    def embed(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Noisy actions (B, H, D) and times (B,) -> expert input tokens (B, H, width)."""
+        dtype = self.action_in.weight.dtype
+        a = self.action_in(x_t.to(dtype))  # (B, H, w)
+        te = time_embedding(t, self.expert_width).to(dtype)[:, None].expand_as(a)  # (B, H, w)
+        return self.time_mlp_out(F.silu(self.time_mlp_in(torch.cat([a, te], dim=-1))))
+
+    @staticmethod
+    def _rope(backbone: PrismaticBackbone, x: torch.Tensor, position_ids: torch.Tensor):
+        """cos, sin (B, L, hd) from the LLM's own rotary module (its frequencies and scaling)."""
+        return backbone.llm.get_decoder().rotary_emb(x, position_ids)
+
+    def velocity(
+        self, backbone: PrismaticBackbone, prefix: Prefix, x_t: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        """v_theta(x_t, t, prefix) (B, H, D): the expert on the cached prefix (the cache is only read).
+
+        Args:
+            backbone: the backbone whose LLM filled `prefix` (its rotary module gives the positions).
+            prefix: the LLM's keys and values over [pads][BOS][patches][state][prompt].
+            x_t: noisy normalised actions (B, H, D).
+            t: flow times (B,).
+        """
+        B, H, _ = x_t.shape
+        x = self.embed(x_t, t)
+        positions = prefix.next_position[:, None] + torch.arange(H, device=x.device)[None]  # (B, H)
+        rope = self._rope(backbone, x, positions)
+        T = prefix.length
+        allowed = torch.cat(
+            [prefix.valid[:, None, :].expand(B, H, T), prefix.valid.new_ones(B, H, H)], dim=-1
+        )  # (B, H, T + H): valid prefix keys and every action, both ways
+        mask = additive_mask(allowed[:, None], x.dtype)
+        cache = prefix.cache.layers
+        if len(cache) != len(self.layers):
+            raise InputError(f"the prefix cache has {len(cache)} layers; the expert has {len(self.layers)}")
+        for layer, kv in zip(self.layers, cache):
+            x = layer(x, kv.keys, kv.values, rope, mask)
+        return self.action_out(self.norm(x))
+
+    def velocity_reference(
+        self, backbone: PrismaticBackbone, ctx: Context, x_t: torch.Tensor, t: torch.Tensor
+    ) -> torch.Tensor:
+        """The same velocity (B, H, D) without the cache: pi0's joint attention, layer by layer.
+
+        Each layer projects the prefix with the LLM's weights and the actions with the expert's, runs one
+        explicit-softmax attention over all T + H positions under pi0's block mask (prefix: causal over valid
+        keys, never the actions; actions: valid prefix keys and all actions), and sends each part through its
+        own output projection and MLP. Assumes Llama-style decoder layers.
+        """
+        seq = backbone.assemble(ctx.images, ctx.state, ctx.prompt_ids)
+        decoder = backbone.llm.get_decoder()
+        B, T, _ = seq.embeds.shape
+        H = x_t.shape[1]
+        dev = seq.embeds.device
+        hp, ha = seq.embeds, self.embed(x_t, t)  # (B, T, d_llm), (B, H, w)
+        start = seq.position_ids[:, -1:] + 1
+        positions = torch.cat([seq.position_ids, start + torch.arange(H, device=dev)[None]], dim=1)
+        cos, sin = self._rope(backbone, hp, positions)  # (B, T + H, hd)
+        i = torch.arange(T + H, device=dev)
+        is_prefix = i < T
+        key_ok = torch.cat([seq.valid, torch.ones(B, H, dtype=torch.bool, device=dev)], dim=1)  # (B, T + H)
+        causal = i[None, :] <= i[:, None]  # (T+H, T+H)
+        rows_prefix = causal & is_prefix[None, :]  # prefix queries: earlier prefix keys only
+        rows_action = torch.ones_like(causal)  # action queries: all keys
+        allowed = torch.where(is_prefix[:, None], rows_prefix, rows_action)[None] & key_ok[:, None, :]
+        allowed = allowed | torch.eye(T + H, dtype=torch.bool, device=dev)[None]  # pad rows see themselves
+        for llm_layer, ex in zip(decoder.layers, self.layers):
+            att = llm_layer.self_attn
+            nh, nkv, hd = ex.n_heads, ex.n_kv_heads, ex.head_dim
+            xp, xa = llm_layer.input_layernorm(hp), ex.input_norm(ha)
+            q = torch.cat([_heads(att.q_proj(xp), nh), _heads(ex.q_proj(xa), nh)], dim=2)  # (B, nh, T+H, hd)
+            k = torch.cat([_heads(att.k_proj(xp), nkv), _heads(ex.k_proj(xa), nkv)], dim=2)
+            v = torch.cat([_heads(att.v_proj(xp), nkv), _heads(ex.v_proj(xa), nkv)], dim=2)
+            q, k = apply_rotary_pos_emb(q, k, cos.to(q.dtype), sin.to(q.dtype))
+            k, v = k.repeat_interleave(nh // nkv, dim=1), v.repeat_interleave(nh // nkv, dim=1)
+            scores = (q @ k.transpose(-1, -2)) * hd**-0.5  # (B, nh, T+H, T+H)
+            scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+            out = (scores.softmax(-1) @ v).transpose(1, 2).flatten(2)  # (B, T+H, nh * hd)
+            hp = hp + att.o_proj(out[:, :T].to(hp.dtype))
+            hp = hp + llm_layer.mlp(llm_layer.post_attention_layernorm(hp))
+            ha = ha + ex.o_proj(out[:, T:].to(ha.dtype))
+            ha = ha + ex.mlp(ex.post_norm(ha))
+        return self.action_out(self.norm(ha))
+
+    def unused_backbone_modules(self, backbone: PrismaticBackbone) -> list[nn.Module]:
+        """Backbone modules whose outputs never reach this head, besides the LLM's output layer (which `Policy`
+        declares for every head that does not decode tokens): everything of the LLM's last layer after its
+        keys and values, and its final norm. The prefix's own outputs are never read."""
+        decoder = backbone.llm.get_decoder()
+        last = decoder.layers[-1]
+        return [
+            last.self_attn.q_proj,
+            last.self_attn.o_proj,
+            last.post_attention_layernorm,
+            last.mlp,
+            decoder.norm,
+        ]
+
+    # -------------------------------------------------------------------- the ActionHead calls
+    def encode_prefix_with_grad(self, backbone: PrismaticBackbone, ctx: Context) -> Prefix:
+        """The prefix as `backbone.encode_prefix` builds it, in one LLM pass that keeps gradients (training)."""
+        seq = backbone.assemble(ctx.images, ctx.state, ctx.prompt_ids)
+        hidden, cache = backbone.run(seq, DynamicCache())
+        return Prefix(cache, seq.valid, seq.position_ids[:, -1] + 1, hidden[:, -1])
+
+    def flow_loss(
+        self,
+        backbone: PrismaticBackbone,
+        ctx: Context,
+        actions: torch.Tensor,
+        pad: torch.Tensor,
+        noise: torch.Tensor,
+        t: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The flow-matching loss for given noise (B, H, D) and times (B,) (`loss` draws them).
+
+        Metric `l1`: |x_t - t v - actions| of the one-step estimate of the actions at the drawn t (a training
+        signal, not the sampler's output).
+        """
+        a = actions[:, : self.chunk_size].float()  # (B, H, D)
+        keep = (~pad[:, : self.chunk_size]).float()[..., None]  # (B, H, 1)
+        x_t, u = flow_targets(a, noise.float(), t.float())
+        v = self.velocity(backbone, self.encode_prefix_with_grad(backbone, ctx), x_t, t).float()
+        n = (keep.sum() * self.action_dim).clamp(min=1)
+        mse = ((v - u).square() * keep).sum() / n
+        with torch.no_grad():
+            a_hat = x_t - t.float()[:, None, None] * v
+            l1 = ((a_hat - a).abs() * keep).sum() / n
+        return mse, {"mse": mse.detach(), "l1": l1}
+
+    def loss(self, backbone, ctx, actions, pad):
+        """pi0's loss: noise ~ N(0, I), t from the shifted Beta (`sample_time`), MSE of the velocity."""
+        noise = torch.randn(actions.shape[0], self.chunk_size, self.action_dim, device=actions.device)
+        t = sample_time(actions.shape[0], actions.device)
+        return self.flow_loss(backbone, ctx, actions, pad, noise, t)
+
+    def initial_noise(
+        self, batch_size: int, device: torch.device, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """x at t = 1: `torch.randn((B, H, D), generator=generator)` float32, drawn on the generator's device
+        (so a CPU generator gives the same sample on any device), then moved to `device`."""
+        where = generator.device if generator is not None else device
+        shape = (batch_size, self.chunk_size, self.action_dim)
+        return torch.randn(shape, generator=generator, device=where).to(device)
+
+    @torch.no_grad()
+    def predict(self, backbone, ctx, *, generator=None, num_steps=None):
+        """Euler from noise (t = 1) to t = 0 in `num_steps` steps (default `self.num_steps`); the prefix is
+        encoded once and only the expert runs at every step. Normalised actions (B, H, D) float32."""
+        n = int(num_steps or self.num_steps)
+        if n < 1:
+            raise InputError(f"num_steps must be >= 1, got {n}")
+        prefix = backbone.encode_prefix(ctx.images, ctx.state, ctx.prompt_ids)
+        x = self.initial_noise(ctx.batch_size, backbone.device, generator)
+        for i in range(n):
+            t = torch.full((x.shape[0],), 1.0 - i / n, device=x.device)
+            x = x + (-1.0 / n) * self.velocity(backbone, prefix, x, t).float()
+        return x
+
+
+FlowHead.spec = HeadSpec(
+    "flow",
+    FlowHead,
+    "pi0: an action expert attending to the LLM's keys/values, flow matching, Euler sampling",
+    default_chunk=None,
+    options=(
+        HeadOption("num_steps", int, 10, "Euler integration steps at inference (pi0: 10)"),
+        HeadOption(
+            "expert_width", int, 0, "the action expert's width; 0: half the LLM's, a multiple of head_dim"
+        ),
+    ),
+)
+
+
+__all__ = ["FlowHead", "flow_targets", "sample_time", "time_embedding"]
