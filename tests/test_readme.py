@@ -90,7 +90,16 @@ def test_every_readme_command_runs(tmp_path, monkeypatch):
     torch.set_num_threads(1)
     commands = readme_commands()
     # Order: data before training before evaluation, as a reader runs them.
-    rank = {"collect": 0, "dataset": 1, "train": 2, "serve": 3, "eval": 4, "export": 5, "tokenizer": 1, "demo": 6}
+    rank = {
+        "collect": 0,
+        "dataset": 1,
+        "train": 2,
+        "serve": 3,
+        "eval": 4,
+        "export": 5,
+        "tokenizer": 1,
+        "demo": 6,
+    }
     commands.sort(key=lambda c: rank[_command_of(_vlaforge_argv(c))])
     ran = []
     servers: list[subprocess.Popen] = []

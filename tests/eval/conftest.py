@@ -87,15 +87,16 @@ def make_stats(action_dim: int = 4, state_dim: int = 4):
     return NormStats(feats)
 
 
-def save_tiny_policy(directory: Path, embodiment) -> Path:
-    """An untrained tiny chunk-head policy for `embodiment`, saved as a checkpoint directory."""
+def save_tiny_policy(directory: Path, embodiment, **overrides) -> Path:
+    """An untrained tiny chunk-head policy for `embodiment` (`overrides`: preset fields such as history),
+    saved as a checkpoint directory."""
     import torch
 
     from vlaforge.models.policy import Policy
 
     torch.manual_seed(0)
     policy = Policy.from_preset(
-        "tiny", "chunk", embodiment, make_stats(embodiment.action_dim, embodiment.state_dim)
+        "tiny", "chunk", embodiment, make_stats(embodiment.action_dim, embodiment.state_dim), **overrides
     )
     policy.save_pretrained(directory)
     return Path(directory)

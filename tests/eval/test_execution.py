@@ -270,3 +270,18 @@ def test_defaults_and_flags(tmp_path):
     assert config_from_args(EvalConfig, ns).replan_every == 4
     with pytest.raises(SystemExit):
         parser.parse_args(["--policy", "expert", "--execution", "async"])
+
+
+@pytest.mark.sim
+def test_a_history_policy_is_evaluated_on_consecutive_frames(tmp_path, tiny_policy):
+    """A policy reading 2 observations: the simulator renders every step (the buffer needs each frame),
+    and the episode runs to its end through `evaluate`."""
+    from vlaforge.eval.baselines import PolicyController
+    from vlaforge.models.policy import Policy
+
+    ckpt = tiny_policy(tmp_path / "hist", EMB, history=2)
+    res = _eval(tmp_path, "hist", ckpt)
+    assert [e["steps"] for e in res.info["episodes"]] == [8]
+    with RecordingEnv(TASK, image_size=SIZE, max_steps=150, render=False) as env:
+        rec = run_episode(PolicyController(Policy.from_pretrained(ckpt)), env, Job(TASK, 0, 5, "press"), 8)
+        assert rec["steps"] == 8 and env.frames_rendered == 1 + 8  # the reset, then every step

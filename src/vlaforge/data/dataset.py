@@ -163,13 +163,14 @@ class ChunkSampling:
         world_size: int = 1,
         cache_max_gb: float | None = None,
         decode_workers: int = 2,
+        history: int = 1,
     ) -> BatchSampler:
         """Training batches (see `vlaforge.data.sampler.ChunkSampler` for the arguments)."""
         module, _, name = self._sampler.partition(":")
         cls = getattr(importlib.import_module(module), name)
         return cls(
             self, batch_size, chunk_size, seed=seed, shuffle=shuffle, cameras=cameras, rank=rank,
-            world_size=world_size, cache_max_gb=cache_max_gb, decode_workers=decode_workers,
+            world_size=world_size, cache_max_gb=cache_max_gb, decode_workers=decode_workers, history=history,
         )  # fmt: skip
 
 

@@ -23,6 +23,9 @@ Design choices:
 - The stream of samples is a chain of epochs, each a permutation drawn from a generator seeded by
   `(seed, epoch)`; a batch may straddle two epochs. `state_dict()` is (epoch, position, seed), so a
   resumed run continues with exactly the same next batch.
+- Observation history (`history` T > 1): each sample also carries the T - 1 frames before it, oldest
+  first, images (B, T, h, w, 3) and states (B, T, S); before an episode's first frame the first frame is
+  repeated and `history_pad` (B, T) marks those copies, as evaluation pads its buffer at a reset.
 - DDP: every rank draws the same permutation and takes every `world_size`-th element starting at `rank`
   (after trimming to a multiple of `world_size`), so the shards are disjoint and equally long.
 """
@@ -60,6 +63,7 @@ class ChunkSampler:
             the cameras would take more than this many GB (1e9 bytes); 0 always streams, None never does.
         decode_workers: worker processes decoding frames in streaming mode.
         prefetch: batches decoded ahead in streaming mode (default: 2 per worker).
+        history: T, observations per sample (the current one and the T - 1 before it); 1: the current only.
 
     Attributes:
         streaming: whether frames are decoded on the fly (else read from the cache).
@@ -67,7 +71,8 @@ class ChunkSampler:
 
     Yields:
         {"images": {camera: uint8 (B, h, w, 3)}, "state": float32 (B, S), "instruction": list[str],
-        "actions": float32 (B, H, D), "action_pad": bool (B, H), "index": int64 (B,)}.
+        "actions": float32 (B, H, D), "action_pad": bool (B, H), "index": int64 (B,)}; with history T > 1
+        the images are (B, T, h, w, 3), the state (B, T, S), and "history_pad" bool (B, T) is added.
     """
 
     def __init__(
@@ -83,7 +88,10 @@ class ChunkSampler:
         cache_max_gb: float | None = None,
         decode_workers: int = 2,
         prefetch: int | None = None,
+        history: int = 1,
     ) -> None:
+        if int(history) < 1:
+            raise InputError(f"history must be >= 1 (observations per sample); got {history}")
         if batch_size < 1 or chunk_size < 1:
             raise InputError(f"batch_size ({batch_size}) and chunk_size ({chunk_size}) must be >= 1")
         if not 0 <= rank < world_size:
@@ -105,9 +113,13 @@ class ChunkSampler:
         self.state = np.ascontiguousarray(dataset.states(), dtype=np.float32).reshape(n, -1)  # (N, S)
         # End (exclusive) of each frame's episode, so chunks stop at the episode boundary.
         self.episode_end = np.empty(n, dtype=np.int64)
+        self.episode_start = np.empty(n, dtype=np.int64)
         for e in range(dataset.num_episodes):
             r = dataset.episode_frames(e)
             self.episode_end[r.start : r.stop] = r.stop
+            self.episode_start[r.start : r.stop] = r.start
+        self.history = int(history)
+        self._history_offsets = np.arange(1 - self.history, 1, dtype=np.int64)  # (T,), oldest first
         self.task_index = np.asarray(dataset.task_indices(), dtype=np.int64)
         self.tasks = list(dataset.tasks)
         self._offsets = np.arange(self.chunk_size, dtype=np.int64)
@@ -150,13 +162,35 @@ class ChunkSampler:
             order = np.arange(n)
         return order[: self.shard_len * self.world_size][self.rank :: self.world_size]
 
+    def history_indices(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(B, T) frame indices of each sample's observations, oldest first, clamped to its episode's first
+        frame, and the (B, T) mask of the clamped (repeated) ones."""
+        h = idx[:, None] + self._history_offsets[None, :]
+        start = self.episode_start[idx][:, None]
+        return np.maximum(h, start), h < start
+
+    def _frames_of(self, idx: np.ndarray) -> np.ndarray:
+        """The frames a batch's images come from: (B,) without history, (B * T,) with it."""
+        return idx if self.history == 1 else self.history_indices(idx)[0].reshape(-1)
+
+    def _shape_images(self, frames: np.ndarray) -> torch.Tensor:
+        """(B, h, w, 3) or, with history, (B * T, ...) -> (B, T, h, w, 3)."""
+        t = torch.from_numpy(frames)
+        return t if self.history == 1 else t.view(-1, self.history, *t.shape[1:])
+
     def batch_from_indices(self, idx: np.ndarray) -> dict[str, Any]:
         """Builds the batch for global frame indices `idx` (B,) (streaming: decoded in this process)."""
         idx = np.asarray(idx, dtype=np.int64)
+        frames_idx = self._frames_of(idx)
         if self.streaming:
-            images = {cam: torch.from_numpy(reader.read(idx)) for cam, reader in self.readers.items()}
+            images = {
+                cam: self._shape_images(reader.read(frames_idx)) for cam, reader in self.readers.items()
+            }
         else:
-            images = {cam: torch.from_numpy(self._gather(frames, idx)) for cam, frames in self.images.items()}
+            images = {
+                cam: self._shape_images(self._gather(frames, frames_idx))
+                for cam, frames in self.images.items()
+            }
         return self._assemble(idx, images)
 
     @staticmethod
@@ -172,7 +206,7 @@ class ChunkSampler:
         pad = steps >= end
         steps = np.minimum(steps, end - 1)  # repeat the episode's last action past its end
         actions = self.action[steps]  # (B, H, D)
-        return {
+        batch = {
             "images": images,
             "state": torch.from_numpy(self.state[idx]),
             "instruction": [self.tasks[t] for t in self.task_index[idx]],
@@ -180,6 +214,11 @@ class ChunkSampler:
             "action_pad": torch.from_numpy(pad),
             "index": torch.from_numpy(idx.copy()),
         }
+        if self.history > 1:
+            hist, hist_pad = self.history_indices(idx)
+            batch["state"] = torch.from_numpy(self.state[hist])  # (B, T, S)
+            batch["history_pad"] = torch.from_numpy(hist_pad)
+        return batch
 
     def next_indices(self) -> np.ndarray:
         """The frame indices of the next batch, advancing the sampler's position."""
@@ -213,7 +252,7 @@ class ChunkSampler:
         images = {}
         for cam, futures in jobs.items():
             frames = np.concatenate([f.result() for f in futures])  # (U, h, w, 3), sorted by index
-            images[cam] = torch.from_numpy(frames[inverse])  # (B, h, w, 3)
+            images[cam] = self._shape_images(frames[inverse])  # (B, h, w, 3) or (B, T, h, w, 3)
         self._fill()  # keep the workers busy while the trainer uses this batch
         return self._assemble(idx, images)
 
@@ -238,7 +277,7 @@ class ChunkSampler:
             idx = self.next_indices()
             # Sorted unique frames (neighbours share files and keyframes); `inverse` maps them back to the
             # batch's order: (B,) positions in `uniq`.
-            uniq, inverse = np.unique(idx, return_inverse=True)
+            uniq, inverse = np.unique(self._frames_of(idx), return_inverse=True)
             pieces = [p for p in np.array_split(uniq, self.decode_workers) if len(p)]
             jobs = {cam: [pool.submit(decode_job, cam, p) for p in pieces] for cam in self.readers}
             self._pending.append((before, idx, inverse, jobs))

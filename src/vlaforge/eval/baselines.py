@@ -9,6 +9,7 @@ executes `execute_steps` open loop before asking again. A trained `Policy` is wr
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any, Protocol
 
 import numpy as np
@@ -79,7 +80,11 @@ class RandomController:
 
 
 class PolicyController:
-    """A trained `Policy`: predicts an (H, D) chunk from the observation; the env is not consulted."""
+    """A trained `Policy`: predicts an (H, D) chunk from the observation; the env is not consulted.
+
+    A policy that reads a history of T observations gets them from a buffer the rollout fills at every
+    step (`observe`); at an episode's start the first observation is repeated T times, as the training
+    sampler pads."""
 
     needs_images = True
 
@@ -90,12 +95,29 @@ class PolicyController:
         if h < 1:
             raise InputError(f"execute_steps must be >= 1; got {h}")
         self.execute_steps = h
+        self.history = int(getattr(policy, "history", 1))
+        self._buffer: deque[Observation] = deque(maxlen=self.history)
 
     def reset(self, seed: int) -> None:
-        pass
+        self._buffer.clear()
+
+    def observe(self, obs: Observation) -> None:
+        """Records one step's observation (history policies; the rollout calls it after every step)."""
+        for _ in range(self.history if not self._buffer else 1):
+            self._buffer.append(obs)
 
     def act(self, obs: Observation, env: Any) -> np.ndarray:
-        return np.asarray(self.policy.predict_action(obs), dtype=np.float32)
+        if self.history == 1:
+            return np.asarray(self.policy.predict_action(obs), dtype=np.float32)
+        if not self._buffer:
+            self.observe(obs)
+        frames = list(self._buffer)  # T observations, oldest first
+        stacked = {
+            "images": {c: np.stack([f.images[c] for f in frames]) for c in obs.images},
+            "state": None if obs.state is None else np.stack([f.state for f in frames]),
+            "instruction": obs.instruction,
+        }
+        return np.asarray(self.policy.predict_action(stacked), dtype=np.float32)
 
 
 def make_baseline(name: str, embodiment: Embodiment) -> Controller:

@@ -187,9 +187,13 @@ def run_episode(
     controller.reset(job.seed)
     keep_frames = bool(job.video)
     needs_images = bool(controller.needs_images)
-    # Images at every step only for a kept video (or the reference path); otherwise at re-plans only.
-    render_steps = keep_frames or (render_every_step and needs_images)
+    history = int(getattr(controller, "history", 1))  # a policy reading the last T observations
+    # Images at every step only for a kept video, a history policy (or the reference path); otherwise at
+    # re-plans only.
+    render_steps = keep_frames or (needs_images and (render_every_step or history > 1))
     obs = env.reset(job.seed, render=needs_images or keep_frames)
+    if history > 1:
+        controller.observe(obs)
     camera = controller.embodiment.camera_names[0]
     frames = [obs.images[camera]] if keep_frames else None
     success, steps = False, 0
@@ -210,6 +214,8 @@ def run_episode(
         action = queue.pop(steps)  # open loop: the chunk's next row as it is; ensemble: the weighted mean
         obs, _reward, done, info = env.step(action, render=render_steps)
         steps += 1
+        if history > 1:
+            controller.observe(obs)
         if frames is not None:
             frames.append(obs.images[camera])
         if info.get("success"):

@@ -141,7 +141,10 @@ class PrismaticBackbone(nn.Module):
         self.projector = Projector(preset.vision_dim, preset.llm.hidden_size, fused=len(preset.vision) == 2)
         self.llm = build_llm(preset.llm)
         self.state_dim = state_dim if preset.use_state else 0
-        self.state_proj = nn.Linear(state_dim, preset.llm.hidden_size) if self.state_dim else None
+        # With history, the T states of a sample (oldest first) are one token: Linear(T * S -> d).
+        self.state_proj = (
+            nn.Linear(state_dim * preset.history, preset.llm.hidden_size) if self.state_dim else None
+        )
 
     @property
     def device(self) -> torch.device:
@@ -164,8 +167,12 @@ class PrismaticBackbone(nn.Module):
         return self.llm.get_output_embeddings()(hidden)
 
     def embed_images(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """Per-camera uint8 (B, h, w, 3), or already preprocessed float pixels (B, 3 * n_towers, S, S) as
-        OpenVLA's processor returns them -> projected patches (B, C * n_patches, d_llm)."""
+        """Per-camera uint8 (B, h, w, 3) (or (B, T, h, w, 3) with history), or already preprocessed float
+        pixels (B, 3 * n_towers, S, S) as OpenVLA's processor returns them -> projected patches
+        (B, C * T * n_patches, d_llm)."""
+        # With history a camera's frames are (B, T, h, w, 3): each time step is read like another camera,
+        # oldest first, so the patches of one camera's T frames are consecutive.
+        images = [frame for img in images for frame in (img.unbind(1) if img.ndim == 5 else (img,))]
         B = images[0].shape[0]
         pixels = torch.cat([self._pixels(img) for img in images], dim=0)  # (C*B, 3*n_towers, S, S)
         pixels = pixels.to(self.compute_dtype)

@@ -196,6 +196,11 @@ class Policy(nn.Module):
         return self.head.chunk_size
 
     @property
+    def history(self) -> int:
+        """T, the observations each prediction reads (the current one and the T - 1 before it)."""
+        return self.preset.history
+
+    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
@@ -268,12 +273,12 @@ class Policy(nn.Module):
                 f"and got {sorted(images)}"
             )
         imgs = [_as_tensor(images[c], device) for c in self.embodiment.camera_names]
-        B = imgs[0].shape[0]
+        B, T = imgs[0].shape[0], self.history
+        want = f"({B}, H, W, 3)" if T == 1 else f"({B}, {T}, H, W, 3) (history {T}, oldest first)"
         for c, img in zip(self.embodiment.camera_names, imgs):
-            if img.dtype != torch.uint8 or img.ndim != 4 or img.shape[-1] != 3 or img.shape[0] != B:
-                raise InputError(
-                    f"camera {c!r}: expected uint8 ({B}, H, W, 3), got {img.dtype} {tuple(img.shape)}"
-                )
+            ok_shape = img.ndim == 4 if T == 1 else (img.ndim == 5 and img.shape[1] == T)
+            if img.dtype != torch.uint8 or not ok_shape or img.shape[-1] != 3 or img.shape[0] != B:
+                raise InputError(f"camera {c!r}: expected uint8 {want}, got {img.dtype} {tuple(img.shape)}")
         if isinstance(instructions, str):
             instructions = [instructions] * B
         instructions = list(instructions)
@@ -285,11 +290,13 @@ class Policy(nn.Module):
             if state is None:
                 raise InputError(f"this policy needs a state of dim {S}; the observation has none")
             st = state.detach().cpu().numpy() if isinstance(state, torch.Tensor) else np.asarray(state)
-            if st.shape != (B, S):
+            expect = (B, S) if T == 1 else (B, T, S)
+            if st.shape != expect:
                 raise InputError(
-                    f"state has shape {st.shape}; this policy expects ({B}, {S}) (state_dim {S})"
+                    f"state has shape {st.shape}; this policy expects {expect} (state_dim {S}, history {T})"
                 )
-            state_t = _as_tensor(self._per_key(keys or [None] * B, st, 1, "normalize"), device)
+            norm = self._per_key(keys or [None] * B, st, 1, "normalize")  # (B, S) or (B, T, S)
+            state_t = _as_tensor(norm.reshape(B, -1), device)  # the T states of a sample, oldest first
         return Context(images=imgs, state=state_t, prompt_ids=self._prompts(instructions))
 
     # ------------------------------------------------------------------ training
@@ -423,11 +430,14 @@ class Policy(nn.Module):
             obs = {**obs, "images": {self.embodiment.camera_names[0]: np.asarray(obs["images"])}}
         obs = Observation.from_dict(obs)
         for name, img in obs.images.items():
-            if img.ndim != 3:
-                raise InputError(
-                    f"image {name!r} has shape {img.shape}; predict_action takes one (H, W, 3) image"
+            if img.ndim != (3 if self.history == 1 else 4):
+                want = (
+                    "one (H, W, 3) image" if self.history == 1 else f"({self.history}, H, W, 3), oldest first"
                 )
-        state = None if obs.state is None else obs.state.reshape(1, -1)  # its dim is checked in _context
+                raise InputError(f"image {name!r} has shape {img.shape}; predict_action takes {want}")
+        state = None  # its shape is checked in _context
+        if obs.state is not None:
+            state = obs.state.reshape(1, -1) if self.history == 1 else obs.state[None]
         batch = {"images": {k: v[None] for k, v in obs.images.items()}, "state": state}
         batch["instruction"] = [str(obs.instruction)]
         return self.predict_action_batch(

@@ -127,6 +127,9 @@ class Preset:
             policy's device, antialiased when shrinking; vlaforge's default) or "bicubic-pil" (Pillow's
             bicubic on the host, what OpenVLA's image processor does, so imported checkpoints see the
             pixels they were trained on).
+        history: T, observations the policy reads per prediction (the current one and the T - 1 before it):
+            every camera's T frames become T x n_patches tokens (oldest first) and the T states one state
+            token; 1 (OpenVLA) reads the current observation only.
         resize_strategy: OpenVLA's `image_resize_strategy` (with "bicubic-pil"): "resize-naive" (stretch
             to a square), "letterbox" (pad to a square with the mean colour first) or "resize-crop"
             (shorter side to `image_size`, then a centre crop).
@@ -146,8 +149,11 @@ class Preset:
     lr: float = 3e-4
     image_resize: str = "bilinear"
     resize_strategy: str = "resize-naive"
+    history: int = 1
 
     def __post_init__(self) -> None:
+        if self.history < 1:
+            raise InputError(f"history must be >= 1 (observations per prediction); got {self.history}")
         if self.image_resize not in IMAGE_RESIZES:
             raise InputError(f"unknown image_resize {self.image_resize!r}; choose one of {IMAGE_RESIZES}")
         if self.resize_strategy not in RESIZE_STRATEGIES:

@@ -226,6 +226,11 @@ class PolicyServer:
     """
 
     def __init__(self, policy: Any, cfg: ServeConfig, info: dict[str, Any] | None = None):
+        if int(getattr(policy, "history", 1)) > 1:
+            raise InputError(
+                f"this policy reads the last {policy.history} observations; the server answers one observation "
+                "per request and keeps no history per client yet, so it cannot serve it (evaluate it in-process)"
+            )
         self.policy, self.cfg = policy, cfg
         self.limits = cfg.limits
         self.spec = ObservationSpec.from_embodiment(

@@ -99,6 +99,8 @@ class TrainConfig:
         grad_accum: micro-batches per optimizer step.
         clip_grad: max global gradient norm; <= 0 disables clipping (the norm is still logged).
         chunk_size: action chunk H; None takes the head's default (tokens: 1, chunk: the preset's).
+        history: observations per prediction T (the current one and the T - 1 before it, padded at an
+            episode's start by repeating its first); None takes the preset's (1).
         save_every: checkpoint every N steps; None saves only at the end.
         log_every: write a metrics line every N steps.
         seed: seeds model init, the sampler and every RNG.
@@ -139,6 +141,7 @@ class TrainConfig:
     grad_accum: int = 1
     clip_grad: float = 1.0
     chunk_size: int | None = None
+    history: int | None = None
     save_every: int | None = None
     log_every: int = 10
     seed: int = 0
@@ -174,6 +177,8 @@ class TrainConfig:
             problems.append(f"warmup_steps={self.warmup_steps} (must be in [0, steps={self.steps}))")
         if self.chunk_size is not None and self.chunk_size < 1:
             problems.append(f"chunk_size={self.chunk_size} (must be >= 1)")
+        if self.history is not None and self.history < 1:
+            problems.append(f"history={self.history} (must be >= 1)")
         if self.save_every is not None and self.save_every < 1:
             problems.append(f"save_every={self.save_every} (must be >= 1, or None for the end only)")
         if self.lora_rank < 0 or self.lora_alpha <= 0:
@@ -369,6 +374,8 @@ def _build_policy(cfg: TrainConfig, embodiment: Any, norm_stats: Any) -> tuple[n
             quantize_policy(src, cfg.quantize)
         preset = src.preset
         overrides = {"chunk_size": cfg.chunk_size} if cfg.chunk_size else {}
+        if cfg.history:
+            overrides["history"] = cfg.history
         spec = HEADS[cfg.head]
         if spec.default_chunk is not None and not cfg.chunk_size:
             overrides["chunk_size"] = spec.default_chunk
@@ -387,7 +394,13 @@ def _build_policy(cfg: TrainConfig, embodiment: Any, norm_stats: Any) -> tuple[n
         if preset.tokenizer == "llama":
             preset = preset.with_overrides(tokenizer_path=str(init_dir))
         policy = Policy.from_preset(
-            preset, cfg.head, embodiment, norm_stats, chunk_size=cfg.chunk_size, **cfg.head_options
+            preset,
+            cfg.head,
+            embodiment,
+            norm_stats,
+            chunk_size=cfg.chunk_size,
+            history=cfg.history,
+            **cfg.head_options,
         )
         weights = load_file(str(init_files.weights))
         parts = ("backbone.vision.", "backbone.projector.", "backbone.llm.")
@@ -405,6 +418,7 @@ def _build_policy(cfg: TrainConfig, embodiment: Any, norm_stats: Any) -> tuple[n
             embodiment,
             norm_stats,
             chunk_size=cfg.chunk_size,
+            history=cfg.history,
             tokenizer_path=cfg.tokenizer_path,
             **cfg.head_options,
         )
@@ -530,6 +544,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
             world_size=d.world_size,
             cache_max_gb=cfg.cache_max_gb,
             decode_workers=cfg.decode_workers,
+            history=policy.history,
         )
 
         step, elapsed_before, mine = 0, 0.0, {}
