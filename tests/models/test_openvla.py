@@ -130,7 +130,10 @@ def test_unnorm_key_errors(policy):
 
 def test_round_trip_is_bit_identical(checkpoint, policy, tmp_path):
     root, ref = checkpoint
+    (root / "modeling_prismatic.py").write_text("# OpenVLA's modeling code, as a hub download holds it\n")
     out = policy.save_pretrained(tmp_path / "back", format="openvla", max_shard_bytes=200_000)
+    assert (out / "modeling_prismatic.py").read_text() == (root / "modeling_prismatic.py").read_text()
+    assert not (out / "processing_prismatic.py").exists()
     original, written = _shard_tensors(root), _shard_tensors(out)
     assert set(written) == set(original)
     for k in original:

@@ -732,10 +732,15 @@ def save_openvla(
     (directory / "config.json").write_text(json.dumps(openvla_config(policy, stats), indent=2))
     (directory / DATASET_STATISTICS_FILE).write_text(json.dumps(stats, indent=2))
     source_dir = Path((policy.openvla_source or {}).get("source") or directory)
-    if (source_dir / PREPROCESSOR_FILE).is_file() and source_dir.resolve() != directory.resolve():
-        shutil.copyfile(
-            source_dir / PREPROCESSOR_FILE, directory / PREPROCESSOR_FILE
-        )  # as imported, verbatim
+    elsewhere = source_dir.resolve() != directory.resolve()
+    if elsewhere:
+        # OpenVLA's own loader (`trust_remote_code`) reads its modeling files from the checkpoint directory:
+        # when the imported one has them, they go along (copied as files; vlaforge never imports them).
+        for code in ("configuration_prismatic.py", "modeling_prismatic.py", "processing_prismatic.py"):
+            if (source_dir / code).is_file():
+                shutil.copyfile(source_dir / code, directory / code)
+    if elsewhere and (source_dir / PREPROCESSOR_FILE).is_file():  # as imported, verbatim
+        shutil.copyfile(source_dir / PREPROCESSOR_FILE, directory / PREPROCESSOR_FILE)
     else:
         (directory / PREPROCESSOR_FILE).write_text(json.dumps(preprocessor_config(policy.preset), indent=2))
     tok_dir = Path(policy.text.path)
