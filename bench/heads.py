@@ -8,9 +8,12 @@ once, the demo's settings), then evaluates it in Meta-World on held-out seeds, a
 
 - success rate over all tasks with its Wilson 95% interval (`vlaforge.eval`, open loop over each
   head's chunk: the token head re-plans every step, the others every H = 8 steps);
-- actions/s at batch 1: `predict_action` latency on the trained checkpoint, median after a warm-up,
-  actions/s = H / latency (the steps one prediction covers);
-- training samples/s: the median of the run's logged windows after the first;
+- actions/s at batch 1: `predict_action` latency on the trained checkpoint, actions/s = H / latency (the
+  steps one prediction covers);
+- training samples/s: one optimizer step (forward, backward, AdamW) on a fixed batch of 32 from the
+  dataset;
+  both measured at the end with one torch thread, for every head in the same process, in interleaved
+  rounds (median of the rounds), so that load from elsewhere on the machine falls on all heads alike;
 - parameters: the whole policy and the head's own (the token heads reuse the LLM's output layer).
 
 The `fast` head gets a FAST tokenizer trained on the same dataset first (`vlaforge tokenizer train`,
@@ -44,11 +47,10 @@ def head_params(policy: torch.nn.Module) -> int:
     return sum(p.numel() for p in policy.head.parameters())
 
 
-def actions_per_s(policy, calls: int = 10) -> tuple[float, float]:
-    """(latency s, actions/s) of `predict_action` at batch 1, median after a warm-up."""
+def _observation(policy) -> dict:
     emb = policy.embodiment
     rng = np.random.default_rng(0)
-    obs = {
+    return {
         "images": {
             c: rng.integers(0, 256, (emb.image_size, emb.image_size, 3), dtype=np.uint8)
             for c in emb.camera_names
@@ -56,15 +58,48 @@ def actions_per_s(policy, calls: int = 10) -> tuple[float, float]:
         "state": np.zeros(emb.state_dim, np.float32) if emb.state_dim else None,
         "instruction": "open the drawer",
     }
-    gen = torch.Generator().manual_seed(0)
-    policy.predict_action(obs, generator=gen)
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        policy.predict_action(obs, generator=gen)
-        times.append(time.perf_counter() - t0)
-    lat = statistics.median(times)
-    return lat, policy.chunk_size / lat
+
+
+def measure_speed(
+    policies: dict, dataset: str, rounds: int = 7, calls: int = 3
+) -> dict[str, dict[str, float]]:
+    """Per head: batch-1 latency / actions/s and training samples/s, in interleaved rounds (see the module
+    docstring); medians over the rounds."""
+    from vlaforge.data.dataset import open_dataset
+
+    torch.set_num_threads(1)  # tiny models: a second thread only spin-waits on a shared 2-core machine
+    ds = open_dataset(dataset)
+    batches, opts, obs = {}, {}, {}
+    for name, policy in policies.items():
+        batches[name] = next(iter(ds.sampler(batch_size=32, chunk_size=policy.chunk_size, seed=0)))
+        opts[name] = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-6)
+        obs[name] = _observation(policy)
+        policy.predict_action(obs[name], generator=torch.Generator().manual_seed(0))  # warm-up
+    lat: dict[str, list[float]] = {n: [] for n in policies}
+    step: dict[str, list[float]] = {n: [] for n in policies}
+    for _ in range(rounds):
+        for name, policy in policies.items():
+            gen = torch.Generator().manual_seed(0)
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                policy.predict_action(obs[name], generator=gen)
+            lat[name].append((time.perf_counter() - t0) / calls)
+            policy.train()
+            t0 = time.perf_counter()
+            loss, _ = policy.compute_loss(batches[name])
+            opts[name].zero_grad()
+            loss.backward()
+            opts[name].step()
+            step[name].append(time.perf_counter() - t0)
+    out = {}
+    for name, policy in policies.items():
+        latency = statistics.median(lat[name])
+        out[name] = {
+            "latency_s": latency,
+            "actions_per_s": policy.chunk_size / latency,
+            "train_samples_per_s": 32 / statistics.median(step[name]),
+        }
+    return out
 
 
 def main() -> None:
@@ -103,7 +138,7 @@ def main() -> None:
         t0 = time.perf_counter()
         collect(base.collect_config())
         print(f"collected {base.data_dir} in {time.perf_counter() - t0:.0f} s")
-    rows = []
+    rows, policies = [], {}
     for head in [h.strip() for h in a.heads.split(",") if h.strip()]:
         cfg = dataclasses.replace(base, head=head, out=str(root / head))
         cfg_train = cfg.train_config()
@@ -122,12 +157,8 @@ def main() -> None:
                 cfg_train = dataclasses.replace(cfg_train, resume=True)
             train(cfg_train)
         train_wall = time.perf_counter() - t0
-        metrics = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
-        sps = [m["samples_per_s"] for m in metrics[1:] if "samples_per_s" in m] or [
-            m["samples_per_s"] for m in metrics
-        ]
         policy = Policy.from_pretrained(run / "last")
-        lat, aps = actions_per_s(policy)
+        policies[head] = policy
         ev_dir = root / head / "eval"
         if not (ev_dir / "eval_info.json").is_file():
             evaluate(cfg.eval_config(run / "last", ev_dir))
@@ -139,9 +170,6 @@ def main() -> None:
                 "chunk": policy.chunk_size,
                 "success": overall,
                 "per_task": info["aggregates"]["per_task"],
-                "latency_s": lat,
-                "actions_per_s": aps,
-                "train_samples_per_s": statistics.median(sps),
                 "train_wall_s": train_wall,
                 "params": sum(p.numel() for p in policy.parameters()),
                 "head_params": head_params(policy),
@@ -155,8 +183,12 @@ def main() -> None:
         )
         print(
             f"{head}: {overall['successes']}/{overall['n']} = {overall['rate']:.2f} "
-            f"[{overall['ci_low']:.2f}, {overall['ci_high']:.2f}], {aps:.0f} actions/s"
+            f"[{overall['ci_low']:.2f}, {overall['ci_high']:.2f}]"
         )
+
+    speed = measure_speed(policies, str(base.data_dir))
+    for r in rows:
+        r.update(speed[r["head"]])
 
     print(
         f"\nheads on {label} tasks ({tasks}); tiny preset, {a.steps} steps x batch {base.batch_size}, "
