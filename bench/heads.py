@@ -151,12 +151,12 @@ def main() -> None:
                 train_tokenizer_command(str(base.data_dir), str(tok), chunk_size=a.chunk_size, vocab_size=256)
             cfg_train = dataclasses.replace(cfg_train, head_options={"tokenizer": str(tok)})
         run = Path(cfg_train.out)
-        t0 = time.perf_counter()
         if not (run / "last" / "model.safetensors").is_file():
             if (run / "last").exists():
                 cfg_train = dataclasses.replace(cfg_train, resume=True)
             train(cfg_train)
-        train_wall = time.perf_counter() - t0
+        last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+        train_wall = float(last.get("elapsed_s", float("nan")))  # the run's own clock (resumes included)
         policy = Policy.from_pretrained(run / "last")
         policies[head] = policy
         ev_dir = root / head / "eval"
