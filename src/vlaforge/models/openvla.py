@@ -115,6 +115,12 @@ def is_openvla_dir(path: str | Path) -> bool:
         return False
 
 
+def is_hub_id(path_or_id: str | Path) -> bool:
+    """True for `owner/name` that is not a local path (what `resolve` would download)."""
+    text = str(path_or_id)
+    return not Path(text).exists() and text.count("/") == 1 and not text.startswith((".", "/", "~"))
+
+
 def resolve(path_or_id: str | Path) -> Path:
     """A local directory as is; a hub id (`owner/name`) downloaded through `huggingface_hub` (only the
     JSON, safetensors and tokenizer files: no code is fetched, none is run)."""
@@ -122,7 +128,7 @@ def resolve(path_or_id: str | Path) -> Path:
     if p.exists():
         return p
     text = str(path_or_id)
-    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+    if not is_hub_id(text):
         raise InputError(f"{text}: no such directory (and not a hub id like openvla/openvla-7b)")
     try:
         from huggingface_hub import snapshot_download

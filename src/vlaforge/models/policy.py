@@ -361,20 +361,29 @@ class Policy(nn.Module):
             unnorm_key: the training dataset whose statistics un-normalise the actions (a policy trained on a
                 mixture: required when it holds several, see `unnorm_keys`).
         """
+
+        def context() -> Context:
+            instr = batch.get("instruction", "")
+            n = len(next(iter(batch["images"].values()))) if batch.get("images") else 1
+            return self._context(batch["images"], batch.get("state"), instr, [unnorm_key] * n)
+
+        return self._predict(context, unnorm_key, generator, num_steps)
+
+    def _predict(
+        self, context: Any, unnorm_key: str | None, generator: Any, num_steps: int | None
+    ) -> np.ndarray:
+        """(B, H, D) float32 actions in robot units: the head on the context `context()` builds (in inference
+        mode), un-normalised with `unnorm_key`'s statistics and clipped to the limits."""
         action_norm, _ = self._norms_for(unnorm_key)  # a bad key fails before any compute
         was_training = self.training
         self.eval()
         try:
             with torch.inference_mode():
-                instr = batch.get("instruction", "")
-                n = len(next(iter(batch["images"].values()))) if batch.get("images") else 1
-                ctx = self._context(batch["images"], batch.get("state"), instr, [unnorm_key] * n)
-                norm = self.head.predict(self.backbone, ctx, generator=generator, num_steps=num_steps)
+                norm = self.head.predict(self.backbone, context(), generator=generator, num_steps=num_steps)
                 norm = norm.float().cpu().numpy()  # (B, H, D)
         finally:
             self.train(was_training)
-        actions = action_norm.unnormalize(norm)
-        return np.clip(actions, self._low, self._high).astype(np.float32)
+        return np.clip(action_norm.unnormalize(norm), self._low, self._high).astype(np.float32)
 
     def predict_action(
         self,
@@ -483,17 +492,7 @@ class Policy(nn.Module):
         return Context(images=[pixels.to(self.device)], state=None, prompt_ids=prompts)
 
     def _predict_openvla_form(self, inputs, generator, num_steps, unnorm_key) -> np.ndarray:
-        action_norm, _ = self._norms_for(unnorm_key)  # a bad key fails before any compute
-        ctx = self._openvla_context(inputs)
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():
-                norm = self.head.predict(self.backbone, ctx, generator=generator, num_steps=num_steps)
-                norm = norm.float().cpu().numpy()  # (B, H, D)
-        finally:
-            self.train(was_training)
-        actions = np.clip(action_norm.unnormalize(norm), self._low, self._high).astype(np.float32)
+        actions = self._predict(lambda: self._openvla_context(inputs), unnorm_key, generator, num_steps)
         if actions.shape[1] == 1:
             actions = actions[:, 0]
         return actions[0] if actions.shape[0] == 1 else actions
@@ -566,9 +565,7 @@ class Policy(nn.Module):
         """
         from vlaforge.models import openvla
 
-        if openvla.is_openvla_dir(directory) or (
-            not Path(directory).exists() and str(directory).count("/") == 1
-        ):
+        if openvla.is_openvla_dir(directory) or openvla.is_hub_id(directory):
             policy = openvla.load_openvla(directory, dtype=dtype, device=device)
         else:
             policy = cls._from_vlaforge_dir(directory, device)

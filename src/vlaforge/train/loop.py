@@ -363,7 +363,7 @@ def _build_policy(cfg: TrainConfig, embodiment: Any, norm_stats: Any) -> tuple[n
 
     init = cfg.init if cfg.init is not None else cfg.preset
     init_dir = Path(init)
-    if cfg.init is not None and (openvla.is_openvla_dir(init_dir) or not init_dir.exists()):
+    if cfg.init is not None and (openvla.is_openvla_dir(init_dir) or openvla.is_hub_id(init)):
         # An OpenVLA checkpoint: its backbone (memory-mapped, no second copy) under a fresh head for
         # this dataset's embodiment; float32 weights train, a quantised base only under LoRA.
         src = openvla.load_openvla(init, dtype=None if cfg.quantize else torch.float32)
