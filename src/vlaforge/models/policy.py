@@ -513,11 +513,11 @@ class Policy(nn.Module):
             directory: created if needed.
             format: "vlaforge" (config.json, model.safetensors, norm_stats.json, and tokenizer.json for
                 Llama) or "openvla" (OpenVLA's Hugging Face layout, readable by OpenVLA's own code:
-                `vlaforge.models.openvla.save_openvla`, whose options `max_shard_bytes` and `unnorm_key`
+                `vlaforge.models.openvla_save.save_openvla`, whose options `max_shard_bytes` and `unnorm_key`
                 pass through).
         """
         if format == "openvla":
-            from vlaforge.models.openvla import save_openvla
+            from vlaforge.models.openvla_save import save_openvla
 
             return save_openvla(self, directory, **options)
         if format != "vlaforge":
