@@ -736,7 +736,7 @@ class MetaWorldEnv:
             self._renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
             # Free the GL context when the env is collected or at exit (atexit runs before module teardown);
             # left to the renderer's own __del__, OSMesa's free function may already be gone at shutdown.
-            self._close_renderer = weakref.finalize(self, self._renderer.close)
+            self._close_renderer = weakref.finalize(self, _free_renderer, self._renderer)
         return self._renderer
 
     def render_raw(self, camera: str) -> np.ndarray:
@@ -849,6 +849,22 @@ class MetaWorldEnv:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _free_renderer(renderer) -> None:
+    """Closes a `mujoco.Renderer` without harming the other renderers of this process.
+
+    `Renderer.close` frees its GL context first and its MuJoCo render context (textures, framebuffers)
+    second, when some other context may be current: those GL deletions then hit the objects of whichever
+    renderer drew last, whose images come out garbled from then on. Batched evaluation keeps several envs
+    alive in one process, so the render context is freed here with its own GL context current.
+    """
+    gl, mjr = getattr(renderer, "_gl_context", None), getattr(renderer, "_mjr_context", None)
+    if gl is not None and mjr is not None:
+        gl.make_current()
+        mjr.free()
+        renderer._mjr_context = None
+    renderer.close()
 
 
 def _check_control_hz(env) -> None:
