@@ -85,7 +85,9 @@ CONFIG_COMMANDS: dict[str, tuple[str, str, Callable[[Any], None]]] = {
 DATASET_HELP = "inspect a dataset, render an episode, or write a synthetic one"
 
 
-def _add_config_command(sub: Any, name: str, help_text: str, config_path: str | None, func: Callable) -> None:
+def _add_config_command(
+    sub: Any, name: str, help_text: str, config_path: str | None, func: Callable, defaults: dict | None = None
+) -> None:
     p = sub.add_parser(
         name, help=help_text, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -96,7 +98,7 @@ def _add_config_command(sub: Any, name: str, help_text: str, config_path: str | 
 
             p.epilog = "action heads and their --head-options:\n" + describe_heads()
         add_config_args(p, cls)
-        p.set_defaults(func=lambda a: func(config_from_args(cls, a)))
+        p.set_defaults(func=lambda a: func(config_from_args(cls, a)), **(defaults or {}))
 
 
 def _add_dataset_command(sub: Any, build: bool) -> None:
@@ -231,8 +233,9 @@ def _add_tokenizer_command(sub: Any, build: bool) -> None:
     tt.set_defaults(func=train_tok)
 
 
-def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; only `command`'s flags are built (all of them when None)."""
+def build_parser(command: str | None = None, defaults: dict | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s flags are built (all of them when None). `defaults` replace the
+    defaults of `command`'s flags (a training recipe's values)."""
     p = argparse.ArgumentParser(
         prog="vlaforge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -249,7 +252,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             _add_tokenizer_command(sub, build)
             continue
         help_text, config_path, func = CONFIG_COMMANDS[name]
-        _add_config_command(sub, name, help_text, config_path if build else None, func)
+        _add_config_command(
+            sub, name, help_text, config_path if build else None, func, defaults if name == command else None
+        )
     return p
 
 
@@ -263,6 +268,14 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _command_of(argv)
     args = build_parser(command).parse_args(argv)
+    if args.cmd == "train" and args.recipe:  # the recipe's values become the defaults of the other flags
+        recipe = _load("vlaforge.train.recipes:check_recipe")
+        try:
+            values = recipe(args.recipe)
+        except InputError as e:
+            print(f"vlaforge train: error: {e}", file=sys.stderr)
+            sys.exit(2)
+        args = build_parser(command, defaults=values).parse_args(argv)
     if args.cmd in ("collect", "eval", "demo"):
         from vlaforge.envs.metaworld import configure_rendering
 

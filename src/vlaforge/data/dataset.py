@@ -140,6 +140,8 @@ class TrainingDataset(Protocol):
         world_size: int = 1,
         cache_max_gb: float | None = None,
         decode_workers: int = 2,
+        history: int = 1,
+        balance: str = "frames",
     ) -> BatchSampler:
         """Training batches (see `vlaforge.data.sampler.ChunkSampler` for the arguments)."""
         ...
@@ -164,6 +166,7 @@ class ChunkSampling:
         cache_max_gb: float | None = None,
         decode_workers: int = 2,
         history: int = 1,
+        balance: str = "frames",
     ) -> BatchSampler:
         """Training batches (see `vlaforge.data.sampler.ChunkSampler` for the arguments)."""
         module, _, name = self._sampler.partition(":")
@@ -171,6 +174,7 @@ class ChunkSampling:
         return cls(
             self, batch_size, chunk_size, seed=seed, shuffle=shuffle, cameras=cameras, rank=rank,
             world_size=world_size, cache_max_gb=cache_max_gb, decode_workers=decode_workers, history=history,
+            balance=balance,
         )  # fmt: skip
 
 

@@ -331,6 +331,11 @@ class MixtureSampler(ChunkSampler):
 
     def __init__(self, dataset: MixtureDataset, *args: Any, **kwargs: Any) -> None:
         super().__init__(dataset, *args, **kwargs)
+        if self.balance != "frames":
+            raise InputError(
+                f"balance={self.balance!r} is not available for a mixture: its samples are drawn by dataset "
+                "weight (set the weights in the mix.json instead)"
+            )
         self.mixture = dataset
         self.probs = dataset.sample_probabilities()
         lengths = np.diff(dataset.offsets)

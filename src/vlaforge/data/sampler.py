@@ -26,6 +26,11 @@ Design choices:
 - Observation history (`history` T > 1): each sample also carries the T - 1 frames before it, oldest
   first, images (B, T, h, w, 3) and states (B, T, S); before an episode's first frame the first frame is
   repeated and `history_pad` (B, T) marks those copies, as evaluation pads its buffer at a reset.
+- Task balance (`balance="tasks"`): an epoch serves every task the same number of samples, N / tasks
+  (the remainder to the first tasks), drawn from that task's frames by repeated permutations, so a task
+  whose demonstrations are short is not drowned by one whose demonstrations are long (Meta-World's
+  expert episodes run from ~20 to ~300 steps). The epoch keeps its length N; `balance="frames"` (the
+  default) is the plain permutation of every frame.
 - DDP: every rank draws the same permutation and takes every `world_size`-th element starting at `rank`
   (after trimming to a multiple of `world_size`), so the shards are disjoint and equally long.
 """
@@ -46,6 +51,7 @@ from vlaforge.data.dataset import IMAGE_PREFIX, TrainingDataset, decode_job, ini
 from vlaforge.errors import InputError
 
 GB = 1e9  # cache_max_gb counts decimal gigabytes
+BALANCES = ("frames", "tasks")
 
 
 class ChunkSampler:
@@ -64,6 +70,7 @@ class ChunkSampler:
         decode_workers: worker processes decoding frames in streaming mode.
         prefetch: batches decoded ahead in streaming mode (default: 2 per worker).
         history: T, observations per sample (the current one and the T - 1 before it); 1: the current only.
+        balance: "frames" (every frame once per epoch) or "tasks" (every task equally often per epoch).
 
     Attributes:
         streaming: whether frames are decoded on the fly (else read from the cache).
@@ -89,7 +96,10 @@ class ChunkSampler:
         decode_workers: int = 2,
         prefetch: int | None = None,
         history: int = 1,
+        balance: str = "frames",
     ) -> None:
+        if balance not in BALANCES:
+            raise InputError(f"balance must be one of {list(BALANCES)}; got {balance!r}")
         if int(history) < 1:
             raise InputError(f"history must be >= 1 (observations per sample); got {history}")
         if batch_size < 1 or chunk_size < 1:
@@ -122,6 +132,7 @@ class ChunkSampler:
         self._history_offsets = np.arange(1 - self.history, 1, dtype=np.int64)  # (T,), oldest first
         self.task_index = np.asarray(dataset.task_indices(), dtype=np.int64)
         self.tasks = list(dataset.tasks)
+        self.balance = balance
         self._offsets = np.arange(self.chunk_size, dtype=np.int64)
         self.epoch = 0
         self.position = 0  # samples of the current epoch's shard already drawn
@@ -157,10 +168,24 @@ class ChunkSampler:
         n = self.dataset.num_frames
         if self.shuffle:
             rng = np.random.default_rng([self.seed, epoch])
-            order = rng.permutation(n)
+            order = self._balanced_order(rng) if self.balance == "tasks" else rng.permutation(n)
         else:
             order = np.arange(n)
         return order[: self.shard_len * self.world_size][self.rank :: self.world_size]
+
+    def _balanced_order(self, rng: np.random.Generator) -> np.ndarray:
+        """N frame indices, every task present getting N // tasks of them (+1 for the first N % tasks),
+        each task's drawn from back-to-back permutations of its frames, then shuffled together."""
+        n = self.dataset.num_frames
+        present = np.unique(self.task_index)
+        share = np.full(len(present), n // len(present), dtype=np.int64)
+        share[: n % len(present)] += 1
+        parts = []
+        for t, k in zip(present.tolist(), share.tolist()):
+            frames = np.flatnonzero(self.task_index == t)
+            reps = -(-k // len(frames))  # ceil
+            parts.append(np.concatenate([rng.permutation(frames) for _ in range(reps)])[:k])
+        return rng.permutation(np.concatenate(parts))
 
     def history_indices(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(B, T) frame indices of each sample's observations, oldest first, clamped to its episode's first
@@ -309,6 +334,7 @@ class ChunkSampler:
         pos = self._pending[0][0] if self._pending else self._position()
         return {
             **pos,
+            "balance": self.balance,
             "seed": self.seed,
             "rank": self.rank,
             "world_size": self.world_size,
@@ -333,6 +359,11 @@ class ChunkSampler:
         if int(d.get("world_size", self.world_size)) != self.world_size:
             raise InputError(
                 f"sampler state has world_size {d['world_size']}; this run has {self.world_size}"
+            )
+        if d.get("balance", "frames") != self.balance:
+            raise InputError(
+                f"sampler state was saved with balance={d.get('balance', 'frames')!r}; this sampler has "
+                f"balance={self.balance!r}"
             )
         self._drop_pending()
         self.seed = int(d["seed"])

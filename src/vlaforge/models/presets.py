@@ -3,6 +3,9 @@
 - `tiny`: a few million parameters that train in minutes on a 2-core CPU. Fused tiny DINOv2-with-registers
   + tiny SigLIP at 64 px with 16 px patches (16 patches per camera), a three-layer fused projector, a
   small Llama and the self-contained byte tokenizer (vocab 3 + 256 bytes + 256 action bins = 515).
+- `small`: ~40 M parameters for one GPU (the `mt50-small` recipe). DINOv2-with-registers + SigLIP, each
+  384 wide and 6 deep, at 128 px with 16 px patches (64 patches per camera), and a 6-layer Llama 512
+  wide, with the byte tokenizer.
 - `openvla-7b`: OpenVLA's real dimensions (Kim et al., 2024, "OpenVLA: An Open-Source
   Vision-Language-Action Model"): DINOv2 ViT-L/14 with 4 registers + SigLIP So400m/14 at 224 px
   (256 patches, 1024 + 1152 = 2176 channels), projector 2176 -> 8704 -> 4096 -> 4096, Llama-2 7B with
@@ -251,6 +254,21 @@ PRESETS: dict[str, Preset] = {
             use_state=True,
             chunk_size=8,
             lr=1e-3,
+        ),
+        Preset(
+            name="small",
+            vision=(
+                ViTSpec("dinov2_reg", 384, 6, 6, 1536, 16, num_register_tokens=4),
+                ViTSpec("siglip", 384, 6, 6, 1536, 16),
+            ),
+            image_size=128,
+            llm=LLMSpec(512, 6, 8, 1536, vocab_size=515, max_position_embeddings=1024, rms_norm_eps=1e-6),
+            tokenizer="byte",
+            prompt="instruction",
+            action_vocab_size=515,
+            use_state=True,
+            chunk_size=8,
+            lr=3e-4,
         ),
         Preset(
             name="openvla-7b",

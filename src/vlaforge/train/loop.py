@@ -42,6 +42,7 @@ from vlaforge.errors import InputError
 from vlaforge.models.registry import HEADS
 from vlaforge.policy_files import WEIGHTS_FILE, read_policy_dir
 from vlaforge.train import checkpoint as ckpt
+from vlaforge.train.augment import augment_batch
 from vlaforge.train.finetune import (
     FREEZE_STRATEGIES,
     apply_freeze,
@@ -51,6 +52,7 @@ from vlaforge.train.finetune import (
     merged_lora,
     trainable_state_dict,
 )
+from vlaforge.train.recipes import RECIPES, check_recipe
 
 # Fields a resumed run may change; everything else must match the checkpoint's config.
 RESUMABLE_CHANGES = (
@@ -123,6 +125,13 @@ class TrainConfig:
         unnormalized_actions: action dims left unnormalised, by name or index (a list, or a
             comma-separated string such as ``gripper`` or ``3``); None follows the dataset's metadata
             (vlaforge's stored embodiment) and otherwise normalises every dim.
+        augment_shift: random-shift augmentation: every training image moves by up to this many pixels
+            in each axis, border repeated (DrQ; `vlaforge.train.augment`); 0 turns it off.
+        balance: ``frames`` (every frame once per epoch) or ``tasks`` (every task equally often, however
+            long its demonstrations; `vlaforge.data.sampler`).
+        recipe: a named recipe (`vlaforge.train.recipes`, e.g. ``mt50``): on the command line its values
+            become the defaults of every other flag (flags you give keep your values); from Python use
+            `recipes.recipe_config`, since here the field only records the name.
     """
 
     dataset: str
@@ -155,9 +164,14 @@ class TrainConfig:
     cache_max_gb: float | None = 20.0
     decode_workers: int = 2
     unnormalized_actions: list[str] | str | None = None
+    augment_shift: int = 0
+    balance: str = field(default="frames", metadata={"choices": ["frames", "tasks"]})
+    recipe: str | None = field(default=None, metadata={"choices": lambda: list(RECIPES)})
 
     def __post_init__(self) -> None:
         self.dataset, self.out = str(self.dataset), str(self.out)
+        if self.recipe is not None:
+            check_recipe(self.recipe)
         problems = []
         if self.head not in HEADS:
             problems.append(f"head {self.head!r} (choose one of {list(HEADS)})")
@@ -209,6 +223,10 @@ class TrainConfig:
             problems.append(f"cache_max_gb={self.cache_max_gb} (must be >= 0; 0 streams, None never does)")
         if self.decode_workers < 1:
             problems.append(f"decode_workers={self.decode_workers} (must be >= 1)")
+        if int(self.augment_shift) < 0:
+            problems.append(f"augment_shift={self.augment_shift} (pixels, >= 0; 0 turns it off)")
+        if self.balance not in ("frames", "tasks"):
+            problems.append(f"balance {self.balance!r} (choose 'frames' or 'tasks')")
         if self.unnormalized_actions is not None:
             from vlaforge.data.dataset import parse_unnormalized
 
@@ -545,6 +563,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
             cache_max_gb=cfg.cache_max_gb,
             decode_workers=cfg.decode_workers,
             history=policy.history,
+            balance=cfg.balance,
         )
 
         step, elapsed_before, mine = 0, 0.0, {}
@@ -710,7 +729,7 @@ class _Session:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             for micro in range(cfg.grad_accum):
-                batch = batches.next()
+                batch = augment_batch(batches.next(), cfg.augment_shift, cfg.seed, d.rank, step, micro)
                 sync = micro == cfg.grad_accum - 1 or d.world_size == 1
                 with nullcontext() if sync else model.no_sync(), autocast:
                     loss, metrics = model(batch)
