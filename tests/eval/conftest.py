@@ -103,6 +103,12 @@ def save_tiny_policy(directory: Path, embodiment, **overrides) -> Path:
 
 
 @pytest.fixture
+def policy_stats():
+    """`policy_stats(action_dim, state_dim) -> NormStats` (`make_stats`)."""
+    return make_stats
+
+
+@pytest.fixture
 def tiny_policy():
     """`tiny_policy(directory, embodiment) -> Path`: saves an untrained tiny policy checkpoint."""
     return save_tiny_policy

@@ -25,6 +25,17 @@ BASELINES = ("expert", "random")
 # `SeedSequence`, whose outputs for [seed, k] and [seed] are independent (numpy "Parallel random number
 # generation": https://numpy.org/doc/stable/reference/random/parallel.html). The id spells "ACTS".
 RANDOM_ACTION_STREAM = 0x41435453
+# A stochastic policy head (flow matching, diffusion) draws its noise from a generator seeded by the episode
+# seed and this id ("NOIS"), so an episode's actions do not depend on which worker ran it or on what else
+# was in its batch (`noise_generator`).
+POLICY_NOISE_STREAM = 0x4E4F4953
+
+
+def noise_generator(seed: int) -> Any:
+    """The torch generator a policy's noise is drawn from in the episode starting from `seed`."""
+    import torch
+
+    return torch.Generator().manual_seed((int(seed) << 32) ^ POLICY_NOISE_STREAM)
 
 
 class Controller(Protocol):
@@ -84,7 +95,7 @@ class PolicyController:
 
     A policy that reads a history of T observations gets them from a buffer the rollout fills at every
     step (`observe`); at an episode's start the first observation is repeated T times, as the training
-    sampler pads."""
+    sampler pads. A local policy's noise (stochastic heads) comes from the episode's `noise_generator`."""
 
     needs_images = True
 
@@ -97,9 +108,12 @@ class PolicyController:
         self.execute_steps = h
         self.history = int(getattr(policy, "history", 1))
         self._buffer: deque[Observation] = deque(maxlen=self.history)
+        self.local = hasattr(policy, "predict_action_batch")  # a served policy draws its own noise
+        self.generator: Any = None
 
     def reset(self, seed: int) -> None:
         self._buffer.clear()
+        self.generator = noise_generator(seed) if self.local else None
 
     def observe(self, obs: Observation) -> None:
         """Records one step's observation (history policies; the rollout calls it after every step)."""
@@ -107,8 +121,9 @@ class PolicyController:
             self._buffer.append(obs)
 
     def act(self, obs: Observation, env: Any) -> np.ndarray:
+        kwargs = {"generator": self.generator} if self.local else {}
         if self.history == 1:
-            return np.asarray(self.policy.predict_action(obs), dtype=np.float32)
+            return np.asarray(self.policy.predict_action(obs, **kwargs), dtype=np.float32)
         if not self._buffer:
             self.observe(obs)
         frames = list(self._buffer)  # T observations, oldest first
@@ -117,7 +132,7 @@ class PolicyController:
             "state": None if obs.state is None else np.stack([f.state for f in frames]),
             "instruction": obs.instruction,
         }
-        return np.asarray(self.policy.predict_action(stacked), dtype=np.float32)
+        return np.asarray(self.policy.predict_action(stacked, **kwargs), dtype=np.float32)
 
 
 def make_baseline(name: str, embodiment: Embodiment) -> Controller:

@@ -56,6 +56,20 @@ from vlaforge.policy_files import PolicyFiles, read_policy_dir
 from vlaforge.types import Embodiment, as_list
 
 INSTRUCTION_SPLITS = ("train", "heldout")
+# Named evaluation protocols: the settings a published number was measured with. `vlaforge` is ours; a
+# protocol fixes max_steps, and a run that sets another max_steps is refused (name none to choose freely).
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "vlaforge": {
+        "max_steps": 500,
+        "about": "Meta-World's own episode length (max_path_length 500), success at any step, episode seeds "
+        "from episode_seed(seed, task, i), recorded",
+    },
+    "rlinf-100": {
+        "max_steps": 100,
+        "about": "100-step episodes, as RLinf reports pi0 / pi0.5 on Meta-World MT50 (a success must come "
+        "within 100 steps, so rates are lower than under the 500-step protocol for slow policies)",
+    },
+}
 # Baselines render what a default checkpoint sees (`vlaforge collect` defaults: corner2, 128 px).
 BASELINE_CAMERAS = ("corner2",)
 BASELINE_IMAGE_SIZE = 128
@@ -97,6 +111,14 @@ class EvalConfig:
             most the policy's chunk.
         ensemble_decay: `ensemble` only: the weight m (ACT's 0.01; 0 is a plain mean; larger values
             weight the older predictions more, so the action changes more smoothly).
+        protocol: a named protocol (`PROTOCOLS`: "vlaforge", 500 steps, or "rlinf-100", 100 steps) that
+            fixes max_steps and is recorded in eval_info.json; None: max_steps as given.
+        envs_per_worker: batched evaluation (`vlaforge.eval.vector`): each worker simulates this many
+            episodes at once and the policy, loaded once in this process, sees them in one forward pass
+            per re-plan. 0 runs the per-process path (a policy copy per worker, batch 1). Baselines, served
+            policies and history policies always run per process.
+        threads: torch threads of the batched forward pass in this process (None: 1 on a CPU, where the
+            workers take the other cores; torch's default with a GPU).
     """
 
     policy: str
@@ -116,9 +138,28 @@ class EvalConfig:
     execution: str = field(default="open-loop", metadata={"choices": list(EXECUTIONS)})
     replan_every: int | None = None
     ensemble_decay: float = ENSEMBLE_DECAY
+    protocol: str | None = field(default=None, metadata={"choices": list(PROTOCOLS)})
+    envs_per_worker: int = 8
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         self.policy = str(self.policy)
+        if self.protocol is not None:
+            if self.protocol not in PROTOCOLS:
+                raise InputError(f"protocol must be one of {list(PROTOCOLS)}; got {self.protocol!r}")
+            fixed = PROTOCOLS[self.protocol]["max_steps"]
+            if self.max_steps not in (fixed, 500):  # 500: the field's default, i.e. not given
+                raise InputError(
+                    f"protocol {self.protocol!r} runs {fixed}-step episodes; got max_steps {self.max_steps}. "
+                    "Leave max_steps out, or name no protocol to choose it freely."
+                )
+            self.max_steps = fixed
+        if self.envs_per_worker < 0:
+            raise InputError(
+                f"envs_per_worker must be >= 0 (0: per-process evaluation); got {self.envs_per_worker}"
+            )
+        if self.threads is not None and self.threads < 1:
+            raise InputError(f"threads must be >= 1; got {self.threads}")
         self.out = Path(self.out)
         if self.episodes < 1:
             raise InputError(f"episodes must be >= 1; got {self.episodes}")
@@ -434,9 +475,25 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         execution=cfg.execution,
         ensemble_decay=cfg.ensemble_decay,
     )
+    # Batched (one policy copy, many episodes per forward) for a local checkpoint of a one-frame policy.
+    batched = (
+        files is not None
+        and cfg.envs_per_worker > 0
+        and cfg.workers > 0
+        and int(files.preset.get("history", 1)) == 1
+    )
     records: list[dict] = []
+    batch_sizes: list[int] = []
     with tqdm(total=len(jobs), desc=f"eval {Path(cfg.policy).name}", unit="ep") as bar:
-        for rec in run_jobs(spec, jobs, cfg.workers, progress=bar):
+        if batched:
+            from vlaforge.eval.vector import BatchedRunner
+
+            runner = BatchedRunner(spec, cfg.workers, cfg.envs_per_worker, cfg.threads)
+            stream = runner.run(jobs, progress=bar)
+            batch_sizes = runner.batch_sizes
+        else:
+            stream = run_jobs(spec, jobs, cfg.workers, progress=bar)
+        for rec in stream:
             records.append(rec)
             bar.set_postfix(success=f"{sum(r['success'] for r in records) / len(records):.2f}")
     order = {(j.task, j.episode): k for k, j in enumerate(jobs)}
@@ -467,6 +524,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             "cameras": list(policy_emb.camera_names),
             "image_size": policy_emb.image_size,
             "max_steps": cfg.max_steps,
+            "protocol": cfg.protocol,  # a named protocol (PROTOCOLS), or None
+            "protocol_about": PROTOCOLS[cfg.protocol]["about"] if cfg.protocol else None,
             "execution": cfg.execution,
             "execute_steps": execute_steps,  # actions run per plan, however chosen (ensemble: 1)
             "replan_every": cfg.replan_every,  # receding only
@@ -480,6 +539,9 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             "instructions": cfg.instructions,
             "device": cfg.device,
             "workers": cfg.workers,
+            "runner": "batched" if batched else "per-process",
+            "envs_per_worker": cfg.envs_per_worker if batched else None,
+            "mean_batch": round(sum(batch_sizes) / len(batch_sizes), 2) if batch_sizes else None,
             "wall_time_s": None,  # filled below
         },
         "tasks": tasks,

@@ -55,7 +55,7 @@ from torch import nn
 
 from vlaforge.errors import InputError
 from vlaforge.models.backbone import PrismaticBackbone
-from vlaforge.models.heads import ActionHead, Context, HeadDims, HeadOption, HeadSpec
+from vlaforge.models.heads import ActionHead, Context, HeadDims, HeadOption, HeadSpec, standard_normal
 
 MAX_BETA = 0.999  # squaredcos_cap_v2's cap (Nichol & Dhariwal, 2021: keeps the last step finite)
 TIME_FREQ_DIM = 256  # DiT's frequency_embedding_size
@@ -328,9 +328,7 @@ class DiffusionHead(ActionHead):
 
     def initial_noise(self, batch_size: int, device: torch.device, generator: torch.Generator | None):
         """x_T ~ N(0, I) (B, H, D) float32 from `generator` (drawn on its device, then moved)."""
-        shape = (batch_size, self.chunk_size, self.action_dim)
-        where = generator.device if generator is not None else device
-        return torch.randn(shape, generator=generator, device=where).to(device)
+        return standard_normal((batch_size, self.chunk_size, self.action_dim), device, generator)
 
     # -------------------------------------------------------------------- the ActionHead calls
     def loss(self, backbone, ctx, actions, pad):

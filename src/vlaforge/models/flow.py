@@ -54,7 +54,7 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from vlaforge.errors import InputError
 from vlaforge.models.backbone import Prefix, PrismaticBackbone, additive_mask
-from vlaforge.models.heads import ActionHead, Context, HeadDims, HeadOption, HeadSpec
+from vlaforge.models.heads import ActionHead, Context, HeadDims, HeadOption, HeadSpec, standard_normal
 
 TIME_BETA_ALPHA = 1.5  # pi0: s ~ Beta(1.5, 1)
 TIME_SCALE, TIME_MIN = 0.999, 0.001  # pi0: t = 0.999 s + 0.001, so t never reaches 0 (noise-free)
@@ -332,9 +332,7 @@ class FlowHead(ActionHead):
     ) -> torch.Tensor:
         """x at t = 1: `torch.randn((B, H, D), generator=generator)` float32, drawn on the generator's device
         (so a CPU generator gives the same sample on any device), then moved to `device`."""
-        where = generator.device if generator is not None else device
-        shape = (batch_size, self.chunk_size, self.action_dim)
-        return torch.randn(shape, generator=generator, device=where).to(device)
+        return standard_normal((batch_size, self.chunk_size, self.action_dim), device, generator)
 
     @torch.no_grad()
     def predict(self, backbone, ctx, *, generator=None, num_steps=None):

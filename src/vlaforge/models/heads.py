@@ -192,7 +192,8 @@ class ActionHead(nn.Module):
             backbone: the Prismatic backbone.
             ctx: images, state, prompt ids.
             generator: the random stream of a stochastic head (flow matching, diffusion), for
-                reproducible samples; deterministic heads ignore it.
+                reproducible samples: one generator, or one per sample (`standard_normal`);
+                deterministic heads ignore it.
             num_steps: integration / denoising steps of an iterative head (None: its default);
                 deterministic heads ignore it.
         """
@@ -413,6 +414,26 @@ ChunkHead.spec = HeadSpec(
         ),
     ),
 )
+
+
+def standard_normal(shape: tuple[int, ...], device: torch.device, generator: Any = None) -> torch.Tensor:
+    """N(0, I) float32 of `shape` (B, ...) on `device`, from `generator`:
+
+    - None: torch's global stream, on `device`;
+    - one `torch.Generator`: drawn on the generator's device (a CPU generator gives the same sample on any
+      device), then moved;
+    - a sequence of B generators, one per sample: sample b is drawn from generator b alone, so a sample's
+      noise does not depend on what else is in the batch (batched evaluation gives every episode its own
+      stream, and each episode sees the noise it would see alone, where one generator gives
+      `torch.randn((1, ...), generator=g)`, the same numbers).
+    """
+    if generator is None or isinstance(generator, torch.Generator):
+        where = generator.device if generator is not None else device
+        return torch.randn(shape, generator=generator, device=where).to(device)
+    gens = list(generator)
+    if len(gens) != shape[0]:
+        raise InputError(f"{len(gens)} generators for a batch of {shape[0]} samples: give one per sample")
+    return torch.stack([torch.randn(shape[1:], generator=g, device=g.device).to(device) for g in gens])
 
 
 def check_bins_fit(bins: BinTokenizer, vocab_size: int) -> None:

@@ -1,0 +1,115 @@
+"""Batched evaluation (`vlaforge.eval.vector`) against the per-process path: the same episodes, frame by
+frame, on the same seeds, for a deterministic and a stochastic head, with tasks mixed in a batch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vlaforge.data.video import read_video
+from vlaforge.envs import metaworld as mw
+from vlaforge.errors import InputError
+from vlaforge.eval.run import PROTOCOLS, EvalConfig, evaluate
+from vlaforge.models.heads import standard_normal
+
+SIZE = 32
+EMB = mw.embodiment(("corner2",), SIZE)
+# Instructions of different lengths, so a batch mixing them is left-padded.
+TASKS = "reach-v3,button-press-topdown-v3"
+
+
+def _save(directory, head: str, stats):
+    from vlaforge.models.policy import Policy
+
+    torch.manual_seed(0)
+    policy = Policy.from_preset("tiny", head, EMB, stats(4, 4))
+    if head == "flow":
+        policy.head.num_steps = 3  # fewer integration steps: same code path, quicker
+    policy.save_pretrained(directory)
+    return directory
+
+
+def _run(tmp_path, name, ckpt, **kw):
+    common = dict(tasks=TASKS, episodes=3, max_steps=24, workers=2, videos=3, allow_training_seeds=True)
+    return evaluate(EvalConfig(policy=str(ckpt), out=tmp_path / name, **{**common, **kw}))
+
+
+def _frames(res, rec) -> np.ndarray:
+    return read_video(res.out / rec["video"])[1]
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("head", ["chunk", "flow"])
+def test_batched_and_per_process_give_the_same_episodes(tmp_path, head, policy_stats):
+    ckpt = _save(tmp_path / "ckpt", head, policy_stats)
+    single = _run(tmp_path, "single", ckpt, envs_per_worker=0)
+    batched = _run(tmp_path, "batched", ckpt, envs_per_worker=2)  # 4 slots, 2 groups of 2
+    assert single.info["protocol"]["runner"] == "per-process"
+    assert batched.info["protocol"]["runner"] == "batched"
+    assert batched.info["protocol"]["mean_batch"] > 1  # episodes really shared forward passes
+
+    strip = ("video",)
+    a = [{k: v for k, v in r.items() if k not in strip} for r in single.info["episodes"]]
+    b = [{k: v for k, v in r.items() if k not in strip} for r in batched.info["episodes"]]
+    assert a == b
+    moved = 0
+    for ra, rb in zip(single.info["episodes"], batched.info["episodes"]):
+        fa, fb = _frames(single, ra), _frames(batched, rb)
+        assert fa.shape == fb.shape == (ra["steps"] + 1, SIZE, SIZE, 3)  # reset + every step
+        # The same trajectory: frames equal up to a batched forward pass's rounding (a few pixels at most).
+        differ = np.mean(np.abs(fa.astype(int) - fb.astype(int)) > 8)
+        assert differ < 0.01, (ra["task"], ra["episode"], differ)
+        moved += int(np.abs(fa[-1].astype(int) - fa[0].astype(int)).max() > 8)
+    assert moved >= 4  # the arm moves, so matching frames mean matching actions
+
+
+@pytest.mark.sim
+def test_every_episode_ends_where_it_should(tmp_path, policy_stats):
+    """The expert path is per-process; a checkpoint through the batched path stops at max_steps, and
+    with more episodes than slots every job still runs exactly once."""
+    ckpt = _save(tmp_path / "ckpt", "chunk", policy_stats)
+    res = _run(tmp_path, "b", ckpt, episodes=5, max_steps=13, videos=0, envs_per_worker=1, workers=1)
+    eps = res.info["episodes"]
+    assert [(e["task"], e["episode"]) for e in eps] == [(t, i) for t in TASKS.split(",") for i in range(5)]
+    assert all(e["steps"] == 13 and not e["success"] for e in eps)  # 13 is not a multiple of the chunk
+    assert res.info["protocol"]["envs_per_worker"] == 1
+
+
+def test_per_sample_generators_draw_what_each_would_draw_alone():
+    gens = [torch.Generator().manual_seed(s) for s in (3, 4, 5)]
+    together = standard_normal((3, 8, 4), torch.device("cpu"), gens)
+    alone = [
+        standard_normal((1, 8, 4), torch.device("cpu"), torch.Generator().manual_seed(s))[0]
+        for s in (3, 4, 5)
+    ]
+    torch.testing.assert_close(together, torch.stack(alone), rtol=0, atol=0)
+    with pytest.raises(InputError, match="2 generators for a batch of 3"):
+        standard_normal((3, 8, 4), torch.device("cpu"), gens[:2])
+
+
+def test_protocols_fix_the_episode_length(tmp_path):
+    assert EvalConfig(policy="expert", out=tmp_path, protocol="rlinf-100").max_steps == 100
+    assert EvalConfig(policy="expert", out=tmp_path, protocol="vlaforge").max_steps == 500
+    assert EvalConfig(policy="expert", out=tmp_path, protocol="rlinf-100", max_steps=100).max_steps == 100
+    with pytest.raises(InputError, match="protocol 'rlinf-100' runs 100-step episodes; got max_steps 300"):
+        EvalConfig(policy="expert", out=tmp_path, protocol="rlinf-100", max_steps=300)
+    with pytest.raises(InputError, match="protocol must be one of"):
+        EvalConfig(policy="expert", out=tmp_path, protocol="libero")
+    with pytest.raises(InputError, match="envs_per_worker must be >= 0"):
+        EvalConfig(policy="expert", out=tmp_path, envs_per_worker=-1)
+    assert set(PROTOCOLS) == {"vlaforge", "rlinf-100"}
+
+
+@pytest.mark.sim
+def test_the_protocol_is_recorded(tmp_path):
+    res = evaluate(
+        EvalConfig(policy="expert", tasks="reach-v3", episodes=1, workers=0, videos=0, out=tmp_path / "e",
+                   protocol="rlinf-100")
+    )  # fmt: skip
+    proto = json.loads((tmp_path / "e" / "eval_info.json").read_text())["protocol"]
+    assert (proto["protocol"], proto["max_steps"], proto["runner"]) == ("rlinf-100", 100, "per-process")
+    assert "100-step" in proto["protocol_about"]
+    assert res.info["episodes"][0]["steps"] <= 100
