@@ -66,6 +66,8 @@ def _scaled(argv: list[str]) -> list[str]:
         for (cmd, flag), value in SCALE.items():
             if a == flag and cmd in (None, name):
                 out[i + 1] = value
+    if name == "train" and "--recipe" in out and "--steps" not in out:
+        out += ["--steps", "2", "--warmup-steps", "0"]  # a recipe's own length, scaled down
     return ["demo/run/last" if a == "demo/run/last" else a for a in out]
 
 
@@ -127,6 +129,10 @@ def _run_commands(commands: list[list[str]], ran: list, servers: list, served: d
         argv = [served.get(a, a) for a in argv]
         name = _command_of(argv)
         args = build_parser(name).parse_args(argv)  # every flag exists and every value parses
+        if name == "train" and args.recipe:  # as `main` does: the recipe's values are the defaults
+            from vlaforge.train.recipes import check_recipe
+
+            args = build_parser(name, defaults=check_recipe(args.recipe)).parse_args(argv)
         needs_gpu = getattr(args, "device", None) == "cuda" and not torch.cuda.is_available()
         reads_gpu_output = any(a.startswith(out) for a in argv for out in gpu_outputs)
         if reads_gpu_output or (needs_gpu and name == "export"):
