@@ -44,6 +44,7 @@ bench: setup
 	$(PY) bench/bench_data.py
 	$(PY) bench/bench_train.py
 	$(PY) bench/bench_eval.py
+	$(PY) bench/bench_eval_batched.py
 	$(PY) bench/bench_rlds.py
 	$(PY) bench/bench_serve.py
 	$(PY) bench/bench_quantize.py
