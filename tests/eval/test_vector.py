@@ -1,5 +1,5 @@
 """Batched evaluation (`vlaforge.eval.vector`) against the per-process path: the same episodes, frame by
-frame, on the same seeds, for a deterministic and a stochastic head, with tasks mixed in a batch."""
+frame, on the same seeds, for a deterministic and a stochastic head, with tasks mixed in a batch, in every execution mode; history policies stay per process."""
 
 from __future__ import annotations
 
@@ -64,6 +64,40 @@ def test_batched_and_per_process_give_the_same_episodes(tmp_path, head, policy_s
         assert differ < 0.01, (ra["task"], ra["episode"], differ)
         moved += int(np.abs(fa[-1].astype(int) - fa[0].astype(int)).max() > 8)
     assert moved >= 4  # the arm moves, so matching frames mean matching actions
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize(
+    "execution", [dict(execution="ensemble"), dict(execution="receding", replan_every=3)]
+)
+def test_batched_execution_modes_match_per_process(tmp_path, execution, policy_stats):
+    """Ensembling (a chunk every step) and receding re-plans go through the slots' action queues."""
+    ckpt = _save(tmp_path / "ckpt", "chunk", policy_stats)
+    kw = dict(episodes=2, max_steps=10, videos=2, **execution)
+    single = _run(tmp_path, "single", ckpt, envs_per_worker=0, **kw)
+    batched = _run(tmp_path, "batched", ckpt, envs_per_worker=2, **kw)
+    assert batched.info["protocol"]["runner"] == "batched"
+    assert [e["steps"] for e in batched.info["episodes"]] == [10] * 4
+    for ra, rb in zip(single.info["episodes"], batched.info["episodes"]):
+        assert {**ra, "video": None} == {**rb, "video": None}
+        fa, fb = _frames(single, ra), _frames(batched, rb)  # the actions show in the frames
+        assert np.mean(np.abs(fa.astype(int) - fb.astype(int)) > 8) < 0.01, (ra["task"], ra["episode"])
+        assert np.abs(fa[-1].astype(int) - fa[0].astype(int)).max() > 8  # the arm moved
+
+
+@pytest.mark.sim
+def test_a_history_policy_runs_per_process(tmp_path, policy_stats):
+    from vlaforge.eval.rollout import WorkerSpec
+    from vlaforge.eval.vector import BatchedRunner
+    from vlaforge.models.policy import Policy
+
+    torch.manual_seed(0)
+    Policy.from_preset("tiny", "chunk", EMB, policy_stats(4, 4), history=2).save_pretrained(tmp_path / "h")
+    res = _run(tmp_path, "e", tmp_path / "h", tasks="reach-v3", episodes=1, max_steps=8, videos=0)
+    assert res.info["protocol"]["runner"] == "per-process"
+    spec = WorkerSpec(str(tmp_path / "h"), ["corner2"], SIZE, max_steps=8, execute_steps=None)
+    with pytest.raises(InputError, match="reads 2 observations per prediction"):
+        BatchedRunner(spec, workers=1, envs_per_worker=2)
 
 
 @pytest.mark.sim
