@@ -1,5 +1,6 @@
 """Batched evaluation (`vlaforge.eval.vector`) against the per-process path: the same episodes, frame by
-frame, on the same seeds, for a deterministic and a stochastic head, with tasks mixed in a batch, in every execution mode; history policies stay per process."""
+frame, on the same seeds, for a deterministic and a stochastic head, with tasks mixed in a batch, in
+every execution mode; history policies stay on the per-process path."""
 
 from __future__ import annotations
 
