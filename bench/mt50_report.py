@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from vlaforge.envs.metaworld import DIFFICULTY, GROUPS, MT10
-from vlaforge.eval.stats import wilson_interval
+from vlaforge.eval.stats import Rate, aggregate
 
 # Published MT50 success rates (percent), per group and on average, with where each comes from and how
 # it was measured. None: not reported per group.
@@ -61,19 +61,14 @@ ANCHORS: list[dict] = [
 ]  # fmt: skip
 
 
-def _rate(episodes: list[dict]) -> dict:
-    n, s = len(episodes), sum(bool(e["success"]) for e in episodes)
-    lo, hi = wilson_interval(s, n) if n else (0.0, 0.0)
-    return {"successes": s, "n": n, "rate": s / n if n else 0.0, "ci_low": lo, "ci_high": hi}
-
-
 def summarize(info: dict) -> dict:
-    """Per group, overall and MT10 rates of one eval_info.json."""
+    """Per group, overall and MT10 rates of one eval_info.json (`vlaforge.eval.stats` pools them)."""
     eps = info["episodes"]
-    out = {g: _rate([e for e in eps if DIFFICULTY[e["task"]] == g]) for g in GROUPS}
-    out["overall"] = _rate(eps)
+    pooled = aggregate(eps, DIFFICULTY, GROUPS)
+    out = {**pooled["per_group"], "overall": pooled["overall"]}
     out["group_mean"] = float(np.mean([out[g]["rate"] for g in GROUPS]))
-    out["mt10"] = _rate([e for e in eps if e["task"] in MT10])
+    mt10 = [e for e in eps if e["task"] in MT10]
+    out["mt10"] = Rate.of(sum(bool(e["success"]) for e in mt10), len(mt10)).to_dict()
     return out
 
 

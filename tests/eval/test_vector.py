@@ -42,6 +42,16 @@ def _frames(res, rec) -> np.ndarray:
     return read_video(res.out / rec["video"])[1]
 
 
+def _same_trajectory(single, batched, ra, rb) -> bool:
+    """Asserts the two runs' videos of an episode show the same trajectory, frames equal up to a batched
+    forward pass's rounding (a few pixels at most); returns whether the arm moved in it."""
+    fa, fb = _frames(single, ra), _frames(batched, rb)
+    assert fa.shape == fb.shape == (ra["steps"] + 1, SIZE, SIZE, 3)  # reset + every step
+    differ = np.mean(np.abs(fa.astype(int) - fb.astype(int)) > 8)
+    assert differ < 0.01, (ra["task"], ra["episode"], differ)
+    return bool(np.abs(fa[-1].astype(int) - fa[0].astype(int)).max() > 8)
+
+
 @pytest.mark.sim
 @pytest.mark.parametrize("head", ["chunk", "flow"])
 def test_batched_and_per_process_give_the_same_episodes(tmp_path, head, policy_stats):
@@ -58,12 +68,7 @@ def test_batched_and_per_process_give_the_same_episodes(tmp_path, head, policy_s
     assert a == b
     moved = 0
     for ra, rb in zip(single.info["episodes"], batched.info["episodes"]):
-        fa, fb = _frames(single, ra), _frames(batched, rb)
-        assert fa.shape == fb.shape == (ra["steps"] + 1, SIZE, SIZE, 3)  # reset + every step
-        # The same trajectory: frames equal up to a batched forward pass's rounding (a few pixels at most).
-        differ = np.mean(np.abs(fa.astype(int) - fb.astype(int)) > 8)
-        assert differ < 0.01, (ra["task"], ra["episode"], differ)
-        moved += int(np.abs(fa[-1].astype(int) - fa[0].astype(int)).max() > 8)
+        moved += _same_trajectory(single, batched, ra, rb)
     assert moved >= 4  # the arm moves, so matching frames mean matching actions
 
 
@@ -81,9 +86,7 @@ def test_batched_execution_modes_match_per_process(tmp_path, execution, policy_s
     assert [e["steps"] for e in batched.info["episodes"]] == [10] * 4
     for ra, rb in zip(single.info["episodes"], batched.info["episodes"]):
         assert {**ra, "video": None} == {**rb, "video": None}
-        fa, fb = _frames(single, ra), _frames(batched, rb)  # the actions show in the frames
-        assert np.mean(np.abs(fa.astype(int) - fb.astype(int)) > 8) < 0.01, (ra["task"], ra["episode"])
-        assert np.abs(fa[-1].astype(int) - fa[0].astype(int)).max() > 8  # the arm moved
+        assert _same_trajectory(single, batched, ra, rb)  # the arm moved, so the actions show in the frames
 
 
 @pytest.mark.sim
