@@ -50,6 +50,7 @@ bench-quick: setup  # minutes each
 	$(PY) bench/bench_eval.py
 	$(PY) bench/bench_eval_batched.py
 	$(PY) bench/bench_rlds.py
+	$(PY) bench/bench_rlds.py --memory-scaling 25,100,400
 	$(PY) bench/bench_serve.py
 	$(PY) bench/bench_quantize.py
 	$(PY) bench/bench_fast.py
