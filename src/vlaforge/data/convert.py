@@ -35,12 +35,13 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from vlaforge.data.dataset import IMAGE_PREFIX, is_rlds
+from vlaforge.data.interface import IMAGE_PREFIX
 from vlaforge.data.rlds import (
     RLDSFeature,
     decode_episode,
     encode_episode,
     encode_image,
+    is_rlds,
     shard_name,
     write_metadata,
 )
@@ -291,7 +292,7 @@ def _rlds_episode_job(
     data = read_record(path, offset)
     source = f"{path} record at byte offset {offset}"
     steps, values = decode_episode(parse_example(data, source=source), features, source, data)
-    action, state, texts = map_episode(values, steps, mapping, source)
+    action, state, texts, _ = map_episode(values, steps, mapping, source, keep_all=True)
     frames: dict[str, np.ndarray] = {"action": action}
     if state is not None:
         frames["observation.state"] = state
@@ -308,7 +309,7 @@ def _rlds_to_lerobot(
     from vlaforge.data.lerobot import LeRobotWriter
     from vlaforge.data.rlds_dataset import RLDSDataset
 
-    ds = RLDSDataset(src, oxe=oxe)
+    ds = RLDSDataset(src, oxe=oxe, keep_all_steps=True)  # a conversion keeps every step
     emb = ds.embodiment()
     feats = ds.tfds.features
     m = ds.mapping

@@ -49,8 +49,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from vlaforge.data.dataset import IMAGE_PREFIX, ChunkSampling, normalize_mask, parse_unnormalized
 from vlaforge.data.frame_cache import cached_frames, file_fingerprint
+from vlaforge.data.interface import IMAGE_PREFIX, normalize_mask, parse_unnormalized
 from vlaforge.data.stats import compute_stats, feature_stats, sample_indices, stats_from_json, stats_to_json
 from vlaforge.data.video import (
     SeekingDecoder,
@@ -496,7 +496,7 @@ def _names(names: Any, dim: int, prefix: str) -> list[str]:
     return [f"{prefix}_{i}" for i in range(dim)]
 
 
-class LeRobotDataset(ChunkSampling):
+class LeRobotDataset:
     """Reads a LeRobotDataset v3.0 directory (written by vlaforge or by LeRobot itself).
 
     Implements `vlaforge.data.dataset.TrainingDataset` (what training uses); `open_dataset` returns one

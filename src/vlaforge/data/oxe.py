@@ -38,9 +38,9 @@ Design choices:
 - The gripper convention of a row (`OXEDataset.gripper`) is read off its ops rather than stored twice:
   ``rel2abs`` means relative commands, ``binarize`` a continuous signal with 1 = open, ``invert`` 1 = closed,
   a constant no gripper action, otherwise 1 = open as stored.
-- Reading RLDS, frames and steps are one to one, so `standardize_columns` (what `vlaforge.data.rlds_dataset`
-  calls) keeps every step: ``skip_first`` and ``drop_still`` drop nothing and ``relabel`` gives the last
-  step zero movement. `standardize` returns OpenVLA's exact selection of steps and their indices.
+- `standardize` returns OpenVLA's exact selection of steps and their indices, which training on RLDS
+  serves (`vlaforge.data.rlds_dataset`); with ``keep_all`` every step is kept: ``skip_first`` and
+  ``drop_still`` drop nothing and ``relabel`` gives the last step zero movement (conversions keep all).
 - Not here: normalisation statistics. Each dataset's are computed from its own data and kept apart under its
   name (`vlaforge.data.mixture`), which becomes the checkpoint's unnorm_key, as in OpenVLA's
   dataset_statistics.json. Nor DROID's random swap of its two exterior cameras (a training augmentation).
@@ -52,7 +52,7 @@ import dataclasses
 import difflib
 import re
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -678,6 +678,32 @@ def _texts(value: Any) -> list[str]:
     return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in value]
 
 
+# DROID's action quantiles, dims x, y, z, roll, pitch, yaw: OpenVLA's still-step filter normalises with them
+# (oxe/utils/droid_utils.py `zero_action_filter`, DROID_Q01 / DROID_Q99).
+DROID_Q01 = (-0.7776297926902771, -0.5803514122962952, -0.5795090794563293,
+             -0.6464047729969025, -0.7041108310222626, -0.8895104378461838)  # fmt: skip
+DROID_Q99 = (0.7597932070493698, 0.5726242214441299, 0.7351000607013702,
+             0.6705610305070877, 0.6464948207139969, 0.8897542208433151)  # fmt: skip
+STILL_TOLERANCE = 1e-5  # in normalised units (droid_utils.py)
+
+
+def still_steps(
+    movement: np.ndarray, q01: Sequence[float] = DROID_Q01, q99: Sequence[float] = DROID_Q99
+) -> np.ndarray:
+    """bool (T,): steps whose movement (T, 6) OpenVLA's `zero_action_filter` drops.
+
+    A step is still when every dim, normalised as OpenVLA normalises actions (`clip(2 (a - q01) / (q99 -
+    q01 + 1e-8) - 1, -1, 1)`, in float32 as TensorFlow computes it), lies within `STILL_TOLERANCE` of the
+    normalised zero: with DROID's quantiles, |a| <= about 5.8e-6 .. 8.9e-6 raw, per dim (docs/oxe.md).
+    """
+    a = np.asarray(movement, dtype=np.float32)
+    lo, hi = np.asarray(q01, dtype=np.float32), np.asarray(q99, dtype=np.float32)
+    scale = hi - lo + np.float32(1e-8)
+    norm = np.clip(np.float32(2) * (a - lo) / scale - np.float32(1), -1, 1)
+    zero = np.float32(2) * (np.float32(0) - lo) / scale - np.float32(1)
+    return np.all(np.abs(norm - zero) <= np.float32(STILL_TOLERANCE), axis=-1)
+
+
 def standardize(name: str, steps: Mapping[str, Any], keep_all: bool = False) -> dict[str, Any]:
     """Applies dataset `name`'s standardisation to one episode.
 
@@ -712,7 +738,7 @@ def standardize(name: str, steps: Mapping[str, Any], keep_all: bool = False) -> 
             action[-1:, :6] = 0.0
             sel = np.arange(len(keep)) if keep_all else np.arange(len(keep) - 1)
         elif op.name == "drop_still" and not keep_all:
-            sel = np.flatnonzero(np.any(np.abs(action[:, :6]) > 1e-6, axis=1))
+            sel = np.flatnonzero(~still_steps(action[:, :6]))
         else:
             continue
         keep, action = keep[sel], action[sel]
@@ -735,73 +761,34 @@ def standardize(name: str, steps: Mapping[str, Any], keep_all: bool = False) -> 
     }
 
 
-def standardize_columns(
-    name: str, values: Mapping[str, Any], source: str = ""
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """(action float32 (T, D), state float32 (T, S) or None) of one decoded RLDS episode, every step kept.
+def standardize_record(
+    name: str, values: Mapping[str, Any], source: str = "", keep_all: bool = False
+) -> dict[str, Any]:
+    """`standardize` of one decoded RLDS episode (what `vlaforge.data.rlds_dataset` calls).
 
-    What `vlaforge.data.rlds_dataset` calls: `values` are `vlaforge.data.rlds.decode_episode`'s, keyed by the
-    full flat keys ("steps/action", "episode_metadata/file_path"); `source` names the record in errors.
+    Args:
+        values: `vlaforge.data.rlds.decode_episode`'s, keyed by the full flat keys ("steps/action",
+            "episode_metadata/file_path").
+        source: names the record in errors.
+        keep_all: keep every step; False selects the steps OpenVLA trains on.
     """
     steps = {k[len("steps/") :]: v for k, v in values.items() if k.startswith("steps/")}
     try:
-        out = standardize(name, steps, keep_all=True)
+        return standardize(name, steps, keep_all=keep_all)
     except InputError as e:
         raise InputError(f"{source}: {e}" if source else str(e)) from None
+
+
+def standardize_columns(
+    name: str, values: Mapping[str, Any], source: str = ""
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(action float32 (T, D), state float32 (T, S) or None) of one decoded RLDS episode, every step kept."""
+    out = standardize_record(name, values, source, keep_all=True)
     return out["action"], out["state"]
-
-
-def rlds_mapping(
-    row: OXEDataset, features: Mapping[str, Any], root: str = "", cameras: tuple[str, ...] | None = None
-) -> Any:
-    """The `vlaforge.data.rlds_dataset.RLDSMapping` that reads a dataset through `row`.
-
-    Args:
-        row: the table row.
-        features: the dataset's features by flat key (`vlaforge.data.rlds.parse_features`).
-        root: the dataset directory, for messages.
-        cameras: roles to read; None: "primary" as OpenVLA, or every role the row has when it has no primary.
-            A camera is named by its role, so the datasets of a mixture agree on camera names.
-
-    Raises:
-        InputError: a feature the row reads is not in `features` (naming it and listing the step features).
-    """
-    from vlaforge.data.rlds_dataset import RLDSMapping
-
-    where = f"{root}: " if root else ""
-    step_keys = sorted(k[len("steps/") :] for k in features if k.startswith("steps/"))
-    missing = [k for k in row.needed_keys() if k not in step_keys]
-    if missing:
-        raise InputError(
-            f"{where}the Open X-Embodiment standardisation {row.name!r} reads {missing}, which the dataset "
-            f"does not have; its step features are {step_keys}. Name the right row (oxe=NAME), or none (oxe='')"
-        )
-    roles = cameras or (("primary",) if row.images["primary"] else tuple(r for r in ROLES if row.images[r]))
-    cams = {}
-    for role in roles:
-        key = f"steps/observation/{row.images.get(role)}"
-        if row.images.get(role) is None or key not in features:
-            have = [k for k in features if getattr(features[k], "kind", "") == "image"]
-            raise InputError(f"{where}{row.name}: no {role} camera ({key}); image features: {have}")
-        cams[role] = key
-    instr = features.get(f"steps/{row.instruction}")
-    is_text = instr is not None and (
-        getattr(instr, "kind", "") == "text" or getattr(instr, "dtype", "") == "string"
-    )
-    return RLDSMapping(
-        cameras=cams,
-        action=None,
-        state=None,
-        instruction=f"steps/{row.instruction}" if is_text else None,
-        oxe=row.name,
-        action_names=ACTION_NAMES if row.action_dim == 7 else None,
-        normalize_mask=EEF_NORMALIZE_MASK if row.action_dim == 7 else None,
-        control_hz=row.control_hz,
-    )
 
 
 __all__ = [
     "ACTION_NAMES", "DATASETS", "EPISODE_OPS", "GRIPPERS", "MIXTURES", "PART_OPS", "OXEDataset", "Op", "Part",
     "binarize", "clip", "find_dataset", "get_dataset", "get_mixture", "invert", "parse_parts", "quat2euler",
-    "rel2abs", "rlds_mapping", "standardize", "standardize_columns", "unzip_f32",
+    "rel2abs", "standardize", "standardize_columns", "standardize_record", "still_steps", "unzip_f32",
 ]  # fmt: skip

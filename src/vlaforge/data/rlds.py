@@ -357,6 +357,14 @@ class TFDSDirectory:
         return sum(self.shard_lengths) if self.shard_lengths is not None else None
 
 
+def is_rlds(path: str | Path) -> bool:
+    """True when `path` is a TFDS version directory or a dataset directory holding one."""
+    root = Path(path)
+    if (root / "dataset_info.json").is_file():
+        return True
+    return root.is_dir() and any((p / "dataset_info.json").is_file() for p in root.iterdir() if p.is_dir())
+
+
 def find_version_dir(path: str | Path) -> Path:
     """The TFDS version directory at or under `path` (a `<name>/` with one or more versions: the highest).
 
