@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import multiprocessing
-import os
 import re
-import shutil
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -35,6 +33,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from vlaforge.atomic import atomic_dir
 from vlaforge.data.interface import IMAGE_PREFIX
 from vlaforge.data.rlds import (
     RLDSFeature,
@@ -233,11 +232,9 @@ def _lerobot_to_rlds(
     if episodes_per_shard < 1:
         raise InputError(f"episodes_per_shard={episodes_per_shard}: must be >= 1")
     groups = [list(range(a, min(a + episodes_per_shard, E))) for a in range(0, E, episodes_per_shard)]
-    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    tmp = staging / version_dir.relative_to(out) if version_dir != out else staging
-    shutil.rmtree(staging, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out, overwrite=True) as staging:  # `convert` refused an existing `out` unless overwrite
+        tmp = staging / version_dir.relative_to(out) if version_dir != out else staging
+        tmp.mkdir(parents=True, exist_ok=True)
         n = len(groups)
         jobs = [
             (str(src), str(tmp / shard_name(name, "train", i, n)), g, feats, columns, fmt)
@@ -272,10 +269,6 @@ def _lerobot_to_rlds(
             },
         }
         write_metadata(tmp, name, "1.0.0", "train", feats, lengths, f"Converted by vlaforge from {src}", meta)
-        _move_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return ConvertReport(version_dir, E, frames, 0.0, [])
 
 
@@ -391,16 +384,6 @@ def _run_jobs(fn: Any, jobs: list[tuple], workers: int):
         finally:
             for _, fut in pending:
                 fut.cancel()
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    if out.exists():
-        trash = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, trash)
-        os.replace(staging, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staging, out)
 
 
 __all__ = ["ConvertReport", "convert"]

@@ -17,7 +17,7 @@ Design choices:
 - The writer streams: each episode's rows go to the open parquet file as a row group and its frames are
   encoded straight into the camera's open mp4, so memory stays bounded; files roll over at
   `data_files_size_in_mb` / `video_files_size_in_mb` like LeRobot's. Everything is written into a hidden
-  sibling directory and moved into place with one `os.replace` at `finalize()`, so a crash never leaves
+  sibling directory and swapped into place whole at `finalize()` (`vlaforge.atomic.StagedDir`), so a crash never leaves
   something that looks like a complete dataset.
 - The reader keeps every numeric column in memory as numpy and decodes each camera's videos once,
   sequentially, into a uint8 memmap cache at the training resolution (`root/.cache/<key>.<h>x<w>.u8` + a
@@ -37,8 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from vlaforge.atomic import StagedDir
 from vlaforge.data.frame_cache import cached_frames, file_fingerprint
 from vlaforge.data.interface import IMAGE_PREFIX, normalize_mask, parse_unnormalized
 from vlaforge.data.stats import compute_stats, feature_stats, sample_indices, stats_from_json, stats_to_json
@@ -209,10 +208,8 @@ class LeRobotWriter:
             raise DatasetError(f"extra_info keys {clash} would overwrite LeRobot's own info.json fields")
         self.features = self._check_features(features)
         self.video_keys = [k for k, f in self.features.items() if f["dtype"] == "video"]
-        self.tmp = self.root.parent / f".{self.root.name}.tmp-{os.getpid()}"
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir(parents=True)
+        self._staged = StagedDir(self.root, overwrite=True)  # existing roots are refused above
+        self.tmp = self._staged.path
         self.episodes: list[dict[str, Any]] = []
         self.tasks: dict[str, int] = {}
         self.total_frames = 0
@@ -436,13 +433,7 @@ class LeRobotWriter:
         }
         info.update(self.extra_info)
         (self.tmp / INFO_PATH).write_text(json.dumps(info, indent=4))
-        if self.root.exists():  # overwrite=True: move the old dataset aside, then swap in the new one
-            trash = self.root.parent / f".{self.root.name}.old-{os.getpid()}"
-            os.replace(self.root, trash)
-            os.replace(self.tmp, self.root)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.root)
+        self._staged.commit()  # fsyncs the tree, then swaps it in whole (an old dataset is replaced)
         self._done = True
         return self.root
 
@@ -455,7 +446,7 @@ class LeRobotWriter:
             if writer is not None:
                 writer.abort()
                 self._videos[key] = None
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._staged.abort()
         self._done = True
 
     def __enter__(self) -> LeRobotWriter:

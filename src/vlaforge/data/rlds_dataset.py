@@ -41,6 +41,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
+from vlaforge.atomic import atomic_write, write_json
 from vlaforge.data import oxe
 from vlaforge.data.frame_cache import BuildLock, cached_frames, file_fingerprint
 from vlaforge.data.interface import normalize_mask, parse_unnormalized
@@ -355,12 +356,9 @@ def load_or_build_index(
         if (cached := load()) is not None:  # another process built it while we waited
             return (*cached, False)
         index = build_index(tfds, mapping, workers, keep_all)
-        tmp = data_path.with_name(f".{data_path.name}.tmp-{os.getpid()}")
-        save_file({k: np.ascontiguousarray(v) for k, v in index["arrays"].items()}, str(tmp))
-        os.replace(tmp, data_path)
-        tmp_meta = meta_path.with_name(f".{meta_path.name}.tmp-{os.getpid()}")
-        tmp_meta.write_text(json.dumps({"fingerprint": fingerprint, "tasks": index["tasks"]}))
-        os.replace(tmp_meta, meta_path)
+        with atomic_write(data_path) as tmp:  # the arrays first: the sidecar names a complete file
+            save_file({k: np.ascontiguousarray(v) for k, v in index["arrays"].items()}, str(tmp))
+        write_json(meta_path, {"fingerprint": fingerprint, "tasks": index["tasks"]}, indent=None)
     return index["arrays"], index["tasks"], True
 
 

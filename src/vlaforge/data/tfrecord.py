@@ -50,6 +50,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from vlaforge.atomic import atomic_write
 from vlaforge.errors import InputError
 
 # ---------------------------------------------------------------------------------------------------------
@@ -251,7 +252,7 @@ def read_record(path: str | os.PathLike, offset: int) -> bytes:
 
 
 def write_records(path: str | os.PathLike, records: Iterable[bytes]) -> int:
-    """Writes `records` as a TFRecord file, atomically (a temp file beside it, then `os.replace`).
+    """Writes `records` as a TFRecord file, atomically (`vlaforge.atomic.atomic_write`).
 
     Args:
         path: the file to write; an existing file is replaced only once every record is written.
@@ -260,24 +261,15 @@ def write_records(path: str | os.PathLike, records: Iterable[bytes]) -> int:
     Returns:
         The number of records written.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     n = 0
-    try:
-        with open(tmp, "wb") as f:
-            for data in records:
-                data = bytes(data)
-                length = struct.pack("<Q", len(data))
-                f.write(length + struct.pack("<I", masked_crc32c(length)))
-                f.write(data)
-                f.write(_FOOTER.pack(masked_crc32c(data)))
-                n += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        for data in records:
+            data = bytes(data)
+            length = struct.pack("<Q", len(data))
+            f.write(length + struct.pack("<I", masked_crc32c(length)))
+            f.write(data)
+            f.write(_FOOTER.pack(masked_crc32c(data)))
+            n += 1
     return n
 
 
