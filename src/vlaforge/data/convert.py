@@ -299,7 +299,7 @@ def _rlds_episode_job(
 def _rlds_to_lerobot(
     src: Path, out: Path, workers: int, oxe: str | None, video_gop: int | None, overwrite: bool
 ) -> ConvertReport:
-    from vlaforge.data.lerobot import LeRobotWriter
+    from vlaforge.data.lerobot_writer import LeRobotWriter
     from vlaforge.data.rlds_dataset import RLDSDataset
 
     ds = RLDSDataset(src, oxe=oxe, keep_all_steps=True)  # a conversion keeps every step
