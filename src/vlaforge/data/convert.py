@@ -1,23 +1,9 @@
 """`vlaforge dataset convert`: LeRobot v3.0 <-> RLDS / TFDS, streaming, in parallel, nothing silently lost.
 
-Design choices:
-
-- Constant memory whatever the dataset's size: one episode at a time per worker process, and a bounded
-  window of episodes in flight (`2 x workers`), never the dataset. Output goes to a hidden temporary
-  directory beside the destination and is renamed into place at the end, so an interrupted conversion
-  leaves nothing that looks complete.
-- LeRobot -> RLDS is parallel over output shards: each worker decodes its shard's episodes from the
-  videos (native resolution), encodes every frame (JPEG quality 95 by default, or lossless PNG) and streams
-  the records into its shard. RLDS -> LeRobot is parallel over episodes: workers read a record (both CRCs
-  checked), decode its images, and the main process streams them into one LeRobot writer (videos are
-  re-encoded, so images come back within the codec's tolerance; numbers come back exactly).
-- Feature names map both ways: `observation.state` <-> `steps/observation/state`, `action` <->
-  `steps/action`, camera `observation.images.<c>` <-> `steps/observation/<c>`, any other numeric LeRobot
-  column `a.b` <-> `steps/a/b`; the task is `steps/language_instruction`, and `is_first / is_last /
-  is_terminal` are written as RLDS requires (they are implied by episode boundaries on the way back).
-  vlaforge's metadata (embodiment, per-episode task and seed) travels in `vlaforge.json` / info.json.
-  RLDS features with no LeRobot equivalent (text other than the instruction, episode metadata) are named
-  in the report rather than dropped silently.
+LeRobot -> RLDS is parallel over output shards, RLDS -> LeRobot over episodes; memory stays bounded (one
+episode per worker, at most 2 x workers in flight) and the output is staged and put in place whole
+(`vlaforge.atomic`). How features map between the formats, and what is reported as not carried:
+docs/datasets.md, "Conversion".
 """
 
 from __future__ import annotations

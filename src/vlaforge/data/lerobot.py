@@ -49,7 +49,7 @@ from vlaforge.types import Embodiment, NormStats
 class LeRobotDataset:
     """Reads a LeRobotDataset v3.0 directory (written by vlaforge or by LeRobot itself).
 
-    Implements `vlaforge.data.dataset.TrainingDataset` (what training uses); `open_dataset` returns one
+    Implements `vlaforge.data.interface.TrainingDataset` (what training uses); `open_dataset` returns one
     for a LeRobot directory.
 
     Args:

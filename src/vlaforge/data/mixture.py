@@ -10,22 +10,9 @@ or one of Open X-Embodiment's named mixtures (`vlaforge.data.oxe`) under a direc
 
     {"mixture": "oxe_magic_soup_plus_minus", "data_dir": "/data/oxe"}
 
-Paths are relative to the file. `name` (default: the directory's name) is the dataset's key: its
-statistics are kept apart under that key, and it becomes the checkpoint's `unnorm_key`, as in OpenVLA's
-`dataset_statistics.json`.
-
-Design choices:
-
-- Sampling follows OpenVLA (Octo's `make_interleaved_dataset` with `balance_weights=True`): dataset d is
-  drawn with probability proportional to weight_d x frames_d (`sample_probabilities`), so weight 1
-  everywhere is uniform over frames, and a weight of 2 doubles a dataset's share. The sampler
-  (`vlaforge.data.sampler.MixtureSampler`, which `make_sampler` picks for a mixture) draws by it.
-- The mixture is a `TrainingDataset` over the concatenated frames, so the sampler's cached and streaming
-  modes (decode workers reading every dataset's frames) work unchanged; batches carry each sample's
-  dataset key ("dataset"), and the policy normalises each sample with that dataset's statistics.
-- The datasets must agree on what a policy sees and does: camera names, image size, action and state
-  dims (Open X-Embodiment's standardisation brings its datasets to OpenVLA's 7-D action and a primary
-  camera); a disagreement is an error naming both datasets.
+Paths are relative to the file. `name` (default: the directory's name) is the dataset's key: its statistics
+are kept apart under it, and it becomes the checkpoint's `unnorm_key`, as in OpenVLA's
+dataset_statistics.json. Sampling and the rules a mixture follows: docs/datasets.md, "Mixtures".
 """
 
 from __future__ import annotations

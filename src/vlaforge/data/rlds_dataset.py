@@ -1,27 +1,10 @@
 """`RLDSDataset`: an RLDS / TFDS dataset as a training dataset, served from an index of its shards.
 
 The on-disk format and the episode decoding live in `vlaforge.data.rlds`; this module maps features to
-training columns (`RLDSMapping`), builds the index, and implements `vlaforge.data.dataset.TrainingDataset`.
-
-Design choices:
-
-- An index instead of a shuffle buffer. Opening a dataset scans every shard once (in parallel worker
-  processes, with a progress bar), checking both CRCs of every record and the record count of every
-  shard against dataset_info.json, and keeps what training needs: the numeric columns (actions, states,
-  task of every step) and, for every camera frame, where its encoded bytes lie in the shard. The index is
-  cached beside the dataset (safetensors + JSON, fingerprinted by the shards' sizes and mtimes), so the
-  scan happens once. Training then reads any frame with one `pread` of its JPEG and one decode: the
-  sampler draws frames uniformly at random (a true shuffle, not a window of a shuffle buffer), resumes
-  exactly from (epoch, position), shards across DDP ranks, and decodes in worker processes
-  (`ChunkSampler`'s streaming mode) or once into the decoded-frame cache when it fits.
-- Which features are the action, the state, the instruction and the cameras is an explicit
-  `RLDSMapping`. For a dataset of Open X-Embodiment's table (`vlaforge.data.oxe`) the mapping and the
-  transform to OpenVLA's 7-D end-effector action come from that table; otherwise the RLDS conventions are
-  used (`steps/action`, `steps/observation/state`, `steps/language_instruction`, every RGB image under
-  `steps/observation`), and anything that does not fit is an error that says which features exist.
-- Same contract as the LeRobot reader: embodiment, norm stats, provenance, frames at the training
-  resolution (Pillow bicubic), so `train` accepts either. A dataset written by vlaforge's converter
-  carries vlaforge's metadata (embodiment, mapping, per-episode task and seed) in `vlaforge.json`.
+training columns (`RLDSMapping`: Open X-Embodiment's table for a dataset it knows, `vlaforge.data.oxe`, else
+the RLDS conventions), builds and caches the index (every record's CRCs checked; numeric columns and each
+frame's byte span in its shard), and implements `vlaforge.data.interface.TrainingDataset`: any frame is one
+`pread` and one decode. Why an index rather than a shuffle buffer: docs/datasets.md, "RLDS index".
 """
 
 from __future__ import annotations
@@ -368,7 +351,7 @@ def load_or_build_index(
 
 
 class RLDSDataset:
-    """An RLDS / TFDS dataset as a `vlaforge.data.dataset.TrainingDataset` (see the module docstring).
+    """An RLDS / TFDS dataset as a `vlaforge.data.interface.TrainingDataset` (see the module docstring).
 
     Args:
         path: the TFDS version directory (or `<name>/`, whose highest version is read).

@@ -1,38 +1,11 @@
 """The training sampler: random frames with their future action chunk, as ready torch batches.
 
-Action chunking (ACT, Zhao et al. 2023; OpenVLA-OFT, Kim et al. 2025; pi0) trains a policy to predict
-`H` future actions `a[t..t+H-1]` from the observation at `t`. A chunk never crosses into the next
-episode: past the episode's end the last action is repeated and `action_pad` marks those steps, so a
-loss can ignore them (as LeRobot's `action_is_pad`).
-
-Design choices:
-
-- The sampler reads a dataset only through the `vlaforge.data.interface.TrainingDataset` interface
-  (`actions()`, `states()`, `task_indices()`, `episode_frames()`, `frames()` / `frame_reader()`), so a
-  LeRobot dataset and any other reader get the same batches, resume and sharding.
-- Cached mode (the default): the numeric columns live in memory as numpy, images come from the decoded
-  uint8 memmap caches, and a batch is a handful of vectorised fancy-indexing gathers, so training never
-  waits on data and no worker processes are needed.
-- Streaming mode, when the caches of the chosen cameras would pass `cache_max_gb` (0 forces it): the
-  index stream is the same, but the frames each upcoming batch needs are decoded by a pool of spawned
-  worker processes (`decode_workers`) running `prefetch` batches ahead of the trainer; each batch's
-  sorted unique frames are split into contiguous pieces, one job per piece and camera, and the reader
-  seeks to the keyframe before each frame (`vlaforge.data.video.SeekingDecoder`). The decoded frames
-  are bitwise equal to the cache's, so both modes yield identical batches, and `state_dict()` reports
-  the position of the last batch handed out (not of the prefetched ones), so resume stays exact.
-- The stream of samples is a chain of epochs, each a permutation drawn from a generator seeded by
-  `(seed, epoch)`; a batch may straddle two epochs. `state_dict()` is (epoch, position, seed), so a
-  resumed run continues with exactly the same next batch.
-- Observation history (`history` T > 1): each sample also carries the T - 1 frames before it, oldest
-  first, images (B, T, h, w, 3) and states (B, T, S); before an episode's first frame the first frame is
-  repeated and `history_pad` (B, T) marks those copies, as evaluation pads its buffer at a reset.
-- Task balance (`balance="tasks"`): an epoch serves every task the same number of samples, N / tasks
-  (the remainder to the first tasks), drawn from that task's frames by repeated permutations, so a task
-  whose demonstrations are short is not drowned by one whose demonstrations are long (Meta-World's
-  expert episodes run from ~20 to ~300 steps). The epoch keeps its length N; `balance="frames"` (the
-  default) is the plain permutation of every frame.
-- DDP: every rank draws the same permutation and takes every `world_size`-th element starting at `rank`
-  (after trimming to a multiple of `world_size`), so the shards are disjoint and equally long.
+Action chunking (ACT, Zhao et al. 2023; OpenVLA-OFT, Kim et al. 2025; pi0) trains a policy to predict `H`
+future actions `a[t..t+H-1]` from the observation at `t`; a chunk never crosses into the next episode
+(past its end the last action repeats and `action_pad` marks it, as LeRobot's `action_is_pad`). The
+sampler reads a dataset only through `vlaforge.data.interface.TrainingDataset`, serves frames from the
+decoded cache or decodes them in worker processes (streaming), resumes exactly and shards across DDP ranks;
+`make_sampler` picks `MixtureSampler` for a mixture. How each of these works: docs/datasets.md, "Sampler".
 """
 
 from __future__ import annotations
