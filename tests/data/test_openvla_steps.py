@@ -102,3 +102,11 @@ def test_droid_tolerance_per_dim(dim):
     v[0, dim] = 0.95 * RAW_TOL[dim]
     v[1, dim] = 1.05 * RAW_TOL[dim]
     np.testing.assert_array_equal(oxe.standardize("droid", droid_steps(v, 0))["index"], [1])
+
+
+def test_a_mixture_passes_the_step_selection_to_its_datasets(tmp_path):
+    a = write_steps_tfds(tmp_path / "a", "bridge_orig", [bridge_steps(5, 0)])
+    b = write_steps_tfds(tmp_path / "b", "bridge_dataset", [bridge_steps(6, 1)])
+    spec = f"{a.parent},{b.parent}"
+    assert open_dataset(spec, cache_dir=tmp_path / "cache").num_frames == 3 + 4
+    assert open_dataset(spec, cache_dir=tmp_path / "cache", keep_all_steps=True).num_frames == 5 + 6
