@@ -40,6 +40,7 @@ import torch
 
 from bench_data import build  # same directory
 from vlaforge.data.rlds_dataset import RLDSDataset
+from vlaforge.data.sampler import make_sampler
 from vlaforge.train.loop import TrainConfig, train
 
 
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
             reader.read(np.array([i]))
         result["random_read_frames_per_s"] = round(len(idx) / (time.perf_counter() - t0), 1)
 
-        sampler = ds.sampler(32, 8, seed=0, cache_max_gb=0, decode_workers=args.workers)
+        sampler = make_sampler(ds, 32, 8, seed=0, cache_max_gb=0, decode_workers=args.workers)
         try:
             for _ in range(3):  # pool start-up and the first batches are not timed
                 next(sampler)

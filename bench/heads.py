@@ -66,12 +66,13 @@ def measure_speed(
     """Per head: batch-1 latency / actions/s and training samples/s, in interleaved rounds (see the module
     docstring); medians over the rounds."""
     from vlaforge.data.dataset import open_dataset
+    from vlaforge.data.sampler import make_sampler
 
     torch.set_num_threads(1)  # tiny models: a second thread only spin-waits on a shared 2-core machine
     ds = open_dataset(dataset)
     batches, opts, obs = {}, {}, {}
     for name, policy in policies.items():
-        batches[name] = next(iter(ds.sampler(batch_size=32, chunk_size=policy.chunk_size, seed=0)))
+        batches[name] = next(iter(make_sampler(ds, batch_size=32, chunk_size=policy.chunk_size, seed=0)))
         opts[name] = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-6)
         obs[name] = _observation(policy)
         policy.predict_action(obs[name], generator=torch.Generator().manual_seed(0))  # warm-up

@@ -210,3 +210,59 @@ def write_tfds(root: Path, data: dict, name: str = "libero_like", extra_feature:
     }
     (out / "dataset_info.json").write_text(json.dumps(info))
     return out
+
+
+def write_steps_tfds(root: Path, name: str, episodes: list[dict], instruction: str = "do the task") -> Path:
+    """Writes episodes given as {step key (without ``steps/``): value} as `root/<name>/1.0.0/` (one shard).
+
+    A value is a float array (T, n), or a uint8 image array (T, h, w, 3) stored as PNG; every episode has
+    the same keys. Adds language_instruction, is_first, is_last and is_terminal. Returns the version dir.
+    """
+    out = Path(root) / name / "1.0.0"
+    out.mkdir(parents=True)
+    first = episodes[0]
+    records = []
+    for ep in episodes:
+        T = len(next(iter(ep.values())))
+        feats = {}
+        for key, v in ep.items():
+            v = np.asarray(v)
+            feats[f"steps/{key}"] = (
+                feature_bytes([png(i) for i in v]) if v.dtype == np.uint8 else
+                feature_floats(v.astype(np.float32).reshape(-1).tolist())
+            )  # fmt: skip
+        feats["steps/language_instruction"] = feature_bytes([instruction.encode()] * T)
+        feats["steps/is_first"] = feature_ints([1] + [0] * (T - 1))
+        feats["steps/is_last"] = feature_ints([0] * (T - 1) + [1])
+        feats["steps/is_terminal"] = feature_ints([0] * (T - 1) + [1])
+        records.append(example(feats))
+    (out / f"{name}-train.tfrecord-00000-of-00001").write_bytes(b"".join(frame_record(r) for r in records))
+
+    def nest(keys: dict) -> dict:
+        tree: dict = {}
+        for key, leaf in keys.items():
+            node = tree
+            *parents, last = key.split("/")
+            for p in parents:
+                node = node.setdefault(p, {})
+            node[last] = leaf
+        return tree
+
+    def to_fdict(tree: dict) -> dict:
+        return fdict({k: (to_fdict(v) if "pythonClassName" not in v else v) for k, v in tree.items()})
+
+    leaves = {}
+    for key, v in first.items():
+        v = np.asarray(v)
+        leaves[key] = image(*v.shape[1:3], "png") if v.dtype == np.uint8 else tensor([v.shape[1]], "float32")
+    leaves.update({"language_instruction": TEXT, "is_first": tensor([], "bool"), "is_last": tensor([], "bool"),
+                   "is_terminal": tensor([], "bool")})  # fmt: skip
+    steps = {
+        "pythonClassName": "tensorflow_datasets.core.features.dataset_feature.Dataset",
+        "sequence": {"feature": to_fdict(nest(leaves)), "length": "-1"},
+    }
+    (out / "features.json").write_text(json.dumps(fdict({"steps": steps})))
+    info = {"name": name, "version": "1.0.0", "fileFormat": "tfrecord",
+            "splits": [{"name": "train", "shardLengths": [str(len(records))], "numBytes": "0"}]}  # fmt: skip
+    (out / "dataset_info.json").write_text(json.dumps(info))
+    return out

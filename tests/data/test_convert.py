@@ -87,3 +87,20 @@ def test_convert_refuses_bad_requests(synth, tmp_path):
         convert(synth, "lerobot", tmp_path / "x")
     with pytest.raises(InputError, match="choose 'rlds' or 'lerobot'"):
         convert(synth, "tfrecord", tmp_path / "x")
+
+
+def test_interrupted_conversion_leaves_the_old_output_whole(synth, tmp_path, monkeypatch):
+    import vlaforge.data.convert as conv
+
+    out = tmp_path / "rl"
+    convert(synth, "rlds", out, workers=1)
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(conv, "write_metadata", fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        convert(synth, "rlds", out, workers=1, overwrite=True, episodes_per_shard=1)
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before  # the old shards, untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["rl"]  # no staging directory left beside it

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from vlaforge.data.dataset import TrainingDataset, open_dataset
+from vlaforge.data.dataset import FORMATS, TrainingDataset, open_dataset
 from vlaforge.data.lerobot import LeRobotDataset
-from vlaforge.data.sampler import ChunkSampler
+from vlaforge.data.sampler import ChunkSampler, make_sampler
 from vlaforge.data.synth import SynthConfig, write_synthetic
 from vlaforge.data.video import SeekingDecoder, read_video
 from vlaforge.errors import InputError
@@ -35,8 +35,11 @@ def test_open_dataset_recognises_lerobot_and_refuses_the_rest(gop4, tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         open_dataset(tmp_path / "nowhere")
     (tmp_path / "plain").mkdir()
-    with pytest.raises(InputError, match="is not a dataset vlaforge can read.*meta/info.json"):
+    with pytest.raises(InputError, match="is not a dataset vlaforge can read") as e:
         open_dataset(tmp_path / "plain")
+    for name, fmt in FORMATS.items():  # the error says what every format looks like
+        assert f"{name}: {fmt.looks_like}" in str(e.value)
+    assert "meta/info.json" in str(e.value) and "dataset_info.json" in str(e.value)
     rlds = tmp_path / "bridge" / "1.0.0"
     rlds.mkdir(parents=True)
     (rlds / "dataset_info.json").write_text("{}")
@@ -101,8 +104,8 @@ def test_seeking_decoder_equals_sequential_decode(gop4):
 def test_streaming_batches_equal_cached_batches_and_resume(gop4, size):
     ds = LeRobotDataset(gop4, image_size=size)
     kw = dict(batch_size=16, chunk_size=4, seed=7)
-    cached = ds.sampler(**kw, cache_max_gb=None)
-    stream = ds.sampler(**kw, cache_max_gb=0, decode_workers=2)
+    cached = make_sampler(ds, **kw, cache_max_gb=None)
+    stream = make_sampler(ds, **kw, cache_max_gb=0, decode_workers=2)
     assert not cached.streaming and stream.streaming
     try:
         for _ in range(12):  # 192 samples: past the end of the first epoch (138 frames)
@@ -116,7 +119,8 @@ def test_streaming_batches_equal_cached_batches_and_resume(gop4, size):
         expected = [next(cached) for _ in range(2)]
     finally:
         stream.close()
-    resumed = ds.sampler(
+    resumed = make_sampler(
+        ds,
         **kw,
         cache_max_gb=0,
         decode_workers=1,
@@ -134,12 +138,12 @@ def test_streaming_batches_equal_cached_batches_and_resume(gop4, size):
 def test_cache_budget_picks_the_mode(gop4):
     ds = LeRobotDataset(gop4, image_size=16)
     need = ds.num_frames * 16 * 16 * 3
-    assert not ds.sampler(4, 1, cache_max_gb=need / 1e9).streaming  # fits exactly
-    s = ds.sampler(4, 1, cache_max_gb=(need - 1) / 1e9)
+    assert not make_sampler(ds, 4, 1, cache_max_gb=need / 1e9).streaming  # fits exactly
+    s = make_sampler(ds, 4, 1, cache_max_gb=(need - 1) / 1e9)
     assert s.streaming and s.cache_bytes == need
     s.close()
     with pytest.raises(InputError, match="cache_max_gb=-1"):
-        ds.sampler(4, 1, cache_max_gb=-1)
+        make_sampler(ds, 4, 1, cache_max_gb=-1)
 
 
 class ArrayDataset:
@@ -189,7 +193,7 @@ class ArrayDataset:
 def test_sampler_works_on_any_training_dataset():
     ds = ArrayDataset([3, 4])
     assert isinstance(ds, TrainingDataset)
-    b = ds.sampler(batch_size=3, chunk_size=3, shuffle=False).batch_from_indices(np.array([1, 2, 3]))
+    b = make_sampler(ds, batch_size=3, chunk_size=3, shuffle=False).batch_from_indices(np.array([1, 2, 3]))
     np.testing.assert_array_equal(b["actions"][1].numpy(), [[4, 5], [4, 5], [4, 5]])  # frame 2 ends ep 0
     assert b["action_pad"].tolist() == [[False, False, True], [False, True, True], [False, False, False]]
     np.testing.assert_array_equal(b["actions"][2].numpy(), [[6, 7], [8, 9], [10, 11]])

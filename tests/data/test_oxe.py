@@ -12,7 +12,7 @@ import zlib
 import numpy as np
 import pytest
 
-from vlaforge.data import oxe
+from vlaforge.data import oxe, oxe_table
 from vlaforge.data.rlds_dataset import RLDSDataset
 from vlaforge.errors import InputError
 
@@ -123,7 +123,7 @@ def test_other_rows():
     assert [str(p) for p in furniture.action] == ["action[:3]", "action[3:7]|quat2euler",
                                                   "action[-1:]|clip(0,1)|invert"]  # fmt: skip
     for row in oxe.DATASETS.values():
-        assert row.gripper in oxe.GRIPPERS and row.source.startswith(oxe.OPENVLA)
+        assert row.gripper in oxe.GRIPPERS and row.source.startswith(oxe_table.OPENVLA)
         assert all(p.key is None or not p.key.startswith("steps/") for p in row.action + row.state)
 
 

@@ -22,6 +22,7 @@ from vlaforge.data.rlds import (
     parse_features,
 )
 from vlaforge.data.rlds_dataset import RLDSDataset
+from vlaforge.data.sampler import make_sampler
 from vlaforge.data.tfrecord import parse_example
 from vlaforge.errors import InputError
 
@@ -95,8 +96,8 @@ def test_concurrent_openers_build_the_index_once(tmp_path):
 def test_streaming_and_cached_batches_are_identical(spec):
     _, root = spec
     ds = RLDSDataset(root, image_size=8)
-    cached = ds.sampler(5, 3, seed=1)
-    streamed = ds.sampler(5, 3, seed=1, cache_max_gb=0, decode_workers=1)
+    cached = make_sampler(ds, 5, 3, seed=1)
+    streamed = make_sampler(ds, 5, 3, seed=1, cache_max_gb=0, decode_workers=1)
     try:
         assert streamed.streaming and not cached.streaming
         for _ in range(4):

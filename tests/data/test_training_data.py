@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from vlaforge.data.dataset import open_dataset
+from vlaforge.data.sampler import make_sampler
 from vlaforge.data.synth import SynthConfig, write_synthetic
 from vlaforge.errors import InputError
 from vlaforge.models.policy import Policy
@@ -57,7 +58,7 @@ def test_gripper_in_percent_is_learned(tmp_path):
     policy = Policy.from_pretrained(train(cfg) / "last")
     assert policy.embodiment.normalize_mask == [True] * 4
 
-    batch = ds.sampler(batch_size=ds.num_frames, chunk_size=1, shuffle=False).batch_from_indices(
+    batch = make_sampler(ds, batch_size=ds.num_frames, chunk_size=1, shuffle=False).batch_from_indices(
         np.arange(ds.num_frames)
     )
     pred = policy.predict_action_batch(batch)[:, 0, 3]  # (N,) first step's gripper, robot units

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from vlaforge.data.convert import convert
 from vlaforge.data.dataset import open_dataset
 from vlaforge.data.mixture import MixtureDataset, parse_mixture
+from vlaforge.data.sampler import make_sampler
 from vlaforge.errors import InputError
 from vlaforge.models.policy import Policy
 from vlaforge.train.loop import TrainConfig, train
@@ -53,7 +54,7 @@ def test_sampler_draws_by_weight_covers_epochs_resumes_and_shards(two):
     assert isinstance(ds, MixtureDataset) and ds.num_frames == 80 + 40 and ds.camera_names == ["corner2"]
     p = ds.sample_probabilities()  # weight x frames: 1 x 80 vs 3 x 40
     np.testing.assert_allclose(p, [0.4, 0.6])
-    s = ds.sampler(8, 2, seed=3)
+    s = make_sampler(ds, 8, 2, seed=3)
     drawn = [next(s) for _ in range(50)]
     keys = [k for b in drawn for k in b["dataset"]]
     share_b = keys.count("arm_b") / len(keys)
@@ -66,18 +67,18 @@ def test_sampler_draws_by_weight_covers_epochs_resumes_and_shards(two):
     # Exact resume: a fresh sampler loaded with the state continues with the same batches.
     state = s.state_dict()
     after = [next(s) for _ in range(3)]
-    s2 = ds.sampler(8, 2, seed=3)
+    s2 = make_sampler(ds, 8, 2, seed=3)
     s2.load_state_dict(json.loads(json.dumps(state)))
     for x, y in zip(after, [next(s2) for _ in range(3)]):
         assert x["index"].tolist() == y["index"].tolist() and x["dataset"] == y["dataset"]
         assert torch.equal(x["images"]["corner2"], y["images"]["corner2"])
     # DDP: two ranks draw disjoint frames of each dataset within an epoch.
-    r0, r1 = (ds.sampler(4, 1, seed=3, rank=r, world_size=2) for r in (0, 1))
+    r0, r1 = (make_sampler(ds, 4, 1, seed=3, rank=r, world_size=2) for r in (0, 1))
     f0 = {i for _ in range(5) for i in next(r0)["index"].tolist()}
     f1 = {i for _ in range(5) for i in next(r1)["index"].tolist()}
     assert not f0 & f1
     # Streaming mode (decode workers reading both formats) gives the same batches.
-    streamed = ds.sampler(8, 2, seed=3, cache_max_gb=0, decode_workers=1)
+    streamed = make_sampler(ds, 8, 2, seed=3, cache_max_gb=0, decode_workers=1)
     try:
         for x in drawn[:3]:
             y = next(streamed)
@@ -94,7 +95,7 @@ def test_each_sample_is_normalised_with_its_own_dataset(two):
     policy = Policy.from_preset("tiny", "chunk", ds.embodiment(), ds.norm_stats(), chunk_size=2)
     policy.set_dataset_stats(ds.dataset_norm_stats())
     policy.eval()
-    batch = next(ds.sampler(8, 2, seed=5))
+    batch = next(make_sampler(ds, 8, 2, seed=5))
     keys = batch["dataset"]
     assert set(keys) == {"arm_a", "arm_b"}
 

@@ -1,32 +1,16 @@
 """`vlaforge dataset convert`: LeRobot v3.0 <-> RLDS / TFDS, streaming, in parallel, nothing silently lost.
 
-Design choices:
-
-- Constant memory whatever the dataset's size: one episode at a time per worker process, and a bounded
-  window of episodes in flight (`2 x workers`), never the dataset. Output goes to a hidden temporary
-  directory beside the destination and is renamed into place at the end, so an interrupted conversion
-  leaves nothing that looks complete.
-- LeRobot -> RLDS is parallel over output shards: each worker decodes its shard's episodes from the
-  videos (native resolution), encodes every frame (JPEG quality 95 by default, or lossless PNG) and streams
-  the records into its shard. RLDS -> LeRobot is parallel over episodes: workers read a record (both CRCs
-  checked), decode its images, and the main process streams them into one LeRobot writer (videos are
-  re-encoded, so images come back within the codec's tolerance; numbers come back exactly).
-- Feature names map both ways: `observation.state` <-> `steps/observation/state`, `action` <->
-  `steps/action`, camera `observation.images.<c>` <-> `steps/observation/<c>`, any other numeric LeRobot
-  column `a.b` <-> `steps/a/b`; the task is `steps/language_instruction`, and `is_first / is_last /
-  is_terminal` are written as RLDS requires (they are implied by episode boundaries on the way back).
-  vlaforge's metadata (embodiment, per-episode task and seed) travels in `vlaforge.json` / info.json.
-  RLDS features with no LeRobot equivalent (text other than the instruction, episode metadata) are named
-  in the report rather than dropped silently.
+LeRobot -> RLDS is parallel over output shards, RLDS -> LeRobot over episodes; memory stays bounded (one
+episode per worker, at most 2 x workers in flight) and the output is staged and put in place whole
+(`vlaforge.atomic`). How features map between the formats, and what is reported as not carried:
+docs/datasets.md, "Conversion".
 """
 
 from __future__ import annotations
 
 import dataclasses
 import multiprocessing
-import os
 import re
-import shutil
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
@@ -35,12 +19,14 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from vlaforge.data.dataset import IMAGE_PREFIX, is_rlds
+from vlaforge.atomic import atomic_dir
+from vlaforge.data.interface import IMAGE_PREFIX
 from vlaforge.data.rlds import (
     RLDSFeature,
     decode_episode,
     encode_episode,
     encode_image,
+    is_rlds,
     shard_name,
     write_metadata,
 )
@@ -232,11 +218,9 @@ def _lerobot_to_rlds(
     if episodes_per_shard < 1:
         raise InputError(f"episodes_per_shard={episodes_per_shard}: must be >= 1")
     groups = [list(range(a, min(a + episodes_per_shard, E))) for a in range(0, E, episodes_per_shard)]
-    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    tmp = staging / version_dir.relative_to(out) if version_dir != out else staging
-    shutil.rmtree(staging, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out, overwrite=True) as staging:  # `convert` refused an existing `out` unless overwrite
+        tmp = staging / version_dir.relative_to(out) if version_dir != out else staging
+        tmp.mkdir(parents=True, exist_ok=True)
         n = len(groups)
         jobs = [
             (str(src), str(tmp / shard_name(name, "train", i, n)), g, feats, columns, fmt)
@@ -271,10 +255,6 @@ def _lerobot_to_rlds(
             },
         }
         write_metadata(tmp, name, "1.0.0", "train", feats, lengths, f"Converted by vlaforge from {src}", meta)
-        _move_into_place(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return ConvertReport(version_dir, E, frames, 0.0, [])
 
 
@@ -291,7 +271,7 @@ def _rlds_episode_job(
     data = read_record(path, offset)
     source = f"{path} record at byte offset {offset}"
     steps, values = decode_episode(parse_example(data, source=source), features, source, data)
-    action, state, texts = map_episode(values, steps, mapping, source)
+    action, state, texts, _ = map_episode(values, steps, mapping, source, keep_all=True)
     frames: dict[str, np.ndarray] = {"action": action}
     if state is not None:
         frames["observation.state"] = state
@@ -305,10 +285,10 @@ def _rlds_episode_job(
 def _rlds_to_lerobot(
     src: Path, out: Path, workers: int, oxe: str | None, video_gop: int | None, overwrite: bool
 ) -> ConvertReport:
-    from vlaforge.data.lerobot import LeRobotWriter
+    from vlaforge.data.lerobot_writer import LeRobotWriter
     from vlaforge.data.rlds_dataset import RLDSDataset
 
-    ds = RLDSDataset(src, oxe=oxe)
+    ds = RLDSDataset(src, oxe=oxe, keep_all_steps=True)  # a conversion keeps every step
     emb = ds.embodiment()
     feats = ds.tfds.features
     m = ds.mapping
@@ -390,16 +370,6 @@ def _run_jobs(fn: Any, jobs: list[tuple], workers: int):
         finally:
             for _, fut in pending:
                 fut.cancel()
-
-
-def _move_into_place(staging: Path, out: Path) -> None:
-    if out.exists():
-        trash = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, trash)
-        os.replace(staging, out)
-        shutil.rmtree(trash, ignore_errors=True)
-    else:
-        os.replace(staging, out)
 
 
 __all__ = ["ConvertReport", "convert"]

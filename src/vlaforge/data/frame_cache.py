@@ -10,8 +10,8 @@ Design choices:
 - Several processes (torchrun ranks) opening a missing cache at once: the first takes an exclusive
   `fcntl.flock` on ``<stem>.lock`` and builds; the others block on the lock, then find it fresh. No
   process group is needed, and a node decodes once.
-- Atomic: the data is written to a hidden temporary file and renamed into place before the sidecar is
-  written (also by rename), so a crash mid-build leaves no cache that looks fresh.
+- Atomic (`vlaforge.atomic`): the data is written under a temporary name and renamed into place before
+  the sidecar is written (also atomically), so a crash mid-build leaves no cache that looks fresh.
 - The cache holds raw bytes plus a JSON sidecar: nothing is pickled, and the memmap is shared by the page
   cache of every process reading it.
 """
@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
+
+from vlaforge.atomic import atomic_write, write_json
 
 
 class BuildLock:
@@ -85,19 +86,12 @@ def cached_frames(
         with BuildLock(cache_dir / f"{stem}.lock", f"the frame cache {data_path}"):
             if not fresh():  # nobody built it while we waited
                 side_path.unlink(missing_ok=True)
-                tmp = data_path.with_name(f".{data_path.name}.tmp-{os.getpid()}")
-                try:
+                with atomic_write(data_path) as tmp:
                     out = np.memmap(tmp, dtype=np.uint8, mode="w+", shape=shape)
                     build(out)
                     out.flush()
                     del out
-                    os.replace(tmp, data_path)
-                except BaseException:
-                    tmp.unlink(missing_ok=True)
-                    raise
-                tmp_side = side_path.with_name(f".{side_path.name}.tmp-{os.getpid()}")
-                tmp_side.write_text(json.dumps(fingerprint))
-                os.replace(tmp_side, side_path)
+                write_json(side_path, fingerprint, indent=None)  # last: it marks the data complete
                 if built is not None:
                     built.append(stem)
     return np.memmap(data_path, dtype=np.uint8, mode="r", shape=shape)

@@ -1,505 +1,55 @@
-"""LeRobotDataset v3.0 on disk: a streaming writer and a validating reader.
+"""`LeRobotDataset`: reads and validates a LeRobotDataset v3.0 (`vlaforge.data.lerobot_format`) for training.
 
-The layout follows LeRobot's v3.0 format (huggingface/lerobot, `CODEBASE_VERSION = "v3.0"`): many episodes
-per file, with a relational episode index telling where each episode lives::
-
-    meta/info.json                         codebase_version, fps, features, totals, path templates
-    meta/stats.json                        per-feature min/max/mean/std/count/q01/q10/q50/q90/q99
-    meta/tasks.parquet                     task string (the index) -> task_index
-    meta/episodes/chunk-000/file-000.parquet   one row per episode: length, data/video file indices,
-                                           dataset_from_index/to_index, video from/to timestamps, stats/...
-    data/chunk-000/file-000.parquet        one row per frame (timestamp, frame_index, episode_index, index,
-                                           task_index, observation.state, action, ...)
-    videos/<key>/chunk-000/file-000.mp4    frame k of episode e is at from_timestamp(e) + timestamp(k)
-
-Design choices:
-
-- The writer streams: each episode's rows go to the open parquet file as a row group and its frames are
-  encoded straight into the camera's open mp4, so memory stays bounded; files roll over at
-  `data_files_size_in_mb` / `video_files_size_in_mb` like LeRobot's. Everything is written into a hidden
-  sibling directory and moved into place with one `os.replace` at `finalize()`, so a crash never leaves
-  something that looks like a complete dataset.
-- The reader keeps every numeric column in memory as numpy and decodes each camera's videos once,
-  sequentially, into a uint8 memmap cache at the training resolution (`root/.cache/<key>.<h>x<w>.u8` + a
-  JSON sidecar fingerprinting the mp4s and the size, so several sizes coexist; frames are resized with
-  Pillow's antialiased bicubic filter, see `vlaforge.data.video.resize_frames`). Training reads the
-  memmap; it never seeks in a video per frame. When several processes (torchrun ranks) open a missing
-  cache at once, one builds it under an exclusive `fcntl.flock` on `<key>.<h>x<w>.lock` beside it and
-  the others wait for it, so a node decodes once; no process group is needed.
-- For datasets whose cache would be too big, `frame_reader(camera)` decodes chosen frames by seeking
-  (`vlaforge.data.video.SeekingDecoder`), bitwise equal to the cache; `ChunkSampler` runs it in worker
-  processes ahead of the trainer (streaming mode).
-- `LeRobotDataset` implements `vlaforge.data.dataset.TrainingDataset`, the interface training uses.
-- Bad input is an error naming the file and what to do (`DatasetError`); nothing is silently skipped.
+The reader keeps every numeric column in memory as numpy and decodes each camera's videos once,
+sequentially, into a uint8 memmap cache at the training resolution (`vlaforge.data.frame_cache`; frames
+resized with Pillow's antialiased bicubic filter, `vlaforge.data.video.resize_frames`), so training never
+seeks in a video per frame; for datasets too big to cache, `frame_reader` decodes chosen frames
+(`vlaforge.data.lerobot_video`). It implements `vlaforge.data.interface.TrainingDataset`. Bad input is a
+`DatasetError` naming the file and what to do; nothing is silently skipped. This module is also where the
+LeRobot writer and errors are imported from (`LeRobotWriter`, `DatasetError`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
-from vlaforge.data.dataset import IMAGE_PREFIX, ChunkSampling, normalize_mask, parse_unnormalized
 from vlaforge.data.frame_cache import cached_frames, file_fingerprint
-from vlaforge.data.stats import compute_stats, feature_stats, sample_indices, stats_from_json, stats_to_json
-from vlaforge.data.video import (
-    SeekingDecoder,
-    VideoError,
-    VideoWriter,
-    decode_episodes_into,
-    probe,
-    resize_frames,
+from vlaforge.data.interface import IMAGE_PREFIX, normalize_mask, parse_unnormalized
+from vlaforge.data.lerobot_format import (
+    CODEBASE_VERSION,
+    DATA_PATH,
+    DEFAULT_FEATURES,
+    INFO_PATH,
+    STATS_PATH,
+    TASKS_PATH,
+    VIDEO_PATH,
+    DatasetError,
+    column_to_numpy,
+    flat_names,
+    image_hw,
+    read_parquet,
+    short_name,
 )
-from vlaforge.errors import InputError
-from vlaforge.types import Embodiment, FeatureStats, NormStats
-
-CODEBASE_VERSION = "v3.0"
-CHUNKS_SIZE = 1000  # files per chunk directory
-DATA_FILE_SIZE_IN_MB = 100
-VIDEO_FILE_SIZE_IN_MB = 500
-INFO_PATH = "meta/info.json"
-STATS_PATH = "meta/stats.json"
-TASKS_PATH = "meta/tasks.parquet"
-EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
-DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
-VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
-DEFAULT_FEATURES = {
-    "timestamp": {"dtype": "float32", "shape": [1], "names": None},
-    "frame_index": {"dtype": "int64", "shape": [1], "names": None},
-    "episode_index": {"dtype": "int64", "shape": [1], "names": None},
-    "index": {"dtype": "int64", "shape": [1], "names": None},
-    "task_index": {"dtype": "int64", "shape": [1], "names": None},
-}
-_INFO_KEYS = set(  # LeRobot's own info.json fields, which extra_info must not overwrite
-    [
-        "codebase_version",
-        "robot_type",
-        "total_episodes",
-        "total_frames",
-        "total_tasks",
-        "chunks_size",
-        "data_files_size_in_mb",
-        "video_files_size_in_mb",
-        "fps",
-        "splits",
-        "data_path",
-        "video_path",
-        "features",
-    ]
-)
-_STATS_FRAMES_PER_EPISODE = 16  # image frames kept per episode for statistics
-_STATS_IMAGE_SIDE = 64  # images are strided down to about this side for statistics
-# Image frames kept for the global statistics: past this many, every other one is dropped, so a writer's
-# memory stays bounded whatever the dataset's size (the statistics use at most 2000 frames anyway).
-_STATS_MAX_KEPT = 8000
+from vlaforge.data.lerobot_stats import feature_norm_stats, load_stats
+from vlaforge.data.lerobot_video import VideoFrameReader
+from vlaforge.data.lerobot_writer import LeRobotWriter
+from vlaforge.data.video import VideoError, decode_episodes_into, probe
+from vlaforge.types import Embodiment, NormStats
 
 
-class DatasetError(InputError):
-    """A dataset on disk (or being written) is malformed; the message names the file and the fix."""
-
-
-def _next_file(chunk: int, file: int, chunks_size: int) -> tuple[int, int]:
-    return (chunk + 1, 0) if file == chunks_size - 1 else (chunk, file + 1)
-
-
-def _scalar(shape) -> bool:
-    return list(shape) == [1]
-
-
-def _arrow_column(values: np.ndarray, shape: list[int]) -> pa.Array:
-    """(T, *shape) numpy -> an arrow column: a scalar for shape [1], nested fixed-size lists otherwise."""
-    if _scalar(shape):
-        return pa.array(values.reshape(-1))
-    arr: pa.Array = pa.array(values.reshape(-1))
-    for dim in reversed(shape):
-        arr = pa.FixedSizeListArray.from_arrays(arr, int(dim))
-    return arr
-
-
-def _column_to_numpy(col: pa.ChunkedArray, shape: list[int], n: int, where: str) -> np.ndarray:
-    """An arrow column of (nested) lists or scalars -> numpy (N,) for shape [1], else (N, *shape)."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
-    while (
-        pa.types.is_list(arr.type)
-        or pa.types.is_large_list(arr.type)
-        or pa.types.is_fixed_size_list(arr.type)
-    ):
-        arr = arr.flatten()
-    values = arr.to_numpy(zero_copy_only=False)
-    out_shape = (n,) if _scalar(shape) else (n, *shape)
-    if values.size != int(np.prod(out_shape)):
-        raise DatasetError(
-            f"{where}: has {values.size} values over {n} frames but the feature shape in meta/info.json is "
-            f"{list(shape)} ({int(np.prod(shape))} per frame). Fix the feature's shape in info.json or "
-            "re-create the dataset."
-        )
-    return values.reshape(out_shape)
-
-
-def _image_hw(feature: Mapping[str, Any], key: str) -> tuple[int, int]:
-    shape = list(feature["shape"])
-    names = feature.get("names") or []
-    if len(shape) != 3:
-        raise DatasetError(f"meta/info.json: video feature {key!r} has shape {shape}; expected [H, W, 3]")
-    if names and names[0] in ("channels", "channel"):  # channel-first description (C, H, W)
-        return int(shape[1]), int(shape[2])
-    return int(shape[0]), int(shape[1])
-
-
-class LeRobotWriter:
-    """Writes a LeRobotDataset v3.0 episode by episode.
-
-    Args:
-        root: the dataset directory to create.
-        fps: frames per second of every stream.
-        features: the non-default features, e.g. ``{"observation.images.corner2": {"dtype": "video",
-            "shape": [H, W, 3], "names": ["height", "width", "channels"]}, "observation.state": {"dtype":
-            "float32", "shape": [4], "names": [...]}, "action": {...}, "next.success": {"dtype": "bool",
-            "shape": [1]}}``. The defaults (timestamp, frame_index, episode_index, index, task_index) are added.
-        robot_type: stored in meta/info.json.
-        overwrite: replace an existing `root` at `finalize()` (otherwise an existing root is refused).
-        extra_info: merged into meta/info.json (e.g. ``{"vlaforge": {"embodiment": {...}}}``).
-        video_codec: encoder family or name ("h264" by default; see `vlaforge.data.video.pick_encoder`).
-        video_gop: keyframe interval in frames; None leaves the encoder's default (libx264: 250). A short
-            interval makes random access (streaming training) cheaper and files bigger (LeRobot uses 2).
-        data_files_size_in_mb, video_files_size_in_mb, chunks_size: file rollover limits (LeRobot's defaults).
-
-    Use as a context manager: an exception inside ``with`` removes the temporary directory; leaving the block
-    normally finalizes.
-    """
-
-    def __init__(
-        self,
-        root: str | Path,
-        fps: float,
-        features: dict,
-        robot_type: str = "unknown",
-        overwrite: bool = False,
-        extra_info: dict | None = None,
-        video_codec: str = "h264",
-        video_gop: int | None = None,
-        data_files_size_in_mb: float = DATA_FILE_SIZE_IN_MB,
-        video_files_size_in_mb: float = VIDEO_FILE_SIZE_IN_MB,
-        chunks_size: int = CHUNKS_SIZE,
-    ) -> None:
-        self.root = Path(root)
-        if fps <= 0:
-            raise DatasetError(f"fps must be > 0; got {fps}")
-        if self.root.exists() and not overwrite:
-            raise DatasetError(f"{self.root} already exists; pass overwrite=True (--overwrite) to replace it")
-        self.fps = float(fps)
-        self.robot_type = robot_type
-        self.extra_info = dict(extra_info or {})
-        self.video_codec = video_codec
-        self.video_gop = video_gop
-        self.data_mb, self.video_mb = data_files_size_in_mb, video_files_size_in_mb
-        self.chunks_size = chunks_size
-        clash = sorted(set(self.extra_info) & _INFO_KEYS)
-        if clash:
-            raise DatasetError(f"extra_info keys {clash} would overwrite LeRobot's own info.json fields")
-        self.features = self._check_features(features)
-        self.video_keys = [k for k, f in self.features.items() if f["dtype"] == "video"]
-        self.tmp = self.root.parent / f".{self.root.name}.tmp-{os.getpid()}"
-        if self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir(parents=True)
-        self.episodes: list[dict[str, Any]] = []
-        self.tasks: dict[str, int] = {}
-        self.total_frames = 0
-        tabular = {k: f for k, f in self._all_features.items() if f["dtype"] != "video"}
-        self._schema = pa.schema(
-            [
-                (k, _arrow_column(np.zeros([1, *f["shape"]], f["dtype"]), f["shape"]).type)
-                for k, f in tabular.items()
-            ]
-        )
-        self._data: pq.ParquetWriter | None = None
-        self._data_idx = (0, 0)
-        self._data_bytes = 0
-        self._videos: dict[str, VideoWriter | None] = dict.fromkeys(self.video_keys)
-        self._video_idx = {k: (0, 0) for k in self.video_keys}
-        self._video_info: dict[str, dict] = {}
-        self._numeric: dict[str, list[np.ndarray]] = {}
-        self._image_samples: dict[str, list[np.ndarray]] = {k: [] for k in self.video_keys}
-        self._done = False
-
-    @staticmethod
-    def _check_features(features: dict) -> dict[str, dict]:
-        out = {}
-        for key, ft in features.items():
-            if key in DEFAULT_FEATURES:
-                raise DatasetError(f"feature {key!r} is written automatically; leave it out of `features`")
-            if "/" in key:
-                raise DatasetError(f"feature name {key!r} must not contain '/'")
-            if not isinstance(ft, Mapping) or "dtype" not in ft or "shape" not in ft:
-                raise DatasetError(f"feature {key!r} needs 'dtype' and 'shape'; got {ft!r}")
-            ft = {**ft, "shape": [int(s) for s in ft["shape"]], "names": ft.get("names")}
-            if ft["dtype"] == "video":
-                if len(ft["shape"]) != 3 or ft["shape"][2] != 3:
-                    raise DatasetError(f"video feature {key!r} needs shape [H, W, 3]; got {ft['shape']}")
-                ft["names"] = ft["names"] or ["height", "width", "channels"]
-            else:
-                try:
-                    np.dtype(ft["dtype"])
-                except TypeError as e:
-                    raise DatasetError(
-                        f"feature {key!r}: dtype {ft['dtype']!r} is not supported (use 'video' or a numpy dtype)"
-                    ) from e
-            out[key] = ft
-        return out
-
-    def _check_frames(self, frames: Mapping[str, np.ndarray]) -> tuple[int, dict[str, np.ndarray]]:
-        missing = sorted(set(self.features) - set(frames))
-        extra = sorted(set(frames) - set(self.features))
-        if missing or extra:
-            raise DatasetError(
-                f"episode {len(self.episodes)}: frame keys do not match the features (missing {missing}, "
-                f"unexpected {extra})"
-            )
-        out, length = {}, None
-        for key, ft in self.features.items():
-            arr = np.asarray(frames[key])
-            dtype = np.dtype("uint8" if ft["dtype"] == "video" else ft["dtype"])
-            shape = ft["shape"]
-            if _scalar(shape) and arr.ndim == 1:
-                arr = arr[:, None]
-            if arr.ndim != len(shape) + 1 or list(arr.shape[1:]) != shape:
-                raise DatasetError(
-                    f"episode {len(self.episodes)}: {key!r} has shape {arr.shape}; the features say "
-                    f"(T, {', '.join(map(str, shape))})"
-                )
-            if arr.dtype != dtype and not np.can_cast(arr.dtype, dtype, "same_kind"):
-                raise DatasetError(
-                    f"episode {len(self.episodes)}: {key!r} has dtype {arr.dtype}; the features say {dtype}"
-                )
-            if length is None:
-                length = arr.shape[0]
-            elif arr.shape[0] != length:
-                raise DatasetError(
-                    f"episode {len(self.episodes)}: {key!r} has {arr.shape[0]} frames, other keys {length}"
-                )
-            out[key] = arr.astype(dtype, copy=False)
-        if not length:
-            raise DatasetError(f"episode {len(self.episodes)}: an episode needs at least one frame")
-        return length, out
-
-    def add_episode(self, task: str, frames: dict[str, np.ndarray]) -> int:
-        """Appends one episode and returns its episode_index.
-
-        Args:
-            task: the instruction for this episode.
-            frames: one array per feature, (T, *shape); shape-[1] features may also be (T,). Video features
-                are uint8 (T, H, W, 3) and are encoded immediately.
-
-        Raises:
-            DatasetError: naming the key whose shape or dtype disagrees with the features.
-        """
-        if self._done:
-            raise DatasetError(f"{self.root}: the writer is finalized; open a new one to add episodes")
-        if not isinstance(task, str) or not task:
-            raise DatasetError(f"episode {len(self.episodes)}: task must be a non-empty string; got {task!r}")
-        n, frames = self._check_frames(frames)
-        ep = len(self.episodes)
-        task_index = self.tasks.setdefault(task, len(self.tasks))
-        cols = {
-            "timestamp": (np.arange(n) / self.fps).astype(np.float32),
-            "frame_index": np.arange(n, dtype=np.int64),
-            "episode_index": np.full(n, ep, dtype=np.int64),
-            "index": np.arange(self.total_frames, self.total_frames + n, dtype=np.int64),
-            "task_index": np.full(n, task_index, dtype=np.int64),
-        }
-        cols.update({k: v for k, v in frames.items() if k not in self.video_keys})
-        row: dict[str, Any] = {"episode_index": ep, "tasks": [task], "length": n}
-        # Data rows: one row group per episode in the open parquet file.
-        if self._data is None:
-            path = self.tmp / DATA_PATH.format(chunk_index=self._data_idx[0], file_index=self._data_idx[1])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._data = pq.ParquetWriter(path, self._schema)
-        table = pa.table(
-            {f.name: _arrow_column(cols[f.name], self._all_features[f.name]["shape"]) for f in self._schema},
-            schema=self._schema,
-        )
-        self._data.write_table(table)
-        self._data_bytes += table.nbytes
-        row["data/chunk_index"], row["data/file_index"] = self._data_idx
-        row["dataset_from_index"], row["dataset_to_index"] = self.total_frames, self.total_frames + n
-        if self._data_bytes > self.data_mb * 1024**2:
-            self._data.close()
-            self._data, self._data_bytes = None, 0
-            self._data_idx = _next_file(*self._data_idx, self.chunks_size)
-        # Videos: encode straight into each camera's open mp4.
-        for key in self.video_keys:
-            writer = self._videos[key]
-            if writer is None:
-                c, f = self._video_idx[key]
-                path = self.tmp / VIDEO_PATH.format(video_key=key, chunk_index=c, file_index=f)
-                h, w = self.features[key]["shape"][:2]
-                writer = self._videos[key] = VideoWriter(
-                    path, self.fps, h, w, codec=self.video_codec, gop=self.video_gop
-                )
-            start = writer.frames_written
-            writer.write(frames[key])
-            row[f"videos/{key}/chunk_index"], row[f"videos/{key}/file_index"] = self._video_idx[key]
-            row[f"videos/{key}/from_timestamp"] = start / self.fps
-            row[f"videos/{key}/to_timestamp"] = (start + n) / self.fps
-            if writer.size_bytes() > self.video_mb * 1024**2:
-                self._close_video(key)
-                self._video_idx[key] = _next_file(*self._video_idx[key], self.chunks_size)
-        # Per-episode statistics, and what the global statistics need.
-        for key, arr in cols.items():
-            self._numeric.setdefault(key, []).append(arr)
-            for stat, value in feature_stats(arr).items():
-                row[f"stats/{key}/{stat}"] = value.tolist()
-        for key in self.video_keys:
-            h, w = self.features[key]["shape"][:2]
-            step = max(1, max(h, w) // _STATS_IMAGE_SIDE)
-            sample = frames[key][sample_indices(n, _STATS_FRAMES_PER_EPISODE)][:, ::step, ::step]
-            self._image_samples[key].append(np.ascontiguousarray(sample))
-            kept = self._image_samples[key]
-            if sum(len(x) for x in kept) > _STATS_MAX_KEPT:  # bounded memory on huge datasets
-                self._image_samples[key] = [np.concatenate(kept)[::2]]
-            for stat, value in feature_stats(sample).items():
-                row[f"stats/{key}/{stat}"] = value.tolist()
-        row["meta/episodes/chunk_index"], row["meta/episodes/file_index"] = 0, 0
-        self.episodes.append(row)
-        self.total_frames += n
-        return ep
-
-    @property
-    def _all_features(self) -> dict[str, dict]:
-        return {**DEFAULT_FEATURES, **self.features}
-
-    def _close_video(self, key: str) -> None:
-        writer = self._videos[key]
-        if writer is not None:
-            writer.close()
-            if key not in self._video_info:
-                info = probe(writer.path)
-                info.pop("frames")
-                self._video_info[key] = info
-            self._videos[key] = None
-
-    def finalize(self) -> Path:
-        """Closes the files, writes stats and metadata, and moves the dataset into place. Returns root."""
-        if self._done:
-            return self.root
-        if not self.episodes:
-            self.abort()
-            raise DatasetError(f"{self.root}: no episodes were added; nothing to write")
-        if self._data is not None:
-            self._data.close()
-            self._data = None
-        for key in self.video_keys:
-            self._close_video(key)
-        stats = compute_stats({k: np.concatenate(v) for k, v in self._numeric.items()})
-        for key, samples in self._image_samples.items():
-            stats[key] = feature_stats(np.concatenate(samples), max_image_frames=2000)
-        meta = self.tmp / "meta"
-        meta.mkdir(parents=True, exist_ok=True)
-        (self.tmp / STATS_PATH).write_text(json.dumps(stats_to_json(stats), indent=2))
-        ep_path = self.tmp / EPISODES_PATH.format(chunk_index=0, file_index=0)
-        ep_path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(self.episodes), ep_path)
-        tasks = sorted(self.tasks, key=self.tasks.get)
-        pd.DataFrame(
-            {"task_index": [self.tasks[t] for t in tasks]}, index=pd.Index(tasks, name="task")
-        ).to_parquet(self.tmp / TASKS_PATH)
-        features = {
-            k: {"dtype": f["dtype"], "shape": list(f["shape"]), "names": f.get("names")}
-            | ({"info": self._video_info[k]} if k in self._video_info else {})
-            for k, f in self._all_features.items()
-        }
-        info = {
-            "codebase_version": CODEBASE_VERSION,
-            "robot_type": self.robot_type,
-            "total_episodes": len(self.episodes),
-            "total_frames": self.total_frames,
-            "total_tasks": len(self.tasks),
-            "chunks_size": self.chunks_size,
-            "data_files_size_in_mb": self.data_mb,
-            "video_files_size_in_mb": self.video_mb,
-            "fps": int(self.fps) if self.fps.is_integer() else self.fps,  # LeRobot stores an int
-            "splits": {"train": f"0:{len(self.episodes)}"},
-            "data_path": DATA_PATH,
-            "video_path": VIDEO_PATH if self.video_keys else None,
-            "features": features,
-        }
-        info.update(self.extra_info)
-        (self.tmp / INFO_PATH).write_text(json.dumps(info, indent=4))
-        if self.root.exists():  # overwrite=True: move the old dataset aside, then swap in the new one
-            trash = self.root.parent / f".{self.root.name}.old-{os.getpid()}"
-            os.replace(self.root, trash)
-            os.replace(self.tmp, self.root)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.root)
-        self._done = True
-        return self.root
-
-    def abort(self) -> None:
-        """Stops writing and removes the temporary directory; nothing appears at root."""
-        if self._data is not None:
-            self._data.close()
-            self._data = None
-        for key, writer in self._videos.items():
-            if writer is not None:
-                writer.abort()
-                self._videos[key] = None
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self._done = True
-
-    def __enter__(self) -> LeRobotWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            self.abort()
-        elif not self._done:
-            self.finalize()
-
-
-def _read_parquet(path: Path, what: str) -> pa.Table:
-    if not path.is_file():
-        raise DatasetError(
-            f"{path}: {what} file is missing; the dataset is incomplete (re-create or re-download it)"
-        )
-    try:
-        return pq.read_table(path)
-    except Exception as e:
-        raise DatasetError(
-            f"{path}: cannot read {what} parquet ({type(e).__name__}: {e}); the file is corrupt. "
-            "Re-create or re-download the dataset."
-        ) from e
-
-
-def _short(key: str) -> str:
-    """'observation.images.corner2' -> 'corner2'."""
-    return key[len(IMAGE_PREFIX) :] if key.startswith(IMAGE_PREFIX) else key
-
-
-def _names(names: Any, dim: int, prefix: str) -> list[str]:
-    """Feature names as a flat list of `dim` strings (LeRobot sometimes nests them, e.g. {"motors": [...]})."""
-    if isinstance(names, Mapping):
-        names = [n for v in names.values() for n in (v if isinstance(v, list) else [v])]
-    if isinstance(names, list) and len(names) == dim and all(isinstance(n, str) for n in names):
-        return list(names)
-    return [f"{prefix}_{i}" for i in range(dim)]
-
-
-class LeRobotDataset(ChunkSampling):
+class LeRobotDataset:
     """Reads a LeRobotDataset v3.0 directory (written by vlaforge or by LeRobot itself).
 
-    Implements `vlaforge.data.dataset.TrainingDataset` (what training uses); `open_dataset` returns one
+    Implements `vlaforge.data.interface.TrainingDataset` (what training uses); `open_dataset` returns one
     for a LeRobot directory.
 
     Args:
@@ -556,7 +106,7 @@ class LeRobotDataset(ChunkSampling):
         self.fps = float(self.info["fps"])
         self.features: dict[str, dict] = self.info["features"]
         self.camera_keys = [k for k, f in self.features.items() if f.get("dtype") == "video"]
-        self.camera_names = [_short(k) for k in self.camera_keys]
+        self.camera_names = [short_name(k) for k in self.camera_keys]
         unsupported = [k for k, f in self.features.items() if f.get("dtype") in ("image", "string")]
         if unsupported:
             raise DatasetError(
@@ -577,7 +127,7 @@ class LeRobotDataset(ChunkSampling):
     # ------------------------------------------------------------------ loading and validation
     def _load_tasks(self) -> list[str]:
         path = self.root / TASKS_PATH
-        df = _read_parquet(path, "tasks").to_pandas()
+        df = read_parquet(path, "tasks").to_pandas()
         if "task_index" not in df.columns:
             raise DatasetError(f"{path}: no 'task_index' column (columns: {list(df.columns)})")
         names = df["task"] if "task" in df.columns else pd.Series(df.index, index=df.index)
@@ -604,7 +154,7 @@ class LeRobotDataset(ChunkSampling):
         for key in self.camera_keys:
             need += [f"videos/{key}/chunk_index", f"videos/{key}/file_index", f"videos/{key}/from_timestamp"]
         for path in files:
-            table = _read_parquet(path, "episode index")
+            table = read_parquet(path, "episode index")
             missing = [c for c in need if c not in table.column_names]
             if missing:
                 raise DatasetError(f"{path}: episode index is missing columns {missing}")
@@ -632,7 +182,7 @@ class LeRobotDataset(ChunkSampling):
         files = sorted({(int(r["data/chunk_index"]), int(r["data/file_index"])) for r in self.episodes})
         tables = []
         for c, f in files:
-            tables.append(_read_parquet(self.root / template.format(chunk_index=c, file_index=f), "data"))
+            tables.append(read_parquet(self.root / template.format(chunk_index=c, file_index=f), "data"))
         where = f"{self.root / 'data'}"
         try:
             table = pa.concat_tables(tables, promote_options="permissive")
@@ -654,7 +204,7 @@ class LeRobotDataset(ChunkSampling):
                 raise DatasetError(
                     f"{where}: feature {key!r} from meta/info.json has no column in the data files"
                 )
-            cols[key] = _column_to_numpy(table[key], list(ft["shape"]), n, f"{where}: column {key!r}")
+            cols[key] = column_to_numpy(table[key], list(ft["shape"]), n, f"{where}: column {key!r}")
         for key in DEFAULT_FEATURES:
             if key not in cols:
                 raise DatasetError(f"{where}: default column {key!r} is missing")
@@ -698,13 +248,8 @@ class LeRobotDataset(ChunkSampling):
                     raise DatasetError(str(e)) from e
 
     def _load_stats(self) -> dict[str, dict[str, np.ndarray]]:
-        path = self.root / STATS_PATH
-        if not path.is_file():
-            return compute_stats({k: v for k, v in self._columns.items() if k not in DEFAULT_FEATURES})
-        try:
-            return stats_from_json(json.loads(path.read_text()))
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{path}: not valid JSON ({e}); delete it to recompute statistics") from e
+        numeric = {k: v for k, v in self._columns.items() if k not in DEFAULT_FEATURES}
+        return load_stats(self.root / STATS_PATH, numeric)
 
     # ------------------------------------------------------------------ access
     def __len__(self) -> int:
@@ -757,7 +302,7 @@ class LeRobotDataset(ChunkSampling):
     def frame_reader(self, camera: str) -> VideoFrameReader:
         """A picklable reader decoding chosen frames of `camera` at `image_size` (bitwise = `frames`)."""
         key = self._camera_key(camera)
-        native = _image_hw(self.features[key], key)
+        native = image_hw(self.features[key], key)
         files: dict[str, int] = {}
         file_of = np.empty(self.num_frames, dtype=np.int32)
         time_of = np.empty(self.num_frames, dtype=np.float64)
@@ -782,7 +327,7 @@ class LeRobotDataset(ChunkSampling):
 
     def _frame_hw(self, key: str, size: int | None = None) -> tuple[int, int]:
         size = self.image_size if size is None else size
-        return (size, size) if size is not None else _image_hw(self.features[key], key)
+        return (size, size) if size is not None else image_hw(self.features[key], key)
 
     def video_frames(self, key: str, size: int | None = None) -> np.ndarray:
         """uint8 (N, h, w, 3) memmap of every frame of camera `key`, decoded once into the cache.
@@ -795,7 +340,7 @@ class LeRobotDataset(ChunkSampling):
         opening it at the same time wait on its lock file and then read it.
         """
         key = self._camera_key(key)
-        native = _image_hw(self.features[key], key)
+        native = image_hw(self.features[key], key)
         h, w = (int(size), int(size)) if size is not None else native
         if (key, h, w) in self._video_cache:
             return self._video_cache[(key, h, w)]
@@ -855,7 +400,7 @@ class LeRobotDataset(ChunkSampling):
         if act is None:
             raise DatasetError(f"{self.root / INFO_PATH}: no 'action' feature; cannot derive an embodiment")
         dim = int(np.prod(act["shape"]))
-        names = _names(act.get("names"), dim, "action")
+        names = flat_names(act.get("names"), dim, "action")
         stats = self.stats.get("action", {})
         col = self._columns["action"].reshape(self.num_frames, -1)
         low = np.asarray(stats.get("min", col.min(0))).reshape(-1)
@@ -874,7 +419,7 @@ class LeRobotDataset(ChunkSampling):
             camera_names=list(self.camera_names),
             image_size=self._frame_hw(self.camera_keys[0])[0],
             state_dim=state_dim,
-            state_names=_names(state.get("names"), state_dim, "state") if state else [],
+            state_names=flat_names(state.get("names"), state_dim, "state") if state else [],
             robot_type=str(self.info.get("robot_type") or "unknown"),
         )
 
@@ -891,24 +436,7 @@ class LeRobotDataset(ChunkSampling):
 
     def norm_stats(self) -> NormStats:
         """NormStats for "action" (with the embodiment's mask) and "observation.state" when present."""
-        out = {}
-        mask = self.embodiment().normalize_mask
-        for key in ("action", "observation.state"):
-            if key not in self._columns:
-                continue
-            s = self.stats.get(key, {})
-            if any(k not in s for k in ("min", "max", "mean", "std", "q01", "q99")):
-                s = feature_stats(self._columns[key])  # older stats.json without quantiles
-            out[key] = FeatureStats(
-                min=s["min"],
-                max=s["max"],
-                mean=s["mean"],
-                std=s["std"],
-                q01=s["q01"],
-                q99=s["q99"],
-                mask=mask if key == "action" else None,
-            )
-        return NormStats(out)
+        return feature_norm_stats(self.stats, self._columns, self.embodiment().normalize_mask)
 
     def size_bytes(self) -> int:
         """Bytes on disk, not counting the decoded-video cache."""
@@ -936,62 +464,4 @@ class LeRobotDataset(ChunkSampling):
         return "\n".join(lines)
 
 
-@dataclasses.dataclass
-class VideoFrameReader:
-    """Decodes chosen frames of one camera of a LeRobot dataset (`LeRobotDataset.frame_reader`).
-
-    Picklable (paths and numpy arrays; the open decoder is not pickled), so a streaming `ChunkSampler`
-    sends it to its worker processes once. Frames come out bitwise equal to the decoded cache: the same
-    decoder from a keyframe, the same RGB conversion and the same resize.
-
-    Attributes:
-        files: the mp4 paths.
-        file_of: int32 (N,) index into `files` of every global frame.
-        time_of: float64 (N,) presentation time (s) of every global frame inside its file.
-        fps: frames per second.
-        native_hw: (H, W) of the frames in the files.
-        size: square side to resize to; None keeps `native_hw`.
-        key: the camera's feature key (for error messages).
-    """
-
-    files: list[str]
-    file_of: np.ndarray
-    time_of: np.ndarray
-    fps: float
-    native_hw: tuple[int, int]
-    size: int | None
-    key: str
-
-    def __post_init__(self) -> None:
-        self._decoder: SeekingDecoder | None = None
-
-    @property
-    def frame_shape(self) -> tuple[int, int, int]:
-        h, w = (self.size, self.size) if self.size is not None else self.native_hw
-        return (int(h), int(w), 3)
-
-    def read(self, indices: np.ndarray) -> np.ndarray:
-        """uint8 (B, h, w, 3) frames at global indices `indices` (B,), in that order."""
-        idx = np.asarray(indices, dtype=np.int64)
-        out = np.empty((len(idx), *self.frame_shape), dtype=np.uint8)  # (B, h, w, 3)
-        if self._decoder is None:
-            self._decoder = SeekingDecoder()
-        files = self.file_of[idx]
-        for f in np.unique(files):
-            sel = np.nonzero(files == f)[0]
-            try:
-                imgs = self._decoder.frames_at(self.files[f], self.time_of[idx[sel]], self.fps)
-            except VideoError as e:
-                raise DatasetError(f"{e} (camera {self.key!r})") from e
-            if imgs.shape[1:3] != tuple(self.native_hw):
-                raise DatasetError(
-                    f"{self.files[f]}: frames are {imgs.shape[1:]} but the dataset's features say "
-                    f"{[*self.native_hw, 3]}; fix the feature shape in meta/info.json or re-encode the video"
-                )
-            out[sel] = resize_frames(imgs, self.size)
-        return out
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_decoder"] = None  # open containers stay in the process that opened them
-        return state
+__all__ = ["DatasetError", "LeRobotDataset", "LeRobotWriter", "VideoFrameReader"]

@@ -10,24 +10,9 @@ or one of Open X-Embodiment's named mixtures (`vlaforge.data.oxe`) under a direc
 
     {"mixture": "oxe_magic_soup_plus_minus", "data_dir": "/data/oxe"}
 
-Paths are relative to the file. `name` (default: the directory's name) is the dataset's key: its
-statistics are kept apart under that key, and it becomes the checkpoint's `unnorm_key`, as in OpenVLA's
-`dataset_statistics.json`.
-
-Design choices:
-
-- Sampling follows OpenVLA (Octo's `make_interleaved_dataset` with `balance_weights=True`): dataset d is
-  drawn with probability proportional to weight_d x frames_d, so weight 1 everywhere is uniform over
-  frames, and a weight of 2 doubles a dataset's share. Each sample draws its dataset from a stream seeded
-  by (seed, rank, batch), then takes the next frame of that dataset's own permutation (one per epoch of
-  that dataset, seeded by (seed, dataset, epoch), split across DDP ranks as `ChunkSampler` does). The
-  position is the batch count plus every dataset's (epoch, position), so resume is exact.
-- The mixture is a `TrainingDataset` over the concatenated frames, so the sampler's cached and streaming
-  modes (decode workers reading every dataset's frames) work unchanged; batches carry each sample's
-  dataset key ("dataset"), and the policy normalises each sample with that dataset's statistics.
-- The datasets must agree on what a policy sees and does: camera names, image size, action and state
-  dims (Open X-Embodiment's standardisation brings its datasets to OpenVLA's 7-D action and a primary
-  camera); a disagreement is an error naming both datasets.
+Paths are relative to the file. `name` (default: the directory's name) is the dataset's key: its statistics
+are kept apart under it, and it becomes the checkpoint's `unnorm_key`, as in OpenVLA's
+dataset_statistics.json. Sampling and the rules a mixture follows: docs/datasets.md, "Mixtures".
 """
 
 from __future__ import annotations
@@ -40,10 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from vlaforge.data.dataset import ChunkSampling, TrainingDataset
-from vlaforge.data.sampler import ChunkSampler
+from vlaforge.data.interface import TrainingDataset
 from vlaforge.data.stats import norm_stats_of
 from vlaforge.errors import InputError
 from vlaforge.types import Embodiment, NormStats
@@ -186,45 +169,27 @@ class MixtureFrameReader:
         return out
 
 
-class MixtureDataset(ChunkSampling):
+class MixtureDataset:
     """Several datasets as one `TrainingDataset` (see the module docstring).
 
     Args:
         entries: the datasets (`parse_mixture`).
-        image_size, unnormalized_actions, cache_dir: as `open_dataset`, for every dataset.
+        datasets: each entry opened (`vlaforge.data.dataset.open_dataset` does it for a mixture path).
 
     Attributes:
         datasets: the opened datasets; keys: their keys; weights: their weights; offsets: (K + 1,) first
         global frame of each dataset.
     """
 
-    _sampler = "vlaforge.data.mixture:MixtureSampler"  # `sampler()` draws datasets by weight
-
-    def __init__(
-        self,
-        entries: Sequence[MixtureEntry],
-        *,
-        image_size: int | None = None,
-        unnormalized_actions: Sequence[str | int] | str | None = None,
-        cache_dir: str | Path | None = None,
-    ) -> None:
-        from vlaforge.data.dataset import open_dataset
-
+    def __init__(self, entries: Sequence[MixtureEntry], datasets: Sequence[TrainingDataset]) -> None:
+        if len(entries) != len(datasets) or not entries:
+            raise InputError(
+                f"a mixture needs one opened dataset per entry; got {len(entries)} / {len(datasets)}"
+            )
         self.entries = list(entries)
         self.keys = [e.key for e in self.entries]
         self.weights = np.asarray([e.weight for e in self.entries], dtype=np.float64)
-        self.datasets: list[TrainingDataset] = []
-        for e in self.entries:
-            sub = None if cache_dir is None else Path(cache_dir) / e.key
-            self.datasets.append(
-                open_dataset(
-                    e.path,
-                    image_size=image_size,
-                    unnormalized_actions=unnormalized_actions,
-                    cache_dir=sub,
-                    oxe=e.oxe,
-                )
-            )
+        self.datasets: list[TrainingDataset] = list(datasets)
         self._check_compatible()
         first = self.datasets[0]
         self.image_size = first.image_size
@@ -324,68 +289,3 @@ class MixtureDataset(ChunkSampling):
         """(K,) probability of drawing each dataset: weight x frames, normalised (OpenVLA's balancing)."""
         p = self.weights * np.diff(self.offsets)
         return p / p.sum()
-
-
-class MixtureSampler(ChunkSampler):
-    """`ChunkSampler` whose samples draw their dataset by weight, then the next frame of its permutation."""
-
-    def __init__(self, dataset: MixtureDataset, *args: Any, **kwargs: Any) -> None:
-        super().__init__(dataset, *args, **kwargs)
-        if self.balance != "frames":
-            raise InputError(
-                f"balance={self.balance!r} is not available for a mixture: its samples are drawn by dataset "
-                "weight (set the weights in the mix.json instead)"
-            )
-        self.mixture = dataset
-        self.probs = dataset.sample_probabilities()
-        lengths = np.diff(dataset.offsets)
-        self.sub_len = lengths // self.world_size
-        if (self.sub_len == 0).any():
-            small = [k for k, n in zip(dataset.keys, self.sub_len) if n == 0]
-            raise InputError(f"datasets {small} have fewer frames than world_size={self.world_size}")
-        self.batches = 0
-        self.streams = [[0, 0] for _ in lengths]  # per dataset: (epoch, position in this rank's shard)
-        self._orders: dict[tuple[int, int], np.ndarray] = {}
-
-    def _dataset_order(self, d: int, epoch: int) -> np.ndarray:
-        key = (d, epoch)
-        if key not in self._orders:
-            n = int(self.mixture.offsets[d + 1] - self.mixture.offsets[d])
-            if self.shuffle:
-                order = np.random.default_rng([self.seed, d, epoch]).permutation(n)
-            else:
-                order = np.arange(n)
-            shard = order[: int(self.sub_len[d]) * self.world_size][self.rank :: self.world_size]
-            self._orders = {k: v for k, v in self._orders.items() if k[0] != d}  # one epoch per dataset kept
-            self._orders[key] = shard + int(self.mixture.offsets[d])
-        return self._orders[key]
-
-    def next_indices(self) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, self.rank, self.batches])
-        which = rng.choice(len(self.probs), size=self.batch_size, p=self.probs)  # (B,) dataset per sample
-        out = np.empty(self.batch_size, dtype=np.int64)
-        for i, d in enumerate(which.tolist()):
-            epoch, pos = self.streams[d]
-            out[i] = self._dataset_order(d, epoch)[pos]
-            pos += 1
-            if pos >= self.sub_len[d]:
-                epoch, pos = epoch + 1, 0
-            self.streams[d] = [epoch, pos]
-        self.batches += 1
-        return out
-
-    def _assemble(self, idx: np.ndarray, images: dict[str, torch.Tensor]) -> dict[str, Any]:
-        batch = super()._assemble(idx, images)
-        batch["dataset"] = [self.mixture.keys[d] for d in self.mixture.dataset_index[idx]]
-        return batch
-
-    def _position(self) -> dict[str, Any]:
-        return {"batches": self.batches, "streams": [list(s) for s in self.streams]}
-
-    def _restore_position(self, pos: dict[str, Any]) -> None:
-        self.batches = int(pos["batches"])
-        self.streams = [[int(e), int(p)] for e, p in pos["streams"]]
-        if len(self.streams) != len(self.mixture.datasets):
-            raise InputError(
-                f"sampler state has {len(self.streams)} datasets; this mixture has {len(self.mixture.datasets)}"
-            )

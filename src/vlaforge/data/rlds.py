@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vlaforge.atomic import write_json
 from vlaforge.data.tfrecord import ByteSpans, encode_example, iter_records, parse_example
 from vlaforge.errors import InputError
 
@@ -357,6 +358,14 @@ class TFDSDirectory:
         return sum(self.shard_lengths) if self.shard_lengths is not None else None
 
 
+def is_rlds(path: str | Path) -> bool:
+    """True when `path` is a TFDS version directory or a dataset directory holding one."""
+    root = Path(path)
+    if (root / "dataset_info.json").is_file():
+        return True
+    return root.is_dir() and any((p / "dataset_info.json").is_file() for p in root.iterdir() if p.is_dir())
+
+
 def find_version_dir(path: str | Path) -> Path:
     """The TFDS version directory at or under `path` (a `<name>/` with one or more versions: the highest).
 
@@ -542,7 +551,7 @@ def write_metadata(
             }
         ],
     }
-    (root / "dataset_info.json").write_text(json.dumps(info, indent=2))
-    (root / "features.json").write_text(json.dumps(features_to_json(features), indent=2))
+    write_json(root / "dataset_info.json", info)
+    write_json(root / "features.json", features_to_json(features))
     if vlaforge is not None:
-        (root / VLAFORGE_META).write_text(json.dumps(vlaforge, indent=2))
+        write_json(root / VLAFORGE_META, dict(vlaforge))

@@ -1,27 +1,10 @@
 """`RLDSDataset`: an RLDS / TFDS dataset as a training dataset, served from an index of its shards.
 
 The on-disk format and the episode decoding live in `vlaforge.data.rlds`; this module maps features to
-training columns (`RLDSMapping`), builds the index, and implements `vlaforge.data.dataset.TrainingDataset`.
-
-Design choices:
-
-- An index instead of a shuffle buffer. Opening a dataset scans every shard once (in parallel worker
-  processes, with a progress bar), checking both CRCs of every record and the record count of every
-  shard against dataset_info.json, and keeps what training needs: the numeric columns (actions, states,
-  task of every step) and, for every camera frame, where its encoded bytes lie in the shard. The index is
-  cached beside the dataset (safetensors + JSON, fingerprinted by the shards' sizes and mtimes), so the
-  scan happens once. Training then reads any frame with one `pread` of its JPEG and one decode: the
-  sampler draws frames uniformly at random (a true shuffle, not a window of a shuffle buffer), resumes
-  exactly from (epoch, position), shards across DDP ranks, and decodes in worker processes
-  (`ChunkSampler`'s streaming mode) or once into the decoded-frame cache when it fits.
-- Which features are the action, the state, the instruction and the cameras is an explicit
-  `RLDSMapping`. For a dataset of Open X-Embodiment's table (`vlaforge.data.oxe`) the mapping and the
-  transform to OpenVLA's 7-D end-effector action come from that table; otherwise the RLDS conventions are
-  used (`steps/action`, `steps/observation/state`, `steps/language_instruction`, every RGB image under
-  `steps/observation`), and anything that does not fit is an error that says which features exist.
-- Same contract as the LeRobot reader: embodiment, norm stats, provenance, frames at the training
-  resolution (Pillow bicubic), so `train` accepts either. A dataset written by vlaforge's converter
-  carries vlaforge's metadata (embodiment, mapping, per-episode task and seed) in `vlaforge.json`.
+training columns (`RLDSMapping`: Open X-Embodiment's table for a dataset it knows, `vlaforge.data.oxe`, else
+the RLDS conventions), builds and caches the index (every record's CRCs checked; numeric columns and each
+frame's byte span in its shard), and implements `vlaforge.data.interface.TrainingDataset`: any frame is one
+`pread` and one decode. Why an index rather than a shuffle buffer: docs/datasets.md, "RLDS index".
 """
 
 from __future__ import annotations
@@ -41,14 +24,16 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
-from vlaforge.data.dataset import ChunkSampling, normalize_mask, parse_unnormalized
+from vlaforge.atomic import atomic_write, write_json
+from vlaforge.data import oxe
 from vlaforge.data.frame_cache import BuildLock, cached_frames, file_fingerprint
+from vlaforge.data.interface import normalize_mask, parse_unnormalized
 from vlaforge.data.rlds import RLDSError, RLDSFeature, TFDSDirectory, decode_image, iter_episodes, open_tfds
 from vlaforge.data.stats import norm_stats_of
 from vlaforge.data.video import resize_frames
 from vlaforge.types import Embodiment, NormStats
 
-INDEX_VERSION = 1  # bump when the index layout changes: old caches are then rebuilt
+INDEX_VERSION = 2  # bump when the index layout changes: old caches are then rebuilt
 _PARALLEL_SCAN_BYTES = 64 << 20  # shards scanned in worker processes above this total size
 
 # ---------------------------------------------------------------------------------------------------------
@@ -100,11 +85,9 @@ def default_mapping(tfds: TFDSDirectory, oxe_name: str | None = None) -> RLDSMap
     if stored and oxe_name is None:  # a dataset vlaforge wrote says what its features are
         return RLDSMapping(**{**stored, "cameras": dict(stored["cameras"])})
     if oxe_name != "":
-        from vlaforge.data import oxe
-
         row = oxe.find_dataset(oxe_name or tfds.name, required=oxe_name is not None)
         if row is not None:
-            return oxe.rlds_mapping(row, feats, str(tfds.root))
+            return oxe_mapping(row, feats, str(tfds.root))
     cameras = {
         key.rsplit("/", 1)[-1]: key
         for key, f in feats.items()
@@ -141,25 +124,83 @@ def default_mapping(tfds: TFDSDirectory, oxe_name: str | None = None) -> RLDSMap
     )
 
 
-def map_episode(
-    values: Mapping[str, Any], steps: int, mapping: RLDSMapping, source: str
-) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """(action float32 (T, D), state float32 (T, S) or None, instruction per step) of one decoded episode."""
-    if mapping.oxe is not None:
-        from vlaforge.data import oxe
+def oxe_mapping(
+    row: oxe.OXEDataset, features: Mapping[str, Any], root: str = "", cameras: tuple[str, ...] | None = None
+) -> RLDSMapping:
+    """The `RLDSMapping` that reads a dataset through Open X-Embodiment table row `row`.
 
-        action, state = oxe.standardize_columns(mapping.oxe, values, source)
+    Args:
+        row: the table row.
+        features: the dataset's features by flat key (`vlaforge.data.rlds.parse_features`).
+        root: the dataset directory, for messages.
+        cameras: roles to read; None: "primary" as OpenVLA, or every role the row has when it has no primary.
+            A camera is named by its role, so the datasets of a mixture agree on camera names.
+
+    Raises:
+        InputError: a feature the row reads is not in `features` (naming it and listing the step features).
+    """
+    where = f"{root}: " if root else ""
+    step_keys = sorted(k[len("steps/") :] for k in features if k.startswith("steps/"))
+    missing = [k for k in row.needed_keys() if k not in step_keys]
+    if missing:
+        raise RLDSError(
+            f"{where}the Open X-Embodiment standardisation {row.name!r} reads {missing}, which the dataset "
+            f"does not have; its step features are {step_keys}. Name the right row (oxe=NAME), or none (oxe='')"
+        )
+    roles = cameras or (
+        ("primary",) if row.images["primary"] else tuple(r for r in oxe.ROLES if row.images[r])
+    )
+    cams = {}
+    for role in roles:
+        key = f"steps/observation/{row.images.get(role)}"
+        if row.images.get(role) is None or key not in features:
+            have = [k for k in features if getattr(features[k], "kind", "") == "image"]
+            raise RLDSError(f"{where}{row.name}: no {role} camera ({key}); image features: {have}")
+        cams[role] = key
+    instr = features.get(f"steps/{row.instruction}")
+    is_text = instr is not None and (
+        getattr(instr, "kind", "") == "text" or getattr(instr, "dtype", "") == "string"
+    )
+    return RLDSMapping(
+        cameras=cams,
+        action=None,
+        state=None,
+        instruction=f"steps/{row.instruction}" if is_text else None,
+        oxe=row.name,
+        action_names=oxe.ACTION_NAMES if row.action_dim == 7 else None,
+        normalize_mask=oxe.EEF_NORMALIZE_MASK if row.action_dim == 7 else None,
+        control_hz=row.control_hz,
+    )
+
+
+def map_episode(
+    values: Mapping[str, Any], steps: int, mapping: RLDSMapping, source: str, keep_all: bool = True
+) -> tuple[np.ndarray, np.ndarray | None, list[str], np.ndarray]:
+    """The training columns of one decoded episode.
+
+    Args:
+        keep_all: keep every step; False keeps the steps the mapping's Open X-Embodiment standardisation
+            selects as OpenVLA does (every step for a mapping without one).
+
+    Returns:
+        (action float32 (T', D), state float32 (T', S) or None, instruction per kept step, int64 (T',) the
+        episode steps kept, in order).
+    """
+    if mapping.oxe is not None:
+        out = oxe.standardize_record(mapping.oxe, values, source, keep_all=keep_all)
+        action, state, index = out["action"], out["state"], out["index"]
     else:
         action = np.asarray(values[mapping.action], dtype=np.float32).reshape(steps, -1)
         state = (
             np.asarray(values[mapping.state], dtype=np.float32).reshape(steps, -1) if mapping.state else None
         )
+        index = np.arange(steps, dtype=np.int64)
     if mapping.instruction is None:
         texts = [""] * steps
     else:
         v = values[mapping.instruction]
         texts = list(v) if isinstance(v, list) else [str(v)] * steps
-    return action, state, texts
+    return action, state, [texts[i] for i in index.tolist()], index
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -167,22 +208,24 @@ def map_episode(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _scan_shard(tfds: TFDSDirectory, mapping: RLDSMapping, shard: int) -> dict[str, Any]:
-    """Everything the index keeps about one shard (runs in a worker process)."""
+def _scan_shard(tfds: TFDSDirectory, mapping: RLDSMapping, shard: int, keep_all: bool) -> dict[str, Any]:
+    """Everything the index keeps about one shard's kept steps (runs in a worker process)."""
     ep_steps, ep_offset, actions, states, texts = [], [], [], [], []
     spans = {cam: [] for cam in mapping.cameras}
     for offset, _length, steps, values in iter_episodes(tfds, shard, spans=True):
         source = f"{tfds.shards[shard]} record at byte offset {offset}"
-        action, state, text = map_episode(values, steps, mapping, source)
-        if len(action) != steps:
-            raise RLDSError(f"{source}: the mapped action has {len(action)} steps, the episode {steps}")
+        action, state, text, index = map_episode(values, steps, mapping, source, keep_all)
+        if len(action) != len(index):
+            raise RLDSError(
+                f"{source}: the mapped action has {len(action)} steps, the selection {len(index)}"
+            )
         base = offset + 12  # the record's data starts after the 8-byte length and its 4-byte CRC
         for cam, key in mapping.cameras.items():
-            spans[cam].append(values[key].spans + base)  # (T, 2) absolute file positions
-        ep_steps.append(steps)
+            spans[cam].append(values[key].spans[index] + base)  # (T', 2) absolute file positions
+        ep_steps.append(len(index))
         ep_offset.append(offset)
         actions.append(action)
-        states.append(state if state is not None else np.zeros((steps, 0), np.float32))
+        states.append(state if state is not None else np.zeros((len(index), 0), np.float32))
         texts.extend(text)
     dims = {a.shape[1] for a in actions} | {-1}
     if len(dims) > 2:
@@ -197,18 +240,22 @@ def _scan_shard(tfds: TFDSDirectory, mapping: RLDSMapping, shard: int) -> dict[s
     }
 
 
-def _scan_job(args: tuple[TFDSDirectory, RLDSMapping, int]) -> dict[str, Any]:
+def _scan_job(args: tuple[TFDSDirectory, RLDSMapping, int, bool]) -> dict[str, Any]:
     return _scan_shard(*args)
 
 
-def build_index(tfds: TFDSDirectory, mapping: RLDSMapping, workers: int = 2) -> dict[str, Any]:
+def build_index(
+    tfds: TFDSDirectory, mapping: RLDSMapping, workers: int = 2, keep_all: bool = True
+) -> dict[str, Any]:
     """Scans every shard (CRCs, counts, features) into the arrays `RLDSDataset` serves from.
+
+    `keep_all` False indexes only the steps `map_episode` keeps (OpenVLA's selection); ep_steps counts them.
 
     Returns:
         {"arrays": {name: ndarray}, "tasks": [str]}; arrays: ep_steps (E,), ep_offset (E,), ep_shard (E,),
         action (N, D), state (N, S), task_index (N,), and per camera `span/<name>` (N, 2) file positions.
     """
-    jobs = [(tfds, mapping, i) for i in range(len(tfds.shards))]
+    jobs = [(tfds, mapping, i, keep_all) for i in range(len(tfds.shards))]
     results: list[dict[str, Any]] = []
     desc = f"indexing {tfds.name} ({len(jobs)} shards)"
     with tqdm(total=len(jobs), desc=desc, unit="shard", delay=2.0) as bar:
@@ -246,9 +293,10 @@ def build_index(tfds: TFDSDirectory, mapping: RLDSMapping, workers: int = 2) -> 
     return {"arrays": arrays, "tasks": list(tasks)}
 
 
-def _index_fingerprint(tfds: TFDSDirectory, mapping: RLDSMapping) -> dict[str, Any]:
+def _index_fingerprint(tfds: TFDSDirectory, mapping: RLDSMapping, keep_all: bool) -> dict[str, Any]:
     return {
         "index_version": INDEX_VERSION,
+        "keep_all_steps": keep_all,
         "split": tfds.split,
         "mapping": mapping.to_dict(),
         "features": hashlib.sha256((tfds.root / "features.json").read_bytes()).hexdigest(),
@@ -257,7 +305,7 @@ def _index_fingerprint(tfds: TFDSDirectory, mapping: RLDSMapping) -> dict[str, A
 
 
 def load_or_build_index(
-    tfds: TFDSDirectory, mapping: RLDSMapping, cache_dir: Path, workers: int = 2
+    tfds: TFDSDirectory, mapping: RLDSMapping, cache_dir: Path, workers: int = 2, keep_all: bool = True
 ) -> tuple[dict[str, np.ndarray], list[str], bool]:
     """The index from `cache_dir` when its fingerprint matches, else built and saved (atomically), by one
     process at a time (`BuildLock`): concurrent openers wait for it and load it.
@@ -265,7 +313,7 @@ def load_or_build_index(
     Returns:
         (arrays, tasks, built): `built` is True when this call scanned the shards.
     """
-    fingerprint = _index_fingerprint(tfds, mapping)
+    fingerprint = _index_fingerprint(tfds, mapping, keep_all)
     digest = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
     stem = f"rlds-index.{tfds.split}.{digest}"
     meta_path, data_path = cache_dir / f"{stem}.json", cache_dir / f"{stem}.safetensors"
@@ -285,18 +333,15 @@ def load_or_build_index(
         lock = BuildLock(cache_dir / f"{stem}.lock", f"the RLDS index of {tfds.root}")
     except OSError as e:  # a read-only dataset directory: build it here, without the cache
         tqdm.write(f"could not save the RLDS index in {cache_dir} ({e.strerror}); pass cache_dir to keep it")
-        index = build_index(tfds, mapping, workers)
+        index = build_index(tfds, mapping, workers, keep_all)
         return index["arrays"], index["tasks"], True
     with lock:
         if (cached := load()) is not None:  # another process built it while we waited
             return (*cached, False)
-        index = build_index(tfds, mapping, workers)
-        tmp = data_path.with_name(f".{data_path.name}.tmp-{os.getpid()}")
-        save_file({k: np.ascontiguousarray(v) for k, v in index["arrays"].items()}, str(tmp))
-        os.replace(tmp, data_path)
-        tmp_meta = meta_path.with_name(f".{meta_path.name}.tmp-{os.getpid()}")
-        tmp_meta.write_text(json.dumps({"fingerprint": fingerprint, "tasks": index["tasks"]}))
-        os.replace(tmp_meta, meta_path)
+        index = build_index(tfds, mapping, workers, keep_all)
+        with atomic_write(data_path) as tmp:  # the arrays first: the sidecar names a complete file
+            save_file({k: np.ascontiguousarray(v) for k, v in index["arrays"].items()}, str(tmp))
+        write_json(meta_path, {"fingerprint": fingerprint, "tasks": index["tasks"]}, indent=None)
     return index["arrays"], index["tasks"], True
 
 
@@ -305,8 +350,8 @@ def load_or_build_index(
 # ---------------------------------------------------------------------------------------------------------
 
 
-class RLDSDataset(ChunkSampling):
-    """An RLDS / TFDS dataset as a `vlaforge.data.dataset.TrainingDataset` (see the module docstring).
+class RLDSDataset:
+    """An RLDS / TFDS dataset as a `vlaforge.data.interface.TrainingDataset` (see the module docstring).
 
     Args:
         path: the TFDS version directory (or `<name>/`, whose highest version is read).
@@ -318,10 +363,14 @@ class RLDSDataset(ChunkSampling):
         oxe: Open X-Embodiment table row to standardise with; None looks the dataset's name up, "" never
             uses the table.
         mapping: an explicit `RLDSMapping` (overrides `oxe`).
+        keep_all_steps: serve every step; by default a dataset read through Open X-Embodiment's table serves
+            the steps OpenVLA trains on (`vlaforge.data.oxe.standardize`: Bridge without its first and last
+            step, DROID without its still steps).
         index_workers: processes scanning shards when the index is built.
 
     Attributes:
-        tfds, mapping, name, num_frames, num_episodes, tasks, camera_names, image_size, index_built.
+        tfds, mapping, name, num_frames, num_episodes, tasks, camera_names, image_size, index_built,
+        keep_all_steps.
     """
 
     def __init__(
@@ -335,6 +384,7 @@ class RLDSDataset(ChunkSampling):
         oxe: str | None = None,
         mapping: RLDSMapping | None = None,
         index_workers: int = 2,
+        keep_all_steps: bool = False,
     ) -> None:
         if image_size is not None and int(image_size) < 1:
             raise RLDSError(f"image_size={image_size}: must be a positive number of pixels (or None)")
@@ -352,8 +402,9 @@ class RLDSDataset(ChunkSampling):
                 )
         self.cache_dir = Path(cache_dir) if cache_dir is not None else self.root / ".cache"
         self.cache_builds: list[str] = []
+        self.keep_all_steps = bool(keep_all_steps)
         arrays, self.tasks, self.index_built = load_or_build_index(
-            self.tfds, self.mapping, self.cache_dir, index_workers
+            self.tfds, self.mapping, self.cache_dir, index_workers, self.keep_all_steps
         )
         self._arrays = arrays
         self._ep_start = np.concatenate([[0], np.cumsum(arrays["ep_steps"])]).astype(np.int64)
@@ -518,7 +569,9 @@ class RLDSDataset(ChunkSampling):
             f"RLDS dataset {t.name} {t.version} (split {t.split}) at {t.root}",
             f"  {len(t.shards)} shards, {self.num_episodes} episodes, {self.num_frames} steps, "
             f"{len(self.tasks)} instructions, {self.size_bytes() / 1e6:.1f} MB on disk",
-            "  mapping: " + (f"Open X-Embodiment standardisation {self.mapping.oxe!r}" if self.mapping.oxe else
+            "  mapping: " + (f"Open X-Embodiment standardisation {self.mapping.oxe!r}, "
+                             + ("every step" if self.keep_all_steps else "the steps OpenVLA trains on")
+                             if self.mapping.oxe else
                              f"action {self.mapping.action}, state {self.mapping.state}, "
                              f"instruction {self.mapping.instruction}"),
             "  cameras: " + ", ".join(f"{c} <- {k}" for c, k in self.mapping.cameras.items()),

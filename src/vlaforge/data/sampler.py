@@ -1,38 +1,11 @@
 """The training sampler: random frames with their future action chunk, as ready torch batches.
 
-Action chunking (ACT, Zhao et al. 2023; OpenVLA-OFT, Kim et al. 2025; pi0) trains a policy to predict
-`H` future actions `a[t..t+H-1]` from the observation at `t`. A chunk never crosses into the next
-episode: past the episode's end the last action is repeated and `action_pad` marks those steps, so a
-loss can ignore them (as LeRobot's `action_is_pad`).
-
-Design choices:
-
-- The sampler reads a dataset only through the `vlaforge.data.dataset.TrainingDataset` interface
-  (`actions()`, `states()`, `task_indices()`, `episode_frames()`, `frames()` / `frame_reader()`), so a
-  LeRobot dataset and any other reader get the same batches, resume and sharding.
-- Cached mode (the default): the numeric columns live in memory as numpy, images come from the decoded
-  uint8 memmap caches, and a batch is a handful of vectorised fancy-indexing gathers, so training never
-  waits on data and no worker processes are needed.
-- Streaming mode, when the caches of the chosen cameras would pass `cache_max_gb` (0 forces it): the
-  index stream is the same, but the frames each upcoming batch needs are decoded by a pool of spawned
-  worker processes (`decode_workers`) running `prefetch` batches ahead of the trainer; each batch's
-  sorted unique frames are split into contiguous pieces, one job per piece and camera, and the reader
-  seeks to the keyframe before each frame (`vlaforge.data.video.SeekingDecoder`). The decoded frames
-  are bitwise equal to the cache's, so both modes yield identical batches, and `state_dict()` reports
-  the position of the last batch handed out (not of the prefetched ones), so resume stays exact.
-- The stream of samples is a chain of epochs, each a permutation drawn from a generator seeded by
-  `(seed, epoch)`; a batch may straddle two epochs. `state_dict()` is (epoch, position, seed), so a
-  resumed run continues with exactly the same next batch.
-- Observation history (`history` T > 1): each sample also carries the T - 1 frames before it, oldest
-  first, images (B, T, h, w, 3) and states (B, T, S); before an episode's first frame the first frame is
-  repeated and `history_pad` (B, T) marks those copies, as evaluation pads its buffer at a reset.
-- Task balance (`balance="tasks"`): an epoch serves every task the same number of samples, N / tasks
-  (the remainder to the first tasks), drawn from that task's frames by repeated permutations, so a task
-  whose demonstrations are short is not drowned by one whose demonstrations are long (Meta-World's
-  expert episodes run from ~20 to ~300 steps). The epoch keeps its length N; `balance="frames"` (the
-  default) is the plain permutation of every frame.
-- DDP: every rank draws the same permutation and takes every `world_size`-th element starting at `rank`
-  (after trimming to a multiple of `world_size`), so the shards are disjoint and equally long.
+Action chunking (ACT, Zhao et al. 2023; OpenVLA-OFT, Kim et al. 2025; pi0) trains a policy to predict `H`
+future actions `a[t..t+H-1]` from the observation at `t`; a chunk never crosses into the next episode
+(past its end the last action repeats and `action_pad` marks it, as LeRobot's `action_is_pad`). The
+sampler reads a dataset only through `vlaforge.data.interface.TrainingDataset`, serves frames from the
+decoded cache or decodes them in worker processes (streaming), resumes exactly and shards across DDP ranks;
+`make_sampler` picks `MixtureSampler` for a mixture. How each of these works: docs/datasets.md, "Sampler".
 """
 
 from __future__ import annotations
@@ -47,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from vlaforge.data.dataset import IMAGE_PREFIX, TrainingDataset, decode_job, init_decode_worker
+from vlaforge.data.interface import IMAGE_PREFIX, TrainingDataset, decode_job, init_decode_worker
+from vlaforge.data.mixture import MixtureDataset
 from vlaforge.errors import InputError
 
 GB = 1e9  # cache_max_gb counts decimal gigabytes
@@ -368,6 +342,103 @@ class ChunkSampler:
         self._drop_pending()
         self.seed = int(d["seed"])
         self._restore_position(d)
+
+
+class MixtureSampler(ChunkSampler):
+    """`ChunkSampler` whose samples draw their dataset by weight, then the next frame of its permutation.
+
+    Dataset d is drawn with probability proportional to weight_d x frames_d (OpenVLA's balancing, see
+    `vlaforge.data.mixture`) from a stream seeded by (seed, rank, batch); each dataset has its own
+    permutation per epoch, seeded by (seed, dataset, epoch), sharded across ranks as `ChunkSampler` does.
+    The position is the batch count plus every dataset's (epoch, position), so resume is exact.
+    """
+
+    def __init__(self, dataset: MixtureDataset, *args: Any, **kwargs: Any) -> None:
+        super().__init__(dataset, *args, **kwargs)
+        if self.balance != "frames":
+            raise InputError(
+                f"balance={self.balance!r} is not available for a mixture: its samples are drawn by dataset "
+                "weight (set the weights in the mix.json instead)"
+            )
+        self.mixture = dataset
+        self.probs = dataset.sample_probabilities()
+        lengths = np.diff(dataset.offsets)
+        self.sub_len = lengths // self.world_size
+        if (self.sub_len == 0).any():
+            small = [k for k, n in zip(dataset.keys, self.sub_len) if n == 0]
+            raise InputError(f"datasets {small} have fewer frames than world_size={self.world_size}")
+        self.batches = 0
+        self.streams = [[0, 0] for _ in lengths]  # per dataset: (epoch, position in this rank's shard)
+        self._orders: dict[tuple[int, int], np.ndarray] = {}
+
+    def _dataset_order(self, d: int, epoch: int) -> np.ndarray:
+        key = (d, epoch)
+        if key not in self._orders:
+            n = int(self.mixture.offsets[d + 1] - self.mixture.offsets[d])
+            if self.shuffle:
+                order = np.random.default_rng([self.seed, d, epoch]).permutation(n)
+            else:
+                order = np.arange(n)
+            shard = order[: int(self.sub_len[d]) * self.world_size][self.rank :: self.world_size]
+            self._orders = {k: v for k, v in self._orders.items() if k[0] != d}  # one epoch per dataset kept
+            self._orders[key] = shard + int(self.mixture.offsets[d])
+        return self._orders[key]
+
+    def next_indices(self) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.rank, self.batches])
+        which = rng.choice(len(self.probs), size=self.batch_size, p=self.probs)  # (B,) dataset per sample
+        out = np.empty(self.batch_size, dtype=np.int64)
+        for i, d in enumerate(which.tolist()):
+            epoch, pos = self.streams[d]
+            out[i] = self._dataset_order(d, epoch)[pos]
+            pos += 1
+            if pos >= self.sub_len[d]:
+                epoch, pos = epoch + 1, 0
+            self.streams[d] = [epoch, pos]
+        self.batches += 1
+        return out
+
+    def _assemble(self, idx: np.ndarray, images: dict[str, torch.Tensor]) -> dict[str, Any]:
+        batch = super()._assemble(idx, images)
+        batch["dataset"] = [self.mixture.keys[d] for d in self.mixture.dataset_index[idx]]
+        return batch
+
+    def _position(self) -> dict[str, Any]:
+        return {"batches": self.batches, "streams": [list(s) for s in self.streams]}
+
+    def _restore_position(self, pos: dict[str, Any]) -> None:
+        self.batches = int(pos["batches"])
+        self.streams = [[int(e), int(p)] for e, p in pos["streams"]]
+        if len(self.streams) != len(self.mixture.datasets):
+            raise InputError(
+                f"sampler state has {len(self.streams)} datasets; this mixture has {len(self.mixture.datasets)}"
+            )
+
+
+def make_sampler(
+    dataset: TrainingDataset,
+    batch_size: int,
+    chunk_size: int,
+    *,
+    seed: int = 0,
+    shuffle: bool = True,
+    cameras: list[str] | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    cache_max_gb: float | None = None,
+    decode_workers: int = 2,
+    prefetch: int | None = None,
+    history: int = 1,
+    balance: str = "frames",
+) -> ChunkSampler:
+    """The training sampler for `dataset`: a `MixtureSampler` for a mixture (datasets drawn by weight),
+    else a `ChunkSampler` (arguments: see `ChunkSampler`)."""
+    cls = MixtureSampler if isinstance(dataset, MixtureDataset) else ChunkSampler
+    return cls(
+        dataset, batch_size, chunk_size, seed=seed, shuffle=shuffle, cameras=cameras, rank=rank,
+        world_size=world_size, cache_max_gb=cache_max_gb, decode_workers=decode_workers, prefetch=prefetch,
+        history=history, balance=balance,
+    )  # fmt: skip
 
 
 def _shutdown(pool: ProcessPoolExecutor) -> None:

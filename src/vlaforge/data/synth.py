@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vlaforge.data.lerobot import LeRobotWriter
+from vlaforge.data.lerobot_writer import LeRobotWriter
 from vlaforge.errors import InputError
 from vlaforge.types import Embodiment
 

@@ -1,42 +1,10 @@
 """TFRecord files and `tf.train.Example` messages without TensorFlow: the base of the RLDS reader.
 
 An RLDS / TFDS shard (DESIGN.md, "RLDS / TFDS on disk") is a TFRecord file whose records are serialized
-`tf.train.Example` protos, one per episode. This module reads and writes both in pure Python + numpy, so
-the RLDS reader and its decode workers need neither `tensorflow` nor `protobuf`.
-
-Sources of the formats:
-
-- TFRecord framing: TensorFlow's "TFRecord and tf.train.Example" guide
-  (https://www.tensorflow.org/tutorials/load_data/tfrecord#tfrecords_format_details) and
-  `tensorflow/core/lib/io/record_writer.cc` / `record_reader.cc`. Each record is::
-
-      uint64 length                       (little endian)
-      uint32 masked_crc32c(length bytes)  (little endian)
-      byte   data[length]
-      uint32 masked_crc32c(data)          (little endian)
-
-  with mask(c) = ((c >> 15) | (c << 17)) + 0xa282ead8 mod 2^32 (`tensorflow/core/lib/hash/crc32c.h`).
-- CRC-32C: the Castagnoli polynomial, reflected 0x82F63B78, init and final xor 0xFFFFFFFF (RFC 3720,
-  section B.4, which also gives the test vectors the tests check).
-- `tf.train.Example`: `tensorflow/core/example/example.proto` and `feature.proto`::
-
-      Example  { Features features = 1; }
-      Features { map<string, Feature> feature = 1; }   // entry: string key = 1; Feature value = 2;
-      Feature  { oneof kind { BytesList bytes_list = 1; FloatList float_list = 2; Int64List int64_list = 3; } }
-      BytesList { repeated bytes value = 1; }
-      FloatList { repeated float value = 1 [packed = true]; }
-      Int64List { repeated int64 value = 1 [packed = true]; }
-
-  in the protobuf wire format (https://protobuf.dev/programming-guides/encoding/): a field is a varint
-  key (field_number << 3 | wire_type) then its value; wire types 0 varint, 1 fixed64, 2 length-delimited,
-  5 fixed32 (3/4, the deprecated groups, never occur in an Example and are rejected).
-
-Design choices: nothing malformed is skipped silently. A bad CRC, a truncated record or trailing garbage
-raises `InputError` naming the file and the byte offset of the record; a malformed Example raises
-`InputError` with the byte position in the message. Unknown fields are skipped by wire type, as protobuf
-does; a known field with the wrong wire type is an error. Packed and unpacked repeated encodings are both
-accepted (the writer emits packed, like proto3). CRC-32C has a table-driven pure-Python reference
-(`crc32c_reference`) and a numpy fast path for long inputs (`crc32c`), tested to agree.
+`tf.train.Example` protos, one per episode; this module reads and writes both in pure Python + numpy.
+Sources: TensorFlow's TFRecord guide and `tensorflow/core/lib/io/record_{writer,reader}.cc` (framing),
+RFC 3720 B.4 (CRC-32C), `tensorflow/core/example/{example,feature}.proto` and protobuf's encoding guide
+(the Example). The formats, byte by byte, and the error policy: docs/rlds.md.
 """
 
 from __future__ import annotations
@@ -50,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from vlaforge.atomic import atomic_write
 from vlaforge.errors import InputError
 
 # ---------------------------------------------------------------------------------------------------------
@@ -251,7 +220,7 @@ def read_record(path: str | os.PathLike, offset: int) -> bytes:
 
 
 def write_records(path: str | os.PathLike, records: Iterable[bytes]) -> int:
-    """Writes `records` as a TFRecord file, atomically (a temp file beside it, then `os.replace`).
+    """Writes `records` as a TFRecord file, atomically (`vlaforge.atomic.atomic_write`).
 
     Args:
         path: the file to write; an existing file is replaced only once every record is written.
@@ -260,24 +229,15 @@ def write_records(path: str | os.PathLike, records: Iterable[bytes]) -> int:
     Returns:
         The number of records written.
     """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     n = 0
-    try:
-        with open(tmp, "wb") as f:
-            for data in records:
-                data = bytes(data)
-                length = struct.pack("<Q", len(data))
-                f.write(length + struct.pack("<I", masked_crc32c(length)))
-                f.write(data)
-                f.write(_FOOTER.pack(masked_crc32c(data)))
-                n += 1
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        for data in records:
+            data = bytes(data)
+            length = struct.pack("<Q", len(data))
+            f.write(length + struct.pack("<I", masked_crc32c(length)))
+            f.write(data)
+            f.write(_FOOTER.pack(masked_crc32c(data)))
+            n += 1
     return n
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vlaforge.data.dataset import IMAGE_PREFIX, open_dataset
+from vlaforge.data.dataset import open_dataset
+from vlaforge.data.interface import IMAGE_PREFIX
 from vlaforge.data.video import VideoWriter
 from vlaforge.errors import InputError
 

@@ -129,6 +129,8 @@ class TrainConfig:
             in each axis, border repeated (DrQ; `vlaforge.train.augment`); 0 turns it off.
         balance: ``frames`` (every frame once per epoch) or ``tasks`` (every task equally often, however
             long its demonstrations; `vlaforge.data.sampler`).
+        keep_all_steps: RLDS with an Open X-Embodiment standardisation: train on every step instead of
+            the steps OpenVLA trains on (it drops Bridge's first and last steps and DROID's still steps).
         recipe: a named recipe (`vlaforge.train.recipes`, e.g. ``mt50``): on the command line its values
             become the defaults of every other flag (flags you give keep your values); from Python use
             `recipes.recipe_config`, since here the field only records the name.
@@ -166,6 +168,7 @@ class TrainConfig:
     unnormalized_actions: list[str] | str | None = None
     augment_shift: int = 0
     balance: str = field(default="frames", metadata={"choices": ["frames", "tasks"]})
+    keep_all_steps: bool = False
     recipe: str | None = field(default=None, metadata={"choices": lambda: list(RECIPES)})
 
     def __post_init__(self) -> None:
@@ -519,6 +522,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
         ``Path(cfg.out)``; ``out/last`` points to the final checkpoint.
     """
     from vlaforge.data.dataset import open_dataset
+    from vlaforge.data.sampler import make_sampler
 
     d, device = _setup(cfg)
     run = Path(cfg.out)
@@ -538,7 +542,10 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
 
         ckpt.seed_everything(cfg.seed)
         dataset = open_dataset(
-            cfg.dataset, image_size=cfg.image_size, unnormalized_actions=cfg.unnormalized_actions
+            cfg.dataset,
+            image_size=cfg.image_size,
+            unnormalized_actions=cfg.unnormalized_actions,
+            keep_all_steps=cfg.keep_all_steps,
         )
         policy, counts = _build_policy(cfg, dataset.embodiment(), dataset.norm_stats())
         policy.training_data = dataset.training_data()
@@ -552,7 +559,8 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
         optimizer = torch.optim.AdamW(
             [p for _, p in params], lr=base_lr, betas=(0.9, 0.999), weight_decay=0.0
         )
-        sampler = dataset.sampler(
+        sampler = make_sampler(
+            dataset,
             batch_size=cfg.batch_size,
             chunk_size=policy.chunk_size,
             seed=cfg.seed,
