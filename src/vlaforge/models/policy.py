@@ -29,7 +29,7 @@ from vlaforge.models.heads import Context, HeadDims, check_bins_fit
 from vlaforge.models.presets import Preset, get_preset
 from vlaforge.models.processor import Processor
 from vlaforge.models.registry import build_head, get_head_spec
-from vlaforge.models.text import build_text_tokenizer
+from vlaforge.models.text import build_text_tokenizer, reserved_ids
 from vlaforge.policy_files import validate_dataset_stats
 from vlaforge.types import Embodiment, NormStats, Observation
 
@@ -85,6 +85,7 @@ class Policy(nn.Module):
             bins=self.bins,
             eos_id=self.text.eos_id,
             llm=preset.llm,
+            reserved_ids=reserved_ids(preset.tokenizer),
         )
         # A saved head config also holds derived values (action_dim, bins, ...): only options are passed.
         options = {o.name: head_config[o.name] for o in spec.options if o.name in head_config}
@@ -134,6 +135,8 @@ class Policy(nn.Module):
         if spec.default_chunk is not None and "chunk_size" not in overrides:
             overrides["chunk_size"] = spec.default_chunk
         p = p.with_overrides(**overrides)
+        if spec.fit_preset is not None:
+            p = spec.fit_preset(p, head_opts)
         return cls(
             p, {"kind": head, "chunk_size": p.chunk_size, **head_opts}, embodiment, norm_stats, norm_mode
         )
