@@ -136,3 +136,29 @@ def test_openvla_datasets_with_different_masks_unnormalise_with_their_own(tmp_pa
                 again.predict_action(**inputs, unnorm_key=key),
                 policy.predict_action(**inputs, unnorm_key=key),
             )
+
+
+def test_the_table_dispatches_and_refuses_what_it_cannot_replace(h, tmp_path):
+    from vlaforge.errors import InputError
+    from vlaforge.models.formats import FORMATS, detect_format, get_format
+
+    assert list(FORMATS) == ["vlaforge", "openvla"]
+    policy = Policy.from_preset("tiny", "chunk", h.embodiment(), h.stats())
+    out = policy.save_pretrained(tmp_path / "p")
+    assert detect_format(out).name == "vlaforge"
+    with pytest.raises(InputError, match="did you mean 'openvla'"):
+        get_format("openvl")
+    with pytest.raises(InputError, match="do not apply to format 'vlaforge'"):
+        policy.save_pretrained(tmp_path / "q", max_shard_bytes=1)
+    with pytest.raises(InputError, match="cannot be written as an OpenVLA checkpoint"):
+        policy.save_pretrained(tmp_path / "q", format="openvla")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="no checkpoint; a save replaces its directory whole"):
+        policy.save_pretrained(home)
+    assert (home / "notes.txt").read_text() == "mine"
+    link = tmp_path / "last"
+    link.symlink_to(out)
+    assert policy.save_pretrained(link) == out  # a symlink (RUN/last) is followed, not replaced
+    assert link.is_symlink() and Policy.from_pretrained(link).chunk_size == policy.chunk_size
