@@ -6,6 +6,7 @@ import importlib
 
 import numpy as np
 import pytest
+import torch
 from openvla_reference import TEST_TIMM_IDS, make_dataset_statistics, make_openvla_checkpoint
 
 from vlaforge.models import openvla
@@ -99,6 +100,15 @@ def test_saves_into_a_fresh_empty_directory(h, tmp_path):
     (staging / "trainer_state.json").write_text("{}")  # what the checkpoint writer adds afterwards
     assert Policy.from_pretrained(staging).chunk_size == policy.chunk_size
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-step"]
+
+
+def test_loads_in_another_dtype(h, tmp_path):
+    policy = Policy.from_preset("tiny", "chunk", h.embodiment(), h.stats())
+    out = policy.save_pretrained(tmp_path / "p")
+    half = Policy.from_pretrained(out, dtype="bfloat16")
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    for (name, a), b in zip(policy.state_dict().items(), half.state_dict().values()):
+        assert torch.equal(a.to(b.dtype), b), name
 
 
 def _two_mask_stats() -> dict:

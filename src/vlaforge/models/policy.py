@@ -23,7 +23,7 @@ from vlaforge.actions import BinTokenizer, Normalizer
 from vlaforge.errors import InputError
 from vlaforge.models.backbone import PrismaticBackbone
 from vlaforge.models.formats import Bundle, detect_format, get_format, write_bundle
-from vlaforge.models.formats.base import parameters_on_meta
+from vlaforge.models.formats.base import as_dtype, parameters_on_meta
 from vlaforge.models.formats.vlaforge import policy_config
 from vlaforge.models.heads import Context, HeadDims, check_bins_fit
 from vlaforge.models.presets import Preset, get_preset
@@ -144,7 +144,7 @@ class Policy(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         """config.json of the vlaforge format (`vlaforge.models.formats.vlaforge.policy_config`)."""
-        return policy_config(self.to_bundle())
+        return policy_config(self.to_bundle(with_state=False))
 
     def unused_parameter_names(self) -> list[str]:
         """Names of the parameters whose outputs never reach this policy's loss or predictions: the
@@ -483,14 +483,15 @@ class Policy(nn.Module):
         return Processor(self)
 
     # ------------------------------------------------------------------ persistence
-    def to_bundle(self) -> Bundle:
-        """The policy as a format-neutral `Bundle` (its tensors by reference, not copied)."""
+    def to_bundle(self, with_state: bool = True) -> Bundle:
+        """The policy as a format-neutral `Bundle` (its tensors by reference, not copied; none with
+        `with_state=False`, for its description alone)."""
         return Bundle(
             preset=self.preset,
             head=self.head.config(),
             embodiment=self.embodiment,
             norm_stats=self.norm_stats,
-            state=self.state_dict(),
+            state=self.state_dict() if with_state else {},
             dataset_stats=dict(self.dataset_stats),
             norm_mode=self.norm_mode,
             training_data=self.training_data,
@@ -500,8 +501,14 @@ class Policy(nn.Module):
         )
 
     @classmethod
-    def from_bundle(cls, bundle: Bundle, device: str | torch.device = "cpu") -> Policy:
-        """The policy a format read (`vlaforge.models.formats`), its weights loaded and checked."""
+    def from_bundle(
+        cls, bundle: Bundle, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+    ) -> Policy:
+        """The policy a format read (`vlaforge.models.formats`), its weights loaded and checked.
+
+        `dtype` is the one the bundle was read with: a model built on the meta device takes the loaded
+        tensors as they are (already cast); one built normally copies them into its float32 parameters,
+        so it is cast afterwards, buffers included."""
         with parameters_on_meta() if bundle.build_on_meta else nullcontext():
             policy = cls(bundle.preset, bundle.head, bundle.embodiment, bundle.norm_stats, bundle.norm_mode)
         policy.training_data = bundle.training_data
@@ -512,6 +519,8 @@ class Policy(nn.Module):
         del state
         if bundle.keep_alive is not None:
             policy._keep_alive = bundle.keep_alive  # the memory maps behind its tensors
+        if dtype is not None and not bundle.build_on_meta:
+            policy = policy.to(as_dtype(dtype))
         return policy.to(device)
 
     def save_pretrained(self, directory: str | Path, format: str = "vlaforge", **options: Any) -> Path:
@@ -552,7 +561,7 @@ class Policy(nn.Module):
                 do not fit the config (the message names the key and both shapes).
         """
         fmt = get_format(format) if format is not None else detect_format(directory)
-        policy = cls.from_bundle(fmt.read(directory, dtype=dtype), device)
+        policy = cls.from_bundle(fmt.read(directory, dtype=dtype), device, dtype)
         if quantize is not None:
             from vlaforge.models.quantize import quantize_policy
 
