@@ -7,7 +7,8 @@ import importlib
 import numpy as np
 import pytest
 import torch
-from openvla_reference import TEST_TIMM_IDS, make_dataset_statistics, make_openvla_checkpoint
+from openvla_checkpoint import make_dataset_statistics, make_openvla_checkpoint
+from openvla_reference import TEST_TIMM_IDS
 
 from vlaforge.models import openvla
 from vlaforge.models.policy import Policy
