@@ -1,4 +1,5 @@
-"""Self-tests of the independent OpenVLA reference (openvla_reference.py) and its checkpoint writer (openvla_checkpoint.py).
+"""Self-tests of the independent OpenVLA reference (openvla_reference.py) and its checkpoint writer
+(openvla_checkpoint.py).
 
 The decoder is checked against transformers' Llama, the ViT pieces against torch's own conv2d, GELU and
 TransformerEncoderLayer, and the written files against the Hugging Face layout they imitate.
