@@ -52,7 +52,6 @@ WORDS = [
 def write_checkpoint(root: Path, dtype: torch.dtype, shard_bytes: int = 5 * 10**9) -> int:
     """Random OpenVLA-7B weights in OpenVLA's layout; returns their size in bytes."""
     from vlaforge.models import openvla
-    from vlaforge.models.openvla_save import openvla_config
     from vlaforge.models.policy import Policy
     from vlaforge.models.presets import get_preset
 
@@ -118,7 +117,7 @@ def write_checkpoint(root: Path, dtype: torch.dtype, shard_bytes: int = 5 * 10**
             {"metadata": {"total_size": total}, "weight_map": {k: final[f] for k, f in weight_map.items()}}
         )
     )
-    source = openvla_config(policy, stats)
+    source = openvla.openvla_config(policy.to_bundle(), stats)
     source["torch_dtype"] = source["text_config"]["torch_dtype"] = str(dtype).replace("torch.", "")
     (root / "config.json").write_text(json.dumps(source, indent=2))
     (root / "preprocessor_config.json").write_text(json.dumps(openvla.preprocessor_config(preset), indent=2))

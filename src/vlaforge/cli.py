@@ -181,7 +181,13 @@ def _add_export_command(sub: Any, build: bool) -> None:
         "policy", help="a vlaforge policy directory (e.g. RUN/last), an OpenVLA directory or hub id"
     )
     e.add_argument("--out", required=True, help="the directory to write")
-    e.add_argument("--format", default="openvla", choices=["openvla", "vlaforge"], help="(default: openvla)")
+    formats = _load("vlaforge.models.formats:FORMATS")  # the checkpoint formats' table
+    e.add_argument(
+        "--format",
+        default="openvla",
+        choices=list(formats),
+        help="; ".join(f"{f.name}: {f.doc}" for f in formats.values()) + " (default: openvla)",
+    )
     e.add_argument(
         "--dtype", default=None, help="cast the weights (bfloat16, float32, float16; default: as stored)"
     )
@@ -194,8 +200,9 @@ def _add_export_command(sub: Any, build: bool) -> None:
 
     def export(a: argparse.Namespace) -> None:
         policy = _load("vlaforge.models.policy:Policy").from_pretrained(a.policy, dtype=a.dtype)
-        options = {"unnorm_key": a.unnorm_key, "max_shard_bytes": int(a.max_shard_gb * 1e9)}
-        path = policy.save_pretrained(a.out, format=a.format, **(options if a.format == "openvla" else {}))
+        given = {"unnorm_key": a.unnorm_key, "max_shard_bytes": int(a.max_shard_gb * 1e9)}
+        options = {k: v for k, v in given.items() if k in formats[a.format].write_options}
+        path = policy.save_pretrained(a.out, format=a.format, **options)
         print(f"wrote {path}")
 
     e.set_defaults(func=export)

@@ -20,7 +20,7 @@ before any rollout, training's fine-tuning from a policy) calls `read_policy_dir
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,22 @@ def _read_json(path: Path) -> Any:
         raise InputError(f"{path}: not valid JSON ({e})") from e
 
 
+def validate_dataset_stats(stats: NormStats, embodiment: Embodiment, where: str) -> None:
+    """Checks one training dataset's statistics against the embodiment, as `NormStats.validate`, except
+    that their action mask may be their own (OpenVLA un-normalises each `unnorm_key` with its own mask):
+    it only has to have one entry per action dim."""
+    action = stats.features.get("action")
+    if action is not None and action.mask is not None:
+        if action.mask.shape != (embodiment.action_dim,):
+            raise InputError(
+                f"{where}: action mask has {action.mask.shape[0]} entries; the embodiment has "
+                f"{embodiment.action_dim} action dims"
+            )
+        action = replace(action, mask=None)
+        stats = NormStats({**stats.features, "action": action})
+    stats.validate(embodiment, where=where)
+
+
 def read_policy_dir(directory: str | Path, need_weights: bool = True) -> PolicyFiles:
     """Reads and validates a policy directory's config, embodiment and statistics.
 
@@ -143,7 +159,7 @@ def read_policy_dir(directory: str | Path, need_weights: bool = True) -> PolicyF
         for key, d in doc.items():
             where = f"{root / DATASET_STATS_FILE}[{key!r}]"
             per_dataset[key] = NormStats.from_dict(d, where=where)
-            per_dataset[key].validate(embodiment, where=where)
+            validate_dataset_stats(per_dataset[key], embodiment, where=where)
     return PolicyFiles(
         root=root, config=config, embodiment=embodiment, norm_stats=stats, dataset_stats=per_dataset
     )
@@ -158,4 +174,5 @@ __all__ = [
     "WEIGHTS_FILE",
     "PolicyFiles",
     "read_policy_dir",
+    "validate_dataset_stats",
 ]

@@ -98,11 +98,12 @@ def test_the_tokenizer_travels_in_the_checkpoint(h, tokenizer_dir, tmp_path):
     copy = shutil.copytree(tokenizer_dir, tmp_path / "tok")
     policy = make_policy(h, copy)
     batch = fast_batch(h, seed=3)
-    before = policy.predict_action_batch(batch)
+    ctx = policy._context(batch["images"], batch["state"], batch["instruction"])
+    before = policy.head.decode_ids(policy.backbone, ctx)  # an untrained head's ids need not decode
     policy.save_pretrained(tmp_path / "p")
     shutil.rmtree(copy)  # the saved policy needs nothing but its own directory
     again = Policy.from_pretrained(tmp_path / "p")
-    np.testing.assert_array_equal(again.predict_action_batch(batch), before)
+    assert again.head.decode_ids(again.backbone, ctx) == before
     assert again.head.fast.encode(smooth_chunks(2)) == policy.head.fast.encode(smooth_chunks(2))
 
 
@@ -113,9 +114,79 @@ def test_bad_tokenizers_are_refused_clearly(h, tokenizer_dir, tmp_path):
         Policy.from_preset(
             "tiny", "fast", h.embodiment(), h.stats(), chunk_size=4, tokenizer=str(tokenizer_dir)
         )
-    big = FASTTokenizer.train(np.random.default_rng(0).uniform(-1, 1, (400, H, D)), vocab_size=400)
-    assert big.vocab_size > 256
-    with pytest.raises(InputError, match="retrain with --vocab-size 256"):
+    # An LLM vocabulary that cannot grow (action ids below a padded vocab, as OpenVLA's) and has no room
+    # above the text ids for the FAST ids is refused with the numbers.
+    with pytest.raises(InputError, match="FAST vocabulary has 200 ids.*at most 141"):
         Policy.from_preset(
-            "tiny", "fast", h.embodiment(), h.stats(), chunk_size=H, tokenizer=str(big.save(tmp_path / "big"))
+            "tiny",
+            "fast",
+            h.embodiment(),
+            h.stats(),
+            chunk_size=H,
+            action_vocab_size=400,
+            tokenizer=str(tokenizer_dir),
         )
+
+
+def test_the_default_vocabulary_is_accepted(h, tmp_path):
+    """`vlaforge tokenizer train` defaults to FAST's 1,024 tokens and the head takes them: the tiny
+    preset's vocabulary grows to hold them above its text ids; the checkpoint keeps the grown size."""
+    import inspect
+
+    from vlaforge.actions.fast import train_tokenizer_command
+    from vlaforge.cli import build_parser
+
+    default = inspect.signature(FASTTokenizer.train).parameters["vocab_size"].default
+    assert default == 1024
+    assert inspect.signature(train_tokenizer_command).parameters["vocab_size"].default == default
+    args = build_parser("tokenizer").parse_args(["tokenizer", "train", "--dataset", "d", "--out", "o"])
+    assert args.vocab_size == default
+    tok = FASTTokenizer.train(np.random.default_rng(0).uniform(-1, 1, (600, H, D)))
+    assert tok.vocab_size > 256
+    policy = Policy.from_preset(
+        "tiny", "fast", h.embodiment(), h.stats(), chunk_size=H, tokenizer=str(tok.save(tmp_path / "tok"))
+    )
+    assert policy.preset.llm.vocab_size >= 259 + tok.vocab_size
+    batch = fast_batch(h)
+    ids, keep = policy.head.targets(torch.from_numpy(smooth_chunks(3)).float())
+    fast_ids = ids[keep & (ids != policy.text.eos_id)]
+    assert int(fast_ids.min()) >= 259  # never a byte or a special token
+    loss, _ = policy.compute_loss(batch)
+    assert torch.isfinite(loss)
+    again = Policy.from_pretrained(policy.save_pretrained(tmp_path / "p"))
+    assert again.preset.llm.vocab_size == policy.preset.llm.vocab_size
+    ctx = policy._context(batch["images"], batch["state"], batch["instruction"])
+    assert again.head.decode_ids(again.backbone, ctx) == policy.head.decode_ids(policy.backbone, ctx)
+
+
+def test_undecodable_tokens_are_flagged_and_never_executed(h, tokenizer_dir, monkeypatch):
+    """A predicted id sequence that does not decode to H x D coefficients is not zero-padded into a chunk:
+    it is counted and warned about, and the head holds that row's last valid chunk (or raises in strict
+    mode, or when it has none to hold)."""
+    from vlaforge.models.fast_head import FastDecodeError
+
+    policy = make_policy(h, tokenizer_dir)
+    tok, head = policy.head.fast, policy.head
+    good = tok.to_lm_ids(tok.encode(smooth_chunks(2, 7)), policy.bins.vocab_size)
+    outputs = iter([good, [good[0], good[1][:2]], [good[0][:1], good[1]]])
+    monkeypatch.setattr(head, "decode_ids", lambda backbone, ctx: next(outputs))
+    batch = fast_batch(h, B=2)
+    first = policy.predict_action_batch(batch)
+    assert head.decode_failures == 0
+    with pytest.warns(RuntimeWarning, match="1 of 2 predicted FAST token sequences do not decode"):
+        second = policy.predict_action_batch(batch)
+    assert head.decode_failures == 1
+    np.testing.assert_array_equal(second, first)  # row 1 holds its last valid chunk; row 0 decoded again
+    with pytest.warns(RuntimeWarning):
+        third = policy.predict_action_batch(batch)
+    np.testing.assert_array_equal(third, first)
+    assert head.decode_failures == 2
+
+    strict = make_policy(h, tokenizer_dir, on_invalid="raise")
+    monkeypatch.setattr(strict.head, "decode_ids", lambda backbone, ctx: [good[0], good[1][:2]])
+    with pytest.raises(FastDecodeError, match="sample 1"):
+        strict.predict_action_batch(batch)
+    fresh = make_policy(h, tokenizer_dir)  # nothing valid to hold yet
+    monkeypatch.setattr(fresh.head, "decode_ids", lambda backbone, ctx: [good[0], good[1][:2]])
+    with pytest.raises(FastDecodeError, match="no valid chunk to hold"):
+        fresh.predict_action_batch(batch)

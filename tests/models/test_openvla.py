@@ -1,8 +1,8 @@
 """OpenVLA checkpoints in and out, checked against an independent reimplementation of OpenVLA's math.
 
-`openvla_reference.py` writes small checkpoints in OpenVLA's Hugging Face layout (timm key names, fused
-qkv, `scale_factor`, registers, sharded safetensors + index) and computes logits and actions from the
-published definitions (timm ViT, Prismatic projector, Llama-2, OpenVLA's action decoding), sharing no
+`openvla_checkpoint.py` writes small checkpoints in OpenVLA's Hugging Face layout (timm key names, fused
+qkv, `scale_factor`, registers, sharded safetensors + index) and `openvla_reference.py` computes logits and
+actions from the published definitions (timm ViT, Prismatic projector, Llama-2, OpenVLA's action decoding), sharing no
 code with vlaforge. Every value here is compared with it at fp32.
 """
 
@@ -14,7 +14,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from openvla_reference import TEST_TIMM_IDS, decode_action_ids, make_openvla_checkpoint
+from openvla_checkpoint import make_openvla_checkpoint
+from openvla_reference import TEST_TIMM_IDS, decode_action_ids
 from safetensors import safe_open
 
 from vlaforge.errors import InputError

@@ -1,4 +1,5 @@
-"""Self-tests of the independent OpenVLA reference (openvla_reference.py) and its checkpoint writer.
+"""Self-tests of the independent OpenVLA reference (openvla_reference.py) and its checkpoint writer
+(openvla_checkpoint.py).
 
 The decoder is checked against transformers' Llama, the ViT pieces against torch's own conv2d, GELU and
 TransformerEncoderLayer, and the written files against the Hugging Face layout they imitate.
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from openvla_checkpoint import make_dataset_statistics, make_openvla_checkpoint
 from openvla_reference import (
     LLAMA_EMPTY_TOKEN,
     PROMPT_WORDS,
@@ -24,8 +26,6 @@ from openvla_reference import (
     decode_action_ids,
     gelu_exact,
     llama_logits,
-    make_dataset_statistics,
-    make_openvla_checkpoint,
     patch_embed,
     vit_block,
 )

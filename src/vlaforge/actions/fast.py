@@ -1,44 +1,9 @@
 """FAST action tokenizer (pi0-FAST): a DCT over each chunk's time axis, then byte-pair encoding.
 
-Pertsch et al., 2025, "FAST: Efficient Action Tokenization for Vision-Language-Action Models". Binning
-every dim of every step (RT-2 / OpenVLA, `vlaforge.actions.tokenizer.BinTokenizer`) spends H x D tokens
-on a chunk whose steps are nearly equal; at high control rates the next token is almost a copy of the
-previous one and autoregressive training learns little. FAST compresses the chunk first:
-
-    encode  (H, D) normalised chunk in [-1, 1]
-            -> C = DCT-II (orthonormal) along time, per dim          # (H, D), C[k, d]: frequency k of dim d
-            -> q = round(scale * C)                                   # integers, mostly 0 at high k
-            -> flatten low frequencies first: q[0, :], q[1, :], ...    # H * D integers
-            -> one character per integer, chr(CHAR_BASE + q - min_value)
-            -> BPE ids (a `tokenizers` BPE model trained on the dataset's chunks; no pre-tokenizer, so a
-               whole chunk is one "word" and merges may span dims and frequencies)
-    decode  the inverse of each step; the integer sequence is zero-padded (or cut) to H * D when a model
-            emitted the wrong number of coefficients, as the paper's decoder tolerates, and that chunk is
-            flagged; ids outside the vocabulary are dropped (and flagged). Output clipped to [-1, 1].
-
-Design choices (paper defaults where it gives them):
-
-- ``scale`` 10 and a vocabulary of 1024 per dataset are the paper's defaults. Rounding costs at most
-  0.5 / scale per coefficient; the orthonormal inverse DCT keeps the L2 norm, so every reconstructed
-  element is within sqrt(H) * 0.5 / scale of the input (tests/actions/test_fast.py checks it).
-- The DCT matrix is built here in numpy (scipy is not a dependency) and cached per H.
-- Characters start at ``CHAR_BASE`` = U+0100 rather than U+0000: no control characters or spaces ever
-  reach the BPE model or its JSON file. Character CHAR_BASE stands for `min_value`, and every value from
-  `min_value` to `max_value` is in the BPE's initial alphabet. That range is the widest any chunk in
-  [-1, 1] can reach (`coefficient_bound`: +-32 for H = 10 at scale 10), not just the training data's, so
-  chunks unlike the training ones (another dataset, held-out episodes) encode without clipping; only
-  when that range would take more than half the vocabulary does it shrink to the values seen in
-  training, and values outside it are then clipped and counted in `last_encode_clipped`.
-- The BPE merges need a pair to occur at least twice (`MIN_PAIR_FREQUENCY`): a pair seen once is not a
-  pattern. The trained vocabulary can be smaller than asked when the data runs out of pairs;
-  `vocab_size` is the real size.
-- In an LM vocabulary the FAST ids sit on the last `vocab_size` ids, reversed as OpenVLA's bins are
-  (`to_lm_ids`: FAST id i -> lm_vocab_size - 1 - i); a token head emits them and then ``</s>``.
-- Saved as JSON only: ``tokenizer.json`` (the `tokenizers` BPE model) and ``fast.json`` (H, D, scale,
-  the value range, vocab size, format version). No pickle.
-
-Pure numpy + `tokenizers`; no model imports. `train_tokenizer_command` (behind ``vlaforge tokenizer
-train``) fits a tokenizer on a dataset's actions normalised as a policy normalises them.
+Pertsch et al., 2025, "FAST: Efficient Action Tokenization for Vision-Language-Action Models". Pure numpy +
+`tokenizers`, no model imports; saved as JSON only (fast.json + tokenizer.json). The pipeline, its error
+bound and the design choices (character range, vocabulary, LM-id placement) are in docs/fast.md.
+`train_tokenizer_command` is `vlaforge tokenizer train`.
 """
 
 from __future__ import annotations
@@ -54,6 +19,7 @@ import numpy as np
 from tokenizers import Tokenizer, models, trainers
 
 from vlaforge.actions.normalize import Normalizer
+from vlaforge.atomic import atomic_dir
 from vlaforge.errors import InputError
 
 FORMAT_VERSION = 1
@@ -322,11 +288,17 @@ class FASTTokenizer:
         }
 
     def save(self, directory: str | Path) -> Path:
-        """Writes ``tokenizer.json`` and ``fast.json`` into `directory` (created); returns it."""
+        """Writes ``tokenizer.json`` and ``fast.json`` as the directory `directory`, atomically (a new or
+        empty directory, or an earlier tokenizer's, which is replaced); returns it."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.bpe.save(str(directory / BPE_FILE))
-        (directory / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2) + "\n")
+        if _non_empty(directory) and not (directory / CONFIG_FILE).is_file():
+            raise InputError(
+                f"{directory} holds other files and no {CONFIG_FILE}; the tokenizer replaces its directory "
+                "whole: choose a new or empty directory"
+            )
+        with atomic_dir(directory, overwrite=True) as tmp:  # both files appear together, or neither
+            self.bpe.save(str(tmp / BPE_FILE))
+            (tmp / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2) + "\n")
         return directory
 
     @classmethod
@@ -383,6 +355,10 @@ class FASTTokenizer:
             f"FASTTokenizer(vocab_size={self.vocab_size}, H={self.horizon}, D={self.action_dim}, "
             f"scale={self.scale:g}, values {self.min_value}..{self.max_value})"
         )
+
+
+def _non_empty(path: Path) -> bool:
+    return path.is_dir() and any(path.iterdir())
 
 
 def _to_strings(offsets: np.ndarray) -> list[str]:

@@ -1,47 +1,8 @@
 """A diffusion action head: a DiT denoises the action chunk, cross-attending to the VLM's hidden states.
 
-Papers and what is taken from each:
-
-- Diffusion Policy (Chi et al., 2023, "Diffusion Policy: Visuomotor Policy Learning via Action Diffusion"):
-  the objective. DDPM (Ho et al., 2020) with T = 100 training steps, the squared-cosine schedule
-  (`squaredcos_cap_v2`, Nichol & Dhariwal, 2021), epsilon prediction, an MSE loss, the predicted x0
-  clipped to [-1, 1] (`clip_sample`), and DDIM sampling with ~10 steps at inference.
-- DDIM (Song et al., 2021, "Denoising Diffusion Implicit Models"): the deterministic sampler (eta = 0)
-
-      x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t)          a_t = alphas_cumprod[t]
-      x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev) eps      a_prev = 1 after the last step
-
-  so a prediction is a deterministic function of the initial noise (drawn from the caller's generator).
-- DiT (Peebles & Xie, 2023, "Scalable Diffusion Models with Transformers"): the denoiser's blocks,
-  conditioned on the diffusion step by adaLN-Zero: the step's sinusoidal embedding goes through an MLP,
-  then per block a zero-initialised Linear gives shift, scale and gate of every sub-layer, so each block
-  starts as the identity and the final layer outputs zero.
-- GR00T N1 (NVIDIA, 2025) and TRI's LBM: a DiT over the action tokens conditioned on the step by adaLN
-  and cross-attending to the VLM's features; Octo (Octo Model Team, 2024) is the other published VLA with
-  a diffusion head (an MLP on a readout token). Here a block is DiT's with a cross-attention sub-layer
-  between self-attention and MLP, each of the three with its own adaLN-Zero shift / scale / gate.
-
-Conditioning: the LLM runs once over `[pads][BOS][patches][state][prompt]` (no suffix) and its final hidden
-states, projected to the DiT width, are the keys and values of every block's cross-attention; left padding
-is masked out. At inference that pass runs once per prediction (no grad) and only the DiT runs
-`num_steps` times; `predict_reference` recomputes the backbone at every step (the slow path the tests
-compare against). In training the backbone runs with grad, so it learns through the cross-attention.
-
-Choices the published definitions leave open:
-
-- Timesteps at inference: `num_steps` evenly spaced ones ending at T - 1 ("trailing" spacing, Lin et al.,
-  2024, "Common Diffusion Noise Schedules and Sample Steps are Flawed"): for T = 100, N = 10 that is 99,
-  89, ..., 9, then x0. Diffusion Policy's diffusers DDIM used "leading" spacing (90, 80, ..., 0), whose
-  first step treats pure noise as x_90 although a_90 = 0.02 still holds signal; trailing starts where the
-  noise is (a_99 ~ 2e-5). Each step goes to the next timestep of the list (not t - T // N, which drifts
-  when N does not divide T).
-- Width: `width=0` (the default) takes min(LLM width, 256): 128 on the tiny preset, 256 for a 7B LLM
-  (about 2.5 M parameters per block, small beside the LLM, as pi0's action expert and GR00T's DiT are).
-  Attention heads: width // 64 (at least 1, lowered until it divides the width).
-- `clip_sample` follows Diffusion Policy (x0 in [-1, 1], what q99 and min-max normalisation give); turn it
-  off for `norm_mode="mean_std"`, whose actions are not bounded.
-- The schedule is derived from `train_steps`, so it is a non-persistent buffer (not in the state dict),
-  and it stays float32 when the module is cast (bfloat16 would round a_0 = 0.9996 to 1).
+Diffusion Policy (Chi et al., 2023: DDPM objective, squared-cosine schedule, epsilon prediction), DDIM
+sampling (Song et al., 2021), DiT blocks with adaLN-Zero (Peebles & Xie, 2023), as GR00T N1 and TRI's LBM
+condition on the VLM. What is taken from each, and the choices they leave open: docs/diffusion.md.
 """
 
 from __future__ import annotations

@@ -1,26 +1,18 @@
 """The token head with FAST tokens (pi0-FAST; Pertsch et al., 2025): a chunk as a few BPE tokens, then `</s>`.
 
-`TokenHead` spends H x D tokens per chunk, one 256-bin token per dim and step. `FastTokenHead` encodes the
-normalised chunk with a FAST tokenizer trained on the dataset (`vlaforge.actions.fast`: DCT over time,
-scale and round, byte-pair encoding) and trains the LM to emit those ids followed by `</s>`: a variable
-number of tokens, far fewer than H x D on smooth chunks. Decoding is greedy with the KV cache until every
-sample has emitted `</s>` (at most H x D tokens: a BPE token covers at least one coefficient), then the
-ids go back through the tokenizer; a sequence of the wrong length is padded or cut as FAST's decoder does.
-
-The FAST ids take the action-token range of the vocabulary (its last `n_bins` ids, where the bins of the
-plain token head live), reversed like OpenVLA's bins: FAST id i is `action_vocab_size - 1 - i`. So the
-tokenizer's vocabulary must fit in `n_bins` (256 for every preset; `vlaforge tokenizer train --vocab-size
-256`). The tokenizer travels inside the checkpoint's config.json (`tokenizer_json`), so a saved policy
-needs nothing else.
-
-The sampler pads a chunk that runs past its episode's end by repeating the last action; FAST encodes
-whole chunks, so those steps are part of the target (the `pad` mask is not used).
+The normalised chunk is encoded with a FAST tokenizer trained on the dataset (`vlaforge.actions.fast`) and
+the LM learns to emit those ids, then `</s>`; decoding is greedy with the KV cache. Vocabulary placement,
+what happens to a token sequence that does not decode, and other choices: docs/fast.md.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
+from dataclasses import replace
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
@@ -29,6 +21,17 @@ from vlaforge.actions.fast import FASTTokenizer
 from vlaforge.errors import InputError
 from vlaforge.models.backbone import PrismaticBackbone
 from vlaforge.models.heads import IGNORE_INDEX, ActionHead, Context, HeadDims, HeadOption, HeadSpec
+from vlaforge.models.text import reserved_ids
+
+ON_INVALID = ("hold", "raise")
+
+
+class FastDecodeError(RuntimeError):
+    """Predicted FAST tokens that do not decode to a chunk, with no valid chunk to execute instead."""
+
+
+class FastDecodeWarning(RuntimeWarning):
+    """Predicted FAST tokens that did not decode; the row's last valid chunk was held."""
 
 
 def tokenizer_from_json(text: str) -> FASTTokenizer:
@@ -46,28 +49,53 @@ def tokenizer_from_json(text: str) -> FASTTokenizer:
         ) from e
 
 
+def _load_tokenizer(tokenizer: str, tokenizer_json: str) -> FASTTokenizer | None:
+    if tokenizer_json:
+        return tokenizer_from_json(tokenizer_json)
+    return FASTTokenizer.load(tokenizer) if tokenizer else None
+
+
+def fit_preset(preset: Any, options: dict[str, Any]) -> Any:
+    """The preset with room for the FAST ids above the text tokenizer's ids.
+
+    A preset whose action ids end its vocabulary (the byte-tokenizer presets: `action_vocab_size ==
+    llm.vocab_size`) grows both to `reserved + vocab`, so FAST's 1,024 tokens fit the 515-id tiny model; a
+    padded vocabulary (OpenVLA's 32,064 rows, actions below 32,000) keeps its size, and the head checks it.
+    """
+    tok = _load_tokenizer(str(options.get("tokenizer") or ""), str(options.get("tokenizer_json") or ""))
+    if tok is None:
+        return preset  # the head says what to pass
+    need = reserved_ids(preset.tokenizer) + tok.vocab_size
+    if preset.action_vocab_size >= need or preset.action_vocab_size != preset.llm.vocab_size:
+        return preset
+    return preset.with_overrides(action_vocab_size=need, llm=replace(preset.llm, vocab_size=need))
+
+
 class FastTokenHead(ActionHead):
     """Autoregressive FAST tokens (variable length, ending in `</s>`) with a KV cache.
 
     Args:
-        dims: D, H (must equal the tokenizer's), the bin tokenizer (its id range holds the FAST ids) and
-            `</s>`.
+        dims: D, H (must equal the tokenizer's), the action vocabulary (FAST id i is LM id
+            `action_vocab_size - 1 - i`, above `dims.reserved_ids`) and `</s>`.
         tokenizer: a directory written by `vlaforge tokenizer train` (fast.json + tokenizer.json).
         tokenizer_json: the same tokenizer inline (what a saved checkpoint holds); wins over `tokenizer`.
+        on_invalid: what a predicted sequence that does not decode to H x D coefficients becomes: "hold"
+            (that batch row's last valid chunk, with a `FastDecodeWarning`; `FastDecodeError` when there is
+            none yet) or "raise" (`FastDecodeError`). Never a zero-padded chunk. Either way
+            `decode_failures` counts them.
     """
 
     uses_lm_head = True
 
-    def __init__(self, dims: HeadDims, tokenizer: str = "", tokenizer_json: str = ""):
+    def __init__(
+        self, dims: HeadDims, tokenizer: str = "", tokenizer_json: str = "", on_invalid: str = "hold"
+    ):
         super().__init__(dims.action_dim, dims.chunk_size)
-        if tokenizer_json:
-            tok = tokenizer_from_json(tokenizer_json)
-        elif tokenizer:
-            tok = FASTTokenizer.load(tokenizer)
-        else:
+        tok = _load_tokenizer(tokenizer, tokenizer_json)
+        if tok is None:
             raise InputError(
                 "the fast head needs a FAST tokenizer: train one with `vlaforge tokenizer train --dataset DIR "
-                "--out TOK --chunk-size H --vocab-size 256` and pass --head-options tokenizer=TOK"
+                "--out TOK --chunk-size H` and pass --head-options tokenizer=TOK"
             )
         if (tok.horizon, tok.action_dim) != (dims.chunk_size, dims.action_dim):
             raise InputError(
@@ -75,16 +103,23 @@ class FastTokenHead(ActionHead):
                 f"predicts {dims.chunk_size} x {dims.action_dim}: pass --chunk-size {tok.horizon} (and a dataset "
                 f"with {tok.action_dim} action dims)"
             )
-        if tok.vocab_size > dims.bins.n_bins:
+        room = dims.bins.vocab_size - dims.reserved_ids
+        if tok.vocab_size > room:
             raise InputError(
-                f"the FAST vocabulary has {tok.vocab_size} ids; the action-token range holds {dims.bins.n_bins}: "
-                f"retrain with --vocab-size {dims.bins.n_bins}"
+                f"the FAST vocabulary has {tok.vocab_size} ids; this LLM vocabulary has room for at most {room} "
+                f"above its text ids (ids {dims.reserved_ids}..{dims.bins.vocab_size - 1}): retrain with "
+                f"--vocab-size {max(room, 0)}, or use a preset whose action ids end its vocabulary (it grows)"
             )
+        if on_invalid not in ON_INVALID:
+            raise InputError(f"on_invalid must be one of {ON_INVALID}, got {on_invalid!r}")
         self.fast = tok
         self.action_vocab = dims.bins.vocab_size
         self.eos_id = dims.eos_id
+        self.on_invalid = on_invalid
         self.tokenizer = ""  # the path is not kept: the inline copy is what the checkpoint holds
         self.tokenizer_json = json.dumps({"fast": tok.config(), "bpe": tok.bpe.to_str()})
+        self.decode_failures = 0  # predicted sequences that did not decode, since the head was built
+        self._last_valid: np.ndarray | None = None  # (B, H, D) the last chunk predicted per batch row
 
     @property
     def max_tokens(self) -> int:
@@ -104,6 +139,8 @@ class FastTokenHead(ActionHead):
         return ids.to(actions.device), keep.to(actions.device)
 
     def loss(self, backbone, ctx, actions, pad):
+        # The sampler repeats an episode's last action past its end; FAST encodes whole chunks, so those
+        # steps are part of the target (`pad` is not used).
         targets, keep = self.targets(actions[:, : self.chunk_size])
         K = targets.shape[1]
         seq = backbone.assemble(ctx.images, ctx.state, ctx.prompt_ids, suffix=backbone.embed_tokens(targets))
@@ -136,8 +173,30 @@ class FastTokenHead(ActionHead):
 
     def predict(self, backbone, ctx, *, generator=None, num_steps=None):
         fast = self.fast.from_lm_ids(self.decode_ids(backbone, ctx), self.action_vocab)
-        chunk = self.fast.decode(fast, self.chunk_size, self.action_dim)  # (B, H, D), padded / cut if needed
-        return torch.from_numpy(chunk).to(backbone.device)
+        chunk, valid = self.fast.decode(fast, self.chunk_size, self.action_dim, return_valid=True)
+        if not valid.all():
+            chunk = self._replace_invalid(chunk, valid)
+        self._last_valid = chunk.copy()
+        return torch.from_numpy(chunk).to(backbone.device)  # (B, H, D)
+
+    def _replace_invalid(self, chunk: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        """The rows of `chunk` that did not decode, replaced per `on_invalid` (or a FastDecodeError)."""
+        bad = np.flatnonzero(~valid)
+        self.decode_failures += len(bad)
+        what = (
+            f"{len(bad)} of {len(valid)} predicted FAST token sequences do not decode to a {self.chunk_size} x "
+            f"{self.action_dim} chunk (sample {', '.join(map(str, bad))}: a wrong number of coefficients or "
+            f"ids outside the FAST vocabulary; {self.decode_failures} so far)"
+        )
+        held = self._last_valid
+        if self.on_invalid == "raise":
+            raise FastDecodeError(f"{what}; on_invalid='raise' executes none")
+        if held is None or held.shape != chunk.shape:
+            raise FastDecodeError(f"{what}; there is no valid chunk to hold for this batch yet")
+        warnings.warn(f"{what}; holding each row's last valid chunk", FastDecodeWarning, stacklevel=3)
+        out = chunk.copy()
+        out[bad] = held[bad]
+        return out
 
 
 FastTokenHead.spec = HeadSpec(
@@ -148,5 +207,12 @@ FastTokenHead.spec = HeadSpec(
     options=(
         HeadOption("tokenizer", str, "", "a FAST tokenizer directory (`vlaforge tokenizer train`)"),
         HeadOption("tokenizer_json", str, "", "the tokenizer inline (written into saved checkpoints)"),
+        HeadOption(
+            "on_invalid",
+            str,
+            "hold",
+            "a predicted token sequence that does not decode: 'hold' (the row's last valid chunk) or 'raise'",
+        ),
     ),
+    fit_preset=fit_preset,
 )

@@ -1,45 +1,9 @@
-"""pi0's action expert: flow matching over the action chunk, by a second transformer that reads the LLM's keys
-and values layer by layer.
+"""pi0's action expert: flow matching over the action chunk, by a second transformer that reads the LLM's
+keys and values layer by layer.
 
-Black et al., 2024, "pi0: A Vision-Language-Action Flow Model for General Robot Control". What is taken from
-it (in the convention of its released code, where t = 1 is noise and t = 0 the actions):
-
-- Objective: conditional flow matching (Lipman et al., 2023) on the straight path
-      x_t = t * noise + (1 - t) * actions,        target velocity  u = noise - actions,
-  loss = mean of (v_theta(x_t, t, prefix) - u)^2 over the chunk steps that are not padding.
-- Time in training: s ~ Beta(1.5, 1), t = 0.999 s + 0.001, which puts more weight on noisy times (the paper
-  writes the same density in its own time direction, tau = 1 - t). Beta(a, 1) has the CDF s^a, so it is
-  sampled exactly by inverting it, s = U^(1 / a), which also takes a `torch.Generator`.
-  E[t] = 0.999 * a / (a + 1) + 0.001 = 0.6004 for a = 1.5.
-- Inference: x = noise at t = 1, then N Euler steps of dt = -1/N (N = 10), x <- x + dt * v(x, t) with
-  t_i = 1 - i / N, and x at t = 0 is the normalised chunk (B, H, D).
-- A mixture of transformers: the "action expert" has the LLM's depth and attention geometry (heads, KV heads,
-  head_dim) but its own, smaller width and MLP, RMSNorm, SwiGLU and RoPE. In layer l the H action tokens'
-  queries attend to [the LLM's layer-l keys/values of the prefix] ++ [the expert's own keys/values of the H
-  tokens]: every valid (non-pad) prefix position and, bidirectionally, all H actions. The prefix never
-  attends to the actions (pi0's block-causal mask), so its keys and values are exactly what the LLM computes
-  on its own: `backbone.encode_prefix` fills a KV cache once per prediction and only the expert runs N times,
-  reading the cache and never appending to it. Training runs the backbone (with grad) over the prefix once
-  into a fresh cache and the expert on it, so the backbone learns through the expert's attention, as pi0
-  trains its VLM.
-- Input: the noisy action (D) through a Linear to the expert width, concatenated with a sine-cosine
-  embedding of t (periods from 4e-3 to 4.0), then Linear - SiLU - Linear back to the width. Output: a final
-  RMSNorm and a Linear to D, the velocity.
-
-Choices pi0 leaves open, or that differ:
-
-- Width: `expert_width=0` (the default) takes half the LLM width rounded down to a multiple of head_dim
-  (pi0: Gemma 300M, width 1024, beside Gemma 2B, width 2048): 64 on the tiny preset (LLM 128, 4 heads of
-  32), 2048 beside Llama-2 7B. The MLP keeps the LLM's ratio intermediate / width (tiny: 192; 7B: 5504).
-  The resolved width is what `config()` saves, so a checkpoint does not depend on this rule.
-- The state is the backbone's prefix token (pi0 puts it in the suffix); RoPE positions of the actions continue
-  after the prefix's last valid position, from the LLM's own rotary module, so frequencies are the LLM's.
-- The prefix outputs of the LLM's last layer are never read: that layer's q_proj, o_proj, post-attention
-  norm and MLP, and the final norm, get no gradient (`unused_backbone_modules` lists them).
-- `velocity_reference` computes the same velocity without the cache: one joint attention per layer over
-  [prefix ++ actions] with pi0's block mask, the LLM's and the expert's projections applied to their own
-  tokens (pi0's formulation). It assumes a Llama-style decoder layer (`input_layernorm`, `self_attn.q/k/v/
-  o_proj`, `post_attention_layernorm`, `mlp`); the tests compare the two paths.
+Black et al., 2024, "pi0: A Vision-Language-Action Flow Model for General Robot Control" (objective, time
+sampling, Euler integration, mixture-of-transformers attention). What is taken from it, the choices it
+leaves open, and the no-cache reference path the tests compare against: docs/flow.md.
 """
 
 from __future__ import annotations

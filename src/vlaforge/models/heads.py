@@ -27,6 +27,7 @@ that table, so a new head is one module plus one line there. `predict` takes sam
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -101,6 +102,9 @@ class HeadSpec:
         doc: one line for `--help`.
         default_chunk: the chunk H when none is given; None takes the preset's `chunk_size`.
         options: the head's own options.
+        fit_preset: `fit_preset(preset, options) -> preset`, run by `Policy.from_preset` on a new model:
+            the preset adjusted to what the head needs (the FAST head grows a vocabulary too small for
+            its tokenizer); None leaves the preset as it is.
     """
 
     name: str
@@ -108,6 +112,7 @@ class HeadSpec:
     doc: str
     default_chunk: int | None = None
     options: tuple[HeadOption, ...] = field(default_factory=tuple)
+    fit_preset: Callable[[Any, dict[str, Any]], Any] | None = None
 
     def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
         """Every option with its value (given, converted, or the default); unknown names are an error."""
@@ -133,6 +138,8 @@ class HeadDims:
         eos_id: the text tokenizer's `</s>`.
         llm: the LLM's sizes (depth, heads, KV heads), for heads whose layers attend to its keys and values
             (the flow head's action expert); None when unknown.
+        reserved_ids: ids below this belong to the text tokenizer (`vlaforge.models.text.reserved_ids`):
+            heads that place their own tokens in the vocabulary keep above it.
     """
 
     action_dim: int
@@ -141,6 +148,7 @@ class HeadDims:
     bins: BinTokenizer
     eos_id: int
     llm: LLMSpec | None = None
+    reserved_ids: int = 3
 
 
 class ActionHead(nn.Module):

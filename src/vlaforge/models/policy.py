@@ -2,47 +2,35 @@
 
 Policy = embodiment + norm stats + Prismatic backbone + action head. OpenVLA keeps separate training and
 Hugging Face classes with a converter between them, its users' most common trap; here the class that trains
-is the class that serves. A policy directory holds exactly three files, all safetensors or JSON:
-
-    config.json        preset (every size), head config, embodiment, text tokenizer, normalisation mode
-    model.safetensors  the state dict
-    norm_stats.json    per-feature statistics, validated against the embodiment at load
-
-(plus `tokenizer.json` when the Llama tokenizer is used). Actions are normalised inside the policy (q99 by
-default, as OpenVLA), so callers speak robot units both ways; predictions are clipped to the embodiment's
-limits.
+is the class that serves. It is saved and loaded through the checkpoint formats of
+`vlaforge.models.formats` (vlaforge's own directory, OpenVLA's layout). Actions are normalised inside the
+policy (q99 by default, as OpenVLA), so callers speak robot units both ways; predictions are clipped to the
+embodiment's limits.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vlaforge.actions import BinTokenizer, Normalizer
 from vlaforge.errors import InputError
 from vlaforge.models.backbone import PrismaticBackbone
+from vlaforge.models.formats import Bundle, detect_format, get_format, write_bundle
+from vlaforge.models.formats.base import as_dtype, parameters_on_meta
+from vlaforge.models.formats.vlaforge import policy_config
 from vlaforge.models.heads import Context, HeadDims, check_bins_fit
 from vlaforge.models.presets import Preset, get_preset
+from vlaforge.models.processor import Processor
 from vlaforge.models.registry import build_head, get_head_spec
-from vlaforge.models.text import build_text_tokenizer
-from vlaforge.policy_files import (
-    CONFIG_FILE,
-    DATASET_STATS_FILE,
-    FORMAT,
-    STATS_FILE,
-    TOKENIZER_FILE,
-    WEIGHTS_FILE,
-    read_policy_dir,
-)
+from vlaforge.models.text import build_text_tokenizer, reserved_ids
+from vlaforge.policy_files import validate_dataset_stats
 from vlaforge.types import Embodiment, NormStats, Observation
 
 POLICY_OPTIONS = ("norm_mode",)
@@ -97,6 +85,7 @@ class Policy(nn.Module):
             bins=self.bins,
             eos_id=self.text.eos_id,
             llm=preset.llm,
+            reserved_ids=reserved_ids(preset.tokenizer),
         )
         # A saved head config also holds derived values (action_dim, bins, ...): only options are passed.
         options = {o.name: head_config[o.name] for o in spec.options if o.name in head_config}
@@ -146,31 +135,16 @@ class Policy(nn.Module):
         if spec.default_chunk is not None and "chunk_size" not in overrides:
             overrides["chunk_size"] = spec.default_chunk
         p = p.with_overrides(**overrides)
+        if spec.fit_preset is not None:
+            p = spec.fit_preset(p, head_opts)
         return cls(
             p, {"kind": head, "chunk_size": p.chunk_size, **head_opts}, embodiment, norm_stats, norm_mode
         )
 
     @property
     def config(self) -> dict[str, Any]:
-        preset = self.preset.to_dict()
-        preset["tokenizer_path"] = None  # a saved policy carries its own tokenizer.json
-        return {
-            "format": FORMAT,
-            "version": 1,
-            "preset": preset,
-            "head": self.head.config(),
-            "chunk_size": self.head.chunk_size,
-            "image_size": self.preset.image_size,
-            "embodiment": self.embodiment.to_dict(),
-            "text_tokenizer": self.text.to_dict() | ({"path": None} if self.text.kind == "llama" else {}),
-            "norm_mode": self.norm_mode,
-            "training_data": self.training_data,
-            # An OpenVLA checkpoint's config.json (its statistics aside) travels through fine-tuning, so
-            # the OpenVLA export writes back the same architecture names.
-            "openvla": {k: v for k, v in self.openvla_source["config"].items() if k != "norm_stats"}
-            if self.openvla_source
-            else None,
-        }
+        """config.json of the vlaforge format (`vlaforge.models.formats.vlaforge.policy_config`)."""
+        return policy_config(self.to_bundle(with_state=False))
 
     def unused_parameter_names(self) -> list[str]:
         """Names of the parameters whose outputs never reach this policy's loss or predictions: the
@@ -208,11 +182,16 @@ class Policy(nn.Module):
     def set_dataset_stats(self, stats: Mapping[str, NormStats] | None) -> None:
         """Per training dataset of a mixture, its own statistics: training normalises every sample with
         its dataset's (the batch's "dataset" keys), and inference un-normalises with the `unnorm_key`
-        asked for, as OpenVLA's `dataset_statistics.json`. None or {} keeps the one set of `norm_stats`."""
+        asked for, as OpenVLA's `dataset_statistics.json`. None or {} keeps the one set of `norm_stats`.
+
+        Each dataset's actions are (un-)normalised with its own action mask when its statistics carry one
+        (OpenVLA applies each `unnorm_key`'s mask), else with the embodiment's `normalize_mask`."""
         self.dataset_stats, self._dataset_norms = {}, {}
-        mask = np.asarray(self.embodiment.normalize_mask, dtype=bool)
+        default = np.asarray(self.embodiment.normalize_mask, dtype=bool)
         for key, ns in (stats or {}).items():
-            ns.validate(self.embodiment, where=f"statistics of dataset {key!r}")
+            validate_dataset_stats(ns, self.embodiment, where=f"statistics of dataset {key!r}")
+            own = ns["action"].mask
+            mask = default if own is None else own
             state = Normalizer(ns["observation.state"], mode=self.norm_mode) if self.uses_state else None
             self.dataset_stats[key] = ns
             self._dataset_norms[key] = (Normalizer(ns["action"], mode=self.norm_mode, mask=mask), state)
@@ -500,44 +479,60 @@ class Policy(nn.Module):
     @property
     def processor(self) -> Any:
         """OpenVLA's processor contract: `inputs = policy.processor(prompt, image)`, then
-        `policy.predict_action(**inputs, unnorm_key=...)` (`vlaforge.models.openvla.Processor`)."""
-        from vlaforge.models.openvla import Processor
-
+        `policy.predict_action(**inputs, unnorm_key=...)` (`vlaforge.models.processor.Processor`)."""
         return Processor(self)
 
     # ------------------------------------------------------------------ persistence
+    def to_bundle(self, with_state: bool = True) -> Bundle:
+        """The policy as a format-neutral `Bundle` (its tensors by reference, not copied; none with
+        `with_state=False`, for its description alone)."""
+        return Bundle(
+            preset=self.preset,
+            head=self.head.config(),
+            embodiment=self.embodiment,
+            norm_stats=self.norm_stats,
+            state=self.state_dict() if with_state else {},
+            dataset_stats=dict(self.dataset_stats),
+            norm_mode=self.norm_mode,
+            training_data=self.training_data,
+            text=self.text.to_dict(),
+            tokenizer_dir=self.text.path if self.text.kind == "llama" else None,
+            extras={"openvla": self.openvla_source} if self.openvla_source else {},
+        )
+
+    @classmethod
+    def from_bundle(
+        cls, bundle: Bundle, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+    ) -> Policy:
+        """The policy a format read (`vlaforge.models.formats`), its weights loaded and checked.
+
+        `dtype` is the one the bundle was read with: a model built on the meta device takes the loaded
+        tensors as they are (already cast); one built normally copies them into its float32 parameters,
+        so it is cast afterwards, buffers included."""
+        with parameters_on_meta() if bundle.build_on_meta else nullcontext():
+            policy = cls(bundle.preset, bundle.head, bundle.embodiment, bundle.norm_stats, bundle.norm_mode)
+        policy.training_data = bundle.training_data
+        policy.set_dataset_stats(bundle.dataset_stats)
+        policy.openvla_source = bundle.extras.get("openvla")
+        state = bundle.tensors(policy.state_dict())
+        policy.load_state_dict(state, strict=True, assign=bundle.build_on_meta)
+        del state
+        if bundle.keep_alive is not None:
+            policy._keep_alive = bundle.keep_alive  # the memory maps behind its tensors
+        if dtype is not None and not bundle.build_on_meta:
+            policy = policy.to(as_dtype(dtype))
+        return policy.to(device)
+
     def save_pretrained(self, directory: str | Path, format: str = "vlaforge", **options: Any) -> Path:
-        """Writes the policy.
+        """Writes the policy; the directory is replaced whole and atomically (staged, then swapped in).
 
         Args:
-            directory: created if needed.
-            format: "vlaforge" (config.json, model.safetensors, norm_stats.json, and tokenizer.json for
-                Llama) or "openvla" (OpenVLA's Hugging Face layout, readable by OpenVLA's own code:
-                `vlaforge.models.openvla_save.save_openvla`, whose options `max_shard_bytes` and `unnorm_key`
-                pass through).
+            directory: a new path, an empty directory or an earlier checkpoint (a symlink is followed).
+            format: a row of `vlaforge.models.formats.FORMATS`: "vlaforge" (config.json, model.safetensors,
+                norm_stats.json, and tokenizer.json for Llama) or "openvla" (OpenVLA's Hugging Face layout,
+                readable by OpenVLA's own code; options `max_shard_bytes` and `unnorm_key`).
         """
-        if format == "openvla":
-            from vlaforge.models.openvla_save import save_openvla
-
-            return save_openvla(self, directory, **options)
-        if format != "vlaforge":
-            raise InputError(f"unknown checkpoint format {format!r}; choose 'vlaforge' or 'openvla'")
-        if options:
-            raise InputError(f"options {sorted(options)} apply to format='openvla' only")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_FILE).write_text(json.dumps(self.config, indent=2))
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
-        self.norm_stats.save(directory / STATS_FILE)
-        if self.dataset_stats:
-            doc = {k: v.to_dict() for k, v in self.dataset_stats.items()}
-            (directory / DATASET_STATS_FILE).write_text(json.dumps(doc, indent=2))
-        if self.text.kind == "llama":
-            src = Path(self.text.path) / TOKENIZER_FILE
-            if src.resolve() != (directory / TOKENIZER_FILE).resolve():
-                shutil.copyfile(src, directory / TOKENIZER_FILE)
-        return directory
+        return write_bundle(self.to_bundle(), directory, format, **options)
 
     @classmethod
     def from_pretrained(
@@ -546,10 +541,11 @@ class Policy(nn.Module):
         device: str | torch.device = "cpu",
         dtype: torch.dtype | str | None = None,
         quantize: str | None = None,
+        format: str | None = None,
     ) -> Policy:
-        """Loads a policy: a directory written by `save_pretrained`, or an OpenVLA checkpoint (a directory
-        whose config.json has `model_type: "openvla"`, or a hub id such as `openvla/openvla-7b`).
-        Safetensors + JSON only: no pickle, no remote code.
+        """Loads a policy in any format of `vlaforge.models.formats.FORMATS`: a directory written by
+        `save_pretrained`, or an OpenVLA checkpoint (config.json with `model_type: "openvla"`, or a hub id
+        such as `openvla/openvla-7b`). Safetensors + JSON only: no pickle, no remote code.
 
         Args:
             directory: the policy directory, OpenVLA directory or hub id.
@@ -558,53 +554,16 @@ class Policy(nn.Module):
             quantize: "int8" or "int4" weight-only quantisation of the backbone's Linear layers
                 (`vlaforge.models.quantize`: bitsandbytes on CUDA, portable kernels elsewhere); None keeps
                 full precision.
+            format: read as this format (None: the one that recognises `directory`).
 
         Raises:
             InputError: a missing directory or file, stats that do not fit the embodiment, or weights that
                 do not fit the config (the message names the key and both shapes).
         """
-        from vlaforge.models import openvla
-
-        if openvla.is_openvla_dir(directory) or openvla.is_hub_id(directory):
-            policy = openvla.load_openvla(directory, dtype=dtype, device=device)
-        else:
-            policy = cls._from_vlaforge_dir(directory, device)
-            if dtype is not None:
-                policy = policy.to(openvla._dtype(dtype))
+        fmt = get_format(format) if format is not None else detect_format(directory)
+        policy = cls.from_bundle(fmt.read(directory, dtype=dtype), device, dtype)
         if quantize is not None:
             from vlaforge.models.quantize import quantize_policy
 
             quantize_policy(policy, quantize)
         return policy
-
-    @classmethod
-    def _from_vlaforge_dir(cls, directory: str | Path, device: str | torch.device) -> Policy:
-        files = read_policy_dir(directory)
-        directory = files.root
-        preset = Preset.from_dict(files.preset)
-        if preset.tokenizer == "llama":
-            preset = preset.with_overrides(tokenizer_path=str(directory))
-        policy = cls(preset, files.head, files.embodiment, files.norm_stats, files.norm_mode)
-        policy.training_data = files.training_data
-        policy.set_dataset_stats(files.dataset_stats)
-        if files.config.get("openvla"):
-            policy.openvla_source = {"config": files.config["openvla"]}
-        weights = directory / WEIGHTS_FILE
-        expected = policy.state_dict()
-        with safe_open(str(weights), framework="pt") as f:
-            keys = set(f.keys())
-            for key in keys & set(expected):
-                shape = tuple(f.get_slice(key).get_shape())
-                if shape != tuple(expected[key].shape):
-                    raise InputError(
-                        f"{weights}: tensor {key!r} has shape {shape}; the config expects "
-                        f"{tuple(expected[key].shape)}"
-                    )
-        unexpected, absent = sorted(keys - set(expected)), sorted(set(expected) - keys)
-        if unexpected or absent:
-            raise InputError(
-                f"{weights}: state-dict keys do not match the config: missing {absent[:5]}"
-                f"{' ...' if len(absent) > 5 else ''}, unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
-            )
-        policy.load_state_dict(load_file(str(weights)))
-        return policy.to(device)

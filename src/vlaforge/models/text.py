@@ -116,6 +116,13 @@ class LlamaTokenizer:
         return {"kind": self.kind, "path": self.path}
 
 
+def reserved_ids(kind: str) -> int:
+    """How many leading ids a tokenizer of `kind` keeps for itself, which no action id may take: the byte
+    tokenizer's specials and bytes (259); Llama's `<unk>`, `<s>`, `</s>` (3; its other text ids are
+    rare enough to be overwritten by action tokens, as OpenVLA and pi0-FAST do)."""
+    return ByteTokenizer.offset + 256 if kind == "byte" else 3
+
+
 def build_text_tokenizer(
     kind: str, vocab_size: int, path: str | None = None, prompt: str = "openvla"
 ) -> ByteTokenizer | LlamaTokenizer:
