@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from vlaforge.atomic import write_json, write_text
 from vlaforge.errors import InputError
 from vlaforge.train import checkpoint as ckpt
 from vlaforge.train.augment import augment_batch
@@ -186,7 +187,7 @@ def _open_run(
     """Rank 0: the run directory, its config.json (new runs), metrics trimmed to `step`, one line to the user."""
     run.mkdir(parents=True, exist_ok=True)
     if resume_from is None:
-        ckpt.write_json(run / "config.json", cfg.to_dict())
+        write_json(run / "config.json", cfg.to_dict())
     _truncate_metrics(run / "metrics.jsonl", step)
     print(
         f"vlaforge train: {cfg.init or cfg.preset} / {cfg.head} head, {counts_line(counts, cfg)}, "
@@ -214,7 +215,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
         except json.JSONDecodeError:
             continue
     if len(kept) != len(lines):
-        path.write_text("".join(ln + "\n" for ln in kept))
+        write_text(path, "".join(ln + "\n" for ln in kept))
 
 
 @dataclass
