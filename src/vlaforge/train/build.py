@@ -17,15 +17,23 @@ from safetensors.torch import load_file
 from torch import nn
 
 from vlaforge.errors import InputError
+from vlaforge.models.quantize import is_quantized_layer
 from vlaforge.models.registry import HEADS
 from vlaforge.policy_files import WEIGHTS_FILE, read_policy_dir
 from vlaforge.train import checkpoint as ckpt
 from vlaforge.train.config import TrainConfig
 from vlaforge.train.finetune import apply_freeze, apply_lora, freeze_unused
+from vlaforge.train.qlora import quantize_base, upcast_adapters
 
 
-def build_policy(cfg: TrainConfig, embodiment: Any, norm_stats: Any) -> tuple[nn.Module, dict[str, int]]:
-    """The policy of this run, with freezing or LoRA applied; returns it and its parameter counts."""
+def build_policy(
+    cfg: TrainConfig, embodiment: Any, norm_stats: Any, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, dict[str, int]]:
+    """The policy of this run, with freezing or LoRA applied; returns it and its parameter counts.
+
+    Under ``cfg.quantize`` (QLoRA) the pretrained backbone is quantised on `device`, the training device,
+    before LoRA wraps its layers (`vlaforge.train.qlora`); the rest of the policy stays where it was built.
+    """
     from vlaforge.models import openvla
     from vlaforge.models.policy import Policy
     from vlaforge.models.presets import Preset
@@ -34,13 +42,10 @@ def build_policy(cfg: TrainConfig, embodiment: Any, norm_stats: Any) -> tuple[nn
     init_dir = Path(init)
     if cfg.init is not None and (openvla.is_openvla_dir(init_dir) or openvla.is_hub_id(init)):
         # An OpenVLA checkpoint: its backbone (memory-mapped, no second copy) under a fresh head for
-        # this dataset's embodiment; float32 weights train, a quantised base only under LoRA.
-        src = openvla.load_openvla(init, dtype=None if cfg.quantize else torch.float32)
-        if cfg.quantize is not None:
-            _require_qlora_support()
-            from vlaforge.models.quantize import quantize_policy
-
-            quantize_policy(src, cfg.quantize)
+        # this dataset's embodiment; float32 weights train; a base quantised on CUDA keeps its dtype
+        # (bfloat16 for openvla-7b), which autocast computes in.
+        on_cuda = torch.device(device).type == "cuda"
+        src = openvla.load_openvla(init, dtype=None if cfg.quantize and on_cuda else torch.float32)
         preset = src.preset
         overrides = {"chunk_size": cfg.chunk_size} if cfg.chunk_size else {}
         if cfg.history:
@@ -91,25 +96,16 @@ def build_policy(cfg: TrainConfig, embodiment: Any, norm_stats: Any) -> tuple[nn
             tokenizer_path=cfg.tokenizer_path,
             **cfg.head_options,
         )
+    if cfg.quantize is not None:
+        quantize_base(policy, cfg.quantize, torch.device(device))
     if cfg.lora_rank > 0:
         counts = apply_lora(policy, cfg.lora_rank, cfg.lora_alpha, dropout=0.0, strategy=cfg.freeze)
     else:
         counts = apply_freeze(policy, cfg.freeze)
+    if cfg.quantize is not None:
+        upcast_adapters(policy)
     counts["never_used"] = freeze_unused(policy)
     return policy, counts
-
-
-def _require_qlora_support() -> None:
-    """QLoRA trains LoRA adapters through bitsandbytes' 4/8-bit layers, which exist on CUDA only."""
-    if not torch.cuda.is_available():
-        raise InputError(
-            "--quantize (QLoRA) needs a CUDA GPU: bitsandbytes' quantised layers are what LoRA trains through. "
-            "On this machine fine-tune in full precision (drop --quantize), e.g. with --lora-rank 32"
-        )
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError as e:
-        raise InputError("--quantize (QLoRA) needs bitsandbytes: pip install bitsandbytes") from e
 
 
 def restore_policy(checkpoint: str | Path, device: str = "cpu") -> nn.Module:
@@ -121,7 +117,7 @@ def restore_policy(checkpoint: str | Path, device: str = "cpu") -> nn.Module:
 
     Args:
         checkpoint: a checkpoint directory (``RUN/last`` or ``RUN/checkpoints/step-XXXXXXX``).
-        device: where to put the policy.
+        device: where to put the policy (a QLoRA base is quantised there, as in training).
     """
     checkpoint = Path(checkpoint).resolve()
     if not ckpt.is_complete(checkpoint):
@@ -130,11 +126,9 @@ def restore_policy(checkpoint: str | Path, device: str = "cpu") -> nn.Module:
     cfg = TrainConfig.from_dict(state["config"])
     files = read_policy_dir(checkpoint)
     ckpt.seed_everything(cfg.seed)
-    policy, _ = build_policy(cfg, files.embodiment, files.norm_stats)
+    policy, _ = build_policy(cfg, files.embodiment, files.norm_stats, device)
     policy.set_dataset_stats(files.dataset_stats)
-    if fingerprint([p for p in policy.parameters() if not p.requires_grad]) != state.get(
-        "frozen_fingerprint"
-    ):
+    if frozen_fingerprint(policy) != state.get("frozen_fingerprint"):
         raise InputError(
             f"{checkpoint}: the rebuilt frozen weights differ from the run's (same preset and seed?)"
         )
@@ -164,3 +158,11 @@ def fingerprint(tensors: list[torch.Tensor]) -> str:
     with torch.no_grad():
         stats = torch.stack([torch.stack([t.double().sum(), t.double().square().sum()]) for t in tensors])
     return hashlib.sha256(stats.cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def frozen_fingerprint(policy: nn.Module) -> str:
+    """The fingerprint of the frozen parameters a resumed run must rebuild identically. Quantised layers'
+    own tensors are left out: they are derived from the base weights by the backend of the device, so a
+    QLoRA run restores on another device (bitsandbytes on CUDA, the portable kernels on the CPU)."""
+    quantised = {id(p) for m in policy.modules() if is_quantized_layer(m) for p in m.parameters()}
+    return fingerprint([p for p in policy.parameters() if not p.requires_grad and id(p) not in quantised])

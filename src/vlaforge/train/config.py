@@ -47,8 +47,10 @@ class TrainConfig:
             tokenizer come from it; the head starts fresh (the token head reuses the LLM's output layer,
             so an OpenVLA token head continues from its action tokens), and the run's dataset brings its
             own embodiment (any action dim) and statistics.
-        quantize: ``int4`` or ``int8`` loads the ``init`` base quantised and trains LoRA adapters on top
-            (QLoRA); needs CUDA, bitsandbytes and ``lora_rank`` > 0.
+        quantize: ``int4`` or ``int8`` quantises the ``init`` base (vision, projector, LLM) on the training
+            device and trains LoRA adapters over it (QLoRA, `vlaforge.train.qlora`): bitsandbytes on CUDA,
+            vlaforge's portable kernels on the CPU; needs ``lora_rank`` > 0. Checkpoints hold the adapters
+            merged into the dequantised base (a plain full-precision policy).
         tokenizer_path: a local directory with the Llama-2 ``tokenizer.json``, for presets that use the
             Llama tokenizer (``openvla-7b``) trained from scratch.
         head: the action head, one of the registry's (`vlaforge.models.registry.HEADS`): ``tokens``

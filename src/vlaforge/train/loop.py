@@ -29,7 +29,7 @@ from vlaforge.errors import InputError
 from vlaforge.train import checkpoint as ckpt
 from vlaforge.train.augment import augment_batch
 from vlaforge.train.batches import Batches
-from vlaforge.train.build import build_policy, fingerprint, load_trainable, restore_policy
+from vlaforge.train.build import build_policy, fingerprint, frozen_fingerprint, load_trainable, restore_policy
 from vlaforge.train.config import RESUMABLE_CHANGES, TrainConfig, check_resumable, lr_at
 from vlaforge.train.distributed import (
     Dist,
@@ -70,7 +70,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
         dataset = open_dataset(
             cfg.dataset, image_size=cfg.image_size, unnormalized_actions=cfg.unnormalized_actions
         )
-        policy, counts = build_policy(cfg, dataset.embodiment(), dataset.norm_stats())
+        policy, counts = build_policy(cfg, dataset.embodiment(), dataset.norm_stats(), device)
         policy.training_data = dataset.training_data()
         # A mixture normalises every sample with its own dataset's statistics (the checkpoint's unnorm_keys).
         policy.set_dataset_stats(getattr(dataset, "dataset_norm_stats", dict)())
@@ -93,7 +93,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
             history=policy.history,
             balance=cfg.balance,
         )
-        frozen_print = fingerprint([p for p in policy.parameters() if not p.requires_grad])
+        frozen_print = frozen_fingerprint(policy)
         start = _Start()
         if resume_from is not None:
             start = _restore(cfg, d, resume_from, policy, optimizer, sampler, params, frozen_print)
