@@ -1,8 +1,9 @@
 """Building the policy a run trains, and rebuilding it from a checkpoint.
 
 Three starting points (`TrainConfig.preset` / `init`): a preset trained from scratch, a vlaforge policy
-directory, or an OpenVLA checkpoint (its backbone under a fresh head for the run's robot). Then freezing
-or LoRA (`vlaforge.train.finetune`, the OpenVLA paper's strategies). A LoRA checkpoint holds the trained
+directory, or an OpenVLA checkpoint (its backbone under a fresh head for the run's robot). Then, for
+QLoRA, the backbone is quantised on the training device (`vlaforge.train.qlora`), and freezing or LoRA is
+applied (`vlaforge.train.finetune`, the OpenVLA paper's strategies). A LoRA checkpoint holds the trained
 tensors only, so resuming or `restore_policy` rebuilds the frozen base and checks its fingerprint.
 """
 

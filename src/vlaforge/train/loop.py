@@ -71,15 +71,9 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
             cfg.dataset, image_size=cfg.image_size, unnormalized_actions=cfg.unnormalized_actions
         )
         policy, counts = build_policy(cfg, dataset.embodiment(), dataset.norm_stats(), device)
-        policy.training_data = dataset.training_data()
-        # A mixture normalises every sample with its own dataset's statistics (the checkpoint's unnorm_keys).
-        policy.set_dataset_stats(getattr(dataset, "dataset_norm_stats", dict)())
+        _record_dataset(policy, dataset)
         policy.to(device).train()
-        params = [(n, p) for n, p in policy.named_parameters() if p.requires_grad]
-        base_lr = cfg.lr if cfg.lr is not None else float(policy.preset.lr)
-        optimizer = torch.optim.AdamW(
-            [p for _, p in params], lr=base_lr, betas=(0.9, 0.999), weight_decay=0.0
-        )
+        params, base_lr, optimizer = _optimizer(cfg, policy)
         sampler = dataset.sampler(
             batch_size=cfg.batch_size,
             chunk_size=policy.chunk_size,
@@ -116,6 +110,24 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
     finally:
         teardown(d)
     return run
+
+
+def _record_dataset(policy: nn.Module, dataset: Any) -> None:
+    """What the policy keeps of its training data: where it came from (evaluation refuses those scenes)
+    and, for a mixture, every dataset's own statistics (the checkpoint's unnorm_keys)."""
+    policy.training_data = dataset.training_data()
+    policy.set_dataset_stats(getattr(dataset, "dataset_norm_stats", dict)())
+
+
+def _optimizer(
+    cfg: TrainConfig, policy: nn.Module
+) -> tuple[list[tuple[str, nn.Parameter]], float, torch.optim.Optimizer]:
+    """(trainable parameters by name, in optimizer order; the peak learning rate; AdamW without weight
+    decay, OpenVLA's)."""
+    params = [(n, p) for n, p in policy.named_parameters() if p.requires_grad]
+    base_lr = cfg.lr if cfg.lr is not None else float(policy.preset.lr)
+    optimizer = torch.optim.AdamW([p for _, p in params], lr=base_lr, betas=(0.9, 0.999), weight_decay=0.0)
+    return params, base_lr, optimizer
 
 
 @dataclass
