@@ -30,3 +30,15 @@ def test_the_pattern_catches_a_direct_read():
     assert reads_config("config = _read_json(root / CONFIG_FILE)")
     assert not reads_config("(directory / CONFIG_FILE).write_text(json.dumps(self.config))")
     assert not reads_config('ckpt.write_json(run / "config.json", cfg.to_dict())')
+
+
+MAX_LINES = 800
+
+
+def test_no_source_file_is_over_800_lines():
+    long = {
+        str(p.relative_to(SRC)): n
+        for p in SRC.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert not long, f"split these by concern (over {MAX_LINES} lines): {long}"

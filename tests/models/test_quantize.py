@@ -181,6 +181,16 @@ def test_int4_policy_skips_layers_the_group_size_does_not_divide(embodiment, nor
     assert wide["layers"] < s["layers"]
 
 
+def test_parts_limit_quantisation_to_the_named_submodules(embodiment, norm_stats):
+    policy = _policy(embodiment, norm_stats)
+    s = quantize_policy(policy, "int8", parts=("llm",), device="cpu")
+    assert s["layers"] > 0 and isinstance(policy.backbone.llm.model.layers[0].mlp.up_proj, Int8Linear)
+    assert type(policy.backbone.state_proj) is nn.Linear  # new for a fine-tune: it trains in full precision
+    assert not any(qz.is_quantized_layer(m) for m in policy.backbone.vision.modules())
+    w = policy.backbone.llm.model.layers[0].mlp.up_proj
+    torch.testing.assert_close(qz.dequantize_layer(w), w.dequantize())
+
+
 def test_linear_layers_inside_multihead_attention_stay_in_full_precision():
     class Backbone(nn.Module):
         def __init__(self):
@@ -285,3 +295,43 @@ def test_bitsandbytes_layers_follow_the_full_precision_layer(mode):
     assert not layer.weight.requires_grad
     err = (layer(x).float() - ref).abs().max() / ref.abs().max()
     assert err < (0.05 if mode == "int8" else 0.25)
+
+
+# ------------------------------------------------------------------------------------------ QLoRA
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_qlora_on_an_openvla_base_adapts_its_quantised_llm(mode, tmp_path):
+    """`train --init OPENVLA --quantize MODE --lora-rank R` on the CPU: the portable kernels quantise the
+    base and LoRA wraps them, so every projection of the LLM trains through its adapter."""
+    from openvla_reference import TEST_TIMM_IDS, make_openvla_checkpoint
+
+    from vlaforge.data.synth import SynthConfig, write_synthetic
+    from vlaforge.models import openvla
+    from vlaforge.train import TrainConfig, restore_policy, train
+
+    for timm_id, (kind, heads) in TEST_TIMM_IDS.items():
+        openvla.register_timm_model(timm_id, kind, heads)
+    base = tmp_path / "base"
+    make_openvla_checkpoint(base, fused=True, llm={"hidden": 128, "intermediate": 256})
+    data = write_synthetic(
+        SynthConfig(out=str(tmp_path / "d"), episodes=2, length=12, image_size=32, tasks=1)
+    )
+    cfg = TrainConfig(
+        dataset=str(data),
+        out=str(tmp_path / "run"),
+        init=str(base),
+        quantize=mode,
+        lora_rank=4,
+        head="tokens",
+        steps=2,
+        batch_size=2,
+        device="cpu",
+    )
+    run = train(cfg)
+    policy = restore_policy(run / "last")
+    kind = Int8Linear if mode == "int8" else Int4Linear
+    for layer in policy.backbone.llm.model.layers:
+        for module in (*layer.self_attn.children(), *layer.mlp.children()):
+            if hasattr(module, "in_features") or hasattr(module, "lora_A"):
+                assert isinstance(module.get_base_layer(), kind), module
+    tuned = Policy.from_pretrained(run / "last")  # merged into full precision: no quantised layer, no peft
+    assert not any(isinstance(m, (Int8Linear, Int4Linear)) for m in tuned.modules())

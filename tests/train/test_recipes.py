@@ -9,8 +9,9 @@ import pytest
 
 from vlaforge.errors import InputError
 from vlaforge.train import checkpoint as ckpt
+from vlaforge.train.config import recipe_config
 from vlaforge.train.loop import TrainConfig, train
-from vlaforge.train.recipes import RECIPES, recipe_config
+from vlaforge.train.recipes import RECIPES
 
 
 def _from_cli(argv: list[str]) -> TrainConfig:

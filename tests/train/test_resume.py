@@ -80,8 +80,11 @@ def test_crash_mid_save_keeps_previous_checkpoint(straight, tiny_dataset, tmp_pa
     monkeypatch.setattr(ckpt, "save_file", dies_after_partial_write)
     with pytest.raises(OSError, match="simulated crash"):
         train(_cfg(tiny_dataset, run, resume=True))
-    half = run / "checkpoints" / ".tmp-step-0000004"
-    assert (half / "model.safetensors").is_file() and not (half / ckpt.TRAINER_STATE).exists()
+    # The failed writer removed its staging directory; a killed one leaves it behind, half written:
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000002"]
+    half = run / "checkpoints" / ".step-0000004.tmp-99999"
+    half.mkdir()
+    (half / "model.safetensors").write_bytes(b"\x00" * 100)
     # `last` still names the complete step-2 checkpoint, which loads; the half one is never picked.
     assert os.readlink(run / "last") == os.path.join("checkpoints", "step-0000002")
     assert [p.name for p in ckpt.list_checkpoints(run)] == ["step-0000002"]
@@ -107,7 +110,7 @@ def test_resaving_a_step_never_leaves_last_dangling(tiny_dataset, tmp_path, monk
     real_replace = os.replace
 
     def crash_on_move_into_place(src, dst):
-        if Path(src).name.startswith(".tmp-step-"):
+        if Path(src).name.startswith(".step-0000002"):  # the staged checkpoint
             raise OSError("simulated crash while moving the new checkpoint into place")
         return real_replace(src, dst)
 

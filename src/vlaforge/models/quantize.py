@@ -40,10 +40,11 @@ vectorised for (about 8x faster than dequantising at one row), it returned wrong
 (8 or 40 inputs) and crashed the process for others (6, 13, 70 inputs), apparently because its oneDNN
 kernel is generated once, for the first shape it sees.
 
-Quantised policies are for inference. The quantised weights are buffers, not parameters, so nothing
-trains them; to fine-tune on a quantised base, put LoRA adapters on top of the bitsandbytes layers
-(QLoRA, on CUDA). Save the full-precision policy and quantise when loading
-(`Policy.from_pretrained(dir, quantize="int8")`): a quantised state dict does not match the config.
+Quantised policies serve, and they fine-tune under LoRA (QLoRA, `vlaforge.train.qlora`): the quantised
+weights are buffers (or bitsandbytes parameters with requires_grad False), so nothing trains them, and LoRA
+adapters wrap the quantised layers of either backend. Save the full-precision policy and quantise when
+loading (`Policy.from_pretrained(dir, quantize="int8")`): a quantised state dict does not match the config;
+`dequantize_layer` gives a layer's weight back in full precision (how a QLoRA checkpoint is merged).
 """
 
 from __future__ import annotations
@@ -324,6 +325,7 @@ def _bnb_layer(bnb: Any, linear: nn.Linear, mode: str) -> nn.Module:
         ).cuda(device)
     if has_bias:
         layer.bias = linear.bias
+    layer.source_dtype = w.dtype  # the dtype `dequantize_layer` gives back (Int8Params keeps no record)
     return layer
 
 
@@ -348,6 +350,24 @@ def layer_weight_bytes(layer: nn.Module) -> int:
     if is_quantized_layer(layer):
         return _bnb_weight_bytes(layer)
     return _nbytes(layer.weight)
+
+
+def dequantize_layer(layer: nn.Module) -> torch.Tensor:
+    """The (out, in) weight a quantised layer multiplies with, in the dtype it was quantised from (ours or
+    bitsandbytes'); a plain Linear's own weight."""
+    if isinstance(layer, (Int8Linear, Int4Linear)):
+        return layer.dequantize()
+    if not is_quantized_layer(layer):
+        return layer.weight.detach()
+    bnb, why = _import_bnb()
+    if bnb is None:
+        raise InputError(f"dequantising a bitsandbytes layer needs bitsandbytes ({why})")
+    w = layer.weight
+    if type(w).__name__ == "Params4bit":
+        return bnb.functional.dequantize_4bit(w.data, w.quant_state)
+    scb = w.SCB if getattr(w, "SCB", None) is not None else layer.state.SCB  # LLM.int8(): w = CB * SCB / 127
+    out = w.data.float() * scb.float().view(-1, 1) / 127.0
+    return out.to(getattr(layer, "source_dtype", torch.float32))
 
 
 # ---------------------------------------------------------------------------------------------- policy
@@ -389,15 +409,22 @@ def _pick_backend(backend: str, device: torch.device) -> tuple[str, Any]:
 
 
 def quantize_policy(
-    policy: nn.Module, mode: str, *, group_size: int = 128, backend: str = "auto"
+    policy: nn.Module,
+    mode: str,
+    *,
+    group_size: int = 128,
+    backend: str = "auto",
+    device: torch.device | str | None = None,
+    parts: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
     """Replaces, in place, the nn.Linear layers of `policy.backbone` by quantised layers.
 
     Covers the vision towers, the projector, the state projection and the LLM decoder; keeps the LLM's output
     layer, Linear layers inside an `nn.MultiheadAttention`, LoRA adapters and (int4) layers whose
     `in_features` is not a multiple of `group_size` in full precision, and touches nothing outside the
-    backbone (see the module docstring for why). The quantised weights do not train (they are buffers, or bitsandbytes parameters
-    with requires_grad False): a quantised policy is for inference.
+    backbone (see the module docstring for why). The quantised weights do not train (they are buffers, or
+    bitsandbytes parameters with requires_grad False): a quantised policy serves, or trains LoRA adapters
+    wrapped around these layers (QLoRA, `vlaforge.train.qlora`).
 
     Args:
         policy: a `Policy` (anything with a `.backbone` whose `.llm` is a transformers causal LM).
@@ -406,6 +433,11 @@ def quantize_policy(
             common choice of GPTQ/AWQ checkpoints). bitsandbytes' NF4 uses its own blocks of 64.
         backend: "auto" (bitsandbytes when the weights are on CUDA, else the portable kernels), "torch"
             (portable kernels on any device) or "bitsandbytes".
+        device: where to quantise and keep the quantised layers (each layer's weight moves there alone, so
+            a model larger than the device fits as long as its quantised form does); None: where the
+            weights are. "auto" picks the backend for this device.
+        parts: names of the backbone's submodules to quantise (e.g. ("vision", "projector", "llm") to keep
+            the state projection, which a fine-tune trains, in full precision); None: the whole backbone.
 
     Returns:
         {"mode", "backend", "layers": number replaced, "weight_bytes_before" / "weight_bytes_after": bytes of
@@ -450,6 +482,8 @@ def quantize_policy(
     for name, module in backbone.named_modules():
         if not isinstance(module, nn.Linear):
             continue
+        if parts is not None and name.split(".")[0] not in parts:
+            continue
         full = f"backbone.{name}"
         if module is lm_head:
             reasons[full] = "the LLM's output layer (action logits) stays in full precision"
@@ -462,19 +496,24 @@ def quantize_policy(
         else:
             targets.append((name, module))
 
-    device = targets[0][1].weight.device if targets else torch.device("cpu")
+    if device is None:
+        device = targets[0][1].weight.device if targets else torch.device("cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     chosen, bnb = _pick_backend(backend, device)
 
     before = after = 0
     with torch.no_grad():
         for name, linear in targets:
+            before += _nbytes(linear.weight)
+            linear = linear.to(device)  # one layer at a time: its full-precision copy is freed once quantised
             if chosen == "bitsandbytes":
                 new = _bnb_layer(bnb, linear, mode)
             elif mode == "int8":
                 new = Int8Linear.from_linear(linear)
             else:
                 new = Int4Linear.from_linear(linear, group_size)
-            before += _nbytes(linear.weight)
             after += layer_weight_bytes(new)
             parent_name, _, child = name.rpartition(".")
             setattr(backbone.get_submodule(parent_name) if parent_name else backbone, child, new)
@@ -497,6 +536,7 @@ __all__ = [
     "QUANT_MODES",
     "Int4Linear",
     "Int8Linear",
+    "dequantize_layer",
     "is_quantized_layer",
     "layer_weight_bytes",
     "pack_int4",

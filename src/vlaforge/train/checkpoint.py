@@ -12,11 +12,11 @@ A checkpoint is a directory ``RUN/checkpoints/step-XXXXXXX/`` holding
 - ``trainer_state.json``, written last: step, scheduler state, per-rank RNG states (python, numpy,
   torch, CUDA) and sampler states, the run config. Its presence marks the checkpoint complete.
 
-Writing follows the usual crash-safe recipe (write to a temporary name, fsync, rename): everything
-goes into ``checkpoints/.tmp-step-XXXXXXX``, files and directory are fsynced, the directory is
-renamed with ``os.replace``, then ``RUN/last`` is switched by renaming a fresh symlink over it. A
-crash at any point leaves ``last`` on the previous complete checkpoint, and readers only trust
-directories named ``step-*`` that contain ``trainer_state.json``. Safetensors and JSON only: no pickle.
+Writing goes through `vlaforge.atomic`: everything is staged in a hidden sibling inside
+``checkpoints/`` (`atomic.StagedDir`), fsynced and renamed to ``step-XXXXXXX``, then ``RUN/last`` is
+switched by renaming a fresh symlink over it. A crash at any point leaves ``last`` on the previous complete
+checkpoint, and readers only trust directories named ``step-*`` that contain ``trainer_state.json``.
+Safetensors and JSON only: no pickle.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, safe_open, save_file
 
+from vlaforge.atomic import StagedDir, replace_path, write_json
 from vlaforge.errors import InputError
 
 TRAINER_STATE = "trainer_state.json"
@@ -184,30 +185,6 @@ def load_optimizer(path: Path, optimizer: torch.optim.Optimizer, param_names: li
 # ------------------------------------------------------------------------------------------- saving
 
 
-def _fsync_tree(root: Path) -> None:
-    """fsyncs every file under `root` and the directories themselves."""
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
 def save_checkpoint(
     run: Path,
     step: int,
@@ -235,23 +212,8 @@ def save_checkpoint(
         The final checkpoint directory.
     """
     ckpts = Path(run) / CKPT_DIR
-    ckpts.mkdir(parents=True, exist_ok=True)
     name = step_dir_name(step)
-    tmp = ckpts / f".tmp-{name}"
     final = ckpts / name
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_policy(tmp)
-    tensors, meta = optimizer_to_safetensors(optimizer, param_names)
-    save_file(tensors, str(tmp / OPTIMIZER_FILE), metadata=meta)
-    if adapter is not None:
-        save_file(
-            {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter.items()},
-            str(tmp / ADAPTER_FILE),
-        )
-    write_json(tmp / TRAINER_STATE, {"format": FORMAT_VERSION, **trainer_state})
-    _fsync_tree(tmp)
     if final.exists():
         # The same step saved again (a run resumed from an older `last` while a newer checkpoint exists).
         # The complete checkpoint that `last` may name is never moved away: the new one gets a fresh name
@@ -260,8 +222,21 @@ def save_checkpoint(
         while (ckpts / f"{name}.{k}").exists():
             k += 1
         final = ckpts / f"{name}.{k}"
-    os.replace(tmp, final)
-    _fsync_dir(ckpts)
+    staged = StagedDir(final)
+    try:
+        save_policy(staged.path)
+        tensors, meta = optimizer_to_safetensors(optimizer, param_names)
+        save_file(tensors, str(staged.path / OPTIMIZER_FILE), metadata=meta)
+        if adapter is not None:
+            save_file(
+                {k: v.detach().to("cpu").contiguous().clone() for k, v in adapter.items()},
+                str(staged.path / ADAPTER_FILE),
+            )
+        write_json(staged.path / TRAINER_STATE, {"format": FORMAT_VERSION, **trainer_state})
+        staged.commit()  # fsyncs the tree, renames it to `final`, fsyncs checkpoints/
+    except BaseException:
+        staged.abort()
+        raise
     point_last(Path(run), final)
     for other in ckpts.glob(f"{name}*"):
         if other != final and (other.name == name or other.name.startswith(name + ".")):
@@ -277,8 +252,7 @@ def point_last(run: Path, target: Path) -> None:
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
     os.symlink(os.path.relpath(target, run), tmp)
-    os.replace(tmp, link)
-    _fsync_dir(run)
+    replace_path(tmp, link)  # a rename over the old link, then the run directory is fsynced
 
 
 def is_complete(path: Path) -> bool:
@@ -302,7 +276,8 @@ def prune(run: Path, keep: int) -> None:
         if last is None or p.resolve() != last.resolve():
             shutil.rmtree(p, ignore_errors=True)
     for p in (Path(run) / CKPT_DIR).iterdir():
-        if p.name.startswith((".tmp-", ".old-")) or (p.name.startswith("step-") and not is_complete(p)):
+        # Hidden entries are staging leftovers of a writer that died (`atomic.StagedDir`).
+        if p.name.startswith(".") or (p.name.startswith("step-") and not is_complete(p)):
             shutil.rmtree(p, ignore_errors=True)
 
 

@@ -21,7 +21,9 @@ keeps its own class). Targets follow peft's ``"all-linear"`` rule applied to the
 language model's output layer (peft drops a ``PreTrainedModel``'s output embeddings, which is what
 OpenVLA's ``finetune.py`` gets, since its model is one) and the output projection inside an
 ``nn.MultiheadAttention`` (SigLIP's pooling head), whose forward reads the weight directly so an
-adapter there would never run. A LoRA checkpoint must load with the one
+adapter there would never run. Over a quantised base (QLoRA) the targets are the quantised
+layers themselves (`vlaforge.train.qlora`), and `apply_lora` checks that every projection of the LLM
+got an adapter. A LoRA checkpoint must load with the one
 ``Policy.from_pretrained``: `merged_lora` swaps every adapted layer for a plain layer holding
 ``W + (alpha / r) B A`` while the policy is saved, leaving the training weights untouched (merging
 in place and un-merging later would not give back the same bits, which exact resume needs).
@@ -47,6 +49,7 @@ import torch
 from torch import nn
 
 from vlaforge.errors import InputError
+from vlaforge.models.quantize import dequantize_layer, is_quantized_layer
 
 FREEZE_STRATEGIES = ("full", "frozen-vision", "last-layer", "sandwich")
 LORA_ADAPTER = "default"
@@ -155,13 +158,13 @@ def _strategy_modules(policy: nn.Module, strategy: str) -> list[nn.Module]:
     return [vision, projector, *_llm_last_layer_parts(llm)]  # sandwich
 
 
-def lora_target_names(policy: nn.Module, strategy: str = "full") -> list[str]:
-    """Full names of the layers LoRA adapts: peft's "all-linear" over the parts `strategy` trains.
+def _linear_like(m: nn.Module) -> bool:
+    """An ``nn.Linear`` or a quantised one (vlaforge's portable layers, bitsandbytes')."""
+    return isinstance(m, nn.Linear) or is_quantized_layer(m)
 
-    Every ``nn.Linear`` there (vision, projector and LLM for ``full``; projector and LLM for
-    ``frozen-vision``; ...) except the LLM's output layer and the output projection of an
-    ``nn.MultiheadAttention`` (whose forward bypasses the submodule).
-    """
+
+def _lora_candidates(policy: nn.Module, strategy: str, within: nn.Module | None = None) -> list[str]:
+    """Names of the Linear (or quantised Linear) layers LoRA adapts under `strategy`, inside `within`."""
     vision, projector, llm = _backbone_parts(policy)
     skip = {id(llm.get_output_embeddings())}
     for part in (vision, projector, llm):
@@ -169,11 +172,23 @@ def lora_target_names(policy: nn.Module, strategy: str = "full") -> list[str]:
             if isinstance(m, nn.MultiheadAttention):
                 skip.add(id(m.out_proj))
     allowed = {id(m) for part in _strategy_modules(policy, strategy) for m in part.modules()}
-    names = [
+    if within is not None:
+        allowed &= {id(m) for m in within.modules()}
+    return [
         name
         for name, m in policy.named_modules()
-        if isinstance(m, nn.Linear) and id(m) in allowed and id(m) not in skip
+        if _linear_like(m) and id(m) in allowed and id(m) not in skip and ".lora_" not in name
     ]
+
+
+def lora_target_names(policy: nn.Module, strategy: str = "full") -> list[str]:
+    """Full names of the layers LoRA adapts: peft's "all-linear" over the parts `strategy` trains.
+
+    Every ``nn.Linear`` there, quantised or not (vision, projector and LLM for ``full``; projector and LLM
+    for ``frozen-vision``; ...), except the LLM's output layer and the output projection of an
+    ``nn.MultiheadAttention`` (whose forward bypasses the submodule).
+    """
+    names = _lora_candidates(policy, strategy)
     if not names:
         raise InputError(
             f"no nn.Linear layers found in {type(policy).__name__}'s backbone to adapt with LoRA"
@@ -210,17 +225,44 @@ def apply_lora(
     """
     from peft import LoraConfig, inject_adapter_in_model
 
+    from vlaforge.train.qlora import prepare_lora
+
     if rank <= 0:
         raise InputError(f"LoRA rank must be > 0; got {rank}")
     targets = lora_target_names(policy, strategy)
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
+    prepare_lora(policy, config, targets)  # quantised targets (QLoRA): which LoRA layer wraps them
     on_meta = any(p.is_meta for p in policy.parameters())
     inject_adapter_in_model(config, policy, adapter_name=LORA_ADAPTER, low_cpu_mem_usage=on_meta)
     # peft leaves only adapters trainable; the head and state projection are new and train fully.
     new = _new_params(policy)
     for name, p in policy.named_parameters():
         p.requires_grad_("lora_" in name or id(p) in new)
+    check_llm_adapted(policy, strategy)
     return param_counts(policy)
+
+
+def check_llm_adapted(policy: nn.Module, strategy: str = "full") -> None:
+    """Raises InputError unless every attention and MLP projection of the LLM that `strategy` covers
+    carries a LoRA adapter (quantised or not): otherwise LoRA would leave the language model as it was."""
+    from peft.tuners.lora import LoraLayer
+
+    llm = _backbone_parts(policy)[2]
+    modules = dict(policy.named_modules())
+    names = _lora_candidates(policy, strategy, within=llm)  # an adapted layer is now `NAME.base_layer`
+    adapted = [
+        n
+        for n in names
+        if n.endswith(".base_layer") and isinstance(modules[n[: -len(".base_layer")]], LoraLayer)
+    ]
+    missing = [n for n in names if n not in adapted]
+    if not adapted or missing:
+        raise InputError(
+            f"LoRA left {len(missing) or 'all'} of the language model's projections without an adapter "
+            f"(e.g. {missing[:3]}, {type(modules[missing[0]]).__name__ if missing else 'none found'}): "
+            "fine-tuning would not adapt the LLM. peft wraps nn.Linear, bitsandbytes' Linear8bitLt / "
+            "Linear4bit and vlaforge's Int8Linear / Int4Linear (vlaforge.train.qlora)"
+        )
 
 
 def has_lora(policy: nn.Module) -> bool:
@@ -230,9 +272,24 @@ def has_lora(policy: nn.Module) -> bool:
     return any(isinstance(m, LoraLayer) for m in policy.modules())
 
 
+def _plain_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
+    """An ``nn.Linear`` holding `weight` and `bias` (frozen)."""
+    out = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    out.weight = nn.Parameter(weight, requires_grad=False)
+    if bias is not None:
+        out.bias = nn.Parameter(bias.detach().to(weight.dtype), requires_grad=False)
+    return out
+
+
 def _merged_copy(layer: nn.Module) -> nn.Module:
-    """A plain copy of a LoRA layer's base layer whose weight is ``W + scale * B A`` (new tensors)."""
+    """A plain copy of a LoRA layer's base layer whose weight is ``W + scale * B A`` (new tensors); over a
+    quantised base, an ``nn.Linear`` whose W is the dequantised weight."""
     base = layer.get_base_layer()
+    if is_quantized_layer(base):
+        with torch.no_grad():
+            w = dequantize_layer(base)
+            merged_w = w + layer.get_delta_weight(LORA_ADAPTER).to(w.device, w.dtype)
+        return _plain_linear(merged_w, base.bias)
     merged = copy.copy(base)  # shares buffers/submodules; only the parameter dict is replaced below
     merged._parameters = dict(base._parameters)
     with torch.no_grad():
@@ -243,22 +300,31 @@ def _merged_copy(layer: nn.Module) -> nn.Module:
 
 @contextmanager
 def merged_lora(policy: nn.Module) -> Iterator[nn.Module]:
-    """While open, every LoRA layer of `policy` is replaced by a plain merged layer; restored after.
+    """While open, every LoRA layer of `policy` is replaced by a plain merged layer, and every quantised
+    layer left without an adapter by a plain dequantised one; restored after.
 
-    Used to save a LoRA run as an ordinary policy dir that ``Policy.from_pretrained`` loads with no
-    peft at all. The training weights (base + adapters) are not modified.
+    Used to save a LoRA or QLoRA run as an ordinary full-precision policy dir that
+    ``Policy.from_pretrained`` loads with no peft at all. The training weights (base + adapters) are not
+    modified.
     """
     from peft.tuners.lora import LoraLayer
 
     swaps: list[tuple[nn.Module, str, nn.Module]] = []
     modules = dict(policy.named_modules())
+    inside_lora = {id(sub) for m in modules.values() if isinstance(m, LoraLayer) for sub in m.modules()}
     try:
         for name, m in list(modules.items()):
             if isinstance(m, LoraLayer):
-                parent_name, _, attr = name.rpartition(".")
-                parent = modules[parent_name] if parent_name else policy
-                setattr(parent, attr, _merged_copy(m))
-                swaps.append((parent, attr, m))
+                new = _merged_copy(m)
+            elif is_quantized_layer(m) and id(m) not in inside_lora:
+                with torch.no_grad():
+                    new = _plain_linear(dequantize_layer(m), m.bias)
+            else:
+                continue
+            parent_name, _, attr = name.rpartition(".")
+            parent = modules[parent_name] if parent_name else policy
+            setattr(parent, attr, new)
+            swaps.append((parent, attr, m))
         yield policy
     finally:
         for parent, attr, m in reversed(swaps):

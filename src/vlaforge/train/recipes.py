@@ -2,8 +2,8 @@
 
 A recipe is a set of `TrainConfig` values that together reproduce a result of vlaforge's. On the command
 line it becomes the defaults of `vlaforge train`, so every flag given explicitly keeps its value; from
-Python, `recipe_config(name, dataset=..., out=..., **changes)`. config.json records the resolved values
-and the recipe's name, so a run says exactly what it trained with.
+Python, `vlaforge.train.recipe_config(name, dataset=..., out=..., **changes)`. config.json records the
+resolved values and the recipe's name, so a run says exactly what it trained with.
 
 - `mt50` (CPU, the `tiny` preset): one language-conditioned policy for all 50 Meta-World tasks from
   `vlaforge collect --tasks mt50 --episodes 50 --image-size 64`. Flow-matching chunk head (the best of
@@ -62,11 +62,3 @@ def check_recipe(name: str) -> dict[str, Any]:
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise InputError(f"unknown recipe {name!r}{hint} (known: {sorted(RECIPES)})")
     return dict(RECIPES[name])
-
-
-def recipe_config(name: str, **given: Any) -> Any:
-    """A `TrainConfig` of recipe `name`, the options in `given` replacing the recipe's (e.g. `dataset`,
-    `out`, `steps`). `vlaforge train --recipe NAME` does the same with the flags given on the command line."""
-    from vlaforge.train.loop import TrainConfig
-
-    return TrainConfig(**{**check_recipe(name), **given, "recipe": name})

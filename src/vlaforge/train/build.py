@@ -1,0 +1,169 @@
+"""Building the policy a run trains, and rebuilding it from a checkpoint.
+
+Three starting points (`TrainConfig.preset` / `init`): a preset trained from scratch, a vlaforge policy
+directory, or an OpenVLA checkpoint (its backbone under a fresh head for the run's robot). Then, for
+QLoRA, the backbone is quantised on the training device (`vlaforge.train.qlora`), and freezing or LoRA is
+applied (`vlaforge.train.finetune`, the OpenVLA paper's strategies). A LoRA checkpoint holds the trained
+tensors only, so resuming or `restore_policy` rebuilds the frozen base and checks its fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from vlaforge.errors import InputError
+from vlaforge.models.quantize import is_quantized_layer
+from vlaforge.models.registry import HEADS
+from vlaforge.policy_files import WEIGHTS_FILE, read_policy_dir
+from vlaforge.train import checkpoint as ckpt
+from vlaforge.train.config import TrainConfig
+from vlaforge.train.finetune import apply_freeze, apply_lora, freeze_unused
+from vlaforge.train.qlora import quantize_base, upcast_adapters
+
+
+def build_policy(
+    cfg: TrainConfig, embodiment: Any, norm_stats: Any, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, dict[str, int]]:
+    """The policy of this run, with freezing or LoRA applied; returns it and its parameter counts.
+
+    Under ``cfg.quantize`` (QLoRA) the pretrained backbone is quantised on `device`, the training device,
+    before LoRA wraps its layers (`vlaforge.train.qlora`); the rest of the policy stays where it was built.
+    """
+    from vlaforge.models import openvla
+    from vlaforge.models.policy import Policy
+    from vlaforge.models.presets import Preset
+
+    init = cfg.init if cfg.init is not None else cfg.preset
+    init_dir = Path(init)
+    if cfg.init is not None and (openvla.is_openvla_dir(init_dir) or openvla.is_hub_id(init)):
+        # An OpenVLA checkpoint: its backbone (memory-mapped, no second copy) under a fresh head for
+        # this dataset's embodiment; float32 weights train; a base quantised on CUDA keeps its dtype
+        # (bfloat16 for openvla-7b), which autocast computes in.
+        on_cuda = torch.device(device).type == "cuda"
+        src = openvla.load_openvla(init, dtype=None if cfg.quantize and on_cuda else torch.float32)
+        preset = src.preset
+        overrides = {"chunk_size": cfg.chunk_size} if cfg.chunk_size else {}
+        if cfg.history:
+            overrides["history"] = cfg.history
+        spec = HEADS[cfg.head]
+        if spec.default_chunk is not None and not cfg.chunk_size:
+            overrides["chunk_size"] = spec.default_chunk
+        preset = preset.with_overrides(**overrides)
+        policy = Policy(
+            preset,
+            {"kind": cfg.head, "chunk_size": preset.chunk_size, **cfg.head_options},
+            embodiment,
+            norm_stats,
+            backbone=src.backbone,
+        )
+        policy.openvla_source = {"config": src.openvla_source["config"]}
+    elif init_dir.is_dir():
+        init_files = read_policy_dir(init_dir)
+        preset = Preset.from_dict(init_files.preset)
+        if preset.tokenizer == "llama":
+            preset = preset.with_overrides(tokenizer_path=str(init_dir))
+        policy = Policy.from_preset(
+            preset,
+            cfg.head,
+            embodiment,
+            norm_stats,
+            chunk_size=cfg.chunk_size,
+            history=cfg.history,
+            **cfg.head_options,
+        )
+        weights = load_file(str(init_files.weights))
+        parts = ("backbone.vision.", "backbone.projector.", "backbone.llm.")
+        wanted = {k for k in policy.state_dict() if k.startswith(parts)}
+        missing = sorted(wanted - set(weights))
+        if missing:
+            raise InputError(f"{init_files.weights}: backbone weights missing, e.g. {missing[:3]}")
+        policy.load_state_dict({k: weights[k] for k in wanted}, strict=False)
+    elif cfg.init is not None:
+        raise InputError(f"--init {init}: no such directory (an OpenVLA or vlaforge checkpoint, or a hub id)")
+    else:
+        policy = Policy.from_preset(
+            cfg.preset,
+            cfg.head,
+            embodiment,
+            norm_stats,
+            chunk_size=cfg.chunk_size,
+            history=cfg.history,
+            tokenizer_path=cfg.tokenizer_path,
+            **cfg.head_options,
+        )
+    if cfg.quantize is not None:
+        quantize_base(policy, cfg.quantize, torch.device(device))
+    if cfg.lora_rank > 0:
+        counts = apply_lora(policy, cfg.lora_rank, cfg.lora_alpha, dropout=0.0, strategy=cfg.freeze)
+    else:
+        counts = apply_freeze(policy, cfg.freeze)
+    if cfg.quantize is not None:
+        upcast_adapters(policy)
+    counts["never_used"] = freeze_unused(policy)
+    return policy, counts
+
+
+def restore_policy(checkpoint: str | Path, device: str = "cpu") -> nn.Module:
+    """The policy exactly as training holds it at a checkpoint (LoRA layers still injected).
+
+    ``Policy.from_pretrained(checkpoint)`` gives the merged, plain policy for evaluation and serving;
+    this rebuilds the training-time module (base + adapters, frozen flags) from the run's config, the
+    checkpoint's embodiment and statistics, and its trained tensors.
+
+    Args:
+        checkpoint: a checkpoint directory (``RUN/last`` or ``RUN/checkpoints/step-XXXXXXX``).
+        device: where to put the policy (a QLoRA base is quantised there, as in training).
+    """
+    checkpoint = Path(checkpoint).resolve()
+    if not ckpt.is_complete(checkpoint):
+        raise InputError(f"{checkpoint}: not a complete training checkpoint (no {ckpt.TRAINER_STATE})")
+    state = ckpt.read_trainer_state(checkpoint)
+    cfg = TrainConfig.from_dict(state["config"])
+    files = read_policy_dir(checkpoint)
+    ckpt.seed_everything(cfg.seed)
+    policy, _ = build_policy(cfg, files.embodiment, files.norm_stats, device)
+    policy.set_dataset_stats(files.dataset_stats)
+    if frozen_fingerprint(policy) != state.get("frozen_fingerprint"):
+        raise InputError(
+            f"{checkpoint}: the rebuilt frozen weights differ from the run's (same preset and seed?)"
+        )
+    load_trainable(policy, checkpoint, [n for n, p in policy.named_parameters() if p.requires_grad])
+    return policy.to(device)
+
+
+def load_trainable(policy: nn.Module, ckpt_dir: Path, param_names: list[str]) -> None:
+    """Restores the trained tensors of a checkpoint into a freshly built policy."""
+    adapter = ckpt_dir / ckpt.ADAPTER_FILE
+    if adapter.is_file():  # LoRA: the base is rebuilt (and fingerprint-checked), adapters + head loaded
+        tensors = load_file(str(adapter))
+        if sorted(tensors) != sorted(param_names):
+            raise InputError(f"{adapter}: holds {len(tensors)} tensors, this run trains {len(param_names)}")
+        missing, unexpected = policy.load_state_dict(tensors, strict=False)
+        if unexpected:
+            raise InputError(f"{adapter}: unexpected tensors {unexpected[:5]}")
+        return
+    weights = load_file(str(ckpt_dir / WEIGHTS_FILE))
+    policy.load_state_dict(weights, strict=True)
+
+
+def fingerprint(tensors: list[torch.Tensor]) -> str:
+    """A cheap content hash of tensors: sha256 over their float64 sums and sums of squares."""
+    if not tensors:
+        return "empty"
+    with torch.no_grad():
+        stats = torch.stack([torch.stack([t.double().sum(), t.double().square().sum()]) for t in tensors])
+    return hashlib.sha256(stats.cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def frozen_fingerprint(policy: nn.Module) -> str:
+    """The fingerprint of the frozen parameters a resumed run must rebuild identically. Quantised layers'
+    own tensors are left out: they are derived from the base weights by the backend of the device, so a
+    QLoRA run restores on another device (bitsandbytes on CUDA, the portable kernels on the CPU)."""
+    quantised = {id(p) for m in policy.modules() if is_quantized_layer(m) for p in m.parameters()}
+    return fingerprint([p for p in policy.parameters() if not p.requires_grad and id(p) not in quantised])

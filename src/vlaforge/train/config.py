@@ -1,0 +1,256 @@
+"""What a training run is: `TrainConfig` (every flag of `vlaforge train`, validated), the learning-rate
+schedule, named recipes as configs, and which settings a resumed run may change.
+
+Schedule: OpenVLA trains with a constant learning rate (Kim et al., 2024: 2e-5 for the 7B model);
+linear warm-up + cosine decay is the option most VLA codebases offer (LeRobot, openpi).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from vlaforge.errors import InputError
+from vlaforge.models.registry import HEADS
+from vlaforge.train.finetune import FREEZE_STRATEGIES
+from vlaforge.train.recipes import RECIPES, check_recipe
+
+# Fields a resumed run may change; everything else must match the checkpoint's config.
+RESUMABLE_CHANGES = (
+    "steps",
+    "save_every",
+    "log_every",
+    "resume",
+    "device",
+    "num_workers",
+    "out",
+    "cache_max_gb",  # cached and streamed frames are the same batches
+    "decode_workers",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Everything one training run needs (``vlaforge train`` passes each flag here).
+
+    Attributes:
+        dataset: a LeRobot v3.0 or RLDS / TFDS directory, or a mixture: a comma list of them or a mix.json
+            (`vlaforge.data.mixture`; each dataset keeps its own statistics, the policy's unnorm_keys).
+        out: run directory (``config.json``, ``metrics.jsonl``, ``checkpoints/``, ``last``).
+        preset: a preset name (``tiny``, ``openvla-7b``, ...) or a policy directory whose backbone
+            weights initialise the run (fine-tuning; head and state projection start fresh).
+        init: weights to fine-tune from, replacing ``preset``: an OpenVLA checkpoint (a directory whose
+            config.json says ``model_type: "openvla"``, or a hub id such as ``openvla/openvla-7b``) or a
+            vlaforge policy directory. The backbone (vision, projector, LLM) and, for OpenVLA, its Llama
+            tokenizer come from it; the head starts fresh (the token head reuses the LLM's output layer,
+            so an OpenVLA token head continues from its action tokens), and the run's dataset brings its
+            own embodiment (any action dim) and statistics.
+        quantize: ``int4`` or ``int8`` quantises the ``init`` base (vision, projector, LLM) on the training
+            device and trains LoRA adapters over it (QLoRA, `vlaforge.train.qlora`): bitsandbytes on CUDA,
+            vlaforge's portable kernels on the CPU; needs ``lora_rank`` > 0. Checkpoints hold the adapters
+            merged into the dequantised base (a plain full-precision policy).
+        tokenizer_path: a local directory with the Llama-2 ``tokenizer.json``, for presets that use the
+            Llama tokenizer (``openvla-7b``) trained from scratch.
+        head: the action head, one of the registry's (`vlaforge.models.registry.HEADS`): ``tokens``
+            (OpenVLA's 256-bin tokens) or ``chunk`` (OpenVLA-OFT parallel decoding, L1).
+        head_options: the head's own options as key=value (e.g. ``bidirectional=false`` for ``chunk``);
+            `vlaforge train --help` lists each head's options.
+        steps: total optimizer steps of the run (a resumed run continues up to this).
+        batch_size: samples per micro-batch per process.
+        lr: peak learning rate; None takes the preset's.
+        schedule: ``constant`` (OpenVLA) or ``cosine`` (after the warm-up, decays to 0 at ``steps``).
+        warmup_steps: linear warm-up from lr / warmup_steps to lr over this many steps (0: none).
+        grad_accum: micro-batches per optimizer step.
+        clip_grad: max global gradient norm; <= 0 disables clipping (the norm is still logged).
+        chunk_size: action chunk H; None takes the head's default (tokens: 1, chunk: the preset's).
+        history: observations per prediction T (the current one and the T - 1 before it, padded at an
+            episode's start by repeating its first); None takes the preset's (1).
+        save_every: checkpoint every N steps; None saves only at the end.
+        log_every: write a metrics line every N steps.
+        seed: seeds model init, the sampler and every RNG.
+        resume: continue from ``out/last`` exactly (weights, optimizer, schedule, RNG, sampler).
+        lora_rank: LoRA rank on every backbone Linear; 0 trains without LoRA.
+        lora_alpha: LoRA alpha (the update is scaled by alpha / rank).
+        freeze: ``full``, ``frozen-vision``, ``last-layer`` or ``sandwich`` (OpenVLA's strategies): the
+            parts that train; with LoRA, the parts that get adapters (the rest stays frozen).
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        num_workers: 0 builds batches in the training loop; N > 0 builds them in a background thread
+            with N batches of look-ahead (the sampler is vectorised, so one thread suffices).
+        image_size: side of the square frames the policy is trained on (the video cache is decoded at
+            this size, Pillow bicubic, antialiased) and the embodiment's ``image_size``, at which
+            evaluation renders; None: the dataset's.
+        cache_max_gb: the decoded-video cache is used while it takes at most this many GB (1e9 bytes,
+            all cameras, at ``image_size``); above it frames are decoded on the fly by ``decode_workers``
+            processes ahead of the trainer (streaming: same batches, slower). 0 always streams; None
+            always caches.
+        decode_workers: processes decoding video frames in streaming mode.
+        unnormalized_actions: action dims left unnormalised, by name or index (a list, or a
+            comma-separated string such as ``gripper`` or ``3``); None follows the dataset's metadata
+            (vlaforge's stored embodiment) and otherwise normalises every dim.
+        augment_shift: random-shift augmentation: every training image moves by up to this many pixels
+            in each axis, border repeated (DrQ; `vlaforge.train.augment`); 0 turns it off.
+        balance: ``frames`` (every frame once per epoch) or ``tasks`` (every task equally often, however
+            long its demonstrations; `vlaforge.data.sampler`).
+        keep_all_steps: RLDS with an Open X-Embodiment standardisation: train on every step instead of
+            the steps OpenVLA trains on (it drops Bridge's first and last steps and DROID's still steps).
+        recipe: a named recipe (`vlaforge.train.recipes`, e.g. ``mt50``): on the command line its values
+            become the defaults of every other flag (flags you give keep your values); from Python use
+            `recipe_config`, since here the field only records the name.
+    """
+
+    dataset: str
+    out: str
+    preset: str = "tiny"
+    init: str | None = None
+    quantize: str | None = field(default=None, metadata={"choices": ["int8", "int4"]})
+    tokenizer_path: str | None = None
+    head: str = field(default="chunk", metadata={"choices": lambda: list(HEADS)})
+    head_options: dict[str, Any] = field(default_factory=dict)
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float | None = None
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+    grad_accum: int = 1
+    clip_grad: float = 1.0
+    chunk_size: int | None = None
+    history: int | None = None
+    save_every: int | None = None
+    log_every: int = 10
+    seed: int = 0
+    resume: bool = False
+    lora_rank: int = 0
+    lora_alpha: int = 16
+    freeze: str = field(default="full", metadata={"choices": FREEZE_STRATEGIES})
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_workers: int = 0
+    image_size: int | None = None
+    cache_max_gb: float | None = 20.0
+    decode_workers: int = 2
+    unnormalized_actions: list[str] | str | None = None
+    augment_shift: int = 0
+    balance: str = field(default="frames", metadata={"choices": ["frames", "tasks"]})
+    keep_all_steps: bool = False
+    recipe: str | None = field(default=None, metadata={"choices": lambda: list(RECIPES)})
+
+    def __post_init__(self) -> None:
+        self.dataset, self.out = str(self.dataset), str(self.out)
+        if self.recipe is not None:
+            check_recipe(self.recipe)
+        problems = []
+        if self.head not in HEADS:
+            problems.append(f"head {self.head!r} (choose one of {list(HEADS)})")
+        else:
+            try:
+                self.head_options = HEADS[self.head].resolve_options(dict(self.head_options or {}))
+            except InputError as e:
+                problems.append(str(e))
+        for name in ("steps", "batch_size", "grad_accum", "log_every"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name}={getattr(self, name)} (must be >= 1)")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            problems.append(f"lr={self.lr} (must be a positive number)")
+        if self.schedule not in ("constant", "cosine"):
+            problems.append(f"schedule {self.schedule!r} (choose 'constant' or 'cosine')")
+        if not 0 <= self.warmup_steps < max(self.steps, 1):
+            problems.append(f"warmup_steps={self.warmup_steps} (must be in [0, steps={self.steps}))")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            problems.append(f"chunk_size={self.chunk_size} (must be >= 1)")
+        if self.history is not None and self.history < 1:
+            problems.append(f"history={self.history} (must be >= 1)")
+        if self.save_every is not None and self.save_every < 1:
+            problems.append(f"save_every={self.save_every} (must be >= 1, or None for the end only)")
+        if self.lora_rank < 0 or self.lora_alpha <= 0:
+            problems.append(
+                f"lora_rank={self.lora_rank}, lora_alpha={self.lora_alpha} (rank >= 0, alpha > 0)"
+            )
+        if self.quantize is not None:
+            if self.quantize not in ("int8", "int4"):
+                problems.append(f"quantize {self.quantize!r} (choose 'int8' or 'int4')")
+            if self.init is None or self.lora_rank <= 0:
+                problems.append(
+                    f"quantize={self.quantize} needs --init (the base to quantise) and --lora-rank > 0: a "
+                    "quantised base is frozen and only LoRA adapters train (QLoRA)"
+                )
+        if self.freeze not in FREEZE_STRATEGIES:
+            problems.append(f"freeze {self.freeze!r} (choose one of {list(FREEZE_STRATEGIES)})")
+        if self.device not in ("auto", "cpu", "cuda"):
+            problems.append(f"device {self.device!r} (choose 'auto', 'cpu' or 'cuda')")
+        if self.num_workers < 0:
+            problems.append(f"num_workers={self.num_workers} (must be >= 0)")
+        if self.image_size is not None and int(self.image_size) < 1:
+            problems.append(
+                f"image_size={self.image_size} (a side in pixels >= 1, or None for the dataset's)"
+            )
+        if self.cache_max_gb is not None and not (
+            self.cache_max_gb >= 0 and math.isfinite(self.cache_max_gb)
+        ):
+            problems.append(f"cache_max_gb={self.cache_max_gb} (must be >= 0; 0 streams, None never does)")
+        if self.decode_workers < 1:
+            problems.append(f"decode_workers={self.decode_workers} (must be >= 1)")
+        if int(self.augment_shift) < 0:
+            problems.append(f"augment_shift={self.augment_shift} (pixels, >= 0; 0 turns it off)")
+        if self.balance not in ("frames", "tasks"):
+            problems.append(f"balance {self.balance!r} (choose 'frames' or 'tasks')")
+        if self.unnormalized_actions is not None:
+            from vlaforge.data.dataset import parse_unnormalized
+
+            try:
+                self.unnormalized_actions = parse_unnormalized(self.unnormalized_actions)
+            except InputError as e:
+                problems.append(str(e))
+        if problems:
+            raise InputError("invalid training config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def lr_at(step: int, base_lr: float, schedule: str, warmup_steps: int, total_steps: int) -> float:
+    """The learning rate of optimizer step `step` (0-based): linear warm-up, then constant or cosine."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    if schedule == "constant":
+        return base_lr
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def recipe_config(name: str, **given: Any) -> TrainConfig:
+    """A `TrainConfig` of recipe `name` (`vlaforge.train.recipes`), the options in `given` replacing the
+    recipe's (e.g. `dataset`, `out`, `steps`). `vlaforge train --recipe NAME` does the same with the flags
+    given on the command line."""
+    return TrainConfig(**{**check_recipe(name), **given, "recipe": name})
+
+
+def check_resumable(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> None:
+    """Refuses to resume `where` (a checkpoint of a run started with `saved`) under a changed config."""
+    now = cfg.to_dict()
+    # A field added after the run started is compared with its default (what the run effectively used).
+    defaults = TrainConfig(dataset=cfg.dataset, out=cfg.out).to_dict()
+    diffs = [
+        f"{k}: {saved.get(k, defaults[k])!r} -> {now[k]!r}"
+        for k in now
+        if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k]
+    ]
+    if diffs:
+        raise InputError(
+            f"cannot resume {where}: the run was started with different settings ({'; '.join(diffs)}); "
+            f"only {', '.join(RESUMABLE_CHANGES)} may change. Start a new --out instead."
+        )
+    if cfg.schedule == "cosine" and saved.get("steps") != cfg.steps:
+        # The cosine curve is laid over the run's total steps: changing them mid-run would jump the
+        # learning rate to another curve, which is neither the old run continued nor a new one.
+        raise InputError(
+            f"cannot resume {where} with --steps {cfg.steps}: the run decays its learning rate on a cosine "
+            f"schedule over {saved.get('steps')} steps, and changing the total would move it to another "
+            f"curve mid-run. Resume with --steps {saved.get('steps')}, or start a new --out (optionally "
+            "from these weights: --preset RUN/last)."
+        )
