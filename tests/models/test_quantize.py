@@ -302,7 +302,8 @@ def test_bitsandbytes_layers_follow_the_full_precision_layer(mode):
 def test_qlora_on_an_openvla_base_adapts_its_quantised_llm(mode, tmp_path):
     """`train --init OPENVLA --quantize MODE --lora-rank R` on the CPU: the portable kernels quantise the
     base and LoRA wraps them, so every projection of the LLM trains through its adapter."""
-    from openvla_reference import TEST_TIMM_IDS, make_openvla_checkpoint
+    from openvla_checkpoint import make_openvla_checkpoint
+    from openvla_reference import TEST_TIMM_IDS
 
     from vlaforge.data.synth import SynthConfig, write_synthetic
     from vlaforge.models import openvla
