@@ -39,6 +39,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -264,6 +265,9 @@ class PolicyServer:
             **(info or {}),
         }
         self._packed_metadata = encode_msgpack(self.metadata)
+        # Decoding and checking a request runs here, off the event loop: a large message then delays only
+        # the robot that sent it (the codec's caps bound what any one message can cost).
+        self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vlaforge-decode")
         self._token = cfg.token.encode() if cfg.token else None
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task] = set()
@@ -291,6 +295,7 @@ class PolicyServer:
         if self._server is not None:
             await self._server.wait_closed()
         await self.batcher.stop()
+        self._decoder.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ connections
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -414,18 +419,8 @@ class PolicyServer:
         """POST /act: (status, JSON body)."""
         self.stats["requests"] += 1
         try:
-            msg = decode_json(body, self.limits)
-            encoded = isinstance(msg, dict) and set(msg) == {"encoded"}
-            if encoded:  # OpenVLA's double-encoded form: the payload is a json-numpy string
-                if not isinstance(msg["encoded"], str):
-                    raise InputError("'encoded' must be a json-numpy string")
-                msg = decode_json(msg["encoded"], self.limits)
-            if not isinstance(msg, dict):
-                raise InputError(
-                    f"the body must be a JSON object {{'image', 'instruction'}}; got {type(msg).__name__}"
-                )
-            key = self._unnorm_key(msg.get("unnorm_key"))
-            obs = self.spec.parse(msg, extra_keys=("unnorm_key",))
+            loop = asyncio.get_running_loop()
+            obs, key, encoded = await loop.run_in_executor(self._decoder, self._parse_act, body)
             actions, _ = await self.batcher.submit(obs, self.cfg.request_timeout_s, key)
         except Exception as e:
             status, message = self._error(e)
@@ -433,6 +428,29 @@ class PolicyServer:
         action = actions[0] if actions.shape[0] == 1 else actions  # OpenVLA replies with one (D,) action
         text = encode_json(action)
         return HTTPStatus.OK, (json.dumps(text) if encoded else text).encode()
+
+    def _parse_act(self, body: bytes) -> tuple[Any, str | None, bool]:
+        """On a decoder thread: a POST /act body -> (observation, unnorm_key, whether it was double-encoded)."""
+        msg = decode_json(body, self.limits)
+        encoded = isinstance(msg, dict) and set(msg) == {"encoded"}
+        if encoded:  # OpenVLA's double-encoded form: the payload is a json-numpy string
+            if not isinstance(msg["encoded"], str):
+                raise InputError("'encoded' must be a json-numpy string")
+            msg = decode_json(msg["encoded"], self.limits)
+        if not isinstance(msg, dict):
+            raise InputError(
+                f"the body must be a JSON object {{'image', 'instruction'}}; got {type(msg).__name__}"
+            )
+        key = self._unnorm_key(msg.get("unnorm_key"))
+        return self.spec.parse(msg, extra_keys=("unnorm_key",)), key, encoded
+
+    def _parse_openpi(self, message: bytes) -> tuple[Any, str | None, float]:
+        """On a decoder thread: a websocket message -> (observation, unnorm_key, decode ms)."""
+        start = time.perf_counter()
+        msg = decode_msgpack(message, self.limits)
+        decode_ms = (time.perf_counter() - start) * 1000
+        key = self._unnorm_key(msg.get("unnorm_key") if isinstance(msg, dict) else None)
+        return self.spec.parse(msg, extra_keys=("unnorm_key",)), key, decode_ms
 
     def _unnorm_key(self, key: Any) -> str | None:
         """A request's `unnorm_key`, checked against the checkpoint's datasets before any compute."""
@@ -565,10 +583,8 @@ class PolicyServer:
         try:
             if is_text:
                 raise InputError("send observations as binary msgpack messages, not text")
-            msg = decode_msgpack(message, self.limits)
-            decode_ms = (time.perf_counter() - start) * 1000
-            key = self._unnorm_key(msg.get("unnorm_key") if isinstance(msg, dict) else None)
-            obs = self.spec.parse(msg, extra_keys=("unnorm_key",))
+            loop = asyncio.get_running_loop()
+            obs, key, decode_ms = await loop.run_in_executor(self._decoder, self._parse_openpi, message)
             actions, timing = await self.batcher.submit(obs, self.cfg.request_timeout_s, key)
         except Exception as e:
             return b"", self._error(e)[1]
