@@ -4,17 +4,19 @@ connections holding the slots. Each is driven over real sockets against a real s
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
 import threading
 import time
 import tracemalloc
 
 import pytest
-from serve_helpers import observation, openpi_observation, start_server
-from websockets.sync.client import connect
+from serve_helpers import SlowPolicy, observation, openpi_observation, start_server
+from websockets.sync.client import ClientConnection, connect
 
 from vlaforge.client import PolicyClient
-from vlaforge.serve.codec import DecodeError, decode_json, decode_msgpack
+from vlaforge.serve.codec import DecodeError, decode_json, decode_msgpack, encode_json, encode_msgpack
 from vlaforge.serve.fuzz import costly_json, costly_msgpack
 
 MSGPACK, JSON = costly_msgpack(), costly_json()
@@ -80,3 +82,45 @@ def test_a_costly_message_does_not_stall_other_robots(policy):
         other.join(30)
         srv.stop()
     assert len(lat) > 5 and max(lat) < 1.0, (len(lat), max(lat, default=None))
+
+
+def _vanish(ws) -> None:
+    """Drops a websocket client's connection at once (no close handshake), as a robot that lost power."""
+    with contextlib.suppress(OSError):
+        ws.socket.shutdown(socket.SHUT_RDWR)
+    ws.close()
+
+
+def test_requests_of_a_connection_that_is_gone_are_cancelled(policy):
+    """Robots that send a request and vanish (websocket and HTTP) leave nothing queued: the policy does not
+    compute their requests, and a new robot is served at once, not told the server is busy."""
+    slow = SlowPolicy(policy, 0.5)
+    srv = start_server(slow, max_batch=1, max_queue=4)
+    message = encode_msgpack(openpi_observation(observation(1)))
+    obs = observation(2)
+    body = encode_json(
+        {"image": obs["images"]["corner2"], "state": obs["state"], "instruction": "x"}
+    ).encode()
+    try:
+        gone = []
+        for _ in range(5):
+            ws = connect(srv.url, proxy=None, close_timeout=0.1)
+            ws.recv()
+            ws.send(message)
+            gone.append(ws)
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", srv.port))
+            s.sendall(b"POST /act HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            gone.append(s)
+        time.sleep(0.3)  # all queued behind the first
+        for c in gone:
+            _vanish(c) if isinstance(c, ClientConnection) else c.close()
+        time.sleep(0.3)
+        start = time.perf_counter()
+        with PolicyClient(srv.url, connect_timeout_s=10, request_timeout_s=30) as client:
+            reply = client.infer(openpi_observation(obs))
+        assert reply["actions"].shape == (8, 4)
+        assert time.perf_counter() - start < 2.0  # at most the forward pass already running, then its own
+        assert slow.calls <= 3, slow.calls  # of 8 abandoned requests, at most the one running was computed
+    finally:
+        srv.stop()

@@ -57,6 +57,7 @@ from vlaforge.serve.codec import (
     encode_msgpack,
 )
 from vlaforge.serve.observation import ObservationSpec
+from vlaforge.serve.wsconn import WebsocketConnection
 
 log = logging.getLogger("vlaforge.serve")
 
@@ -209,11 +210,6 @@ def _http_bytes(
 def _json_error(status: HTTPStatus, message: str, keep_alive: bool) -> bytes:
     extra = {"WWW-Authenticate": 'Bearer realm="vlaforge"'} if status == HTTPStatus.UNAUTHORIZED else None
     return _http_bytes(status, json.dumps({"error": message}).encode(), "application/json", keep_alive, extra)
-
-
-def _close_reason(message: str) -> str:
-    """A close-frame reason: at most 123 bytes of UTF-8."""
-    return message.encode("utf-8")[:120].decode("utf-8", "ignore")
 
 
 class PolicyServer:
@@ -411,7 +407,14 @@ class PolicyServer:
             body = encode_json(self.metadata).encode()
             await self._write(writer, _http_bytes(HTTPStatus.OK, body, "application/json", keep))
         else:
-            status, payload = await self._act(body)
+            work = asyncio.ensure_future(self._act(body))
+            while not work.done():  # a client that goes away cancels its request
+                await asyncio.wait({work}, timeout=0.05)
+                if not work.done() and (reader.at_eof() or reader.exception() is not None):
+                    work.cancel()
+                    await asyncio.wait({work})
+                    return False
+            status, payload = work.result()
             await self._write(writer, _http_bytes(status, payload, "application/json", keep))
         return keep
 
@@ -492,89 +495,27 @@ class PolicyServer:
     async def _websocket(
         self, head: _Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        from websockets.frames import CloseCode, Opcode
-        from websockets.http11 import Request
-        from websockets.protocol import State
-        from websockets.server import ServerProtocol
-
-        proto = ServerProtocol(max_size=self.limits.max_message_bytes, logger=log)
-
-        async def flush() -> None:
-            for data in proto.data_to_send():
-                if data:
-                    writer.write(data)
-                elif writer.can_write_eof():
-                    with contextlib.suppress(OSError):  # the client is gone already
-                        writer.write_eof()
-            await asyncio.wait_for(writer.drain(), self.cfg.io_timeout_s)
-
-        proto.receive_data(head.raw)
-        events = proto.events_received()
-        if not events or not isinstance(events[0], Request):
-            await flush()  # websockets answered the malformed handshake itself
-            return
-        request = events[0]
-        if not self._authorized(request.headers.get("Authorization")):
-            self.stats["errors"] += 1
-            response = proto.reject(
-                HTTPStatus.UNAUTHORIZED,
-                "missing or wrong token: send the header 'Authorization: Api-Key <token>'\n",
-            )
-        else:
-            response = proto.accept(request)
-        proto.send_response(response)
-        await flush()
-        if proto.state is not State.OPEN:
-            return
-        proto.send_binary(self._packed_metadata)
-        await flush()
-
-        pending: list[Any] = []
-        while True:
-            # Next whole message (fragments joined; pings answered by the protocol object).
-            parts: list[bytes] = []
-            opcode = None
-            message: bytes | None = None
-            while message is None:
-                if not pending:
-                    try:
-                        data = await asyncio.wait_for(reader.read(65536), self.cfg.idle_timeout_s)
-                    except asyncio.TimeoutError:
-                        proto.send_close(CloseCode.GOING_AWAY, "idle timeout")
-                        await flush()
-                        return
-                    if data:
-                        proto.receive_data(data)
-                    else:
-                        proto.receive_eof()
-                    pending.extend(proto.events_received())
-                    await flush()
-                    if proto.state is State.CLOSED or (not data and not pending):
-                        return
-                    continue
-                frame = pending.pop(0)
-                if frame.opcode in (Opcode.TEXT, Opcode.BINARY):
-                    opcode, parts = frame.opcode, [frame.data]
-                elif frame.opcode is Opcode.CONT:
-                    parts.append(frame.data)
-                elif frame.opcode is Opcode.CLOSE:
-                    await flush()
-                    return
-                else:
-                    continue  # ping / pong
-                if frame.fin and opcode is not None:
-                    message = b"".join(parts)
-            reply, error = await self._infer_openpi(message, opcode is Opcode.TEXT)
-            if error is not None:
-                proto.send_text(error.encode("utf-8"))
-                proto.send_close(CloseCode.INTERNAL_ERROR, _close_reason(error))
-                await flush()
-                # Give the client a moment to answer the close, then drop the connection.
-                with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
-                    await asyncio.wait_for(reader.read(65536), 1.0)
+        conn = WebsocketConnection(reader, writer, self.limits.max_message_bytes, self.cfg.io_timeout_s)
+        try:
+            if not await conn.handshake(head.raw, self._authorized_or_count, self._packed_metadata):
                 return
-            proto.send_binary(reply)
-            await flush()
+            while (got := await conn.next_message(self.cfg.idle_timeout_s)) is not None:
+                work = asyncio.ensure_future(self._infer_openpi(*got))
+                if not await conn.unless_gone(work):
+                    return  # the client went away: its request was cancelled
+                reply, error = work.result()
+                if error is not None:
+                    await conn.fail(error)
+                    return
+                await conn.send(reply)
+        finally:
+            conn.close()
+
+    def _authorized_or_count(self, authorization: str | None) -> bool:
+        ok = self._authorized(authorization)
+        if not ok:
+            self.stats["errors"] += 1
+        return ok
 
     async def _infer_openpi(self, message: bytes, is_text: bool) -> tuple[bytes, str | None]:
         """One websocket request -> (packed reply, None) or (b"", error text)."""
