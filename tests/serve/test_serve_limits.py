@@ -124,3 +124,46 @@ def test_requests_of_a_connection_that_is_gone_are_cancelled(policy):
         assert slow.calls <= 3, slow.calls  # of 8 abandoned requests, at most the one running was computed
     finally:
         srv.stop()
+
+
+TOKEN = "a-long-enough-secret"
+
+
+def _idle(port: int, first: bytes = b"") -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if first:
+        s.sendall(first)
+    return s
+
+
+def test_unauthenticated_connections_cannot_hold_the_slots(policy):
+    """Idle sockets, half-sent heads, health checks kept alive and requests without the token, three times
+    more than the server has connection slots: a robot with the token is still served at once. Health
+    reads no body and closes; an unauthenticated connection is closed after a short deadline."""
+    srv = start_server(policy, token=TOKEN, max_connections=8)
+    held: list[socket.socket] = []
+    try:
+        health = _idle(srv.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+        reply = health.recv(65536)
+        assert reply.startswith(b"HTTP/1.1 200") and b"Connection: close" in reply, reply[:200]
+        assert health.recv(100) == b""  # closed at once, the announced body never read
+        health.close()
+        for i in range(24):
+            first = [b"", b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b"POST /act HTTP/1.1\r\nContent-"][i % 3]
+            held.append(_idle(srv.port, first))
+        time.sleep(0.3)
+        start = time.perf_counter()
+        with PolicyClient(srv.url, token=TOKEN, connect_timeout_s=5) as client:
+            assert client.infer(openpi_observation(observation(1)))["actions"].shape == (8, 4)
+        assert time.perf_counter() - start < 3.0
+        # The slots held by unauthenticated peers are short-lived: each is closed within seconds.
+        late = _idle(srv.port)
+        late.settimeout(15)
+        t0 = time.perf_counter()
+        assert late.recv(100) == b""
+        assert time.perf_counter() - t0 < 8.0
+        late.close()
+    finally:
+        for s in held:
+            s.close()
+        srv.stop()

@@ -11,7 +11,8 @@
   json-numpy action: (D,) for a checkpoint that predicts one step (OpenVLA's own reply), the (H, D) chunk
   otherwise (as OpenVLA-OFT's server). The body may also be `{"encoded": "<json-numpy text>"}` (OpenVLA's
   "double-encoded" form), answered in kind. Errors are JSON `{"error": "..."}` with a 4xx/5xx status.
-- `GET /healthz` answers 200 "OK" (no token needed, nothing revealed); `GET /metadata` the metadata as JSON.
+- `GET /healthz` answers 200 "OK" and closes (no token needed, no body read, nothing revealed); `GET /metadata`
+  the metadata as JSON.
 
 Why not websockets' `serve(process_request=...)`: its HTTP parser refuses any request with a body
 (a Content-Length other than 0), so `POST /act` cannot pass through it. The server reads the HTTP request
@@ -21,11 +22,13 @@ bytes and enforces the limits and timeouts.
 
 Safety: binds 127.0.0.1 unless told otherwise; refuses requests without the token when one is set
 (compared in constant time); decodes with the strict codecs of `vlaforge.serve.codec` (no pickle, only
-numeric dtypes, sizes checked, caps on bytes and dimensions); checks every observation against the
+numeric dtypes, sizes checked, caps on bytes, dimensions, values and depth); checks every observation against the
 checkpoint (`vlaforge.serve.observation`); bounds the request head, the body, the number of connections,
-the queue, and the time a client may take to send a request or to read a reply; replies with a one-line
-error and keeps tracebacks in the server log. What it loads is decided by its own command line; no request
-names a file.
+the queue, and the time a client may take to send a request or to read a reply; gives a connection that has
+not shown the token a few seconds and one request, and at most `max_unauthenticated` such connections at
+once (the oldest gives its slot to a newcomer); decodes off the event loop; cancels the request of a client
+that goes away; replies with a one-line error and keeps tracebacks in the server log. What it loads is
+decided by its own command line; no request names a file.
 """
 
 from __future__ import annotations
@@ -81,7 +84,12 @@ class ServeConfig:
         max_batch: most requests from different connections in one forward pass (1: no batching).
         max_wait_ms: how long a request waits for others to share its forward pass.
         max_queue: most requests waiting for the model; beyond it, requests are refused as busy.
-        max_connections: most connections at once; beyond it, new ones are refused.
+        max_connections: most connections at once; beyond it, a new one takes the slot of the connection that
+            has waited longest without authenticating, else it is refused.
+        max_unauthenticated: most connections at once that have not yet shown the token (or, without a
+            token, sent a first request); beyond it, the one that has waited longest is closed.
+        auth_timeout_s: a new connection must send a complete request head within this time, and is closed
+            unless the head carries the token (health checks are answered, then closed too).
         max_message_mb: largest request (a websocket message or an HTTP body), in MiB; also the largest array.
         max_dim: largest size of any array dimension.
         request_timeout_s: longest time a request may wait for its actions before an error reply.
@@ -104,6 +112,8 @@ class ServeConfig:
     max_wait_ms: float = 5.0
     max_queue: int = 256
     max_connections: int = 64
+    max_unauthenticated: int = 16
+    auth_timeout_s: float = 5.0
     max_message_mb: float = 32.0
     max_dim: int = 8192
     request_timeout_s: float = 30.0
@@ -121,7 +131,7 @@ class ServeConfig:
             self.token = os.environ.get(TOKEN_ENV) or None
         if self.token is not None and len(self.token) < 8:
             raise InputError("--token must have at least 8 characters")
-        for name in ("max_batch", "max_queue", "max_connections", "max_dim"):
+        for name in ("max_batch", "max_queue", "max_connections", "max_unauthenticated", "max_dim"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
@@ -130,7 +140,7 @@ class ServeConfig:
             raise InputError(f"--max-wait-ms must be >= 0; got {self.max_wait_ms}")
         if not 0 < self.max_message_mb <= 1024:
             raise InputError(f"--max-message-mb must be in (0, 1024]; got {self.max_message_mb}")
-        for name in ("request_timeout_s", "io_timeout_s", "idle_timeout_s"):
+        for name in ("request_timeout_s", "io_timeout_s", "idle_timeout_s", "auth_timeout_s"):
             if getattr(self, name) <= 0:
                 raise InputError(f"--{name.replace('_', '-')} must be > 0; got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
@@ -267,8 +277,10 @@ class PolicyServer:
         self._token = cfg.token.encode() if cfg.token else None
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task] = set()
+        # Connections that have not authenticated yet, oldest first (a dict keeps insertion order).
+        self._unauthenticated: dict[asyncio.Task, None] = {}
         self.port: int | None = None
-        self.stats = {"connections": 0, "requests": 0, "errors": 0, "refused": 0}
+        self.stats = {"connections": 0, "requests": 0, "errors": 0, "refused": 0, "evicted": 0}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> int:
@@ -297,6 +309,11 @@ class PolicyServer:
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if (
+            len(self._connections) >= self.cfg.max_connections
+            or len(self._unauthenticated) >= self.cfg.max_unauthenticated
+        ):
+            self._evict()
         if len(self._connections) >= self.cfg.max_connections:
             self.stats["refused"] += 1
             await self._write(
@@ -306,11 +323,16 @@ class PolicyServer:
             writer.close()
             return
         self._connections.add(task)
+        self._unauthenticated[task] = None
         self.stats["connections"] += 1
         try:
-            first = True
             while True:
-                timeout = self.cfg.io_timeout_s if first else self.cfg.idle_timeout_s
+                # Until it authenticates a connection has a short deadline (it closes after one request).
+                unauthenticated = task in self._unauthenticated
+                if unauthenticated:
+                    timeout = min(self.cfg.auth_timeout_s, self.cfg.io_timeout_s)
+                else:
+                    timeout = self.cfg.idle_timeout_s
                 try:
                     raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
                 except asyncio.IncompleteReadError:
@@ -323,7 +345,6 @@ class PolicyServer:
                         ),
                     )
                     return
-                first = False
                 try:
                     head = _parse_head(raw)
                 except _HttpError as e:
@@ -341,7 +362,23 @@ class PolicyServer:
             log.exception("connection handler failed")
         finally:
             self._connections.discard(task)
+            self._unauthenticated.pop(task, None)
             writer.close()
+
+    def _evict(self) -> None:
+        """Closes the connection that has waited longest without authenticating, so that a new one (perhaps
+        a robot with the token) gets its slot: unauthenticated peers cannot hold every slot."""
+        if not self._unauthenticated:
+            return
+        oldest = next(iter(self._unauthenticated))
+        del self._unauthenticated[oldest]
+        self._connections.discard(oldest)
+        oldest.cancel()
+        self.stats["evicted"] += 1
+
+    def _authenticated(self) -> None:
+        """The current connection showed the token (or, without one, made a real request)."""
+        self._unauthenticated.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
 
     async def _write(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         """Writes and waits until the client takes the bytes (a client that does not read times out)."""
@@ -363,12 +400,13 @@ class PolicyServer:
         Everything that can be refused from the head alone (path, method, token, size) is refused before
         any body is read, and the connection is then closed (its unread body would desynchronise it).
         """
+        if head.path == "/healthz" and head.method == "GET":  # no token, no body read, then closed
+            await self._write(writer, _http_bytes(HTTPStatus.OK, b"OK\n", "text/plain", False))
+            return False
         keep = head.keep_alive
         refusal: tuple[HTTPStatus, str] | None = None
         if "transfer-encoding" in head.headers:
             refusal = HTTPStatus.NOT_IMPLEMENTED, "chunked bodies are not accepted; send Content-Length"
-        elif head.path == "/healthz" and head.method == "GET":
-            pass
         elif head.path not in ("/act", "/metadata"):
             refusal = (
                 HTTPStatus.NOT_FOUND,
@@ -400,10 +438,9 @@ class PolicyServer:
         if refusal is not None:
             await self._write(writer, _json_error(*refusal, False))
             return False
+        self._authenticated()
         body = await asyncio.wait_for(reader.readexactly(length), self.cfg.io_timeout_s) if length else b""
-        if head.path == "/healthz":
-            await self._write(writer, _http_bytes(HTTPStatus.OK, b"OK\n", "text/plain", keep))
-        elif head.path == "/metadata":
+        if head.path == "/metadata":
             body = encode_json(self.metadata).encode()
             await self._write(writer, _http_bytes(HTTPStatus.OK, body, "application/json", keep))
         else:
@@ -499,6 +536,7 @@ class PolicyServer:
         try:
             if not await conn.handshake(head.raw, self._authorized_or_count, self._packed_metadata):
                 return
+            self._authenticated()
             while (got := await conn.next_message(self.cfg.idle_timeout_s)) is not None:
                 work = asyncio.ensure_future(self._infer_openpi(*got))
                 if not await conn.unless_gone(work):
