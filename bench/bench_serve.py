@@ -382,6 +382,7 @@ def main(argv: list[str] | None = None) -> dict:
             finally:
                 srv.stop()
         print_costly(results["costly"])
+        write_json(a.out, results)
         return results
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = make_checkpoint(Path(tmp))

@@ -61,6 +61,7 @@ from vlaforge.serve.codec import (
 )
 from vlaforge.serve.observation import ObservationSpec
 from vlaforge.serve.wsconn import WebsocketConnection
+from vlaforge.weights_hash import weights_sha256
 
 log = logging.getLogger("vlaforge.serve")
 
@@ -572,11 +573,25 @@ class PolicyServer:
 
 
 # ------------------------------------------------------------------ running it
+def openvla_sha256(root: Path) -> str:
+    """The `model_sha256` announced for an OpenVLA checkpoint directory: the hash of its weights, every shard
+    its index names in name order (as `openvla.Shards` opens them), cached beside them."""
+    from vlaforge.models import openvla
+
+    index = root / openvla.INDEX_FILE
+    if not index.is_file():
+        return weights_sha256([root / openvla.SINGLE_FILE])
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+        raise InputError(f"{index}: not a safetensors index (needs a 'weight_map'): {e}") from e
+    return weights_sha256([root / name for name in shards])
+
+
 def load_served_policy(cfg: ServeConfig) -> tuple[Any, dict[str, Any]]:
     """Loads the checkpoint `cfg.policy` names; returns (policy, metadata entries about it)."""
     import torch
 
-    from vlaforge.eval.run import sha256_file
     from vlaforge.models import openvla
     from vlaforge.models.policy import Policy
     from vlaforge.policy_files import read_policy_dir
@@ -586,16 +601,12 @@ def load_served_policy(cfg: ServeConfig) -> tuple[Any, dict[str, Any]]:
     if openvla.is_openvla_dir(cfg.policy):  # OpenVLA's own checkpoint, served as its deploy script does
         policy = Policy.from_pretrained(cfg.policy, device=cfg.device)
         root = Path(cfg.policy).resolve()
-        index = root / openvla.INDEX_FILE
-        return policy, {
-            "checkpoint": root.name,
-            "model_sha256": sha256_file(index if index.is_file() else root / openvla.SINGLE_FILE),
-        }
+        return policy, {"checkpoint": root.name, "model_sha256": openvla_sha256(root)}
     files = read_policy_dir(cfg.policy)
     policy = Policy.from_pretrained(files.root, device=cfg.device)
     info = {
         "checkpoint": Path(files.root).resolve().name,
-        "model_sha256": sha256_file(files.weights),
+        "model_sha256": weights_sha256([files.weights]),
     }
     return policy, info
 
