@@ -20,6 +20,7 @@ from vlaforge.serve.codec import DecodeError, decode_json, decode_msgpack, encod
 from vlaforge.serve.fuzz import costly_json, costly_msgpack
 
 MSGPACK, JSON = costly_msgpack(), costly_json()
+pytestmark = pytest.mark.filterwarnings("ignore:connect\\(\\) must be used as a context manager")
 
 
 @pytest.mark.parametrize(
