@@ -76,7 +76,7 @@ def start_server(policy, **options) -> ServerThread:
 
 
 class SlowPolicy:
-    """`policy` taking `delay_s` more per forward pass (a large model on a slow machine), for a real server."""
+    """`policy` taking `delay_s` more per forward pass (a large model on a slow machine), to serve."""
 
     def __init__(self, policy, delay_s: float):
         self.inner, self.delay_s = policy, delay_s

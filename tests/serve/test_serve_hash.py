@@ -1,5 +1,6 @@
-"""The `model_sha256` a server announces is the hash of the weights themselves (every shard, in order), so two
-fine-tunes of one model never share it; it is cached beside the weights and recomputed when a shard changes."""
+"""The `model_sha256` a server announces is the hash of the weights themselves (every shard, in order), so
+two fine-tunes of one model never share it; it is cached beside the weights, recomputed when a shard
+changes."""
 
 from __future__ import annotations
 

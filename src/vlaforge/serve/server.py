@@ -11,8 +11,8 @@
   json-numpy action: (D,) for a checkpoint that predicts one step (OpenVLA's own reply), the (H, D) chunk
   otherwise (as OpenVLA-OFT's server). The body may also be `{"encoded": "<json-numpy text>"}` (OpenVLA's
   "double-encoded" form), answered in kind. Errors are JSON `{"error": "..."}` with a 4xx/5xx status.
-- `GET /healthz` answers 200 "OK" and closes (no token needed, no body read, nothing revealed); `GET /metadata`
-  the metadata as JSON.
+- `GET /healthz` answers 200 "OK" and closes (no token needed, no body read, nothing revealed);
+  `GET /metadata` the metadata as JSON.
 
 Why not websockets' `serve(process_request=...)`: its HTTP parser refuses any request with a body
 (a Content-Length other than 0), so `POST /act` cannot pass through it. The server reads the HTTP request
@@ -21,14 +21,14 @@ head itself (bounded), answers plain HTTP requests, and hands websocket upgrades
 bytes and enforces the limits and timeouts.
 
 Safety: binds 127.0.0.1 unless told otherwise; refuses requests without the token when one is set
-(compared in constant time); decodes with the strict codecs of `vlaforge.serve.codec` (no pickle, only
-numeric dtypes, sizes checked, caps on bytes, dimensions, values and depth); checks every observation against the
-checkpoint (`vlaforge.serve.observation`); bounds the request head, the body, the number of connections,
-the queue, and the time a client may take to send a request or to read a reply; gives a connection that has
-not shown the token a few seconds and one request, and at most `max_unauthenticated` such connections at
-once (the oldest gives its slot to a newcomer); decodes off the event loop; cancels the request of a client
-that goes away; replies with a one-line error and keeps tracebacks in the server log. What it loads is
-decided by its own command line; no request names a file.
+(compared in constant time); decodes off the event loop with the strict codecs of `vlaforge.serve.codec`
+(no pickle, only numeric dtypes, sizes checked, caps on bytes, dimensions, values and depth); checks every
+observation against the checkpoint (`vlaforge.serve.observation`); bounds the request head, the body, the
+number of connections, the queue, and the time a client may take to send a request or to read a reply;
+gives a connection that has not shown the token a few seconds and one request, and at most
+`max_unauthenticated` such connections at once (the oldest gives its slot to a newcomer); cancels the
+request of a client that goes away; replies with a one-line error and keeps tracebacks in the server log.
+What it loads is decided by its own command line; no request names a file.
 """
 
 from __future__ import annotations
@@ -471,7 +471,7 @@ class PolicyServer:
         return HTTPStatus.OK, (json.dumps(text) if encoded else text).encode()
 
     def _parse_act(self, body: bytes) -> tuple[Any, str | None, bool]:
-        """On a decoder thread: a POST /act body -> (observation, unnorm_key, whether it was double-encoded)."""
+        """On a decoder thread: a POST /act body -> (observation, unnorm_key, whether double-encoded)."""
         msg = decode_json(body, self.limits)
         encoded = isinstance(msg, dict) and set(msg) == {"encoded"}
         if encoded:  # OpenVLA's double-encoded form: the payload is a json-numpy string
