@@ -168,3 +168,19 @@ def test_unauthenticated_connections_cannot_hold_the_slots(policy):
         for s in held:
             s.close()
         srv.stop()
+
+
+def test_requests_sent_ahead_are_answered_in_order(server, policy):
+    """The server reads a connection while its request is computed (to see it go away): a client that sends
+    its next requests before the reply still gets every reply, in order."""
+    import numpy as np
+
+    obs = [observation(s) for s in (3, 4, 5)]
+    with connect(server.url, proxy=None, max_size=None) as ws:
+        ws.recv()
+        for o in obs:
+            ws.send(encode_msgpack(openpi_observation(o)))
+        for o in obs:
+            np.testing.assert_array_equal(
+                decode_msgpack(ws.recv(timeout=30))["actions"], policy.predict_action(o)
+            )

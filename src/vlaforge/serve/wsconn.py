@@ -40,6 +40,7 @@ class WebsocketConnection:
 
         self.proto = ServerProtocol(max_size=max_size, logger=log)
         self.reader, self.writer, self.io_timeout_s = reader, writer, io_timeout_s
+        self.max_size = max_size
         self.pending: list[Any] = []  # frames received, not yet handled
         self._reading: asyncio.Task | None = None  # one read at a time, kept across waits
 
@@ -141,6 +142,9 @@ class WebsocketConnection:
         """Waits for `work` (a request's reply) while reading the connection: pings are answered, frames
         kept for later. A client that goes away (or starts closing) meanwhile cancels `work`: False."""
         while not work.done():
+            if sum(len(f.data) for f in self.pending) > self.max_size:
+                await asyncio.wait({work})  # a client that sends ahead is read no further (backpressure)
+                break
             if self._reading is None:
                 self._reading = asyncio.ensure_future(self.reader.read(65536))
             await asyncio.wait({work, self._reading}, return_when=asyncio.FIRST_COMPLETED)
