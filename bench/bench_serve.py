@@ -16,6 +16,10 @@ client per simulated robot, each sending its requests one after another (a robot
 - fuzz: malformed messages from `vlaforge.serve.fuzz` on both protocols plus bad tokens, against a server
   with a token; every reply is classified (error reply / accepted / crash = no reply or a dead server), and
   afterwards the server must still answer a valid request exactly.
+- costly shapes: messages small on the wire but costly to decode naively (`costly_msgpack` /
+  `costly_json`: millions of empty containers, deep nesting, long arrays), each decoded in this process
+  (time, and peak memory under tracemalloc) and sent to the fuzz server (time to its error reply).
+  `--costly-only` runs just this part.
 
 Writes bench/results/serve.json.
 """
@@ -33,14 +37,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from vlaforge.atomic import write_json
 from vlaforge.models.policy import Policy
-from vlaforge.serve.codec import decode_msgpack, encode_msgpack
-from vlaforge.serve.fuzz import malformed_json, malformed_msgpack
+from vlaforge.serve.codec import DecodeError, decode_json, decode_msgpack, encode_msgpack
+from vlaforge.serve.fuzz import costly_json, costly_msgpack, malformed_json, malformed_msgpack
 from vlaforge.types import Embodiment, FeatureStats, NormStats
 
 TOKEN = "bench-token-0123456789"
@@ -275,6 +281,7 @@ def fuzz(ckpt: Path, policy: Policy, obs: list[dict], n: int) -> dict:
         }
     )
     still = bool(srv.alive() and np.array_equal(got, want))
+    shapes = costly(srv.port)
     srv.stop()
     total = sum(sum(c.values()) for c in counts.values())
     crashes = sum(c["crash"] for c in counts.values())
@@ -284,7 +291,70 @@ def fuzz(ckpt: Path, policy: Policy, obs: list[dict], n: int) -> dict:
         "per_protocol": counts,
         "seconds": round(seconds, 1),
         "still_answers_exactly": still,
+        "costly": shapes,
     }
+
+
+def costly(port: int | None = None) -> dict:
+    """Each costly shape: decode time and peak memory here; the time to the server's error reply on `port`."""
+    from websockets.sync.client import connect
+
+    rows = {}
+    for proto, cases, decode in (
+        ("msgpack", costly_msgpack(), decode_msgpack),
+        ("json", costly_json(), decode_json),
+    ):
+        for name, payload in cases.items():
+            row: dict = {"bytes": len(payload)}
+            for traced in (False, True):
+                if traced:
+                    tracemalloc.start()
+                t0 = time.perf_counter()
+                try:
+                    decode(payload)
+                    row["result"] = "accepted"
+                except DecodeError as e:
+                    row["result"] = str(e)[:80]
+                if traced:
+                    row["peak_mib"] = round(tracemalloc.get_traced_memory()[1] / 2**20, 1)
+                    tracemalloc.stop()
+                else:
+                    row["decode_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+            if port is not None:
+                t0 = time.perf_counter()
+                try:
+                    if proto == "msgpack":
+                        auth = {"Authorization": f"Api-Key {TOKEN}"}
+                        with connect(
+                            f"ws://127.0.0.1:{port}", additional_headers=auth, max_size=None, proxy=None
+                        ) as ws:
+                            ws.recv(timeout=10)
+                            ws.send(payload)
+                            reply = ws.recv(timeout=120)
+                            row["wire"] = "error reply" if isinstance(reply, str) else "actions"
+                    else:
+                        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+                        conn.request(
+                            "POST", "/act", body=payload, headers={"Authorization": f"Bearer {TOKEN}"}
+                        )
+                        r = conn.getresponse()
+                        r.read()
+                        conn.close()
+                        row["wire"] = f"HTTP {r.status}"
+                except Exception as e:
+                    row["wire"] = f"{type(e).__name__}"
+                row["wire_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+            rows[f"{proto}/{name}"] = row
+    return rows
+
+
+def print_costly(rows: dict) -> None:
+    print(f"\n{'costly shape':<30}{'MB':>6}{'decode ms':>11}{'peak MiB':>10}{'wire ms':>9}  result")
+    for name, r in rows.items():
+        print(
+            f"{name:<30}{r['bytes'] / 1e6:>6.2f}{r['decode_ms']:>11.1f}{r['peak_mib']:>10.1f}"
+            f"{r.get('wire_ms', float('nan')):>9.1f}  {r['result'][:70]}"
+        )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -294,6 +364,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--overhead-requests", type=int, default=300)
     ap.add_argument("--fuzz", type=int, default=2000, help="malformed messages per protocol")
     ap.add_argument("--quick", action="store_true", help="a small run (4 clients x 50, 200 fuzz cases)")
+    ap.add_argument("--costly-only", action="store_true", help="only the costly shapes (decode and wire)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "serve.json"))
     a = ap.parse_args(argv)
     if a.quick:
@@ -303,6 +374,16 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
     }
+    if a.costly_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            srv = Server(make_checkpoint(Path(tmp)), "--token", TOKEN)
+            try:
+                results["costly"] = costly(srv.port)
+            finally:
+                srv.stop()
+        print_costly(results["costly"])
+        write_json(a.out, results)
+        return results
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = make_checkpoint(Path(tmp))
         policy = Policy.from_pretrained(ckpt)
@@ -346,9 +427,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"fuzz: {f['cases']} malformed messages / bad tokens in {f['seconds']} s, {f['crashes']} crashes, "
         f"server still answers exactly: {f['still_answers_exactly']}; {json.dumps(f['per_protocol'])}"
     )
+    print_costly(f["costly"])
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    write_json(out, results)
     print(f"wrote {out}")
     return results
 

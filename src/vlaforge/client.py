@@ -671,8 +671,13 @@ class ControlLoop:
         else:
             action = self.queue.pop(t) if self.mode == "open_loop" else None
             if action is None:
+                # A request gets what is left of the watchdog period. Once (nearly) nothing is left the
+                # robot holds anyway, and the request gets a whole period: a policy slower than what was
+                # left (but faster than the watchdog) then still answers, and the loop resumes.
+                remaining = self.watchdog.remaining_s()
                 try:
-                    chunk = self._infer(self._message(obs), max(self.watchdog.remaining_s(), 0.1))
+                    timeout = remaining if remaining >= 0.1 else self.watchdog.timeout_s
+                    chunk = self._infer(self._message(obs), timeout)
                     self.queue.add(chunk, t, t)
                     action = self.queue.pop(t)
                 except Exception as e:  # the server is down, slow or refused: hold and report
@@ -706,6 +711,10 @@ class ControlLoop:
             for result, obs_step in results:
                 if isinstance(result, Exception):
                     failure = f"{type(result).__name__}: {result}"
+                elif self._holding is not None and obs_step >= self._held_since:
+                    # Seen while holding: the robot has not moved since, so the chunk starts now (dropping
+                    # the steps that elapsed would drop all of a chunk slower than itself, forever).
+                    self.queue.add(result, t, t)
                 else:
                     self.queue.add(result, obs_step, t)
 

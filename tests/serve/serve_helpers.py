@@ -73,3 +73,21 @@ def openpi_observation(obs: dict) -> dict:
 def start_server(policy, **options) -> ServerThread:
     """A started server of `policy` on a free loopback port (stop it with `.stop()`)."""
     return ServerThread(policy, ServeConfig(policy="tiny", port=options.pop("port", 0), **options)).start()
+
+
+class SlowPolicy:
+    """`policy` taking `delay_s` more per forward pass (a large model on a slow machine), to serve."""
+
+    def __init__(self, policy, delay_s: float):
+        self.inner, self.delay_s = policy, delay_s
+        self.calls = 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def predict_action_batch(self, batch, **options):
+        import time
+
+        self.calls += 1
+        time.sleep(self.delay_s)
+        return self.inner.predict_action_batch(batch, **options)

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from serve_helpers import observation, start_server
+from serve_helpers import SlowPolicy, observation, start_server
 
 from vlaforge.client import (
     ActionGuard,
@@ -181,6 +181,31 @@ def test_watchdog_holds_when_the_server_stops_mid_episode(policy, mode):
         srv = start_server(policy, port=port)  # back: the client reconnects and resumes
         _run_until(loop, lambda s: not s.held, 10.0)
         assert loop.events[-1]["kind"] == "resume"
+    finally:
+        loop.close()
+        srv.stop()
+
+
+@pytest.mark.parametrize("mode", ["open_loop", "ensemble", "async"])
+def test_resumes_after_a_lapse_with_a_policy_slower_than_100_ms(policy, mode):
+    """A policy of 300 ms per request, a watchdog of 500 ms: after the server was gone for a while, the
+    client's requests get the time they need again, and it resumes on the same connection."""
+    slow = SlowPolicy(policy, 0.3)
+    srv = start_server(slow, max_batch=1)
+    port = srv.port
+    client = PolicyClient(srv.url, backoff_s=(0.05, 0.2))
+    loop = ControlLoop(client, mode=mode, execute_steps=2, watchdog_ms=500)
+    try:
+        _run_until(loop, lambda s: not s.held, 5.0)
+        srv.stop()
+        _run_until(loop, lambda s: s.held, 5.0)
+        srv = start_server(slow, port=port, max_batch=1)
+        _run_until(loop, lambda s: not s.held, 10.0)
+        assert loop.events[-1]["kind"] == "resume"
+        reconnects = client.reconnects
+        fresh = [loop.step(observation(t)) for t in range(6)]
+        assert sum(not s.held for s in fresh) >= 3, [s.reason for s in fresh]
+        assert client.reconnects == reconnects  # no more timeouts, no more dropped connections
     finally:
         loop.close()
         srv.stop()

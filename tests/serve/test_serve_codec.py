@@ -81,6 +81,8 @@ def _packed_array(dtype, shape, data):
         (b"\xc1", "not a valid msgpack message"),
         (msgpack.packb({"x": [[[[[[[[[[1]]]]]]]]]]}), "nested deeper than 8"),
         (msgpack.packb(list(range(5000))), "not a valid msgpack message"),
+        (msgpack.packb([[[]] * 1024] * 16), "more than 10000 values"),
+        (b"\x91" * 1000 + b"\xc0", "nested deeper than 8 levels"),
         (b"\0" * (2**20 + 1), "message of 1048577 bytes; at most 1048576"),
     ],
 )
@@ -105,7 +107,8 @@ def test_msgpack_refusals(payload, message):
         ('{"a": {"__numpy__": "AAAA", "dtype": "|u1"}}', "must have the keys"),
         ('{"a": [NaN]}', "JSON constant NaN is not accepted"),
         ('{"a": -Infinity}', "JSON constant -Infinity"),
-        ("[" * 50_000 + "]" * 50_000, "not a valid JSON document"),
+        ("[" * 50_000 + "]" * 50_000, "more than 10000 values"),
+        ("[" * 2_000 + "]" * 2_000, "nested deeper than 8 levels"),
         ('{"a": 1', "not a valid JSON document"),
         (b"\xff\xfe", "not a valid JSON document"),
         ('{"a": 1' + "0" * 5000 + "}", "not a valid JSON document"),

@@ -35,7 +35,6 @@ evaluation whose episodes start from any of those seeds is refused before any ro
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import math
 import platform
@@ -54,6 +53,7 @@ from vlaforge.eval.rollout import ENSEMBLE_DECAY, EXECUTIONS, Job, WorkerSpec, r
 from vlaforge.eval.stats import aggregate
 from vlaforge.policy_files import PolicyFiles, read_policy_dir
 from vlaforge.types import Embodiment, as_list
+from vlaforge.weights_hash import sha256_file
 
 INSTRUCTION_SPLITS = ("train", "heldout")
 # Named evaluation protocols: the settings a published number was measured with. `vlaforge` is ours; a
@@ -283,14 +283,6 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[pkg] = "not installed"
     return out
-
-
-def sha256_file(path: Path, block: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def is_remote(policy: str) -> bool:

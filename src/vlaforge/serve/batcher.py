@@ -8,7 +8,9 @@ continuous batching of LLM servers, with one forward pass per batch). When every
 has its request in the batch, nobody else can join, and the batch runs at once.
 
 Requests whose images differ in size (only possible with `--resize-images`) go in separate forward
-passes. A request whose caller gave up (timeout, closed connection) before its batch started is dropped.
+passes. A request whose caller gave up (timeout, closed connection: the server cancels the caller) before
+its batch started is dropped, and stops counting towards `max_queue` at once, so robots that vanish with
+requests queued cannot make the server refuse the others as busy.
 If a batch fails, each of its requests is retried alone, so one bad request cannot fail the others; an
 `InputError` goes back to its caller as a bad request, anything else is logged with its traceback and
 reported to the caller as an internal error.
@@ -47,6 +49,7 @@ class _Request:
     future: asyncio.Future
     unnorm_key: str | None = None
     enqueued: float = field(default_factory=time.perf_counter)
+    waiting: bool = True  # counted in `Batcher.waiting` (queued, not given up, not yet in a batch)
 
     @property
     def group(self) -> tuple:
@@ -96,6 +99,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vlaforge-infer")
         self.batches = 0
         self.requests = 0
+        self.waiting = 0  # requests queued whose caller still waits (those given up are not counted)
 
     def start(self) -> None:
         """Starts the batching loop on the running event loop."""
@@ -122,38 +126,49 @@ class Batcher:
             InternalError: the policy failed (the traceback is in the server log).
         """
         assert self._queue is not None, "Batcher.start() was not called"
-        if self._queue.qsize() >= self.max_queue:
-            raise ServerBusy(f"{self._queue.qsize()} requests are waiting; retry in a moment")
+        if self.waiting >= self.max_queue:
+            raise ServerBusy(f"{self.waiting} requests are waiting; retry in a moment")
         req = _Request(obs, asyncio.get_running_loop().create_future(), unnorm_key)
         self._queue.put_nowait(req)
+        self.waiting += 1
         try:
             return await asyncio.wait_for(asyncio.shield(req.future), timeout_s)
-        finally:
+        finally:  # answered, timed out, or cancelled because its connection is gone
             if not req.future.done():
                 req.future.cancel()  # the batch loop skips it if it has not started yet
+            self._unqueue(req)
+
+    def _unqueue(self, req: _Request) -> None:
+        if req.waiting:
+            req.waiting = False
+            self.waiting -= 1
 
     async def _loop(self) -> None:
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         while True:
-            batch = [await self._queue.get()]
+            batch: list[_Request] = []
+            while not batch:  # requests given up while queued are passed over
+                self._take(batch, await self._queue.get())
             deadline = loop.time() + self.max_wait_s
             while len(batch) < self.max_batch:
                 if not self._queue.empty():
-                    batch.append(self._queue.get_nowait())
+                    self._take(batch, self._queue.get_nowait())
                     continue
                 remaining = deadline - loop.time()
                 if remaining <= 0 or (self.clients is not None and self.clients() <= len(batch)):
                     break
                 try:
-                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                    self._take(batch, await asyncio.wait_for(self._queue.get(), remaining))
                 except asyncio.TimeoutError:
                     break
-            live = [r for r in batch if not r.future.done()]
             groups: dict[tuple, list[_Request]] = {}
-            for r in live:
+            for r in batch:
                 groups.setdefault(r.group, []).append(r)
             for group in groups.values():
+                group = [r for r in group if not r.future.done()]  # callers gone during earlier groups
+                if not group:
+                    continue
                 started = time.perf_counter()
                 results = await loop.run_in_executor(
                     self._executor, self._run, [r.obs for r in group], group[0].unnorm_key
@@ -173,6 +188,11 @@ class Batcher:
                             "batch_size": len(group),
                         }
                         r.future.set_result((actions, timing))
+
+    def _take(self, batch: list[_Request], req: _Request) -> None:
+        self._unqueue(req)
+        if not req.future.done():
+            batch.append(req)
 
     def _run(self, observations: list[Observation], unnorm_key: str | None = None) -> list[Any]:
         """On the inference thread: one forward pass, or one per request if the batch fails."""

@@ -16,7 +16,9 @@ arrays whose declared shape does not match their bytes. Here:
 - only bool, int, uint and float dtypes of a fixed table are built (no object, string, void, structured or
   big-endian dtype ever reaches `np.dtype`);
 - `prod(shape) * itemsize == len(data)` is checked before an array is made, every dimension and the array's
-  bytes are capped, and so are the message's bytes, nesting depth and container lengths (`WireLimits`);
+  bytes are capped, and so are the message's bytes, nesting depth, container lengths and total number of
+  values (`WireLimits`); the values and the depth are counted on the raw bytes before anything is built, so
+  a message of millions of empty containers (4 MB of msgpack once took 291 MB and 2 s) costs milliseconds;
 - nothing is unpickled, msgpack extension types (timestamps included) are refused, JSON's NaN/Infinity
   constants are refused;
 - every failure is a `DecodeError` (an `InputError`) whose message says what was wrong and where.
@@ -66,6 +68,8 @@ class WireLimits:
         max_dim: size of one dimension.
         max_items: entries of one list or map.
         max_depth: nesting depth of maps and lists.
+        max_objects: values in one message, containers, keys and scalars all counted (an observation has
+            a few dozen; an array is one bytes value, not one per element).
     """
 
     max_message_bytes: int = 32 * 2**20
@@ -74,6 +78,14 @@ class WireLimits:
     max_dim: int = 8192
     max_items: int = 4096
     max_depth: int = 8
+    max_objects: int = 10_000
+
+
+def _too_many(limits: WireLimits, what: str) -> DecodeError:
+    return DecodeError(
+        f"{what} holds more than {limits.max_objects} values (every list, map, key and number counts); at "
+        f"most {limits.max_objects} are accepted: send arrays as numpy arrays, not as lists of numbers"
+    )
 
 
 def _dtype(value: Any, where: str) -> np.dtype:
@@ -181,6 +193,60 @@ def _msgpack_hook(limits: WireLimits):
     return hook
 
 
+# Bytes that follow a msgpack type byte: fixed sizes, and (size of the length field, bytes after it) for the
+# types whose length is written in the message (str, bin, ext). The msgpack spec: github.com/msgpack/msgpack.
+_MSGPACK_FIXED = {0xCA: 4, 0xCB: 8, 0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8, 0xD0: 1, 0xD1: 2, 0xD2: 4, 0xD3: 8}
+_MSGPACK_FIXED |= {0xD4: 2, 0xD5: 3, 0xD6: 5, 0xD7: 9, 0xD8: 17}  # fixext: type byte + data
+_MSGPACK_SIZED = {0xC4: (1, 0), 0xC5: (2, 0), 0xC6: (4, 0), 0xD9: (1, 0), 0xDA: (2, 0), 0xDB: (4, 0)}
+_MSGPACK_SIZED |= {0xC7: (1, 1), 0xC8: (2, 1), 0xC9: (4, 1)}  # ext: length, then a type byte
+_MSGPACK_CONTAINERS = {0xDC: (2, 1), 0xDD: (4, 1), 0xDE: (2, 2), 0xDF: (4, 2)}  # (length bytes, per entry)
+
+
+def _scan_msgpack(data: bytes | bytearray | memoryview, limits: WireLimits) -> None:
+    """Counts a message's values and nesting depth on its bytes, before msgpack builds anything.
+
+    Strings and binaries are skipped by their length, so the cost is one step per value, and the scan
+    stops at `limits.max_objects`. A malformed message is left for msgpack to refuse with its own words.
+    """
+    view = memoryview(data).cast("B")
+    n, pos, count = len(view), 0, 0
+    left, stack = 1, []  # values still expected at this level; those of the enclosing levels
+    while pos < n:
+        b = view[pos]
+        pos += 1
+        count += 1
+        if count > limits.max_objects:
+            raise _too_many(limits, "the message")
+        children = 0
+        if 0x80 <= b <= 0x8F:
+            children = 2 * (b & 0x0F)
+        elif 0x90 <= b <= 0x9F:
+            children = b & 0x0F
+        elif 0xA0 <= b <= 0xBF:
+            pos += b & 0x1F
+        elif b in _MSGPACK_FIXED:
+            pos += _MSGPACK_FIXED[b]
+        elif b in _MSGPACK_SIZED:
+            size, extra = _MSGPACK_SIZED[b]
+            pos += size + extra + int.from_bytes(view[pos : pos + size], "big")
+        elif b in _MSGPACK_CONTAINERS:
+            size, per = _MSGPACK_CONTAINERS[b]
+            children = per * int.from_bytes(view[pos : pos + size], "big")
+            pos += size
+        elif b == 0xC1:
+            return  # never used by msgpack: unpackb says so
+        left -= 1
+        if children:
+            stack.append(left)
+            left = children
+            if len(stack) > limits.max_depth + 1:  # + 1: an array is a map one level below its key
+                raise DecodeError(f"the message is nested deeper than {limits.max_depth} levels")
+        while left == 0 and stack:
+            left = stack.pop()
+        if left == 0:
+            return
+
+
 def _refuse_ext(code: int, data: bytes) -> Any:
     raise DecodeError(f"msgpack extension type {code} is not accepted")
 
@@ -198,6 +264,7 @@ def decode_msgpack(data: bytes | bytearray | memoryview, limits: WireLimits = Wi
             f"message of {len(data)} bytes; at most {limits.max_message_bytes} are accepted "
             f"(the server's --max-message-mb)"
         )
+    _scan_msgpack(data, limits)
     try:
         obj = msgpack.unpackb(
             data,
@@ -294,10 +361,19 @@ def decode_json(body: bytes | str, limits: WireLimits = WireLimits()) -> Any:
         )
     try:
         text = body.decode("utf-8") if isinstance(body, (bytes, bytearray)) else str(body)
+    except UnicodeDecodeError as e:
+        raise DecodeError(f"not a valid JSON document (the body is not UTF-8: {str(e)[:120]})") from None
+    # Every JSON value past the first opens a container or follows a comma: counting those three characters
+    # (in C, also inside strings, which only errs towards refusing) bounds the values before any is built.
+    if text.count("[") + text.count("{") + text.count(",") >= limits.max_objects:
+        raise _too_many(limits, "the body")
+    try:
         obj = json.loads(text, object_hook=_json_hook(limits), parse_constant=_refuse_constant)
     except DecodeError:
         raise
-    except (ValueError, TypeError, RecursionError, OverflowError) as e:
+    except RecursionError:
+        raise DecodeError(f"the body is nested deeper than {limits.max_depth} levels") from None
+    except (ValueError, TypeError, OverflowError) as e:
         raise DecodeError(f"not a valid JSON document ({type(e).__name__}: {str(e)[:120]})") from None
     _check_tree(obj, limits, "body")
     return obj

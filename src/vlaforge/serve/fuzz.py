@@ -8,6 +8,10 @@ the wrong dtype, size or layout; NaN / inf / wrong-size states; empty, non-strin
 msgpack extension types and timestamps; deep nesting; huge maps; pickle payloads; invalid JSON, base64
 and UTF-8; JSON NaN constants). A case is `(payload bytes, must_fail)`: `must_fail` is False only where a
 mutation may have left the message valid (a flipped byte inside the image data is still an image).
+
+`costly_msgpack()` and `costly_json()` name the messages that are small on the wire but costly to decode
+naively (millions of empty containers, deep nesting, long arrays): a 4 MB msgpack message of empty lists
+once took 291 MB and 2 s to decode. The tests and the bench time each one and measure its memory.
 """
 
 from __future__ import annotations
@@ -214,4 +218,32 @@ def malformed_json(valid: dict[str, Any], n: int, seed: int = 0) -> list[tuple[b
     return cases[:n]
 
 
-__all__ = ["BAD_DTYPES", "malformed_json", "malformed_msgpack"]
+def costly_msgpack(mb: float = 4.0) -> dict[str, bytes]:
+    """Messages of about `mb` MB whose naive decoding costs far more than their size (name -> bytes)."""
+    n = int(mb * 2**20)
+    return {
+        "empty_lists": msgpack.packb([[[]] * 1024] * max(n // 1027, 1)),  # 1 byte per list, 4096 per level
+        "empty_maps": msgpack.packb({"x": [[{}] * 4096] * max(n // 4099, 1)}),
+        "deep_lists": b"\x91" * 1000 + b"\xc0",  # [[[...[nil]...]]], 1000 levels (msgpack's own limit: 1024)
+        "deep_maps": b"\x81\xa1k" * 1000 + b"\xc0",
+        "long_array_header": b"\xdd\xff\xff\xff\xff" + b"\xc0" * 1024,  # claims 4 billion entries
+        "many_small_ints": msgpack.packb([list(range(4096))] * max(n // 12_000, 1)),
+        "many_short_strings": msgpack.packb([["ab"] * 4096] * max(n // 12_300, 1)),
+    }
+
+
+def costly_json(mb: float = 4.0) -> dict[str, bytes]:
+    """JSON bodies of about `mb` MB whose naive decoding costs far more than their size (name -> bytes)."""
+    n = int(mb * 2**20)
+    return {
+        "empty_lists": b"[" + b"[]," * (n // 3) + b"[]]",
+        "empty_objects": b'{"x": [' + b"{}," * (n // 3) + b"{}]}",
+        "nested_empty_lists": b"[" + b",".join([b"[" + b"[]," * 1023 + b"[]]"] * max(n // 3073, 1)) + b"]",
+        "deep_lists": b"[" * 100_000 + b"]" * 100_000,
+        "deep_objects": b'{"k":' * 50_000 + b"1" + b"}" * 50_000,
+        "long_array": b"[" + b"0," * (n // 2) + b"0]",
+        "long_string_array": b'["' + b'","'.join([b"a"] * (n // 4)) + b'"]',
+    }
+
+
+__all__ = ["BAD_DTYPES", "costly_json", "costly_msgpack", "malformed_json", "malformed_msgpack"]

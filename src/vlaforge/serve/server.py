@@ -11,7 +11,8 @@
   json-numpy action: (D,) for a checkpoint that predicts one step (OpenVLA's own reply), the (H, D) chunk
   otherwise (as OpenVLA-OFT's server). The body may also be `{"encoded": "<json-numpy text>"}` (OpenVLA's
   "double-encoded" form), answered in kind. Errors are JSON `{"error": "..."}` with a 4xx/5xx status.
-- `GET /healthz` answers 200 "OK" (no token needed, nothing revealed); `GET /metadata` the metadata as JSON.
+- `GET /healthz` answers 200 "OK" and closes (no token needed, no body read, nothing revealed);
+  `GET /metadata` the metadata as JSON.
 
 Why not websockets' `serve(process_request=...)`: its HTTP parser refuses any request with a body
 (a Content-Length other than 0), so `POST /act` cannot pass through it. The server reads the HTTP request
@@ -20,12 +21,14 @@ head itself (bounded), answers plain HTTP requests, and hands websocket upgrades
 bytes and enforces the limits and timeouts.
 
 Safety: binds 127.0.0.1 unless told otherwise; refuses requests without the token when one is set
-(compared in constant time); decodes with the strict codecs of `vlaforge.serve.codec` (no pickle, only
-numeric dtypes, sizes checked, caps on bytes and dimensions); checks every observation against the
-checkpoint (`vlaforge.serve.observation`); bounds the request head, the body, the number of connections,
-the queue, and the time a client may take to send a request or to read a reply; replies with a one-line
-error and keeps tracebacks in the server log. What it loads is decided by its own command line; no request
-names a file.
+(compared in constant time); decodes off the event loop with the strict codecs of `vlaforge.serve.codec`
+(no pickle, only numeric dtypes, sizes checked, caps on bytes, dimensions, values and depth); checks every
+observation against the checkpoint (`vlaforge.serve.observation`); bounds the request head, the body, the
+number of connections, the queue, and the time a client may take to send a request or to read a reply;
+gives a connection that has not shown the token a few seconds and one request, and at most
+`max_unauthenticated` such connections at once (the oldest gives its slot to a newcomer); cancels the
+request of a client that goes away; replies with a one-line error and keeps tracebacks in the server log.
+What it loads is decided by its own command line; no request names a file.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import os
 import signal
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
@@ -56,6 +60,8 @@ from vlaforge.serve.codec import (
     encode_msgpack,
 )
 from vlaforge.serve.observation import ObservationSpec
+from vlaforge.serve.wsconn import WebsocketConnection
+from vlaforge.weights_hash import weights_sha256
 
 log = logging.getLogger("vlaforge.serve")
 
@@ -79,7 +85,12 @@ class ServeConfig:
         max_batch: most requests from different connections in one forward pass (1: no batching).
         max_wait_ms: how long a request waits for others to share its forward pass.
         max_queue: most requests waiting for the model; beyond it, requests are refused as busy.
-        max_connections: most connections at once; beyond it, new ones are refused.
+        max_connections: most connections at once; beyond it, a new one takes the slot of the connection that
+            has waited longest without authenticating, else it is refused.
+        max_unauthenticated: most connections at once that have not yet shown the token (or, without a
+            token, sent a first request); beyond it, the one that has waited longest is closed.
+        auth_timeout_s: a new connection must send a complete request head within this time, and is closed
+            unless the head carries the token (health checks are answered, then closed too).
         max_message_mb: largest request (a websocket message or an HTTP body), in MiB; also the largest array.
         max_dim: largest size of any array dimension.
         request_timeout_s: longest time a request may wait for its actions before an error reply.
@@ -102,6 +113,8 @@ class ServeConfig:
     max_wait_ms: float = 5.0
     max_queue: int = 256
     max_connections: int = 64
+    max_unauthenticated: int = 16
+    auth_timeout_s: float = 5.0
     max_message_mb: float = 32.0
     max_dim: int = 8192
     request_timeout_s: float = 30.0
@@ -119,7 +132,7 @@ class ServeConfig:
             self.token = os.environ.get(TOKEN_ENV) or None
         if self.token is not None and len(self.token) < 8:
             raise InputError("--token must have at least 8 characters")
-        for name in ("max_batch", "max_queue", "max_connections", "max_dim"):
+        for name in ("max_batch", "max_queue", "max_connections", "max_unauthenticated", "max_dim"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} must be >= 1; got {getattr(self, name)}")
         if not 0 <= self.port <= 65535:
@@ -128,7 +141,7 @@ class ServeConfig:
             raise InputError(f"--max-wait-ms must be >= 0; got {self.max_wait_ms}")
         if not 0 < self.max_message_mb <= 1024:
             raise InputError(f"--max-message-mb must be in (0, 1024]; got {self.max_message_mb}")
-        for name in ("request_timeout_s", "io_timeout_s", "idle_timeout_s"):
+        for name in ("request_timeout_s", "io_timeout_s", "idle_timeout_s", "auth_timeout_s"):
             if getattr(self, name) <= 0:
                 raise InputError(f"--{name.replace('_', '-')} must be > 0; got {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
@@ -210,11 +223,6 @@ def _json_error(status: HTTPStatus, message: str, keep_alive: bool) -> bytes:
     return _http_bytes(status, json.dumps({"error": message}).encode(), "application/json", keep_alive, extra)
 
 
-def _close_reason(message: str) -> str:
-    """A close-frame reason: at most 123 bytes of UTF-8."""
-    return message.encode("utf-8")[:120].decode("utf-8", "ignore")
-
-
 class PolicyServer:
     """Serves one policy over both protocols (see the module docstring).
 
@@ -264,11 +272,16 @@ class PolicyServer:
             **(info or {}),
         }
         self._packed_metadata = encode_msgpack(self.metadata)
+        # Decoding and checking a request runs here, off the event loop: a large message then delays only
+        # the robot that sent it (the codec's caps bound what any one message can cost).
+        self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vlaforge-decode")
         self._token = cfg.token.encode() if cfg.token else None
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task] = set()
+        # Connections that have not authenticated yet, oldest first (a dict keeps insertion order).
+        self._unauthenticated: dict[asyncio.Task, None] = {}
         self.port: int | None = None
-        self.stats = {"connections": 0, "requests": 0, "errors": 0, "refused": 0}
+        self.stats = {"connections": 0, "requests": 0, "errors": 0, "refused": 0, "evicted": 0}
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> int:
@@ -291,11 +304,17 @@ class PolicyServer:
         if self._server is not None:
             await self._server.wait_closed()
         await self.batcher.stop()
+        self._decoder.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ connections
     async def _on_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if (
+            len(self._connections) >= self.cfg.max_connections
+            or len(self._unauthenticated) >= self.cfg.max_unauthenticated
+        ):
+            self._evict()
         if len(self._connections) >= self.cfg.max_connections:
             self.stats["refused"] += 1
             await self._write(
@@ -305,11 +324,16 @@ class PolicyServer:
             writer.close()
             return
         self._connections.add(task)
+        self._unauthenticated[task] = None
         self.stats["connections"] += 1
         try:
-            first = True
             while True:
-                timeout = self.cfg.io_timeout_s if first else self.cfg.idle_timeout_s
+                # Until it authenticates a connection has a short deadline (it closes after one request).
+                unauthenticated = task in self._unauthenticated
+                if unauthenticated:
+                    timeout = min(self.cfg.auth_timeout_s, self.cfg.io_timeout_s)
+                else:
+                    timeout = self.cfg.idle_timeout_s
                 try:
                     raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
                 except asyncio.IncompleteReadError:
@@ -322,7 +346,6 @@ class PolicyServer:
                         ),
                     )
                     return
-                first = False
                 try:
                     head = _parse_head(raw)
                 except _HttpError as e:
@@ -340,7 +363,23 @@ class PolicyServer:
             log.exception("connection handler failed")
         finally:
             self._connections.discard(task)
+            self._unauthenticated.pop(task, None)
             writer.close()
+
+    def _evict(self) -> None:
+        """Closes the connection that has waited longest without authenticating, so that a new one (perhaps
+        a robot with the token) gets its slot: unauthenticated peers cannot hold every slot."""
+        if not self._unauthenticated:
+            return
+        oldest = next(iter(self._unauthenticated))
+        del self._unauthenticated[oldest]
+        self._connections.discard(oldest)
+        oldest.cancel()
+        self.stats["evicted"] += 1
+
+    def _authenticated(self) -> None:
+        """The current connection showed the token (or, without one, made a real request)."""
+        self._unauthenticated.pop(asyncio.current_task(), None)  # type: ignore[arg-type]
 
     async def _write(self, writer: asyncio.StreamWriter, data: bytes) -> None:
         """Writes and waits until the client takes the bytes (a client that does not read times out)."""
@@ -362,12 +401,13 @@ class PolicyServer:
         Everything that can be refused from the head alone (path, method, token, size) is refused before
         any body is read, and the connection is then closed (its unread body would desynchronise it).
         """
+        if head.path == "/healthz" and head.method == "GET":  # no token, no body read, then closed
+            await self._write(writer, _http_bytes(HTTPStatus.OK, b"OK\n", "text/plain", False))
+            return False
         keep = head.keep_alive
         refusal: tuple[HTTPStatus, str] | None = None
         if "transfer-encoding" in head.headers:
             refusal = HTTPStatus.NOT_IMPLEMENTED, "chunked bodies are not accepted; send Content-Length"
-        elif head.path == "/healthz" and head.method == "GET":
-            pass
         elif head.path not in ("/act", "/metadata"):
             refusal = (
                 HTTPStatus.NOT_FOUND,
@@ -399,14 +439,20 @@ class PolicyServer:
         if refusal is not None:
             await self._write(writer, _json_error(*refusal, False))
             return False
+        self._authenticated()
         body = await asyncio.wait_for(reader.readexactly(length), self.cfg.io_timeout_s) if length else b""
-        if head.path == "/healthz":
-            await self._write(writer, _http_bytes(HTTPStatus.OK, b"OK\n", "text/plain", keep))
-        elif head.path == "/metadata":
+        if head.path == "/metadata":
             body = encode_json(self.metadata).encode()
             await self._write(writer, _http_bytes(HTTPStatus.OK, body, "application/json", keep))
         else:
-            status, payload = await self._act(body)
+            work = asyncio.ensure_future(self._act(body))
+            while not work.done():  # a client that goes away cancels its request
+                await asyncio.wait({work}, timeout=0.05)
+                if not work.done() and (reader.at_eof() or reader.exception() is not None):
+                    work.cancel()
+                    await asyncio.wait({work})
+                    return False
+            status, payload = work.result()
             await self._write(writer, _http_bytes(status, payload, "application/json", keep))
         return keep
 
@@ -414,18 +460,8 @@ class PolicyServer:
         """POST /act: (status, JSON body)."""
         self.stats["requests"] += 1
         try:
-            msg = decode_json(body, self.limits)
-            encoded = isinstance(msg, dict) and set(msg) == {"encoded"}
-            if encoded:  # OpenVLA's double-encoded form: the payload is a json-numpy string
-                if not isinstance(msg["encoded"], str):
-                    raise InputError("'encoded' must be a json-numpy string")
-                msg = decode_json(msg["encoded"], self.limits)
-            if not isinstance(msg, dict):
-                raise InputError(
-                    f"the body must be a JSON object {{'image', 'instruction'}}; got {type(msg).__name__}"
-                )
-            key = self._unnorm_key(msg.get("unnorm_key"))
-            obs = self.spec.parse(msg, extra_keys=("unnorm_key",))
+            loop = asyncio.get_running_loop()
+            obs, key, encoded = await loop.run_in_executor(self._decoder, self._parse_act, body)
             actions, _ = await self.batcher.submit(obs, self.cfg.request_timeout_s, key)
         except Exception as e:
             status, message = self._error(e)
@@ -433,6 +469,29 @@ class PolicyServer:
         action = actions[0] if actions.shape[0] == 1 else actions  # OpenVLA replies with one (D,) action
         text = encode_json(action)
         return HTTPStatus.OK, (json.dumps(text) if encoded else text).encode()
+
+    def _parse_act(self, body: bytes) -> tuple[Any, str | None, bool]:
+        """On a decoder thread: a POST /act body -> (observation, unnorm_key, whether double-encoded)."""
+        msg = decode_json(body, self.limits)
+        encoded = isinstance(msg, dict) and set(msg) == {"encoded"}
+        if encoded:  # OpenVLA's double-encoded form: the payload is a json-numpy string
+            if not isinstance(msg["encoded"], str):
+                raise InputError("'encoded' must be a json-numpy string")
+            msg = decode_json(msg["encoded"], self.limits)
+        if not isinstance(msg, dict):
+            raise InputError(
+                f"the body must be a JSON object {{'image', 'instruction'}}; got {type(msg).__name__}"
+            )
+        key = self._unnorm_key(msg.get("unnorm_key"))
+        return self.spec.parse(msg, extra_keys=("unnorm_key",)), key, encoded
+
+    def _parse_openpi(self, message: bytes) -> tuple[Any, str | None, float]:
+        """On a decoder thread: a websocket message -> (observation, unnorm_key, decode ms)."""
+        start = time.perf_counter()
+        msg = decode_msgpack(message, self.limits)
+        decode_ms = (time.perf_counter() - start) * 1000
+        key = self._unnorm_key(msg.get("unnorm_key") if isinstance(msg, dict) else None)
+        return self.spec.parse(msg, extra_keys=("unnorm_key",)), key, decode_ms
 
     def _unnorm_key(self, key: Any) -> str | None:
         """A request's `unnorm_key`, checked against the checkpoint's datasets before any compute."""
@@ -474,89 +533,28 @@ class PolicyServer:
     async def _websocket(
         self, head: _Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        from websockets.frames import CloseCode, Opcode
-        from websockets.http11 import Request
-        from websockets.protocol import State
-        from websockets.server import ServerProtocol
-
-        proto = ServerProtocol(max_size=self.limits.max_message_bytes, logger=log)
-
-        async def flush() -> None:
-            for data in proto.data_to_send():
-                if data:
-                    writer.write(data)
-                elif writer.can_write_eof():
-                    with contextlib.suppress(OSError):  # the client is gone already
-                        writer.write_eof()
-            await asyncio.wait_for(writer.drain(), self.cfg.io_timeout_s)
-
-        proto.receive_data(head.raw)
-        events = proto.events_received()
-        if not events or not isinstance(events[0], Request):
-            await flush()  # websockets answered the malformed handshake itself
-            return
-        request = events[0]
-        if not self._authorized(request.headers.get("Authorization")):
-            self.stats["errors"] += 1
-            response = proto.reject(
-                HTTPStatus.UNAUTHORIZED,
-                "missing or wrong token: send the header 'Authorization: Api-Key <token>'\n",
-            )
-        else:
-            response = proto.accept(request)
-        proto.send_response(response)
-        await flush()
-        if proto.state is not State.OPEN:
-            return
-        proto.send_binary(self._packed_metadata)
-        await flush()
-
-        pending: list[Any] = []
-        while True:
-            # Next whole message (fragments joined; pings answered by the protocol object).
-            parts: list[bytes] = []
-            opcode = None
-            message: bytes | None = None
-            while message is None:
-                if not pending:
-                    try:
-                        data = await asyncio.wait_for(reader.read(65536), self.cfg.idle_timeout_s)
-                    except asyncio.TimeoutError:
-                        proto.send_close(CloseCode.GOING_AWAY, "idle timeout")
-                        await flush()
-                        return
-                    if data:
-                        proto.receive_data(data)
-                    else:
-                        proto.receive_eof()
-                    pending.extend(proto.events_received())
-                    await flush()
-                    if proto.state is State.CLOSED or (not data and not pending):
-                        return
-                    continue
-                frame = pending.pop(0)
-                if frame.opcode in (Opcode.TEXT, Opcode.BINARY):
-                    opcode, parts = frame.opcode, [frame.data]
-                elif frame.opcode is Opcode.CONT:
-                    parts.append(frame.data)
-                elif frame.opcode is Opcode.CLOSE:
-                    await flush()
-                    return
-                else:
-                    continue  # ping / pong
-                if frame.fin and opcode is not None:
-                    message = b"".join(parts)
-            reply, error = await self._infer_openpi(message, opcode is Opcode.TEXT)
-            if error is not None:
-                proto.send_text(error.encode("utf-8"))
-                proto.send_close(CloseCode.INTERNAL_ERROR, _close_reason(error))
-                await flush()
-                # Give the client a moment to answer the close, then drop the connection.
-                with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
-                    await asyncio.wait_for(reader.read(65536), 1.0)
+        conn = WebsocketConnection(reader, writer, self.limits.max_message_bytes, self.cfg.io_timeout_s)
+        try:
+            if not await conn.handshake(head.raw, self._authorized_or_count, self._packed_metadata):
                 return
-            proto.send_binary(reply)
-            await flush()
+            self._authenticated()
+            while (got := await conn.next_message(self.cfg.idle_timeout_s)) is not None:
+                work = asyncio.ensure_future(self._infer_openpi(*got))
+                if not await conn.unless_gone(work):
+                    return  # the client went away: its request was cancelled
+                reply, error = work.result()
+                if error is not None:
+                    await conn.fail(error)
+                    return
+                await conn.send(reply)
+        finally:
+            conn.close()
+
+    def _authorized_or_count(self, authorization: str | None) -> bool:
+        ok = self._authorized(authorization)
+        if not ok:
+            self.stats["errors"] += 1
+        return ok
 
     async def _infer_openpi(self, message: bytes, is_text: bool) -> tuple[bytes, str | None]:
         """One websocket request -> (packed reply, None) or (b"", error text)."""
@@ -565,10 +563,8 @@ class PolicyServer:
         try:
             if is_text:
                 raise InputError("send observations as binary msgpack messages, not text")
-            msg = decode_msgpack(message, self.limits)
-            decode_ms = (time.perf_counter() - start) * 1000
-            key = self._unnorm_key(msg.get("unnorm_key") if isinstance(msg, dict) else None)
-            obs = self.spec.parse(msg, extra_keys=("unnorm_key",))
+            loop = asyncio.get_running_loop()
+            obs, key, decode_ms = await loop.run_in_executor(self._decoder, self._parse_openpi, message)
             actions, timing = await self.batcher.submit(obs, self.cfg.request_timeout_s, key)
         except Exception as e:
             return b"", self._error(e)[1]
@@ -577,11 +573,25 @@ class PolicyServer:
 
 
 # ------------------------------------------------------------------ running it
+def openvla_sha256(root: Path) -> str:
+    """The `model_sha256` announced for an OpenVLA checkpoint directory: the hash of its weights, every shard
+    its index names in name order (as `openvla.Shards` opens them), cached beside them."""
+    from vlaforge.models import openvla
+
+    index = root / openvla.INDEX_FILE
+    if not index.is_file():
+        return weights_sha256([root / openvla.SINGLE_FILE])
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+        raise InputError(f"{index}: not a safetensors index (needs a 'weight_map'): {e}") from e
+    return weights_sha256([root / name for name in shards])
+
+
 def load_served_policy(cfg: ServeConfig) -> tuple[Any, dict[str, Any]]:
     """Loads the checkpoint `cfg.policy` names; returns (policy, metadata entries about it)."""
     import torch
 
-    from vlaforge.eval.run import sha256_file
     from vlaforge.models import openvla
     from vlaforge.models.policy import Policy
     from vlaforge.policy_files import read_policy_dir
@@ -591,16 +601,12 @@ def load_served_policy(cfg: ServeConfig) -> tuple[Any, dict[str, Any]]:
     if openvla.is_openvla_dir(cfg.policy):  # OpenVLA's own checkpoint, served as its deploy script does
         policy = Policy.from_pretrained(cfg.policy, device=cfg.device)
         root = Path(cfg.policy).resolve()
-        index = root / openvla.INDEX_FILE
-        return policy, {
-            "checkpoint": root.name,
-            "model_sha256": sha256_file(index if index.is_file() else root / openvla.SINGLE_FILE),
-        }
+        return policy, {"checkpoint": root.name, "model_sha256": openvla_sha256(root)}
     files = read_policy_dir(cfg.policy)
     policy = Policy.from_pretrained(files.root, device=cfg.device)
     info = {
         "checkpoint": Path(files.root).resolve().name,
-        "model_sha256": sha256_file(files.weights),
+        "model_sha256": weights_sha256([files.weights]),
     }
     return policy, info
 
