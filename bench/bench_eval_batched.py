@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from vlaforge.envs.metaworld import configure_rendering
+from vlaforge.envs.rendering import configure_rendering
 from vlaforge.eval.run import EvalConfig, evaluate
 
 
