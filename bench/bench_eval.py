@@ -20,7 +20,6 @@ all repeats, env steps/s, camera images rendered per episode. Writes bench/resul
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from vlaforge.atomic import write_json
 from vlaforge.envs.base import episode_seed
 from vlaforge.envs.collect import CollectConfig, collect
 from vlaforge.envs.registry import get_env
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report)
     print(f"wrote {out}")
     return report
 
