@@ -12,24 +12,26 @@ from vlaforge.errors import InputError
 from vlaforge.eval.run import EvalConfig, trained_env
 
 
-def _checkpoint(tmp_path, env):
-    path = tmp_path / f"ckpt-{env}"
-    path.mkdir()
-    (path / "config.json").write_text(json.dumps({"training_data": {"dataset": "/d", "env": env}}))
+def _checkpoint(tmp_path, env, save):
+    """An untrained tiny policy whose config.json says it was trained on data collected in `env`."""
+    path = save(tmp_path / f"ckpt-{env}", get_env("robosuite").embodiment(("agentview",), 32))
+    config = json.loads((path / "config.json").read_text())
+    config["training_data"] = {"dataset": "/d", "env": env, "episodes": []}
+    (path / "config.json").write_text(json.dumps(config))
     return path
 
 
-def test_the_env_comes_from_the_checkpoint_unless_given(tmp_path):
-    assert trained_env(str(_checkpoint(tmp_path, "robosuite"))) == "robosuite"
+def test_the_env_comes_from_the_checkpoint_unless_given(tmp_path, tiny_policy):
+    assert trained_env(str(_checkpoint(tmp_path, "robosuite", tiny_policy))) == "robosuite"
     cfg = EvalConfig(policy=str(tmp_path / "ckpt-robosuite"), out=tmp_path / "e")
     spec = get_env("robosuite")
     assert (cfg.env, cfg.tasks, cfg.max_steps) == ("robosuite", spec.default_tasks, spec.max_steps)
-    assert trained_env(str(_checkpoint(tmp_path, "synthetic"))) is None  # not a registered env
+    assert trained_env(str(_checkpoint(tmp_path, "synthetic", tiny_policy))) is None  # not a registered env
     assert EvalConfig(policy=str(tmp_path / "ckpt-synthetic"), out=tmp_path / "e").env == DEFAULT_ENV
 
 
-def test_a_checkpoint_from_another_env_is_refused_in_one_line(tmp_path):
-    path = _checkpoint(tmp_path, "robosuite")
+def test_a_checkpoint_from_another_env_is_refused_in_one_line(tmp_path, tiny_policy):
+    path = _checkpoint(tmp_path, "robosuite", tiny_policy)
     with pytest.raises(InputError, match="trained in 'robosuite'.*not in 'metaworld'.*--env robosuite") as e:
         EvalConfig(policy=str(path), env="metaworld", out=tmp_path / "e")
     assert "\n" not in str(e.value)

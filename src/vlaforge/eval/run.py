@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import math
 import platform
 import time
@@ -330,14 +329,15 @@ def is_remote(policy: str) -> bool:
 
 def trained_env(policy: str) -> str | None:
     """The registered env a checkpoint directory was trained in (config.json `training_data.env`), or None
-    (a baseline, a served policy, or data from elsewhere: synthetic, converted)."""
-    path = Path(policy) / "config.json"
-    if policy in BASELINES or is_remote(policy) or not path.is_file():
+    (a baseline, a served policy, an unreadable directory that `evaluate` reports in full later, or data
+    from elsewhere: synthetic, converted)."""
+    if policy in BASELINES or is_remote(policy):
         return None
     try:
-        env = (json.loads(path.read_text()).get("training_data") or {}).get("env")
-    except (OSError, ValueError, AttributeError) as e:
-        raise InputError(f"{path} is not a readable checkpoint config ({e}); re-save or re-train it") from e
+        files = read_policy_dir(policy, need_weights=False)
+    except InputError:
+        return None
+    env = (files.training_data or {}).get("env")
     return env if env in ENVS else None
 
 
