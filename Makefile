@@ -25,6 +25,9 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e ".[sim,dev]"
 	# openpi-client, for the serving tests: --no-deps because it pins numpy<2 (its needs are installed above).
 	$(PIP) install -q --no-deps "openpi-client==0.1.2"
+	# robosuite, the second simulator (--env robosuite): --no-deps because it pins numpy<2; what it imports
+	# at run time (numba, termcolor, opencv-python-headless) comes with the `sim` extra above.
+	$(PIP) install -q --no-deps "robosuite==1.5.2"
 	@touch $(STAMP)
 
 demo: setup

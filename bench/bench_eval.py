@@ -20,7 +20,6 @@ all repeats, env steps/s, camera images rendered per episode. Writes bench/resul
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -29,8 +28,11 @@ from pathlib import Path
 
 import torch
 
+from vlaforge.atomic import write_json
+from vlaforge.envs.base import episode_seed
 from vlaforge.envs.collect import CollectConfig, collect
-from vlaforge.envs.metaworld import configure_rendering, episode_seed
+from vlaforge.envs.registry import get_env
+from vlaforge.envs.rendering import configure_rendering
 from vlaforge.eval.rollout import EpisodeRunner, Job, WorkerSpec
 from vlaforge.policy_files import read_policy_dir
 from vlaforge.train.loop import TrainConfig, train
@@ -85,11 +87,10 @@ def main(argv: list[str] | None = None) -> dict:
         policy = Path(a.policy) if a.policy else make_policy(Path(tmp), a.tasks, a.image_size, a.train_steps)
         files = read_policy_dir(policy)
         emb = files.embodiment
-        from vlaforge.envs.metaworld import INSTRUCTIONS, resolve_tasks
-
-        tasks = resolve_tasks(a.tasks)
+        env = get_env()
+        tasks = env.resolve_tasks(a.tasks)
         jobs = [
-            Job(t, i, episode_seed(EVAL_SEED, t, i), INSTRUCTIONS[t])
+            Job(t, i, episode_seed(EVAL_SEED, t, i), env.instructions[t])
             for t in tasks
             for i in range(a.episodes)
         ]
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
                 render_every_step=reference,
             )
             runners[reference] = EpisodeRunner(spec)
-            runners[reference](Job(tasks[0], 0, 12345, INSTRUCTIONS[tasks[0]]))  # warm-up: env, GL, torch
+            runners[reference](Job(tasks[0], 0, 12345, env.instructions[tasks[0]]))  # warm-up: env, GL, torch
         totals = {True: [0.0, 0, 0], False: [0.0, 0, 0]}  # seconds, episodes, renders
         outcomes: dict[bool, list] = {}
         for _ in range(a.repeats):
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report)
     print(f"wrote {out}")
     return report
 

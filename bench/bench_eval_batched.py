@@ -17,7 +17,6 @@ Prints a table and writes bench/results/eval_batched.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 import time
@@ -25,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from vlaforge.envs.metaworld import configure_rendering
+from vlaforge.atomic import write_json
+from vlaforge.envs.rendering import configure_rendering
 from vlaforge.eval.run import EvalConfig, evaluate
 
 
@@ -96,8 +96,8 @@ def main() -> None:
     print(f"batched / per-process speed: {ratio:.2f}x; episodes agreeing (success, steps): {same}/{n}")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"args": vars(args), "rows": rows, "speedup": round(ratio, 3),
-                               "episodes_agreeing": same, "episodes": n}, indent=2))  # fmt: skip
+    write_json(out, {"args": vars(args), "rows": rows, "speedup": round(ratio, 3), "episodes_agreeing": same,
+                     "episodes": n})  # fmt: skip
     print(f"wrote {out}")
 
 

@@ -1,6 +1,6 @@
 """The `vlaforge` command. It parses arguments and calls the library; no logic lives here.
 
-vlaforge collect   --tasks mt10 --episodes 50 --out data/mt10
+vlaforge collect   [--env ENV] --tasks mt10 --episodes 50 --out data/mt10
 vlaforge dataset   info DIR | view DIR --episode K --out ep.mp4 | synth --out DIR
                    | convert SRC --to rlds|lerobot --out DST
 vlaforge train     --dataset DIR --preset tiny --head chunk --steps N --out RUN
@@ -70,7 +70,7 @@ CONFIG_COMMANDS: dict[str, tuple[str, str, Callable[[Any], None]]] = {
         _run_collect,
     ),
     "train": ("train or fine-tune a policy", "vlaforge.train.loop:TrainConfig", _run_train),
-    "eval": ("evaluate a policy in Meta-World", "vlaforge.eval.run:EvalConfig", _run_eval),
+    "eval": ("evaluate a policy in simulation (--env)", "vlaforge.eval.run:EvalConfig", _run_eval),
     "serve": (
         "serve a policy to robots (openpi websocket + OpenVLA POST /act, batched)",
         "vlaforge.serve.server:ServeConfig",
@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(2)
         args = build_parser(command, defaults=values).parse_args(argv)
     if args.cmd in ("collect", "eval", "demo"):
-        from vlaforge.envs.metaworld import configure_rendering
+        from vlaforge.envs.rendering import configure_rendering
 
         configure_rendering()  # before anything imports mujoco
     try:

@@ -1,6 +1,7 @@
 """`vlaforge demo`: the whole loop on a small default, end to end on a laptop CPU.
 
-1. collect scripted-expert demonstrations for a few easy Meta-World tasks (LeRobot v3.0 dataset),
+1. collect scripted-expert demonstrations for a few easy tasks of an environment (`--env`) as a LeRobot
+   v3.0 dataset,
 2. train the `tiny` preset with the parallel-decoding chunk head (OpenVLA-OFT style),
 3. evaluate it in simulation, and the uniform-random baseline with the same protocol for comparison,
 4. print both tables and the paths of the HTML reports.
@@ -26,6 +27,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vlaforge.atomic import write_json
+from vlaforge.envs.registry import DEFAULT_ENV, get_env
 from vlaforge.errors import InputError
 from vlaforge.types import as_list
 
@@ -34,6 +37,8 @@ if TYPE_CHECKING:
     from vlaforge.eval.run import EvalConfig
     from vlaforge.train.loop import TrainConfig
 
+# The default env's demo tasks: easy ones whose objects move little between seeds.
+DEMO_TASKS = "drawer-close-v3,button-press-topdown-v3,window-close-v3,drawer-open-v3,faucet-open-v3"
 LOG_EVERY = 50  # training metrics lines: often enough to watch the loss, rarely enough to stay quiet
 
 
@@ -42,8 +47,10 @@ class DemoConfig:
     """The demo's settings; the CLI overrides only the flags the user gave.
 
     Attributes:
-        tasks: Meta-World tasks (comma list or a set name). Easy tasks whose objects move little between
-            seeds, so a few dozen demonstrations cover them.
+        env: the environment (`vlaforge.envs.base.ENVS`).
+        tasks: the env's tasks (comma list or a set name; None: the env's default set, or for the default
+            env five easy tasks whose objects move little between seeds, so a few dozen demonstrations
+            cover them).
         episodes: demonstrations collected per task.
         steps: training steps of the tiny preset.
         eval_episodes: evaluation episodes per task (the policy and the random baseline each).
@@ -51,7 +58,7 @@ class DemoConfig:
         device: "auto" (CUDA when present), "cpu" or "cuda".
         workers: processes for collection and evaluation.
         image_size: camera image side in pixels (collection, training and evaluation).
-        cameras: Meta-World cameras.
+        cameras: the env's cameras, a comma list (None: the env's default).
         preset: model preset.
         head: action head ("chunk": one forward pass per chunk of actions).
         batch_size: training batch size.
@@ -68,7 +75,8 @@ class DemoConfig:
             starts from a scene the policy was trained on (evaluation refuses those anyway).
     """
 
-    tasks: str = "drawer-close-v3,button-press-topdown-v3,window-close-v3,drawer-open-v3,faucet-open-v3"
+    env: str = DEFAULT_ENV
+    tasks: str | None = None
     episodes: int = 30
     steps: int = 5000
     eval_episodes: int = 20
@@ -76,7 +84,7 @@ class DemoConfig:
     device: str = "auto"
     workers: int = 2
     image_size: int = 64
-    cameras: str = "corner2"
+    cameras: str | None = None
     preset: str = "tiny"
     head: str = "chunk"
     batch_size: int = 32
@@ -91,6 +99,12 @@ class DemoConfig:
     eval_seed: int = 1000
 
     def __post_init__(self) -> None:
+        spec = get_env(self.env)
+        self.env = spec.name
+        if self.tasks is None:
+            self.tasks = DEMO_TASKS if spec.name == DEFAULT_ENV else spec.default_tasks
+        if self.cameras is None:
+            self.cameras = ",".join(spec.cameras)
         if self.warmup_steps is None:
             self.warmup_steps = min(200, self.steps // 20)
         for name in ("episodes", "steps", "eval_episodes", "image_size", "batch_size", "max_steps"):
@@ -139,6 +153,7 @@ class DemoConfig:
         from vlaforge.envs.collect import CollectConfig
 
         return CollectConfig(
+            env=self.env,
             tasks=self.tasks,
             episodes=self.episodes,
             out=self.data_dir,
@@ -179,6 +194,7 @@ class DemoConfig:
 
         return EvalConfig(
             policy=str(policy),
+            env=self.env,
             out=out,
             tasks=self.tasks,
             episodes=self.eval_episodes,
@@ -198,10 +214,8 @@ def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
 
 def _data_key(cfg: DemoConfig) -> dict[str, Any]:
     """What the dataset depends on: the collection settings but where to write and how many processes."""
-    from vlaforge.envs.metaworld import resolve_tasks
-
     key = asdict(cfg.collect_config())
-    key["tasks"] = resolve_tasks(key["tasks"])
+    key["tasks"] = get_env(cfg.env).resolve_tasks(key["tasks"])
     for k in ("out", "workers", "overwrite"):
         key.pop(k)
     return _jsonable(key)
@@ -240,9 +254,7 @@ class _State:
     def set(self, stage: str, value: Any) -> None:
         self.data[stage] = value
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=2))
-        tmp.replace(self.path)
+        write_json(self.path, self.data)
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
@@ -255,11 +267,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         {"policy": EvalResult, "random": EvalResult, "run": run dir, "data": dataset dir, "seconds": {...}}.
     """
     from vlaforge.envs.collect import collect
-    from vlaforge.envs.metaworld import resolve_tasks
     from vlaforge.eval.run import evaluate
     from vlaforge.train.loop import train
 
-    tasks = resolve_tasks(cfg.tasks)
+    tasks = get_env(cfg.env).resolve_tasks(cfg.tasks)
     out, data, run, last = cfg.root, cfg.data_dir, cfg.run_dir, cfg.policy_dir
     state = _State(out / "demo_state.json")
     device = cfg.torch_device()
@@ -323,18 +334,14 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     print("time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()))
     print(f"report: {result.report_path}")
     print(f"random baseline report: {baseline.report_path}")
-    (out / "demo_summary.json").write_text(
-        json.dumps(
-            {
-                "config": asdict(cfg),
-                "policy": p,
-                "random": r,
-                "seconds": seconds,
-                "reports": [str(result.report_path), str(baseline.report_path)],
-            },
-            indent=2,
-        )
-    )
+    summary = {
+        "config": asdict(cfg),
+        "policy": p,
+        "random": r,
+        "seconds": seconds,
+        "reports": [str(result.report_path), str(baseline.report_path)],
+    }
+    write_json(out / "demo_summary.json", _jsonable(summary))
     return {"policy": result, "random": baseline, "run": run, "data": data, "seconds": seconds}
 
 

@@ -120,7 +120,7 @@ def test_collect_config_fields_defaults_and_validation(tmp_path):
     import dataclasses
 
     names = [f.name for f in dataclasses.fields(CollectConfig)]
-    assert names == ["tasks", "episodes", "out", "image_size", "cameras", "workers", "seed", "max_attempts",
+    assert names == ["env", "tasks", "episodes", "out", "image_size", "cameras", "workers", "seed", "max_attempts",
                      "max_steps", "overwrite"]  # fmt: skip
     doc = CollectConfig.__doc__.split("Attributes:")[1]
     assert all(f"    {n}: " in doc for n in names)  # every field documented (the CLI's help text)

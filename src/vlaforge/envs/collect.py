@@ -1,26 +1,18 @@
-"""`vlaforge collect`: Meta-World scripted-expert demonstrations written as a LeRobot v3.0 dataset.
+"""`vlaforge collect`: scripted-expert demonstrations of any registered environment (`--env`), written as
+a LeRobot v3.0 dataset.
 
-Each attempt of a task runs its scripted expert (`metaworld.policies`) from the seed
-`episode_seed(seed, task, attempt)`. Only successful episodes are kept, and seeds are tried in order until
-every task has `episodes` of them (at most `max_attempts` per task). The set of kept episodes is therefore a
-function of (tasks, episodes, seed) alone: for each task, the successes among its first K attempts, with K
-the smallest count that holds `episodes` successes. Episodes are written in task order, then attempt
-order, whatever order the worker processes finish in.
+Attempt k of a task runs the env's scripted expert from the seed `episode_seed(seed, task, k)`. Only
+successful episodes are kept, and seeds are tried in order until every task has `episodes` of them (at
+most `max_attempts` per task): the kept episodes are a function of (env, tasks, episodes, seed) alone, and
+they are written in task order, then attempt order, whatever order the worker processes finish in.
 
-Design choices:
-
-- **Two passes per attempt.** The expert first runs without rendering (MuJoCo physics is ~0.6 ms a step;
-  an OSMesa render ~20 ms), so failed attempts cost almost nothing; a success is then replayed from the
-  same seed with the recorded actions and rendered. Resets are exact (see `MetaWorldEnv.reset`) and the
-  replay checks that it reproduces the success flags step for step.
-- **Short tails.** An episode ends `SUCCESS_TAIL` steps after its first success, so the policy sees the
-  finished state without hundreds of idle frames.
-- **Worker processes** use the spawn start method (MuJoCo GL contexts and forked state do not mix); each
-  keeps one env per task. Episodes come back to the parent, which writes them with `LeRobotWriter`; the
-  writer builds the dataset in a hidden sibling directory and moves it into place at the end, so a failed
-  or interrupted collection leaves nothing at `out`.
-- **Reproducibility.** `meta/info.json` records, under `"vlaforge"`, the embodiment and for every episode
-  its task, attempt index and the seed that reproduces it (`MetaWorldEnv(task).reset(seed)` + the expert).
+Design choices (docs/envs.md#collection): each attempt runs twice, first without rendering (failures cost
+only physics), then, if it succeeded, replayed from the same seed with the recorded actions and rendered,
+checking that the replay reproduces the success flags; an episode ends `SUCCESS_TAIL` steps after its
+first success; workers are spawned processes keeping one env per task; the dataset is built in a hidden
+sibling directory and moved into place at the end, so a failed collection leaves nothing at `out`.
+`meta/info.json` records, under `"vlaforge"`, the env, the embodiment and every episode's task, attempt
+and seed.
 """
 
 from __future__ import annotations
@@ -36,22 +28,16 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from vlaforge.envs.metaworld import (
-    CONTROL_HZ,
-    INSTRUCTIONS,
-    MetaWorldEnv,
-    configure_rendering,
-    embodiment,
-    episode_seed,
-    resolve_tasks,
-)
+from vlaforge.envs.base import Env, EnvSpec, episode_seed
+from vlaforge.envs.registry import DEFAULT_ENV, get_env
+from vlaforge.envs.rendering import configure_rendering
 from vlaforge.errors import InputError
 from vlaforge.types import as_list
 
 SUCCESS_TAIL = 10  # steps recorded after the first success
 
-# One env per (task, cameras, image size, max steps) in each process; lives as long as the process.
-_ENVS: dict[tuple, MetaWorldEnv] = {}
+# One env per (env, task, cameras, image size, max steps) in each process; lives as long as the process.
+_ENVS: dict[tuple, Env] = {}
 
 
 def _init_worker() -> None:
@@ -64,34 +50,46 @@ class CollectConfig:
     """What `vlaforge collect` records (one field per flag).
 
     Attributes:
-        tasks: "mt10", "mt50", a difficulty group ("easy", "medium", "hard", "very_hard"), or a comma
-            list of Meta-World task names (see `resolve_tasks`).
+        env: the environment, a name in `vlaforge.envs.registry.ENVS`.
+        tasks: a task set of the env (e.g. mt10, easy), task names, or a comma list of these (None: the
+            env's default set).
         episodes: successful expert episodes kept per task.
         out: the dataset directory to create.
-        image_size: side of the square camera images in pixels.
-        cameras: Meta-World camera names, a comma list (corner, corner2, corner3, corner4, topview,
-            behindGripper, gripperPOV).
+        image_size: side of the square camera images in pixels (None: the env's default).
+        cameras: the env's camera names, a comma list (None: the env's default; an unknown name is
+            refused with the list of valid ones).
         workers: worker processes (0 runs everything in this process).
         seed: the run seed; attempt k of a task resets with `episode_seed(seed, task, k)`. Evaluate with
             another seed (`vlaforge eval` refuses episodes the policy was trained on).
         max_attempts: seeds tried per task before giving up (None: 4 x episodes).
-        max_steps: truncation of each attempt.
+        max_steps: truncation of each attempt (None: the env's episode length).
         overwrite: replace an existing dataset at `out`.
     """
 
-    tasks: str | list[str] = "mt10"
+    env: str = DEFAULT_ENV
+    tasks: str | list[str] | None = None
     episodes: int = 50
     out: str | Path
-    image_size: int = 128
-    cameras: str | list[str] = "corner2"
+    image_size: int | None = None
+    cameras: str | list[str] | None = None
     workers: int = 2
     seed: int = 0
     max_attempts: int | None = None
-    max_steps: int = 500
+    max_steps: int | None = None
     overwrite: bool = False
 
     def __post_init__(self) -> None:
+        spec = get_env(self.env)
+        self.env = spec.name
         self.out = Path(self.out)
+        if self.tasks is None:
+            self.tasks = spec.default_tasks
+        if self.image_size is None:
+            self.image_size = spec.image_size
+        if self.cameras is None:
+            self.cameras = ",".join(spec.cameras)
+        if self.max_steps is None:
+            self.max_steps = spec.max_steps
         problems = []
         for name in ("episodes", "image_size", "max_steps"):
             if int(getattr(self, name)) < 1:
@@ -104,10 +102,10 @@ class CollectConfig:
                 "episode needs a seed"
             )
         if not as_list(self.cameras):
-            problems.append("cameras is empty (give at least one, e.g. corner2)")
+            problems.append(f"cameras is empty (give at least one, e.g. {spec.cameras[0]})")
         if problems:
             raise InputError("invalid collection config: " + "; ".join(problems))
-        resolve_tasks(self.tasks)  # an unknown task is named now, with the closest known names
+        spec.resolve_tasks(self.tasks)  # an unknown task is named now, with the closest known names
 
     @property
     def attempts_per_task(self) -> int:
@@ -115,39 +113,15 @@ class CollectConfig:
         return 4 * self.episodes if self.max_attempts is None else int(self.max_attempts)
 
 
-def _env_for(task: str, cameras: tuple[str, ...], image_size: int, max_steps: int) -> MetaWorldEnv:
-    key = (task, cameras, image_size, max_steps)
+def _env_for(env: str, task: str, cameras: tuple[str, ...], image_size: int, max_steps: int) -> Env:
+    key = (env, task, cameras, image_size, max_steps)
     if key not in _ENVS:
-        _ENVS[key] = MetaWorldEnv(task, cameras=cameras, image_size=image_size, max_steps=max_steps)
+        _ENVS[key] = get_env(env).make(task, cameras=cameras, image_size=image_size, max_steps=max_steps)
     return _ENVS[key]
 
 
-def run_expert_episode(
-    task: str,
-    seed: int,
-    cameras: Sequence[str] = ("corner2",),
-    image_size: int = 128,
-    max_steps: int = 500,
-    tail: int = SUCCESS_TAIL,
-) -> dict[str, np.ndarray] | None:
-    """Runs the scripted expert of `task` from `seed` and records it if it succeeds.
-
-    Args:
-        task: a v3 task name.
-        seed: the reset seed.
-        cameras, image_size: what to render.
-        max_steps: truncation of the expert's attempt.
-        tail: steps kept after the first success.
-
-    Returns:
-        None when the expert did not succeed within `max_steps`; otherwise the episode's frames, T of them:
-        ``observation.images.<camera>`` uint8 (T, S, S, 3), ``observation.state`` float32 (T, 4),
-        ``action`` float32 (T, 4) (the action applied at that frame) and ``next.success`` bool (T,)
-        (success after that action).
-    """
-    cameras = tuple(as_list(cameras))
-    env = _env_for(task, cameras, int(image_size), int(max_steps))
-    # Pass 1: no pictures, just find out whether (and when) the expert succeeds.
+def _expert_attempt(env: Env, seed: int, tail: int) -> tuple[list[np.ndarray], list[bool]] | None:
+    """Pass 1: the expert from `seed` without pictures; its actions and success flags, or None on failure."""
     env.render_images = False
     env.reset(seed)
     actions: list[np.ndarray] = []
@@ -161,14 +135,16 @@ def run_expert_episode(
         successes.append(info["success"])
         if first is None and info["success"]:
             first = len(actions) - 1
-    if first is None:
-        return None
-    # Pass 2: replay the same actions from the same seed, this time rendering every frame.
+    return None if first is None else (actions, successes)
+
+
+def _replay(env: Env, seed: int, cameras: Sequence[str], actions: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Pass 2: the same actions from the same seed, rendering every frame."""
     env.render_images = True
     obs = env.reset(seed)
-    n = len(actions)
-    images = {c: np.empty((n, env.image_size, env.image_size, 3), np.uint8) for c in cameras}
-    states = np.empty((n, 4), np.float32)
+    n, size = len(actions), env.embodiment.image_size
+    images = {c: np.empty((n, size, size, 3), np.uint8) for c in cameras}
+    states = np.empty((n, env.embodiment.state_dim), np.float32)
     replayed = np.empty(n, bool)
     for t, action in enumerate(actions):
         for c in cameras:
@@ -176,11 +152,6 @@ def run_expert_episode(
         states[t] = obs.state
         obs, _, _, info = env.step(action)
         replayed[t] = info["success"]
-    if replayed.tolist() != successes:
-        raise RuntimeError(
-            f"{task} seed {seed}: replaying the expert's actions did not reproduce its success flags; "
-            "the simulation is not deterministic on this machine, so episodes cannot be recorded faithfully"
-        )
     frames: dict[str, np.ndarray] = {f"observation.images.{c}": images[c] for c in cameras}
     frames["observation.state"] = states
     frames["action"] = np.stack(actions).astype(np.float32)
@@ -188,9 +159,51 @@ def run_expert_episode(
     return frames
 
 
+def run_expert_episode(
+    task: str,
+    seed: int,
+    cameras: Sequence[str] | None = None,
+    image_size: int | None = None,
+    max_steps: int | None = None,
+    tail: int = SUCCESS_TAIL,
+    env: str = DEFAULT_ENV,
+) -> dict[str, np.ndarray] | None:
+    """Runs the scripted expert of `task` from `seed` and records it if it succeeds.
+
+    Args:
+        task: a task name of `env`.
+        seed: the reset seed.
+        cameras, image_size: what to render (None: the env's defaults).
+        max_steps: truncation of the expert's attempt (None: the env's episode length).
+        tail: steps kept after the first success.
+        env: the environment's registry name.
+
+    Returns:
+        None when the expert did not succeed within `max_steps`; otherwise the episode's frames, T of them:
+        ``observation.images.<camera>`` uint8 (T, S, S, 3), ``observation.state`` float32 (T, S_state),
+        ``action`` float32 (T, D) (the action applied at that frame) and ``next.success`` bool (T,)
+        (success after that action).
+    """
+    spec = get_env(env)
+    cameras = tuple(as_list(cameras)) if cameras is not None else spec.cameras
+    size = int(image_size or spec.image_size)
+    sim = _env_for(spec.name, task, cameras, size, int(max_steps or spec.max_steps))
+    attempt = _expert_attempt(sim, seed, tail)
+    if attempt is None:
+        return None
+    actions, successes = attempt
+    frames = _replay(sim, seed, cameras, actions)
+    if frames["next.success"].tolist() != successes:
+        raise RuntimeError(
+            f"{task} seed {seed}: replaying the expert's actions did not reproduce its success flags; "
+            "the simulation is not deterministic on this machine, so episodes cannot be recorded faithfully"
+        )
+    return frames
+
+
 def _attempt(job: tuple) -> tuple[int, int, int, dict[str, np.ndarray] | None]:
-    task_index, attempt, task, seed, cameras, image_size, max_steps = job
-    frames = run_expert_episode(task, seed, cameras, image_size, max_steps)
+    env, task_index, attempt, task, seed, cameras, image_size, max_steps = job
+    frames = run_expert_episode(task, seed, cameras, image_size, max_steps, env=env)
     return task_index, attempt, seed, frames
 
 
@@ -209,6 +222,135 @@ class _InlinePool:
         pass
 
 
+def _writer(cfg: CollectConfig, spec: EnvSpec, kept: list[dict[str, Any]]):
+    """The dataset writer: features, fps, robot type and vlaforge's provenance (`kept` fills as episodes
+    are written: task, attempt, seed per episode_index)."""
+    from vlaforge.data.lerobot import LeRobotWriter
+
+    cams, size = as_list(cfg.cameras), int(cfg.image_size)
+    emb = spec.embodiment(cams, size)
+    features: dict[str, dict[str, Any]] = {
+        f"observation.images.{c}": {
+            "dtype": "video",
+            "shape": [size, size, 3],
+            "names": ["height", "width", "channels"],
+        }
+        for c in cams
+    }
+    features["observation.state"] = {
+        "dtype": "float32",
+        "shape": [emb.state_dim],
+        "names": list(emb.state_names),
+    }
+    features["action"] = {"dtype": "float32", "shape": [emb.action_dim], "names": list(emb.action_names)}
+    features["next.success"] = {"dtype": "bool", "shape": [1], "names": None}
+    vlaforge_info = {
+        "embodiment": emb.to_dict(),
+        "env": spec.name,
+        "collection": {
+            "seed": cfg.seed,
+            "episodes_per_task": cfg.episodes,
+            "max_steps": cfg.max_steps,
+            "tail": SUCCESS_TAIL,
+        },
+        "episodes": kept,
+    }
+    return LeRobotWriter(
+        cfg.out,
+        fps=spec.control_hz,
+        features=features,
+        robot_type=spec.robot_type,
+        overwrite=cfg.overwrite,
+        extra_info={"vlaforge": vlaforge_info},
+    )
+
+
+class _Schedule:
+    """Which attempts run and which finished episodes are written, in task then attempt order.
+
+    Attempts of later tasks run ahead only while few finished episodes wait for the one being written,
+    so memory stays bounded however many workers there are.
+    """
+
+    def __init__(self, cfg: CollectConfig, tasks: list[str], workers: int):
+        self.cfg, self.tasks = cfg, tasks
+        n = len(tasks)
+        self.next_attempt = [0] * n  # next attempt index to submit, per task
+        self.inflight = [0] * n
+        self.succeeded = [0] * n  # successes received, in any order
+        self.tried = [0] * n
+        self.written = [0] * n
+        self.results: dict[tuple[int, int], tuple[int, dict | None]] = {}  # finished, not yet written
+        self.write_task, self.write_attempt = 0, 0
+        self.window = max(2, 2 * workers)  # jobs in flight
+        self.max_buffered = max(8, 4 * workers)  # finished episodes waiting for an earlier one
+
+    def next_jobs(self, in_flight: int) -> list[tuple]:
+        """The attempts to submit now, given `in_flight` jobs already running."""
+        cfg, jobs = self.cfg, []
+        while in_flight + len(jobs) < self.window:
+            for ti in range(self.write_task, len(self.tasks)):
+                if (
+                    self.succeeded[ti] + self.inflight[ti] < cfg.episodes
+                    and self.next_attempt[ti] < cfg.attempts_per_task
+                ):
+                    break
+            else:
+                break
+            if ti > self.write_task and len(self.results) >= self.max_buffered:
+                break
+            a = self.next_attempt[ti]
+            self.next_attempt[ti] += 1
+            self.inflight[ti] += 1
+            task = self.tasks[ti]
+            seed = episode_seed(cfg.seed, task, a)
+            cams = tuple(as_list(cfg.cameras))
+            jobs.append((cfg.env, ti, a, task, seed, cams, int(cfg.image_size), int(cfg.max_steps)))
+        return jobs
+
+    def finished(self, ti: int, attempt: int, seed: int, frames: dict | None) -> None:
+        self.inflight[ti] -= 1
+        self.tried[ti] += 1
+        self.succeeded[ti] += frames is not None
+        self.results[(ti, attempt)] = (seed, frames)
+
+    def ready(self):
+        """Yields (task, attempt, seed, frames) of the successes that can be written now, in order."""
+        episodes = self.cfg.episodes
+        while self.write_task < len(self.tasks) and self.written[self.write_task] < episodes:
+            key = (self.write_task, self.write_attempt)
+            if key not in self.results:
+                return
+            seed, frames = self.results.pop(key)
+            if frames is not None:
+                yield self.tasks[self.write_task], self.write_attempt, seed, frames
+                self.written[self.write_task] += 1
+            self.write_attempt += 1
+            if self.written[self.write_task] == episodes:
+                self.write_task, self.write_attempt = self.write_task + 1, 0
+
+    def check_short(self) -> None:
+        """Raises when a task ran out of seeds before reaching `episodes` successes."""
+        cfg = self.cfg
+        short = [
+            ti
+            for ti in range(len(self.tasks))
+            if self.succeeded[ti] < cfg.episodes
+            and self.next_attempt[ti] >= cfg.attempts_per_task
+            and self.inflight[ti] == 0
+        ]
+        if short:
+            detail = ", ".join(
+                f"{self.tasks[ti]} ({self.succeeded[ti]}/{cfg.episodes} in {self.tried[ti]} seeds)"
+                for ti in short
+            )
+            raise InputError(
+                f"the scripted expert did not reach {cfg.episodes} successful episodes within "
+                f"{cfg.attempts_per_task} seeds for: {detail}. Raise --max-attempts, ask for fewer --episodes, "
+                f"or leave these tasks out. Nothing was written to {cfg.out}."
+            )
+
+
 def collect(cfg: CollectConfig | None = None, **fields: Any) -> Path:
     """Collects `cfg.episodes` successful expert episodes per task into a LeRobot v3.0 dataset.
 
@@ -224,134 +366,52 @@ def collect(cfg: CollectConfig | None = None, **fields: Any) -> Path:
         InputError: bad settings, or a task whose expert does not reach `episodes` successes within
             `max_attempts` seeds; nothing is written at `out` then.
     """
-    from vlaforge.data.lerobot import LeRobotWriter
-
     if cfg is None:
         cfg = CollectConfig(**fields)
     elif fields or not isinstance(cfg, CollectConfig):
         raise TypeError("collect takes a CollectConfig, or the CollectConfig fields as keywords; not both")
-    task_list = resolve_tasks(cfg.tasks)
-    cams = as_list(cfg.cameras)
-    episodes, out, image_size, workers = cfg.episodes, cfg.out, cfg.image_size, cfg.workers
-    seed, max_steps, cap = cfg.seed, cfg.max_steps, cfg.attempts_per_task
-    emb = embodiment(cams, image_size)
+    spec = get_env(cfg.env)
+    tasks = spec.resolve_tasks(cfg.tasks)
     # Fail on a bad camera name now, before any process starts.
-    MetaWorldEnv(task_list[0], cameras=cams, image_size=image_size, max_steps=max_steps, render=False).close()
-
-    features: dict[str, dict[str, Any]] = {
-        f"observation.images.{c}": {
-            "dtype": "video",
-            "shape": [image_size, image_size, 3],
-            "names": ["height", "width", "channels"],
-        }
-        for c in cams
-    }
-    features["observation.state"] = {"dtype": "float32", "shape": [4], "names": list(emb.state_names)}
-    features["action"] = {"dtype": "float32", "shape": [4], "names": list(emb.action_names)}
-    features["next.success"] = {"dtype": "bool", "shape": [1], "names": None}
+    spec.make(
+        tasks[0],
+        cameras=as_list(cfg.cameras),
+        image_size=cfg.image_size,
+        max_steps=cfg.max_steps,
+        render=False,
+    ).close()
     kept: list[dict[str, Any]] = []
-    vlaforge_info = {
-        "embodiment": emb.to_dict(),
-        "env": "metaworld",
-        "collection": {
-            "seed": seed,
-            "episodes_per_task": episodes,
-            "max_steps": max_steps,
-            "tail": SUCCESS_TAIL,
-        },
-        "episodes": kept,  # filled as episodes are written: task, attempt, seed per episode_index
-    }
-    writer = LeRobotWriter(
-        out,
-        fps=CONTROL_HZ,
-        features=features,
-        robot_type="sawyer",
-        overwrite=cfg.overwrite,
-        extra_info={"vlaforge": vlaforge_info},
-    )
-
-    n_tasks = len(task_list)
-    next_attempt = [0] * n_tasks  # next attempt index to submit, per task
-    inflight = [0] * n_tasks
-    succeeded = [0] * n_tasks  # successes received, in any order
-    tried = [0] * n_tasks
-    results: dict[tuple[int, int], tuple[int, dict | None]] = {}  # finished, not yet written
-    write_task, write_attempt = 0, 0
-    written = [0] * n_tasks
-    window = max(2, 2 * workers)  # jobs in flight
-    max_buffered = max(8, 4 * workers)  # finished episodes waiting for an earlier one
-
+    writer = _writer(cfg, spec, kept)
+    schedule = _Schedule(cfg, tasks, cfg.workers)
     pool = (
-        ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_init_worker)
-        if workers > 0
+        ProcessPoolExecutor(
+            max_workers=cfg.workers, mp_context=get_context("spawn"), initializer=_init_worker
+        )
+        if cfg.workers > 0
         else _InlinePool()
     )
     futures: set[Future] = set()
-    bar = tqdm(total=episodes * n_tasks, desc="collect", unit="episode")
-
-    def submit_more() -> None:
-        while len(futures) < window:
-            for ti in range(write_task, n_tasks):
-                if succeeded[ti] + inflight[ti] < episodes and next_attempt[ti] < cap:
-                    break
-            else:
-                return
-            if ti > write_task and len(results) >= max_buffered:
-                return  # run ahead only while few finished episodes wait for the one being written
-            a = next_attempt[ti]
-            next_attempt[ti] += 1
-            inflight[ti] += 1
-            task = task_list[ti]
-            job = (ti, a, task, episode_seed(seed, task, a), tuple(cams), int(image_size), int(max_steps))
-            futures.add(pool.submit(_attempt, job))
-
-    def flush() -> None:
-        nonlocal write_task, write_attempt
-        while write_task < n_tasks and written[write_task] < episodes:
-            key = (write_task, write_attempt)
-            if key not in results:
-                return
-            ep_seed, frames = results.pop(key)
-            if frames is not None:
-                task = task_list[write_task]
-                index = writer.add_episode(task=INSTRUCTIONS[task], frames=frames)
-                kept.append({"episode_index": index, "task": task, "attempt": write_attempt, "seed": ep_seed})
-                written[write_task] += 1
-                bar.update(1)
-            write_attempt += 1
-            if written[write_task] == episodes:
-                write_task, write_attempt = write_task + 1, 0
-
+    bar = tqdm(total=cfg.episodes * len(tasks), desc="collect", unit="episode")
     try:
-        submit_more()
+        futures.update(pool.submit(_attempt, job) for job in schedule.next_jobs(0))
         while futures:
             done, _ = wait(futures, return_when=FIRST_COMPLETED)
             for fut in done:
                 futures.discard(fut)
-                ti, attempt, ep_seed, frames = fut.result()
-                inflight[ti] -= 1
-                tried[ti] += 1
-                succeeded[ti] += frames is not None
-                results[(ti, attempt)] = (ep_seed, frames)
-            flush()
-            bar.set_postfix(attempts=sum(tried), failed=sum(tried) - sum(succeeded))
-            short = [
-                ti
-                for ti in range(n_tasks)
-                if succeeded[ti] < episodes and next_attempt[ti] >= cap and inflight[ti] == 0
-            ]
-            if short:
-                detail = ", ".join(
-                    f"{task_list[ti]} ({succeeded[ti]}/{episodes} in {tried[ti]} seeds)" for ti in short
-                )
-                raise InputError(
-                    f"the scripted expert did not reach {episodes} successful episodes within {cap} seeds for: "
-                    f"{detail}. Raise --max-attempts, ask for fewer --episodes, or leave these tasks out. "
-                    f"Nothing was written to {out}."
-                )
-            submit_more()
-        if written != [episodes] * n_tasks:  # cannot happen unless the bookkeeping above is wrong
-            raise RuntimeError(f"collection ended with {written} episodes per task instead of {episodes}")
+                schedule.finished(*fut.result())
+            for task, attempt, seed, frames in schedule.ready():
+                index = writer.add_episode(task=spec.instructions[task], frames=frames)
+                kept.append({"episode_index": index, "task": task, "attempt": attempt, "seed": seed})
+                bar.update(1)
+            bar.set_postfix(
+                attempts=sum(schedule.tried), failed=sum(schedule.tried) - sum(schedule.succeeded)
+            )
+            schedule.check_short()
+            futures.update(pool.submit(_attempt, job) for job in schedule.next_jobs(len(futures)))
+        if schedule.written != [cfg.episodes] * len(tasks):  # cannot happen unless the bookkeeping is wrong
+            raise RuntimeError(
+                f"collection ended with {schedule.written} episodes per task, not {cfg.episodes}"
+            )
         root = writer.finalize()
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)

@@ -1,4 +1,4 @@
-"""Reference points for a success rate: Meta-World's scripted experts (the ceiling) and uniform random
+"""Reference points for a success rate: the env's scripted expert (the ceiling) and uniform random
 actions (the floor), evaluated with exactly the protocol and the report a trained policy gets.
 
 Every controller that `vlaforge eval` rolls out speaks one small interface (`Controller`): `reset(seed)`
@@ -20,7 +20,7 @@ from vlaforge.types import Embodiment, Observation
 BASELINES = ("expert", "random")
 
 # The random baseline's actions come from their own stream of the episode seed: `default_rng(seed)` is
-# what `MetaWorldEnv.reset(seed)` draws the scene from, so drawing the actions from it too would tie the
+# what an env's `reset(seed)` draws the scene from, so drawing the actions from it too would tie the
 # first actions to the object positions. numpy seeds a generator from a sequence of integers through
 # `SeedSequence`, whose outputs for [seed, k] and [seed] are independent (numpy "Parallel random number
 # generation": https://numpy.org/doc/stable/reference/random/parallel.html). The id spells "ACTS".
@@ -51,7 +51,7 @@ class Controller(Protocol):
 
 
 class ExpertController:
-    """Meta-World's scripted expert for the current task (`env.expert_action()`), one step at a time."""
+    """The env's scripted expert for the current task (`env.expert_action()`), one step at a time."""
 
     execute_steps = 1
     needs_images = False  # the expert reads the simulator state

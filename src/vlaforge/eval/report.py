@@ -18,6 +18,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from vlaforge.atomic import write_text
+
 GROUP_COLOURS = {"easy": "#2a9d8f", "medium": "#e9c46a", "hard": "#f4a261", "very_hard": "#e76f51"}
 
 CSS = """
@@ -136,7 +138,7 @@ def render_html(info: dict[str, Any], out_dir: Path) -> str:
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>vlaforge eval: {_e(name)}</title><style>{CSS}</style></head><body><main>",
-        f"<h1>Meta-World evaluation: {_e(name)}</h1>",
+        f"<h1>{_e(proto.get('env_title') or proto.get('benchmark') or '')} evaluation: {_e(name)}</h1>",
         f'<p class="sub">{_e(info["date"])} &middot; {len(info["tasks"])} tasks &middot; '
         f"{proto['episodes_per_task']} episodes per task &middot; {_e(proto['instructions'])} instructions</p>",
     ]
@@ -248,5 +250,5 @@ def write_report(info: dict[str, Any], out_dir: str | Path) -> Path:
     """Writes `out_dir/report.html` for an eval_info dict and returns its path."""
     out_dir = Path(out_dir)
     path = out_dir / "report.html"
-    path.write_text(render_html(info, out_dir), encoding="utf-8")
+    write_text(path, render_html(info, out_dir))
     return path

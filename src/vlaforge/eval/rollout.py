@@ -1,4 +1,4 @@
-"""Meta-World rollouts: one episode, and the worker processes that run many of them in parallel.
+"""Rollouts in any registered environment: one episode, and the worker processes that run many of them in parallel.
 
 Protocol (what `vlaforge eval` promises and records in eval_info.json):
 - Episode i of task t starts from `episode_seed(seed, t, i)`, so any episode can be replayed alone.
@@ -17,7 +17,7 @@ Protocol (what `vlaforge eval` promises and records in eval_info.json):
     of step t is the weighted mean of every prediction made for t by the chunks still covering it,
     weights exp(-m i) with i = 0 for the oldest prediction (ACT's m = 0.01 weights the oldest a little
     more: the action changes smoothly).
-- Success is Meta-World's `info["success"]` at any step; the episode stops at the first success or at
+- Success is the env's `info["success"]` at any step; the episode stops at the first success or at
   `max_steps`.
 - The cameras are rendered only where someone looks at the images: at reset, after every step the
   controller re-plans from (the last step of each executed chunk; every step under `ensemble`) and at
@@ -40,6 +40,9 @@ from typing import Any
 import numpy as np
 
 from vlaforge.client import ActionQueue
+from vlaforge.envs.base import Env
+from vlaforge.envs.registry import DEFAULT_ENV, get_env
+from vlaforge.envs.rendering import configure_rendering
 from vlaforge.errors import InputError
 from vlaforge.eval.baselines import BASELINES, Controller, PolicyController, make_baseline
 from vlaforge.types import Observation
@@ -55,7 +58,7 @@ class Job:
     """One episode to run.
 
     Attributes:
-        task: Meta-World task name.
+        task: the task's name in the env.
         episode: episode index within the task.
         seed: the env seed (`episode_seed(seed, task, episode)`).
         instruction: the words given to the policy.
@@ -88,6 +91,7 @@ class WorkerSpec:
             kept to measure the difference (`bench/bench_eval.py`) and to test that the two agree.
         execution: the execution strategy, one of `EXECUTIONS` (see the module docstring).
         ensemble_decay: `ensemble`'s weight m: the i-th oldest prediction of a step weighs exp(-m i).
+        env: the environment's registry name (`vlaforge.envs.base.ENVS`).
     """
 
     policy: str
@@ -101,20 +105,19 @@ class WorkerSpec:
     render_every_step: bool = False
     execution: str = "open-loop"
     ensemble_decay: float = ENSEMBLE_DECAY
+    env: str = DEFAULT_ENV
 
 
-def connect_remote(uri: str, cameras: list[str], image_size: int) -> Any:
+def connect_remote(uri: str, cameras: list[str], image_size: int, env: str = DEFAULT_ENV) -> Any:
     """A `vlaforge.client.RemotePolicy` for a served policy (token: the VLAFORGE_TOKEN environment variable).
-    A server that does not describe its robot is taken to drive Meta-World's with these cameras."""
+    A server that does not describe its robot is taken to drive `env`'s with these cameras."""
     import os
 
     from vlaforge.client import RemotePolicy, ServerError, ServerUnavailable
-    from vlaforge.envs.metaworld import embodiment
 
+    emb = get_env(env).embodiment(tuple(cameras), image_size)
     try:
-        return RemotePolicy(
-            uri, os.environ.get("VLAFORGE_TOKEN"), embodiment=embodiment(tuple(cameras), image_size)
-        )
+        return RemotePolicy(uri, os.environ.get("VLAFORGE_TOKEN"), embodiment=emb)
     except (ServerUnavailable, ServerError) as e:
         raise InputError(f"--policy {uri}: {e} (is `vlaforge serve` running there, with this token?)") from e
 
@@ -122,13 +125,11 @@ def connect_remote(uri: str, cameras: list[str], image_size: int) -> Any:
 def build_controller(spec: WorkerSpec) -> Controller:
     """The controller a spec names: a baseline, a checkpoint loaded with `Policy.from_pretrained`, or a
     served policy (`ws://HOST:PORT`) driven through `vlaforge.client`."""
-    from vlaforge.envs.metaworld import embodiment
-
     if spec.policy in BASELINES:
-        return make_baseline(spec.policy, embodiment(tuple(spec.cameras), spec.image_size))
+        return make_baseline(spec.policy, get_env(spec.env).embodiment(tuple(spec.cameras), spec.image_size))
     if spec.policy.startswith(("ws://", "wss://")):
         return PolicyController(
-            connect_remote(spec.policy, spec.cameras, spec.image_size), spec.execute_steps
+            connect_remote(spec.policy, spec.cameras, spec.image_size, spec.env), spec.execute_steps
         )
     from vlaforge.models.policy import Policy
 
@@ -170,7 +171,8 @@ def run_episode(
     Args:
         controller: what acts (see `vlaforge.eval.baselines.Controller`); its `execute_steps` is the K of
             `open-loop` and `receding`.
-        env: a `MetaWorldEnv` (anything with `reset(seed, render)`, `step(action, render)`, `observe`).
+        env: the task's env (`vlaforge.envs.base.Env`: `reset(seed, render)`, `step(action, render)`,
+            `observe`).
         job: the episode.
         max_steps: truncation.
         fps: frame rate of the video.
@@ -246,7 +248,7 @@ class EpisodeRunner:
 
     `run_episode` asks the env for images only where they are used (a controller that does not look at
     images, like the baselines, gets none unless the episode's video is kept): rendering is almost all
-    of a Meta-World step's cost.
+    of a simulated step's cost.
 
     Attributes:
         frames_rendered: camera images rendered so far by this runner's envs (all tasks).
@@ -256,16 +258,14 @@ class EpisodeRunner:
         self.spec = spec
         self.controller = build_controller(spec)
         self._task: str | None = None
-        self._env: Any = None
+        self._env: Env | None = None
         self.frames_rendered = 0
 
-    def env_for(self, task: str) -> Any:
+    def env_for(self, task: str) -> Env:
         """The env of `task`, made on first use (the previous task's env is closed)."""
         if task != self._task:
             self.close()
-            from vlaforge.envs.metaworld import MetaWorldEnv
-
-            self._env = MetaWorldEnv(
+            self._env = get_env(self.spec.env).make(
                 task,
                 cameras=tuple(self.spec.cameras),
                 image_size=self.spec.image_size,
@@ -299,8 +299,6 @@ _RUNNER: EpisodeRunner | None = None
 
 def _init_worker(spec_dict: dict) -> None:
     global _RUNNER
-    from vlaforge.envs.metaworld import configure_rendering
-
     configure_rendering()  # before anything in this fresh process imports mujoco
     spec = WorkerSpec(**spec_dict)
     import torch

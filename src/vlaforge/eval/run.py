@@ -1,4 +1,5 @@
-"""`vlaforge eval`: evaluate a checkpoint (or the expert / random baseline) in Meta-World.
+"""`vlaforge eval`: evaluate a checkpoint (or the expert / random baseline) in a registered environment
+(`--env`; by default the one the checkpoint was trained in).
 
 Outputs, under `--out`:
 - `eval_info.json`: every episode (task, instruction, seed, success, steps, video), the aggregates per
@@ -18,7 +19,7 @@ A served policy is evaluated the same way: `--policy ws://HOST:PORT` drives it t
 (the openpi websocket protocol, token from the VLAFORGE_TOKEN environment variable), so the act-observe
 loop over the wire gets the same episodes and statistics as in-process evaluation. The embodiment comes
 from the server's metadata; a server that does not send one (another framework's) is taken to drive
-Meta-World's robot with the baseline cameras and image size. Training seeds cannot be checked remotely.
+the env's robot with the baseline cameras and image size. Training seeds cannot be checked remotely.
 
 How a chunk is executed is a choice of the run (`execution`, see `vlaforge.eval.rollout`): `open-loop`
 runs `execute_steps` actions of each chunk, then re-plans; `receding` re-plans every `replan_every` steps
@@ -35,7 +36,6 @@ evaluation whose episodes start from any of those seeds is refused before any ro
 from __future__ import annotations
 
 import difflib
-import json
 import math
 import platform
 import time
@@ -47,6 +47,9 @@ from typing import Any
 
 from tqdm import tqdm
 
+from vlaforge.atomic import write_json
+from vlaforge.envs.base import EnvSpec, episode_seed
+from vlaforge.envs.registry import DEFAULT_ENV, ENVS, get_env
 from vlaforge.errors import InputError
 from vlaforge.eval.baselines import BASELINES
 from vlaforge.eval.rollout import ENSEMBLE_DECAY, EXECUTIONS, Job, WorkerSpec, run_jobs
@@ -70,9 +73,6 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
         "within 100 steps, so rates are lower than under the 500-step protocol for slow policies)",
     },
 }
-# Baselines render what a default checkpoint sees (`vlaforge collect` defaults: corner2, 128 px).
-BASELINE_CAMERAS = ("corner2",)
-BASELINE_IMAGE_SIZE = 128
 
 
 @dataclass
@@ -82,11 +82,15 @@ class EvalConfig:
     Attributes:
         policy: a checkpoint directory (e.g. `RUN/last`), "expert" / "random" for the baselines, or a
             served policy `ws://HOST:PORT` (`vlaforge serve`, or any openpi-protocol server).
-        tasks: "mt10", "mt50", a difficulty group, or a comma list of Meta-World task names.
+        env: the environment, a name in `vlaforge.envs.registry.ENVS`. None: the one the checkpoint was
+            trained in (its config.json `training_data`), else the default env. A checkpoint trained in
+            another registered env is refused.
+        tasks: a task set of the env (e.g. mt10, a difficulty group), or a comma list of task names
+            (None: the env's default set).
         episodes: episodes per task.
         out: output directory (eval_info.json, report.html, videos/).
         workers: rollout worker processes (0: run in this process).
-        max_steps: episode truncation (Meta-World's is 500).
+        max_steps: episode truncation (None: the env's episode length).
         instructions: "train" (the training instruction) or "heldout" (paraphrases never trained on,
             cycled by episode index) to test instruction following.
         videos: videos kept per task (0: none).
@@ -96,8 +100,9 @@ class EvalConfig:
         execute_steps: `open-loop` only: actions executed from each predicted chunk before re-planning
             (None: the policy's `execute_steps`; at most the chunk).
         device: torch device for the policy ("cpu", "cuda").
-        baseline_cameras: cameras the baselines render (checkpoints use their own).
-        baseline_image_size: image side the baselines render (checkpoints use their own).
+        baseline_cameras: cameras the baselines render (checkpoints use their own; None: the env's).
+        baseline_image_size: image side the baselines render (checkpoints use their own; None: the
+            env's).
         allow_training_seeds: evaluate even episodes that start from a scene the checkpoint was trained
             on (a (task, seed) in its config.json `training_data`). Off by default: such episodes measure
             memorisation, not generalisation, so evaluation refuses them before any rollout; when set,
@@ -122,18 +127,19 @@ class EvalConfig:
     """
 
     policy: str
-    tasks: str | list[str] = "mt10"
+    env: str | None = None
+    tasks: str | list[str] | None = None
     episodes: int = 10
     out: str | Path = "evals/out"
     workers: int = 2
-    max_steps: int = 500
+    max_steps: int | None = None
     instructions: str = "train"
     videos: int = 2
     seed: int = 1000
     execute_steps: int | None = None
     device: str = "cpu"
-    baseline_cameras: list[str] = field(default_factory=lambda: list(BASELINE_CAMERAS))
-    baseline_image_size: int = BASELINE_IMAGE_SIZE
+    baseline_cameras: list[str] | None = None
+    baseline_image_size: int | None = None
     allow_training_seeds: bool = False
     execution: str = field(default="open-loop", metadata={"choices": list(EXECUTIONS)})
     replan_every: int | None = None
@@ -148,7 +154,7 @@ class EvalConfig:
             if self.protocol not in PROTOCOLS:
                 raise InputError(f"protocol must be one of {list(PROTOCOLS)}; got {self.protocol!r}")
             fixed = PROTOCOLS[self.protocol]["max_steps"]
-            if self.max_steps not in (fixed, 500):  # 500: the field's default, i.e. not given
+            if self.max_steps not in (fixed, None):
                 raise InputError(
                     f"protocol {self.protocol!r} runs {fixed}-step episodes; got max_steps {self.max_steps}. "
                     "Leave max_steps out, or name no protocol to choose it freely."
@@ -163,8 +169,6 @@ class EvalConfig:
         self.out = Path(self.out)
         if self.episodes < 1:
             raise InputError(f"episodes must be >= 1; got {self.episodes}")
-        if self.max_steps < 1:
-            raise InputError(f"max_steps must be >= 1; got {self.max_steps}")
         if self.workers < 0:
             raise InputError(f"workers must be >= 0; got {self.workers}")
         if self.videos < 0:
@@ -181,6 +185,31 @@ class EvalConfig:
                 f"nor a served policy ws://HOST:PORT"
             )
         self._check_execution()
+        self._choose_env()
+
+    def _choose_env(self) -> None:
+        """Fills `env` (from the checkpoint when not given) and the env's defaults; refuses a checkpoint
+        trained in another registered env."""
+        trained = trained_env(self.policy)
+        if self.env is None:
+            self.env = trained or DEFAULT_ENV
+        spec = get_env(self.env)
+        self.env = spec.name
+        if trained and trained != spec.name:
+            raise InputError(
+                f"--policy {self.policy} was trained in {trained!r} (its config.json training_data), not in "
+                f"{spec.name!r}: evaluate it with --env {trained}, or leave --env out"
+            )
+        if self.max_steps is None:
+            self.max_steps = spec.max_steps
+        if self.max_steps < 1:
+            raise InputError(f"max_steps must be >= 1; got {self.max_steps}")
+        if self.tasks is None:
+            self.tasks = spec.default_tasks
+        if self.baseline_cameras is None:
+            self.baseline_cameras = list(spec.cameras)
+        if self.baseline_image_size is None:
+            self.baseline_image_size = spec.image_size
 
     def _check_execution(self) -> None:
         """Each strategy takes its own knob; a knob given to another strategy is a mistake, not a no-op."""
@@ -273,11 +302,11 @@ def format_table(info: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _versions() -> dict[str, str]:
+def _versions(packages: tuple[str, ...]) -> dict[str, str]:
     import vlaforge
 
     out = {"vlaforge": vlaforge.__version__, "python": platform.python_version()}
-    for pkg in ("metaworld", "mujoco", "torch", "numpy"):
+    for pkg in (*packages, "torch", "numpy"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -290,8 +319,24 @@ def is_remote(policy: str) -> bool:
     return str(policy).startswith(("ws://", "wss://"))
 
 
-def check_checkpoint(files: PolicyFiles, task: str) -> tuple[Embodiment, Embodiment]:
-    """Refuses a checkpoint that does not fit Meta-World, naming the mismatch, before any rollout.
+def trained_env(policy: str) -> str | None:
+    """The registered env a checkpoint directory was trained in (config.json `training_data.env`), or None
+    (a baseline, a served policy, an unreadable directory that `evaluate` reports in full later, or data
+    from elsewhere: synthetic, converted)."""
+    if policy in BASELINES or is_remote(policy):
+        return None
+    try:
+        files = read_policy_dir(policy, need_weights=False)
+    except InputError:
+        return None
+    env = (files.training_data or {}).get("env")
+    return env if env in ENVS else None
+
+
+def check_checkpoint(
+    files: PolicyFiles, task: str, spec: EnvSpec | None = None
+) -> tuple[Embodiment, Embodiment]:
+    """Refuses a checkpoint that does not fit the env, naming the mismatch, before any rollout.
 
     The environment is built (without rendering) with the checkpoint's own cameras and image size, so an
     unknown camera is caught here too.
@@ -299,27 +344,27 @@ def check_checkpoint(files: PolicyFiles, task: str) -> tuple[Embodiment, Embodim
     Args:
         files: the parsed checkpoint directory (`read_policy_dir`).
         task: a task to build the environment of.
+        spec: the environment (None: the default env).
 
     Returns:
         (the policy's embodiment, the environment's embodiment).
     """
-    return check_embodiment(files.embodiment, task, files.root)
+    return check_embodiment(files.embodiment, task, files.root, spec)
 
 
-def check_embodiment(policy_emb: Embodiment, task: str, path: Any) -> tuple[Embodiment, Embodiment]:
+def check_embodiment(
+    policy_emb: Embodiment, task: str, path: Any, spec: EnvSpec | None = None
+) -> tuple[Embodiment, Embodiment]:
     """`check_checkpoint` for an embodiment from anywhere (`path` names it in the errors)."""
-    from vlaforge.envs.metaworld import MetaWorldEnv
-
+    spec = spec or get_env()
     try:
-        env = MetaWorldEnv(
-            task, cameras=policy_emb.camera_names, image_size=policy_emb.image_size, render=False
-        )
+        env = spec.make(task, cameras=policy_emb.camera_names, image_size=policy_emb.image_size, render=False)
     except ValueError as e:
-        raise InputError(f"the checkpoint {path} does not fit the Meta-World environment: {e}") from e
+        raise InputError(f"the checkpoint {path} does not fit the {spec.title} environment: {e}") from e
     env_emb = env.embodiment
     env.close()
     try:
-        policy_emb.check_fits(env_emb, what="Meta-World environment")
+        policy_emb.check_fits(env_emb, what=f"{spec.title} environment")
     except ValueError as e:
         raise InputError(f"{path}: {e}. Evaluate it on the robot and cameras it was trained for.") from e
     return policy_emb, env_emb
@@ -375,31 +420,31 @@ def _choose_videos(records: list[dict], keep: int) -> set[int]:
     return set(chosen)
 
 
-def evaluate(cfg: EvalConfig) -> EvalResult:
-    """Rolls out the policy on every (task, episode), writes eval_info.json and report.html.
+@dataclass
+class _Side:
+    """What is evaluated: its embodiment, where it comes from, and how many actions run per plan."""
 
-    Args:
-        cfg: the evaluation settings.
+    embodiment: Embodiment
+    checkpoint: dict[str, Any] | None
+    files: PolicyFiles | None
+    execute_steps: int | None  # None: the policy's own, reported back by the workers
+    chunk: int | None
 
-    Returns:
-        An `EvalResult` with the info dict, the output dir and the report path.
-    """
-    from vlaforge.envs import metaworld as mw
 
-    start = time.time()
-    tasks = mw.resolve_tasks(cfg.tasks)
-    checkpoint, files = None, None
+def _policy_side(cfg: EvalConfig, spec: EnvSpec, task: str) -> _Side:
+    """Builds nothing heavy: reads the baseline, served policy or checkpoint and checks it fits the env."""
+    # ensemble re-plans every step; receding every replan_every steps; open loop runs execute_steps
+    execute_steps = cfg.execute_steps if cfg.execution == "open-loop" else cfg.replan_every
     if cfg.policy in BASELINES:
-        env_emb = mw.embodiment(tuple(as_list(cfg.baseline_cameras)), cfg.baseline_image_size)
-        policy_emb = env_emb
-        execute_steps, chunk = 1, 1  # one action per call
-    elif is_remote(cfg.policy):
+        emb = spec.embodiment(tuple(as_list(cfg.baseline_cameras)), cfg.baseline_image_size)
+        return _Side(emb, None, None, 1, 1)  # one action per call
+    if is_remote(cfg.policy):
         from vlaforge.eval.rollout import connect_remote
 
-        remote = connect_remote(cfg.policy, as_list(cfg.baseline_cameras), cfg.baseline_image_size)
+        remote = connect_remote(cfg.policy, as_list(cfg.baseline_cameras), cfg.baseline_image_size, spec.name)
         meta, chunk = remote.metadata, remote.chunk_size
         remote.close()
-        policy_emb, env_emb = check_embodiment(remote.embodiment, tasks[0], cfg.policy)
+        emb, _ = check_embodiment(remote.embodiment, task, cfg.policy, spec)
         checkpoint = {
             "remote": cfg.policy,
             "path": cfg.policy,
@@ -408,66 +453,51 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             "checkpoint": meta.get("checkpoint"),
             "model_sha256": meta.get("model_sha256"),
         }
-        execute_steps = cfg.execute_steps if cfg.execution == "open-loop" else cfg.replan_every
         if cfg.execute_steps is not None and chunk and cfg.execute_steps > chunk:
             raise InputError(
                 f"--execute-steps {execute_steps} exceeds the chunk of {chunk} actions {cfg.policy} predicts"
             )
-    else:
-        path = Path(cfg.policy)
-        files = read_policy_dir(path)  # also requires model.safetensors
-        policy_emb, env_emb = check_checkpoint(files, tasks[0])
-        checkpoint = {
-            "path": str(path),
-            "resolved": str(path.resolve()),
-            "model_sha256": sha256_file(files.weights),
-        }
-        # None: the policy's own, reported back by the workers (ensemble: unused, it re-plans every step)
-        execute_steps = cfg.execute_steps if cfg.execution == "open-loop" else cfg.replan_every
-        chunk = files.chunk_size
-        if cfg.execute_steps is not None and cfg.execute_steps > chunk:
-            raise InputError(
-                f"--execute-steps {execute_steps} exceeds the chunk of {chunk} actions that {path} predicts; "
-                f"use at most {chunk}"
-            )
-
-    if cfg.execution == "receding" and chunk and cfg.replan_every > chunk:
+        return _Side(emb, checkpoint, None, execute_steps, chunk)
+    path = Path(cfg.policy)
+    files = read_policy_dir(path)  # also requires model.safetensors
+    emb, _ = check_checkpoint(files, task, spec)
+    checkpoint = {
+        "path": str(path),
+        "resolved": str(path.resolve()),
+        "model_sha256": sha256_file(files.weights),
+    }
+    chunk = files.chunk_size
+    if cfg.execute_steps is not None and cfg.execute_steps > chunk:
         raise InputError(
-            f"--replan-every {cfg.replan_every} exceeds the chunk of {chunk} action(s) that {cfg.policy} "
-            f"predicts: receding executes the first replan_every actions of each chunk, so use at most {chunk}"
+            f"--execute-steps {execute_steps} exceeds the chunk of {chunk} actions that {path} predicts; "
+            f"use at most {chunk}"
         )
+    return _Side(emb, checkpoint, files, execute_steps, chunk)
 
-    out = cfg.out
-    video_dir = out / "videos"
+
+def _make_jobs(cfg: EvalConfig, spec: EnvSpec, tasks: list[str]) -> tuple[list[Job], dict[str, list[str]]]:
+    """Every (task, episode) with its seed, instruction and video path; and the instructions used per task."""
+    video_dir = Path(cfg.out) / "videos"
     record_first = min(cfg.episodes, 2 * cfg.videos)  # record a few more than kept, to find a failure
-    jobs, used_instructions = [], {}
+    jobs, used = [], {}
     for task in tasks:
-        n_words = len(mw.HELDOUT_INSTRUCTIONS[task]) if cfg.instructions == "heldout" else 1
-        used_instructions[task] = []
+        n_words = len(spec.heldout_instructions[task]) if cfg.instructions == "heldout" else 1
+        used[task] = []
         for i in range(cfg.episodes):
-            words = mw.instruction(task, cfg.instructions, i % n_words)
-            if words not in used_instructions[task]:
-                used_instructions[task].append(words)
+            words = spec.instruction(task, cfg.instructions, i % n_words)
+            if words not in used[task]:
+                used[task].append(words)
             video = str(video_dir / f"{task}_ep{i:03d}.mp4") if i < record_first else None
-            jobs.append(Job(task, i, mw.episode_seed(cfg.seed, task, i), words, video))
-    overlap = check_training_seeds(jobs, files, cfg) if files is not None else 0
+            jobs.append(Job(task, i, episode_seed(cfg.seed, task, i), words, video))
+    return jobs, used
 
-    out.mkdir(parents=True, exist_ok=True)
-    for old in video_dir.glob("*.mp4"):  # videos of an earlier evaluation in the same dir
-        old.unlink()
 
-    spec = WorkerSpec(
-        policy=str(cfg.policy),
-        cameras=list(policy_emb.camera_names),
-        image_size=policy_emb.image_size,
-        max_steps=cfg.max_steps,
-        execute_steps=execute_steps,
-        device=cfg.device,
-        fps=float(mw.CONTROL_HZ),
-        execution=cfg.execution,
-        ensemble_decay=cfg.ensemble_decay,
-    )
-    # Batched (one policy copy, many episodes per forward) for a local checkpoint of a one-frame policy.
+def _roll_out(
+    cfg: EvalConfig, spec: WorkerSpec, side: _Side, jobs: list[Job]
+) -> tuple[list[dict], bool, list[int]]:
+    """Runs the jobs (batched for a local one-frame checkpoint, else per process); the records in job
+    order, whether the batched runner ran, and its batch sizes."""
+    files = side.files
     batched = (
         files is not None
         and cfg.envs_per_worker > 0
@@ -490,31 +520,79 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             bar.set_postfix(success=f"{sum(r['success'] for r in records) / len(records):.2f}")
     order = {(j.task, j.episode): k for k, j in enumerate(jobs)}
     records.sort(key=lambda r: order[(r["task"], r["episode"])])
+    return records, batched, batch_sizes
 
+
+def _keep_videos(records: list[dict], tasks: list[str], keep: int, out: Path) -> None:
+    """Deletes the recorded videos not chosen for the report; the others' paths become relative to `out`."""
     for task in tasks:
         per_task = [r for r in records if r["task"] == task]
-        keep = _choose_videos(per_task, cfg.videos)
+        chosen = _choose_videos(per_task, keep)
         for r in per_task:
-            if r["video"] and r["episode"] not in keep:
+            if r["video"] and r["episode"] not in chosen:
                 Path(r["video"]).unlink(missing_ok=True)
                 r["video"] = None
             elif r["video"]:
                 r["video"] = str(Path(r["video"]).relative_to(out))
 
+
+def evaluate(cfg: EvalConfig) -> EvalResult:
+    """Rolls out the policy on every (task, episode), writes eval_info.json and report.html.
+
+    Args:
+        cfg: the evaluation settings.
+
+    Returns:
+        An `EvalResult` with the info dict, the output dir and the report path.
+    """
+    start = time.time()
+    env = get_env(cfg.env)
+    tasks = env.resolve_tasks(cfg.tasks)
+    side = _policy_side(cfg, env, tasks[0])
+    if cfg.execution == "receding" and side.chunk and cfg.replan_every > side.chunk:
+        raise InputError(
+            f"--replan-every {cfg.replan_every} exceeds the chunk of {side.chunk} action(s) that {cfg.policy} "
+            f"predicts: receding executes the first replan_every actions of each chunk, so use at most "
+            f"{side.chunk}"
+        )
+    jobs, used_instructions = _make_jobs(cfg, env, tasks)
+    overlap = check_training_seeds(jobs, side.files, cfg) if side.files is not None else 0
+
+    out = cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    for old in (out / "videos").glob("*.mp4"):  # videos of an earlier evaluation in the same dir
+        old.unlink()
+    spec = WorkerSpec(
+        policy=str(cfg.policy),
+        cameras=list(side.embodiment.camera_names),
+        image_size=side.embodiment.image_size,
+        max_steps=cfg.max_steps,
+        execute_steps=side.execute_steps,
+        device=cfg.device,
+        fps=float(env.control_hz),
+        execution=cfg.execution,
+        ensemble_decay=cfg.ensemble_decay,
+        env=env.name,
+    )
+    records, batched, batch_sizes = _roll_out(cfg, spec, side, jobs)
+    _keep_videos(records, tasks, cfg.videos, out)
+
     used = {r.pop("execute_steps") for r in records}
-    execute_steps = used.pop() if len(used) == 1 else execute_steps
+    execute_steps = used.pop() if len(used) == 1 else side.execute_steps
     info = {
         "format": "vlaforge-eval/1",
         "policy": cfg.policy,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "protocol": {
-            "benchmark": "metaworld",
-            "versions": _versions(),
-            "checkpoint": checkpoint,
+            "benchmark": env.name,
+            "env": env.name,
+            "env_title": env.title,
+            "versions": _versions(env.packages),
+            "checkpoint": side.checkpoint,
             "baseline": cfg.policy if cfg.policy in BASELINES else None,
-            "embodiment": policy_emb.to_dict(),
-            "cameras": list(policy_emb.camera_names),
-            "image_size": policy_emb.image_size,
+            "embodiment": side.embodiment.to_dict(),
+            "cameras": list(side.embodiment.camera_names),
+            "image_size": side.embodiment.image_size,
             "max_steps": cfg.max_steps,
             "protocol": cfg.protocol,  # a named protocol (PROTOCOLS), or None
             "protocol_about": PROTOCOLS[cfg.protocol]["about"] if cfg.protocol else None,
@@ -524,10 +602,10 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             "ensemble_decay": cfg.ensemble_decay if cfg.execution == "ensemble" else None,
             "episodes_per_task": cfg.episodes,
             "seed": cfg.seed,
-            "seed_rule": "episode i of task t starts from vlaforge.envs.metaworld.episode_seed(seed, t, i)",
+            "seed_rule": "episode i of task t starts from vlaforge.envs.base.episode_seed(seed, t, i)",
             "training_seed_overlap": overlap,  # episodes starting from a scene the policy was trained on
             "allow_training_seeds": cfg.allow_training_seeds,
-            "success": "info['success'] at any step; the episode stops at the first success",
+            "success": env.success,
             "instructions": cfg.instructions,
             "device": cfg.device,
             "workers": cfg.workers,
@@ -537,13 +615,13 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             "wall_time_s": None,  # filled below
         },
         "tasks": tasks,
-        "groups": {t: mw.DIFFICULTY[t] for t in tasks},
+        "groups": {t: env.difficulty[t] for t in tasks},
         "instructions": used_instructions,
-        "aggregates": aggregate(records, mw.DIFFICULTY, mw.GROUPS),
+        "aggregates": aggregate(records, env.difficulty, env.groups),
         "episodes": records,
     }
     info["protocol"]["wall_time_s"] = round(time.time() - start, 2)
-    (out / "eval_info.json").write_text(json.dumps(info, indent=2))
+    write_json(out / "eval_info.json", info)
 
     from vlaforge.eval.report import write_report
 

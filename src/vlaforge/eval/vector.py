@@ -1,4 +1,4 @@
-"""Batched evaluation: many Meta-World episodes at once, one copy of the policy, one forward per batch.
+"""Batched evaluation: many simulated episodes at once, one copy of the policy, one forward per batch.
 
 `vlaforge.eval.rollout.run_jobs` gives every worker process its own policy and runs one episode at a time
 at batch 1. Here the policy lives once, in this process (on the GPU when there is one), and the worker
@@ -6,7 +6,7 @@ processes only simulate:
 
 - Each worker hosts several episode *slots* (`envs_per_worker`), each with its own env. An env is kept
   per task and reused by the slot's next episode of that task (a reset makes an episode a function of its
-  seed alone, `MetaWorldEnv.reset`).
+  seed alone, `Env.reset`).
 - The slots are split into two groups that take turns: while the workers step the physics of one group's
   chunks, this process runs the forward pass of the other group, so neither the simulators nor the model
   wait for long.
@@ -38,6 +38,8 @@ from typing import Any
 import numpy as np
 
 from vlaforge.client import ActionQueue
+from vlaforge.envs.registry import get_env
+from vlaforge.envs.rendering import configure_rendering
 from vlaforge.errors import InputError
 from vlaforge.eval.baselines import noise_generator
 from vlaforge.eval.rollout import EXECUTIONS, Job, WorkerSpec, write_mp4
@@ -71,9 +73,7 @@ class _SimWorker:
         pool = self.free.get(task)
         if pool:
             return pool.pop()
-        from vlaforge.envs.metaworld import MetaWorldEnv
-
-        return MetaWorldEnv(
+        return get_env(self.spec.env).make(
             task,
             cameras=tuple(self.spec.cameras),
             image_size=self.spec.image_size,
@@ -137,8 +137,6 @@ class _SimWorker:
 
 def _worker_main(conn: Any, spec_dict: dict[str, Any]) -> None:
     """A worker process: answers each message (a list of slot items) with the list of their replies."""
-    from vlaforge.envs.metaworld import configure_rendering
-
     configure_rendering()  # before anything in this fresh process imports mujoco
     sim = None
     try:
