@@ -1,9 +1,10 @@
-"""Every command the README shows runs as written, on a small scale.
+"""Every command the README and the docs/ pages show runs as written, on a small scale.
 
-The commands are read from README.md itself (fenced bash blocks and inline code starting with `vlaforge`
-or `torchrun`), so the page cannot drift from the code. Each one is parsed by the real `vlaforge` parser
+The commands are read from README.md and docs/*.md themselves (fenced bash blocks and inline code
+starting with `vlaforge` or `torchrun`; a command shown twice runs once), so the pages cannot drift from
+the code. Each one is parsed by the real `vlaforge` parser
 and its config built (a refused flag combination fails here), then run in a scratch directory with only
-its sizes scaled down, as listed in `SCALE`: the tasks become one easy task, episode and step counts
+its sizes scaled down, as listed in `SCALE`: Meta-World's tasks become one easy task, episode and step counts
 shrink. A command that needs a GPU (`--device cuda`) is parsed and configured only. A bare command name in a
 sentence (`vlaforge demo` runs ...) is a mention, not a command: the demo itself is `make demo`, and
 tests/eval/test_end_to_end.py runs it scaled down. `vlaforge serve` runs until stopped: it is started in a
@@ -25,7 +26,9 @@ import torch
 
 from vlaforge.cli import _command_of, build_parser, main
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]  # the README and the pages it links
 TASK = "drawer-close-v3"
 # flag -> scaled value, per command (None: any command).
 SCALE = {
@@ -39,7 +42,7 @@ SCALE = {
 
 
 def readme_commands() -> list[list[str]]:
-    text = README.read_text()
+    text = "\n".join(page.read_text() for page in PAGES)
     lines = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         lines += [ln.split("  #")[0].strip() for ln in block.splitlines()]
@@ -49,7 +52,13 @@ def readme_commands() -> list[list[str]]:
         words = shlex.split(ln) if ln.startswith(("vlaforge ", "torchrun ")) else []
         # Skip mentions: a bare command name in a sentence (`vlaforge collect` writes ...) and lines with
         # placeholders (`vlaforge CMD --help`, `vlaforge train --out RUN`).
-        if len(words) > 2 and not any(w.isupper() and w.isalpha() for w in words):
+        mention = all(w.isalpha() and w.islower() for w in words)  # `vlaforge dataset convert` in prose
+        if (
+            len(words) > 2
+            and not mention
+            and not any(w.isupper() and w.isalpha() for w in words)
+            and words not in commands
+        ):
             commands.append(words)
     return commands
 
@@ -62,12 +71,17 @@ def _vlaforge_argv(cmd: list[str]) -> list[str]:
 def _scaled(argv: list[str]) -> list[str]:
     name = _command_of(argv)
     out = list(argv)
+    env = out[out.index("--env") + 1] if "--env" in out else None
     for i, a in enumerate(out[:-1]):
         for (cmd, flag), value in SCALE.items():
-            if a == flag and cmd in (None, name):
+            if (
+                a == flag
+                and cmd in (None, name)
+                and not (flag == "--tasks" and env not in (None, "metaworld"))
+            ):
                 out[i + 1] = value
-    if name == "train" and "--recipe" in out and "--steps" not in out:
-        out += ["--steps", "2", "--warmup-steps", "0"]  # a recipe's own length, scaled down
+    if name == "train" and "--steps" not in out:
+        out += ["--steps", "2", "--warmup-steps", "0"]  # the default or a recipe's own length, scaled down
     return ["demo/run/last" if a == "demo/run/last" else a for a in out]
 
 
