@@ -155,11 +155,12 @@ def test_version_and_help_do_not_import_torch():
     check = (
         "import sys, contextlib, io\n"
         "import vlaforge.cli as c\n"
-        "for argv in (['--help'], ['--version'], ['dataset', '--help'], ['serve', '--help'], ['eval', '--help']):\n"
+        "for cmd in ['', 'collect', 'dataset', 'train', 'eval', 'serve', 'tokenizer', 'demo']:\n"
+        "    argv = [cmd, '--help'] if cmd else ['--help']\n"
         "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
         "        c.main(argv)\n"
-        "assert 'torch' not in sys.modules, 'torch imported'\n"
-        "assert 'transformers' not in sys.modules, 'transformers imported'\n"
+        "    assert 'torch' not in sys.modules, f'{cmd} --help imported torch'\n"
+        "    assert 'transformers' not in sys.modules, f'{cmd} --help imported transformers'\n"
     )
     r = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -105,7 +105,7 @@ CONFIG_COMMANDS: dict[str, tuple[str, str, Callable[[Any], None]]] = {
         "vlaforge.envs.collect:CollectConfig",
         _run_collect,
     ),
-    "train": ("train or fine-tune a policy", "vlaforge.train.loop:TrainConfig", _run_train),
+    "train": ("train or fine-tune a policy", "vlaforge.train.config:TrainConfig", _run_train),
     "eval": ("evaluate a policy in simulation (--env)", "vlaforge.eval.run:EvalConfig", _run_eval),
     "serve": (
         "serve a policy to robots (openpi websocket + OpenVLA POST /act, batched)",
@@ -130,7 +130,7 @@ def _add_config_command(
     if config_path is not None:
         cls = _load(config_path)
         if name == "train":
-            from vlaforge.models.registry import describe_heads
+            from vlaforge.head_specs import describe_heads
 
             p.epilog = "action heads and their --head-options:\n" + describe_heads()
         add_config_args(p, cls)
