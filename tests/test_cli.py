@@ -194,4 +194,7 @@ def test_third_party_warnings_are_printed_once_after_the_output():
             warnings.warn_explicit("old api", FutureWarning, "/x/site-packages/transformers/fake.py", 1)
         stream.write("progress done\n")
     lines = stream.getvalue().splitlines()
-    assert lines == ["progress done", "warning from transformers (shown once): FutureWarning: old api"], lines
+    assert lines == [
+        "progress done",
+        "warning (shown once, raised in transformers): FutureWarning: old api",
+    ], lines

@@ -45,7 +45,7 @@ def deferred_warnings(stream: TextIO | None = None) -> Iterator[dict[tuple[str, 
         finally:
             out = stream or sys.stderr
             for (category, text), package in seen.items():
-                print(f"warning from {package} (shown once): {category}: {text}", file=out)
+                print(f"warning (shown once, raised in {package}): {category}: {text}", file=out)
 
 
 def _package_of(filename: str) -> str:
