@@ -108,3 +108,93 @@ def test_tokenizer_train_command_writes_a_fast_tokenizer(tmp_path, capsys):
     tok = FASTTokenizer.load(tmp_path / "tok")
     assert report["chunks"] > 0 and report["naive_tokens_per_chunk"] == 10 * report["action_dim"]
     assert tok.vocab_size == report["vocab_size"] <= 256
+
+
+def _vlaforge(*args, env=None, timeout=120):
+    """The real command in a subprocess: (exit status, stdout, stderr)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    env.pop("VLAFORGE_DEBUG", None)
+    r = subprocess.run(
+        [sys.executable, "-m", "vlaforge.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+    return r.returncode, r.stdout, r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (["train", "--dataset", "d", "--out", "o", "--head", "chunks"], "did you mean 'chunk'?"),
+        (["dataset", "convert", "src", "--to", "RLDS", "--out", "o"], "did you mean 'rlds'?"),
+        (["train", "--dataset", "d", "--out", "o", "--recipe", "mt5"], "did you mean 'mt50'?"),
+        (["export", "p", "--out", "o", "--format", "OpenVLA"], "did you mean 'openvla'?"),
+        (["trian"], "did you mean 'train'?"),
+    ],
+)
+def test_a_choice_typo_is_one_line_with_a_suggestion(args, hint, tmp_path):
+    code, _, err = _vlaforge(*args)
+    assert code == 2 and hint in err, err
+    assert len(err.strip().splitlines()) == 1 and "usage:" not in err, err
+
+
+def test_version_and_help_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code, out, _ = _vlaforge("--version")
+    assert code == 0 and out.startswith("vlaforge ") and "torch" in out
+    code, out, _ = _vlaforge("--help")
+    assert code == 0 and "train" in out and "serve" in out
+    check = (
+        "import sys, contextlib, io\n"
+        "import vlaforge.cli as c\n"
+        "for cmd in ['', 'collect', 'dataset', 'train', 'eval', 'serve', 'tokenizer', 'demo']:\n"
+        "    argv = [cmd, '--help'] if cmd else ['--help']\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        c.main(argv)\n"
+        "    assert 'torch' not in sys.modules, f'{cmd} --help imported torch'\n"
+        "    assert 'transformers' not in sys.modules, f'{cmd} --help imported transformers'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_a_missing_gpu_is_one_line_before_anything_is_written(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    for args in (
+        ["serve", "--policy", str(tmp_path / "p"), "--device", "cuda"],
+        ["train", "--dataset", str(tmp_path / "d"), "--out", str(tmp_path / "run"), "--device", "cuda"],
+        ["demo", "--out", str(tmp_path / "demo"), "--device", "cuda"],
+    ):
+        code, _, err = _vlaforge(*args)
+        assert code == 2 and "--device cuda: no CUDA device is available" in err, err
+        assert len(err.strip().splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_third_party_warnings_are_printed_once_after_the_output():
+    import io
+    import warnings
+
+    from vlaforge.warnlog import deferred_warnings
+
+    stream = io.StringIO()
+    with deferred_warnings(stream):
+        for _ in range(3):  # a library warning on every batch
+            warnings.warn_explicit("old api", FutureWarning, "/x/site-packages/transformers/fake.py", 1)
+        stream.write("progress done\n")
+    lines = stream.getvalue().splitlines()
+    assert lines == [
+        "progress done",
+        "warning (shown once, raised in transformers): FutureWarning: old api",
+    ], lines

@@ -8,10 +8,13 @@ vlaforge eval      --policy RUN/last --tasks mt10 --episodes 10 --out DIR
 vlaforge export    RUN/last --format openvla --out DIR   (or an OpenVLA checkpoint to --format vlaforge)
 vlaforge tokenizer train --dataset DIR --out TOK         (FAST: DCT + byte-pair encoding of action chunks)
 vlaforge demo      (collect + train + eval on a small default)
+vlaforge --version
 
 The flags of collect, dataset synth, train, eval and demo are derived from their config dataclasses
 (`vlaforge.config`): each field is one flag, its help is the field's doc, its default the field's.
-Only the command being run has its parser built, so `vlaforge dataset info` does not import torch.
+Only the command being run has its parser built (none for `vlaforge --help`), so `vlaforge --help` and
+`vlaforge dataset info` do not import torch. A user's mistake (a flag's typo, a missing GPU, a port in
+use, a bad file) is one line on stderr, `vlaforge CMD: error: ...`, with exit status 2.
 """
 
 from __future__ import annotations
@@ -25,7 +28,40 @@ from collections.abc import Callable
 from typing import Any
 
 from vlaforge.config import add_config_args, config_from_args
-from vlaforge.errors import InputError
+from vlaforge.errors import InputError, did_you_mean
+from vlaforge.warnlog import deferred_warnings
+
+DEBUG_HINT = "(VLAFORGE_DEBUG=1 shows the traceback)"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: a choice's typo gets a "did you mean", no usage block is printed."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is not None and value not in action.choices:
+            known = ", ".join(map(str, action.choices))
+            hint = f"{did_you_mean(value, action.choices)} (choose from {known})"
+            if isinstance(action, argparse._SubParsersAction):  # the command's name
+                raise argparse.ArgumentError(None, f"unknown command {value!r}{hint}")
+            raise argparse.ArgumentError(action, f"invalid choice {value!r}{hint}")
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _version() -> str:
+    """vlaforge's installed version, and torch's read from its metadata (importing torch takes seconds)."""
+    from importlib import metadata
+
+    def installed(name: str, fallback: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return fallback
+
+    from vlaforge import __version__
+
+    return f"vlaforge {installed('vlaforge', __version__)} (torch {installed('torch', 'not installed')})"
 
 
 def _load(path: str) -> Any:
@@ -69,7 +105,7 @@ CONFIG_COMMANDS: dict[str, tuple[str, str, Callable[[Any], None]]] = {
         "vlaforge.envs.collect:CollectConfig",
         _run_collect,
     ),
-    "train": ("train or fine-tune a policy", "vlaforge.train.loop:TrainConfig", _run_train),
+    "train": ("train or fine-tune a policy", "vlaforge.train.config:TrainConfig", _run_train),
     "eval": ("evaluate a policy in simulation (--env)", "vlaforge.eval.run:EvalConfig", _run_eval),
     "serve": (
         "serve a policy to robots (openpi websocket + OpenVLA POST /act, batched)",
@@ -94,11 +130,21 @@ def _add_config_command(
     if config_path is not None:
         cls = _load(config_path)
         if name == "train":
-            from vlaforge.models.registry import describe_heads
+            from vlaforge.head_specs import describe_heads
 
             p.epilog = "action heads and their --head-options:\n" + describe_heads()
         add_config_args(p, cls)
-        p.set_defaults(func=lambda a: func(config_from_args(cls, a)), **(defaults or {}))
+        p.set_defaults(func=lambda a: func(_checked(config_from_args(cls, a))), **(defaults or {}))
+
+
+def _checked(cfg: Any) -> Any:
+    """`cfg` once its --device exists on this machine (before anything is loaded or written)."""
+    device = getattr(cfg, "device", None)
+    if isinstance(device, str) and device not in ("cpu", "auto"):
+        from vlaforge.devices import resolve_device
+
+        resolve_device(device)
+    return cfg
 
 
 def _add_dataset_command(sub: Any, build: bool) -> None:
@@ -243,9 +289,8 @@ def _add_tokenizer_command(sub: Any, build: bool) -> None:
 def build_parser(command: str | None = None, defaults: dict | None = None) -> argparse.ArgumentParser:
     """The parser; only `command`'s flags are built (all of them when None). `defaults` replace the
     defaults of `command`'s flags (a training recipe's values)."""
-    p = argparse.ArgumentParser(
-        prog="vlaforge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = Parser(prog="vlaforge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="cmd", required=True)
     for name in ("collect", "dataset", "train", "eval", "serve", "export", "tokenizer", "demo"):
         build = command in (None, name)
@@ -273,7 +318,7 @@ def _command_of(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = _command_of(argv)
+    command = _command_of(argv) or ""  # no command (`vlaforge --help`): no command's flags are built
     args = build_parser(command).parse_args(argv)
     if args.cmd == "train" and args.recipe:  # the recipe's values become the defaults of the other flags
         recipe = _load("vlaforge.train.recipes:check_recipe")
@@ -288,7 +333,8 @@ def main(argv: list[str] | None = None) -> None:
 
         configure_rendering()  # before anything imports mujoco
     try:
-        args.func(args)
+        with deferred_warnings():  # a library's warnings after the progress bars, once each
+            args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
@@ -297,8 +343,7 @@ def main(argv: list[str] | None = None) -> None:
         # out-of-memory) is not the user's input and keeps its traceback.
         if os.environ.get("VLAFORGE_DEBUG"):
             raise
-        print(f"vlaforge {args.cmd}: error: {e}", file=sys.stderr)
-        print("(set VLAFORGE_DEBUG=1 for the full traceback)", file=sys.stderr)
+        print(f"vlaforge {args.cmd}: error: {e} {DEBUG_HINT}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -134,7 +134,7 @@ def read_policy_dir(directory: str | Path, need_weights: bool = True) -> PolicyF
     if missing:
         raise InputError(
             f"{root}: missing {missing}; a policy directory needs {CONFIG_FILE}, {WEIGHTS_FILE} and "
-            f"{STATS_FILE} (written by Policy.save_pretrained, e.g. RUN/last or RUN/checkpoints/step-XXXXXXX)"
+            f"{STATS_FILE} (what vlaforge train writes, e.g. RUN/last or RUN/checkpoints/step-XXXXXXX; Policy.save_pretrained from Python)"
         )
     config = _read_json(root / CONFIG_FILE)
     if not isinstance(config, dict) or config.get("format") != FORMAT:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -61,3 +62,30 @@ def test_serve_command(tmp_path):
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err[-2000:]
     assert "stopped;" in out and "'requests': 1" in out
+
+
+def _serve(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "VLAFORGE_DEBUG"}
+    cmd = [sys.executable, "-m", "vlaforge.cli", "serve", *args]
+    return subprocess.run(
+        cmd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_serve_on_a_port_in_use_is_one_line(tmp_path):
+    ckpt = make_policy().save_pretrained(tmp_path / "policy")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = _serve("--policy", str(ckpt), "--port", str(port))
+    assert r.returncode == 2, r.stderr
+    assert f"--port {port}: 127.0.0.1:{port} is already in use" in r.stderr and "--port 0" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_serve_a_served_policy_names_it_whole(tmp_path):
+    r = _serve("--policy", "ws://127.0.0.1:8000")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "--policy ws://127.0.0.1:8000 is a served policy" in r.stderr
+    assert "vlaforge eval --policy ws://127.0.0.1:8000" in r.stderr

@@ -83,7 +83,9 @@ class LeRobotWriter:
         if fps <= 0:
             raise DatasetError(f"fps must be > 0; got {fps}")
         if self.root.exists() and not overwrite:
-            raise DatasetError(f"{self.root} already exists; pass overwrite=True (--overwrite) to replace it")
+            raise DatasetError(
+                f"{self.root} already exists; use --overwrite to replace it (overwrite=True from Python)"
+            )
         self.fps = float(fps)
         self.robot_type = robot_type
         self.extra_info = dict(extra_info or {})

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlaforge.errors import InputError
+from vlaforge.head_specs import HEADS
 from vlaforge.models.backbone import PrismaticBackbone
-from vlaforge.models.heads import ActionHead, Context, HeadDims, HeadOption, HeadSpec, standard_normal
+from vlaforge.models.heads import ActionHead, Context, HeadDims, standard_normal
 
 MAX_BETA = 0.999  # squaredcos_cap_v2's cap (Nichol & Dhariwal, 2021: keeps the last step finite)
 TIME_FREQ_DIM = 256  # DiT's frequency_embedding_size
@@ -337,20 +338,7 @@ class DiffusionHead(ActionHead):
         return self.sample(eps_fn, noise, num_steps)
 
 
-DiffusionHead.spec = HeadSpec(
-    "diffusion",
-    DiffusionHead,
-    "Diffusion Policy: DDPM (squared-cosine, eps) training, DDIM sampling, a DiT (adaLN-Zero) that "
-    "cross-attends to the VLM's hidden states",
-    default_chunk=None,
-    options=(
-        HeadOption("num_steps", int, 10, "DDIM denoising steps at inference"),
-        HeadOption("train_steps", int, 100, "DDPM training steps T (the noise schedule's length)"),
-        HeadOption("depth", int, 3, "DiT blocks"),
-        HeadOption("width", int, 0, "DiT width; 0: min(LLM width, 256)"),
-        HeadOption("clip_sample", bool, True, "clip the predicted x0 to [-1, 1] (off for mean_std norm)"),
-    ),
-)
+DiffusionHead.spec = HEADS["diffusion"]
 
 
 __all__ = [

@@ -19,8 +19,9 @@ from tokenizers import Tokenizer
 
 from vlaforge.actions.fast import FASTTokenizer
 from vlaforge.errors import InputError
+from vlaforge.head_specs import HEADS
 from vlaforge.models.backbone import PrismaticBackbone
-from vlaforge.models.heads import IGNORE_INDEX, ActionHead, Context, HeadDims, HeadOption, HeadSpec
+from vlaforge.models.heads import IGNORE_INDEX, ActionHead, Context, HeadDims
 from vlaforge.models.text import reserved_ids
 
 ON_INVALID = ("hold", "raise")
@@ -199,20 +200,4 @@ class FastTokenHead(ActionHead):
         return out
 
 
-FastTokenHead.spec = HeadSpec(
-    "fast",
-    FastTokenHead,
-    "pi0-FAST: the chunk as DCT + BPE tokens (variable length, then </s>), greedy decoding with a KV cache",
-    default_chunk=None,
-    options=(
-        HeadOption("tokenizer", str, "", "a FAST tokenizer directory (`vlaforge tokenizer train`)"),
-        HeadOption("tokenizer_json", str, "", "the tokenizer inline (written into saved checkpoints)"),
-        HeadOption(
-            "on_invalid",
-            str,
-            "hold",
-            "a predicted token sequence that does not decode: 'hold' (the row's last valid chunk) or 'raise'",
-        ),
-    ),
-    fit_preset=fit_preset,
-)
+FastTokenHead.spec = HEADS["fast"]

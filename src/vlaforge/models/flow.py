@@ -17,8 +17,9 @@ from transformers import DynamicCache
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from vlaforge.errors import InputError
+from vlaforge.head_specs import HEADS
 from vlaforge.models.backbone import Prefix, PrismaticBackbone, additive_mask
-from vlaforge.models.heads import ActionHead, Context, HeadDims, HeadOption, HeadSpec, standard_normal
+from vlaforge.models.heads import ActionHead, Context, HeadDims, standard_normal
 
 TIME_BETA_ALPHA = 1.5  # pi0: s ~ Beta(1.5, 1)
 TIME_SCALE, TIME_MIN = 0.999, 0.001  # pi0: t = 0.999 s + 0.001, so t never reaches 0 (noise-free)
@@ -313,18 +314,7 @@ class FlowHead(ActionHead):
         return x
 
 
-FlowHead.spec = HeadSpec(
-    "flow",
-    FlowHead,
-    "pi0: an action expert attending to the LLM's keys/values, flow matching, Euler sampling",
-    default_chunk=None,
-    options=(
-        HeadOption("num_steps", int, 10, "Euler integration steps at inference (pi0: 10)"),
-        HeadOption(
-            "expert_width", int, 0, "the action expert's width; 0: half the LLM's, a multiple of head_dim"
-        ),
-    ),
-)
+FlowHead.spec = HEADS["flow"]
 
 
 __all__ = ["FlowHead", "flow_targets", "sample_time", "time_embedding"]

@@ -19,16 +19,15 @@ own suffix to the sequence before the LLM runs. At inference a head encodes the 
 (`backbone.encode_prefix`) and runs only its suffix on the cached keys and values (`backbone.run_suffix`);
 training runs the whole sequence in one pass, which is also the reference the tests compare against.
 
-Every head is declared once, in `HEADS` (`vlaforge.models.registry`): name, class, default chunk and options
+Every head is declared once, in `HEADS` (`vlaforge.head_specs`, torch-free): name, default chunk and options
 with their docs. The CLI's choices, config validation, `Policy` construction and checkpoint loading all read
-that table, so a new head is one module plus one line there. `predict` takes sampling options (a
+that table (`vlaforge.models.registry` pairs each name with its class). `predict` takes sampling options (a
 `torch.Generator`, a number of steps) so that stochastic heads are reproducible.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -37,6 +36,7 @@ from torch import nn
 
 from vlaforge.actions import BinTokenizer
 from vlaforge.errors import InputError
+from vlaforge.head_specs import HEADS, HeadOption, HeadSpec
 from vlaforge.models.backbone import PrismaticBackbone
 from vlaforge.models.presets import LLMSpec
 
@@ -60,70 +60,6 @@ class Context:
     @property
     def batch_size(self) -> int:
         return len(self.prompt_ids)
-
-
-@dataclass(frozen=True)
-class HeadOption:
-    """One option of a head, as the registry declares it.
-
-    Attributes:
-        name: keyword argument of the head's constructor (and key in its saved config).
-        type: bool, int, float or str; values from the command line are converted to it.
-        default: the value when none is given.
-        doc: one line for `--help`.
-    """
-
-    name: str
-    type: type
-    default: Any
-    doc: str
-
-    def convert(self, value: Any) -> Any:
-        """Converts a value (possibly a command-line string) to the option's type."""
-        if self.type is bool and isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise InputError(f"head option {self.name!r} takes true/false; got {value!r}")
-        try:
-            return self.type(value)
-        except (TypeError, ValueError) as e:
-            raise InputError(f"head option {self.name!r} takes a {self.type.__name__}; got {value!r}") from e
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    """A head in the registry.
-
-    Attributes:
-        name: what `--head` and config.json call it.
-        cls: the `ActionHead` subclass.
-        doc: one line for `--help`.
-        default_chunk: the chunk H when none is given; None takes the preset's `chunk_size`.
-        options: the head's own options.
-        fit_preset: `fit_preset(preset, options) -> preset`, run by `Policy.from_preset` on a new model:
-            the preset adjusted to what the head needs (the FAST head grows a vocabulary too small for
-            its tokenizer); None leaves the preset as it is.
-    """
-
-    name: str
-    cls: type
-    doc: str
-    default_chunk: int | None = None
-    options: tuple[HeadOption, ...] = field(default_factory=tuple)
-    fit_preset: Callable[[Any, dict[str, Any]], Any] | None = None
-
-    def resolve_options(self, given: dict[str, Any]) -> dict[str, Any]:
-        """Every option with its value (given, converted, or the default); unknown names are an error."""
-        known = {o.name: o for o in self.options}
-        unknown = sorted(set(given) - set(known))
-        if unknown:
-            raise InputError(
-                f"head {self.name!r} has no option(s) {unknown}; its options are "
-                + (", ".join(f"{o.name} ({o.doc})" for o in self.options) or "none")
-            )
-        return {n: (o.convert(given[n]) if n in given else o.default) for n, o in known.items()}
 
 
 @dataclass(frozen=True)
@@ -354,12 +290,7 @@ class TokenHead(ActionHead):
         return {**super().config(), "bins": self.bins.to_dict(), "eos_id": self.eos_id}
 
 
-TokenHead.spec = HeadSpec(
-    "tokens",
-    TokenHead,
-    "RT-2 / OpenVLA: 256-bin action tokens, greedy autoregressive decoding with a KV cache",
-    default_chunk=1,
-)
+TokenHead.spec = HEADS["tokens"]
 
 
 class ChunkHead(ActionHead):
@@ -408,20 +339,7 @@ class ChunkHead(ActionHead):
         return self(backbone, ctx).float()
 
 
-ChunkHead.spec = HeadSpec(
-    "chunk",
-    ChunkHead,
-    "OpenVLA-OFT: H x D placeholders decoded in one parallel pass, L1 regression",
-    default_chunk=None,
-    options=(
-        HeadOption(
-            "bidirectional",
-            bool,
-            True,
-            "placeholders attend to each other both ways (OFT's parallel decoding); false: causal",
-        ),
-    ),
-)
+ChunkHead.spec = HEADS["chunk"]
 
 
 def standard_normal(shape: tuple[int, ...], device: torch.device, generator: Any = None) -> torch.Tensor:

@@ -28,7 +28,7 @@ from vlaforge.models.formats.vlaforge import policy_config
 from vlaforge.models.heads import Context, HeadDims, check_bins_fit
 from vlaforge.models.presets import Preset, get_preset
 from vlaforge.models.processor import Processor
-from vlaforge.models.registry import build_head, get_head_spec
+from vlaforge.models.registry import build_head, fit_preset, get_head_spec
 from vlaforge.models.text import build_text_tokenizer, reserved_ids
 from vlaforge.policy_files import validate_dataset_stats
 from vlaforge.types import Embodiment, NormStats, Observation
@@ -135,8 +135,7 @@ class Policy(nn.Module):
         if spec.default_chunk is not None and "chunk_size" not in overrides:
             overrides["chunk_size"] = spec.default_chunk
         p = p.with_overrides(**overrides)
-        if spec.fit_preset is not None:
-            p = spec.fit_preset(p, head_opts)
+        p = fit_preset(head, p, head_opts)
         return cls(
             p, {"kind": head, "chunk_size": p.chunk_size, **head_opts}, embodiment, norm_stats, norm_mode
         )

@@ -19,11 +19,10 @@ Everything is plain data so a checkpoint's `config.json` can rebuild the exact m
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from vlaforge.errors import InputError
+from vlaforge.errors import InputError, did_you_mean
 
 VISION_KINDS = ("dinov2_reg", "dinov2", "siglip")
 TOKENIZER_KINDS = ("byte", "llama")
@@ -304,6 +303,4 @@ def get_preset(name: str) -> Preset:
     """
     if name in PRESETS:
         return PRESETS[name]
-    close = difflib.get_close_matches(name, PRESETS, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise InputError(f"unknown preset {name!r}{hint} (known: {sorted(PRESETS)})")
+    raise InputError(f"unknown preset {name!r}{did_you_mean(name, PRESETS)} (known: {sorted(PRESETS)})")

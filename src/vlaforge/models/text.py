@@ -91,7 +91,7 @@ class LlamaTokenizer:
         if not file.is_file():
             raise InputError(
                 f"{file}: no tokenizer.json; the Llama presets need a local directory with the Llama-2 "
-                "tokenizer (pass tokenizer_path=DIR), or use tokenizer='byte'"
+                "tokenizer: --tokenizer-path DIR (tokenizer_path=DIR from Python), or a preset with tokenizer='byte'"
             )
         self.path = str(file.parent)
         self.prompt = prompt
@@ -136,9 +136,9 @@ def build_text_tokenizer(
     if kind == "llama":
         if path is None:
             raise InputError(
-                "this preset uses the Llama-2 tokenizer: pass tokenizer_path=DIR (`vlaforge train "
-                "--tokenizer-path DIR`: a local directory with "
-                "tokenizer.json), or tokenizer='byte' for the self-contained byte tokenizer"
+                "this preset uses the Llama-2 tokenizer: give --tokenizer-path DIR, a local directory with "
+                "tokenizer.json (tokenizer_path=DIR from Python), or use a preset with tokenizer='byte' (the "
+                "self-contained byte tokenizer)"
             )
         return LlamaTokenizer(path, prompt)
     raise InputError(f"unknown text tokenizer {kind!r}; choose 'byte' or 'llama'")

@@ -35,11 +35,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hmac
 import json
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -665,9 +667,44 @@ class ServerThread:
         self.stop()
 
 
+def check_startup(cfg: ServeConfig) -> None:
+    """What `serve` checks before loading the checkpoint (seconds to minutes): --policy is a checkpoint, not
+    a served policy; --device exists here; --port is free.
+
+    Raises:
+        InputError: naming the flag and what to do.
+    """
+    from vlaforge.devices import resolve_device
+
+    if cfg.policy.startswith(("ws://", "wss://")):
+        raise InputError(
+            f"--policy {cfg.policy} is a served policy; serve needs a checkpoint directory (a vlaforge policy "
+            f"or an OpenVLA checkpoint). To evaluate a served policy: vlaforge eval --policy {cfg.policy}"
+        )
+    resolve_device(cfg.device)
+    if cfg.port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in cfg.host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio.start_server binds
+        try:
+            s.bind((cfg.host, cfg.port))
+        except OSError as e:
+            raise _bind_error(cfg, e) from e
+
+
+def _bind_error(cfg: ServeConfig, e: OSError) -> InputError:
+    if e.errno == errno.EADDRINUSE:
+        return InputError(
+            f"--port {cfg.port}: {cfg.host}:{cfg.port} is already in use (another vlaforge serve?); "
+            "choose another --port, or --port 0 for a free one"
+        )
+    return InputError(f"--host {cfg.host} --port {cfg.port}: cannot listen there ({e.strerror or e})")
+
+
 def serve(cfg: ServeConfig) -> None:
     """`vlaforge serve`: loads the checkpoint and serves it until interrupted (Ctrl-C or SIGTERM)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    check_startup(cfg)
     policy, info = load_served_policy(cfg)
     if cfg.host not in LOOPBACK and cfg.token is None:
         log.warning(
@@ -679,7 +716,11 @@ def serve(cfg: ServeConfig) -> None:
 
     async def main() -> None:
         server = PolicyServer(policy, cfg, info)
-        port = await server.start()
+        try:
+            port = await server.start()
+        except OSError as e:  # taken between the check and now
+            await server.stop()
+            raise _bind_error(cfg, e) from e
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

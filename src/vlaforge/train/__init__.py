@@ -6,10 +6,27 @@ checkpoints with exact resume (`checkpoint`), and the OpenVLA fine-tuning strate
     run = train(TrainConfig(dataset="data/mt10", out="runs/mt10", preset="tiny", head="chunk", steps=2000))
 """
 
-from vlaforge.train.build import restore_policy
-from vlaforge.train.config import TrainConfig, lr_at, recipe_config
-from vlaforge.train.finetune import apply_freeze, apply_lora, lora_param_count, param_counts
-from vlaforge.train.loop import train
+from importlib import import_module
+
+# name -> its module; imported on first use, so that `vlaforge.train.config` (the CLI's flags) imports no torch.
+_EXPORTS = {
+    "restore_policy": "build",
+    "TrainConfig": "config",
+    "lr_at": "config",
+    "recipe_config": "config",
+    "apply_freeze": "finetune",
+    "apply_lora": "finetune",
+    "lora_param_count": "finetune",
+    "param_counts": "finetune",
+    "train": "loop",
+}
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(f"vlaforge.train.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'vlaforge.train' has no attribute {name!r}")
+
 
 __all__ = [
     "TrainConfig",

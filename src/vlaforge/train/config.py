@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vlaforge.errors import InputError
-from vlaforge.models.registry import HEADS
-from vlaforge.train.finetune import FREEZE_STRATEGIES
+from vlaforge.head_specs import HEADS  # torch-free, so the CLI builds train's flags without torch
 from vlaforge.train.recipes import RECIPES, check_recipe
+
+# OpenVLA's freezing strategies (`vlaforge.train.finetune`), declared here so the config imports no torch.
+FREEZE_STRATEGIES = ("full", "frozen-vision", "last-layer", "sandwich")
 
 # Fields a resumed run may change; everything else must match the checkpoint's config.
 RESUMABLE_CHANGES = (

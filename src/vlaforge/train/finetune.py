@@ -50,8 +50,8 @@ from torch import nn
 
 from vlaforge.errors import InputError
 from vlaforge.models.quantize import dequantize_layer, is_quantized_layer
+from vlaforge.train.config import FREEZE_STRATEGIES
 
-FREEZE_STRATEGIES = ("full", "frozen-vision", "last-layer", "sandwich")
 LORA_ADAPTER = "default"
 
 

@@ -8,11 +8,10 @@ named one. A new format (pi0, SmolVLA) is one module and one row.
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any
 
-from vlaforge.errors import InputError
+from vlaforge.errors import InputError, did_you_mean
 from vlaforge.models.formats import openvla as openvla_format
 from vlaforge.models.formats import vlaforge as vlaforge_format
 from vlaforge.models.formats.base import Bundle, CheckpointFormat
@@ -25,9 +24,9 @@ def get_format(name: str) -> CheckpointFormat:
     """The format called `name`; a typo gets a "did you mean"."""
     if name in FORMATS:
         return FORMATS[name]
-    close = difflib.get_close_matches(str(name), FORMATS, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise InputError(f"unknown checkpoint format {name!r}{hint} (known: {', '.join(FORMATS)})")
+    raise InputError(
+        f"unknown checkpoint format {name!r}{did_you_mean(name, FORMATS)} (known: {', '.join(FORMATS)})"
+    )
 
 
 def detect_format(path: str | Path) -> CheckpointFormat:
