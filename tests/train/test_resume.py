@@ -19,9 +19,9 @@ from vlaforge.train.loop import TrainConfig, train
 
 
 def _cfg(ds, out, **kw) -> TrainConfig:
-    base = dict(
-        dataset=str(ds), out=str(out), preset="tiny", steps=4, batch_size=2, log_every=1, device="cpu"
-    )
+    # The constant schedule, so that a resume may extend `steps` (the cosine curve is laid over them).
+    base = dict(dataset=str(ds), out=str(out), preset="tiny", steps=4, batch_size=2, log_every=1,
+                device="cpu", schedule="constant")  # fmt: skip
     return TrainConfig(**{**base, **kw})
 
 
