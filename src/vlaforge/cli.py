@@ -282,15 +282,14 @@ def main(argv: list[str] | None = None) -> None:
     command = _command_of(argv)
     args = build_parser(command).parse_args(argv)
     values: dict[str, Any] = {}
-    if args.cmd == "train" and args.recipe:  # the recipe's values become the defaults of the other flags
-        recipe = _load("vlaforge.train.recipes:check_recipe")
-        try:
-            values = recipe(args.recipe)
-        except InputError as e:
-            print(f"vlaforge train: error: {e}", file=sys.stderr)
-            sys.exit(2)
-    if args.cmd == "train" and args.resume:  # and so do the run's own settings, when it resumes
-        values.update(_load("vlaforge.train.config:resume_defaults")(args.out))
+    try:
+        if args.cmd == "train" and args.recipe:  # the recipe's values become the defaults of the other flags
+            values = _load("vlaforge.train.recipes:check_recipe")(args.recipe)
+        if args.cmd == "train" and args.resume:  # and so do the run's own settings, when it resumes
+            values.update(_load("vlaforge.train.config:resume_defaults")(args.out))
+    except InputError as e:
+        print(f"vlaforge train: error: {e}", file=sys.stderr)
+        sys.exit(2)
     if values:
         args = build_parser(command, defaults=values).parse_args(argv)
     if args.cmd in ("collect", "eval", "demo"):

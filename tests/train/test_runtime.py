@@ -4,6 +4,7 @@ that resumes exactly, library warnings kept out of the progress output, and the 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -154,17 +155,27 @@ def test_second_ctrl_c_aborts_at_once():
 def test_library_warnings_stay_out_of_the_output(tiny_dataset, tmp_path, monkeypatch, capfd):
     real = loop_module.augment_batch
 
+    library = logging.getLogger("some_library")  # as transformers does: its own handler on stderr
+    handler = logging.StreamHandler(sys.stderr)
+    library.addHandler(handler)
+
     def warns(*a, **k):
         warnings.warn("`x` is deprecated and will be removed", FutureWarning, stacklevel=1)
+        library.warning("a library's logged warning")
         return real(*a, **k)
 
     monkeypatch.setattr(loop_module, "augment_batch", warns)
     run = tmp_path / "warned"
-    train(TrainConfig(dataset=str(tiny_dataset), out=str(run), steps=3, batch_size=2, device="cpu"))
+    try:
+        train(TrainConfig(dataset=str(tiny_dataset), out=str(run), steps=3, batch_size=2, device="cpu"))
+        assert library.handlers == [handler]  # put back
+    finally:
+        library.removeHandler(handler)
     err = capfd.readouterr().err
-    assert "FutureWarning" not in err
+    assert "FutureWarning" not in err and "logged warning" not in err
     logged = (run / "warnings.log").read_text().splitlines()
     assert sum("FutureWarning: `x` is deprecated" in ln for ln in logged) == 1  # once, not per step
+    assert sum("a library's logged warning" in ln for ln in logged) == 1
 
 
 # ------------------------------------------------------------------------------------------ defaults

@@ -11,6 +11,7 @@ stop it with a checkpoint, and where third-party warnings go instead of into the
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -152,10 +153,21 @@ def eval_command(out: Path, training_data: dict[str, Any] | None) -> str:
 
 
 # ------------------------------------------------------------------------------------------ warnings
+class _Collect(logging.Handler):
+    def __init__(self, log: WarningLog):
+        super().__init__(logging.WARNING)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        msg = record.getMessage()
+        self.log.seen.setdefault(("log", record.name, msg), f"{record.name}: {record.levelname}: {msg}")
+
+
 @dataclass
 class WarningLog:
-    """Within `with`: Python warnings (a library's FutureWarning, ...) are kept, each once, instead of
-    being printed into the progress bar; `write` puts them in ``RUN/warnings.log``."""
+    """Within `with`: Python warnings (a library's FutureWarning, ...) and what libraries log to stderr at
+    WARNING and above (transformers' `logger.warning`) are kept, each once, instead of being printed into
+    the progress bar; `write` puts them in ``RUN/warnings.log``. vlaforge's own loggers are left alone."""
 
     seen: dict[tuple, str] = field(default_factory=dict)
 
@@ -167,9 +179,28 @@ class WarningLog:
         self._ctx = warnings.catch_warnings()
         self._ctx.__enter__()
         warnings.showwarning = self._show
+        # Loggers that print to stderr themselves (a library's own handler) write here instead.
+        self._swapped: list[tuple[logging.Logger, logging.Handler, logging.Handler]] = []
+        loggers = [logging.getLogger()] + [
+            lg for lg in logging.root.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+        ]
+        for lg in loggers:
+            if lg.name.startswith("vlaforge"):
+                continue
+            for h in list(lg.handlers):
+                if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr:
+                    mine = _Collect(self)
+                    lg.removeHandler(h)
+                    lg.addHandler(mine)
+                    self._swapped.append((lg, h, mine))
+        self._last_resort, logging.lastResort = logging.lastResort, _Collect(self)
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        for lg, h, mine in self._swapped:
+            lg.removeHandler(mine)
+            lg.addHandler(h)
+        logging.lastResort = self._last_resort
         self._ctx.__exit__(*exc)
 
     def write(self, run: Path) -> None:
