@@ -104,7 +104,7 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
     if signum and step < cfg.steps:
         said = (
             f"vlaforge train: stopped at step {step} of {cfg.steps}; checkpoint {run / 'last'}\n"
-            f"  resume: {resume_command(cfg.dataset, run)}"
+            f"  resume: {resume_command(cfg.dataset, run, d.world_size)}"
         )
         raise TrainingStopped(said if d.main else "", signum, run / "last")  # one rank says it
     if d.main:

@@ -139,9 +139,11 @@ class StopOnSignal:
             signal.signal(s, h)
 
 
-def resume_command(dataset: str, out: Path) -> str:
-    """The command that continues run `out` (its own settings come from its checkpoint)."""
-    return f"vlaforge train --dataset {dataset} --out {out} --resume"
+def resume_command(dataset: str, out: Path, world_size: int = 1) -> str:
+    """The command that continues run `out` (its own settings come from its checkpoint); a distributed run
+    resumes with as many processes (torchrun's other options as before)."""
+    launch = f"torchrun --nproc_per_node {world_size} -m vlaforge.cli" if world_size > 1 else "vlaforge"
+    return f"{launch} train --dataset {dataset} --out {out} --resume"
 
 
 def eval_command(out: Path, training_data: dict[str, Any] | None) -> str:
