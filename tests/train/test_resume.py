@@ -210,6 +210,8 @@ def test_sigkill_during_training_leaves_a_resumable_run(tiny_dataset, tmp_path):
         "1",
         "--device",
         "cpu",
+        "--schedule",
+        "constant",  # the resume below stops at another total
     ]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"}

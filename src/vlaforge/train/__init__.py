@@ -4,10 +4,11 @@ checkpoints with exact resume (`checkpoint`), and the OpenVLA fine-tuning strate
 
     from vlaforge.train import TrainConfig, train
     run = train(TrainConfig(dataset="data/mt10", out="runs/mt10", preset="tiny", head="chunk", steps=2000))
+    run = train(resume_config("runs/mt10"))  # after a Ctrl-C (`TrainingStopped`): continue it exactly
 """
 
 from vlaforge.train.build import restore_policy
-from vlaforge.train.config import TrainConfig, lr_at, recipe_config
+from vlaforge.train.config import TrainConfig, lr_at, recipe_config, resume_config
 from vlaforge.train.finetune import apply_freeze, apply_lora, lora_param_count, param_counts
 from vlaforge.train.loop import train
 
@@ -20,5 +21,6 @@ __all__ = [
     "param_counts",
     "recipe_config",
     "restore_policy",
+    "resume_config",
     "train",
 ]

@@ -283,7 +283,8 @@ def check_resumable(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> Non
     if diffs:
         raise InputError(
             f"cannot resume {where}: the run was started with different settings ({'; '.join(diffs)}); "
-            f"only {', '.join(RESUMABLE_CHANGES)} may change. Start a new --out instead."
+            f"only {', '.join(RESUMABLE_CHANGES)} may change. Leave the others out (`vlaforge train --resume` "
+            "and `resume_config` take the run's own), or start a new --out."
         )
     if cfg.schedule == "cosine" and saved.get("steps") != cfg.steps:
         # The cosine curve is laid over the run's total steps: changing them mid-run would jump the
@@ -310,3 +311,12 @@ def resume_defaults(out: str | Path) -> dict[str, Any]:
         saved = json.loads((run / "config.json").read_text())
     known = {f.name for f in fields(TrainConfig)} - {"resume", "threads"}
     return {k: v for k, v in saved.items() if k in known}
+
+
+def resume_config(out: str | Path, **changes: Any) -> TrainConfig:
+    """The `TrainConfig` that continues run `out` under its own settings (`resume_defaults`), `changes`
+    (e.g. ``steps`` under a constant schedule, ``device``) on top: the library's ``vlaforge train --resume``."""
+    saved = resume_defaults(out)
+    if not saved:
+        raise InputError(f"{out} holds no run to resume (no checkpoint, no config.json)")
+    return TrainConfig(**{**saved, "out": str(out), **changes, "resume": True})

@@ -74,6 +74,8 @@ def plan_threads(given: int | None, reserved: int, local_world: int = 1) -> Thre
     cores = max(1, len(cpus) // max(1, local_world))
     if given is not None:
         return ThreadPlan(given, cores, 0, reserved, cap, "threads")
+    if cap <= 1:  # nothing to size (OMP_NUM_THREADS=1, or torch.set_num_threads(1) by the caller)
+        return ThreadPlan(1, cores, 0, reserved, cap, "auto")
     busy = int(busy_cores(cpus) / max(1, local_world) + 0.5)  # a core half used by others is not free
     return ThreadPlan(max(1, min(cap, cores - busy - reserved)), cores, busy, reserved, cap, "auto")
 
