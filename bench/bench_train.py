@@ -35,7 +35,9 @@ from vlaforge.models.presets import PRESETS, PROMPT_FORMATS
 from vlaforge.train.loop import TrainConfig, train
 
 
-def bench_head(head: str, dataset: Path, out: Path, steps: int, batch_size: int, calls: int) -> dict:
+def bench_head(
+    head: str, dataset: Path, out: Path, steps: int, batch_size: int, calls: int, threads: int | None = None
+) -> dict:
     run = train(
         TrainConfig(
             dataset=str(dataset),
@@ -46,6 +48,7 @@ def bench_head(head: str, dataset: Path, out: Path, steps: int, batch_size: int,
             batch_size=batch_size,
             log_every=max(1, steps // 6),
             device="cpu",
+            threads=threads,  # None: `vlaforge train`'s own choice (the free cores)
         )
     )
     rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
@@ -85,7 +88,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--calls", type=int, default=30, help="timed predict_action calls per head")
     # One intra-op thread by default: on a small machine shared with other jobs, OpenMP threads that
     # spin on a busy core make timings swing by 10x; one thread gives stable, comparable numbers.
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (0: what `vlaforge train` picks, the free cores)",
+    )
     ap.add_argument(
         "--prompt",
         default=None,
@@ -105,7 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
             SynthConfig(out=str(Path(tmp) / "ds"), episodes=4, length=40, image_size=64)
         )
         results = [
-            bench_head(h, dataset, Path(tmp), a.steps, a.batch_size, a.calls) for h in ("tokens", "chunk")
+            bench_head(h, dataset, Path(tmp), a.steps, a.batch_size, a.calls, a.threads or None)
+            for h in ("tokens", "chunk")
         ]
     by = {r["head"]: r for r in results}
     ratio = by["chunk"]["actions_per_s"] / by["tokens"]["actions_per_s"]

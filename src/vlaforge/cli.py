@@ -76,7 +76,13 @@ def _run_collect(cfg: Any) -> None:
 
 
 def _run_train(cfg: Any) -> None:
-    _load("vlaforge.train.loop:train")(cfg)
+    stopped = _load("vlaforge.train.runtime:TrainingStopped")
+    try:
+        _load("vlaforge.train.loop:train")(cfg)
+    except stopped as e:  # Ctrl-C / SIGTERM: the checkpoint is written; say how to resume
+        if str(e):
+            print(e, file=sys.stderr)
+        sys.exit(e.exit_code)
 
 
 def _run_eval(cfg: Any) -> None:
@@ -320,13 +326,16 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _command_of(argv) or ""  # no command (`vlaforge --help`): no command's flags are built
     args = build_parser(command).parse_args(argv)
-    if args.cmd == "train" and args.recipe:  # the recipe's values become the defaults of the other flags
-        recipe = _load("vlaforge.train.recipes:check_recipe")
-        try:
-            values = recipe(args.recipe)
-        except InputError as e:
-            print(f"vlaforge train: error: {e}", file=sys.stderr)
-            sys.exit(2)
+    values: dict[str, Any] = {}
+    try:
+        if args.cmd == "train" and args.recipe:  # the recipe's values become the defaults of the other flags
+            values = _load("vlaforge.train.recipes:check_recipe")(args.recipe)
+        if args.cmd == "train" and args.resume:  # and so do the run's own settings, when it resumes
+            values.update(_load("vlaforge.train.config:resume_defaults")(args.out))
+    except InputError as e:
+        print(f"vlaforge train: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if values:
         args = build_parser(command, defaults=values).parse_args(argv)
     if args.cmd in ("collect", "eval", "demo"):
         from vlaforge.envs.rendering import configure_rendering

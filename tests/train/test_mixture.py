@@ -128,9 +128,9 @@ def test_each_sample_is_normalised_with_its_own_dataset(two):
 
 def test_train_on_the_mixture_saves_every_unnorm_key_and_resumes_exactly(two, tmp_path):
     _, mix = two
-    base = dict(
-        dataset=str(mix), preset="tiny", head="chunk", steps=3, batch_size=4, log_every=1, device="cpu"
-    )
+    # The constant schedule: the resume below extends `steps`.
+    base = dict(dataset=str(mix), preset="tiny", head="chunk", steps=3, batch_size=4, log_every=1,
+                device="cpu", schedule="constant")  # fmt: skip
     run = train(TrainConfig(out=str(tmp_path / "straight"), **base))
     stats = json.loads((run / "last" / "dataset_stats.json").read_text())
     assert sorted(stats) == ["arm_a", "arm_b"]

@@ -19,9 +19,9 @@ from vlaforge.train.loop import TrainConfig, train
 
 
 def _cfg(ds, out, **kw) -> TrainConfig:
-    base = dict(
-        dataset=str(ds), out=str(out), preset="tiny", steps=4, batch_size=2, log_every=1, device="cpu"
-    )
+    # The constant schedule, so that a resume may extend `steps` (the cosine curve is laid over them).
+    base = dict(dataset=str(ds), out=str(out), preset="tiny", steps=4, batch_size=2, log_every=1,
+                device="cpu", schedule="constant")  # fmt: skip
     return TrainConfig(**{**base, **kw})
 
 
@@ -210,6 +210,8 @@ def test_sigkill_during_training_leaves_a_resumable_run(tiny_dataset, tmp_path):
         "1",
         "--device",
         "cpu",
+        "--schedule",
+        "constant",  # the resume below stops at another total
     ]
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"}

@@ -4,6 +4,7 @@ checkpoints with exact resume (`checkpoint`), and the OpenVLA fine-tuning strate
 
     from vlaforge.train import TrainConfig, train
     run = train(TrainConfig(dataset="data/mt10", out="runs/mt10", preset="tiny", head="chunk", steps=2000))
+    run = train(resume_config("runs/mt10"))  # after a Ctrl-C (`TrainingStopped`): continue it exactly
 """
 
 from importlib import import_module
@@ -14,6 +15,8 @@ _EXPORTS = {
     "TrainConfig": "config",
     "lr_at": "config",
     "recipe_config": "config",
+    "resume_config": "config",
+    "TrainingStopped": "loop",
     "apply_freeze": "finetune",
     "apply_lora": "finetune",
     "lora_param_count": "finetune",
@@ -37,5 +40,6 @@ __all__ = [
     "param_counts",
     "recipe_config",
     "restore_policy",
+    "resume_config",
     "train",
 ]

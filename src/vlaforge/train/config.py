@@ -1,12 +1,15 @@
 """What a training run is: `TrainConfig` (every flag of `vlaforge train`, validated), the learning-rate
 schedule, named recipes as configs, and which settings a resumed run may change.
 
-Schedule: OpenVLA trains with a constant learning rate (Kim et al., 2024: 2e-5 for the 7B model);
-linear warm-up + cosine decay is the option most VLA codebases offer (LeRobot, openpi).
+Schedule: OpenVLA trains and fine-tunes with a constant learning rate (Kim et al., 2024: 2e-5 for the 7B
+model), so runs from an OpenVLA base keep it; every other run defaults to linear warm-up + cosine decay
+over 5,000 steps, the schedule of vlaforge's demo (`vlaforge.demo`) and what most VLA codebases offer
+(LeRobot, openpi).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -19,6 +22,9 @@ from vlaforge.train.recipes import RECIPES, check_recipe
 # OpenVLA's freezing strategies (`vlaforge.train.finetune`), declared here so the config imports no torch.
 FREEZE_STRATEGIES = ("full", "frozen-vision", "last-layer", "sandwich")
 
+# The run directory's record of its TrainConfig (not a policy's config: `vlaforge.policy_files` owns those).
+RUN_CONFIG = "config.json"
+
 # Fields a resumed run may change; everything else must match the checkpoint's config.
 RESUMABLE_CHANGES = (
     "steps",
@@ -30,7 +36,12 @@ RESUMABLE_CHANGES = (
     "out",
     "cache_max_gb",  # cached and streamed frames are the same batches
     "decode_workers",
+    "threads",  # how many cores compute a step, not what it computes
+    "save_minutes",
 )
+
+# The demo's warm-up (`vlaforge.demo.DemoConfig`): 5% of the steps, at most 200.
+WARMUP_FRACTION, WARMUP_MAX = 20, 200
 
 
 @dataclass
@@ -59,17 +70,26 @@ class TrainConfig:
             (OpenVLA's 256-bin tokens) or ``chunk`` (OpenVLA-OFT parallel decoding, L1).
         head_options: the head's own options as key=value (e.g. ``bidirectional=false`` for ``chunk``);
             `vlaforge train --help` lists each head's options.
-        steps: total optimizer steps of the run (a resumed run continues up to this).
+        steps: total optimizer steps of the run (a resumed run continues up to this). 5,000: the demo's
+            (`vlaforge demo`), where the tiny preset reaches its success rate.
         batch_size: samples per micro-batch per process.
         lr: peak learning rate; None takes the preset's.
         schedule: ``constant`` (OpenVLA) or ``cosine`` (after the warm-up, decays to 0 at ``steps``).
-        warmup_steps: linear warm-up from lr / warmup_steps to lr over this many steps (0: none).
+            None: ``constant`` for a run from an OpenVLA base (``init``, or an ``openvla*`` preset), as
+            OpenVLA trains and fine-tunes; ``cosine`` otherwise, the demo's schedule.
+        warmup_steps: linear warm-up from lr / warmup_steps to lr over this many steps (0: none). None: the
+            demo's 5% of ``steps`` (at most 200) under ``cosine``, 0 under ``constant`` (OpenVLA's).
         grad_accum: micro-batches per optimizer step.
         clip_grad: max global gradient norm; <= 0 disables clipping (the norm is still logged).
         chunk_size: action chunk H; None takes the head's default (tokens: 1, chunk: the preset's).
         history: observations per prediction T (the current one and the T - 1 before it, padded at an
             episode's start by repeating its first); None takes the preset's (1).
-        save_every: checkpoint every N steps; None saves only at the end.
+        save_every: checkpoint every N steps (and always at the end, and on Ctrl-C / SIGTERM at the next
+            step boundary); None: only at the end and by ``save_minutes``. 1,000 steps is a few minutes
+            of the tiny preset on a CPU; ``save_minutes`` bounds what a slow (large) run can lose.
+        save_minutes: also checkpoint when this many minutes of training have passed since the last
+            checkpoint (at a step boundary; rank 0's clock decides for every rank); None: no time-based
+            checkpoints. 30 minutes of a 7B run lost, at most, to a crash or a kill -9.
         log_every: write a metrics line every N steps.
         seed: seeds model init, the sampler and every RNG.
         resume: continue from ``out/last`` exactly (weights, optimizer, schedule, RNG, sampler).
@@ -88,6 +108,14 @@ class TrainConfig:
             processes ahead of the trainer (streaming: same batches, slower). 0 always streams; None
             always caches.
         decode_workers: processes decoding video frames in streaming mode.
+        threads: torch CPU threads (intra-op) of the training process; inter-op threads are set to 1.
+            None: the cores this process may use (its CPU affinity, shared between the torchrun processes
+            of the machine), less the cores other processes keep busy when the run starts (sampled for
+            0.2 s from /proc/stat), less one for a look-ahead thread (``num_workers`` > 0) and
+            ``decode_workers`` when the run always streams (``cache_max_gb`` 0); at least 1 and at most
+            torch's own default (OMP_NUM_THREADS when set). More threads than free cores are never
+            faster: an OpenMP step waits for its slowest thread, and a thread sharing a core with another
+            process makes every step ~30x slower. The threads used are in every metrics line.
         unnormalized_actions: action dims left unnormalised, by name or index (a list, or a
             comma-separated string such as ``gripper`` or ``3``); None follows the dataset's metadata
             (vlaforge's stored embodiment) and otherwise normalises every dim.
@@ -110,16 +138,17 @@ class TrainConfig:
     tokenizer_path: str | None = None
     head: str = field(default="chunk", metadata={"choices": lambda: list(HEADS)})
     head_options: dict[str, Any] = field(default_factory=dict)
-    steps: int = 1000
+    steps: int = 5000
     batch_size: int = 32
     lr: float | None = None
-    schedule: Literal["constant", "cosine"] = "constant"
-    warmup_steps: int = 0
+    schedule: Literal["constant", "cosine"] | None = None
+    warmup_steps: int | None = None
     grad_accum: int = 1
     clip_grad: float = 1.0
     chunk_size: int | None = None
     history: int | None = None
-    save_every: int | None = None
+    save_every: int | None = 1000
+    save_minutes: float | None = 30.0
     log_every: int = 10
     seed: int = 0
     resume: bool = False
@@ -131,6 +160,7 @@ class TrainConfig:
     image_size: int | None = None
     cache_max_gb: float | None = 20.0
     decode_workers: int = 2
+    threads: int | None = None
     unnormalized_actions: list[str] | str | None = None
     augment_shift: int = 0
     balance: str = field(default="frames", metadata={"choices": ["frames", "tasks"]})
@@ -154,6 +184,12 @@ class TrainConfig:
                 problems.append(f"{name}={getattr(self, name)} (must be >= 1)")
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             problems.append(f"lr={self.lr} (must be a positive number)")
+        if self.schedule is None:
+            openvla = self.init is not None or str(self.preset).startswith("openvla")
+            self.schedule = "constant" if openvla else "cosine"
+        if self.warmup_steps is None:
+            cosine = self.schedule == "cosine"
+            self.warmup_steps = min(WARMUP_MAX, int(self.steps) // WARMUP_FRACTION) if cosine else 0
         if self.schedule not in ("constant", "cosine"):
             problems.append(f"schedule {self.schedule!r} (choose 'constant' or 'cosine')")
         if not 0 <= self.warmup_steps < max(self.steps, 1):
@@ -164,6 +200,12 @@ class TrainConfig:
             problems.append(f"history={self.history} (must be >= 1)")
         if self.save_every is not None and self.save_every < 1:
             problems.append(f"save_every={self.save_every} (must be >= 1, or None for the end only)")
+        if self.save_minutes is not None and not self.save_minutes > 0:
+            problems.append(
+                f"save_minutes={self.save_minutes} (must be > 0, or None for no time-based saves)"
+            )
+        if self.threads is not None and self.threads < 1:
+            problems.append(f"threads={self.threads} (must be >= 1, or None for the cores left free)")
         if self.lora_rank < 0 or self.lora_alpha <= 0:
             problems.append(
                 f"lora_rank={self.lora_rank}, lora_alpha={self.lora_alpha} (rank >= 0, alpha > 0)"
@@ -245,7 +287,8 @@ def check_resumable(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> Non
     if diffs:
         raise InputError(
             f"cannot resume {where}: the run was started with different settings ({'; '.join(diffs)}); "
-            f"only {', '.join(RESUMABLE_CHANGES)} may change. Start a new --out instead."
+            f"only {', '.join(RESUMABLE_CHANGES)} may change. Leave the others out (`vlaforge train --resume` "
+            "and `resume_config` take the run's own), or start a new --out."
         )
     if cfg.schedule == "cosine" and saved.get("steps") != cfg.steps:
         # The cosine curve is laid over the run's total steps: changing them mid-run would jump the
@@ -256,3 +299,30 @@ def check_resumable(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> Non
             f"curve mid-run. Resume with --steps {saved.get('steps')}, or start a new --out (optionally "
             "from these weights: --preset RUN/last)."
         )
+
+
+def resume_defaults(out: str | Path) -> dict[str, Any]:
+    """The settings run `out` trained with, from its last checkpoint (else its config.json): a resumed run
+    takes them as the defaults of the flags not given (`vlaforge train --resume`), so it continues under
+    its own schedule, total steps and options even after vlaforge's defaults changed. `threads` stays
+    automatic (it is sized for the machine the run continues on). {} when `out` holds no run."""
+    from vlaforge.train import checkpoint as ckpt  # torch: only when resuming, never for --help
+
+    run = Path(out)
+    last = ckpt.find_last(run)
+    saved: dict[str, Any] = {}
+    if last is not None:
+        saved = ckpt.read_trainer_state(last).get("config") or {}
+    elif (run / RUN_CONFIG).is_file():
+        saved = json.loads((run / RUN_CONFIG).read_text())
+    known = {f.name for f in fields(TrainConfig)} - {"resume", "threads"}
+    return {k: v for k, v in saved.items() if k in known}
+
+
+def resume_config(out: str | Path, **changes: Any) -> TrainConfig:
+    """The `TrainConfig` that continues run `out` under its own settings (`resume_defaults`), `changes`
+    (e.g. ``steps`` under a constant schedule, ``device``) on top: the library's ``vlaforge train --resume``."""
+    saved = resume_defaults(out)
+    if not saved:
+        raise InputError(f"{out} holds no run to resume (no checkpoint, no config.json)")
+    return TrainConfig(**{**saved, "out": str(out), **changes, "resume": True})

@@ -112,3 +112,13 @@ def mean_over_ranks(values: dict[str, float], d: Dist, device: torch.device) -> 
 def barrier(d: Dist) -> None:
     if d.world_size > 1:
         dist.barrier()
+
+
+def max_over_ranks(values: list[int], d: Dist, device: torch.device) -> list[int]:
+    """Each value's maximum over the ranks, so every rank takes the same decision at the same step (stop
+    on a signal one rank received, checkpoint when rank 0's clock says so). One small all-reduce."""
+    if d.world_size == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [int(v) for v in t.tolist()]

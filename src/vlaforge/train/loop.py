@@ -9,11 +9,15 @@
   (`vlaforge.train.checkpoint`).
 - ``batch_size`` is per process and per micro-batch: one optimizer step sees
   ``batch_size * grad_accum * world_size`` samples (`vlaforge.train.distributed`).
+- Around the loop (`vlaforge.train.runtime`): CPU threads sized to the free cores, a checkpoint at the
+  next step boundary on Ctrl-C / SIGTERM (every rank at the same step), library warnings kept out of the
+  progress bar.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -30,22 +34,41 @@ from vlaforge.train import checkpoint as ckpt
 from vlaforge.train.augment import augment_batch
 from vlaforge.train.batches import Batches
 from vlaforge.train.build import build_policy, fingerprint, frozen_fingerprint, load_trainable, restore_policy
-from vlaforge.train.config import RESUMABLE_CHANGES, TrainConfig, check_resumable, lr_at
+from vlaforge.train.config import RESUMABLE_CHANGES, RUN_CONFIG, TrainConfig, check_resumable, lr_at
 from vlaforge.train.distributed import (
     Dist,
     barrier,
     gather_json,
     loss_module,
+    max_over_ranks,
     mean_over_ranks,
     setup,
     teardown,
 )
 from vlaforge.train.finetune import describe_counts, merged_lora, trainable_state_dict
+from vlaforge.train.runtime import (
+    StopOnSignal,
+    ThreadPlan,
+    TrainingStopped,
+    WarningLog,
+    apply_threads,
+    eval_command,
+    plan_threads,
+    resume_command,
+)
 
 KEEP_CHECKPOINTS = 3
 
 # Importable from here as well (the CLI, the demo and the benchmarks name vlaforge.train.loop).
-__all__ = ["RESUMABLE_CHANGES", "TrainConfig", "fingerprint", "lr_at", "restore_policy", "train"]
+__all__ = [
+    "RESUMABLE_CHANGES",
+    "TrainConfig",
+    "TrainingStopped",
+    "fingerprint",
+    "lr_at",
+    "restore_policy",
+    "train",
+]
 
 
 def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
@@ -59,62 +82,97 @@ def train(cfg: TrainConfig, stop_after: int | None = None) -> Path:
 
     Returns:
         ``Path(cfg.out)``; ``out/last`` points to the final checkpoint.
+
+    Raises:
+        TrainingStopped: SIGINT / SIGTERM stopped the run; its checkpoint was written first (``out/last``).
     """
+    d, device = setup(cfg.device)
+    run = Path(cfg.out)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(d.world_size)))
+    reserved = (1 if cfg.num_workers > 0 else 0) + (cfg.decode_workers if cfg.cache_max_gb == 0 else 0)
+    plan = plan_threads(cfg.threads, reserved, local_world)
+    threads_before = apply_threads(plan)  # before the model is built
+    warned = WarningLog()
+    try:
+        with warned:
+            step, signum, policy = _train(cfg, d, device, run, plan, stop_after)
+    finally:
+        torch.set_num_threads(threads_before)
+        if d.main:
+            warned.write(run)
+        teardown(d)
+    if signum and step < cfg.steps:
+        said = (
+            f"vlaforge train: stopped at step {step} of {cfg.steps}; checkpoint {run / 'last'}\n"
+            f"  resume: {resume_command(cfg.dataset, run, d.world_size)}"
+        )
+        raise TrainingStopped(said if d.main else "", signum, run / "last")  # one rank says it
+    if d.main:
+        if step >= cfg.steps:
+            print(f"vlaforge train: done, {step} steps; checkpoint {run / 'last'}")
+            print(f"  next: {eval_command(run, getattr(policy, 'training_data', None))}")
+        else:
+            print(f"vlaforge train: paused at step {step} of {cfg.steps}; checkpoint {run / 'last'}")
+    return run
+
+
+def _train(
+    cfg: TrainConfig, d: Dist, device: torch.device, run: Path, plan: ThreadPlan, stop_after: int | None
+) -> tuple[int, int, nn.Module]:
+    """`train`'s body: (the step reached, the signal that stopped it or 0, the policy)."""
     from vlaforge.data.dataset import open_dataset
     from vlaforge.data.sampler import make_sampler
 
-    d, device = setup(cfg.device)
-    run = Path(cfg.out)
-    try:
-        resume_from = _checkpoint_to_resume(cfg, run)
-        ckpt.seed_everything(cfg.seed)
-        dataset = open_dataset(
-            cfg.dataset,
-            image_size=cfg.image_size,
-            unnormalized_actions=cfg.unnormalized_actions,
-            keep_all_steps=cfg.keep_all_steps,
-        )
-        policy, counts = build_policy(cfg, dataset.embodiment(), dataset.norm_stats(), device)
-        _record_dataset(policy, dataset)
-        policy.to(device).train()
-        params, base_lr, optimizer = _optimizer(cfg, policy)
-        sampler = make_sampler(
-            dataset,
-            batch_size=cfg.batch_size,
-            chunk_size=policy.chunk_size,
-            seed=cfg.seed,
-            shuffle=True,
-            cameras=list(policy.embodiment.camera_names),
-            rank=d.rank,
-            world_size=d.world_size,
-            cache_max_gb=cfg.cache_max_gb,
-            decode_workers=cfg.decode_workers,
-            history=policy.history,
-            balance=cfg.balance,
-        )
-        frozen_print = frozen_fingerprint(policy)
-        start = _Start()
-        if resume_from is not None:
-            start = _restore(cfg, d, resume_from, policy, optimizer, sampler, params, frozen_print)
-        else:
-            ckpt.seed_everything(cfg.seed + d.rank)  # ranks draw different dropout masks
-        model = loss_module(policy, d, device)
-        if resume_from is not None:
-            ckpt.set_rng_state(start.mine["rng"], device)  # last: DDP's broadcast must not shift the streams
-        if d.main:
-            _open_run(cfg, d, device, run, start.step, resume_from, counts)
+    resume_from = _checkpoint_to_resume(cfg, run)
+    ckpt.seed_everything(cfg.seed)
+    dataset = open_dataset(
+        cfg.dataset,
+        image_size=cfg.image_size,
+        unnormalized_actions=cfg.unnormalized_actions,
+        keep_all_steps=cfg.keep_all_steps,
+    )
+    policy, counts = build_policy(cfg, dataset.embodiment(), dataset.norm_stats(), device)
+    _record_dataset(policy, dataset)
+    policy.to(device).train()
+    params, base_lr, optimizer = _optimizer(cfg, policy)
+    sampler = make_sampler(
+        dataset,
+        batch_size=cfg.batch_size,
+        chunk_size=policy.chunk_size,
+        seed=cfg.seed,
+        shuffle=True,
+        cameras=list(policy.embodiment.camera_names),
+        rank=d.rank,
+        world_size=d.world_size,
+        cache_max_gb=cfg.cache_max_gb,
+        decode_workers=cfg.decode_workers,
+        history=policy.history,
+        balance=cfg.balance,
+    )
+    frozen_print = frozen_fingerprint(policy)
+    start = _Start()
+    if resume_from is not None:
+        start = _restore(cfg, d, resume_from, policy, optimizer, sampler, params, frozen_print)
+    else:
+        ckpt.seed_everything(cfg.seed + d.rank)  # ranks draw different dropout masks
+    model = loss_module(policy, d, device)
+    if resume_from is not None:
+        ckpt.set_rng_state(start.mine["rng"], device)  # last: DDP's broadcast must not shift the streams
+    if d.main:
+        _open_run(cfg, d, device, run, start.step, resume_from, counts, plan)
 
-        batches = Batches(sampler, lookahead=cfg.num_workers)
-        try:
-            session = _Session(
-                cfg, d, device, run, policy, model, optimizer, params, batches, base_lr, frozen_print, counts
-            )
-            session.loop(start.step, start.elapsed, stop_after, window=start.mine.get("log_window"))
-        finally:
-            batches.close()
+    batches = Batches(sampler, lookahead=cfg.num_workers)
+    try:
+        session = _Session(
+            cfg, d, device, run, policy, model, optimizer, params, batches, base_lr, frozen_print, counts,
+            plan.threads,
+        )  # fmt: skip
+        step, signum = session.loop(
+            start.step, start.elapsed, stop_after, window=start.mine.get("log_window")
+        )
     finally:
-        teardown(d)
-    return run
+        batches.close()
+    return step, signum, policy
 
 
 def _record_dataset(policy: nn.Module, dataset: Any) -> None:
@@ -200,17 +258,26 @@ def _open_run(
     step: int,
     resume_from: Path | None,
     counts: dict[str, int],
+    plan: ThreadPlan,
 ) -> None:
     """Rank 0: the run directory, its config.json (new runs), metrics trimmed to `step`, one line to the user."""
     run.mkdir(parents=True, exist_ok=True)
     if resume_from is None:
-        write_json(run / "config.json", cfg.to_dict())
+        write_json(run / RUN_CONFIG, cfg.to_dict())
     _truncate_metrics(run / "metrics.jsonl", step)
     print(
         f"vlaforge train: {cfg.init or cfg.preset} / {cfg.head} head, {counts_line(counts, cfg)}, "
-        f"{d.world_size} process(es) on {device}, "
+        f"{d.world_size} process(es) on {device}, {_threads_line(plan)}, "
         + (f"resuming at step {step} from {resume_from}" if resume_from else f"{cfg.steps} steps -> {run}")
     )
+
+
+def _threads_line(plan: ThreadPlan) -> str:
+    if plan.source != "auto" or not (plan.busy or plan.reserved):
+        return f"{plan.threads} CPU thread(s)"
+    why = [f"{plan.busy} busy with other processes"] if plan.busy else []
+    why += [f"{plan.reserved} for data workers"] if plan.reserved else []
+    return f"{plan.threads} CPU thread(s) ({plan.cores} cores, {', '.join(why)}; --threads to change)"
 
 
 def counts_line(counts: dict[str, int], cfg: TrainConfig) -> str:
@@ -251,17 +318,23 @@ class _Session:
     base_lr: float
     frozen_print: str
     counts: dict[str, int]
+    threads: int  # torch intra-op threads (recorded in every metrics line)
     window: dict = field(default_factory=dict)  # partial metric sums since the last log line
 
     def loop(
         self, step: int, elapsed_before: float, stop_after: int | None, window: dict | None = None
-    ) -> None:
-        """Runs optimizer steps from `step` to the end (or `stop_after` more), logging and saving.
+    ) -> tuple[int, int]:
+        """Runs optimizer steps from `step` to the end (or `stop_after` more, or a signal), logging and
+        saving; returns (the step reached, the signal that stopped it or 0).
 
         Metrics stay on the device as tensors and are read back to the host only at log steps (a CUDA
         step then never waits on a `.item()`). A metrics line is written every `log_every` steps and at
         the run's last step; a run stopped in between carries its partial averages in the checkpoint
         (`window`), so a resumed run logs the same averages as one that never stopped.
+
+        Checkpoints: every `save_every` steps, after `save_minutes`, at the end, and at the boundary of
+        the step during which a SIGINT / SIGTERM arrived; under DDP the ranks agree on both through one
+        all-reduce per step, so they stop and save at the same step.
         """
         cfg, d, device, run = self.cfg, self.d, self.device, self.run
         model, optimizer, batches, base_lr = self.model, self.optimizer, self.batches, self.base_lr
@@ -277,55 +350,64 @@ class _Session:
         self.window = {"sums": sums, "n": int(window.get("n", 0)), "samples": int(window.get("samples", 0))}
         t_log = t_start
         max_norm = cfg.clip_grad if cfg.clip_grad > 0 else float("inf")
-        last_saved = None
-        while step < end:
-            lr = lr_at(step, base_lr, cfg.schedule, cfg.warmup_steps, cfg.steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            for micro in range(cfg.grad_accum):
-                batch = augment_batch(batches.next(), cfg.augment_shift, cfg.seed, d.rank, step, micro)
-                sync = micro == cfg.grad_accum - 1 or d.world_size == 1
-                with nullcontext() if sync else model.no_sync(), autocast:
-                    loss, metrics = model(batch)
-                (loss / cfg.grad_accum).backward()
-                for k, v in metrics.items():  # tensors: no host read-back here
-                    v = torch.as_tensor(v).detach().to(device=device, dtype=torch.float64)
-                    sums[k] = sums[k] + v if k in sums else v
-                self.window["n"] += 1
-                self.window["samples"] += cfg.batch_size * d.world_size
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)  # a tensor, read at log steps
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
+        last_saved, signum, t_saved = None, 0, t_start
+        with StopOnSignal() as stop:
+            while step < end:
+                lr = lr_at(step, base_lr, cfg.schedule, cfg.warmup_steps, cfg.steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                for micro in range(cfg.grad_accum):
+                    batch = augment_batch(batches.next(), cfg.augment_shift, cfg.seed, d.rank, step, micro)
+                    sync = micro == cfg.grad_accum - 1 or d.world_size == 1
+                    with nullcontext() if sync else model.no_sync(), autocast:
+                        loss, metrics = model(batch)
+                    (loss / cfg.grad_accum).backward()
+                    for k, v in metrics.items():  # tensors: no host read-back here
+                        v = torch.as_tensor(v).detach().to(device=device, dtype=torch.float64)
+                        sums[k] = sums[k] + v if k in sums else v
+                    self.window["n"] += 1
+                    self.window["samples"] += cfg.batch_size * d.world_size
+                grad_norm = torch.nn.utils.clip_grad_norm_(trainable, max_norm)  # a tensor, read at log steps
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                bar.update(1)
 
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                n = max(self.window["n"], 1)
-                means = {k: float(v) / n for k, v in sums.items()}
-                means["grad_norm"] = float(grad_norm)
-                means = mean_over_ranks(means, d, device)
-                now = time.perf_counter()
-                row = {
-                    "step": step,
-                    **{k: round(v, 6) for k, v in means.items()},
-                    "lr": lr,
-                    "samples_per_s": round(self.window["samples"] / max(now - t_log, 1e-9), 2),
-                    "elapsed_s": round(elapsed_before + now - t_start, 2),
-                }
-                if d.main:
-                    with open(run / "metrics.jsonl", "a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
-                t_log = now
-                sums.clear()
-                self.window["n"] = self.window["samples"] = 0
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    n = max(self.window["n"], 1)
+                    means = {k: float(v) / n for k, v in sums.items()}
+                    means["grad_norm"] = float(grad_norm)
+                    means = mean_over_ranks(means, d, device)
+                    now = time.perf_counter()
+                    row = {
+                        "step": step,
+                        **{k: round(v, 6) for k, v in means.items()},
+                        "lr": lr,
+                        "threads": self.threads,
+                        "samples_per_s": round(self.window["samples"] / max(now - t_log, 1e-9), 2),
+                        "elapsed_s": round(elapsed_before + now - t_start, 2),
+                    }
+                    if d.main:
+                        with open(run / "metrics.jsonl", "a") as f:
+                            f.write(json.dumps(row) + "\n")
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
+                    t_log = now
+                    sums.clear()
+                    self.window["n"] = self.window["samples"] = 0
 
-            if (cfg.save_every and step % cfg.save_every == 0) or step == end:
-                self.save(step, elapsed_before + time.perf_counter() - t_start)
-                last_saved = step
+                # Every rank stops / saves at the same step: a signal any rank got, rank 0's clock.
+                due = bool(cfg.save_minutes) and time.perf_counter() - t_saved >= 60 * cfg.save_minutes
+                signum, due = max_over_ranks([stop.signum, int(due and d.main)], d, device)
+                every = bool(cfg.save_every) and step % cfg.save_every == 0
+                if signum or due or every or step == end:
+                    self.save(step, elapsed_before + time.perf_counter() - t_start)
+                    last_saved, t_saved = step, time.perf_counter()
+                if signum:
+                    break
         bar.close()
         if last_saved is None and d.main:  # nothing to do: the run was already complete
             print(f"{run}: already at step {step} of {cfg.steps}; nothing to train")
+        return step, signum
 
     def save(self, step: int, elapsed: float) -> None:
         """Checkpoint on rank 0 with every rank's RNG and sampler state; all ranks wait for it."""
