@@ -8,7 +8,15 @@ Outputs, under `--out`:
   with its execute_steps / replan_every / ensemble_decay, seed, instruction split, wall time) so that a
   number can be traced back to exactly how it was measured.
 - `report.html`: one self-contained page (videos and chart embedded) that opens offline.
-- `videos/`: up to `--videos` mp4 per task, preferring one success and one failure.
+- `videos/`: up to `--videos` mp4 per task, among them a success and a failure wherever both happened
+  (every episode is recorded to disk while it runs; the others are deleted).
+
+The directory is built beside `--out` and swapped in whole at the end (`vlaforge.atomic.StagedDir`);
+an evaluation already there is refused unless `--overwrite`. What the numbers mean is recorded with
+them (`vlaforge.eval.summary`): which rule chose the tasks (`tasks_rule`: the checkpoint's training tasks
+by default), per task whether the policy was trained on it (`trained_on`; "overall" pools trained tasks
+only), held-out instructions (`protocol.instructions_note`), and `--compare DIR`, another evaluation of
+the same episodes shown beside this one.
 
 Design choices: a checkpoint is checked against the environment *before* any rollout (a policy trained
 on other cameras, image size, state or action space is refused with the mismatch named), and the env is
