@@ -95,15 +95,15 @@ def load_compare(path: str | Path, env: str, tasks: list[str], proto: Mapping[st
         other = json.loads(info_path.read_text())
         theirs = other["protocol"]
         mismatch = []
-        if other["tasks"] != tasks:
+        if sorted(other["tasks"]) != sorted(tasks):  # the same tasks in any order measure the same
             mismatch.append(f"tasks {','.join(other['tasks'])} vs {','.join(tasks)}")
         for key in COMPARED:
             if theirs.get(key) != proto.get(key):
                 mismatch.append(f"{key} {theirs.get(key)} vs {proto.get(key)}")
-        their_seeds = [[e["task"], e["episode"], e["seed"]] for e in other["episodes"]]
+        their_seeds = sorted([e["task"], e["episode"], e["seed"]] for e in other["episodes"])
     except (KeyError, TypeError, json.JSONDecodeError) as e:
         raise InputError(f"--compare {path}: {info_path} is not a vlaforge evaluation ({e})") from e
-    if not mismatch and their_seeds != [list(s) for s in seeds]:
+    if not mismatch and their_seeds != sorted(list(s) for s in seeds):
         mismatch.append("episode seeds")
     if mismatch:
         raise InputError(
