@@ -3,8 +3,9 @@
 1. collect scripted-expert demonstrations for a few easy tasks of an environment (`--env`) as a LeRobot
    v3.0 dataset,
 2. train the `tiny` preset with the parallel-decoding chunk head (OpenVLA-OFT style),
-3. evaluate it in simulation, and the uniform-random baseline with the same protocol for comparison,
-4. print both tables and the paths of the HTML reports.
+3. evaluate the uniform-random baseline in simulation,
+4. evaluate the policy with the same protocol and episodes, its report (`OUT/eval/report.html`) showing
+   the random baseline beside it per task (`vlaforge eval --compare`), and print both tables.
 
 This module sits above the stages it drives (`vlaforge.envs.collect`, `vlaforge.train`, `vlaforge.eval`),
 which know nothing of each other or of it; evaluation in particular never imports training. It does not
@@ -187,9 +188,12 @@ class DemoConfig:
             device=self.device,
         )
 
-    def eval_config(self, policy: str | Path, out: str | Path) -> EvalConfig:
+    def eval_config(
+        self, policy: str | Path, out: str | Path, compare: str | Path | None = None
+    ) -> EvalConfig:
         """Stages 3 and 4: the same tasks, episodes and seeds for the policy and for a baseline (which
-        renders the demo's cameras and image size, as the policy does)."""
+        renders the demo's cameras and image size, as the policy does). Each run replaces the evaluation
+        in `out`; `compare`: an evaluation to show beside this one."""
         from vlaforge.eval.run import EvalConfig
 
         return EvalConfig(
@@ -205,6 +209,8 @@ class DemoConfig:
             device=self.torch_device(),
             baseline_cameras=as_list(self.cameras),
             baseline_image_size=self.image_size,
+            compare=None if compare is None else str(compare),
+            overwrite=True,
         )
 
 
@@ -309,16 +315,16 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         state.set("train", train_key)
     seconds["train"] = time.time() - t0
 
-    # 3-4. The policy and the random baseline, same tasks, seeds and episodes.
+    # 3-4. The random baseline, then the policy beside it: same tasks, seeds and episodes.
     t0 = time.time()
     ev, ev_random = out / "eval", out / "eval-random"
-    print(f"[3/4] evaluating {last} on {cfg.eval_episodes} episodes per task -> {ev}")
-    result = evaluate(cfg.eval_config(last, ev))
-    seconds["eval"] = time.time() - t0
-    t0 = time.time()
-    print(f"[4/4] evaluating the random baseline -> {ev_random}")
+    print(f"[3/4] evaluating the random baseline -> {ev_random}")
     baseline = evaluate(cfg.eval_config("random", ev_random))
     seconds["eval_random"] = time.time() - t0
+    t0 = time.time()
+    print(f"[4/4] evaluating {last} on {cfg.eval_episodes} episodes per task -> {ev} (random beside it)")
+    result = evaluate(cfg.eval_config(last, ev, compare=ev_random))
+    seconds["eval"] = time.time() - t0
 
     print()
     print(result.table())
@@ -332,7 +338,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         f"(success over {p['n']} episodes, Wilson 95% intervals)"
     )
     print("time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()))
-    print(f"report: {result.report_path}")
+    print(f"report: {result.report_path} (the policy and random side by side)")
     print(f"random baseline report: {baseline.report_path}")
     summary = {
         "config": asdict(cfg),

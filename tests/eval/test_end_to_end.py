@@ -30,7 +30,8 @@ def test_collect_train_eval_cli(tmp_path, report_parser, capsys):
         assert set(ep) == {"task", "episode", "instruction", "seed", "success", "steps", "video"}
         assert ep["task"] == TASK and isinstance(ep["success"], bool) and 1 <= ep["steps"] <= 30
     agg = info["aggregates"]
-    assert set(agg) == {"per_task", "per_group", "overall"}
+    assert set(agg) == {"per_task", "per_group", "overall", "untrained"} and agg["untrained"] is None
+    assert info["trained_on"] == {TASK: True} and info["tasks_rule"] == "given"
     for r in (agg["per_task"][TASK], agg["per_group"]["easy"], agg["overall"]):
         assert set(r) == {"n", "successes", "rate", "ci_low", "ci_high"} and r["n"] == 2
         assert 0 <= r["ci_low"] <= r["rate"] <= r["ci_high"] <= 1

@@ -279,7 +279,7 @@ def test_a_history_policy_is_evaluated_on_consecutive_frames(tmp_path, tiny_poli
     from vlaforge.eval.baselines import PolicyController
     from vlaforge.models.policy import Policy
 
-    ckpt = tiny_policy(tmp_path / "hist", EMB, history=2)
+    ckpt = tiny_policy(tmp_path / "hist-policy", EMB, history=2)
     res = _eval(tmp_path, "hist", ckpt)
     assert [e["steps"] for e in res.info["episodes"]] == [8]
     with RecordingEnv(TASK, image_size=SIZE, max_steps=150, render=False) as env:

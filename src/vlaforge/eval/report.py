@@ -55,6 +55,10 @@ dl.proto dt { color:var(--muted); } dl.proto dd { margin:0; font-family:ui-monos
 .badge { font-size:12px; font-weight:700; padding:2px 8px; border-radius:10px; color:#fff; margin-left:6px; }
 .badge.ok { background:var(--ok); } .badge.bad { background:var(--bad); }
 ul.instr { margin:0; padding-left:18px; } details summary { cursor:pointer; color:var(--muted); }
+.banner { background:#fff4d6; border:1px solid #e9c46a; border-radius:8px; padding:10px 14px; margin:0 0 18px;
+          font-weight:600; }
+.untrained { font-size:12px; font-weight:700; padding:2px 8px; border-radius:10px; background:#8892a0; color:#fff;
+             margin-left:6px; }
 footer { color:var(--muted); font-size:12px; margin-top:40px; }
 """
 
@@ -128,31 +132,86 @@ def _rate_cells(r: dict[str, Any]) -> str:
     )
 
 
+def _trained_badge(info: dict[str, Any], task: str) -> str:
+    """A badge on a task outside the policy's training set (none when trained or unknown)."""
+    if (info.get("trained_on") or {}).get(task) is False:
+        return '<span class="untrained" title="not in the policy\'s training data">untrained</span>'
+    return ""
+
+
+def _compare_table(info: dict[str, Any]) -> list[str]:
+    """The policy and the compared evaluation side by side, per task, with intervals."""
+    other = info["compare"]
+    mine, theirs = info["aggregates"], other["aggregates"]
+    a, b = _e(info["policy"]), _e(other["policy"])
+    parts = [
+        f'<h2>Compared with {b}</h2><table id="compare"><thead><tr><th>task</th>'
+        f"<th>{a}</th><th>95% CI</th><th>{b}</th><th>95% CI</th></tr></thead><tbody>"
+    ]
+
+    def cells(r: dict[str, Any] | None) -> str:
+        if not r:
+            return "<td>-</td><td></td>"
+        return f"<td>{r['successes']}/{r['n']} &middot; {_pct(r['rate'])}</td><td>[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]</td>"
+
+    for task in mine["per_task"]:
+        parts.append(
+            f"<tr><td>{_e(task)}{_trained_badge(info, task)}</td>{cells(mine['per_task'][task])}"
+            f"{cells(theirs['per_task'].get(task))}</tr>"
+        )
+    parts.append(
+        f'<tr class="sum"><td>overall</td>{cells(mine["overall"])}{cells(theirs["overall"])}</tr></tbody></table>'
+    )
+    return parts
+
+
 def render_html(info: dict[str, Any], out_dir: Path) -> str:
     """The report page for an eval_info dict; videos are read from `out_dir` and embedded."""
     agg, proto = info["aggregates"], info["protocol"]
     overall = agg["overall"]
     name = info["policy"]
+    heldout = proto["instructions"] == "heldout"
+    kind = "held-out instruction evaluation" if heldout else "evaluation"
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>vlaforge eval: {_e(name)}</title><style>{CSS}</style></head><body><main>",
-        f"<h1>{_e(proto.get('env_title') or proto.get('benchmark') or '')} evaluation: {_e(name)}</h1>",
+        f"<title>vlaforge {'held-out instruction ' if heldout else ''}eval: {_e(name)}</title>"
+        f"<style>{CSS}</style></head><body><main>",
+        f"<h1>{_e(proto.get('env_title') or proto.get('benchmark') or '')} {kind}: {_e(name)}</h1>",
         f'<p class="sub">{_e(info["date"])} &middot; {len(info["tasks"])} tasks &middot; '
         f"{proto['episodes_per_task']} episodes per task &middot; {_e(proto['instructions'])} instructions</p>",
     ]
+    if heldout:
+        note = proto.get("instructions_note") or "held-out instructions: paraphrases never seen in training"
+        parts.append(f'<div class="banner" id="heldout">{_e(note)}</div>')
+    untrained = agg.get("untrained")
+    if untrained:
+        parts.append(
+            '<div class="banner" id="untrained">Some tasks were not in the policy\'s training data: they are '
+            f"marked untrained and left out of the overall rate (untrained tasks pooled: {_pct(untrained['rate'])}"
+            f" [{_pct(untrained['ci_low'])}, {_pct(untrained['ci_high'])}], "
+            f"{untrained['successes']}/{untrained['n']}).</div>"
+        )
 
     pills = "".join(
         f'<div class="pill"><span class="dot" style="background:{GROUP_COLOURS.get(g, "#8892a0")}"></span>'
         f"{_e(g)}<b>{_pct(r['rate'])}</b><span class=ci>{r['successes']}/{r['n']}</span></div>"
         for g, r in agg["per_group"].items()
     )
+    vs = ""
+    if info.get("compare"):
+        o = info["compare"]["aggregates"]["overall"]
+        vs = (
+            f'<div class="ci" id="vs">vs {_e(info["compare"]["policy"])}: {_pct(o["rate"])} '
+            f"[{_pct(o['ci_low'])}, {_pct(o['ci_high'])}]</div>"
+        )
     parts.append(
         '<section class="card hero"><div><div class="big" id="overall">'
         f"{_pct(overall['rate'])}</div>"
         f'<div class="ci">95% CI [{_pct(overall["ci_low"])}, {_pct(overall["ci_high"])}] &middot; '
-        f"{overall['successes']}/{overall['n']} episodes succeeded</div></div>"
+        f"{overall['successes']}/{overall['n']} episodes succeeded"
+        f"{' (trained tasks)' if untrained else ''}</div>{vs}</div>"
         f'<div class="groups">{pills}</div></section>'
     )
 
@@ -166,7 +225,8 @@ def render_html(info: dict[str, Any], out_dir: Path) -> str:
         ("execution", _execution(proto)),
         ("seed", f"{proto['seed']} ({proto['seed_rule']})"),
         ("success", proto["success"]),
-        ("instructions", proto["instructions"]),
+        ("instructions", proto.get("instructions_note") or proto["instructions"]),
+        ("tasks chosen", info.get("tasks_rule", "given")),
         ("software", ", ".join(f"{k} {v}" for k, v in proto["versions"].items())),
         (
             "wall time",
@@ -195,12 +255,19 @@ def render_html(info: dict[str, Any], out_dir: Path) -> str:
     for task, r in agg["per_task"].items():
         g = info["groups"][task]
         parts.append(
-            f'<tr><td>{_e(task)}</td><td><span class="dot" style="background:{GROUP_COLOURS.get(g, "#8892a0")}">'
+            f'<tr><td>{_e(task)}{_trained_badge(info, task)}</td><td><span class="dot" style="background:{GROUP_COLOURS.get(g, "#8892a0")}">'
             f"</span>{_e(g)}</td>{_rate_cells(r)}</tr>"
         )
     for g, r in agg["per_group"].items():
         parts.append(f'<tr class="sum"><td>all {_e(g)} tasks</td><td>{_e(g)}</td>{_rate_cells(r)}</tr>')
-    parts.append(f'<tr class="sum"><td>overall</td><td></td>{_rate_cells(overall)}</tr></tbody></table>')
+    if untrained:
+        parts.append(f'<tr class="sum"><td>overall (trained tasks)</td><td></td>{_rate_cells(overall)}</tr>')
+        parts.append(f'<tr class="sum"><td>untrained tasks</td><td></td>{_rate_cells(untrained)}</tr>')
+    else:
+        parts.append(f'<tr class="sum"><td>overall</td><td></td>{_rate_cells(overall)}</tr>')
+    parts.append("</tbody></table>")
+    if info.get("compare"):
+        parts += _compare_table(info)
 
     videos = [ep for ep in info["episodes"] if ep.get("video")]
     if videos:

@@ -8,7 +8,15 @@ Outputs, under `--out`:
   with its execute_steps / replan_every / ensemble_decay, seed, instruction split, wall time) so that a
   number can be traced back to exactly how it was measured.
 - `report.html`: one self-contained page (videos and chart embedded) that opens offline.
-- `videos/`: up to `--videos` mp4 per task, preferring one success and one failure.
+- `videos/`: up to `--videos` mp4 per task, among them a success and a failure wherever both happened
+  (every episode is recorded to disk while it runs; the others are deleted).
+
+The directory is built beside `--out` and swapped in whole at the end (`vlaforge.atomic.StagedDir`);
+an evaluation already there is refused unless `--overwrite`. What the numbers mean is recorded with
+them (`vlaforge.eval.summary`): which rule chose the tasks (`tasks_rule`: the checkpoint's training tasks
+by default), per task whether the policy was trained on it (`trained_on`; "overall" pools trained tasks
+only), held-out instructions (`protocol.instructions_note`), and `--compare DIR`, another evaluation of
+the same episodes shown beside this one.
 
 Design choices: a checkpoint is checked against the environment *before* any rollout (a policy trained
 on other cameras, image size, state or action space is refused with the mismatch named), and the env is
@@ -47,13 +55,22 @@ from typing import Any
 
 from tqdm import tqdm
 
-from vlaforge.atomic import write_json
+from vlaforge.atomic import StagedDir, write_json
+from vlaforge.devices import resolve_device
 from vlaforge.envs.base import EnvSpec, episode_seed
 from vlaforge.envs.registry import DEFAULT_ENV, ENVS, get_env
 from vlaforge.errors import InputError
 from vlaforge.eval.baselines import BASELINES
 from vlaforge.eval.rollout import ENSEMBLE_DECAY, EXECUTIONS, Job, WorkerSpec, run_jobs
-from vlaforge.eval.stats import aggregate
+from vlaforge.eval.summary import (
+    HELDOUT_NOTE,
+    format_table,
+    load_compare,
+    pooled_aggregates,
+    trained_on,
+    trained_tasks,
+    untrained_warning,
+)
 from vlaforge.policy_files import PolicyFiles, read_policy_dir
 from vlaforge.types import Embodiment, as_list
 from vlaforge.weights_hash import sha256_file
@@ -86,9 +103,11 @@ class EvalConfig:
             trained in (its config.json `training_data`), else the default env. A checkpoint trained in
             another registered env is refused.
         tasks: a task set of the env (e.g. mt10, a difficulty group), or a comma list of task names
-            (None: the env's default set).
+            (None: the tasks the checkpoint was trained on when its config.json records them, in the env's
+            order, else the env's default set; the rule that chose them is recorded as `tasks_rule`).
         episodes: episodes per task.
-        out: output directory (eval_info.json, report.html, videos/).
+        out: output directory (eval_info.json, report.html, videos/), built beside it and swapped in
+            whole at the end.
         workers: rollout worker processes (0: run in this process).
         max_steps: episode truncation (None: the env's episode length).
         instructions: "train" (the training instruction) or "heldout" (paraphrases never trained on,
@@ -99,7 +118,7 @@ class EvalConfig:
             (collect defaults to 0, eval to 1000) or the evaluation replays training scenes.
         execute_steps: `open-loop` only: actions executed from each predicted chunk before re-planning
             (None: the policy's `execute_steps`; at most the chunk).
-        device: torch device for the policy ("cpu", "cuda").
+        device: torch device for the policy ("auto": CUDA when present, "cpu", "cuda").
         baseline_cameras: cameras the baselines render (checkpoints use their own; None: the env's).
         baseline_image_size: image side the baselines render (checkpoints use their own; None: the
             env's).
@@ -124,6 +143,10 @@ class EvalConfig:
             policies and history policies always run per process.
         threads: torch threads of the batched forward pass in this process (None: 1 on a CPU, where the
             workers take the other cores; torch's default with a GPU).
+        compare: another evaluation's directory (with eval_info.json) to show beside this one in the
+            report, per task with intervals; refused unless its env, tasks, protocol and episode seeds are
+            this evaluation's.
+        overwrite: replace an evaluation already in `out` (refused otherwise).
     """
 
     policy: str
@@ -137,7 +160,7 @@ class EvalConfig:
     videos: int = 2
     seed: int = 1000
     execute_steps: int | None = None
-    device: str = "cpu"
+    device: str = "auto"
     baseline_cameras: list[str] | None = None
     baseline_image_size: int | None = None
     allow_training_seeds: bool = False
@@ -147,6 +170,8 @@ class EvalConfig:
     protocol: str | None = field(default=None, metadata={"choices": list(PROTOCOLS)})
     envs_per_worker: int = 8
     threads: int | None = None
+    compare: str | None = None
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         self.policy = str(self.policy)
@@ -204,8 +229,11 @@ class EvalConfig:
             self.max_steps = spec.max_steps
         if self.max_steps < 1:
             raise InputError(f"max_steps must be >= 1; got {self.max_steps}")
+        self.tasks_rule = "given"  # which rule chose the tasks, recorded in eval_info.json
         if self.tasks is None:
-            self.tasks = spec.default_tasks
+            trained = trained_tasks(training_seeds(self.policy), spec.tasks)
+            self.tasks_rule = "trained" if trained else "env-default"
+            self.tasks = trained or spec.default_tasks
         if self.baseline_cameras is None:
             self.baseline_cameras = list(spec.cameras)
         if self.baseline_image_size is None:
@@ -278,30 +306,6 @@ class EvalResult:
         return format_table(self.info)
 
 
-def format_table(info: dict[str, Any]) -> str:
-    agg = info["aggregates"]
-    groups = info["groups"]
-    width = max([len("overall")] + [len(t) for t in agg["per_task"]]) + 2
-    head = f"{'task':<{width}}{'group':<11}{'succ/n':>9}{'rate':>7}   95% CI"
-    lines = [
-        f"policy: {info['policy']}  ({info['protocol']['instructions']} instructions)",
-        head,
-        "-" * len(head),
-    ]
-
-    def row(name: str, group: str, r: dict) -> str:
-        sn = f"{r['successes']}/{r['n']}"
-        return f"{name:<{width}}{group:<11}{sn:>9}{r['rate']:>7.2f}   [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
-
-    for task, r in agg["per_task"].items():
-        lines.append(row(task, groups[task], r))
-    lines.append("-" * len(head))
-    for g, r in agg["per_group"].items():
-        lines.append(row(f"[{g}]", g, r))
-    lines.append(row("overall", "", agg["overall"]))
-    return "\n".join(lines)
-
-
 def _versions(packages: tuple[str, ...]) -> dict[str, str]:
     import vlaforge
 
@@ -331,6 +335,31 @@ def trained_env(policy: str) -> str | None:
         return None
     env = (files.training_data or {}).get("env")
     return env if env in ENVS else None
+
+
+def training_seeds(policy: str) -> dict[str, set[int]]:
+    """`PolicyFiles.training_seeds()` of a checkpoint directory; {} for a baseline, a served policy or an
+    unreadable directory."""
+    if policy in BASELINES or is_remote(policy):
+        return {}
+    try:
+        return read_policy_dir(policy, need_weights=False).training_seeds()
+    except InputError:
+        return {}
+
+
+def check_output(out: Path, overwrite: bool, policy: str = "") -> None:
+    """Refuses to replace an earlier evaluation (or anything else) in `out` unless `overwrite`, and always
+    an `out` that is (or holds) the checkpoint evaluated."""
+    if policy and not is_remote(policy) and policy not in BASELINES:
+        mine, there = Path(policy).resolve(), out.resolve()
+        if there == mine or there in mine.parents:
+            raise InputError(f"--out {out} would replace the checkpoint {policy}; choose another --out")
+    if overwrite or not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if (out / "eval_info.json").is_file():
+        raise InputError(f"{out} already holds an evaluation; use --overwrite to replace it")
+    raise InputError(f"{out} exists and is not an empty directory; use --overwrite to replace it")
 
 
 def check_checkpoint(
@@ -405,7 +434,8 @@ def check_training_seeds(jobs: list[Job], files: PolicyFiles, cfg: EvalConfig) -
 
 
 def _choose_videos(records: list[dict], keep: int) -> set[int]:
-    """Episode indices whose videos to keep: one success and one failure first, then by episode order."""
+    """Episode indices whose videos to keep: the first success and the first failure (those that exist,
+    within `keep`), then by episode order."""
     recorded = sorted((r for r in records if r["video"]), key=lambda r: r["episode"])
     chosen: list[int] = []
     for want in (True, False):
@@ -475,10 +505,14 @@ def _policy_side(cfg: EvalConfig, spec: EnvSpec, task: str) -> _Side:
     return _Side(emb, checkpoint, files, execute_steps, chunk)
 
 
-def _make_jobs(cfg: EvalConfig, spec: EnvSpec, tasks: list[str]) -> tuple[list[Job], dict[str, list[str]]]:
-    """Every (task, episode) with its seed, instruction and video path; and the instructions used per task."""
-    video_dir = Path(cfg.out) / "videos"
-    record_first = min(cfg.episodes, 2 * cfg.videos)  # record a few more than kept, to find a failure
+def _make_jobs(
+    cfg: EvalConfig, spec: EnvSpec, tasks: list[str], out: Path
+) -> tuple[list[Job], dict[str, list[str]]]:
+    """Every (task, episode) with its seed, instruction and video path under `out`; and the instructions
+    used per task. With videos on, every episode is recorded (to disk, one at a time) so that the kept
+    ones can show a failure and a success wherever both happened, however late in the task."""
+    video_dir = out / "videos"
+    record_first = cfg.episodes if cfg.videos else 0
     jobs, used = [], {}
     for task in tasks:
         n_words = len(spec.heldout_instructions[task]) if cfg.instructions == "heldout" else 1
@@ -546,6 +580,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         An `EvalResult` with the info dict, the output dir and the report path.
     """
     start = time.time()
+    check_output(cfg.out, cfg.overwrite, cfg.policy)
     env = get_env(cfg.env)
     tasks = env.resolve_tasks(cfg.tasks)
     side = _policy_side(cfg, env, tasks[0])
@@ -555,20 +590,66 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             f"predicts: receding executes the first replan_every actions of each chunk, so use at most "
             f"{side.chunk}"
         )
-    jobs, used_instructions = _make_jobs(cfg, env, tasks)
+    jobs, used_instructions = _make_jobs(cfg, env, tasks, cfg.out)
     overlap = check_training_seeds(jobs, side.files, cfg) if side.files is not None else 0
+    trained = trained_tasks(side.files.training_seeds(), env.tasks) if side.files is not None else None
+    marks = trained_on(tasks, trained)
+    compare = None
+    if cfg.compare:
+        ours = {"env": env.name, "max_steps": cfg.max_steps, "protocol": cfg.protocol,
+                "episodes_per_task": cfg.episodes, "seed": cfg.seed, "instructions": cfg.instructions}  # fmt: skip
+        compare = load_compare(
+            cfg.compare, env.name, tasks, ours, [(j.task, j.episode, j.seed) for j in jobs]
+        )
+    device = resolve_device(cfg.device)
+    warning = untrained_warning(marks, cfg.policy)
+    if warning:
+        print(warning)
 
-    out = cfg.out
-    out.mkdir(parents=True, exist_ok=True)
-    for old in (out / "videos").glob("*.mp4"):  # videos of an earlier evaluation in the same dir
-        old.unlink()
+    # The whole directory is built beside --out and swapped in at the end: an interrupted evaluation
+    # leaves the earlier one (or nothing) in place, never a mix.
+    staged = StagedDir(cfg.out, overwrite=True)
+    try:
+        jobs, _ = _make_jobs(cfg, env, tasks, staged.path)
+        result = _run(cfg, env, tasks, side, jobs, used_instructions, staged.path, device, start, overlap)
+        result.info.update(
+            tasks_rule=getattr(cfg, "tasks_rule", "given"), training_tasks=trained, trained_on=marks,
+            compare=compare,
+        )  # fmt: skip
+        result.info["aggregates"] = pooled_aggregates(
+            result.info["episodes"], env.difficulty, env.groups, marks
+        )
+        write_json(staged.path / "eval_info.json", result.info)
+        from vlaforge.eval.report import write_report
+
+        write_report(result.info, staged.path)
+    except BaseException:
+        staged.abort()
+        raise
+    staged.commit()
+    return EvalResult(info=result.info, out=cfg.out, report_path=cfg.out / "report.html")
+
+
+def _run(
+    cfg: EvalConfig,
+    env: EnvSpec,
+    tasks: list[str],
+    side: _Side,
+    jobs: list[Job],
+    used_instructions: dict[str, list[str]],
+    out: Path,
+    device: str,
+    start: float,
+    overlap: int,
+) -> EvalResult:
+    """Rolls the jobs out into `out` (the staging directory) and builds the info dict."""
     spec = WorkerSpec(
         policy=str(cfg.policy),
         cameras=list(side.embodiment.camera_names),
         image_size=side.embodiment.image_size,
         max_steps=cfg.max_steps,
         execute_steps=side.execute_steps,
-        device=cfg.device,
+        device=device,
         fps=float(env.control_hz),
         execution=cfg.execution,
         ensemble_decay=cfg.ensemble_decay,
@@ -607,7 +688,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             "allow_training_seeds": cfg.allow_training_seeds,
             "success": env.success,
             "instructions": cfg.instructions,
-            "device": cfg.device,
+            "instructions_note": HELDOUT_NOTE if cfg.instructions == "heldout" else None,
+            "device": device,
             "workers": cfg.workers,
             "runner": "batched" if batched else "per-process",
             "envs_per_worker": cfg.envs_per_worker if batched else None,
@@ -617,13 +699,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         "tasks": tasks,
         "groups": {t: env.difficulty[t] for t in tasks},
         "instructions": used_instructions,
-        "aggregates": aggregate(records, env.difficulty, env.groups),
+        "aggregates": {},  # filled by evaluate (trained tasks pooled apart)
         "episodes": records,
     }
     info["protocol"]["wall_time_s"] = round(time.time() - start, 2)
-    write_json(out / "eval_info.json", info)
-
-    from vlaforge.eval.report import write_report
-
-    report = write_report(info, out)
-    return EvalResult(info=info, out=out, report_path=report)
+    return EvalResult(info=info, out=out, report_path=out / "report.html")
