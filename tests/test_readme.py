@@ -52,11 +52,12 @@ def readme_commands() -> list[list[str]]:
         words = shlex.split(ln) if ln.startswith(("vlaforge ", "torchrun ")) else []
         # Skip mentions: a bare command name in a sentence (`vlaforge collect` writes ...) and lines with
         # placeholders (`vlaforge CMD --help`, `vlaforge train --out RUN`).
-        mention = all(w.isalpha() and w.islower() for w in words)  # `vlaforge dataset convert` in prose
+        # A mention (`vlaforge dataset convert` in prose) or a placeholder (`--policy RUN/last`) is no command.
+        mention = all(w.isalpha() and w.islower() for w in words)
         if (
             len(words) > 2
             and not mention
-            and not any(w.isupper() and w.isalpha() for w in words)
+            and not any(part.isupper() and part.isalpha() for w in words for part in re.split(r"[/=]", w))
             and words not in commands
         ):
             commands.append(words)
