@@ -42,14 +42,35 @@ def _frames(res, rec) -> np.ndarray:
     return read_video(res.out / rec["video"])[1]
 
 
-def _same_trajectory(single, batched, ra, rb) -> bool:
-    """Asserts the two runs' videos of an episode show the same trajectory, frames equal up to a batched
-    forward pass's rounding (a few pixels at most); returns whether the arm moved in it."""
+# Frames of the two paths agree up to a batched forward pass's rounding. A batch of other size computes
+# actions that differ by ~1e-7 (measured: 1.5e-7 between one observation alone and in batches of 2 and 4
+# with other instructions), and in a contact-rich episode a simulator can grow that into a pixel-level
+# drift of the arm after a few re-plans (seen: 2.6% of the pixels of the late frames of one 24-step
+# episode, its first chunk identical). So each episode may drift a little, the episodes together very
+# little; garbled renders or wrong actions (an execution mode ignored) differ in most frames of most episodes.
+EPISODE_TOLERANCE, RUN_TOLERANCE = 0.10, 0.02
+
+
+def _differing(single, batched, ra, rb) -> tuple[float, bool]:
+    """The fraction of pixels that differ by more than 8 levels over an episode's video in the two runs, and
+    whether the arm moved in it."""
     fa, fb = _frames(single, ra), _frames(batched, rb)
     assert fa.shape == fb.shape == (ra["steps"] + 1, SIZE, SIZE, 3)  # reset + every step
-    differ = np.mean(np.abs(fa.astype(int) - fb.astype(int)) > 8)
-    assert differ < 0.01, (ra["task"], ra["episode"], differ)
-    return bool(np.abs(fa[-1].astype(int) - fa[0].astype(int)).max() > 8)
+    assert np.array_equal(fa[0], fb[0])  # the reset frame: nothing computed yet
+    differ = float(np.mean(np.abs(fa.astype(int) - fb.astype(int)) > 8))
+    return differ, bool(np.abs(fa[-1].astype(int) - fa[0].astype(int)).max() > 8)
+
+
+def _same_trajectories(single, batched) -> int:
+    """Asserts the two runs' videos show the same trajectories (see EPISODE_TOLERANCE); returns how many
+    episodes moved the arm."""
+    pairs = list(zip(single.info["episodes"], batched.info["episodes"]))
+    measured = [_differing(single, batched, ra, rb) for ra, rb in pairs]
+    differs = [d for d, _ in measured]
+    for (ra, _), d in zip(pairs, differs):
+        assert d < EPISODE_TOLERANCE, (ra["task"], ra["episode"], d)
+    assert np.mean(differs) < RUN_TOLERANCE, differs
+    return sum(moved for _, moved in measured)
 
 
 @pytest.mark.sim
@@ -66,10 +87,7 @@ def test_batched_and_per_process_give_the_same_episodes(tmp_path, head, policy_s
     a = [{k: v for k, v in r.items() if k not in strip} for r in single.info["episodes"]]
     b = [{k: v for k, v in r.items() if k not in strip} for r in batched.info["episodes"]]
     assert a == b
-    moved = 0
-    for ra, rb in zip(single.info["episodes"], batched.info["episodes"]):
-        moved += _same_trajectory(single, batched, ra, rb)
-    assert moved >= 4  # the arm moves, so matching frames mean matching actions
+    assert _same_trajectories(single, batched) >= 4  # the arm moves, so matching frames mean matching actions
 
 
 @pytest.mark.sim
@@ -81,12 +99,16 @@ def test_batched_execution_modes_match_per_process(tmp_path, execution, policy_s
     ckpt = _save(tmp_path / "ckpt", "chunk", policy_stats)
     kw = dict(episodes=2, max_steps=10, videos=2, **execution)
     single = _run(tmp_path, "single", ckpt, envs_per_worker=0, **kw)
-    batched = _run(tmp_path, "batched", ckpt, envs_per_worker=2, **kw)
+    # One worker with two slots: the slots alternate as two groups of one, so every forward pass has the
+    # batch of one the per-process path has, and the videos must agree exactly (no rounding to allow for).
+    batched = _run(tmp_path, "batched", ckpt, envs_per_worker=2, workers=1, **kw)
     assert batched.info["protocol"]["runner"] == "batched"
     assert [e["steps"] for e in batched.info["episodes"]] == [10] * 4
     for ra, rb in zip(single.info["episodes"], batched.info["episodes"]):
         assert {**ra, "video": None} == {**rb, "video": None}
-        assert _same_trajectory(single, batched, ra, rb)  # the arm moved, so the actions show in the frames
+        differ, moved = _differing(single, batched, ra, rb)
+        assert differ == 0.0, (ra["task"], ra["episode"], differ)
+        assert moved  # the arm moved, so the actions show in the frames
 
 
 @pytest.mark.sim
