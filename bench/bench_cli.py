@@ -11,7 +11,6 @@ floor under every command. Writes bench/results/cli.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -19,6 +18,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from vlaforge.atomic import write_json
 
 COMMANDS = {
     "python -c pass": ["-c", "pass"],
@@ -55,8 +56,7 @@ def main() -> None:
         print(f"{r['command']:<24} {r['median_s']:>9.3f} {r['min_s']:>7.3f}")
     report = {"src": a.src, "python": platform.python_version(), "machine": platform.machine(), "rows": rows}
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report)
     print(f"wrote {out}")
 
 

@@ -24,7 +24,6 @@ Prints a table and writes bench/results/data.json.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import tempfile
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vlaforge.atomic import write_json
 from vlaforge.data.lerobot import LeRobotDataset, LeRobotWriter
 from vlaforge.data.sampler import ChunkSampler
 from vlaforge.data.stats import compute_stats
@@ -261,8 +261,7 @@ def main() -> None:
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_json(out, result)
     print(f"wrote {out}")
 
 

@@ -170,7 +170,6 @@ def main(argv: list[str] | None = None) -> dict:
         "definition": "episodes/s = episodes run / wall time of the rollouts (policy loaded, envs warm)",
     }
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, report)
     print(f"wrote {out}")
     return report

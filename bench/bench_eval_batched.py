@@ -95,7 +95,6 @@ def main() -> None:
               f"{row['success']:>10}{str(row['mean_batch']):>12}")  # fmt: skip
     print(f"batched / per-process speed: {ratio:.2f}x; episodes agreeing (success, steps): {same}/{n}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, {"args": vars(args), "rows": rows, "speedup": round(ratio, 3), "episodes_agreeing": same,
                      "episodes": n})  # fmt: skip
     print(f"wrote {out}")

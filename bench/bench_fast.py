@@ -20,7 +20,6 @@ BridgeV2 35 -> 20 tokens per chunk, DROID 105 -> 29 (as quoted in DESIGN.md), an
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from vlaforge.actions.fast import FASTTokenizer, evaluate, load_chunks, train_tokenizer_command
+from vlaforge.atomic import write_json
 from vlaforge.data.synth import SynthConfig, write_synthetic
 
 HOLDOUT_EVERY = 5  # the held-out tokenizer never sees episodes 4, 9, 14, ... (20%)
@@ -114,8 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
         },
     }
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report)
     print(f"wrote {out}")
     return report
 

@@ -32,6 +32,8 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from vlaforge.atomic import write_json
+
 WORDS = [
     "In:",
     "What",
@@ -247,8 +249,7 @@ def main() -> None:
         "rows": rows,
     }
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report)
     print(f"wrote {out}")
 
 

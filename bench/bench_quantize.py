@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import platform
 import statistics
@@ -56,6 +55,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from vlaforge.atomic import write_json
 from vlaforge.models.policy import Policy
 from vlaforge.models.presets import PRESETS, LLMSpec, Preset, ViTSpec
 from vlaforge.models.quantize import (
@@ -388,8 +388,7 @@ def main(argv: list[str] | None = None) -> dict:
         ),
     }
     out = Path(a.json)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report)
     print(f"wrote {out}")
     return report
 

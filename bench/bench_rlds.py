@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from bench_data import build  # same directory
+from vlaforge.atomic import write_json
 from vlaforge.data.rlds_dataset import RLDSDataset
 from vlaforge.data.sampler import make_sampler
 from vlaforge.train.loop import TrainConfig, train
@@ -118,8 +119,7 @@ def memory_scaling(sizes: list[int], args: argparse.Namespace) -> dict:
         out["runs"][eps] = {"frames": n, "decoded_gb": round(gb, 2), "to_rlds": a, "to_lerobot": b}
         print(f"{eps:8d} {n:7d} {gb:10.2f} {a['peak_rss_mb']:10.1f} {b['peak_rss_mb']:13.1f}", flush=True)
     path = Path(args.out).with_name("rlds-memory-scaling.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
+    write_json(path, out)
     print(f"wrote {path}")
     return out
 
@@ -225,8 +225,7 @@ def main(argv: list[str] | None = None) -> dict:
     for k, v in rows:
         print(f"  {k:{width}s}  {v}")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
+    write_json(out, result)
     print(f"wrote {out}")
     return result
 

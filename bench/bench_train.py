@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vlaforge.atomic import write_json
 from vlaforge.data.synth import TASKS, SynthConfig, write_synthetic
 from vlaforge.models.policy import Policy
 from vlaforge.models.presets import PRESETS, PROMPT_FORMATS
@@ -144,8 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
         "definition": "actions/s = chunk length H / median predict_action latency at batch 1 (env steps covered)",
     }
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report)
     print(f"wrote {out}")
     return report
 

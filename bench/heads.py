@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vlaforge.atomic import write_json
+
 TASK_SETS = {
     "demo": "drawer-close-v3,button-press-topdown-v3,window-close-v3,drawer-open-v3,faucet-open-v3",
     "medium": "basketball-v3,bin-picking-v3,box-close-v3,coffee-pull-v3,hammer-v3",
@@ -205,7 +207,6 @@ def main() -> None:
             f" {r['actions_per_s']:>10.0f} {r['train_samples_per_s']:>16.0f} {r['params'] / 1e6:>8.2f}M {r['head_params'] / 1e6:>11.3f}M"
         )
     out = Path(a.json or Path(__file__).parent / "results" / f"heads-{label}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "bench": "heads",
         "tasks": tasks,
@@ -219,7 +220,7 @@ def main() -> None:
         },
         "rows": rows,
     }
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out, report)
     plot(rows, out.with_suffix(".png"), label)
     print(f"wrote {out} and {out.with_suffix('.png')}")
 

@@ -97,7 +97,6 @@ def main() -> None:
         print(f"| {a['name']} | " + " | ".join(cells) + f" | {a['average']:.1f} | {a['protocol']} |")
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out, {"vlaforge": runs, "published": anchors})
     plot(runs, Path(args.plot), spec)
     print(f"\nwrote {out} and {args.plot}")
