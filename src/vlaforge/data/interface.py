@@ -18,6 +18,7 @@ that run `decode_job` start fast.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -165,7 +166,12 @@ _READERS: dict[str, FrameReader] = {}
 
 
 def init_decode_worker(readers: dict[str, FrameReader]) -> None:
-    """Process-pool initializer: keeps this worker's copy of every camera's reader."""
+    """Process-pool initializer: keeps this worker's copy of every camera's reader.
+
+    The worker ignores SIGINT: Ctrl-C reaches the whole process group, and the training process handles it
+    (a checkpoint, then the pool is shut down); a worker that died of it first would print its own
+    KeyboardInterrupt traceback and break the pool under the checkpoint being written."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _READERS.clear()
     _READERS.update(readers)
 
