@@ -214,11 +214,7 @@ def build_vlm(vlm: dict[str, Any]) -> nn.Module:
 
     skip = ("fake_image_token_id", "global_image_token_id")
     kw = {k: v for k, v in vlm.items() if k not in skip}
-    config = SmolVLMConfig(**kw)
-    config._attn_implementation = "eager"
-    config.text_config._attn_implementation = "eager"
-    config.vision_config._attn_implementation = "eager"
-    return SmolVLMForConditionalGeneration(config)
+    return SmolVLMForConditionalGeneration(SmolVLMConfig(**kw))
 
 
 def rope(x: torch.Tensor, pos: torch.Tensor, wavelength: float = 10_000.0) -> torch.Tensor:
