@@ -11,7 +11,7 @@ import smolvla_reference as ref
 import torch
 
 from vlaforge.errors import InputError
-from vlaforge.models.smolvla import VLM_CONFIG_KEY, SmolVLAConfig, SmolVLAModel
+from vlaforge.models.smolvla import LEROBOT_DEFAULTS, VLM_CONFIG_KEY, SmolVLAConfig, SmolVLAModel
 
 TOL = 1e-5
 
@@ -113,7 +113,13 @@ def test_lerobot_config_round_trip():
     cfg = SmolVLAConfig.from_lerobot(d)
     assert cfg.to_lerobot() == d and cfg.extra["some_future_key"] == [1, 2]
     assert d["type"] == "smolvla" and d[VLM_CONFIG_KEY]["text_config"]["hidden_size"] == 64
+    assert d["normalization_mapping"] == {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"}
+    assert d["n_obs_steps"] == 1 and d["optimizer_lr"] == 1e-4 and d["num_vlm_layers"] == 2
     base = SmolVLAConfig.from_lerobot({"type": "smolvla"})
+    assert base.to_lerobot() == {
+        "type": "smolvla",
+        **{k: v for k, v in SmolVLAConfig().to_lerobot().items() if k not in LEROBOT_DEFAULTS},
+    }
     assert (
         base.to_lerobot()["resize_imgs_with_padding"] == [512, 512]
         and VLM_CONFIG_KEY not in base.to_lerobot()

@@ -116,6 +116,38 @@ TINY_VLM: dict[str, Any] = {
 }
 
 
+# The rest of LeRobot 0.4's smolvla config.json (PreTrainedConfig's fields and SmolVLAConfig's training
+# ones) with LeRobot's defaults: a new config carries them, so the file it writes is complete.
+LEROBOT_DEFAULTS: dict[str, Any] = {
+    "n_obs_steps": 1,
+    "normalization_mapping": {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"},
+    "input_features": {},
+    "output_features": {},
+    "device": None,
+    "use_amp": False,
+    "push_to_hub": True,
+    "repo_id": None,
+    "private": None,
+    "tags": None,
+    "license": None,
+    "pretrained_path": None,
+    "empty_cameras": 0,
+    "adapt_to_pi_aloha": False,
+    "use_delta_joint_actions_aloha": False,
+    "optimizer_lr": 1e-4,
+    "optimizer_betas": [0.9, 0.95],
+    "optimizer_eps": 1e-8,
+    "optimizer_weight_decay": 1e-10,
+    "optimizer_grad_clip_norm": 10,
+    "scheduler_warmup_steps": 1000,
+    "scheduler_decay_steps": 30000,
+    "scheduler_decay_lr": 2.5e-6,
+    "rtc_config": None,
+    "compile_model": False,
+    "compile_mode": "max-autotune",
+}
+
+
 def _intermediate_size(width: int, multiplier: int = 4, multiple_of: int = 256) -> int:
     """The expert's MLP width (LeRobot's `get_intermediate_size`): 4 * (2/3 width) rounded up to 256."""
     h = int(multiplier * int(2 * width / 3))
@@ -125,7 +157,8 @@ def _intermediate_size(width: int, multiplier: int = 4, multiple_of: int = 256) 
 @dataclass
 class SmolVLAConfig:
     """The fields of LeRobot 0.4's smolvla config.json that shape the model (defaults LeRobot's);
-    every other key is kept verbatim in `extra` and written back by `to_lerobot`."""
+    every other key is kept verbatim in `extra` and written back by `to_lerobot` (a config made here starts
+    with LeRobot's defaults for them, `LEROBOT_DEFAULTS`)."""
 
     chunk_size: int = 50
     n_action_steps: int = 50
@@ -151,7 +184,7 @@ class SmolVLAConfig:
     min_period: float = 4e-3
     max_period: float = 4.0
     vlm_config: dict[str, Any] | None = None  # config.json's VLM_CONFIG_KEY; None: the published table
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=lambda: copy.deepcopy(LEROBOT_DEFAULTS))
 
     @classmethod
     def _model_fields(cls) -> list[str]:
@@ -568,4 +601,4 @@ class SmolVLAModel(nn.Module):
         return x
 
 
-__all__ = ["SMOLVLM2_500M", "TINY_VLM", "VLM_CONFIG_KEY", "SmolVLAConfig", "SmolVLAModel"]
+__all__ = ["LEROBOT_DEFAULTS", "SMOLVLM2_500M", "TINY_VLM", "VLM_CONFIG_KEY", "SmolVLAConfig", "SmolVLAModel"]
