@@ -158,3 +158,18 @@ def test_published_size_on_the_meta_device():
     assert len(sd) == 500 and "vlm_with_expert.lm_expert.embed_tokens.weight" not in sd
     vc, s = e.vlm.config.vision_config, e.vlm.config.scale_factor
     assert (vc.image_size // vc.patch_size) ** 2 // s**2 == 64  # visual tokens per 512 px frame
+
+
+def test_bfloat16_weights_take_float32_inputs():
+    cfg = SmolVLAConfig.tiny()
+    m = _model(cfg)
+    images, img_masks, tokens, lang_masks, state, actions, noise = _inputs(cfg)
+    a32 = m.sample_actions(images, img_masks, tokens, lang_masks, state, noise=noise)
+    m = m.to(torch.bfloat16)
+    loss = m(
+        images, img_masks, tokens, lang_masks, state, actions, noise=noise, time=torch.tensor([0.5, 0.5])
+    )
+    a = m.sample_actions(images, img_masks, tokens, lang_masks, state, noise=noise)
+    b = m.sample_actions(images, img_masks, tokens, lang_masks, state, noise=noise, use_cache=False)
+    assert loss.dtype == a.dtype == torch.float32 and torch.equal(a, b)
+    assert (a - a32).abs().max() < 0.05 * a32.abs().mean()

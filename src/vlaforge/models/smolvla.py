@@ -494,7 +494,7 @@ class SmolVLAModel(nn.Module):
         embs.append(lang * math.sqrt(lang.shape[-1]))
         pads.append(lang_masks.bool())
         blocks.append(torch.zeros_like(lang_masks, dtype=torch.bool))
-        st = self.state_proj(state)
+        st = self.state_proj(state.to(self.state_proj.weight.dtype))
         embs.append(st[:, None] if st.ndim == 2 else st)
         pads.append(torch.ones(B, embs[-1].shape[1], dtype=torch.bool, device=dev))
         blocks.append(torch.ones(B, embs[-1].shape[1], dtype=torch.bool, device=dev))
@@ -507,13 +507,14 @@ class SmolVLAModel(nn.Module):
 
     def embed_suffix(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Action tokens (B, H, expert width): MLP(concat(linear(x_t), sincos(t)))."""
-        a = self.action_in_proj(x_t)
+        a = self.action_in_proj(x_t.to(self.action_in_proj.weight.dtype))
         te = sincos_time(t, a.shape[-1], self.config.min_period, self.config.max_period).to(a.dtype)
         h = torch.cat([a, te[:, None].expand_as(a)], dim=-1)
         return self.action_time_mlp_out(F.silu(self.action_time_mlp_in(h)))
 
     def _velocity(self, s_out: torch.Tensor) -> torch.Tensor:
-        return self.action_out_proj(s_out[:, -self.config.chunk_size :].float())
+        out = s_out[:, -self.config.chunk_size :]
+        return self.action_out_proj(out.to(self.action_out_proj.weight.dtype)).float()
 
     def velocity(
         self, prefix: tuple[torch.Tensor, ...], x_t: torch.Tensor, t: torch.Tensor, hidden: list | None = None
