@@ -171,5 +171,6 @@ def test_bfloat16_weights_take_float32_inputs():
     )
     a = m.sample_actions(images, img_masks, tokens, lang_masks, state, noise=noise)
     b = m.sample_actions(images, img_masks, tokens, lang_masks, state, noise=noise, use_cache=False)
-    assert loss.dtype == a.dtype == torch.float32 and torch.equal(a, b)
+    assert loss.dtype == a.dtype == torch.float32
+    torch.testing.assert_close(a, b, atol=1e-3, rtol=0)
     assert (a - a32).abs().max() < 0.05 * a32.abs().mean()
