@@ -560,7 +560,6 @@ class SmolVLAModel(nn.Module):
         v_t = self.velocity(prefix, x_t, time)
         return F.mse_loss(u_t, v_t, reduction="none")
 
-    @torch.no_grad()
     def sample_actions(
         self,
         images: list[torch.Tensor],
@@ -572,7 +571,8 @@ class SmolVLAModel(nn.Module):
         num_steps: int | None = None,
         use_cache: bool | None = None,
     ) -> torch.Tensor:
-        """Actions (B, H, max_action_dim): Euler steps from t = 1 (noise) to 0."""
+        """Actions (B, H, max_action_dim): Euler steps from t = 1 (noise) to 0. Gradients flow unless the
+        caller turns them off (as LeRobot's); `use_cache` None: the config's."""
         cfg = self.config
         B, dev = state.shape[0], state.device
         if noise is None:
