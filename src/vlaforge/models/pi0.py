@@ -320,8 +320,9 @@ class PaliGemmaWithExpert(nn.Module):
         return self.paligemma.model.multi_modal_projector(feats)
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:
-        emb = self.paligemma.model.language_model.embed_tokens(tokens)
-        return emb * math.sqrt(emb.shape[-1])
+        # the table itself: transformers' Gemma embedding multiplies by its own (dtype-rounded) scale
+        weight = self.paligemma.model.language_model.embed_tokens.weight
+        return F.embedding(tokens, weight) * math.sqrt(weight.shape[-1])
 
     def forward(
         self,
