@@ -34,7 +34,10 @@ _TEXT: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 # Training phrasings (patterns, `vlaforge.envs.phrasing.expand`); never a held-out paraphrase above.
 _PHRASINGS: dict[str, list[str]] = {
-    "lift": ["[lift|raise|pick up] the [red cube|cube|red box]", "[grab|grasp] the red cube and [lift|raise] it"],
+    "lift": [
+        "[lift|raise|pick up] the [red cube|cube|red box]",
+        "[grab|grasp] the red cube and [lift|raise] it",
+    ],
 }
 
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from vlaforge.envs.base import EnvSpec
 from vlaforge.envs.metaworld.experts import make_expert
-from vlaforge.envs.metaworld.published import ANCHORS
 from vlaforge.envs.metaworld.phrasings import PHRASINGS
+from vlaforge.envs.metaworld.published import ANCHORS
 from vlaforge.envs.metaworld.render import Cameras
 from vlaforge.envs.metaworld.tasks import (
     ALL_TASKS,
