@@ -101,12 +101,14 @@ class InstructionAug:
     Args:
         instructions: the dataset's instructions; those with phrasings are augmented.
         keep: the chance a sample keeps its instruction word for word.
+        dropout: the chance each word of a drawn phrasing is left out (word dropout; at least one word
+            stays); 0 keeps every word.
     """
 
-    def __init__(self, instructions: Sequence[str], keep: float = KEEP_ORIGINAL):
+    def __init__(self, instructions: Sequence[str], keep: float = KEEP_ORIGINAL, dropout: float = 0.0):
         table = known_phrasings()
         self.table = {t: table[t] for t in instructions if t in table}
-        self.keep = float(keep)
+        self.keep, self.dropout = float(keep), float(dropout)
 
     def __bool__(self) -> bool:
         return bool(self.table)
@@ -120,8 +122,13 @@ class InstructionAug:
             options = self.table.get(text)
             if options is None or keep < self.keep:
                 out.append(text)
-            else:
-                out.append(options[1 + int(r * (len(options) - 1))])
+                continue
+            phrase = options[1 + int(r * (len(options) - 1))]
+            if self.dropout > 0:
+                words = phrase.split()
+                kept = [w for w, u in zip(words, rng.random(len(words)), strict=True) if u >= self.dropout]
+                phrase = " ".join(kept or words[:1])
+            out.append(phrase)
         return out
 
     def __call__(self, batch: dict[str, Any], seed: int) -> dict[str, Any]:

@@ -631,6 +631,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     staged = StagedDir(cfg.out, overwrite=True)
     try:
         jobs, _ = _make_jobs(cfg, env, tasks, staged.path, custom=custom)
+        t_first = time.time()
         result = _run(cfg, env, tasks, side, jobs, used_instructions, staged.path, device, start, overlap)
         result.info.update(
             tasks_rule=getattr(cfg, "tasks_rule", "given"), training_tasks=trained, trained_on=marks,
@@ -640,7 +641,7 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             result.info["episodes"], env.difficulty, env.groups, marks
         )
         result.info["instruction_suites"] = _suites(
-            cfg, env, tasks, side, device, marks, custom, result.info, staged.path
+            cfg, env, tasks, side, device, marks, custom, result.info, staged.path, time.time() - t_first
         )
         result.info["protocol"]["wall_time_s"] = round(time.time() - start, 2)
         write_json(staged.path / "eval_info.json", result.info)
@@ -742,11 +743,14 @@ def _suites(
     custom: dict[str, list[str]] | None,
     info: dict[str, Any],
     out: Path,
+    first_s: float,
 ) -> dict[str, Any]:
     """Every instruction suite on the first suite's episodes: {suite: {about, instructions, overall,
-    per_task, episodes}}; the first suite's episodes are `info["episodes"]` (not repeated here)."""
+    per_task, episodes, wall_time_s}}; the first suite's episodes are `info["episodes"]` (not repeated
+    here); `first_s`: the first suite's rollout time."""
     suites: dict[str, Any] = {}
     for k, suite in enumerate(cfg.suites):
+        t0 = time.time()
         if k == 0:
             records, used = info["episodes"], info["instructions"]
         else:
@@ -768,5 +772,6 @@ def _suites(
             "overall": agg["overall"],
             "per_task": agg["per_task"],
             "episodes": None if k == 0 else records,
+            "wall_time_s": round(first_s if k == 0 else time.time() - t0, 2),
         }
     return suites

@@ -78,7 +78,7 @@ def instruction_augmentation(cfg: Any, dataset: Any, verbose: bool = False) -> A
     from vlaforge.envs.phrasing import InstructionAug
 
     tasks = list(getattr(dataset, "tasks", []) or [])
-    aug = InstructionAug(tasks)
+    aug = InstructionAug(tasks, dropout=float(getattr(cfg, "instruction_dropout", 0.0)))
     if verbose:
         n = sum(len(v) for v in aug.table.values())
         note = (

@@ -127,6 +127,8 @@ class TrainConfig:
             On by default: it costs nothing, and a policy trained on one wording per task learns a task
             id rather than the words (held-out instructions, `vlaforge eval`). A run that predates it
             resumes without it.
+        instruction_dropout: with `instruction_aug`, the chance each word of a drawn phrasing is left out
+            (word dropout; at least one word stays); 0 keeps every word.
         balance: ``frames`` (every frame once per epoch) or ``tasks`` (every task equally often, however
             long its demonstrations; `vlaforge.data.sampler`).
         keep_all_steps: RLDS with an Open X-Embodiment standardisation: train on every step instead of
@@ -170,6 +172,7 @@ class TrainConfig:
     unnormalized_actions: list[str] | str | None = None
     augment_shift: int = 0
     instruction_aug: bool = True
+    instruction_dropout: float = 0.0
     balance: str = field(default="frames", metadata={"choices": ["frames", "tasks"]})
     keep_all_steps: bool = False
     recipe: str | None = field(default=None, metadata={"choices": lambda: list(RECIPES)})
@@ -243,6 +246,8 @@ class TrainConfig:
             problems.append(f"decode_workers={self.decode_workers} (must be >= 1)")
         if int(self.augment_shift) < 0:
             problems.append(f"augment_shift={self.augment_shift} (pixels, >= 0; 0 turns it off)")
+        if not 0 <= float(self.instruction_dropout) < 1:
+            problems.append(f"instruction_dropout={self.instruction_dropout} (a probability in [0, 1))")
         if self.balance not in ("frames", "tasks"):
             problems.append(f"balance {self.balance!r} (choose 'frames' or 'tasks')")
         if self.unnormalized_actions is not None:
