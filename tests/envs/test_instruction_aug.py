@@ -80,3 +80,20 @@ def test_draws_are_deterministic_given_the_seed():
     assert len(Counter(d for o, d in known if o == "close the drawer")) >= 15
     batch = {"instruction": texts[:4], "state": 1}
     assert aug(batch, 7) == {"instruction": aug.draw(texts[:4], 7), "state": 1}
+
+
+def test_word_dropout_keeps_words_in_order():
+    texts = ["open the drawer"] * 200
+    aug = InstructionAug(texts, keep=0.0, dropout=0.3)
+    drawn = aug.draw(texts, seed=5)
+    assert drawn == aug.draw(texts, seed=5)
+    full = set(known_phrasings()["open the drawer"])
+    shortened = [d for d in drawn if d not in full]
+    assert 0.5 < len(shortened) / len(drawn) < 0.95  # 1 - 0.7^words: most phrasings lose a word
+    for d in drawn:  # every drawn text is a phrasing with some words left out, in order
+        assert d and any(_subsequence(d.split(), p.split()) for p in full)
+
+
+def _subsequence(short: list[str], long: list[str]) -> bool:
+    it = iter(long)
+    return all(w in it for w in short)
