@@ -264,7 +264,8 @@ class _State:
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
-    """Collects, trains, evaluates, compares with random; prints the tables and report paths.
+    """Collects, trains, evaluates (training and held-out instructions on the same episodes), compares with
+    random; prints the tables and report paths.
 
     Args:
         cfg: the demo settings.
@@ -331,11 +332,15 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     print()
     print(baseline.table())
     p, r = result.overall, baseline.overall
+    heldout = (result.info.get("instruction_suites") or {}).get("heldout", {}).get("overall")
+
+    def pct(x: dict) -> str:
+        return f"{100 * x['rate']:.0f}% [{100 * x['ci_low']:.0f}, {100 * x['ci_high']:.0f}]"
+
     print()
     print(
-        f"tiny policy: {100 * p['rate']:.0f}% [{100 * p['ci_low']:.0f}, {100 * p['ci_high']:.0f}]  vs  "
-        f"random: {100 * r['rate']:.0f}% [{100 * r['ci_low']:.0f}, {100 * r['ci_high']:.0f}]  "
-        f"(success over {p['n']} episodes, Wilson 95% intervals)"
+        f"tiny policy: {pct(p)}{f' (held-out instructions: {pct(heldout)})' if heldout else ''}  vs  "
+        f"random: {pct(r)}  (success over {p['n']} episodes, Wilson 95% intervals)"
     )
     print("time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()))
     print(f"report: {result.report_path} (the policy and random side by side)")
@@ -343,6 +348,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     summary = {
         "config": asdict(cfg),
         "policy": p,
+        "policy_heldout": heldout,
         "random": r,
         "seconds": seconds,
         "reports": [str(result.report_path), str(baseline.report_path)],

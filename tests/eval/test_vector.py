@@ -88,6 +88,10 @@ def test_batched_and_per_process_give_the_same_episodes(tmp_path, head, policy_s
     b = [{k: v for k, v in r.items() if k not in strip} for r in batched.info["episodes"]]
     assert a == b
     assert _same_trajectories(single, batched) >= 4  # the arm moves, so matching frames mean matching actions
+    # the held-out column (run by default on the same episodes) agrees between the runners too
+    ha, hb = (r.info["instruction_suites"]["heldout"] for r in (single, batched))
+    assert ha["episodes"] == hb["episodes"] and ha["overall"] == hb["overall"]
+    assert [e["seed"] for e in ha["episodes"]] == [e["seed"] for e in a]
 
 
 @pytest.mark.sim

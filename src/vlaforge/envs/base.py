@@ -70,6 +70,8 @@ class EnvSpec:
         difficulty: task -> group.
         instructions: task -> the instruction used for training data.
         heldout_instructions: task -> paraphrases kept out of training (instruction-following tests).
+        phrasings: task -> patterns of other phrasings of its instruction, drawn in training by instruction
+            augmentation (`vlaforge.envs.phrasing`); never a held-out paraphrase.
         default_tasks: what `--tasks` means when it is not given.
         cameras: the default cameras (collection, baselines).
         image_size: the default square image side.
@@ -101,6 +103,7 @@ class EnvSpec:
     task_suffix: str = ""
     success: str = "info['success'] at any step; the episode stops at the first success"
     extra: dict[str, Any] = field(default_factory=dict)
+    phrasings: dict[str, list[str]] = field(default_factory=dict)
 
     def resolve_tasks(self, spec: str | Sequence[str] | None = None) -> list[str]:
         """Turns a task spec into task names, in order and without duplicates.

@@ -32,6 +32,13 @@ _TEXT: dict[str, tuple[str, tuple[str, ...]]] = {
         ("pick up the red block", "raise the cube off the table", "grab the cube and lift it up"),
     ),
 }
+# Training phrasings (patterns, `vlaforge.envs.phrasing.expand`); never a held-out paraphrase above.
+_PHRASINGS: dict[str, list[str]] = {
+    "lift": [
+        "[lift|raise|pick up] the [red cube|cube|red box]",
+        "[grab|grasp] the red cube and [lift|raise] it",
+    ],
+}
 
 
 def embodiment(cameras: str | Sequence[str] = ("agentview",), image_size: int = 64) -> Embodiment:
@@ -236,6 +243,7 @@ SPEC = EnvSpec(
     difficulty={"lift": "easy"},
     instructions={t: text[0] for t, text in _TEXT.items()},
     heldout_instructions={t: list(text[1]) for t, text in _TEXT.items()},
+    phrasings=_PHRASINGS,
     default_tasks="lift",
     cameras=("agentview",),
     image_size=64,

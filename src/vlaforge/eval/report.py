@@ -139,6 +139,34 @@ def _trained_badge(info: dict[str, Any], task: str) -> str:
     return ""
 
 
+def _suites_table(info: dict[str, Any]) -> list[str]:
+    """Every instruction suite (training words, held-out paraphrases, perturbations) side by side on the
+    same episodes, per task and overall, with intervals; nothing when only one suite ran."""
+    suites = info.get("instruction_suites") or {}
+    if len(suites) < 2:
+        return []
+    names = list(suites)
+    head = "".join(f"<th>{_e(n)}</th><th>95% CI</th>" for n in names)
+    parts = [
+        '<h2>Instructions: the same episodes, other words</h2><table id="suites"><thead><tr><th>task</th>'
+        f"{head}</tr></thead><tbody>"
+    ]
+
+    def cells(r: dict[str, Any] | None) -> str:
+        if not r:
+            return "<td>-</td><td></td>"
+        return f"<td>{r['successes']}/{r['n']} &middot; {_pct(r['rate'])}</td><td>[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]</td>"
+
+    for task in info["tasks"]:
+        row = "".join(cells(suites[n]["per_task"].get(task)) for n in names)
+        parts.append(f"<tr><td>{_e(task)}{_trained_badge(info, task)}</td>{row}</tr>")
+    row = "".join(cells(suites[n]["overall"]) for n in names)
+    parts.append(f'<tr class="sum"><td>overall</td>{row}</tr></tbody></table>')
+    about = "; ".join(f"<b>{_e(n)}</b>: {_e(suites[n]['about'])}" for n in names)
+    parts.append(f'<p class="sub">{about} (rules: vlaforge.eval.suites).</p>')
+    return parts
+
+
 def _compare_table(info: dict[str, Any]) -> list[str]:
     """The policy and the compared evaluation side by side, per task, with intervals."""
     other = info["compare"]
@@ -200,9 +228,15 @@ def render_html(info: dict[str, Any], out_dir: Path) -> str:
         for g, r in agg["per_group"].items()
     )
     vs = ""
+    for suite, r in list((info.get("instruction_suites") or {}).items())[1:]:
+        o = r["overall"]
+        vs += (
+            f'<div class="ci" id="suite-{_e(suite)}">{_e(suite)} instructions: {_pct(o["rate"])} '
+            f"[{_pct(o['ci_low'])}, {_pct(o['ci_high'])}]</div>"
+        )
     if info.get("compare"):
         o = info["compare"]["aggregates"]["overall"]
-        vs = (
+        vs += (
             f'<div class="ci" id="vs">vs {_e(info["compare"]["policy"])}: {_pct(o["rate"])} '
             f"[{_pct(o['ci_low'])}, {_pct(o['ci_high'])}]</div>"
         )
@@ -266,6 +300,7 @@ def render_html(info: dict[str, Any], out_dir: Path) -> str:
     else:
         parts.append(f'<tr class="sum"><td>overall</td><td></td>{_rate_cells(overall)}</tr>')
     parts.append("</tbody></table>")
+    parts += _suites_table(info)
     if info.get("compare"):
         parts += _compare_table(info)
 

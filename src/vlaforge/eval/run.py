@@ -18,6 +18,12 @@ by default), per task whether the policy was trained on it (`trained_on`; "overa
 only), held-out instructions (`protocol.instructions_note`), and `--compare DIR`, another evaluation of
 the same episodes shown beside this one.
 
+Instruction suites (`vlaforge.eval.suites`): by default every episode runs twice, with the training
+instruction and with a held-out paraphrase, on the same seeds; `instruction_suites` in eval_info.json has
+each suite's instructions, rate and Wilson interval per task and overall. The first suite ("train" unless
+only "heldout" is asked for) is the evaluation's own column: `episodes`, `aggregates`, the videos and
+`--compare` are its. Baselines ignore instructions and run the first suite only.
+
 Design choices: a checkpoint is checked against the environment *before* any rollout (a policy trained
 on other cameras, image size, state or action space is refused with the mismatch named), and the env is
 always built with the checkpoint's own cameras and image size; only episodes that may end up in the
@@ -62,6 +68,7 @@ from vlaforge.envs.registry import DEFAULT_ENV, ENVS, get_env
 from vlaforge.errors import InputError
 from vlaforge.eval.baselines import BASELINES
 from vlaforge.eval.rollout import ENSEMBLE_DECAY, EXECUTIONS, Job, WorkerSpec, run_jobs
+from vlaforge.eval.suites import ABOUT, MODES, instruction_for, load_phrasings, parse_mode
 from vlaforge.eval.summary import (
     HELDOUT_NOTE,
     format_table,
@@ -75,7 +82,7 @@ from vlaforge.policy_files import PolicyFiles, read_policy_dir
 from vlaforge.types import Embodiment, as_list
 from vlaforge.weights_hash import sha256_file
 
-INSTRUCTION_SPLITS = ("train", "heldout")
+INSTRUCTION_SPLITS = tuple(MODES)  # or a JSON file of phrasings
 # Named evaluation protocols: the settings a published number was measured with. `vlaforge` is ours; a
 # protocol fixes max_steps, and a run that sets another max_steps is refused (name none to choose freely).
 PROTOCOLS: dict[str, dict[str, Any]] = {
@@ -110,8 +117,10 @@ class EvalConfig:
             whole at the end.
         workers: rollout worker processes (0: run in this process).
         max_steps: episode truncation (None: the env's episode length).
-        instructions: "train" (the training instruction) or "heldout" (paraphrases never trained on,
-            cycled by episode index) to test instruction following.
+        instructions: which instruction suites run on the same episodes (`vlaforge.eval.suites`):
+            "both" (the training instruction and the held-out paraphrases, cycled by episode index),
+            "perturb" (both, plus distractor words, word order and typos), "train" or "heldout" alone,
+            or the path of a JSON file {task: [phrasing, ...]} (train plus those phrasings, cycled).
         videos: videos kept per task (0: none).
         seed: base seed; episode i of task t starts from `episode_seed(seed, t, i)`. `vlaforge collect`
             draws its demonstrations from `episode_seed(collect_seed, t, k)`, so keep the two seeds apart
@@ -156,7 +165,7 @@ class EvalConfig:
     out: str | Path = "evals/out"
     workers: int = 2
     max_steps: int | None = None
-    instructions: str = "train"
+    instructions: str = "both"
     videos: int = 2
     seed: int = 1000
     execute_steps: int | None = None
@@ -198,8 +207,10 @@ class EvalConfig:
             raise InputError(f"workers must be >= 0; got {self.workers}")
         if self.videos < 0:
             raise InputError(f"videos must be >= 0; got {self.videos}")
-        if self.instructions not in INSTRUCTION_SPLITS:
-            raise InputError(f"instructions must be one of {INSTRUCTION_SPLITS}; got {self.instructions!r}")
+        self.instructions = str(self.instructions)
+        self.suites, self.phrasings_file = parse_mode(self.instructions)
+        if self.policy in BASELINES:  # a baseline ignores the words: one suite measures it
+            self.suites = self.suites[:1]
         if self.execute_steps is not None and self.execute_steps < 1:
             raise InputError(
                 f"execute_steps must be >= 1 (or None for the policy's); got {self.execute_steps}"
@@ -506,28 +517,35 @@ def _policy_side(cfg: EvalConfig, spec: EnvSpec, task: str) -> _Side:
 
 
 def _make_jobs(
-    cfg: EvalConfig, spec: EnvSpec, tasks: list[str], out: Path
+    cfg: EvalConfig,
+    spec: EnvSpec,
+    tasks: list[str],
+    out: Path,
+    suite: str | None = None,
+    custom: dict[str, list[str]] | None = None,
 ) -> tuple[list[Job], dict[str, list[str]]]:
-    """Every (task, episode) with its seed, instruction and video path under `out`; and the instructions
-    used per task. With videos on, every episode is recorded (to disk, one at a time) so that the kept
-    ones can show a failure and a success wherever both happened, however late in the task."""
+    """Every (task, episode) with its seed, instruction (`suite`'s; None: the first suite) and video path
+    under `out`; and the instructions used per task. With videos on, every episode of the first suite is
+    recorded (to disk, one at a time) so that the kept ones can show a failure and a success wherever both
+    happened, however late in the task; the other suites record none."""
+    suite = suite or cfg.suites[0]
     video_dir = out / "videos"
-    record_first = cfg.episodes if cfg.videos else 0
+    record_first = cfg.episodes if cfg.videos and suite == cfg.suites[0] else 0
     jobs, used = [], {}
     for task in tasks:
-        n_words = len(spec.heldout_instructions[task]) if cfg.instructions == "heldout" else 1
         used[task] = []
         for i in range(cfg.episodes):
-            words = spec.instruction(task, cfg.instructions, i % n_words)
+            seed = episode_seed(cfg.seed, task, i)
+            words = instruction_for(suite, spec, task, i, seed, custom)
             if words not in used[task]:
                 used[task].append(words)
             video = str(video_dir / f"{task}_ep{i:03d}.mp4") if i < record_first else None
-            jobs.append(Job(task, i, episode_seed(cfg.seed, task, i), words, video))
+            jobs.append(Job(task, i, seed, words, video))
     return jobs, used
 
 
 def _roll_out(
-    cfg: EvalConfig, spec: WorkerSpec, side: _Side, jobs: list[Job]
+    cfg: EvalConfig, spec: WorkerSpec, side: _Side, jobs: list[Job], desc: str = ""
 ) -> tuple[list[dict], bool, list[int]]:
     """Runs the jobs (batched for a local one-frame checkpoint, else per process); the records in job
     order, whether the batched runner ran, and its batch sizes."""
@@ -540,7 +558,8 @@ def _roll_out(
     )
     records: list[dict] = []
     batch_sizes: list[int] = []
-    with tqdm(total=len(jobs), desc=f"eval {Path(cfg.policy).name}", unit="ep") as bar:
+    label = f"eval {Path(cfg.policy).name}" + (f" ({desc})" if desc else "")
+    with tqdm(total=len(jobs), desc=label, unit="ep") as bar:
         if batched:
             from vlaforge.eval.vector import BatchedRunner
 
@@ -590,14 +609,15 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             f"predicts: receding executes the first replan_every actions of each chunk, so use at most "
             f"{side.chunk}"
         )
-    jobs, used_instructions = _make_jobs(cfg, env, tasks, cfg.out)
+    custom = load_phrasings(cfg.phrasings_file, env, tasks) if cfg.phrasings_file else None
+    jobs, used_instructions = _make_jobs(cfg, env, tasks, cfg.out, custom=custom)
     overlap = check_training_seeds(jobs, side.files, cfg) if side.files is not None else 0
     trained = trained_tasks(side.files.training_seeds(), env.tasks) if side.files is not None else None
     marks = trained_on(tasks, trained)
     compare = None
     if cfg.compare:
         ours = {"env": env.name, "max_steps": cfg.max_steps, "protocol": cfg.protocol,
-                "episodes_per_task": cfg.episodes, "seed": cfg.seed, "instructions": cfg.instructions}  # fmt: skip
+                "episodes_per_task": cfg.episodes, "seed": cfg.seed, "instructions": cfg.suites[0]}  # fmt: skip
         compare = load_compare(
             cfg.compare, env.name, tasks, ours, [(j.task, j.episode, j.seed) for j in jobs]
         )
@@ -610,7 +630,8 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     # leaves the earlier one (or nothing) in place, never a mix.
     staged = StagedDir(cfg.out, overwrite=True)
     try:
-        jobs, _ = _make_jobs(cfg, env, tasks, staged.path)
+        jobs, _ = _make_jobs(cfg, env, tasks, staged.path, custom=custom)
+        t_first = time.time()
         result = _run(cfg, env, tasks, side, jobs, used_instructions, staged.path, device, start, overlap)
         result.info.update(
             tasks_rule=getattr(cfg, "tasks_rule", "given"), training_tasks=trained, trained_on=marks,
@@ -619,6 +640,10 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
         result.info["aggregates"] = pooled_aggregates(
             result.info["episodes"], env.difficulty, env.groups, marks
         )
+        result.info["instruction_suites"] = _suites(
+            cfg, env, tasks, side, device, marks, custom, result.info, staged.path, time.time() - t_first
+        )
+        result.info["protocol"]["wall_time_s"] = round(time.time() - start, 2)
         write_json(staged.path / "eval_info.json", result.info)
         from vlaforge.eval.report import write_report
 
@@ -687,8 +712,10 @@ def _run(
             "training_seed_overlap": overlap,  # episodes starting from a scene the policy was trained on
             "allow_training_seeds": cfg.allow_training_seeds,
             "success": env.success,
-            "instructions": cfg.instructions,
-            "instructions_note": HELDOUT_NOTE if cfg.instructions == "heldout" else None,
+            "instructions": cfg.suites[0],  # the first suite: this evaluation's own column
+            "instructions_note": HELDOUT_NOTE if cfg.suites[0] == "heldout" else None,
+            "instruction_suites": list(cfg.suites),
+            "instructions_file": cfg.phrasings_file,
             "device": device,
             "workers": cfg.workers,
             "runner": "batched" if batched else "per-process",
@@ -704,3 +731,47 @@ def _run(
     }
     info["protocol"]["wall_time_s"] = round(time.time() - start, 2)
     return EvalResult(info=info, out=out, report_path=out / "report.html")
+
+
+def _suites(
+    cfg: EvalConfig,
+    env: EnvSpec,
+    tasks: list[str],
+    side: _Side,
+    device: str,
+    marks: dict[str, bool | None],
+    custom: dict[str, list[str]] | None,
+    info: dict[str, Any],
+    out: Path,
+    first_s: float,
+) -> dict[str, Any]:
+    """Every instruction suite on the first suite's episodes: {suite: {about, instructions, overall,
+    per_task, episodes, wall_time_s}}; the first suite's episodes are `info["episodes"]` (not repeated
+    here); `first_s`: the first suite's rollout time."""
+    suites: dict[str, Any] = {}
+    for k, suite in enumerate(cfg.suites):
+        t0 = time.time()
+        if k == 0:
+            records, used = info["episodes"], info["instructions"]
+        else:
+            jobs, used = _make_jobs(cfg, env, tasks, out, suite=suite, custom=custom)
+            spec = WorkerSpec(
+                policy=str(cfg.policy), cameras=list(side.embodiment.camera_names),
+                image_size=side.embodiment.image_size, max_steps=cfg.max_steps,
+                execute_steps=side.execute_steps, device=device, fps=float(env.control_hz),
+                execution=cfg.execution, ensemble_decay=cfg.ensemble_decay, env=env.name,
+            )  # fmt: skip
+            records, _, _ = _roll_out(cfg, spec, side, jobs, desc=suite)
+            for r in records:
+                r.pop("execute_steps", None)
+                r.pop("video", None)
+        agg = pooled_aggregates(records, env.difficulty, env.groups, marks)
+        suites[suite] = {
+            "about": ABOUT[suite],
+            "instructions": used,
+            "overall": agg["overall"],
+            "per_task": agg["per_task"],
+            "episodes": None if k == 0 else records,
+            "wall_time_s": round(first_s if k == 0 else time.time() - t0, 2),
+        }
+    return suites

@@ -124,31 +124,42 @@ def load_compare(path: str | Path, env: str, tasks: list[str], proto: Mapping[st
 
 def format_table(info: dict[str, Any]) -> str:
     """One row per task (untrained ones marked), the groups and overall (trained tasks), the untrained
-    tasks pooled, and the compared evaluation's overall when there is one."""
+    tasks pooled, and the compared evaluation's overall when there is one. Each further instruction suite
+    (`instruction_suites`: held-out, perturbations) adds a column, its rate and interval per task and
+    overall (trained tasks)."""
     agg = info["aggregates"]
+    suites = info.get("instruction_suites") or {}
+    extra = list(suites)[1:]
     groups = info["groups"]
     marks = info.get("trained_on") or {}
     label = {t: t + (" (untrained)" if marks.get(t) is False else "") for t in agg["per_task"]}
     width = max([len("untrained tasks")] + [len(x) for x in label.values()]) + 2
-    head = f"{'task':<{width}}{'group':<11}{'succ/n':>9}{'rate':>7}   95% CI"
+    head = f"{'task':<{width}}{'group':<11}{'succ/n':>9}{'rate':>7}   95% CI      "
+    head += "".join(f"{name:>20}" for name in extra)
     split = info["protocol"]["instructions"]
     about = HELDOUT_NOTE if split == "heldout" else f"{split} instructions"
+    if extra:
+        about += "; columns: " + ", ".join(f"{n} ({suites[n]['about']})" for n in extra)
     lines = [f"policy: {info['policy']}  ({about})", head, "-" * len(head)]
 
-    def row(name: str, group: str, r: dict) -> str:
+    def cell(r: dict | None) -> str:
+        return f"{r['rate']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}]" if r else "-"
+
+    def row(name: str, group: str, r: dict, others: list[dict | None] = ()) -> str:
         sn = f"{r['successes']}/{r['n']}"
-        return f"{name:<{width}}{group:<11}{sn:>9}{r['rate']:>7.2f}   [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+        line = f"{name:<{width}}{group:<11}{sn:>9}{r['rate']:>7.2f}   [{r['ci_low']:.2f}, {r['ci_high']:.2f}]"
+        return line + ("  " + "".join(f"{cell(o):>20}" for o in others) if others else "")
 
     for task, r in agg["per_task"].items():
-        lines.append(row(label[task], groups[task], r))
+        lines.append(row(label[task], groups[task], r, [suites[n]["per_task"].get(task) for n in extra]))
     lines.append("-" * len(head))
     for g, r in agg["per_group"].items():
         lines.append(row(f"[{g}]", g, r))
     if agg.get("untrained"):
-        lines.append(row("overall", "trained", agg["overall"]))
+        lines.append(row("overall", "trained", agg["overall"], [suites[n]["overall"] for n in extra]))
         lines.append(row("untrained tasks", "", agg["untrained"]))
     else:
-        lines.append(row("overall", "", agg["overall"]))
+        lines.append(row("overall", "", agg["overall"], [suites[n]["overall"] for n in extra]))
     compare = info.get("compare")
     if compare:
         lines.append(row(f"vs {compare['policy']}", "overall", compare["aggregates"]["overall"]))

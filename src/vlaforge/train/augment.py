@@ -1,4 +1,7 @@
-"""Image augmentation applied to training batches on the fly.
+"""Image and instruction augmentation applied to training batches on the fly.
+
+Instructions (`instruction_augmentation`): with `TrainConfig.instruction_aug`, each sample whose
+instruction an environment knows is given one of that task's phrasings (`vlaforge.envs.phrasing`).
 
 Random shift (DrQ, Kostrikov et al. 2020; the random crop of Diffusion Policy, Chi et al. 2023, is the
 same idea): every image moves by an integer offset drawn uniformly from [-pad, pad] in each axis, the
@@ -65,6 +68,31 @@ def augment_batch(
     g = torch.Generator().manual_seed(_mix(seed, rank, step, micro))
     images = {cam: random_shift(torch.as_tensor(img), pad, g) for cam, img in batch["images"].items()}
     return {**batch, "images": images}
+
+
+def instruction_augmentation(cfg: Any, dataset: Any, verbose: bool = False) -> Any:
+    """The run's `InstructionAug`, or None: augmentation off, or no instruction of the dataset is an
+    environment's training instruction (real-robot data, a dataset of other origin)."""
+    if not getattr(cfg, "instruction_aug", False):
+        return None
+    from vlaforge.envs.phrasing import InstructionAug
+
+    tasks = list(getattr(dataset, "tasks", []) or [])
+    aug = InstructionAug(tasks, dropout=float(getattr(cfg, "instruction_dropout", 0.0)))
+    if verbose:
+        n = sum(len(v) for v in aug.table.values())
+        note = (
+            f"{len(aug.table)} of {len(tasks)} task instructions get phrasings ({n} in all)"
+            if aug
+            else "no instruction of this dataset is an environment's; instructions kept as they are"
+        )
+        print(f"vlaforge train: instruction augmentation: {note}")
+    return aug if aug else None
+
+
+def mix_seed(*values: int) -> int:
+    """One 63-bit seed from the training position (seed, rank, step, micro-batch)."""
+    return _mix(*values)
 
 
 def _mix(*values: int) -> int:

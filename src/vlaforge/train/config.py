@@ -121,6 +121,14 @@ class TrainConfig:
             (vlaforge's stored embodiment) and otherwise normalises every dim.
         augment_shift: random-shift augmentation: every training image moves by up to this many pixels
             in each axis, border repeated (DrQ; `vlaforge.train.augment`); 0 turns it off.
+        instruction_aug: instruction augmentation: every sample whose instruction is a simulation task's
+            training instruction (`vlaforge.envs`) gets one of that task's phrasings, drawn per sample
+            (`vlaforge.envs.phrasing`; never a held-out paraphrase); other instructions stay as they are.
+            On by default: it costs nothing, and a policy trained on one wording per task learns a task
+            id rather than the words (held-out instructions, `vlaforge eval`). A run that predates it
+            resumes without it.
+        instruction_dropout: with `instruction_aug`, the chance each word of a drawn phrasing is left out
+            (word dropout; at least one word stays); 0 keeps every word.
         balance: ``frames`` (every frame once per epoch) or ``tasks`` (every task equally often, however
             long its demonstrations; `vlaforge.data.sampler`).
         keep_all_steps: RLDS with an Open X-Embodiment standardisation: train on every step instead of
@@ -163,6 +171,8 @@ class TrainConfig:
     threads: int | None = None
     unnormalized_actions: list[str] | str | None = None
     augment_shift: int = 0
+    instruction_aug: bool = True
+    instruction_dropout: float = 0.0
     balance: str = field(default="frames", metadata={"choices": ["frames", "tasks"]})
     keep_all_steps: bool = False
     recipe: str | None = field(default=None, metadata={"choices": lambda: list(RECIPES)})
@@ -236,6 +246,8 @@ class TrainConfig:
             problems.append(f"decode_workers={self.decode_workers} (must be >= 1)")
         if int(self.augment_shift) < 0:
             problems.append(f"augment_shift={self.augment_shift} (pixels, >= 0; 0 turns it off)")
+        if not 0 <= float(self.instruction_dropout) < 1:
+            problems.append(f"instruction_dropout={self.instruction_dropout} (a probability in [0, 1))")
         if self.balance not in ("frames", "tasks"):
             problems.append(f"balance {self.balance!r} (choose 'frames' or 'tasks')")
         if self.unnormalized_actions is not None:
@@ -279,6 +291,7 @@ def check_resumable(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> Non
     now = cfg.to_dict()
     # A field added after the run started is compared with its default (what the run effectively used).
     defaults = TrainConfig(dataset=cfg.dataset, out=cfg.out).to_dict()
+    defaults["instruction_aug"] = False  # added later: older runs trained on their instructions as given
     diffs = [
         f"{k}: {saved.get(k, defaults[k])!r} -> {now[k]!r}"
         for k in now
@@ -316,6 +329,8 @@ def resume_defaults(out: str | Path) -> dict[str, Any]:
     elif (run / RUN_CONFIG).is_file():
         saved = json.loads((run / RUN_CONFIG).read_text())
     known = {f.name for f in fields(TrainConfig)} - {"resume", "threads"}
+    if saved:
+        saved.setdefault("instruction_aug", False)  # a run from before instruction augmentation
     return {k: v for k, v in saved.items() if k in known}
 
 

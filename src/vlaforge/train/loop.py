@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from vlaforge.atomic import write_json, write_text
 from vlaforge.errors import InputError
 from vlaforge.train import checkpoint as ckpt
-from vlaforge.train.augment import augment_batch
+from vlaforge.train.augment import augment_batch, instruction_augmentation, mix_seed
 from vlaforge.train.batches import Batches
 from vlaforge.train.build import build_policy, fingerprint, frozen_fingerprint, load_trainable, restore_policy
 from vlaforge.train.config import RESUMABLE_CHANGES, RUN_CONFIG, TrainConfig, check_resumable, lr_at
@@ -165,7 +165,7 @@ def _train(
     try:
         session = _Session(
             cfg, d, device, run, policy, model, optimizer, params, batches, base_lr, frozen_print, counts,
-            plan.threads,
+            plan.threads, instruction_augmentation(cfg, dataset, d.main),
         )  # fmt: skip
         step, signum = session.loop(
             start.step, start.elapsed, stop_after, window=start.mine.get("log_window")
@@ -319,6 +319,7 @@ class _Session:
     frozen_print: str
     counts: dict[str, int]
     threads: int  # torch intra-op threads (recorded in every metrics line)
+    phrasing: Any = None  # InstructionAug, or None: instructions as the dataset has them
     window: dict = field(default_factory=dict)  # partial metric sums since the last log line
 
     def loop(
@@ -358,6 +359,8 @@ class _Session:
                     group["lr"] = lr
                 for micro in range(cfg.grad_accum):
                     batch = augment_batch(batches.next(), cfg.augment_shift, cfg.seed, d.rank, step, micro)
+                    if self.phrasing is not None:
+                        batch = self.phrasing(batch, mix_seed(cfg.seed, d.rank, step, micro))
                     sync = micro == cfg.grad_accum - 1 or d.world_size == 1
                     with nullcontext() if sync else model.no_sync(), autocast:
                         loss, metrics = model(batch)

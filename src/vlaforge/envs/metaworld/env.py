@@ -15,6 +15,7 @@ import numpy as np
 
 from vlaforge.envs.base import EnvSpec
 from vlaforge.envs.metaworld.experts import make_expert
+from vlaforge.envs.metaworld.phrasings import PHRASINGS
 from vlaforge.envs.metaworld.published import ANCHORS
 from vlaforge.envs.metaworld.render import Cameras
 from vlaforge.envs.metaworld.tasks import (
@@ -240,6 +241,7 @@ SPEC = EnvSpec(
     difficulty=DIFFICULTY,
     instructions=INSTRUCTIONS,
     heldout_instructions=HELDOUT_INSTRUCTIONS,
+    phrasings=PHRASINGS,
     default_tasks="mt10",
     cameras=("corner2",),
     image_size=128,
