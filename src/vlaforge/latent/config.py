@@ -33,7 +33,9 @@ class LatentConfig:
             ``metrics.jsonl``).
         camera: the camera whose frames are paired (None: the dataset's first).
         horizon: H, the frame offset of a pair (t, t + H): one latent action covers H control steps (LAPA
-            pairs frames a fixed offset apart). Near an episode's end the pair is (t, last frame).
+            pairs frames a fixed offset apart). Near an episode's end the pair is (t, last frame). 8: at
+            Meta-World's 80 Hz a 64 px frame changes by ~0.5 grey level per step on average, too little
+            for the decoder to need a code; 8 steps (0.1 s) move the arm a few pixels.
         tokens: latent tokens per transition (LAPA: 4).
         codebook_size: entries of the shared codebook (LAPA: 8).
         code_dim: dimension of a codebook entry (LAPA: 32 at 256 px; 16 here at 64 px).
@@ -59,7 +61,7 @@ class LatentConfig:
     dataset: str
     out: str
     camera: str | None = None
-    horizon: int = 4
+    horizon: int = 8
     tokens: int = 4
     codebook_size: int = 8
     code_dim: int = 16
