@@ -192,3 +192,21 @@ def test_init_from_a_latent_action_policy_keeps_the_backbone_and_renews_the_head
     assert same_shape and not any(torch.equal(now[k], saved[k]) for k in same_shape if saved[k].std() > 0)
     assert lines == [lines[0]] and "action head and state projection re-initialised" in lines[0]
     assert "action dim 32 differs from this dataset's 4" in lines[0]
+
+
+def test_check_measures_the_decoder_with_true_and_shuffled_codes(labelled):
+    from vlaforge.latent.check import check_lam
+
+    src, run, _ = labelled
+    out = check_lam(str(run), str(src), pairs=12, seed=3)
+    lam, _ = load_lam(run)
+    s = LeRobotDataset(src)
+    every = episode_pairs([(s.episode_frames(e).start, s.episode_frames(e).stop) for e in range(3)], 3)
+    p = every[np.random.default_rng(3).choice(len(every), 12, replace=False)]
+    a, b = _float(np.asarray(s.frames("corner2")[p[:, 0]])), _float(np.asarray(s.frames("corner2")[p[:, 1]]))
+    assert out["pairs"] == 12
+    assert out["mse_copy_frame_t"] == pytest.approx(float((a - b).pow(2).mean()), rel=1e-6)
+    with torch.no_grad():
+        want = float((lam.decode(a, lam.vq.embed[lam.label(a, b)]) - b).pow(2).mean())
+    assert out["mse"] == pytest.approx(want, rel=1e-6)
+    assert 0 <= out["vs_xyz_direction"]["nmi"] <= 1 and out["distinct_codes"] >= 1
