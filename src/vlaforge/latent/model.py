@@ -13,6 +13,7 @@ the few things an agent causes rather than the pixels.
   vectors of `code_dim`; convolutional decoder of frame t, modulated by the quantised code (FiLM, Perez et
   al., 2018), predicting the change frame t + H - frame t (so an unchanged frame costs nothing to predict).
   LAPA's encoder/decoder are spatio-temporal transformers at 256 px; small convnets at 64 px train on a CPU.
+  The reconstruction loss is the squared error summed over a frame's pixels (averaged over the batch).
 """
 
 from __future__ import annotations
@@ -175,8 +176,12 @@ class LatentActionModel(nn.Module):
     def forward(self, x_t: torch.Tensor, x_th: torch.Tensor) -> dict[str, torch.Tensor]:
         """Losses and codes of a batch of pairs: {"loss", "recon", "commit", "codes" (B, tokens)}."""
         z_q, codes, commit = self.vq(self.encode(x_t, x_th))
-        recon = F.mse_loss(self.decode(x_t, z_q), x_th)
-        return {"loss": recon + commit, "recon": recon, "commit": commit, "codes": codes}
+        recon = F.mse_loss(self.decode(x_t, z_q), x_th)  # per pixel, for the logs
+        # The loss sums the squared error over a frame's pixels (VQ-VAE's reconstruction term is a sum
+        # over pixels): with a per-pixel mean the commitment term outweighs it by the pixel count, and on
+        # Meta-World, where a frame pair differs by ~0.003 MSE, the encoder collapsed onto a single code.
+        loss = recon * x_th[0].numel() + commit
+        return {"loss": loss, "recon": recon, "commit": commit, "codes": codes}
 
     @torch.no_grad()
     def label(self, x_t: torch.Tensor, x_th: torch.Tensor) -> torch.Tensor:
