@@ -107,7 +107,7 @@ def test_lam_recovers_the_directions_of_a_moving_square():
         loss.backward()
         opt.step()
     after = cluster_scores(cls, lam.label(_float(a), _float(b))[:, 0].numpy())
-    assert after["purity"] >= 0.95 and after["nmi"] >= 0.7, (before, after)  # measured: 1.0, 0.84
+    assert after["purity"] >= 0.95 and after["nmi"] >= 0.7, (before, after)  # measured: 1.0, 0.83
     assert before["nmi"] < 0.3  # an untrained encoder does not already separate them
 
 
