@@ -5,6 +5,7 @@
 - `vlaforge.latent.model`: the vector quantiser and the latent action model (frame pair -> code -> frame).
 - `vlaforge.latent.train`: `vlaforge latent train`, trained on frames only (actions are never read).
 - `vlaforge.latent.label`: `vlaforge latent label`, a LeRobot v3.0 dataset whose actions are the codes.
+- `vlaforge.latent.check`: `vlaforge latent check`, whether the code matters (true vs shuffled codes).
 
 A policy is then pre-trained on the labelled dataset with `vlaforge train` and fine-tuned on real actions
 with `vlaforge train --init PRETRAINED/last` (the backbone kept, the action head new). docs/latent.md.
