@@ -115,6 +115,7 @@ def test_every_readme_command_runs(tmp_path, monkeypatch):
         "eval": 4,
         "export": 5,
         "tokenizer": 1,
+        "latent": 1,  # after collect: `latent train` reads a dataset; `latent label` then writes one
         "demo": 6,
     }
     commands.sort(key=lambda c: rank[_command_of(_vlaforge_argv(c))])

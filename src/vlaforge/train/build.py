@@ -10,6 +10,7 @@ tensors only, so resuming or `restore_policy` rebuilds the frozen base and check
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,15 @@ from vlaforge.train.qlora import quantize_base, upcast_adapters
 
 
 def build_policy(
-    cfg: TrainConfig, embodiment: Any, norm_stats: Any, device: torch.device | str = "cpu"
+    cfg: TrainConfig,
+    embodiment: Any,
+    norm_stats: Any,
+    device: torch.device | str = "cpu",
+    say: Callable[[str], None] | None = None,
 ) -> tuple[nn.Module, dict[str, int]]:
     """The policy of this run, with freezing or LoRA applied; returns it and its parameter counts.
+
+    `say` (the training log's printer) gets one line on what a policy directory's weights initialised.
 
     Under ``cfg.quantize`` (QLoRA) the pretrained backbone is quantised on `device`, the training device,
     before LoRA wraps its layers (`vlaforge.train.qlora`); the rest of the policy stays where it was built.
@@ -84,6 +91,8 @@ def build_policy(
         if missing:
             raise InputError(f"{init_files.weights}: backbone weights missing, e.g. {missing[:3]}")
         policy.load_state_dict({k: weights[k] for k in wanted}, strict=False)
+        if say is not None:
+            say(init_line(init_dir, init_files.embodiment.action_dim, embodiment.action_dim))
     elif cfg.init is not None:
         raise InputError(f"--init {init}: no such directory (an OpenVLA or vlaforge checkpoint, or a hub id)")
     else:
@@ -107,6 +116,19 @@ def build_policy(
         upcast_adapters(policy)
     counts["never_used"] = freeze_unused(policy)
     return policy, counts
+
+
+def init_line(init_dir: Path, init_dim: int, dim: int) -> str:
+    """What a run from a vlaforge policy directory keeps: the backbone; the action head is always new (and
+    so is the state projection), and the line says why (e.g. after pre-training on latent actions)."""
+    if init_dim != dim:
+        why = f"its action dim {init_dim} differs from this dataset's {dim}"
+    else:
+        why = f"same action dim {dim}, but a new dataset brings its own action statistics"
+    return (
+        f"vlaforge train: initialised from {init_dir}: backbone (vision, projector, LLM) weights loaded; "
+        f"action head and state projection re-initialised ({why})"
+    )
 
 
 def restore_policy(checkpoint: str | Path, device: str = "cpu") -> nn.Module:

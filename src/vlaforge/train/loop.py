@@ -131,7 +131,13 @@ def _train(
         unnormalized_actions=cfg.unnormalized_actions,
         keep_all_steps=cfg.keep_all_steps,
     )
-    policy, counts = build_policy(cfg, dataset.embodiment(), dataset.norm_stats(), device)
+    policy, counts = build_policy(
+        cfg,
+        dataset.embodiment(),
+        dataset.norm_stats(),
+        device,
+        say=print if d.main and resume_from is None else None,
+    )
     _record_dataset(policy, dataset)
     policy.to(device).train()
     params, base_lr, optimizer = _optimizer(cfg, policy)
