@@ -25,7 +25,7 @@ from typing import Any
 from vlaforge.errors import InputError, did_you_mean
 
 VISION_KINDS = ("dinov2_reg", "dinov2", "siglip")
-TOKENIZER_KINDS = ("byte", "llama")
+TOKENIZER_KINDS = ("byte", "llama", "hf")
 PROMPT_FORMATS = ("openvla", "instruction")
 IMAGE_RESIZES = ("bilinear", "bicubic-pil")
 RESIZE_STRATEGIES = ("resize-naive", "letterbox", "resize-crop")
@@ -129,6 +129,10 @@ class Preset:
             policy's device, antialiased when shrinking; vlaforge's default) or "bicubic-pil" (Pillow's
             bicubic on the host, what OpenVLA's image processor does, so imported checkpoints see the
             pixels they were trained on).
+        family: a pretrained VLA family that replaces the Prismatic backbone and head
+            (`vlaforge.models.family`): `{"type": "pi0" | "smolvla", "config": LeRobot's config.json}`. Its
+            `vision` is empty and `llm` None (the family's config holds its sizes); `tokenizer` is "hf", a
+            `tokenizer.json` read with the `tokenizers` library from `tokenizer_path`.
         history: T, observations the policy reads per prediction (the current one and the T - 1 before it):
             every camera's T frames become T x n_patches tokens (oldest first) and the T states one state
             token; 1 (OpenVLA) reads the current observation only.
@@ -140,7 +144,7 @@ class Preset:
     name: str
     vision: tuple[ViTSpec, ...]
     image_size: int
-    llm: LLMSpec
+    llm: LLMSpec | None
     tokenizer: str = "byte"
     tokenizer_path: str | None = None
     prompt: str = "openvla"
@@ -152,10 +156,20 @@ class Preset:
     image_resize: str = "bilinear"
     resize_strategy: str = "resize-naive"
     history: int = 1
+    family: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.history < 1:
             raise InputError(f"history must be >= 1 (observations per prediction); got {self.history}")
+        if self.family is not None:
+            if not isinstance(self.family, dict) or not isinstance(self.family.get("config"), dict):
+                raise InputError(f"preset {self.name!r}: family must be {{'type': ..., 'config': {{...}}}}")
+            if self.history != 1 or self.tokenizer != "hf":
+                raise InputError(
+                    f"preset {self.name!r}: a {self.family.get('type')} family reads one observation with its "
+                    "own tokenizer (history 1, tokenizer 'hf')"
+                )
+            return
         if self.image_resize not in IMAGE_RESIZES:
             raise InputError(f"unknown image_resize {self.image_resize!r}; choose one of {IMAGE_RESIZES}")
         if self.resize_strategy not in RESIZE_STRATEGIES:
@@ -207,7 +221,7 @@ class Preset:
         if unknown:
             raise InputError(f"unknown preset keys {sorted(unknown)}; expected a subset of {sorted(known)}")
         d["vision"] = tuple(ViTSpec(**v) for v in d["vision"])
-        d["llm"] = LLMSpec(**d["llm"])
+        d["llm"] = LLMSpec(**d["llm"]) if d.get("llm") is not None else None
         return cls(**d)
 
     def with_overrides(self, **overrides: Any) -> Preset:

@@ -43,7 +43,7 @@ def policy_config(bundle: Bundle) -> dict[str, Any]:
     """config.json: what rebuilds the model (preset, head, embodiment, tokenizer, normalisation mode)."""
     preset = bundle.preset.to_dict()
     preset["tokenizer_path"] = None  # a saved policy carries its own tokenizer.json
-    text = dict(bundle.text) | ({"path": None} if bundle.text.get("kind") == "llama" else {})
+    text = dict(bundle.text) | ({"path": None} if bundle.text.get("kind") in ("llama", "hf") else {})
     source = bundle.extras.get("openvla")
     return {
         "format": FORMAT_NAME,
@@ -67,7 +67,7 @@ def read(path: str | Path, dtype: torch.dtype | str | None = None) -> Bundle:
     files = read_policy_dir(path)
     root = files.root
     preset = Preset.from_dict(files.preset)
-    if preset.tokenizer == "llama":
+    if preset.tokenizer in ("llama", "hf"):
         preset = preset.with_overrides(tokenizer_path=str(root))
     want = as_dtype(dtype) if dtype is not None else None
     weights = files.weights
@@ -96,7 +96,7 @@ def read(path: str | Path, dtype: torch.dtype | str | None = None) -> Bundle:
         norm_mode=files.norm_mode,
         training_data=files.training_data,
         text=dict(files.config.get("text_tokenizer") or {}),
-        tokenizer_dir=str(root) if preset.tokenizer == "llama" else None,
+        tokenizer_dir=str(root) if preset.tokenizer in ("llama", "hf") else None,
         extras={"openvla": {"config": source}} if source else {},
     )
 
@@ -113,7 +113,7 @@ def write(bundle: Bundle, directory: str | Path) -> Path:
         if bundle.dataset_stats:
             doc = {k: v.to_dict() for k, v in bundle.dataset_stats.items()}
             (tmp / DATASET_STATS_FILE).write_text(json.dumps(doc, indent=2))
-        if bundle.preset.tokenizer == "llama":
+        if bundle.preset.tokenizer in ("llama", "hf"):
             shutil.copyfile(Path(str(bundle.tokenizer_dir)) / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(policy_config(bundle), indent=2))
     return directory
