@@ -69,7 +69,7 @@ class Policy(nn.Module):
         else:
             self._init_prismatic(preset, head_config, embodiment, backbone)
         self.norm_mode = norm_mode
-        mask = np.asarray(embodiment.normalize_mask, dtype=bool)
+        mask = self._action_mask()
         self.action_norm = Normalizer(norm_stats["action"], mode=norm_mode, mask=mask)
         self.uses_state = bool(preset.use_state and embodiment.state_dim)
         self.state_norm = (
@@ -135,6 +135,13 @@ class Policy(nn.Module):
         self.bins = None
         self.backbone = backbone if backbone is not None else FamilyBackbone(kind, config)
         self.head = FamilyHead(kind, config, embodiment.action_dim, self.text)
+
+    def _action_mask(self) -> np.ndarray:
+        """The action dims normalisation applies to: the embodiment's mask, or every dim for a family
+        (LeRobot's MEAN_STD has no mask, so an exported policy normalises as LeRobot will)."""
+        if self.family is not None:
+            return np.ones(self.embodiment.action_dim, dtype=bool)
+        return np.asarray(self.embodiment.normalize_mask, dtype=bool)
 
     @property
     def family(self) -> str | None:
@@ -221,11 +228,11 @@ class Policy(nn.Module):
         Each dataset's actions are (un-)normalised with its own action mask when its statistics carry one
         (OpenVLA applies each `unnorm_key`'s mask), else with the embodiment's `normalize_mask`."""
         self.dataset_stats, self._dataset_norms = {}, {}
-        default = np.asarray(self.embodiment.normalize_mask, dtype=bool)
+        default = self._action_mask()
         for key, ns in (stats or {}).items():
             validate_dataset_stats(ns, self.embodiment, where=f"statistics of dataset {key!r}")
             own = ns["action"].mask
-            mask = default if own is None else own
+            mask = default if own is None or self.family is not None else own
             state = Normalizer(ns["observation.state"], mode=self.norm_mode) if self.uses_state else None
             self.dataset_stats[key] = ns
             self._dataset_norms[key] = (Normalizer(ns["action"], mode=self.norm_mode, mask=mask), state)
