@@ -150,7 +150,7 @@ def _from_lerobot(cfg: TrainConfig, embodiment: Any, norm_stats: Any) -> nn.Modu
             f"do not fit the dataset (action {embodiment.action_dim}, state {embodiment.state_dim}): "
             "normalising with the dataset's statistics"
         )
-    if cfg.head != "chunk" or cfg.head_options:
+    if cfg.head != "chunk":
         print(
             f"vlaforge train: --head does not apply to {preset.family['type']}: its own action expert trains"
         )
