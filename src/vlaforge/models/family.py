@@ -10,8 +10,8 @@ normalised state, prompt ids) into the family's inputs. A preset with `family` s
 (`Policy.__init__`); `vlaforge.models.formats.lerobot` reads and writes LeRobot's checkpoint layout.
 
 What the adapter does, as LeRobot's `PI0Policy` / `SmolVLAPolicy` and their processors do (0.4):
-- images: [0, 1], resized with padding to the family's resolution, then [-1, 1]; the embodiment's cameras
-  fill the family's image slots in order, each with a True mask;
+- images: [0, 1], resized with padding to the family's resolution (`_resize_with_pad`), then [-1, 1]; the
+  embodiment's cameras fill the family's image slots in order, each with a True mask;
 - the instruction ends with a newline and is tokenized (`tokenizer.json`, the `tokenizers` library), right
   padded: to `tokenizer_max_length` (pi0), to the longest prompt of the batch (SmolVLA's default);
 - state and actions (normalised MEAN_STD by `Policy`) are zero-padded to `max_state_dim` /
@@ -227,20 +227,26 @@ class FamilyBackbone(nn.Module):
         return [m for n, m in self.model.named_modules() if n.split(".")[-1] == "lm_head"]
 
 
-def _resize_with_pad(img: torch.Tensor, height: int, width: int, left_top: bool) -> torch.Tensor:
-    """(B, 3, h, w) in [0, 1] -> (B, 3, height, width): scaled to fit, aspect kept (bilinear), padded with
-    0 (black). pi0 (openpi) centres the image; SmolVLA pads on the left and top."""
+def _resize_with_pad(img: torch.Tensor, height: int, width: int, family: str) -> torch.Tensor:
+    """(B, 3, h, w) in [0, 1] -> (B, 3, height, width), scaled to fit with the aspect kept (bilinear, no
+    antialiasing) and padded, exactly as LeRobot 0.4 feeds each family:
+
+    - pi0 (`resize_with_pad_torch`, openpi's): only when the size differs; centred, the odd pixel at the
+      bottom / right; padded with -1 although the image is still in [0, 1] at that point, so the padding
+      reaches the model as -3 after the [-1, 1] mapping (LeRobot's behaviour, kept for parity);
+    - SmolVLA (`resize_with_pad`): always; padded with 0 on the left and top.
+    """
     h, w = img.shape[-2:]
-    if (h, w) == (height, width):
+    if family == "pi0" and (h, w) == (height, width):
         return img
     ratio = max(w / width, h / height)
     nh, nw = int(h / ratio), int(w / ratio)
     img = F.interpolate(img, size=(nh, nw), mode="bilinear", align_corners=False)
-    ph, pw = height - nh, width - nw
-    if left_top:
-        return F.pad(img, (pw, 0, ph, 0), value=0.0)
-    top, left = ph // 2, pw // 2
-    return F.pad(img, (left, pw - left, top, ph - top), value=0.0).clamp(0.0, 1.0)
+    if family != "pi0":
+        return F.pad(img, (max(0, width - nw), 0, max(0, height - nh), 0), value=0.0)
+    img = img.clamp(-1.0, 1.0)
+    top, left = (height - nh) // 2, (width - nw) // 2
+    return F.pad(img, (left, width - nw - left, top, height - nh - top), value=-1.0)
 
 
 class FamilyHead(nn.Module):
@@ -269,7 +275,8 @@ class FamilyHead(nn.Module):
         self.max_length = int(cfg.get("tokenizer_max_length", 48))
         self.num_steps = int(cfg.get(row.steps_key, 10))
         res = cfg.get(row.resolution_key) or (224, 224)
-        self.resolution = (int(res[0]), int(res[1]))
+        # pi0's image_resolution is (height, width); SmolVLA's resize_imgs_with_padding is (width, height).
+        self.resolution = (int(res[0]), int(res[1])) if row.type == "pi0" else (int(res[1]), int(res[0]))
         self.pad_to_longest = row.pad_to_longest and cfg.get("pad_language_to", "longest") == "longest"
         self.text = text
         if action_dim > self.max_action_dim:
@@ -295,7 +302,7 @@ class FamilyHead(nn.Module):
         H, W = self.resolution
         for img in ctx.images:  # uint8 (B, h, w, 3)
             x = img.to(device).permute(0, 3, 1, 2).float() / 255.0
-            x = _resize_with_pad(x, H, W, left_top=self.kind == "smolvla")
+            x = _resize_with_pad(x, H, W, self.kind)
             out.append(x * 2.0 - 1.0)
             masks.append(torch.ones(x.shape[0], dtype=torch.bool, device=device))
         return out, masks

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import string
 from pathlib import Path
 from typing import Any
@@ -125,8 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     if Path(a.out).exists() and any(Path(a.out).iterdir()):
         p.error(f"--out {a.out} exists and is not empty")
     path = write_tiny(a.out, a.family, a.seed)
-    cfg = json.loads((path / "config.json").read_text())
-    print(f"wrote a tiny random {cfg['type']} checkpoint in LeRobot's layout to {path}")
+    print(f"wrote a tiny random {a.family} checkpoint in LeRobot's layout to {path}")
 
 
 if __name__ == "__main__":

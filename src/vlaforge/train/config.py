@@ -271,7 +271,8 @@ def _is_lerobot_family(init: str) -> bool:
     """A LeRobot pi0 / SmolVLA checkpoint directory (config.json's "type"), which LeRobot fine-tunes
     with warm-up and cosine decay (not OpenVLA's constant rate)."""
     try:
-        return json.loads((Path(init) / "config.json").read_text()).get("type") in ("pi0", "pi05", "smolvla")
+        lerobot_config = Path(init) / "config.json"
+        return json.loads(lerobot_config.read_text()).get("type") in ("pi0", "pi05", "smolvla")
     except (OSError, ValueError, AttributeError):
         return False
 

@@ -40,7 +40,8 @@ from vlaforge.models.family import FAMILIES, TOKENIZER_FILE, family_preset, get_
 from vlaforge.models.formats.base import Bundle, CheckpointFormat, as_dtype, cast, check_keys
 from vlaforge.types import STAT_KEYS, Embodiment, FeatureStats, NormStats
 
-CONFIG_FILE, WEIGHTS_FILE, SIDECAR_FILE = "config.json", "model.safetensors", "vlaforge.json"
+# LeRobot's own policy config (not vlaforge's: `vlaforge.policy_files` parses those).
+LEROBOT_CONFIG, WEIGHTS_FILE, SIDECAR_FILE = "config.json", "model.safetensors", "vlaforge.json"
 PREPROCESSOR, POSTPROCESSOR = "policy_preprocessor", "policy_postprocessor"
 NORMALIZER, UNNORMALIZER = "normalizer_processor", "unnormalizer_processor"
 STATE_KEY, ACTION_KEY, IMAGE_PREFIX = "observation.state", "action", "observation.images."
@@ -54,7 +55,8 @@ WIDE_LIMIT = 1e6  # LeRobot clips nothing: limits that never bind, unless vlafor
 
 def _config(path: Path) -> dict[str, Any] | None:
     try:
-        cfg = json.loads((path / CONFIG_FILE).read_text())
+        file = path / LEROBOT_CONFIG
+        cfg = json.loads(file.read_text())
     except (OSError, json.JSONDecodeError):
         return None
     return cfg if isinstance(cfg, dict) else None
@@ -108,7 +110,8 @@ def _read_json(path: Path) -> Any:
 
 def read_config(root: Path) -> dict[str, Any]:
     """config.json, its `"type"` checked against the known families."""
-    cfg = _read_json(root / CONFIG_FILE)
+    file = root / LEROBOT_CONFIG
+    cfg = _read_json(file)
     kind = cfg.get("type") if isinstance(cfg, dict) else None
     if kind not in FAMILIES:
         get_family(str(kind))  # raises with a "did you mean"
@@ -489,7 +492,7 @@ def write(bundle: Bundle, directory: str | Path) -> Path:
             (tmp / TOKENIZER_FILE).write_bytes((Path(bundle.tokenizer_dir) / TOKENIZER_FILE).read_bytes())
         side = {"embodiment": emb.to_dict(), "training_data": bundle.training_data}
         (tmp / SIDECAR_FILE).write_text(json.dumps(side, indent=2))
-        (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=4))
+        (tmp / LEROBOT_CONFIG).write_text(json.dumps(cfg, indent=4))
     return Path(directory)
 
 
