@@ -98,3 +98,23 @@ def test_frozen_vlm_and_lora_train_what_they_name(base, tiny_dataset, tmp_path, 
         p.numel() for n, p in policy.named_parameters() if n in llm
     )
     assert cfg.schedule == "cosine"  # LeRobot fine-tunes pi0 / SmolVLA with warm-up and cosine decay
+
+
+def test_a_lora_run_from_a_lerobot_checkpoint_resumes_exactly(base, tiny_dataset, tmp_path):
+    from vlaforge.train.loop import TrainConfig, train
+
+    def cfg(out, **kw):
+        return TrainConfig(dataset=str(tiny_dataset), out=str(out), init=str(base), steps=3, batch_size=2,
+                           log_every=1, device="cpu", lora_rank=2, **kw)  # fmt: skip
+
+    straight = train(cfg(tmp_path / "straight"))
+    split = tmp_path / "split"
+    train(cfg(split), stop_after=1)
+    train(cfg(split, resume=True))
+    a, b = (
+        load_file(str(straight / "last" / "model.safetensors")),
+        load_file(str(split / "last" / "model.safetensors")),
+    )
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    first = load_file(str(base / "model.safetensors"))
+    assert any(not torch.equal(a["backbone." + k], first[k]) for k in first)  # it trained
