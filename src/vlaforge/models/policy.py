@@ -104,7 +104,11 @@ class Policy(nn.Module):
         )
         self.bins = BinTokenizer(preset.action_vocab_size, preset.n_bins)
         check_bins_fit(self.bins, preset.llm.vocab_size)
-        if backbone is None:
+        if backbone is None and preset.vlm is not None:
+            from vlaforge.models.hf_vlm import HFVLMBackbone
+
+            backbone = HFVLMBackbone(preset, embodiment.state_dim, self.text.bos_id, self.text.pad_id)
+        elif backbone is None:
             backbone = PrismaticBackbone(preset, embodiment.state_dim, self.text.bos_id, self.text.pad_id)
         elif backbone.state_dim and backbone.state_dim != embodiment.state_dim:
             raise InputError(
@@ -193,9 +197,11 @@ class Policy(nn.Module):
             modules = self.head.unused_backbone_modules(self.backbone)
             unused_ids = {id(p) for m in modules for p in m.parameters()}
             return [n for n, p in self.named_parameters() if id(p) in unused_ids]
-        unused = list(self.backbone.vision.unused_parameters())
+        vision_unused = getattr(self.backbone, "unused_vision_parameters", None)  # a transformers VLM's
+        unused = list(vision_unused() if vision_unused else self.backbone.vision.unused_parameters())
         if not self.head.uses_lm_head:
-            unused += list(self.backbone.llm.get_output_embeddings().parameters())
+            used = {id(p) for p in self.backbone.llm.get_input_embeddings().parameters()}  # tied: still read
+            unused += [p for p in self.backbone.llm.get_output_embeddings().parameters() if id(p) not in used]
         for module in self.head.unused_backbone_modules(self.backbone):
             unused += list(module.parameters())
         unused_ids = {id(p) for p in unused}  # module.parameters() recurses, so adapters are included
@@ -532,7 +538,7 @@ class Policy(nn.Module):
             head=self.head.config(),
             embodiment=self.embodiment,
             norm_stats=self.norm_stats,
-            state=self.state_dict() if with_state else {},
+            state=self.state_dict(keep_vars=True) if with_state else {},  # tied tensors: one object
             dataset_stats=dict(self.dataset_stats),
             norm_mode=self.norm_mode,
             training_data=self.training_data,
@@ -558,7 +564,7 @@ class Policy(nn.Module):
         policy.set_dataset_stats(bundle.dataset_stats)
         policy.openvla_source = bundle.extras.get("openvla")
         policy.lerobot_source = bundle.extras.get("lerobot")
-        state = bundle.tensors(policy.state_dict())
+        state = bundle.tensors(policy.state_dict(keep_vars=True))
         policy.load_state_dict(state, strict=True, assign=bundle.build_on_meta)
         del state
         if bundle.keep_alive is not None:

@@ -133,6 +133,9 @@ class Preset:
             (`vlaforge.models.family`): `{"type": "pi0" | "smolvla", "config": LeRobot's config.json}`. Its
             `vision` is empty and `llm` None (the family's config holds its sizes); `tokenizer` is "hf", a
             `tokenizer.json` read with the `tokenizers` library from `tokenizer_path`.
+        vlm: a transformers image-text model as the backbone (`vlaforge.models.hf_vlm`): `{"config": its
+            config.json, "num_layers": first N LLM layers, "visual_tokens": per image, "freeze_vision":
+            bool, "weights": a local directory}`; `vision` is then empty and `llm` describes its LLM.
         history: T, observations the policy reads per prediction (the current one and the T - 1 before it):
             every camera's T frames become T x n_patches tokens (oldest first) and the T states one state
             token; 1 (OpenVLA) reads the current observation only.
@@ -157,6 +160,7 @@ class Preset:
     resize_strategy: str = "resize-naive"
     history: int = 1
     family: dict[str, Any] | None = None
+    vlm: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.history < 1:
@@ -170,6 +174,12 @@ class Preset:
                     "own tokenizer (history 1, tokenizer 'hf')"
                 )
             return
+        if self.vlm is not None and not isinstance(
+            self.vlm.get("config") if isinstance(self.vlm, dict) else None, dict
+        ):
+            raise InputError(
+                f"preset {self.name!r}: vlm must be {{'config': a transformers config.json, ...}}"
+            )
         if self.image_resize not in IMAGE_RESIZES:
             raise InputError(f"unknown image_resize {self.image_resize!r}; choose one of {IMAGE_RESIZES}")
         if self.resize_strategy not in RESIZE_STRATEGIES:
@@ -180,7 +190,7 @@ class Preset:
             raise InputError(
                 f"resize_strategy {self.resize_strategy!r} needs image_resize='bicubic-pil' (OpenVLA's processor)"
             )
-        if not self.vision:
+        if not self.vision and self.vlm is None:
             raise InputError(f"preset {self.name!r} has no vision tower")
         if self.tokenizer not in TOKENIZER_KINDS:
             raise InputError(f"unknown tokenizer {self.tokenizer!r}; choose one of {TOKENIZER_KINDS}")
@@ -191,7 +201,7 @@ class Preset:
                 raise InputError(
                     f"image_size {self.image_size} is not a multiple of the {spec.kind} patch size {spec.patch_size}"
                 )
-        if len({self.image_size // s.patch_size for s in self.vision}) != 1:
+        if self.vision and len({self.image_size // s.patch_size for s in self.vision}) != 1:
             raise InputError("fused vision towers must produce the same number of patches")
         if self.action_vocab_size > self.llm.vocab_size:
             raise InputError(

@@ -156,7 +156,7 @@ def _from_lerobot(cfg: TrainConfig, embodiment: Any, norm_stats: Any) -> nn.Modu
         )
     with parameters_on_meta():
         policy = Policy(preset, bundle.head, embodiment, stats, "mean_std")
-    policy.load_state_dict(bundle.tensors(policy.state_dict()), strict=True, assign=True)
+    policy.load_state_dict(bundle.tensors(policy.state_dict(keep_vars=True)), strict=True, assign=True)
     policy._keep_alive = bundle.keep_alive
     policy.lerobot_source = source
     return policy

@@ -29,6 +29,8 @@ from vlaforge.policy_files import (
 )
 from vlaforge.policy_files import FORMAT as FORMAT_NAME
 
+ALIASES = "aliases"  # model.safetensors metadata: {tied tensor's name: the stored name}
+
 
 def detect(path: str | Path) -> bool:
     """A directory whose config.json says `"format": "vlaforge-policy"`."""
@@ -74,8 +76,9 @@ def read(path: str | Path, dtype: torch.dtype | str | None = None) -> Bundle:
 
     def load(expected: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with safe_open(str(weights), framework="pt") as f:
-            keys = set(f.keys())
-            for key in sorted(keys & set(expected)):
+            aliases = json.loads((f.metadata() or {}).get(ALIASES, "{}"))  # tied tensors, stored once
+            keys = set(f.keys()) | set(aliases)
+            for key in sorted(set(f.keys()) & set(expected)):
                 shape = tuple(f.get_slice(key).get_shape())
                 if shape != tuple(expected[key].shape):
                     raise InputError(
@@ -83,7 +86,8 @@ def read(path: str | Path, dtype: torch.dtype | str | None = None) -> Bundle:
                         f"{tuple(expected[key].shape)}"
                     )
         check_keys(str(weights), keys, set(expected), "the config")
-        return {k: cast(t, want) for k, t in load_file(str(weights)).items()}
+        state = {k: cast(t, want) for k, t in load_file(str(weights)).items()}
+        return state | {k: state[v] for k, v in aliases.items()}
 
     source = files.config.get("openvla")
     return Bundle(
@@ -106,9 +110,16 @@ def write(bundle: Bundle, directory: str | Path) -> Path:
     so files of an earlier save (a mixture's dataset_stats.json) never survive and a crash leaves the
     previous policy. config.json is written last."""
     directory = Path(directory)
-    state = {k: v.detach().contiguous().cpu() for k, v in bundle.tensors({}).items()}
+    state, aliases, seen = {}, {}, {}
+    for k, v in bundle.tensors({}).items():
+        if id(v) in seen:  # a tied parameter (embeddings shared with the output layer): stored once
+            aliases[k] = seen[id(v)]
+            continue
+        seen[id(v)] = k
+        state[k] = v.detach().contiguous().cpu()
+    meta = {"format": FORMAT_NAME} | ({ALIASES: json.dumps(aliases, sort_keys=True)} if aliases else {})
     with atomic_dir(directory, overwrite=True) as tmp:
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata=meta)
         bundle.norm_stats.save(tmp / STATS_FILE)
         if bundle.dataset_stats:
             doc = {k: v.to_dict() for k, v in bundle.dataset_stats.items()}
