@@ -53,8 +53,7 @@ def test_one_request_through_the_real_server(family_policy):
 
 @pytest.mark.sim
 def test_one_short_evaluation_episode(family_policy, tmp_path):
-    policy, _ = family_policy
-    ckpt = policy.save_pretrained(tmp_path / "ckpt")  # evaluation reads vlaforge checkpoints (RUN/last)
+    policy, ckpt = family_policy  # the LeRobot directory itself
     res = evaluate(
         EvalConfig(policy=str(ckpt), tasks="drawer-close-v3", episodes=1, max_steps=6, workers=0, videos=0,
                    out=tmp_path / "eval")

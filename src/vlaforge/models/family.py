@@ -21,7 +21,6 @@ What the adapter does, as LeRobot's `PI0Policy` / `SmolVLAPolicy` and their proc
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,64 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlaforge.errors import InputError, did_you_mean
+from vlaforge.errors import InputError
+from vlaforge.lerobot_files import FAMILIES, FamilyRow, get_family, preset_dict
 
 TOKENIZER_FILE = "tokenizer.json"
 
-
-@dataclass(frozen=True)
-class FamilyRow:
-    """One family of `FAMILIES`.
-
-    Attributes:
-        type: LeRobot's config.json `"type"`.
-        module: the vlaforge module with the family's config and model classes.
-        config_class, model_class: their names there.
-        resolution_key: the config.json field with the (height, width) images are resized (with padding) to.
-        steps_key: the config.json field with the default number of flow steps at inference.
-        pad_to_longest: the prompt is padded to the batch's longest (SmolVLA) instead of the max length.
-        tokenizer_hint: the hub tokenizer LeRobot's processor names (what a user downloads).
-        lr: LeRobot's default peak learning rate (`optimizer_lr`).
-    """
-
-    type: str
-    module: str
-    config_class: str
-    model_class: str
-    resolution_key: str
-    steps_key: str
-    pad_to_longest: bool
-    tokenizer_hint: str
-    lr: float
-
-
-FAMILIES: dict[str, FamilyRow] = {
-    r.type: r
-    for r in (
-        FamilyRow(
-            "pi0",
-            "vlaforge.models.pi0",
-            "Pi0Config",
-            "Pi0Model",
-            "image_resolution",
-            "num_inference_steps",
-            False,
-            "google/paligemma-3b-pt-224",
-            2.5e-5,
-        ),
-        FamilyRow(
-            "smolvla",
-            "vlaforge.models.smolvla",
-            "SmolVLAConfig",
-            "SmolVLAModel",
-            "resize_imgs_with_padding",
-            "num_steps",
-            True,
-            "HuggingFaceTB/SmolVLM2-500M-Video-Instruct",
-            1e-4,
-        ),
-    )
-}
 
 # Parts of a family model by parameter name, LeRobot's layouts (pi0: `paligemma_with_expert.paligemma...`,
 # `.gemma_expert`; SmolVLA: `vlm_with_expert.vlm...`, `.lm_expert`). The rest (state / action / time
@@ -95,15 +41,6 @@ VISION_NAMES = ("vision_tower", "vision_model")
 PROJECTOR_NAMES = ("multi_modal_projector", "connector")
 VLM_NAMES = ("paligemma", "vlm")
 EXPERT_NAMES = ("gemma_expert", "lm_expert")
-
-
-def get_family(name: str) -> FamilyRow:
-    """The family called `name` (LeRobot's config `"type"`); a typo gets a "did you mean"."""
-    if name in FAMILIES:
-        return FAMILIES[name]
-    raise InputError(
-        f"unknown model family {name!r}{did_you_mean(name, FAMILIES)} (known: {', '.join(FAMILIES)})"
-    )
 
 
 def family_classes(name: str) -> tuple[Any, Any]:
@@ -374,21 +311,7 @@ def family_preset(family: str, lerobot_config: dict[str, Any], tokenizer_path: s
     """The `Preset` of a family model: its sizes stay in `family["config"]` (LeRobot's config.json)."""
     from vlaforge.models.presets import Preset
 
-    row = get_family(family)
-    res = lerobot_config.get(row.resolution_key) or (224, 224)
-    return Preset(
-        name=row.type,
-        vision=(),
-        image_size=int(res[0]),
-        llm=None,
-        tokenizer="hf",
-        tokenizer_path=tokenizer_path,
-        prompt="instruction",
-        use_state=True,
-        chunk_size=int(lerobot_config.get("chunk_size", 50)),
-        lr=float(lerobot_config.get("optimizer_lr", row.lr)),
-        family={"type": row.type, "config": dict(lerobot_config)},
-    )
+    return Preset.from_dict(preset_dict({**lerobot_config, "type": get_family(family).type}, tokenizer_path))
 
 
 __all__ = [

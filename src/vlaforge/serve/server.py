@@ -595,7 +595,6 @@ def load_served_policy(cfg: ServeConfig) -> tuple[Any, dict[str, Any]]:
     import torch
 
     from vlaforge.models import openvla
-    from vlaforge.models.formats import lerobot as lerobot_format
     from vlaforge.models.policy import Policy
     from vlaforge.policy_files import read_policy_dir
 
@@ -605,11 +604,7 @@ def load_served_policy(cfg: ServeConfig) -> tuple[Any, dict[str, Any]]:
         policy = Policy.from_pretrained(cfg.policy, device=cfg.device)
         root = Path(cfg.policy).resolve()
         return policy, {"checkpoint": root.name, "model_sha256": openvla_sha256(root)}
-    if lerobot_format.detect(cfg.policy):  # a LeRobot pi0 / SmolVLA checkpoint (with its tokenizer.json)
-        policy = Policy.from_pretrained(cfg.policy, device=cfg.device)
-        root = lerobot_format.resolve(cfg.policy).resolve()
-        return policy, {"checkpoint": root.name, "model_sha256": weights_sha256([root / "model.safetensors"])}
-    files = read_policy_dir(cfg.policy)
+    files = read_policy_dir(cfg.policy)  # a vlaforge policy, or a LeRobot pi0 / SmolVLA directory
     policy = Policy.from_pretrained(files.root, device=cfg.device)
     info = {
         "checkpoint": Path(files.root).resolve().name,

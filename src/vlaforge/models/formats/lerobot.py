@@ -36,18 +36,30 @@ from safetensors.torch import save_file
 
 from vlaforge.atomic import atomic_dir
 from vlaforge.errors import InputError
-from vlaforge.models.family import FAMILIES, TOKENIZER_FILE, family_preset, get_family
+from vlaforge.lerobot_files import (
+    ACTION_KEY,
+    FAMILIES,
+    IMAGE_PREFIX,
+    LEROBOT_CONFIG,
+    NORMALIZER,
+    POSTPROCESSOR,
+    PREPROCESSOR,
+    SIDECAR_FILE,
+    STATE_KEY,
+    UNNORMALIZER,
+    get_family,
+    is_lerobot_config,
+    preset_dict,
+    read_lerobot_dir,
+)
+from vlaforge.models.family import TOKENIZER_FILE
 from vlaforge.models.formats.base import Bundle, CheckpointFormat, as_dtype, cast, check_keys
-from vlaforge.types import STAT_KEYS, Embodiment, FeatureStats, NormStats
+from vlaforge.models.presets import Preset
+from vlaforge.types import STAT_KEYS, Embodiment, NormStats
 
-# LeRobot's own policy config (not vlaforge's: `vlaforge.policy_files` parses those).
-LEROBOT_CONFIG, WEIGHTS_FILE, SIDECAR_FILE = "config.json", "model.safetensors", "vlaforge.json"
-PREPROCESSOR, POSTPROCESSOR = "policy_preprocessor", "policy_postprocessor"
-NORMALIZER, UNNORMALIZER = "normalizer_processor", "unnormalizer_processor"
-STATE_KEY, ACTION_KEY, IMAGE_PREFIX = "observation.state", "action", "observation.images."
+WEIGHTS_FILE = "model.safetensors"
 WEIGHT_PREFIX = "model."  # LeRobot's policy wraps the family model as `self.model`
 OURS_PREFIX = "backbone.model."  # where `Policy` keeps it
-WIDE_LIMIT = 1e6  # LeRobot clips nothing: limits that never bind, unless vlaforge.json gives the robot's
 
 
 # ----------------------------------------------------------------------------------------- detection
@@ -74,7 +86,7 @@ def detect(path: str | Path) -> bool:
     """A directory whose config.json has `"type"` of a known family, or a hub id naming one."""
     cfg = _config(Path(path))
     if cfg is not None:
-        return cfg.get("type") in FAMILIES and "format" not in cfg
+        return is_lerobot_config(cfg)
     return is_hub_id(str(path))
 
 
@@ -97,25 +109,6 @@ def resolve(path_or_id: str | Path) -> Path:
 
 
 # ----------------------------------------------------------------------------------------- files
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        raise InputError(f"{path}: missing; a LeRobot policy directory needs it")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise InputError(f"{path}: not valid JSON ({e})") from e
-
-
-def read_config(root: Path) -> dict[str, Any]:
-    """config.json, its `"type"` checked against the known families."""
-    file = root / LEROBOT_CONFIG
-    cfg = _read_json(file)
-    kind = cfg.get("type") if isinstance(cfg, dict) else None
-    if kind not in FAMILIES:
-        get_family(str(kind))  # raises with a "did you mean"
-    return cfg
 
 
 class MappedSafetensors:
@@ -171,100 +164,14 @@ class MappedSafetensors:
         return t.view(info["shape"])
 
 
-def _pipeline(root: Path, name: str) -> dict[str, Any]:
-    doc = _read_json(root / f"{name}.json")
-    if not isinstance(doc, dict) or not isinstance(doc.get("steps"), list):
-        raise InputError(f"{root / (name + '.json')}: not a LeRobot processor pipeline (no 'steps' list)")
-    return doc
-
-
-def _state_files(root: Path, doc: dict[str, Any], name: str) -> dict[str, dict[str, torch.Tensor]]:
-    """{state file name: its tensors} for every step of a pipeline that has one (all must exist)."""
+def _state_files(root: Path, doc: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
+    """{state file name: its tensors, as stored} for every step of a pipeline that has one."""
     out = {}
     for step in doc["steps"]:
-        fname = step.get("state_file")
-        if not fname:
-            continue
-        path = root / fname
-        if not path.is_file():
-            raise InputError(
-                f"{path}: missing; {name}.json names it as the statistics of step {step.get('registry_name')!r}. "
-                "Copy the whole checkpoint directory (every policy_*.safetensors file)"
-            )
-        m = MappedSafetensors(path)
-        out[fname] = {k: m.get(k).clone() for k in m.header}
+        if step.get("state_file"):
+            m = MappedSafetensors(root / step["state_file"])
+            out[step["state_file"]] = {k: m.get(k).clone() for k in m.header}
     return out
-
-
-def _stats_step(doc: dict[str, Any], registry: str) -> dict[str, Any] | None:
-    return next((s for s in doc["steps"] if s.get("registry_name") == registry), None)
-
-
-def _feature_stats(flat: Mapping[str, torch.Tensor], key: str, dim: int, where: str) -> FeatureStats | None:
-    """One feature's statistics from flat `<key>.<stat>` tensors; min/max/q01/q99 not stored are derived
-    (q01 = min, mean -+ 3 std) since MEAN_STD reads only mean and std. None when mean or std is missing."""
-    got = {s: flat[f"{key}.{s}"].double().numpy().reshape(-1) for s in STAT_KEYS if f"{key}.{s}" in flat}
-    if "mean" not in got or "std" not in got:
-        return None
-    for s, v in got.items():
-        if v.shape != (dim,):
-            raise InputError(
-                f"{where}: {key}.{s} has {v.shape[0]} values; config.json says {key} has {dim} dims"
-            )
-    mean, std = got["mean"], got["std"]
-    got.setdefault("min", got.get("q01", mean - 3 * std))
-    got.setdefault("max", got.get("q99", mean + 3 * std))
-    got.setdefault("q01", got["min"])
-    got.setdefault("q99", got["max"])
-    return FeatureStats(**{s: got[s] for s in STAT_KEYS})
-
-
-def _identity_stats(dim: int) -> FeatureStats:
-    z, o = np.zeros(dim), np.ones(dim)
-    return FeatureStats(min=-o, max=o, mean=z, std=o, q01=-o, q99=o)
-
-
-def features_of(cfg: Mapping[str, Any]) -> tuple[list[str], int, int]:
-    """(image feature keys in order, state dim (0: none), action dim) from config.json's features."""
-    inputs = dict(cfg.get("input_features") or {})
-    outputs = dict(cfg.get("output_features") or {})
-    images = [k for k, f in inputs.items() if f.get("type") == "VISUAL"]
-    state = [int(np.prod(f["shape"])) for k, f in inputs.items() if f.get("type") == "STATE"]
-    action = outputs.get(ACTION_KEY)
-    if action is None or not images:
-        raise InputError(
-            f"config.json: input_features / output_features name {len(images)} camera(s) and "
-            f"{'an' if action else 'no'} 'action'; a policy needs at least one VISUAL input and the action"
-        )
-    return images, (state[0] if state else 0), int(np.prod(action["shape"]))
-
-
-def camera_name(key: str) -> str:
-    """`observation.images.top` -> `top` (`observation.image` -> `image`)."""
-    return key[len(IMAGE_PREFIX) :] if key.startswith(IMAGE_PREFIX) else key.rsplit(".", 1)[-1]
-
-
-def embodiment_from(cfg: Mapping[str, Any], side: Mapping[str, Any] | None) -> Embodiment:
-    """The robot: vlaforge.json's embodiment when present (and consistent), else config.json's features
-    with limits that never clip."""
-    images, S, D = features_of(cfg)
-    if side and side.get("embodiment"):
-        emb = Embodiment.from_dict(side["embodiment"])
-        if emb.action_dim == D and emb.state_dim == S and len(emb.camera_names) == len(images):
-            return emb
-    shape = cfg["input_features"][images[0]]["shape"]
-    return Embodiment(
-        action_dim=D,
-        action_names=[f"a{i}" for i in range(D)],
-        normalize_mask=[True] * D,
-        action_low=[-WIDE_LIMIT] * D,
-        action_high=[WIDE_LIMIT] * D,
-        control_hz=float(cfg.get("fps") or 10.0),
-        camera_names=[camera_name(k) for k in images],
-        image_size=int(shape[-1]),
-        state_dim=S,
-        robot_type=f"lerobot:{cfg['type']}",
-    )
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -281,27 +188,12 @@ def read(
         tokenizer: a directory with the family's tokenizer.json (None: the checkpoint directory's).
     """
     root = resolve(path_or_id)
-    cfg = read_config(root)
-    side = _read_json(root / SIDECAR_FILE) if (root / SIDECAR_FILE).is_file() else None
-    embodiment = embodiment_from(cfg, side)
-    pre, post = _pipeline(root, PREPROCESSOR), _pipeline(root, POSTPROCESSOR)
-    state_files = {**_state_files(root, pre, PREPROCESSOR), **_state_files(root, post, POSTPROCESSOR)}
-    norm_step = _stats_step(pre, NORMALIZER)
-    if norm_step is None or not norm_step.get("state_file"):
-        raise InputError(f"{root / (PREPROCESSOR + '.json')}: no normalizer_processor step with statistics")
-    flat = state_files[norm_step["state_file"]]
-    where = str(root / norm_step["state_file"])
-    feats: dict[str, FeatureStats] = {}
-    notes = []
-    for key, dim in ((ACTION_KEY, embodiment.action_dim), (STATE_KEY, embodiment.state_dim)):
-        if dim:
-            fs = _feature_stats(flat, key, dim, where)
-            if fs is None:  # LeRobot then passes the values through unchanged: the same here
-                notes.append(key)
-                fs = _identity_stats(dim)
-            feats[key] = fs
+    files = read_lerobot_dir(root)
+    cfg, embodiment = files.config, files.embodiment
+    pipes = files.pipelines
+    state_files = {**_state_files(root, pipes[PREPROCESSOR]), **_state_files(root, pipes[POSTPROCESSOR])}
     tok_dir = str(tokenizer) if tokenizer is not None else str(root)
-    preset = family_preset(cfg["type"], cfg, tok_dir)
+    preset = Preset.from_dict(preset_dict(cfg, tok_dir))
     weights = MappedSafetensors(root / WEIGHTS_FILE)
     want = as_dtype(dtype) if dtype is not None else None
 
@@ -338,28 +230,28 @@ def read(
 
     source = {
         "config": cfg,
-        "pipelines": {PREPROCESSOR: pre, POSTPROCESSOR: post},
+        "pipelines": pipes,
         "state_files": state_files,
         "embodiment": embodiment.to_dict(),
-        "norm_stats": NormStats(feats).to_dict(),
-        "identity_stats": notes,
+        "norm_stats": files.norm_stats.to_dict(),
+        "identity_stats": files.identity,
         "weight_keys": sorted(weights.keys()),
         "weights_metadata": dict(weights.metadata),
     }
-    if notes:
+    if files.identity:
         print(
-            f"vlaforge: {where} has no mean/std for {notes}; they pass through unnormalised (as LeRobot "
-            "does). Fine-tuning takes the dataset's statistics.",
+            f"vlaforge: {files.stats_file} has no mean/std for {files.identity}; they pass through "
+            "unnormalised (as LeRobot does). Fine-tuning takes the dataset's statistics.",
             file=sys.stderr,
         )
     return Bundle(
         preset=preset,
         head={"kind": cfg["type"], "chunk_size": int(cfg.get("chunk_size", 50))},
         embodiment=embodiment,
-        norm_stats=NormStats(feats),
+        norm_stats=files.norm_stats,
         state=load,
         norm_mode="mean_std",
-        training_data=(side or {}).get("training_data"),
+        training_data=(files.sidecar or {}).get("training_data"),
         text={"kind": "hf", "path": tok_dir},
         tokenizer_dir=tok_dir,
         extras={"lerobot": source},
@@ -508,8 +400,6 @@ __all__ = [
     "FORMAT",
     "MappedSafetensors",
     "detect",
-    "embodiment_from",
-    "features_of",
     "lerobot_features",
     "read",
     "resolve",
