@@ -207,3 +207,21 @@ def test_a_checkpoint_without_a_tokenizer_says_where_to_get_one(checkpoint, tmp_
         Policy.from_pretrained(bare)
     policy = Policy.from_pretrained(bare, tokenizer=checkpoint)  # a tokenizer directory given apart
     assert policy.text.path == str(checkpoint)
+
+
+def test_hub_ids_of_the_families_go_to_the_lerobot_format(monkeypatch):
+    import huggingface_hub
+
+    assert detect_format("lerobot/smolvla_base").name == "lerobot"
+    assert detect_format("lerobot/pi0").name == "lerobot"
+    assert detect_format("openvla/openvla-7b").name == "openvla"
+    asked = {}
+
+    def offline(repo, allow_patterns):
+        asked.update(repo=repo, allow=allow_patterns)
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(InputError, match="huggingface-cli download lerobot/smolvla_base --local-dir DIR"):
+        Policy.from_pretrained("lerobot/smolvla_base")
+    assert asked == {"repo": "lerobot/smolvla_base", "allow": ["*.json", "*.safetensors"]}  # no code
