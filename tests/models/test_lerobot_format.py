@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from vlaforge.errors import InputError
 from vlaforge.models.family import FAMILIES, HFTokenizer, family_classes, family_config
 from vlaforge.models.formats import detect_format
+from vlaforge.models.formats.base import tied_groups
 from vlaforge.models.lerobot_tiny import write_tiny
 from vlaforge.models.policy import Policy
 
@@ -163,6 +164,10 @@ def test_a_lerobot_checkpoint_is_loaded_on_the_meta_device_and_mapped(checkpoint
     for k, t in weights.items():
         assert torch.equal(state["backbone." + k], t)
     assert policy._keep_alive.path == checkpoint / "model.safetensors"  # tensors share the file's pages
+    cfg = _json(checkpoint / "config.json")
+    _, model_cls = family_classes(cfg["type"])
+    fresh = tied_groups(model_cls(family_config(cfg["type"], cfg)))
+    assert tied_groups(policy.backbone.model) == fresh  # tied embeddings are one parameter again
 
 
 def test_a_config_of_an_unknown_type_is_refused(checkpoint, tmp_path):

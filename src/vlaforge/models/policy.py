@@ -23,7 +23,7 @@ from vlaforge.actions import BinTokenizer, Normalizer
 from vlaforge.errors import InputError
 from vlaforge.models.backbone import PrismaticBackbone
 from vlaforge.models.formats import Bundle, detect_format, get_format, write_bundle
-from vlaforge.models.formats.base import as_dtype, parameters_on_meta
+from vlaforge.models.formats.base import as_dtype, parameters_on_meta, retie, tied_groups
 from vlaforge.models.formats.vlaforge import policy_config
 from vlaforge.models.heads import Context, HeadDims, check_bins_fit
 from vlaforge.models.presets import Preset, get_preset
@@ -196,6 +196,15 @@ class Policy(nn.Module):
         if self.family is not None:
             modules = self.head.unused_backbone_modules(self.backbone)
             unused_ids = {id(p) for m in modules for p in m.parameters()}
+            within = {id(sub) for m in modules for sub in m.modules()}
+            # A tied output layer (PaliGemma's lm_head is its token embedding) is still read as embeddings.
+            read = {
+                id(p)
+                for m in self.modules(remove_duplicate=False)
+                if id(m) not in within
+                for p in m.parameters(recurse=False)
+            }
+            unused_ids -= read
             return [n for n, p in self.named_parameters() if id(p) in unused_ids]
         vision_unused = getattr(self.backbone, "unused_vision_parameters", None)  # a transformers VLM's
         unused = list(vision_unused() if vision_unused else self.backbone.vision.unused_parameters())
@@ -565,7 +574,9 @@ class Policy(nn.Module):
         policy.openvla_source = bundle.extras.get("openvla")
         policy.lerobot_source = bundle.extras.get("lerobot")
         state = bundle.tensors(policy.state_dict(keep_vars=True))
+        ties = tied_groups(policy)
         policy.load_state_dict(state, strict=True, assign=bundle.build_on_meta)
+        retie(policy, ties)
         del state
         if bundle.keep_alive is not None:
             policy._keep_alive = bundle.keep_alive  # the memory maps behind its tensors

@@ -120,7 +120,7 @@ def _from_lerobot(cfg: TrainConfig, embodiment: Any, norm_stats: Any) -> nn.Modu
     max_state_dim / max_action_dim). The checkpoint's statistics stay when their dims are the dataset's;
     otherwise the dataset's are used (the log says which)."""
     from vlaforge.models.formats import lerobot as lerobot_format
-    from vlaforge.models.formats.base import parameters_on_meta
+    from vlaforge.models.formats.base import parameters_on_meta, retie, tied_groups
     from vlaforge.models.policy import Policy
 
     bundle = lerobot_format.read(cfg.init, dtype=torch.float32, tokenizer=cfg.tokenizer_path)
@@ -156,7 +156,9 @@ def _from_lerobot(cfg: TrainConfig, embodiment: Any, norm_stats: Any) -> nn.Modu
         )
     with parameters_on_meta():
         policy = Policy(preset, bundle.head, embodiment, stats, "mean_std")
+    ties = tied_groups(policy)
     policy.load_state_dict(bundle.tensors(policy.state_dict(keep_vars=True)), strict=True, assign=True)
+    retie(policy, ties)
     policy._keep_alive = bundle.keep_alive
     policy.lerobot_source = source
     return policy

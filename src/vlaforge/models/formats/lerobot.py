@@ -337,7 +337,8 @@ def write(bundle: Bundle, directory: str | Path) -> Path:
     same_robot = bool(source) and source.get("embodiment") == emb.to_dict()
     same_stats = same_robot and source.get("norm_stats") == bundle.norm_stats.to_dict()
     cfg["input_features"], cfg["output_features"] = inputs, outputs
-    ours = {k: v.detach() for k, v in bundle.tensors({}).items()}
+    cfg.setdefault("normalization_mapping", _norm_map(cfg))  # what vlaforge applies, said explicitly
+    ours = dict(bundle.tensors({}))  # parameters themselves: a tied one is one object under two names
     bad = sorted(k for k in ours if not k.startswith(OURS_PREFIX))
     if bad:
         raise RuntimeError(f"a family policy holds tensors outside its model: {bad[:5]}")
@@ -348,10 +349,10 @@ def write(bundle: Bundle, directory: str | Path) -> Path:
         ours, key=lambda k: (keep is not None and WEIGHT_PREFIX + k[len(OURS_PREFIX) :] not in keep, k)
     ):
         t = ours[k]
-        if id(t) in seen:  # a tied tensor is stored once (Hugging Face's save_torch_state_dict)
+        if id(t) in seen:  # a tied tensor is stored once, under its first name (as save_torch_state_dict)
             continue
         seen[id(t)] = k
-        state[WEIGHT_PREFIX + k[len(OURS_PREFIX) :]] = t.contiguous().cpu()
+        state[WEIGHT_PREFIX + k[len(OURS_PREFIX) :]] = t.detach().contiguous().cpu()
     flat = _flat_stats(bundle.norm_stats)
     pipelines, files = {}, {}
     for name in (PREPROCESSOR, POSTPROCESSOR):
