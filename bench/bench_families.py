@@ -141,7 +141,7 @@ def _child(stage: str, family: str, out: str) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--families", default="pi0,smolvla")
+    p.add_argument("--families", default="smolvla,pi0")
     p.add_argument("--stage", choices=["write", "load"], default=None, help=argparse.SUPPRESS)
     p.add_argument("--dir", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()

@@ -20,6 +20,7 @@ What the adapter does, as LeRobot's `PI0Policy` / `SmolVLAPolicy` and their proc
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from pathlib import Path
 from typing import Any
@@ -265,6 +266,15 @@ class FamilyHead(nn.Module):
             st[:, :S] = ctx.state.to(device).float()
         return st
 
+    @staticmethod
+    def _precision(backbone: FamilyBackbone) -> Any:
+        """Autocast to the weights' dtype when they are not float32 (a bfloat16 checkpoint, as LeRobot
+        publishes pi0), so float32 inputs meet low-precision weights; nothing for float32 weights."""
+        p = next(backbone.parameters())
+        if p.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=p.device.type, dtype=p.dtype)
+
     def inputs(self, backbone: FamilyBackbone, ctx: Any) -> tuple:
         device = next(backbone.parameters()).device
         images, masks = self.images(ctx, device)
@@ -280,7 +290,8 @@ class FamilyHead(nn.Module):
         B, H, D = actions.shape
         padded = torch.zeros(B, H, self.max_action_dim, device=actions.device, dtype=actions.dtype)
         padded[..., :D] = actions
-        per = backbone.model(images, masks, tokens, tmask, state, padded)  # (B, H, max_action_dim)
+        with self._precision(backbone):
+            per = backbone.model(images, masks, tokens, tmask, state, padded)  # (B, H, max_action_dim)
         per = per[..., :D].float()
         keep = (~pad).float()[..., None]  # (B, H, 1)
         loss = (per * keep).sum() / (keep.sum() * D).clamp_min(1.0)
@@ -301,10 +312,11 @@ class FamilyHead(nn.Module):
         if generator is not None:
             noise = torch.randn(B, self.chunk_size, self.max_action_dim, generator=generator)
             noise = noise.to(state.device)
-        out = backbone.model.sample_actions(
-            images, masks, tokens, tmask, state, noise=noise, num_steps=num_steps or self.num_steps
-        )
-        return out[..., : self.action_dim]
+        with self._precision(backbone):
+            out = backbone.model.sample_actions(
+                images, masks, tokens, tmask, state, noise=noise, num_steps=num_steps or self.num_steps
+            )
+        return out[..., : self.action_dim].float()
 
 
 def family_preset(family: str, lerobot_config: dict[str, Any], tokenizer_path: str | None) -> Any:

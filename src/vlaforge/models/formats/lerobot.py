@@ -164,6 +164,34 @@ class MappedSafetensors:
         return t.view(info["shape"])
 
 
+_ST_DTYPES = {v: k for k, v in MappedSafetensors.DTYPES.items()}
+
+
+def write_safetensors(tensors: Mapping[str, torch.Tensor], path: Path, metadata: Mapping[str, str]) -> None:
+    """A safetensors file written tensor by tensor from the tensors' own memory (safetensors' `save_file`
+    first copies every tensor into Python bytes: twice the weights in memory for a 6.6 GB pi0)."""
+    header: dict[str, Any] = {"__metadata__": dict(metadata)} if metadata else {}
+    order = sorted(tensors, key=lambda k: (-tensors[k].element_size(), k))  # as safetensors orders them
+    offset = 0
+    for k in order:
+        t = tensors[k]
+        n = t.numel() * t.element_size()
+        header[k] = {
+            "dtype": _ST_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, offset + n],
+        }
+        offset += n
+    head = json.dumps(header, separators=(",", ":")).encode()
+    head += b" " * (-len(head) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head)
+        for k in order:
+            t = tensors[k].detach().contiguous().cpu()
+            if t.numel():
+                f.write(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+
+
 def _state_files(root: Path, doc: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
     """{state file name: its tensors, as stored} for every step of a pipeline that has one."""
     out = {}
@@ -352,7 +380,7 @@ def write(bundle: Bundle, directory: str | Path) -> Path:
         if id(t) in seen:  # a tied tensor is stored once, under its first name (as save_torch_state_dict)
             continue
         seen[id(t)] = k
-        state[WEIGHT_PREFIX + k[len(OURS_PREFIX) :]] = t.detach().contiguous().cpu()
+        state[WEIGHT_PREFIX + k[len(OURS_PREFIX) :]] = t.detach()
     flat = _flat_stats(bundle.norm_stats)
     pipelines, files = {}, {}
     for name in (PREPROCESSOR, POSTPROCESSOR):
@@ -376,7 +404,7 @@ def write(bundle: Bundle, directory: str | Path) -> Path:
         pipelines[name] = doc
     with atomic_dir(Path(directory), overwrite=True) as tmp:
         meta = (source or {}).get("weights_metadata") or {"format": "pt"}
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata=meta)
+        write_safetensors(state, tmp / WEIGHTS_FILE, meta)
         for fname, tensors in files.items():
             save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / fname))
         for name, doc in pipelines.items():
