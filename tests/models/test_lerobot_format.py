@@ -128,6 +128,16 @@ def test_predictions_are_the_family_models_sample_actions(checkpoint):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     other = policy.predict_action(obs, generator=torch.Generator().manual_seed(8), num_steps=3)
     assert not np.allclose(other, got)  # the noise matters: the comparison above can fail
+    # Batched evaluation gives each sample its own generator: each gets what it would get alone.
+    batch = {
+        "images": {"image": np.stack([obs["images"]["image"]] * 2)},
+        "state": np.stack([obs["state"]] * 2),
+        "instruction": [obs["instruction"]] * 2,
+    }
+    gens = [torch.Generator().manual_seed(8), torch.Generator().manual_seed(7)]
+    both = policy.predict_action_batch(batch, generator=gens, num_steps=3)
+    np.testing.assert_allclose(both[0], other, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(both[1], got, rtol=1e-5, atol=1e-5)
 
 
 def _same_files(a: Path, b: Path) -> None:

@@ -305,13 +305,15 @@ class FamilyHead(nn.Module):
         generator: torch.Generator | None = None,
         num_steps: int | None = None,
     ) -> torch.Tensor:
-        """Normalised actions (B, H, D): the family's Euler integration from noise drawn with `generator`."""
+        """Normalised actions (B, H, D): the family's Euler integration from noise drawn with `generator`
+        (`vlaforge.models.heads.standard_normal`)."""
         images, masks, tokens, tmask, state = self.inputs(backbone, ctx)
-        B = ctx.batch_size
-        noise = None
-        if generator is not None:
-            noise = torch.randn(B, self.chunk_size, self.max_action_dim, generator=generator)
-            noise = noise.to(state.device)
+        from vlaforge.models.heads import standard_normal
+
+        # One generator, one per sample (batched evaluation: each episode its own stream) or None (torch's).
+        noise = standard_normal(
+            (ctx.batch_size, self.chunk_size, self.max_action_dim), state.device, generator
+        )
         with self._precision(backbone):
             out = backbone.model.sample_actions(
                 images, masks, tokens, tmask, state, noise=noise, num_steps=num_steps or self.num_steps
