@@ -191,3 +191,17 @@ def test_real_size_on_meta_device():
         2048,
         1024,
     )
+
+
+def test_lerobot_weights_stored_once_load_tied(model):
+    """LeRobot's files hold the VLM's embedding once, as lm_head: a strict load fills the embedding, and
+    a load with assign=True keeps one Parameter under both names."""
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    del sd["paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight"]
+    for assign in (False, True):
+        torch.manual_seed(5)
+        other = Pi0Model(Pi0Config.tiny())
+        other.load_state_dict(sd, strict=True, assign=assign)
+        pw = other.paligemma_with_expert.paligemma
+        assert pw.lm_head.weight is pw.model.language_model.embed_tokens.weight
+        assert torch.equal(pw.lm_head.weight, sd["paligemma_with_expert.paligemma.lm_head.weight"])

@@ -81,6 +81,28 @@ SIGLIP_VARIANTS: dict[str, SiglipSize] = {
 }
 PALIGEMMA_VOCAB = 257_152
 
+# LeRobot 0.4 `PI0Config` fields the model does not read, with their defaults: a config made here
+# (`Pi0Config.tiny()`) carries them so its config.json is complete.
+LEROBOT_DEFAULTS: dict[str, Any] = {
+    "n_obs_steps": 1,
+    "normalization_mapping": {"VISUAL": "IDENTITY", "STATE": "MEAN_STD", "ACTION": "MEAN_STD"},
+    "empty_cameras": 0,
+    "rtc_config": None,
+    "gradient_checkpointing": False,
+    "compile_model": False,
+    "compile_mode": "max-autotune",
+    "freeze_vision_encoder": False,
+    "train_expert_only": False,
+    "optimizer_lr": 2.5e-5,
+    "optimizer_betas": [0.9, 0.95],
+    "optimizer_eps": 1e-8,
+    "optimizer_weight_decay": 0.01,
+    "optimizer_grad_clip_norm": 1.0,
+    "scheduler_warmup_steps": 1000,
+    "scheduler_decay_steps": 30000,
+    "scheduler_decay_lr": 2.5e-6,
+}
+
 
 def _variant(table: dict[str, Any], name: str, key: str) -> Any:
     from vlaforge.errors import did_you_mean
@@ -206,6 +228,7 @@ class Pi0Config:
             max_action_dim=8,
             image_resolution=(28, 28),
             tokenizer_max_length=16,
+            extra=dict(LEROBOT_DEFAULTS),
         )
 
 
@@ -308,6 +331,26 @@ class PaliGemmaWithExpert(nn.Module):
         self.gemma_expert = GemmaForCausalLM(GemmaConfig(**gemma(exp, cfg.vocab_size)))
         self.gemma_expert.model.embed_tokens = None  # the expert reads embeddings, never tokens
         self.num_heads, self.head_dim = vlm.num_heads, vlm.head_dim
+        self.tie_weights()
+        self.register_load_state_dict_post_hook(PaliGemmaWithExpert._retie)
+
+    def tie_weights(self, from_head: bool = False) -> None:
+        """The VLM's output layer is its token embedding (one Parameter under both names), as in
+        transformers; LeRobot's files store it once, as `paligemma.lm_head.weight`."""
+        emb, head = self.paligemma.model.language_model.embed_tokens, self.paligemma.lm_head
+        if from_head:
+            emb.weight = head.weight
+        else:
+            head.weight = emb.weight
+
+    @staticmethod
+    def _retie(module: PaliGemmaWithExpert, incompatible: Any) -> None:
+        """After a load: a file holding the tensor once (as lm_head) fills the embedding, and a load with
+        assign=True, which puts a new Parameter under each name, is tied again."""
+        missing = [k for k in incompatible.missing_keys if k.endswith("language_model.embed_tokens.weight")]
+        for k in missing:
+            incompatible.missing_keys.remove(k)
+        module.tie_weights(from_head=bool(missing))
 
     @property
     def streams(self) -> tuple[nn.Module, nn.Module]:
