@@ -99,9 +99,8 @@ def load(family: str, out: str) -> None:
     policy = Policy.from_pretrained(out)
     load_s = time.perf_counter() - t0
     after_load, peak_load = _rss_gb()
-    weights = sum(
-        t.numel() * t.element_size() for t in {id(t): t for t in policy.state_dict().values()}.values()
-    )
+    unique = {id(t): t for t in policy.state_dict(keep_vars=True).values()}  # a tied tensor once
+    weights = sum(t.numel() * t.element_size() for t in unique.values())
     for p in policy.parameters():  # every page, as inference reads them
         p.detach().sum()
     in_use, peak_touch = _rss_gb()
