@@ -1,7 +1,8 @@
 """Every command the README and the docs/ pages show runs as written, on a small scale.
 
 The commands are read from README.md and docs/*.md themselves (fenced bash blocks and inline code
-starting with `vlaforge` or `torchrun`; a command shown twice runs once), so the pages cannot drift from
+starting with `vlaforge` or `torchrun`, and `python -m vlaforge.<module>` helpers, which run first; a
+command shown twice runs once), so the pages cannot drift from
 the code. Each one is parsed by the real `vlaforge` parser
 and its config built (a refused flag combination fails here), then run in a scratch directory with only
 its sizes scaled down, as listed in `SCALE`: Meta-World's tasks become one easy task, episode and step counts
@@ -49,7 +50,7 @@ def readme_commands() -> list[list[str]]:
     lines += re.findall(r"`((?:vlaforge|torchrun) [^`]+)`", text)
     commands = []
     for ln in lines:
-        words = shlex.split(ln) if ln.startswith(("vlaforge ", "torchrun ")) else []
+        words = shlex.split(ln) if ln.startswith(("vlaforge ", "torchrun ", "python -m vlaforge.")) else []
         # Skip mentions: a bare command name in a sentence (`vlaforge collect` writes ...) and lines with
         # placeholders (`vlaforge CMD --help`, `vlaforge train --out RUN`).
         # A mention (`vlaforge dataset convert` in prose) or a placeholder (`--policy RUN/last`) is no command.
@@ -118,7 +119,8 @@ def test_every_readme_command_runs(tmp_path, monkeypatch):
         "latent": 1,  # after collect: `latent train` reads a dataset; `latent label` then writes one
         "demo": 6,
     }
-    commands.sort(key=lambda c: rank[_command_of(_vlaforge_argv(c))])
+    # `python -m vlaforge.<module>` helpers (a tiny checkpoint to fine-tune) run first.
+    commands.sort(key=lambda c: -1 if c[0] == "python" else rank[_command_of(_vlaforge_argv(c))])
     ran = []
     servers: list[subprocess.Popen] = []
     served = {}  # the README's ws:// address -> the running server's
@@ -139,6 +141,11 @@ def test_every_readme_command_runs(tmp_path, monkeypatch):
 def _run_commands(commands: list[list[str]], ran: list, servers: list, served: dict) -> None:
     gpu_outputs: list[str] = []  # what commands that need a GPU would have written
     for cmd in commands:
+        if cmd[0] == "python":
+            done = subprocess.run([sys.executable, *cmd[1:]], capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, f"{cmd}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+            ran.append(" ".join(cmd))
+            continue
         argv = _scaled(_vlaforge_argv(cmd))
         if "demo/run/last" in argv:  # the README's held-out evaluation of the demo's policy
             argv[argv.index("demo/run/last")] = "runs/mt10/last"

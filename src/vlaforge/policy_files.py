@@ -14,7 +14,8 @@ collected in simulation, the environment and every episode's (task, seed). Evalu
 scenes the policy was trained on.
 
 Everything that needs to know what a policy directory holds (the model loader, evaluation's checks
-before any rollout, training's fine-tuning from a policy) calls `read_policy_dir`.
+before any rollout, training's fine-tuning from a policy) calls `read_policy_dir`. It also reads a LeRobot
+pi0 / SmolVLA directory (`vlaforge.lerobot_files`), described in the same terms.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vlaforge.errors import InputError
+from vlaforge.lerobot_files import is_lerobot_config, read_lerobot_dir
 from vlaforge.types import Embodiment, NormStats
 
 CONFIG_FILE, WEIGHTS_FILE, STATS_FILE, TOKENIZER_FILE = (
@@ -129,6 +131,8 @@ def read_policy_dir(directory: str | Path, need_weights: bool = True) -> PolicyF
     root = Path(directory)
     if not root.is_dir():
         raise InputError(f"{root}: no such policy directory")
+    if (root / CONFIG_FILE).is_file() and is_lerobot_config(_read_json(root / CONFIG_FILE)):
+        return _lerobot_policy_files(root, need_weights)
     need = [CONFIG_FILE, STATS_FILE] + ([WEIGHTS_FILE] if need_weights else [])
     missing = [f for f in need if not (root / f).is_file()]
     if missing:
@@ -162,6 +166,19 @@ def read_policy_dir(directory: str | Path, need_weights: bool = True) -> PolicyF
             validate_dataset_stats(per_dataset[key], embodiment, where=where)
     return PolicyFiles(
         root=root, config=config, embodiment=embodiment, norm_stats=stats, dataset_stats=per_dataset
+    )
+
+
+def _lerobot_policy_files(root: Path, need_weights: bool) -> PolicyFiles:
+    """A LeRobot pi0 / SmolVLA directory (`vlaforge.lerobot_files`) described as a policy directory, so
+    evaluation and serving check it as they check vlaforge's own."""
+    files = read_lerobot_dir(root)
+    if need_weights and not (root / WEIGHTS_FILE).is_file():
+        raise InputError(
+            f"{root}: missing {WEIGHTS_FILE}; a LeRobot policy directory holds its weights there"
+        )
+    return PolicyFiles(
+        root=root, config=files.policy_config(), embodiment=files.embodiment, norm_stats=files.norm_stats
     )
 
 

@@ -153,7 +153,7 @@ def test_the_table_dispatches_and_refuses_what_it_cannot_replace(h, tmp_path):
     from vlaforge.errors import InputError
     from vlaforge.models.formats import FORMATS, detect_format, get_format
 
-    assert list(FORMATS) == ["vlaforge", "openvla"]
+    assert list(FORMATS) == ["vlaforge", "lerobot", "openvla"]
     policy = Policy.from_preset("tiny", "chunk", h.embodiment(), h.stats())
     out = policy.save_pretrained(tmp_path / "p")
     assert detect_format(out).name == "vlaforge"
@@ -163,6 +163,8 @@ def test_the_table_dispatches_and_refuses_what_it_cannot_replace(h, tmp_path):
         policy.save_pretrained(tmp_path / "q", max_shard_bytes=1)
     with pytest.raises(InputError, match="cannot be written as an OpenVLA checkpoint"):
         policy.save_pretrained(tmp_path / "q", format="openvla")
+    with pytest.raises(InputError, match="only pi0 / SmolVLA policies can be written in LeRobot's layout"):
+        policy.save_pretrained(tmp_path / "q", format="lerobot")
     home = tmp_path / "home"
     home.mkdir()
     (home / "notes.txt").write_text("mine")

@@ -23,7 +23,7 @@ from vlaforge.actions import BinTokenizer, Normalizer
 from vlaforge.errors import InputError
 from vlaforge.models.backbone import PrismaticBackbone
 from vlaforge.models.formats import Bundle, detect_format, get_format, write_bundle
-from vlaforge.models.formats.base import as_dtype, parameters_on_meta
+from vlaforge.models.formats.base import as_dtype, parameters_on_meta, retie, tied_groups
 from vlaforge.models.formats.vlaforge import policy_config
 from vlaforge.models.heads import Context, HeadDims, check_bins_fit
 from vlaforge.models.presets import Preset, get_preset
@@ -64,12 +64,51 @@ class Policy(nn.Module):
         super().__init__()
         norm_stats.validate(embodiment)
         self.embodiment, self.norm_stats, self.preset = embodiment, norm_stats, preset
+        if preset.family is not None:
+            self._init_family(preset, embodiment, backbone)
+        else:
+            self._init_prismatic(preset, head_config, embodiment, backbone)
+        self.norm_mode = norm_mode
+        mask = self._action_mask()
+        self.action_norm = Normalizer(norm_stats["action"], mode=norm_mode, mask=mask)
+        self.uses_state = bool(preset.use_state and embodiment.state_dim)
+        self.state_norm = (
+            Normalizer(norm_stats["observation.state"], mode=norm_mode) if self.uses_state else None
+        )
+        self._low = np.asarray(embodiment.action_low, dtype=np.float32)
+        self._high = np.asarray(embodiment.action_high, dtype=np.float32)
+        self._prompt_cache: dict[str, list[int]] = {}
+        # Trained on a mixture: each dataset's own statistics, by key (`set_dataset_stats`).
+        self.dataset_stats: dict[str, NormStats] = {}
+        self._dataset_norms: dict[str, tuple[Normalizer, Normalizer | None]] = {}
+        # Where the weights were trained (dataset path, and per episode its task and seed for simulation
+        # datasets); saved in config.json so evaluation can refuse scenes seen in training.
+        self.training_data: dict[str, Any] | None = None
+        # An imported OpenVLA checkpoint's config.json and dataset_statistics.json, written back by
+        # `save_pretrained(format="openvla")` (`vlaforge.models.openvla`).
+        self.openvla_source: dict[str, Any] | None = None
+        # An imported LeRobot checkpoint's processor files and statistics tensors, written back as they
+        # were by `save_pretrained(format="lerobot")` while they still describe the policy.
+        self.lerobot_source: dict[str, Any] | None = None
+
+    def _init_prismatic(
+        self,
+        preset: Preset,
+        head_config: Mapping[str, Any],
+        embodiment: Embodiment,
+        backbone: PrismaticBackbone | None,
+    ) -> None:
+        """The Prismatic backbone (vision towers, projector, LLM) and the registered head."""
         self.text = build_text_tokenizer(
             preset.tokenizer, preset.llm.vocab_size, preset.tokenizer_path, preset.prompt
         )
         self.bins = BinTokenizer(preset.action_vocab_size, preset.n_bins)
         check_bins_fit(self.bins, preset.llm.vocab_size)
-        if backbone is None:
+        if backbone is None and preset.vlm is not None:
+            from vlaforge.models.hf_vlm import HFVLMBackbone
+
+            backbone = HFVLMBackbone(preset, embodiment.state_dim, self.text.bos_id, self.text.pad_id)
+        elif backbone is None:
             backbone = PrismaticBackbone(preset, embodiment.state_dim, self.text.bos_id, self.text.pad_id)
         elif backbone.state_dim and backbone.state_dim != embodiment.state_dim:
             raise InputError(
@@ -90,25 +129,28 @@ class Policy(nn.Module):
         # A saved head config also holds derived values (action_dim, bins, ...): only options are passed.
         options = {o.name: head_config[o.name] for o in spec.options if o.name in head_config}
         self.head = build_head(spec.name, dims, options)
-        self.norm_mode = norm_mode
-        mask = np.asarray(embodiment.normalize_mask, dtype=bool)
-        self.action_norm = Normalizer(norm_stats["action"], mode=norm_mode, mask=mask)
-        self.uses_state = bool(preset.use_state and embodiment.state_dim)
-        self.state_norm = (
-            Normalizer(norm_stats["observation.state"], mode=norm_mode) if self.uses_state else None
-        )
-        self._low = np.asarray(embodiment.action_low, dtype=np.float32)
-        self._high = np.asarray(embodiment.action_high, dtype=np.float32)
-        self._prompt_cache: dict[str, list[int]] = {}
-        # Trained on a mixture: each dataset's own statistics, by key (`set_dataset_stats`).
-        self.dataset_stats: dict[str, NormStats] = {}
-        self._dataset_norms: dict[str, tuple[Normalizer, Normalizer | None]] = {}
-        # Where the weights were trained (dataset path, and per episode its task and seed for simulation
-        # datasets); saved in config.json so evaluation can refuse scenes seen in training.
-        self.training_data: dict[str, Any] | None = None
-        # An imported OpenVLA checkpoint's config.json and dataset_statistics.json, written back by
-        # `save_pretrained(format="openvla")` (`vlaforge.models.openvla`).
-        self.openvla_source: dict[str, Any] | None = None
+
+    def _init_family(self, preset: Preset, embodiment: Embodiment, backbone: Any) -> None:
+        """A pretrained family (pi0, SmolVLA; `vlaforge.models.family`) in the backbone and head roles."""
+        from vlaforge.models.family import FamilyBackbone, FamilyHead, HFTokenizer, get_family
+
+        kind, config = preset.family["type"], preset.family["config"]
+        self.text = HFTokenizer(preset.tokenizer_path, get_family(kind).tokenizer_hint)
+        self.bins = None
+        self.backbone = backbone if backbone is not None else FamilyBackbone(kind, config)
+        self.head = FamilyHead(kind, config, embodiment.action_dim, self.text)
+
+    def _action_mask(self) -> np.ndarray:
+        """The action dims normalisation applies to: the embodiment's mask, or every dim for a family
+        (LeRobot's MEAN_STD has no mask, so an exported policy normalises as LeRobot will)."""
+        if self.family is not None:
+            return np.ones(self.embodiment.action_dim, dtype=bool)
+        return np.asarray(self.embodiment.normalize_mask, dtype=bool)
+
+    @property
+    def family(self) -> str | None:
+        """The pretrained family this policy is ("pi0", "smolvla"), None for a Prismatic model."""
+        return None if self.preset.family is None else str(self.preset.family["type"])
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -151,9 +193,24 @@ class Policy(nn.Module):
         tokens, the LLM's output layer. Training keeps them frozen, so every trainable parameter gets a
         gradient at every step (and DDP needs no `find_unused_parameters`). LoRA adapters injected inside
         these modules are included."""
-        unused = list(self.backbone.vision.unused_parameters())
+        if self.family is not None:
+            modules = self.head.unused_backbone_modules(self.backbone)
+            unused_ids = {id(p) for m in modules for p in m.parameters()}
+            within = {id(sub) for m in modules for sub in m.modules()}
+            # A tied output layer (PaliGemma's lm_head is its token embedding) is still read as embeddings.
+            read = {
+                id(p)
+                for m in self.modules(remove_duplicate=False)
+                if id(m) not in within
+                for p in m.parameters(recurse=False)
+            }
+            unused_ids -= read
+            return [n for n, p in self.named_parameters() if id(p) in unused_ids]
+        vision_unused = getattr(self.backbone, "unused_vision_parameters", None)  # a transformers VLM's
+        unused = list(vision_unused() if vision_unused else self.backbone.vision.unused_parameters())
         if not self.head.uses_lm_head:
-            unused += list(self.backbone.llm.get_output_embeddings().parameters())
+            used = {id(p) for p in self.backbone.llm.get_input_embeddings().parameters()}  # tied: still read
+            unused += [p for p in self.backbone.llm.get_output_embeddings().parameters() if id(p) not in used]
         for module in self.head.unused_backbone_modules(self.backbone):
             unused += list(module.parameters())
         unused_ids = {id(p) for p in unused}  # module.parameters() recurses, so adapters are included
@@ -186,11 +243,11 @@ class Policy(nn.Module):
         Each dataset's actions are (un-)normalised with its own action mask when its statistics carry one
         (OpenVLA applies each `unnorm_key`'s mask), else with the embodiment's `normalize_mask`."""
         self.dataset_stats, self._dataset_norms = {}, {}
-        default = np.asarray(self.embodiment.normalize_mask, dtype=bool)
+        default = self._action_mask()
         for key, ns in (stats or {}).items():
             validate_dataset_stats(ns, self.embodiment, where=f"statistics of dataset {key!r}")
             own = ns["action"].mask
-            mask = default if own is None else own
+            mask = default if own is None or self.family is not None else own
             state = Normalizer(ns["observation.state"], mode=self.norm_mode) if self.uses_state else None
             self.dataset_stats[key] = ns
             self._dataset_norms[key] = (Normalizer(ns["action"], mode=self.norm_mode, mask=mask), state)
@@ -490,13 +547,15 @@ class Policy(nn.Module):
             head=self.head.config(),
             embodiment=self.embodiment,
             norm_stats=self.norm_stats,
-            state=self.state_dict() if with_state else {},
+            state=self.state_dict(keep_vars=True) if with_state else {},  # tied tensors: one object
             dataset_stats=dict(self.dataset_stats),
             norm_mode=self.norm_mode,
             training_data=self.training_data,
             text=self.text.to_dict(),
-            tokenizer_dir=self.text.path if self.text.kind == "llama" else None,
-            extras={"openvla": self.openvla_source} if self.openvla_source else {},
+            tokenizer_dir=self.text.path if self.text.kind in ("llama", "hf") else None,
+            extras={
+                k: v for k, v in (("openvla", self.openvla_source), ("lerobot", self.lerobot_source)) if v
+            },
         )
 
     @classmethod
@@ -513,8 +572,11 @@ class Policy(nn.Module):
         policy.training_data = bundle.training_data
         policy.set_dataset_stats(bundle.dataset_stats)
         policy.openvla_source = bundle.extras.get("openvla")
-        state = bundle.tensors(policy.state_dict())
+        policy.lerobot_source = bundle.extras.get("lerobot")
+        state = bundle.tensors(policy.state_dict(keep_vars=True))
+        ties = tied_groups(policy)
         policy.load_state_dict(state, strict=True, assign=bundle.build_on_meta)
+        retie(policy, ties)
         del state
         if bundle.keep_alive is not None:
             policy._keep_alive = bundle.keep_alive  # the memory maps behind its tensors
@@ -541,6 +603,7 @@ class Policy(nn.Module):
         dtype: torch.dtype | str | None = None,
         quantize: str | None = None,
         format: str | None = None,
+        tokenizer: str | Path | None = None,
     ) -> Policy:
         """Loads a policy in any format of `vlaforge.models.formats.FORMATS`: a directory written by
         `save_pretrained`, or an OpenVLA checkpoint (config.json with `model_type: "openvla"`, or a hub id
@@ -554,13 +617,20 @@ class Policy(nn.Module):
                 (`vlaforge.models.quantize`: bitsandbytes on CUDA, portable kernels elsewhere); None keeps
                 full precision.
             format: read as this format (None: the one that recognises `directory`).
+            tokenizer: a directory with the tokenizer.json of a LeRobot pi0 / SmolVLA checkpoint, which
+                carries none (None: the checkpoint directory's own tokenizer.json).
 
         Raises:
             InputError: a missing directory or file, stats that do not fit the embodiment, or weights that
                 do not fit the config (the message names the key and both shapes).
         """
         fmt = get_format(format) if format is not None else detect_format(directory)
-        policy = cls.from_bundle(fmt.read(directory, dtype=dtype), device, dtype)
+        options = {"tokenizer": tokenizer} if tokenizer is not None else {}
+        if options and fmt.name != "lerobot":
+            raise InputError(
+                f"tokenizer= applies to LeRobot checkpoints; {directory} is in format {fmt.name!r}"
+            )
+        policy = cls.from_bundle(fmt.read(directory, dtype=dtype, **options), device, dtype)
         if quantize is not None:
             from vlaforge.models.quantize import quantize_policy
 

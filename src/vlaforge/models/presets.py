@@ -25,7 +25,7 @@ from typing import Any
 from vlaforge.errors import InputError, did_you_mean
 
 VISION_KINDS = ("dinov2_reg", "dinov2", "siglip")
-TOKENIZER_KINDS = ("byte", "llama")
+TOKENIZER_KINDS = ("byte", "llama", "hf")
 PROMPT_FORMATS = ("openvla", "instruction")
 IMAGE_RESIZES = ("bilinear", "bicubic-pil")
 RESIZE_STRATEGIES = ("resize-naive", "letterbox", "resize-crop")
@@ -129,6 +129,13 @@ class Preset:
             policy's device, antialiased when shrinking; vlaforge's default) or "bicubic-pil" (Pillow's
             bicubic on the host, what OpenVLA's image processor does, so imported checkpoints see the
             pixels they were trained on).
+        family: a pretrained VLA family that replaces the Prismatic backbone and head
+            (`vlaforge.models.family`): `{"type": "pi0" | "smolvla", "config": LeRobot's config.json}`. Its
+            `vision` is empty and `llm` None (the family's config holds its sizes); `tokenizer` is "hf", a
+            `tokenizer.json` read with the `tokenizers` library from `tokenizer_path`.
+        vlm: a transformers image-text model as the backbone (`vlaforge.models.hf_vlm`): `{"config": its
+            config.json, "num_layers": first N LLM layers, "visual_tokens": per image, "freeze_vision":
+            bool, "weights": a local directory}`; `vision` is then empty and `llm` describes its LLM.
         history: T, observations the policy reads per prediction (the current one and the T - 1 before it):
             every camera's T frames become T x n_patches tokens (oldest first) and the T states one state
             token; 1 (OpenVLA) reads the current observation only.
@@ -140,7 +147,7 @@ class Preset:
     name: str
     vision: tuple[ViTSpec, ...]
     image_size: int
-    llm: LLMSpec
+    llm: LLMSpec | None
     tokenizer: str = "byte"
     tokenizer_path: str | None = None
     prompt: str = "openvla"
@@ -152,10 +159,27 @@ class Preset:
     image_resize: str = "bilinear"
     resize_strategy: str = "resize-naive"
     history: int = 1
+    family: dict[str, Any] | None = None
+    vlm: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.history < 1:
             raise InputError(f"history must be >= 1 (observations per prediction); got {self.history}")
+        if self.family is not None:
+            if not isinstance(self.family, dict) or not isinstance(self.family.get("config"), dict):
+                raise InputError(f"preset {self.name!r}: family must be {{'type': ..., 'config': {{...}}}}")
+            if self.history != 1 or self.tokenizer != "hf":
+                raise InputError(
+                    f"preset {self.name!r}: a {self.family.get('type')} family reads one observation with its "
+                    "own tokenizer (history 1, tokenizer 'hf')"
+                )
+            return
+        if self.vlm is not None and not isinstance(
+            self.vlm.get("config") if isinstance(self.vlm, dict) else None, dict
+        ):
+            raise InputError(
+                f"preset {self.name!r}: vlm must be {{'config': a transformers config.json, ...}}"
+            )
         if self.image_resize not in IMAGE_RESIZES:
             raise InputError(f"unknown image_resize {self.image_resize!r}; choose one of {IMAGE_RESIZES}")
         if self.resize_strategy not in RESIZE_STRATEGIES:
@@ -166,7 +190,7 @@ class Preset:
             raise InputError(
                 f"resize_strategy {self.resize_strategy!r} needs image_resize='bicubic-pil' (OpenVLA's processor)"
             )
-        if not self.vision:
+        if not self.vision and self.vlm is None:
             raise InputError(f"preset {self.name!r} has no vision tower")
         if self.tokenizer not in TOKENIZER_KINDS:
             raise InputError(f"unknown tokenizer {self.tokenizer!r}; choose one of {TOKENIZER_KINDS}")
@@ -177,7 +201,7 @@ class Preset:
                 raise InputError(
                     f"image_size {self.image_size} is not a multiple of the {spec.kind} patch size {spec.patch_size}"
                 )
-        if len({self.image_size // s.patch_size for s in self.vision}) != 1:
+        if self.vision and len({self.image_size // s.patch_size for s in self.vision}) != 1:
             raise InputError("fused vision towers must produce the same number of patches")
         if self.action_vocab_size > self.llm.vocab_size:
             raise InputError(
@@ -207,7 +231,7 @@ class Preset:
         if unknown:
             raise InputError(f"unknown preset keys {sorted(unknown)}; expected a subset of {sorted(known)}")
         d["vision"] = tuple(ViTSpec(**v) for v in d["vision"])
-        d["llm"] = LLMSpec(**d["llm"])
+        d["llm"] = LLMSpec(**d["llm"]) if d.get("llm") is not None else None
         return cls(**d)
 
     def with_overrides(self, **overrides: Any) -> Preset:

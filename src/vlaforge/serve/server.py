@@ -604,7 +604,7 @@ def load_served_policy(cfg: ServeConfig) -> tuple[Any, dict[str, Any]]:
         policy = Policy.from_pretrained(cfg.policy, device=cfg.device)
         root = Path(cfg.policy).resolve()
         return policy, {"checkpoint": root.name, "model_sha256": openvla_sha256(root)}
-    files = read_policy_dir(cfg.policy)
+    files = read_policy_dir(cfg.policy)  # a vlaforge policy, or a LeRobot pi0 / SmolVLA directory
     policy = Policy.from_pretrained(files.root, device=cfg.device)
     info = {
         "checkpoint": Path(files.root).resolve().name,

@@ -1,7 +1,8 @@
 """Building the policy a run trains, and rebuilding it from a checkpoint.
 
-Three starting points (`TrainConfig.preset` / `init`): a preset trained from scratch, a vlaforge policy
-directory, or an OpenVLA checkpoint (its backbone under a fresh head for the run's robot). Then, for
+Four starting points (`TrainConfig.preset` / `init`): a preset trained from scratch, a vlaforge policy
+directory, an OpenVLA checkpoint (its backbone under a fresh head for the run's robot), or a LeRobot pi0 /
+SmolVLA checkpoint (the whole family model continues, `vlaforge.models.family`). Then, for
 QLoRA, the backbone is quantised on the training device (`vlaforge.train.qlora`), and freezing or LoRA is
 applied (`vlaforge.train.finetune`, the OpenVLA paper's strategies). A LoRA checkpoint holds the trained
 tensors only, so resuming or `restore_policy` rebuilds the frozen base and checks its fingerprint.
@@ -43,12 +44,15 @@ def build_policy(
     before LoRA wraps its layers (`vlaforge.train.qlora`); the rest of the policy stays where it was built.
     """
     from vlaforge.models import openvla
+    from vlaforge.models.formats import lerobot as lerobot_format
     from vlaforge.models.policy import Policy
     from vlaforge.models.presets import Preset
 
     init = cfg.init if cfg.init is not None else cfg.preset
     init_dir = Path(init)
-    if cfg.init is not None and (openvla.is_openvla_dir(init_dir) or openvla.is_hub_id(init)):
+    if cfg.init is not None and lerobot_format.detect(init):
+        policy = _from_lerobot(cfg, embodiment, norm_stats)
+    elif cfg.init is not None and (openvla.is_openvla_dir(init_dir) or openvla.is_hub_id(init)):
         # An OpenVLA checkpoint: its backbone (memory-mapped, no second copy) under a fresh head for
         # this dataset's embodiment; float32 weights train; a base quantised on CUDA keeps its dtype
         # (bfloat16 for openvla-7b), which autocast computes in.
@@ -129,6 +133,49 @@ def init_line(init_dir: Path, init_dim: int, dim: int) -> str:
         f"vlaforge train: initialised from {init_dir}: backbone (vision, projector, LLM) weights loaded; "
         f"action head and state projection re-initialised ({why})"
     )
+
+
+def _from_lerobot(cfg: TrainConfig, embodiment: Any, norm_stats: Any) -> nn.Module:
+    """A LeRobot pi0 / SmolVLA checkpoint as the run's policy: the whole model continues (weights
+    memory-mapped, assigned to a model built on the meta device, trained in float32) for the dataset's
+    robot (cameras fill the family's image slots in order; state and actions are padded to its
+    max_state_dim / max_action_dim), normalised with the dataset's statistics as LeRobot fine-tunes."""
+    from vlaforge.models.formats import lerobot as lerobot_format
+    from vlaforge.models.formats.base import parameters_on_meta, retie, tied_groups
+    from vlaforge.models.policy import Policy
+
+    bundle = lerobot_format.read(cfg.init, dtype=torch.float32, tokenizer=cfg.tokenizer_path)
+    preset = bundle.preset
+    if cfg.chunk_size and cfg.chunk_size != preset.chunk_size:
+        family = dict(preset.family, config={**preset.family["config"], "chunk_size": cfg.chunk_size})
+        family["config"]["n_action_steps"] = min(
+            int(family["config"].get("n_action_steps", 50)), cfg.chunk_size
+        )
+        preset = preset.with_overrides(chunk_size=cfg.chunk_size, family=family)
+    # As LeRobot fine-tunes, and as `--init` from any other checkpoint: the dataset's own statistics (the
+    # checkpoint's describe the robots it was trained on).
+    theirs = bundle.norm_stats
+    source = bundle.extras["lerobot"]
+    stats = norm_stats
+    have = f"action {theirs['action'].dim}" + (
+        f", state {theirs['observation.state'].dim}" if "observation.state" in theirs else ""
+    )
+    print(
+        f"vlaforge train: {cfg.init}: normalising with the dataset's statistics (action {embodiment.action_dim}, "
+        f"state {embodiment.state_dim}) in place of the checkpoint's ({have})"
+    )
+    if cfg.head != "chunk":
+        print(
+            f"vlaforge train: --head does not apply to {preset.family['type']}: its own action expert trains"
+        )
+    with parameters_on_meta():
+        policy = Policy(preset, bundle.head, embodiment, stats, "mean_std")
+    ties = tied_groups(policy)
+    policy.load_state_dict(bundle.tensors(policy.state_dict(keep_vars=True)), strict=True, assign=True)
+    retie(policy, ties)
+    policy._keep_alive = bundle.keep_alive
+    policy.lerobot_source = source
+    return policy
 
 
 def restore_policy(checkpoint: str | Path, device: str = "cpu") -> nn.Module:

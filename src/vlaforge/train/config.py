@@ -19,8 +19,10 @@ from vlaforge.errors import InputError
 from vlaforge.head_specs import HEADS  # torch-free, so the CLI builds train's flags without torch
 from vlaforge.train.recipes import RECIPES, check_recipe
 
-# OpenVLA's freezing strategies (`vlaforge.train.finetune`), declared here so the config imports no torch.
-FREEZE_STRATEGIES = ("full", "frozen-vision", "last-layer", "sandwich")
+# OpenVLA's freezing strategies (`vlaforge.train.finetune`), declared here so the config imports no torch,
+# and "frozen-vlm": the whole VLM (vision, projector, LLM) frozen, only the action expert / head trains
+# (SmolVLA's default, LeRobot's `train_expert_only`).
+FREEZE_STRATEGIES = ("full", "frozen-vision", "last-layer", "sandwich", "frozen-vlm")
 
 # The run directory's record of its TrainConfig (not a policy's config: `vlaforge.policy_files` owns those).
 RUN_CONFIG = "config.json"
@@ -55,8 +57,10 @@ class TrainConfig:
         preset: a preset name (``tiny``, ``openvla-7b``, ...) or a policy directory whose backbone
             weights initialise the run (fine-tuning; head and state projection start fresh).
         init: weights to fine-tune from, replacing ``preset``: an OpenVLA checkpoint (a directory whose
-            config.json says ``model_type: "openvla"``, or a hub id such as ``openvla/openvla-7b``) or a
-            vlaforge policy directory. The backbone (vision, projector, LLM) and, for OpenVLA, its Llama
+            config.json says ``model_type: "openvla"``, or a hub id such as ``openvla/openvla-7b``), a
+            LeRobot pi0 / SmolVLA checkpoint (config.json with ``"type": "pi0"`` or ``"smolvla"``; the whole
+            model, its own action expert, continues: ``head`` does not apply, and its tokenizer.json comes
+            from the directory or ``tokenizer_path``) or a vlaforge policy directory. The backbone (vision, projector, LLM) and, for OpenVLA, its Llama
             tokenizer come from it; the head starts fresh (the token head reuses the LLM's output layer,
             so an OpenVLA token head continues from its action tokens), and the run's dataset brings its
             own embodiment (any action dim) and statistics.
@@ -65,7 +69,8 @@ class TrainConfig:
             vlaforge's portable kernels on the CPU; needs ``lora_rank`` > 0. Checkpoints hold the adapters
             merged into the dequantised base (a plain full-precision policy).
         tokenizer_path: a local directory with the Llama-2 ``tokenizer.json``, for presets that use the
-            Llama tokenizer (``openvla-7b``) trained from scratch.
+            Llama tokenizer (``openvla-7b``) trained from scratch, or with the tokenizer.json of a LeRobot
+            ``init`` checkpoint (PaliGemma's for pi0, SmolVLM2's for SmolVLA), which carries none.
         head: the action head, one of the registry's (`vlaforge.models.registry.HEADS`): ``tokens``
             (OpenVLA's 256-bin tokens) or ``chunk`` (OpenVLA-OFT parallel decoding, L1).
         head_options: the head's own options as key=value (e.g. ``bidirectional=false`` for ``chunk``);
@@ -76,7 +81,8 @@ class TrainConfig:
         lr: peak learning rate; None takes the preset's.
         schedule: ``constant`` (OpenVLA) or ``cosine`` (after the warm-up, decays to 0 at ``steps``).
             None: ``constant`` for a run from an OpenVLA base (``init``, or an ``openvla*`` preset), as
-            OpenVLA trains and fine-tunes; ``cosine`` otherwise, the demo's schedule.
+            OpenVLA trains and fine-tunes; ``cosine`` otherwise (a LeRobot pi0 / SmolVLA ``init`` too,
+            as LeRobot fine-tunes them), the demo's schedule.
         warmup_steps: linear warm-up from lr / warmup_steps to lr over this many steps (0: none). None: the
             demo's 5% of ``steps`` (at most 200) under ``cosine``, 0 under ``constant`` (OpenVLA's).
         grad_accum: micro-batches per optimizer step.
@@ -95,8 +101,10 @@ class TrainConfig:
         resume: continue from ``out/last`` exactly (weights, optimizer, schedule, RNG, sampler).
         lora_rank: LoRA rank on every backbone Linear; 0 trains without LoRA.
         lora_alpha: LoRA alpha (the update is scaled by alpha / rank).
-        freeze: ``full``, ``frozen-vision``, ``last-layer`` or ``sandwich`` (OpenVLA's strategies): the
-            parts that train; with LoRA, the parts that get adapters (the rest stays frozen).
+        freeze: ``full``, ``frozen-vision``, ``last-layer`` or ``sandwich`` (OpenVLA's strategies), or
+            ``frozen-vlm`` (vision, projector and LLM frozen: only the head, or a pi0 / SmolVLA action
+            expert with its projections, trains): the parts that train; with LoRA, the parts that get
+            adapters (the rest stays frozen).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         num_workers: 0 builds batches in the training loop; N > 0 builds them in a background thread
             with N batches of look-ahead (the sampler is vectorised, so one thread suffices).
@@ -195,7 +203,9 @@ class TrainConfig:
         if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
             problems.append(f"lr={self.lr} (must be a positive number)")
         if self.schedule is None:
-            openvla = self.init is not None or str(self.preset).startswith("openvla")
+            openvla = (self.init is not None and not _is_lerobot_family(self.init)) or str(
+                self.preset
+            ).startswith("openvla")
             self.schedule = "constant" if openvla else "cosine"
         if self.warmup_steps is None:
             cosine = self.schedule == "cosine"
@@ -267,6 +277,16 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _is_lerobot_family(init: str) -> bool:
+    """A LeRobot pi0 / SmolVLA checkpoint directory (config.json's "type"), which LeRobot fine-tunes
+    with warm-up and cosine decay (not OpenVLA's constant rate)."""
+    try:
+        lerobot_config = Path(init) / "config.json"
+        return json.loads(lerobot_config.read_text()).get("type") in ("pi0", "pi05", "smolvla")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def lr_at(step: int, base_lr: float, schedule: str, warmup_steps: int, total_steps: int) -> float:

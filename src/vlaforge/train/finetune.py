@@ -10,6 +10,10 @@ appendix) compares five ways of adapting the 7B model to a new robot:
 - LoRA (Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language Models") on all linear layers,
   rank 32, alpha 16, no dropout: the best trade-off in the paper and what its fine-tuning script uses.
 
+vlaforge adds ``frozen-vlm``: vision, projector and LLM frozen, only the new modules train (for a pi0 /
+SmolVLA policy, `vlaforge.models.family`, whose parts are named the same way: its action expert and
+state / action / time projections; SmolVLA's default, LeRobot's ``train_expert_only``).
+
 vlaforge adds modules OpenVLA does not have: an action head (the token head reuses ``lm_head``) and,
 when the robot reports its joint state, a state projection. They are new for every fine-tune, so
 they always train fully, and their parameters are counted apart ("new") so the backbone counts
@@ -81,7 +85,7 @@ def _backbone_parts(policy: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]
 
 def _llm_last_layer_parts(llm: nn.Module) -> list[nn.Module]:
     """The last decoder block, input embeddings, output layer and final norm of a HF causal LM."""
-    decoder = llm.get_decoder() if hasattr(llm, "get_decoder") else getattr(llm, "model", None)
+    decoder = llm.get_decoder() if hasattr(llm, "get_decoder") else getattr(llm, "model", llm)
     layers = getattr(decoder, "layers", None)
     norm = getattr(decoder, "norm", None)
     if layers is None or len(layers) == 0 or norm is None:
@@ -89,8 +93,9 @@ def _llm_last_layer_parts(llm: nn.Module) -> list[nn.Module]:
             f"last-layer/sandwich freezing needs a decoder with .layers and .norm (Llama-style); "
             f"{type(llm).__name__} has decoder {type(decoder).__name__}"
         )
-    parts = [layers[-1], llm.get_input_embeddings(), norm]
-    out_emb = llm.get_output_embeddings()
+    in_emb = llm.get_input_embeddings() if hasattr(llm, "get_input_embeddings") else None
+    parts = [layers[-1], norm] + ([in_emb] if in_emb is not None else [])
+    out_emb = llm.get_output_embeddings() if hasattr(llm, "get_output_embeddings") else None
     if out_emb is not None:
         parts.append(out_emb)
     return parts
@@ -153,6 +158,8 @@ def _strategy_modules(policy: nn.Module, strategy: str) -> list[nn.Module]:
         return [vision, projector, llm]
     if strategy == "frozen-vision":
         return [projector, llm]
+    if strategy == "frozen-vlm":
+        return []
     if strategy == "last-layer":
         return _llm_last_layer_parts(llm)
     return [vision, projector, *_llm_last_layer_parts(llm)]  # sandwich
@@ -166,7 +173,8 @@ def _linear_like(m: nn.Module) -> bool:
 def _lora_candidates(policy: nn.Module, strategy: str, within: nn.Module | None = None) -> list[str]:
     """Names of the Linear (or quantised Linear) layers LoRA adapts under `strategy`, inside `within`."""
     vision, projector, llm = _backbone_parts(policy)
-    skip = {id(llm.get_output_embeddings())}
+    out_emb = getattr(llm, "get_output_embeddings", None)
+    skip = {id(out_emb())} if out_emb is not None else set()
     for part in (vision, projector, llm):
         for m in part.modules():
             if isinstance(m, nn.MultiheadAttention):

@@ -165,7 +165,7 @@ def _train(
     if resume_from is not None:
         ckpt.set_rng_state(start.mine["rng"], device)  # last: DDP's broadcast must not shift the streams
     if d.main:
-        _open_run(cfg, d, device, run, start.step, resume_from, counts, plan)
+        _open_run(cfg, d, device, run, start.step, resume_from, counts, plan, getattr(policy, "family", None))
 
     batches = Batches(sampler, lookahead=cfg.num_workers)
     try:
@@ -265,14 +265,17 @@ def _open_run(
     resume_from: Path | None,
     counts: dict[str, int],
     plan: ThreadPlan,
+    family: str | None = None,
 ) -> None:
-    """Rank 0: the run directory, its config.json (new runs), metrics trimmed to `step`, one line to the user."""
+    """Rank 0: the run directory, its config.json (new runs), metrics trimmed to `step`, one line to the user
+    (`family`: the pi0 / SmolVLA model that replaces the head, if any)."""
     run.mkdir(parents=True, exist_ok=True)
     if resume_from is None:
         write_json(run / RUN_CONFIG, cfg.to_dict())
     _truncate_metrics(run / "metrics.jsonl", step)
     print(
-        f"vlaforge train: {cfg.init or cfg.preset} / {cfg.head} head, {counts_line(counts, cfg)}, "
+        f"vlaforge train: {cfg.init or cfg.preset} / {f'{family} model' if family else f'{cfg.head} head'}, "
+        f"{counts_line(counts, cfg)}, "
         f"{d.world_size} process(es) on {device}, {_threads_line(plan)}, "
         + (f"resuming at step {step} from {resume_from}" if resume_from else f"{cfg.steps} steps -> {run}")
     )

@@ -3,7 +3,7 @@
 Each format is one module with `detect(path)`, `read(path, dtype) -> Bundle` and `write(bundle, directory,
 **options)`, and one row in `FORMATS`. `Policy.from_pretrained` reads through the first format that
 detects the path; `Policy.save_pretrained(format=...)` and `vlaforge export --format` write through the
-named one. A new format (pi0, SmolVLA) is one module and one row.
+named one. LeRobot's pi0 / SmolVLA layout is `formats.lerobot`.
 """
 
 from __future__ import annotations
@@ -12,11 +12,16 @@ from pathlib import Path
 from typing import Any
 
 from vlaforge.errors import InputError, did_you_mean
+from vlaforge.models.formats import lerobot as lerobot_format
 from vlaforge.models.formats import openvla as openvla_format
 from vlaforge.models.formats import vlaforge as vlaforge_format
 from vlaforge.models.formats.base import Bundle, CheckpointFormat
 
-FORMATS: dict[str, CheckpointFormat] = {f.name: f for f in (vlaforge_format.FORMAT, openvla_format.FORMAT)}
+# Order matters for detection: LeRobot's hub ids (lerobot/pi0, lerobot/smolvla_base) before OpenVLA's, which
+# takes any other hub id.
+FORMATS: dict[str, CheckpointFormat] = {
+    f.name: f for f in (vlaforge_format.FORMAT, lerobot_format.FORMAT, openvla_format.FORMAT)
+}
 DEFAULT_FORMAT = "vlaforge"  # reads what no format detects, so its errors say what a policy directory needs
 
 

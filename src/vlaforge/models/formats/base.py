@@ -157,6 +157,24 @@ def parameters_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
+def tied_groups(module: nn.Module) -> list[list[str]]:
+    """Names of parameters that are one tensor (tied embeddings), grouped, each group's first name first."""
+    groups: dict[int, list[str]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def retie(module: nn.Module, groups: list[list[str]]) -> None:
+    """Makes every name of each group hold its first name's parameter again (`load_state_dict(assign=True)`
+    gives each name its own parameter object, which would untie them)."""
+    for names in groups:
+        first = module.get_parameter(names[0])
+        for name in names[1:]:
+            owner, _, attr = name.rpartition(".")
+            module.get_submodule(owner)._parameters[attr] = first
+
+
 __all__ = [
     "Bundle",
     "CheckpointFormat",
@@ -165,4 +183,6 @@ __all__ = [
     "cast",
     "check_keys",
     "parameters_on_meta",
+    "retie",
+    "tied_groups",
 ]

@@ -367,6 +367,10 @@ def openvla_config(bundle: Bundle, stats: Mapping[str, Any]) -> dict[str, Any]:
 def check_exportable(bundle: Bundle) -> None:
     """Raises an InputError naming everything OpenVLA's layout cannot express."""
     p, head, emb = bundle.preset, bundle.head, bundle.embodiment
+    if p.family is not None:
+        raise InputError(
+            f"this {p.family['type']} policy cannot be written as an OpenVLA checkpoint; use --format lerobot"
+        )
     problems = []
     if head["kind"] != "tokens" or int(head["chunk_size"]) != 1:
         problems.append(

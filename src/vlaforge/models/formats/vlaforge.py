@@ -29,6 +29,8 @@ from vlaforge.policy_files import (
 )
 from vlaforge.policy_files import FORMAT as FORMAT_NAME
 
+ALIASES = "aliases"  # model.safetensors metadata: {tied tensor's name: the stored name}
+
 
 def detect(path: str | Path) -> bool:
     """A directory whose config.json says `"format": "vlaforge-policy"`."""
@@ -43,7 +45,7 @@ def policy_config(bundle: Bundle) -> dict[str, Any]:
     """config.json: what rebuilds the model (preset, head, embodiment, tokenizer, normalisation mode)."""
     preset = bundle.preset.to_dict()
     preset["tokenizer_path"] = None  # a saved policy carries its own tokenizer.json
-    text = dict(bundle.text) | ({"path": None} if bundle.text.get("kind") == "llama" else {})
+    text = dict(bundle.text) | ({"path": None} if bundle.text.get("kind") in ("llama", "hf") else {})
     source = bundle.extras.get("openvla")
     return {
         "format": FORMAT_NAME,
@@ -67,15 +69,16 @@ def read(path: str | Path, dtype: torch.dtype | str | None = None) -> Bundle:
     files = read_policy_dir(path)
     root = files.root
     preset = Preset.from_dict(files.preset)
-    if preset.tokenizer == "llama":
+    if preset.tokenizer in ("llama", "hf"):
         preset = preset.with_overrides(tokenizer_path=str(root))
     want = as_dtype(dtype) if dtype is not None else None
     weights = files.weights
 
     def load(expected: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         with safe_open(str(weights), framework="pt") as f:
-            keys = set(f.keys())
-            for key in sorted(keys & set(expected)):
+            aliases = json.loads((f.metadata() or {}).get(ALIASES, "{}"))  # tied tensors, stored once
+            keys = set(f.keys()) | set(aliases)
+            for key in sorted(set(f.keys()) & set(expected)):
                 shape = tuple(f.get_slice(key).get_shape())
                 if shape != tuple(expected[key].shape):
                     raise InputError(
@@ -83,7 +86,8 @@ def read(path: str | Path, dtype: torch.dtype | str | None = None) -> Bundle:
                         f"{tuple(expected[key].shape)}"
                     )
         check_keys(str(weights), keys, set(expected), "the config")
-        return {k: cast(t, want) for k, t in load_file(str(weights)).items()}
+        state = {k: cast(t, want) for k, t in load_file(str(weights)).items()}
+        return state | {k: state[v] for k, v in aliases.items()}
 
     source = files.config.get("openvla")
     return Bundle(
@@ -96,7 +100,7 @@ def read(path: str | Path, dtype: torch.dtype | str | None = None) -> Bundle:
         norm_mode=files.norm_mode,
         training_data=files.training_data,
         text=dict(files.config.get("text_tokenizer") or {}),
-        tokenizer_dir=str(root) if preset.tokenizer == "llama" else None,
+        tokenizer_dir=str(root) if preset.tokenizer in ("llama", "hf") else None,
         extras={"openvla": {"config": source}} if source else {},
     )
 
@@ -106,14 +110,21 @@ def write(bundle: Bundle, directory: str | Path) -> Path:
     so files of an earlier save (a mixture's dataset_stats.json) never survive and a crash leaves the
     previous policy. config.json is written last."""
     directory = Path(directory)
-    state = {k: v.detach().contiguous().cpu() for k, v in bundle.tensors({}).items()}
+    state, aliases, seen = {}, {}, {}
+    for k, v in bundle.tensors({}).items():
+        if id(v) in seen:  # a tied parameter (embeddings shared with the output layer): stored once
+            aliases[k] = seen[id(v)]
+            continue
+        seen[id(v)] = k
+        state[k] = v.detach().contiguous().cpu()
+    meta = {"format": FORMAT_NAME} | ({ALIASES: json.dumps(aliases, sort_keys=True)} if aliases else {})
     with atomic_dir(directory, overwrite=True) as tmp:
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT_NAME})
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata=meta)
         bundle.norm_stats.save(tmp / STATS_FILE)
         if bundle.dataset_stats:
             doc = {k: v.to_dict() for k, v in bundle.dataset_stats.items()}
             (tmp / DATASET_STATS_FILE).write_text(json.dumps(doc, indent=2))
-        if bundle.preset.tokenizer == "llama":
+        if bundle.preset.tokenizer in ("llama", "hf"):
             shutil.copyfile(Path(str(bundle.tokenizer_dir)) / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
         (tmp / CONFIG_FILE).write_text(json.dumps(policy_config(bundle), indent=2))
     return directory
