@@ -223,7 +223,7 @@ def _add_dataset_command(sub: Any, build: bool) -> None:
     ds.set_defaults(func=lambda a: _run_synth(config_from_args(cls, a)))
 
 
-EXPORT_HELP = "write a policy in another checkpoint format (OpenVLA's Hugging Face layout, or vlaforge's)"
+EXPORT_HELP = "write a policy in another checkpoint format (OpenVLA's or LeRobot's layout, or vlaforge's)"
 
 
 def _add_export_command(sub: Any, build: bool) -> None:
@@ -234,7 +234,7 @@ def _add_export_command(sub: Any, build: bool) -> None:
         "policy", help="a vlaforge policy directory (e.g. RUN/last), an OpenVLA directory or hub id"
     )
     e.add_argument("--out", required=True, help="the directory to write")
-    formats = _load("vlaforge.models.formats:FORMATS")  # the checkpoint formats' table
+    formats = _load("vlaforge.format_specs:FORMAT_SPECS")  # the checkpoint formats' table, torch-free
     e.add_argument(
         "--format",
         default="openvla",

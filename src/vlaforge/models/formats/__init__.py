@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vlaforge.errors import InputError, did_you_mean
+from vlaforge.format_specs import FORMAT_SPECS
 from vlaforge.models.formats import lerobot as lerobot_format
 from vlaforge.models.formats import openvla as openvla_format
 from vlaforge.models.formats import vlaforge as vlaforge_format
@@ -22,6 +23,9 @@ from vlaforge.models.formats.base import Bundle, CheckpointFormat
 FORMATS: dict[str, CheckpointFormat] = {
     f.name: f for f in (vlaforge_format.FORMAT, lerobot_format.FORMAT, openvla_format.FORMAT)
 }
+assert set(FORMATS) == set(FORMAT_SPECS), (
+    "every format in vlaforge.format_specs.FORMAT_SPECS needs its module here"
+)
 DEFAULT_FORMAT = "vlaforge"  # reads what no format detects, so its errors say what a policy directory needs
 
 

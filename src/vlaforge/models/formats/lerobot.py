@@ -36,6 +36,7 @@ from safetensors.torch import save_file
 
 from vlaforge.atomic import atomic_dir
 from vlaforge.errors import InputError
+from vlaforge.format_specs import FORMAT_SPECS
 from vlaforge.lerobot_files import (
     ACTION_KEY,
     FAMILIES,
@@ -419,10 +420,11 @@ def write(bundle: Bundle, directory: str | Path) -> Path:
 
 FORMAT = CheckpointFormat(
     name="lerobot",
-    doc="LeRobot's pi0 / SmolVLA policy layout: config.json with 'type', model.safetensors, processor files",
+    doc=FORMAT_SPECS["lerobot"].doc,
     detect=detect,
     read=read,
     write=write,
+    write_options=FORMAT_SPECS["lerobot"].write_options,
 )
 
 __all__ = [

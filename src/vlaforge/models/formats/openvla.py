@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from vlaforge.atomic import atomic_dir
 from vlaforge.errors import InputError
+from vlaforge.format_specs import FORMAT_SPECS
 from vlaforge.models.formats.base import Bundle, CheckpointFormat, as_dtype, cast, check_keys
 from vlaforge.models.openvla_weights import (
     INDEX_FILE,
@@ -484,11 +485,11 @@ def write(
 
 FORMAT = CheckpointFormat(
     name="openvla",
-    doc="OpenVLA's Hugging Face layout (openvla/openvla-7b): timm tensor names, shards, dataset_statistics.json",
+    doc=FORMAT_SPECS["openvla"].doc,
     detect=detect,
     read=read,
     write=write,
-    write_options=("max_shard_bytes", "unnorm_key"),
+    write_options=FORMAT_SPECS["openvla"].write_options,
 )
 
 __all__ = [

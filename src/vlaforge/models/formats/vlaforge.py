@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from vlaforge.atomic import atomic_dir
 from vlaforge.errors import InputError
+from vlaforge.format_specs import FORMAT_SPECS
 from vlaforge.models.formats.base import Bundle, CheckpointFormat, as_dtype, cast, check_keys
 from vlaforge.models.presets import Preset
 from vlaforge.policy_files import (
@@ -132,10 +133,11 @@ def write(bundle: Bundle, directory: str | Path) -> Path:
 
 FORMAT = CheckpointFormat(
     name="vlaforge",
-    doc="vlaforge's policy directory: config.json, model.safetensors, norm_stats.json",
+    doc=FORMAT_SPECS["vlaforge"].doc,
     detect=detect,
     read=read,
     write=write,
+    write_options=FORMAT_SPECS["vlaforge"].write_options,
 )
 
 __all__ = ["FORMAT", "detect", "policy_config", "read", "write"]
