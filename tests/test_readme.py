@@ -115,6 +115,7 @@ def test_every_readme_command_runs(tmp_path, monkeypatch):
         "eval": 4,
         "export": 5,
         "tokenizer": 1,
+        "idm": 1,  # after collect: `idm train` reads a dataset; `idm label` and `idm check` then use it
         "demo": 6,
     }
     commands.sort(key=lambda c: rank[_command_of(_vlaforge_argv(c))])
