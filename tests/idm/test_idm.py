@@ -56,7 +56,7 @@ def idm(squares, tmp_path_factory):
     from vlaforge.idm.train import train_idm
 
     run = tmp_path_factory.mktemp("idm") / "run"
-    cfg = IdmConfig(dataset=str(squares), out=str(run), labelled=10, horizon=1, width=8, hidden=64,
+    cfg = IdmConfig(dataset=str(squares), out=str(run), labelled=10, horizon=1, width=8, hidden=64, use_state=False,
                     shift=2, steps=400, batch_size=32, lr=3e-3, threads=1, device="cpu")  # fmt: skip
     train_idm(cfg)
     return run
@@ -97,6 +97,35 @@ def test_label_writes_a_readable_dataset_with_provenance_and_hash(squares, idm, 
     assert info["idm_sha256"] == sha256_files([idm / "last" / "idm.safetensors"])
     assert info["source_episodes"] == [0, 11, 12] and info["recorded_episodes"] == [0]
     assert info["provenance_column"] == "action.provenance"
+
+
+def test_label_a_folder_of_videos_at_another_size_and_rate(idm, tmp_path):
+    """Videos at 2x the size and 2x the frame rate (every frame twice) are resized and resampled back."""
+    from vlaforge.data.dataset import open_dataset
+    from vlaforge.data.video import write_video
+    from vlaforge.idm.config import IdmLabelConfig
+    from vlaforge.idm.label import label_dataset
+
+    rng, truth, tasks = np.random.default_rng(7), [], {}
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for i in range(2):
+        f, a = _square_episode(rng)
+        big = f.repeat(2, axis=1).repeat(2, axis=2).repeat(2, axis=0)  # 48 px, 20 fps
+        write_video(folder / f"clip{i}.mp4", big, fps=20)
+        tasks[f"clip{i}.mp4"], truth = f"move the square {i}", truth + [a]
+    (folder / "tasks.json").write_text(json.dumps(tasks))
+    out = tmp_path / "from_videos"
+    label_dataset(IdmLabelConfig(src=str(folder), idm=str(idm), out=str(out), device="cpu"))
+    ds = open_dataset(out)
+    assert ds.num_episodes == 2 and ds.num_frames == 2 * LENGTH and ds.fps == 10
+    assert ds.tasks == ["move the square 0", "move the square 1"]
+    pred = ds.actions().reshape(2, LENGTH, 2)[:, :-1]
+    assert np.abs(pred - np.stack(truth)[:, :-1]).mean() < 0.25
+    assert (ds.column("action.provenance") == 2).all()
+    (folder / "clip1.mp4").write_bytes(b"not a video")
+    with pytest.raises(InputError, match=str(folder / "clip1.mp4")):
+        label_dataset(IdmLabelConfig(src=str(folder), idm=str(idm), out=str(tmp_path / "o2"), device="cpu"))
 
 
 def test_errors_name_the_bad_file(squares, idm, tmp_path):

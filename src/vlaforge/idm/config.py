@@ -26,6 +26,8 @@ class IdmConfig:
         camera: the camera read (None: the dataset's first).
         width: channels of the first conv layer (doubled twice).
         hidden: width of the MLP head.
+        use_state: feed the state at t to the model; off, it reads the frames alone (needed to label
+            video files, which have no state).
         shift: random-shift augmentation in pixels (the same shift for both frames of a pair); 0: off.
         steps: optimizer steps.
         batch_size: windows per step.
@@ -43,6 +45,7 @@ class IdmConfig:
     camera: str | None = None
     width: int = 16
     hidden: int = 256
+    use_state: bool = True
     shift: int = 4
     steps: int = 3000
     batch_size: int = 64
@@ -86,7 +89,10 @@ class IdmLabelConfig:
     """Labelling a dataset with an IDM (``vlaforge idm label SRC --idm IDM --out DST``).
 
     Attributes:
-        src: the LeRobot v3.0 dataset whose frames are labelled (its actions, if any, are ignored).
+        src: the LeRobot v3.0 dataset whose frames are labelled (its actions, if any, are ignored), or a
+            folder of video files with a ``tasks.json`` ({"file name": "instruction"}): each listed video
+            is one episode, decoded with PyAV, centre-cropped to a square, resized to the IDM's image
+            side and resampled to its fps (nearest frame in time).
         idm: an IDM run directory (its ``last``) or model directory.
         out: the LeRobot v3.0 dataset to write.
         episodes: which of `src`'s episodes: ``A:B``, a comma list of indices, or ``@FILE`` holding such a

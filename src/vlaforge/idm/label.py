@@ -36,6 +36,7 @@ from vlaforge.idm.config import (
 )
 from vlaforge.idm.model import InverseDynamicsModel, load_idm, to_float_images, window_starts
 from vlaforge.idm.train import open_lerobot
+from vlaforge.idm.videos import is_video_folder, load_video, video_tasks
 from vlaforge.weights_hash import weights_sha256
 
 LAST_FRAMES_RULE = (
@@ -83,13 +84,15 @@ def label_dataset(cfg: IdmLabelConfig) -> Path:
     """Writes `cfg.out`: `cfg.src`'s chosen episodes with the IDM's actions; returns its path."""
     device = torch.device(resolve_device(cfg.device))
     idm, idm_dir = load_idm(cfg.idm, device)
+    if is_video_folder(cfg.src):
+        return label_videos(cfg, idm, idm_dir, device)
     src, frames, cam = _open_source(cfg.src, idm, idm_dir)
     episodes = parse_episodes(cfg.episodes, src.num_episodes)
     keep = set(parse_episodes(cfg.keep_actions, src.num_episodes)) if cfg.keep_actions else set()
     recorded = src.actions() if keep else None
     if recorded is not None and recorded.shape[1] != idm.action_dim:
         raise InputError(f"{cfg.src}: actions have {recorded.shape[1]} dims, the IDM's {idm.action_dim}")
-    states = src.states()
+    states = src.states()[:, : idm.state_dim] if idm.state_dim == 0 else src.states()
     emb = src.embodiment()
     names = list(emb.action_names) if len(emb.action_names) == idm.action_dim else None
     features = {
@@ -104,22 +107,14 @@ def label_dataset(cfg: IdmLabelConfig) -> Path:
     extra = {
         **ours,
         "episodes": [src_eps[e] for e in episodes] if len(src_eps) == src.num_episodes else [],
-        "idm_actions": {
-            "idm": str(idm_dir),
-            "idm_sha256": weights_sha256([idm_dir / IDM_WEIGHTS]),
-            "source": str(Path(cfg.src).resolve()),
-            "source_episodes": episodes,
-            "recorded_episodes": sorted(keep & set(episodes)),
-            "camera": cam,
-            "horizon": idm.horizon,
-            "action": "frame t: the first of the H actions predicted from frames t and t + H; "
-            + LAST_FRAMES_RULE,
-            "provenance_column": "action.provenance",
-            "provenance_values": {
-                str(PROVENANCE_RECORDED): "recorded",
-                str(PROVENANCE_IDM): "inverse dynamics model",
-            },
-        },
+        "idm_actions": _provenance(
+            idm_dir,
+            cfg.src,
+            idm.horizon,
+            source_episodes=episodes,
+            recorded_episodes=sorted(keep & set(episodes)),
+            camera=cam,
+        ),
     }
     video_keys = [key for key, ft in features.items() if ft["dtype"] == "video"]
     columns = [key for key in features if key not in video_keys and key in src._columns]  # noqa: SLF001
@@ -148,6 +143,62 @@ def label_dataset(cfg: IdmLabelConfig) -> Path:
     return Path(cfg.out)
 
 
+def _provenance(idm_dir: Path, src: str, horizon: int, **more: object) -> dict:
+    return {
+        "idm": str(idm_dir),
+        "idm_sha256": weights_sha256([idm_dir / IDM_WEIGHTS]),
+        "source": str(Path(src).resolve()),
+        **more,
+        "horizon": horizon,
+        "action": "frame t: the first of the H actions predicted from frames t and t + H; "
+        + LAST_FRAMES_RULE,
+        "provenance_column": "action.provenance",
+        "provenance_values": {
+            str(PROVENANCE_RECORDED): "recorded",
+            str(PROVENANCE_IDM): "inverse dynamics model",
+        },
+    }
+
+
+def label_videos(cfg: IdmLabelConfig, idm: InverseDynamicsModel, idm_dir: Path, device: torch.device) -> Path:
+    """`cfg.src` is a folder of videos + tasks.json (`vlaforge.idm.videos`): one episode per video."""
+    if idm.state_dim:
+        raise InputError(
+            f"{idm_dir}: this IDM reads the robot state, which the videos in {cfg.src} lack; "
+            "train one on frames alone (`vlaforge idm train --no-use-state`)"
+        )
+    if cfg.keep_actions:
+        raise InputError(
+            f"{cfg.src}: --keep-actions needs a LeRobot dataset; videos have no recorded actions"
+        )
+    fps = idm.cfg.get("fps")
+    if not fps:
+        raise InputError(f"{idm_dir / 'idm_config.json'}: no fps; retrain the IDM with this vlaforge")
+    side, cam = int(idm.cfg["image_size"]), str(idm.cfg["camera"])
+    videos = video_tasks(cfg.src)
+    chosen = parse_episodes(cfg.episodes, len(videos))
+    key = f"observation.images.{cam}"
+    features = {
+        key: {"dtype": "video", "shape": [side, side, 3], "names": ["height", "width", "channels"]},
+        "action": {"dtype": "float32", "shape": [idm.action_dim], "names": None},
+        "action.provenance": {"dtype": "int64", "shape": [1], "names": None},
+    }
+    more = {"source_videos": [videos[i][0].name for i in chosen], "camera": cam, "fps": float(fps)}
+    with LeRobotWriter(
+        cfg.out, fps=float(fps), features=features, overwrite=cfg.overwrite,
+        extra_info={"vlaforge": {"idm_actions": _provenance(idm_dir, cfg.src, idm.horizon, **more)}},
+    ) as w:  # fmt: skip
+        for i in tqdm(chosen, desc="idm label", unit="video"):
+            path, task = videos[i]
+            frames = load_video(path, side, float(fps))
+            none = np.zeros((len(frames), 0), np.float32)
+            acts = episode_actions(idm, frames, none, 0, len(frames), cfg.batch_size, device, str(path))
+            prov = np.full((len(frames), 1), PROVENANCE_IDM, np.int64)
+            w.add_episode(task, {key: frames, "action": acts, "action.provenance": prov})
+    print(f"vlaforge idm label: {len(chosen)} videos of {cfg.src} -> {cfg.out} (IDM {idm_dir}, {fps:g} fps)")
+    return Path(cfg.out)
+
+
 def check_idm(idm_path: str, dataset: str, episodes: str | None, device: str = "auto") -> dict:
     """R^2 and mean absolute error per action dim of the IDM's labels against `dataset`'s real actions."""
     dev = torch.device(resolve_device(device))
@@ -155,6 +206,7 @@ def check_idm(idm_path: str, dataset: str, episodes: str | None, device: str = "
     src, frames, _ = _open_source(dataset, idm, idm_dir)
     eps = parse_episodes(episodes, src.num_episodes)
     states, real = src.states(), src.actions()
+    states = states[:, :0] if idm.state_dim == 0 else states
     pred, true = [], []
     for e in tqdm(eps, desc="idm check", unit="episode"):
         r = src.episode_frames(e)

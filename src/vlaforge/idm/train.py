@@ -39,6 +39,7 @@ class Windows:
     actions: np.ndarray  # float32 (N, A)
     starts: np.ndarray  # int64 (W,)
     camera: str
+    fps: float
 
 
 def open_lerobot(path: str, camera: str | None) -> tuple[object, str]:
@@ -64,7 +65,7 @@ def training_windows(cfg: IdmConfig) -> Windows:
     starts = np.concatenate(starts) if starts else np.zeros(0, np.int64)
     if len(starts) == 0:
         raise InputError(f"{cfg.dataset}: no episode of the first {n} has more than H={cfg.horizon} frames")
-    return Windows(ds.frames(cam), ds.states(), ds.actions(), starts, cam)
+    return Windows(ds.frames(cam), ds.states(), ds.actions(), starts, cam, float(ds.fps))
 
 
 def shift_images(
@@ -105,11 +106,12 @@ def _train(cfg: IdmConfig, device: torch.device, run: Path) -> Path:
     mcfg = {
         "horizon": h,
         "action_dim": int(data.actions.shape[1]),
-        "state_dim": int(data.states.shape[1]),
+        "state_dim": int(data.states.shape[1]) if cfg.use_state else 0,
         "image_size": int(data.frames.shape[1]),
         "width": cfg.width,
         "hidden": cfg.hidden,
         "camera": data.camera,
+        "fps": data.fps,
         "format": 1,
     }
     model = InverseDynamicsModel(mcfg)
@@ -152,7 +154,7 @@ def _train(cfg: IdmConfig, device: torch.device, run: Path) -> Path:
             x = to_float_images(data.frames[t], device)
             y = to_float_images(data.frames[t + h], device)
             x, y = shift_images(x, y, cfg.shift, gen)
-            state = torch.as_tensor(data.states[t], device=device)
+            state = torch.as_tensor(data.states[t][:, : mcfg["state_dim"]], device=device)
             target = torch.as_tensor(data.actions[t[:, None] + np.arange(h)[None]], device=device)
             loss = (model(x, y, state) - (target - am) / asd).abs().mean()
             opt.zero_grad(set_to_none=True)
