@@ -28,6 +28,9 @@ def add_idm_command(sub: Any, build: bool) -> None:
     c.add_argument("--idm", required=True, help="the IDM (its run directory or model directory)")
     c.add_argument("--episodes", default=None, help="A:B, a comma list, or @FILE (default: all)")
     c.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    c.add_argument(
+        "--camera", default=None, help="read this camera instead of the IDM's (default: the IDM's)"
+    )
     c.set_defaults(func=_check)
 
 
@@ -48,7 +51,7 @@ def _check(a: Any) -> None:
 
     from vlaforge.idm.label import check_idm
 
-    print(json.dumps(check_idm(a.idm, a.dataset, a.episodes, a.device), indent=2))
+    print(json.dumps(check_idm(a.idm, a.dataset, a.episodes, a.device, a.camera), indent=2))
 
 
 __all__ = ["IDM_HELP", "add_idm_command"]

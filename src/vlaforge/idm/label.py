@@ -71,8 +71,10 @@ def episode_actions(
     return np.concatenate([p[:, 0], p[-1, 1:], p[-1, -1:]]).astype(np.float32)
 
 
-def _open_source(path: str, idm: InverseDynamicsModel, idm_dir: Path) -> tuple[object, np.ndarray, str]:
-    camera, side = str(idm.cfg["camera"]), int(idm.cfg["image_size"])
+def _open_source(
+    path: str, idm: InverseDynamicsModel, idm_dir: Path, camera: str | None = None
+) -> tuple[object, np.ndarray, str]:
+    camera, side = camera or str(idm.cfg["camera"]), int(idm.cfg["image_size"])
     src, cam = open_lerobot(path, camera)
     from vlaforge.data.dataset import open_dataset
 
@@ -199,11 +201,14 @@ def label_videos(cfg: IdmLabelConfig, idm: InverseDynamicsModel, idm_dir: Path, 
     return Path(cfg.out)
 
 
-def check_idm(idm_path: str, dataset: str, episodes: str | None, device: str = "auto") -> dict:
-    """R^2 and mean absolute error per action dim of the IDM's labels against `dataset`'s real actions."""
+def check_idm(
+    idm_path: str, dataset: str, episodes: str | None, device: str = "auto", camera: str | None = None
+) -> dict:
+    """R^2 and mean absolute error per action dim of the IDM's labels against `dataset`'s real actions;
+    `camera` reads another camera than the one the IDM was trained on (how far it transfers)."""
     dev = torch.device(resolve_device(device))
     idm, idm_dir = load_idm(idm_path, dev)
-    src, frames, _ = _open_source(dataset, idm, idm_dir)
+    src, frames, cam = _open_source(dataset, idm, idm_dir, camera)
     eps = parse_episodes(episodes, src.num_episodes)
     states, real = src.states(), src.actions()
     states = states[:, :0] if idm.state_dim == 0 else states
@@ -218,6 +223,7 @@ def check_idm(idm_path: str, dataset: str, episodes: str | None, device: str = "
     return {
         "idm": str(idm_dir),
         "dataset": dataset,
+        "camera": cam,
         "episodes": len(eps),
         "frames": int(len(t)),
         "action_names": list(src.embodiment().action_names),
