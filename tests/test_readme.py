@@ -117,6 +117,7 @@ def test_every_readme_command_runs(tmp_path, monkeypatch):
         "export": 5,
         "tokenizer": 1,
         "latent": 1,  # after collect: `latent train` reads a dataset; `latent label` then writes one
+        "idm": 1,  # after collect: `idm train` reads a dataset; `idm label` and `idm check` then use it
         "demo": 6,
     }
     # `python -m vlaforge.<module>` helpers (a tiny checkpoint to fine-tune) run first.

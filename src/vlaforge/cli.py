@@ -7,6 +7,7 @@ vlaforge train     --dataset DIR --preset tiny --head chunk --steps N --out RUN
 vlaforge eval      --policy RUN/last --tasks mt10 --episodes 10 --out DIR
 vlaforge export    RUN/last --format openvla --out DIR   (or an OpenVLA checkpoint to --format vlaforge)
 vlaforge tokenizer train --dataset DIR --out TOK         (FAST: DCT + byte-pair encoding of action chunks)
+vlaforge idm       train --dataset DIR --out IDM | label SRC --idm IDM --out DST   (inverse dynamics)
 vlaforge latent    train --dataset DIR --out LAM | label SRC --lam LAM --out DST   (latent actions, LAPA)
 vlaforge demo      (collect + train + eval on a small default)
 vlaforge --version
@@ -299,8 +300,22 @@ def build_parser(command: str | None = None, defaults: dict | None = None) -> ar
     p = Parser(prog="vlaforge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("collect", "dataset", "train", "eval", "serve", "export", "tokenizer", "latent", "demo"):
+    for name in (
+        "collect",
+        "dataset",
+        "train",
+        "eval",
+        "serve",
+        "export",
+        "tokenizer",
+        "idm",
+        "latent",
+        "demo",
+    ):
         build = command in (None, name)
+        if name == "idm":
+            _load("vlaforge.idm.cli:add_idm_command")(sub, build)
+            continue
         if name == "latent":
             _load("vlaforge.latent.cli:add_latent_command")(sub, build)
             continue
@@ -321,7 +336,7 @@ def build_parser(command: str | None = None, defaults: dict | None = None) -> ar
 
 
 def _command_of(argv: list[str]) -> str | None:
-    known = set(CONFIG_COMMANDS) | {"dataset", "export", "tokenizer", "latent"}
+    known = set(CONFIG_COMMANDS) | {"dataset", "export", "tokenizer", "idm", "latent"}
     first = next((a for a in argv if not a.startswith("-")), None)
     return first if first in known else None
 

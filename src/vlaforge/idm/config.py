@@ -1,0 +1,149 @@
+"""What an IDM training run (`IdmConfig`) and a labelling (`IdmLabelConfig`) are; torch-free, so the CLI
+builds `vlaforge idm`'s flags without importing torch."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from vlaforge.errors import InputError
+
+IDM_CONFIG = "idm_config.json"  # the model's sizes and its camera, beside its weights
+IDM_WEIGHTS = "idm.safetensors"  # weights + action/state normalisation buffers
+PROVENANCE_RECORDED = 0  # `action.provenance` of frames whose actions were recorded
+PROVENANCE_IDM = 2  # `action.provenance` of frames labelled by an IDM (1: a latent action model)
+
+
+@dataclass
+class IdmConfig:
+    """An inverse dynamics model's training run (``vlaforge idm train`` passes each flag here).
+
+    Attributes:
+        dataset: a LeRobot v3.0 dataset with real actions.
+        out: run directory (``config.json``, ``metrics.jsonl``, ``last`` -> the final model directory).
+        labelled: train on the first N episodes only (None: all).
+        horizon: H: the model reads frames t and t + H and predicts actions t .. t + H - 1.
+        camera: the camera read (None: the dataset's first).
+        width: channels of the first conv layer (doubled twice).
+        hidden: width of the MLP head.
+        use_state: feed the state at t to the model; off, it reads the frames alone (needed to label
+            video files, which have no state).
+        shift: random-shift augmentation in pixels (the same shift for both frames of a pair); 0: off.
+        steps: optimizer steps.
+        batch_size: windows per step.
+        lr: AdamW learning rate (cosine decay to 0).
+        log_every: write a metrics line every N steps.
+        seed: seeds init and the window sampler.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        threads: torch CPU threads (None: the cores other processes leave free).
+    """
+
+    dataset: str
+    out: str
+    labelled: int | None = None
+    horizon: int = 4
+    camera: str | None = None
+    width: int = 16
+    hidden: int = 256
+    use_state: bool = True
+    shift: int = 4
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    log_every: int = 50
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        self.dataset, self.out = str(self.dataset), str(self.out)
+        problems = [
+            f"{n}={getattr(self, n)} (must be >= 1)"
+            for n in ("horizon", "width", "hidden", "steps", "batch_size", "log_every")
+            if int(getattr(self, n)) < 1
+        ]
+        if self.labelled is not None and self.labelled < 1:
+            problems.append(f"labelled={self.labelled} (must be >= 1, or None for all episodes)")
+        if self.shift < 0:
+            problems.append(f"shift={self.shift} (must be >= 0)")
+        if not self.lr > 0:
+            problems.append(f"lr={self.lr} (must be > 0)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            problems.append(f"device {self.device!r} (choose 'auto', 'cpu' or 'cuda')")
+        if self.threads is not None and self.threads < 1:
+            problems.append(f"threads={self.threads} (must be >= 1)")
+        if problems:
+            raise InputError("invalid inverse dynamics model config: " + "; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> IdmConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass
+class IdmLabelConfig:
+    """Labelling a dataset with an IDM (``vlaforge idm label SRC --idm IDM --out DST``).
+
+    Attributes:
+        src: the LeRobot v3.0 dataset whose frames are labelled (its actions, if any, are ignored), or a
+            folder of video files with a ``tasks.json`` ({"file name": "instruction"}): each listed video
+            is one episode, decoded with PyAV, centre-cropped to a square, resized to the IDM's image
+            side and resampled to its fps (nearest frame in time).
+        idm: an IDM run directory (its ``last``) or model directory.
+        out: the LeRobot v3.0 dataset to write.
+        episodes: which of `src`'s episodes: ``A:B``, a comma list of indices, or ``@FILE`` holding such a
+            list (None: all).
+        keep_actions: episodes (same forms) whose recorded actions are kept instead of labelled
+            (provenance 0): one dataset of real and IDM actions, normalised with one set of statistics.
+        batch_size: windows per forward pass.
+        device: ``auto``, ``cpu`` or ``cuda``.
+        overwrite: replace an existing `out`.
+    """
+
+    src: str
+    idm: str
+    out: str
+    episodes: str | None = None
+    keep_actions: str | None = None
+    batch_size: int = 256
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        self.src, self.idm, self.out = str(self.src), str(self.idm), str(self.out)
+        if self.batch_size < 1:
+            raise InputError(f"idm label: batch_size={self.batch_size} (must be >= 1)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise InputError(f"idm label: device {self.device!r} (choose 'auto', 'cpu' or 'cuda')")
+
+
+def parse_episodes(spec: str | None, num_episodes: int) -> list[int]:
+    """``A:B``, ``i,j,k`` or ``@FILE`` (a file holding either) -> sorted episode indices in range."""
+    if spec is None or str(spec).strip() == "":
+        return list(range(num_episodes))
+    spec = str(spec).strip()
+    if spec.startswith("@"):
+        from pathlib import Path
+
+        path = Path(spec[1:])
+        if not path.is_file():
+            raise InputError(f"--episodes {spec!r}: no file {path}")
+        spec = path.read_text().strip()
+    try:
+        if ":" in spec:
+            a, _, b = spec.partition(":")
+            chosen = list(range(int(a or 0), int(b) if b else num_episodes))
+        else:
+            chosen = sorted({int(x) for x in spec.replace("\n", ",").split(",") if x.strip()})
+    except ValueError as e:
+        raise InputError(f"--episodes {spec[:60]!r}: give A:B or a comma list of episode indices") from e
+    bad = [e for e in chosen if not 0 <= e < num_episodes]
+    if bad:
+        raise InputError(f"--episodes: {bad[:5]} out of range (the dataset has {num_episodes} episodes)")
+    if not chosen:
+        raise InputError(f"--episodes {spec!r}: no episode chosen")
+    return chosen
