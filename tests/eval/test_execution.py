@@ -228,9 +228,14 @@ def test_a_served_policy_is_ensembled_the_same_way(tmp_path, tiny_policy):
     served, info = load_served_policy(cfg)
     with ServerThread(served, cfg, info) as srv:
         before = srv.server.stats["requests"]
-        remote = _eval(tmp_path, "remote", srv.url, execution="ensemble", episodes=1, max_steps=6)
+        # one column (the training instruction), so every request is this episode's
+        remote = _eval(
+            tmp_path, "remote", srv.url, execution="ensemble", episodes=1, max_steps=6, instructions="train"
+        )
         assert srv.server.stats["requests"] - before == 6  # a chunk every step, over the wire
-    local = _eval(tmp_path, "local", ckpt, execution="ensemble", episodes=1, max_steps=6)
+    local = _eval(
+        tmp_path, "local", ckpt, execution="ensemble", episodes=1, max_steps=6, instructions="train"
+    )
     assert _episodes(remote) == _episodes(local)
     assert remote.info["protocol"]["execution"] == "ensemble"
 

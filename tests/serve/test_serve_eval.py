@@ -62,7 +62,8 @@ def test_eval_over_the_wire_equals_in_process(checkpoint, tmp_path):
         for a, b in zip(chunks["remote"], chunks["local"]):
             np.testing.assert_array_equal(a, b)
 
-        common = dict(tasks=TASK, episodes=2, max_steps=12, workers=0, videos=0)
+        # one column (the training instruction), so the requests counted are these episodes'
+        common = dict(tasks=TASK, episodes=2, max_steps=12, workers=0, videos=0, instructions="train")
         before = srv.server.stats["requests"]
         remote = evaluate(EvalConfig(policy=srv.url, out=tmp_path / "remote", **common))
         assert srv.server.stats["requests"] - before == 2 * 3  # every plan went over the wire
