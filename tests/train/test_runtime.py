@@ -58,7 +58,9 @@ def test_default_threads_leave_out_a_core_another_process_keeps_busy(tiny_datase
     try:
         time.sleep(0.5)
         args = ("--steps", "2", "--batch-size", "2", "--log-every", "1", "--device", "cpu")
-        proc = subprocess.run(_cli(tiny_dataset, run, *args), env=_env(), capture_output=True, text=True)
+        proc = subprocess.run(
+            _cli(tiny_dataset, run, *args), env=_env(), capture_output=True, text=True, timeout=300
+        )
     finally:
         busy.kill()
         busy.wait()

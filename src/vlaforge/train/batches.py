@@ -30,15 +30,18 @@ class Batches:
     def _fill(self) -> None:
         try:
             while not self._stop.is_set():
-                item = (next(self.sampler), self.sampler.state_dict())
-                while not self._stop.is_set():
-                    try:
-                        self._q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                self._put((next(self.sampler), self.sampler.state_dict()))
         except Exception as e:  # surfaced in the training thread
-            self._q.put(e)
+            self._put(e)
+
+    def _put(self, item: Any) -> None:
+        """Queues `item`, giving up when the trainer has stopped reading (`close`)."""
+        while not self._stop.is_set():
+            try:
+                self._q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
 
     def next(self) -> dict[str, Any]:
         if self._q is None:
@@ -56,6 +59,10 @@ class Batches:
     def close(self) -> None:
         """Stops the look-ahead thread and the sampler's own workers (a streaming sampler's decoders)."""
         self._stop.set()
+        if self._q is not None:
+            # Wait for the thread to finish the batch it is building: a daemon thread still inside torch
+            # or the sampler while the interpreter shuts down can hang the process on exit.
+            self._thread.join()
         close = getattr(self.sampler, "close", None)
         if close is not None:
             close()
