@@ -62,7 +62,7 @@ class Batches:
         if self._q is not None:
             # Wait for the thread to finish the batch it is building: a daemon thread still inside torch
             # or the sampler while the interpreter shuts down can hang the process on exit.
-            self._thread.join()
+            self._thread.join(timeout=60)
         close = getattr(self.sampler, "close", None)
         if close is not None:
             close()
