@@ -95,11 +95,12 @@ def _loop(scr, session, lockstep: bool) -> None:
     _status(scr, session, message)
     while True:
         tick = time.monotonic()
-        stepped_key = False
+        stepped_key = redraw = False
         while True:
             key = scr.getch()
             if key == -1:
                 break
+            redraw = True
             if key in MOVES:
                 axis, sign = MOVES[key]
                 held[axis] = (sign, time.monotonic())
@@ -141,6 +142,8 @@ def _loop(scr, session, lockstep: bool) -> None:
             info = session.step(cmd)
             if info["done"]:
                 message = ("success" if info["success"] else "step cap reached") + ": k keeps, x discards"
+            redraw = True
+        if redraw:
             _status(scr, session, message)
         if not lockstep or not session.human:
             session.wait_tick(tick)
