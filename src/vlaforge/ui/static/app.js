@@ -33,7 +33,7 @@ async function pageDatasets() {
   list.datasets.forEach((d) => ul.append(h("li", { "data-path": d.path, onclick: () => openDataset(d.path) }, `${d.path} `, h("span", { class: "muted" }, d.format))));
   if (!list.datasets.length) ul.append(h("li", {}, h("span", { class: "muted" }, "no datasets under " + list.root)));
   left.append(ul);
-  main.append(h("div", { class: "cols" }, left, h("div", { id: "dataset-view" })));
+  main.append(h("div", { class: "cols" }, left, h("div", { id: "dataset-view", style: "flex:1" })));
 }
 async function openDataset(path) {
   const s = await api("/api/dataset?path=" + q(path));
@@ -87,8 +87,8 @@ async function openEpisode(s, ep) {
     show();
     media.play = () => { stopLoop(); UI.loop = setInterval(() => { i = (i + 1) % e.length; show(); }, 1000 / e.fps); };
   }
-  view.append(h("div", { class: "card" }, h("h4", {}, `Episode ${ep}`), media, h("div", {}, h("button", { onclick: () => media.play() }, "play")), flags),
-    h("div", { class: "card" }, actionPlot, h("br"), statePlot));
+  view.append(h("div", { class: "cols" }, h("div", { class: "card" }, h("h4", {}, `Episode ${ep}`), media, h("div", {}, h("button", { onclick: () => media.play() }, "play")), flags),
+    h("div", { class: "card" }, actionPlot, h("br"), statePlot)));
   setFrame(0);
 }
 
