@@ -5,11 +5,14 @@ Set VLAFORGE_SCREENSHOTS=DIR to save a screenshot of each page there (docs/img i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +25,8 @@ pytest.importorskip("uvicorn", reason="the UI needs fastapi and uvicorn (pip ins
 from vlaforge.ui.browser import Browser, find_chromium  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
-    find_chromium() is None, reason="no Chromium on PATH: the browser tests need it (apt-get install chromium)"
+    find_chromium() is None,
+    reason="no Chromium on PATH: the browser tests need it (apt-get install chromium)",
 )
 SHOTS = os.environ.get("VLAFORGE_SCREENSHOTS")
 KEY = {(0, 1): "KeyD", (0, -1): "KeyA", (1, 1): "KeyW", (1, -1): "KeyS", (2, 1): "KeyR", (2, -1): "KeyF"}
@@ -49,11 +53,8 @@ def _steer_to(session, goal) -> None:
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
     """A UI server over a root holding a recorded dataset, two evaluations and a training run."""
-    import uvicorn
-
     from vlaforge.teleop.session import TeleopSession
     from vlaforge.ui.config import UIConfig
-    from vlaforge.ui.server import create_app
 
     root = tmp_path_factory.mktemp("uiroot")
     s = TeleopSession("metaworld", "reach-v3", out=root / "data" / "reach", seed=1, image_size=64)
@@ -67,9 +68,7 @@ def ui(tmp_path_factory):
             for t, n in zip(["reach-v3", "push-v3"], succ)
             for k in range(6)
         ]
-        per_task = {
-            t: {"n": 6, "successes": n, "rate": n / 6} for t, n in zip(["reach-v3", "push-v3"], succ)
-        }
+        per_task = {t: {"n": 6, "successes": n, "rate": n / 6} for t, n in zip(["reach-v3", "push-v3"], succ)}
         info = {
             "format": "vlaforge-eval/1",
             "policy": name,
@@ -84,22 +83,32 @@ def ui(tmp_path_factory):
     (root / "runs" / "tiny").mkdir(parents=True)
     lines = [json.dumps({"step": 10 * (i + 1), "loss": v, "lr": 1e-3}) for i, v in enumerate(LOSS)]
     (root / "runs" / "tiny" / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    with _serve(UIConfig(root=str(root))) as url, Browser(width=1360, height=1000) as browser:
+        yield browser, url, root
+
+
+@contextlib.contextmanager
+def _serve(cfg):
+    """The UI of `cfg` served by uvicorn in a thread on a free port; yields its base URL."""
+    import uvicorn
+
+    from vlaforge.ui.server import create_app
+
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(UIConfig(root=str(root))), host="127.0.0.1", port=port, log_level="warning")
-    )
+    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not server.started:
         assert time.monotonic() < deadline, "the UI server did not start"
         time.sleep(0.05)
-    with Browser(width=1360, height=1000) as browser:
-        yield browser, f"http://127.0.0.1:{port}", root
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
 
 
 def test_dataset_page_plays_video_and_plots(ui):
@@ -109,7 +118,9 @@ def test_dataset_page_plays_video_and_plots(ui):
     b.eval("document.querySelector('#dataset-list li').click()")
     b.wait_for("document.querySelectorAll('.episode-row').length === 2")
     b.eval("document.querySelectorAll('.episode-row')[1].click()")
-    b.wait_for("document.querySelector('#episode-video') && document.querySelector('#episode-video').readyState >= 2")
+    b.wait_for(
+        "document.querySelector('#episode-video') && document.querySelector('#episode-video').readyState >= 2"
+    )
     start = b.eval("document.querySelector('#episode-video').currentTime")
     b.eval("document.querySelector('#episode-video').play()")
     b.wait_for(f"document.querySelector('#episode-video').currentTime > {start} + 0.1", timeout=10)
@@ -225,18 +236,21 @@ def test_token_required_off_loopback():
     check_host(UIConfig())
 
 
-def test_token_is_checked(ui):
-    pytest.importorskip("httpx", reason="starlette's TestClient needs httpx")
-    from starlette.testclient import TestClient
+def _status(url: str, headers: dict | None = None) -> int:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
 
+
+def test_token_is_checked(ui):
     from vlaforge.ui.config import UIConfig
-    from vlaforge.ui.server import create_app
 
     _, _, root = ui
-
-    client = TestClient(create_app(UIConfig(root=str(root), token="s3cret")))
-    assert client.get("/api/list").status_code == 401
-    assert client.get("/api/list?token=s3cret").status_code == 200
-    assert client.get("/api/list", headers={"X-Token": "s3cret"}).json()["runs"] == [{"path": "runs/tiny"}]
-    assert client.get("/api/file?path=../x&token=s3cret").status_code == 400  # outside the root
-
+    with _serve(UIConfig(root=str(root), token="s3cret")) as url:
+        assert _status(url + "/api/list") == 401
+        assert _status(url + "/api/list?token=s3cret") == 200
+        assert _status(url + "/api/list", {"X-Token": "s3cret"}) == 200
+        assert _status(url + "/api/file?path=../x&token=s3cret") == 400  # outside the root
+        assert _status(url + "/") == 200  # the page itself; its requests carry the token

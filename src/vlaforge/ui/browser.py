@@ -68,11 +68,18 @@ class Browser:
         port = int(port_file.read_text().split()[0])
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10) as r:
             pages = [t for t in json.load(r) if t.get("type") == "page"]
-        self.ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=64 * 2**20, open_timeout=10)
+        self._conn = connect(pages[0]["webSocketDebuggerUrl"], max_size=64 * 2**20, open_timeout=10)
+        self.ws = self._conn.__enter__()
         self._ids = itertools.count(1)
         self.send("Page.enable")
         self.send("Runtime.enable")
-        self.send("Emulation.setDeviceMetricsOverride", width=width, height=height, deviceScaleFactor=1, mobile=False)
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=width,
+            height=height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
 
     def send(self, method: str, timeout: float = 30.0, **params: Any) -> dict[str, Any]:
         """One CDP command; returns its result (events arriving meanwhile are dropped)."""
@@ -131,9 +138,9 @@ class Browser:
         return write_bytes(path, data)
 
     def close(self) -> None:
-        ws = getattr(self, "ws", None)
-        if ws is not None:
-            ws.close()
+        conn = getattr(self, "_conn", None)
+        if conn is not None:
+            conn.__exit__(None, None, None)
         if self.proc.poll() is None:
             self.proc.terminate()
             try:

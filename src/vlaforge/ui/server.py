@@ -10,6 +10,7 @@ requests from their own address.
 """
 
 import base64
+import contextlib
 import io
 import json
 import os
@@ -327,7 +328,15 @@ def create_app(cfg: UIConfig):
     from fastapi.staticfiles import StaticFiles
 
     state = App(cfg)
-    app = FastAPI(title="vlaforge")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        state.jobs.stop_all()
+        if state.session is not None:
+            state.session.close()
+
+    app = FastAPI(title="vlaforge", lifespan=lifespan)
     app.state.vlaforge = state
 
     @app.middleware("http")
@@ -407,12 +416,6 @@ def create_app(cfg: UIConfig):
     @app.get("/api/jobs/{job_id}/log")
     def job_log(job_id: str, offset: int = 0):
         return state.jobs.log(job_id, offset)
-
-    @app.on_event("shutdown")
-    def shutdown():
-        state.jobs.stop_all()
-        if state.session is not None:
-            state.session.close()
 
     return app
 
