@@ -17,6 +17,11 @@ import pytest
 
 pytest.importorskip("metaworld")
 
+from vlaforge.envs.rendering import configure_rendering  # noqa: E402
+
+configure_rendering()  # OSMesa unless MUJOCO_GL says otherwise; before anything imports mujoco
+pytestmark = pytest.mark.sim
+
 from vlaforge.data.lerobot import LeRobotDataset  # noqa: E402
 from vlaforge.teleop.session import (  # noqa: E402
     INTERVENTION_KEY,

@@ -19,6 +19,10 @@ import numpy as np
 import pytest
 
 pytest.importorskip("metaworld")
+
+from vlaforge.envs.rendering import configure_rendering  # noqa: E402
+
+configure_rendering()  # OSMesa unless MUJOCO_GL says otherwise; before anything imports mujoco
 pytest.importorskip("fastapi", reason="the UI needs fastapi and uvicorn (pip install 'vlaforge[ui]')")
 pytest.importorskip("uvicorn", reason="the UI needs fastapi and uvicorn (pip install 'vlaforge[ui]')")
 
