@@ -196,17 +196,19 @@ function sessionPage(kind) {
   const form = h("div", { class: "card" }, h("h3", {}, kind === "rollout" ? "Live rollout" : "Teleoperation"),
     kind === "rollout" ? h("div", {}, "policy ", h("input", { id: "f-policy", size: 30, placeholder: "runs/tiny/last" })) : "",
     h("div", {}, "env ", h("input", { id: "f-env", value: "metaworld", size: 10 }), " task ", h("input", { id: "f-task", value: "reach-v3", size: 14 }), " seed ", h("input", { id: "f-seed", value: "0", size: 5 })),
-    kind === "teleop" ? h("div", {}, "record to ", h("input", { id: "f-out", value: "teleop/session", size: 24 }), " speed ", h("input", { id: "f-speed", value: "1.0", size: 4 })) : "",
+    h("div", {}, "record to ", h("input", { id: "f-out", value: kind === "teleop" ? "teleop/session" : "", size: 24, placeholder: "(nothing recorded)" }), " speed ", h("input", { id: "f-speed", value: "1.0", size: 4 })),
     h("button", { id: "session-start", onclick: () => startSession(kind) }, "start"),
     h("button", { id: "session-close", onclick: async () => { stopLoop(); const r = await api("/api/session/act", { op: "close" }); UI.session = null; UI.closed = r; document.getElementById("live-status").textContent = r.dataset ? "wrote " + r.dataset : "closed (nothing kept)"; } }, "finish"),
-    h("div", { class: "muted" }, kind === "teleop" ? "keys: a/d x, w/s y, r/f z (arrows x/y), space gripper, k keep, x discard, t take over, g hand back; a gamepad's sticks when one is connected" : "t takes over (then drive with the teleop keys), g hands back"));
+    h("div", { class: "muted" }, kind === "teleop" ? "keys: a/d x, w/s y, r/f z (arrows x/y), space gripper, k keep, x discard, t take over, g hand back; a gamepad's sticks when one is connected" : "t takes over (then drive with the teleop keys), g hands back; with a recording directory, k keeps the episode with every frame flagged policy or human"));
   main.append(h("div", { class: "cols" }, form, h("div", { class: "card" }, h("img", { id: "live-frame", class: "frame" }), h("div", { id: "live-status" })), h("div", { class: "card", id: "chunk-plot" })));
 }
 async function startSession(kind) {
   stopLoop();
   const v = (id) => (document.getElementById(id) || {}).value;
   const body = { env: v("f-env"), task: v("f-task"), seed: Number(v("f-seed") || 0), overwrite: true };
-  if (kind === "teleop") { body.out = v("f-out"); body.speed = Number(v("f-speed") || 1); } else body.policy = v("f-policy");
+  body.speed = Number(v("f-speed") || 1);
+  if (v("f-out")) body.out = v("f-out");
+  if (kind === "rollout") body.policy = v("f-policy");
   try {
     const st = await api("/api/session/start", body);
     UI.session = kind; render(st);
