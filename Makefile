@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# torch first and pinned, so the CPU wheel is used; the package's torch>=2.6 is then already satisfied.
 	$(PIP) install -q "torch==2.13.0"
-	$(PIP) install -q -e ".[sim,dev]"
+	$(PIP) install -q -e ".[sim,dev,ui]"
 	# openpi-client, for the serving tests: --no-deps because it pins numpy<2 (its needs are installed above).
 	$(PIP) install -q --no-deps "openpi-client==0.1.2"
 	# robosuite, the second simulator (--env robosuite): --no-deps because it pins numpy<2; what it imports

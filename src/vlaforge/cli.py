@@ -9,6 +9,8 @@ vlaforge export    RUN/last --format openvla --out DIR   (or an OpenVLA checkpoi
 vlaforge tokenizer train --dataset DIR --out TOK         (FAST: DCT + byte-pair encoding of action chunks)
 vlaforge idm       train --dataset DIR --out IDM | label SRC --idm IDM --out DST   (inverse dynamics)
 vlaforge latent    train --dataset DIR --out LAM | label SRC --lam LAM --out DST   (latent actions, LAPA)
+vlaforge teleop    --env metaworld --task reach-v3 --out DIR     (curses keys; a policy may drive)
+vlaforge ui        [--root DIR] [--host 127.0.0.1] [--port 8765]  (the local web UI)
 vlaforge demo      (collect + train + eval on a small default)
 vlaforge --version
 
@@ -101,6 +103,15 @@ def _run_demo(cfg: Any) -> None:
     _load("vlaforge.demo:run_demo")(cfg)
 
 
+def _run_teleop(cfg: Any) -> None:
+    path = _load("vlaforge.teleop.terminal:run_teleop")(cfg)
+    print(f"wrote {path}" if path is not None else "no episode was kept; nothing written")
+
+
+def _run_ui(cfg: Any) -> None:
+    _load("vlaforge.ui.server:serve_ui")(cfg)
+
+
 def _run_synth(cfg: Any) -> None:
     path = _load("vlaforge.data.synth:write_synthetic")(cfg)
     print(f"wrote {path}")
@@ -119,6 +130,16 @@ CONFIG_COMMANDS: dict[str, tuple[str, str, Callable[[Any], None]]] = {
         "serve a policy to robots (openpi websocket + OpenVLA POST /act, batched)",
         "vlaforge.serve.server:ServeConfig",
         _run_serve,
+    ),
+    "teleop": (
+        "drive an env task from the terminal (curses keys), recording a LeRobot v3.0 dataset",
+        "vlaforge.teleop.terminal:TeleopConfig",
+        _run_teleop,
+    ),
+    "ui": (
+        "the local web UI: datasets, evaluations, training curves, rollouts, teleoperation, jobs",
+        "vlaforge.ui.config:UIConfig",
+        _run_ui,
     ),
     "demo": (
         "collect a small dataset, train the tiny preset, evaluate it",
@@ -310,6 +331,8 @@ def build_parser(command: str | None = None, defaults: dict | None = None) -> ar
         "tokenizer",
         "idm",
         "latent",
+        "teleop",
+        "ui",
         "demo",
     ):
         build = command in (None, name)
@@ -356,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if values:
         args = build_parser(command, defaults=values).parse_args(argv)
-    if args.cmd in ("collect", "eval", "demo"):
+    if args.cmd in ("collect", "eval", "demo", "teleop", "ui"):
         from vlaforge.envs.rendering import configure_rendering
 
         configure_rendering()  # before anything imports mujoco

@@ -222,20 +222,17 @@ class _InlinePool:
         pass
 
 
-def _writer(cfg: CollectConfig, spec: EnvSpec, kept: list[dict[str, Any]]):
-    """The dataset writer: features, fps, robot type and vlaforge's provenance (`kept` fills as episodes
-    are written: task, attempt, seed per episode_index)."""
-    from vlaforge.data.lerobot import LeRobotWriter
-
-    cams, size = as_list(cfg.cameras), int(cfg.image_size)
-    emb = spec.embodiment(cams, size)
+def episode_features(spec: EnvSpec, cameras: Sequence[str], image_size: int) -> dict[str, dict[str, Any]]:
+    """The LeRobot features of an episode of `spec`: one video per camera, the state, the action and
+    ``next.success`` (what `vlaforge collect` and `vlaforge teleop` record)."""
+    emb = spec.embodiment(list(cameras), int(image_size))
     features: dict[str, dict[str, Any]] = {
         f"observation.images.{c}": {
             "dtype": "video",
-            "shape": [size, size, 3],
+            "shape": [int(image_size), int(image_size), 3],
             "names": ["height", "width", "channels"],
         }
-        for c in cams
+        for c in cameras
     }
     features["observation.state"] = {
         "dtype": "float32",
@@ -244,6 +241,17 @@ def _writer(cfg: CollectConfig, spec: EnvSpec, kept: list[dict[str, Any]]):
     }
     features["action"] = {"dtype": "float32", "shape": [emb.action_dim], "names": list(emb.action_names)}
     features["next.success"] = {"dtype": "bool", "shape": [1], "names": None}
+    return features
+
+
+def _writer(cfg: CollectConfig, spec: EnvSpec, kept: list[dict[str, Any]]):
+    """The dataset writer: features, fps, robot type and vlaforge's provenance (`kept` fills as episodes
+    are written: task, attempt, seed per episode_index)."""
+    from vlaforge.data.lerobot import LeRobotWriter
+
+    cams, size = as_list(cfg.cameras), int(cfg.image_size)
+    emb = spec.embodiment(cams, size)
+    features = episode_features(spec, cams, size)
     vlaforge_info = {
         "embodiment": emb.to_dict(),
         "env": spec.name,

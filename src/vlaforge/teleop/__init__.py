@@ -1,0 +1,1 @@
+"""Teleoperation: operator commands mapped to an env's actions, recorded sessions, interventions."""
