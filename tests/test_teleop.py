@@ -15,11 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("metaworld")
-
-from vlaforge.envs.rendering import configure_rendering  # noqa: E402
+from vlaforge.envs.rendering import configure_rendering
 
 configure_rendering()  # OSMesa unless MUJOCO_GL says otherwise; before anything imports mujoco
+pytest.importorskip("metaworld")
 pytestmark = pytest.mark.sim
 
 from vlaforge.data.lerobot import LeRobotDataset  # noqa: E402

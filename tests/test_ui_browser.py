@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("metaworld")
-
-from vlaforge.envs.rendering import configure_rendering  # noqa: E402
+from vlaforge.envs.rendering import configure_rendering
 
 configure_rendering()  # OSMesa unless MUJOCO_GL says otherwise; before anything imports mujoco
+pytest.importorskip("metaworld")
 pytest.importorskip("fastapi", reason="the UI needs fastapi and uvicorn (pip install 'vlaforge[ui]')")
 pytest.importorskip("uvicorn", reason="the UI needs fastapi and uvicorn (pip install 'vlaforge[ui]')")
 
