@@ -55,7 +55,10 @@ class RLConfig:
         eval_episodes: episodes per task of the before/after evaluation by ``vlaforge eval`` (0: none).
         eval_workers: worker processes of that evaluation.
         save_every: checkpoint every N iterations (and always at the end).
-        reward: ``success`` (1 at the first success, the episode ends there: the simulator's own flag).
+        reward: ``success``: 1 at the first success and 0 otherwise, the simulator's own flag (the episode ends
+            at success either way); ``dense``: the simulator's shaped reward summed over each executed chunk,
+            divided by ``max_steps`` (Meta-World's is in [0, 10] per step), plus the success flag: easier to
+            learn from and easier to game, an option for experiments only.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         resume: continue from ``out/last`` exactly (policy, critic, log-std, optimiser, RNG, iteration).
     """
@@ -88,7 +91,7 @@ class RLConfig:
     eval_episodes: int = 0
     eval_workers: int = 0
     save_every: int = 10
-    reward: Literal["success"] = "success"
+    reward: Literal["success", "dense"] = "success"
     device: str = "auto"
     resume: bool = False
 

@@ -334,7 +334,10 @@ def run_rl(cfg: RLConfig) -> Path:
         bar = tqdm(total=cfg.iterations, initial=state.iteration, desc="rl", unit="it")
         while state.iteration < cfg.iterations:
             scenes = training_scenes(tasks, state.iteration, n_groups, cfg.train_seed, avoid)
-            batch = collect(state.actor, pool, scenes, cfg.group_size, state.execute_steps, state.generator)
+            batch = collect(
+                state.actor, pool, scenes, cfg.group_size, state.execute_steps, state.generator,
+                dense=cfg.reward == "dense",
+            )  # fmt: skip
             t0 = time.perf_counter()
             stats = update(state, batch)
             update_s = time.perf_counter() - t0
@@ -346,6 +349,7 @@ def run_rl(cfg: RLConfig) -> Path:
             row = {
                 "iteration": state.iteration - 1,
                 "success_rate": float(np.mean([e["success"] for e in batch.episodes])),
+                "mean_return": float(np.mean([e["return"] for e in batch.episodes])),
                 "episodes": len(batch.episodes),
                 "env_steps": batch.env_steps,
                 "total_env_steps": prior["env_steps"],

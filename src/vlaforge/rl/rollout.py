@@ -73,6 +73,11 @@ def training_scenes(
     return out
 
 
+# Envs made in this process, reused by later pools with the same settings (making a Meta-World env with its
+# renderer takes about a second; `reset(seed)` alone decides an episode, so reuse changes nothing).
+_MADE: dict[tuple, object] = {}
+
+
 class EnvPool:
     """Envs kept per (slot, task), made on first use (making a Meta-World env costs more than a reset)."""
 
@@ -83,18 +88,28 @@ class EnvPool:
     def get(self, slot: int, task: str):
         key = (slot, task)
         if key not in self._envs:
-            self._envs[key] = self.spec.make(
-                task, cameras=self.cameras, image_size=self.image_size, max_steps=self.max_steps, render=False
-            )
+            made = (self.spec.name, task, self.cameras, self.image_size, self.max_steps, slot)
+            if made not in _MADE:
+                _MADE[made] = self.spec.make(
+                    task, cameras=self.cameras, image_size=self.image_size, max_steps=self.max_steps,
+                    render=False,
+                )  # fmt: skip
+            self._envs[key] = _MADE[made]
         return self._envs[key]
 
     def frames_rendered(self) -> int:
         return sum(e.frames_rendered for e in self._envs.values())
 
     def close(self) -> None:
-        for e in self._envs.values():
-            e.close()
+        """Forgets this pool's envs (they stay made for the next pool in this process; `close_all` ends them)."""
         self._envs = {}
+
+
+def close_all() -> None:
+    """Closes every env this process made."""
+    for e in _MADE.values():
+        e.close()
+    _MADE.clear()
 
 
 def collect(
@@ -104,20 +119,21 @@ def collect(
     group_size: int,
     execute_steps: int,
     generator: torch.Generator,
+    dense: bool = False,
 ) -> Batch:
     """Runs len(scenes) * group_size episodes to their end (success or `pool.max_steps`)."""
     start = time.perf_counter()
-    frames0 = pool.frames_rendered()
     n = len(scenes) * group_size
     spec = pool.spec
+    envs = [pool.get(j, scenes[j // group_size][0]) for j in range(n)]
+    frames0 = sum(e.frames_rendered for e in envs)
     slots = []
-    for j in range(n):
+    for j, env in enumerate(envs):
         task, seed = scenes[j // group_size]
-        env = pool.get(j, task)
         obs = env.reset(seed, render=True)
         slots.append({"env": env, "obs": obs, "task": task, "seed": seed, "steps": 0, "success": False})
     episodes = [
-        {"task": s["task"], "seed": s["seed"], "group": j // group_size, "success": False, "steps": 0}
+        {"task": s["task"], "seed": s["seed"], "group": j // group_size, "slot": j, "success": False, "steps": 0}
         for j, s in enumerate(slots)
     ]
     instruction = {t: spec.instruction(t) for t, _ in scenes}
@@ -142,12 +158,14 @@ def collect(
             env, reward, done, executed = s["env"], 0.0, False, 0
             for r in range(execute_steps):
                 last = r == execute_steps - 1
-                obs, _, truncated, info = env.step(chunks[b, r], render=False)
+                obs, shaped, truncated, info = env.step(chunks[b, r], render=False)
+                if dense:
+                    reward += float(shaped) / pool.max_steps
                 executed += 1
                 s["steps"] += 1
                 env_steps += 1
                 if info.get("success"):
-                    reward, done, s["success"] = 1.0, True, True
+                    reward, done, s["success"] = reward + 1.0, True, True
                     break
                 if truncated or s["steps"] >= pool.max_steps:
                     done = True
@@ -172,15 +190,15 @@ def collect(
                 still.append(j)
         alive = still
     for e in episodes:
-        e["return"] = 1.0 if e["success"] else 0.0
+        e["return"] = sum(d.reward for d in decisions if d.slot == e["slot"])
     return Batch(
         decisions=decisions,
         episodes=episodes,
         env_steps=env_steps,
-        frames_rendered=pool.frames_rendered() - frames0,
+        frames_rendered=sum(e.frames_rendered for e in envs) - frames0,
         seconds=time.perf_counter() - start,
         forward_seconds=fwd_s,
     )
 
 
-__all__ = ["Batch", "Decision", "EnvPool", "collect", "eval_seed_set", "training_scenes"]
+__all__ = ["Batch", "Decision", "EnvPool", "close_all", "collect", "eval_seed_set", "training_scenes"]
