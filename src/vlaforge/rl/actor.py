@@ -75,7 +75,9 @@ class ActorCritic(nn.Module):
             policy.get_parameter(name).requires_grad_(False)
 
     # ------------------------------------------------------------------ inputs
-    def context(self, images: dict[str, np.ndarray], state: np.ndarray | None, instructions: list[str]) -> Context:
+    def context(
+        self, images: dict[str, np.ndarray], state: np.ndarray | None, instructions: list[str]
+    ) -> Context:
         return self.policy._context(images, state, instructions)
 
     def normalized_to_robot(self, norm: np.ndarray) -> np.ndarray:
@@ -122,7 +124,9 @@ class ActorCritic(nn.Module):
         def velocity(x, t):
             return head.velocity(backbone, fwd.prefix, x, t)
 
-        chain = flow_sde_sample(velocity, x1.to(backbone.device), head.num_steps, self.noise_level(), generator)
+        chain = flow_sde_sample(
+            velocity, x1.to(backbone.device), head.num_steps, self.noise_level(), generator
+        )
         return chain[:, -1], chain
 
     def noise_level(self) -> float:

@@ -143,7 +143,9 @@ def check_resume(cfg: RLConfig, run: Path) -> None:
         if k in names and k not in RESUMABLE_CHANGES and k != "init" and saved.get(k) != v
     ]
     if changed:
-        raise InputError(f"--resume with changed settings ({'; '.join(changed)}); keep them or start a new --out")
+        raise InputError(
+            f"--resume with changed settings ({'; '.join(changed)}); keep them or start a new --out"
+        )
 
 
 __all__ = ["RESUMABLE_CHANGES", "RUN_CONFIG", "RLConfig", "check_resume"]

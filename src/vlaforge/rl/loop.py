@@ -263,7 +263,9 @@ def plot_curve(run: Path) -> Path | None:
         return None
     fig = Figure(figsize=(9, 3.5), dpi=100)
     FigureCanvasAgg(fig)
-    for k, (key, label) in enumerate((("total_env_steps", "environment steps"), ("total_seconds", "wall time (s)"))):
+    for k, (key, label) in enumerate(
+        (("total_env_steps", "environment steps"), ("total_seconds", "wall time (s)"))
+    ):
         ax = fig.add_subplot(1, 2, k + 1)
         ax.plot([r[key] for r in rows], [r["success_rate"] for r in rows], marker="o", ms=3)
         ax.set_xlabel(label)
@@ -309,7 +311,9 @@ def run_rl(cfg: RLConfig) -> Path:
         _truncate_metrics(run, state.iteration)
     else:
         if (run / RUN_CONFIG).exists():
-            raise InputError(f"{run} already holds an RL run; pass --resume to continue it or choose another --out")
+            raise InputError(
+                f"{run} already holds an RL run; pass --resume to continue it or choose another --out"
+            )
         run.mkdir(parents=True, exist_ok=True)
         write_json(run / RUN_CONFIG, cfg.to_json())
         seed_everything(cfg.seed)

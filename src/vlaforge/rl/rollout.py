@@ -133,7 +133,14 @@ def collect(
         obs = env.reset(seed, render=True)
         slots.append({"env": env, "obs": obs, "task": task, "seed": seed, "steps": 0, "success": False})
     episodes = [
-        {"task": s["task"], "seed": s["seed"], "group": j // group_size, "slot": j, "success": False, "steps": 0}
+        {
+            "task": s["task"],
+            "seed": s["seed"],
+            "group": j // group_size,
+            "slot": j,
+            "success": False,
+            "steps": 0,
+        }
         for j, s in enumerate(slots)
     ]
     instruction = {t: spec.instruction(t) for t, _ in scenes}
