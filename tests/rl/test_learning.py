@@ -28,7 +28,9 @@ def test_ppo_improves_a_weak_policy(tmp_path, weak_policy):
     )  # fmt: skip
     run = run_rl(cfg)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 16 and (run / "curve.png").is_file() and (run / "policy" / "model.safetensors").is_file()
+    assert (
+        len(rows) == 16 and (run / "curve.png").is_file() and (run / "policy" / "model.safetensors").is_file()
+    )
     k = 4
     n = k * cfg.envs
     first = sum(r["success_rate"] for r in rows[:k]) / k

@@ -23,9 +23,9 @@ def _weights(run):
     return out
 
 
-@pytest.mark.parametrize("algo", ["ppo", "grpo"])
-def test_resume_is_bitwise_exact(tmp_path, weak_policy, algo):
-    init = weak_policy(tmp_path / "init")
+@pytest.mark.parametrize(("algo", "head"), [("ppo", "chunk"), ("grpo", "chunk"), ("ppo", "flow")])
+def test_resume_is_bitwise_exact(tmp_path, weak_policy, algo, head):
+    init = weak_policy(tmp_path / "init", head=head)
     common = dict(
         init=str(init), tasks="drawer-close", envs=2, max_steps=24, device="cpu", algo=algo, lr=1e-3,
         group_size=2 if algo == "grpo" else 1, epochs=2, save_every=1, init_log_std=-0.3,
