@@ -5,7 +5,7 @@
 
 For each number of parallel episodes (in-process envs, one batched forward pass per step group,
 `vlaforge.rl.rollout.collect`) it runs one warm-up iteration (making the envs and their renderers), then
-`--iterations` measured PPO iterations (rollout + update) of the `tiny` preset with the chunk head (H = 8,
+`--iterations` measured PPO iterations (`--workers N`: the envs in N simulation processes) (rollout + update) of the `tiny` preset with the chunk head (H = 8,
 64 px corner2 camera, one torch thread). Reported per size: env steps/s over the whole iteration, the
 share of the iteration spent in rollouts (with the policy's forward passes inside them) and in updates,
 rendered frames per env step. Writes bench/results/rl.json.
@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--task", default="drawer-close-v3")
     ap.add_argument("--max-steps", type=int, default=40)
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=0, help="simulation worker processes (0: in-process envs)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "rl.json"))
     args = ap.parse_args()
     configure_rendering()
@@ -57,7 +58,7 @@ def main() -> None:
     from vlaforge.models.policy import Policy
     from vlaforge.rl.config import RLConfig
     from vlaforge.rl.loop import RLRun, update
-    from vlaforge.rl.rollout import EnvPool, close_all, collect, training_scenes
+    from vlaforge.rl.rollout import EnvPool, WorkerPool, close_all, collect, training_scenes
 
     spec = get_env("metaworld")
     rows = []
@@ -67,7 +68,10 @@ def main() -> None:
             cfg = RLConfig(init=str(init), envs=n, max_steps=args.max_steps, epochs=args.epochs, device="cpu",
                            init_log_std=-0.5)  # fmt: skip
             run = RLRun(cfg, Policy.from_pretrained(init), "cpu")
-            pool = EnvPool(spec, ("corner2",), 64, args.max_steps)
+            if args.workers:
+                pool = WorkerPool(spec, ("corner2",), 64, args.max_steps, workers=args.workers)
+            else:
+                pool = EnvPool(spec, ("corner2",), 64, args.max_steps)
             totals = {"env_steps": 0, "rollout": 0.0, "forward": 0.0, "update": 0.0, "frames": 0}
             for it in range(args.iterations + 1):
                 scenes = training_scenes([args.task], it, n, cfg.train_seed, {})
@@ -82,9 +86,11 @@ def main() -> None:
                 totals["forward"] += batch.forward_seconds
                 totals["update"] += upd
                 totals["frames"] += batch.frames_rendered
+            pool.close()
             wall = totals["rollout"] + totals["update"]
             rows.append({
                 "envs": n,
+                "workers": args.workers,
                 "iterations": args.iterations,
                 "env_steps": totals["env_steps"],
                 "env_steps_per_s": round(totals["env_steps"] / wall, 1),

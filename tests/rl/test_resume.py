@@ -68,3 +68,17 @@ def test_config_checks():
         RLConfig(init="x", envs=5, group_size=2)
     with pytest.raises(InputError, match="training scenes"):
         RLConfig(init="x", train_seed=3, eval_seed=3)
+
+
+def test_worker_processes_give_the_same_run(tmp_path, weak_policy):
+    """Episodes stepped in two worker processes are the in-process ones: same metrics, same weights."""
+    init = weak_policy(tmp_path / "init")
+    common = dict(init=str(init), tasks="drawer-close", envs=3, max_steps=16, device="cpu", epochs=1,
+                  reward="dense", iterations=1)  # fmt: skip
+    local = run_rl(RLConfig(out=str(tmp_path / "local"), **common))
+    spread = run_rl(RLConfig(out=str(tmp_path / "spread"), workers=2, **common))
+    a, b = _weights(local), _weights(spread)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    drop = ("total_seconds", "rollout_seconds", "forward_seconds", "update_seconds")
+    ra, rb = (json.loads((r / "metrics.jsonl").read_text()) for r in (local, spread))
+    assert {k: v for k, v in ra.items() if k not in drop} == {k: v for k, v in rb.items() if k not in drop}

@@ -11,7 +11,9 @@ from vlaforge.errors import InputError
 
 RUN_CONFIG = "rl_config.json"
 # Fields a resumed run may change; everything else must match the run's saved config.
-RESUMABLE_CHANGES = ("iterations", "resume", "device", "out", "save_every", "eval_episodes", "eval_workers")
+RESUMABLE_CHANGES = (
+    "iterations", "resume", "device", "out", "save_every", "eval_episodes", "eval_workers", "workers",
+)  # fmt: skip
 
 
 @dataclass
@@ -29,6 +31,8 @@ class RLConfig:
             episode returns normalised within a group of episodes that start from the same scene).
         iterations: rollout + update rounds (a resumed run continues up to this).
         envs: episodes per iteration, run side by side (one batched forward pass per step group).
+        workers: simulation worker processes, each stepping its share of the episodes (0: every env in this
+            process); the episodes are the same either way.
         group_size: GRPO: episodes per initial scene (``envs`` must be a multiple of it); PPO: 1 (every
             episode its own scene) unless set.
         max_steps: episode length in env steps (the episode also ends at the first success).
@@ -70,6 +74,7 @@ class RLConfig:
     algo: Literal["ppo", "grpo"] = "ppo"
     iterations: int = 100
     envs: int = 16
+    workers: int = 0
     group_size: int = 1
     max_steps: int = 100
     execute_steps: int | None = None
@@ -118,8 +123,8 @@ class RLConfig:
             raise InputError(f"--clip must be in (0, 1), got {self.clip}")
         if self.lr <= 0 or self.critic_lr <= 0:
             raise InputError(f"--lr and --critic-lr must be > 0, got {self.lr}, {self.critic_lr}")
-        if self.minibatch < 0 or self.eval_episodes < 0 or self.eval_workers < 0:
-            raise InputError("--minibatch, --eval-episodes and --eval-workers must be >= 0")
+        if min(self.minibatch, self.eval_episodes, self.eval_workers, self.workers) < 0:
+            raise InputError("--minibatch, --eval-episodes, --eval-workers and --workers must be >= 0")
         if self.train_seed == self.eval_seed:
             raise InputError(
                 f"--train-seed and --eval-seed are both {self.train_seed}: training scenes must differ from "

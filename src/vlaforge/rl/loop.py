@@ -30,7 +30,7 @@ from vlaforge.errors import InputError
 from vlaforge.rl.actor import ActorCritic
 from vlaforge.rl.algos import gae, grpo_advantages, ppo_loss, value_loss
 from vlaforge.rl.config import RUN_CONFIG, RLConfig, check_resume
-from vlaforge.rl.rollout import Batch, EnvPool, collect, eval_seed_set, training_scenes
+from vlaforge.rl.rollout import Batch, EnvPool, WorkerPool, collect, eval_seed_set, training_scenes
 from vlaforge.train.checkpoint import (
     load_optimizer,
     optimizer_to_safetensors,
@@ -301,7 +301,7 @@ def run_rl(cfg: RLConfig) -> Path:
     if cfg.resume:
         check_resume(cfg, run)
         cfg_saved = RLConfig(**{**json.loads((run / RUN_CONFIG).read_text()), "resume": True})
-        for name in ("iterations", "device", "save_every", "eval_episodes", "eval_workers"):
+        for name in ("iterations", "device", "save_every", "eval_episodes", "eval_workers", "workers"):
             setattr(cfg_saved, name, getattr(cfg, name))
         cfg = cfg_saved
         ckpt = find_last(run)
@@ -331,17 +331,18 @@ def run_rl(cfg: RLConfig) -> Path:
     if cfg.eval_episodes and state.iteration == 0 and not (run / "eval_before").exists():
         _evaluate(cfg, Path(cfg.init), run / "eval_before", tasks)
     avoid = eval_seed_set(spec, tasks, cfg.eval_seed, cfg.eval_episodes)
-    pool = EnvPool(spec, tuple(emb.camera_names), emb.image_size, cfg.max_steps)
+    dense = cfg.reward == "dense"
+    if cfg.workers:
+        pool = WorkerPool(spec, tuple(emb.camera_names), emb.image_size, cfg.max_steps, dense, cfg.workers)
+    else:
+        pool = EnvPool(spec, tuple(emb.camera_names), emb.image_size, cfg.max_steps, dense)
     n_groups = cfg.envs // cfg.group_size
     prior = _prior_totals(run)
     try:
         bar = tqdm(total=cfg.iterations, initial=state.iteration, desc="rl", unit="it")
         while state.iteration < cfg.iterations:
             scenes = training_scenes(tasks, state.iteration, n_groups, cfg.train_seed, avoid)
-            batch = collect(
-                state.actor, pool, scenes, cfg.group_size, state.execute_steps, state.generator,
-                dense=cfg.reward == "dense",
-            )  # fmt: skip
+            batch = collect(state.actor, pool, scenes, cfg.group_size, state.execute_steps, state.generator)
             t0 = time.perf_counter()
             stats = update(state, batch)
             update_s = time.perf_counter() - t0

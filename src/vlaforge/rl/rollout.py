@@ -10,13 +10,17 @@ success flag: 1 on the decision where it first turns true, and the episode ends 
 
 from __future__ import annotations
 
+import contextlib
 import time
+import traceback
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from vlaforge.envs.base import EnvSpec, episode_seed
+from vlaforge.envs.rendering import configure_rendering
 
 
 @dataclass
@@ -78,12 +82,45 @@ def training_scenes(
 _MADE: dict[tuple, object] = {}
 
 
-class EnvPool:
-    """Envs kept per (slot, task), made on first use (making a Meta-World env costs more than a reset)."""
+def run_chunk(env: Any, rows: np.ndarray, steps: int, max_steps: int, dense: bool) -> dict:
+    """Executes the rows (E, D) of a chunk in `env`, whose episode has taken `steps` steps: physics only,
+    stopping at the first success or at `max_steps`; renders the cameras once after the last row when the
+    episode goes on (the next plan reads them).
 
-    def __init__(self, spec: EnvSpec, cameras: tuple[str, ...], image_size: int, max_steps: int):
+    Returns:
+        executed rows, reward (success flag; plus the shaped reward / max_steps when `dense`), done, success,
+        and the observation to re-plan from (None when done).
+    """
+    reward, done, success, executed, obs = 0.0, False, False, 0, None
+    for a in rows:
+        _, shaped, truncated, info = env.step(a, render=False)
+        executed += 1
+        if dense:
+            reward += float(shaped) / max_steps
+        if info.get("success"):
+            reward, done, success = reward + 1.0, True, True
+            break
+        if truncated or steps + executed >= max_steps:
+            done = True
+            break
+    if not done:
+        obs = env.observe(render=True)
+    return {"executed": executed, "reward": reward, "done": done, "success": success, "obs": obs}
+
+
+class EnvPool:
+    """The episode slots' envs in this process, kept per (slot, task) and made on first use.
+
+    `reset([(slot, task, seed)])` -> observations; `run([(slot, rows, steps)])` -> `run_chunk` results;
+    `WorkerPool` offers the same two calls with the envs in worker processes.
+    """
+
+    def __init__(self, spec: EnvSpec, cameras: tuple[str, ...], image_size: int, max_steps: int,
+                 dense: bool = False):  # fmt: skip
         self.spec, self.cameras, self.image_size, self.max_steps = spec, cameras, image_size, max_steps
+        self.dense = dense
         self._envs: dict[tuple[int, str], object] = {}
+        self._current: dict[int, Any] = {}
 
     def get(self, slot: int, task: str):
         key = (slot, task)
@@ -97,12 +134,24 @@ class EnvPool:
             self._envs[key] = _MADE[made]
         return self._envs[key]
 
+    def reset(self, items: list[tuple[int, str, int]]) -> list[Any]:
+        out = []
+        for slot, task, seed in items:
+            self._current[slot] = self.get(slot, task)
+            out.append(self._current[slot].reset(seed, render=True))
+        return out
+
+    def run(self, items: list[tuple[int, np.ndarray, int]]) -> list[dict]:
+        return [
+            run_chunk(self._current[s], rows, steps, self.max_steps, self.dense) for s, rows, steps in items
+        ]
+
     def frames_rendered(self) -> int:
-        return sum(e.frames_rendered for e in self._envs.values())
+        return sum(e.frames_rendered for e in self._current.values())
 
     def close(self) -> None:
         """Forgets this pool's envs (they stay made for the next pool in this process; `close_all` ends them)."""
-        self._envs = {}
+        self._envs, self._current = {}, {}
 
 
 def close_all() -> None:
@@ -112,36 +161,110 @@ def close_all() -> None:
     _MADE.clear()
 
 
+def _worker_main(conn: Any, args: dict) -> None:
+    """A simulation worker: an `EnvPool` of its slots, driven by (command, payload) messages."""
+    configure_rendering()  # before anything in this fresh process imports mujoco
+    from vlaforge.envs.registry import get_env
+
+    pool = EnvPool(get_env(args["env"]), tuple(args["cameras"]), args["image_size"], args["max_steps"],
+                   args["dense"])  # fmt: skip
+    try:
+        while True:
+            cmd, payload = conn.recv()
+            if cmd == "close":
+                break
+            try:
+                if cmd == "reset":
+                    conn.send(("ok", pool.reset(payload)))
+                elif cmd == "run":
+                    conn.send(("ok", pool.run(payload)))
+                elif cmd == "frames":
+                    conn.send(("ok", pool.frames_rendered()))
+            except Exception:  # the parent raises it with the worker's traceback
+                conn.send(("error", traceback.format_exc()))
+    finally:
+        close_all()
+        conn.close()
+
+
+class WorkerPool:
+    """`EnvPool`'s calls with the envs in `workers` spawned processes (slot j lives in worker j % workers);
+    each call is sent to every worker before any reply is read, so the workers step their slots in parallel
+    while the results are identical to the in-process pool's (the same env calls per slot)."""
+
+    def __init__(self, spec: EnvSpec, cameras: tuple[str, ...], image_size: int, max_steps: int,
+                 dense: bool = False, workers: int = 2):  # fmt: skip
+        import multiprocessing as mp
+
+        self.spec, self.max_steps, self.workers = spec, max_steps, int(workers)
+        args = {"env": spec.name, "cameras": list(cameras), "image_size": image_size, "max_steps": max_steps,
+                "dense": dense}  # fmt: skip
+        ctx = mp.get_context("spawn")  # never fork a process that holds MuJoCo / OpenGL / torch state
+        self._conns, self._procs = [], []
+        for _ in range(self.workers):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker_main, args=(child, args), daemon=True)
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+
+    def _call(self, cmd: str, items: list) -> list:
+        parts: list[list[int]] = [[] for _ in range(self.workers)]
+        for i, item in enumerate(items):
+            parts[item[0] % self.workers].append(i)
+        busy = [w for w in range(self.workers) if parts[w]]
+        for w in busy:
+            self._conns[w].send((cmd, [items[i] for i in parts[w]]))
+        out: list = [None] * len(items)
+        for w in busy:
+            status, reply = self._conns[w].recv()
+            if status != "ok":
+                raise RuntimeError(f"simulation worker {w} failed:\n{reply}")
+            for i, r in zip(parts[w], reply):
+                out[i] = r
+        return out
+
+    def reset(self, items: list[tuple[int, str, int]]) -> list[Any]:
+        return self._call("reset", items)
+
+    def run(self, items: list[tuple[int, np.ndarray, int]]) -> list[dict]:
+        return self._call("run", items)
+
+    def frames_rendered(self) -> int:
+        for c in self._conns:
+            c.send(("frames", None))
+        return sum(c.recv()[1] for c in self._conns)
+
+    def close(self) -> None:
+        for c, p in zip(self._conns, self._procs):
+            with contextlib.suppress(BrokenPipeError, OSError):
+                c.send(("close", None))
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+        self._conns, self._procs = [], []
+
+
 def collect(
     actor,
-    pool: EnvPool,
+    pool: EnvPool | WorkerPool,
     scenes: list[tuple[str, int]],
     group_size: int,
     execute_steps: int,
     generator: torch.Generator,
-    dense: bool = False,
 ) -> Batch:
     """Runs len(scenes) * group_size episodes to their end (success or `pool.max_steps`)."""
     start = time.perf_counter()
     n = len(scenes) * group_size
     spec = pool.spec
-    envs = [pool.get(j, scenes[j // group_size][0]) for j in range(n)]
-    frames0 = sum(e.frames_rendered for e in envs)
-    slots = []
-    for j, env in enumerate(envs):
-        task, seed = scenes[j // group_size]
-        obs = env.reset(seed, render=True)
-        slots.append({"env": env, "obs": obs, "task": task, "seed": seed, "steps": 0, "success": False})
+    starts = [(j, *scenes[j // group_size]) for j in range(n)]
+    observations = pool.reset(starts)
+    frames0 = pool.frames_rendered()  # the slots' envs are fixed from here to the end of the iteration
+    slots = [{"obs": o, "task": t, "steps": 0} for o, (_, t, _) in zip(observations, starts)]
     episodes = [
-        {
-            "task": s["task"],
-            "seed": s["seed"],
-            "group": j // group_size,
-            "slot": j,
-            "success": False,
-            "steps": 0,
-        }
-        for j, s in enumerate(slots)
+        {"task": t, "seed": seed, "group": j // group_size, "slot": j, "success": False, "steps": 0}
+        for j, t, seed in starts
     ]
     instruction = {t: spec.instruction(t) for t, _ in scenes}
     decisions: list[Decision] = []
@@ -159,26 +282,12 @@ def collect(
         chunk_norm, record = actor.sample(ctx, generator)
         chunks = actor.normalized_to_robot(chunk_norm.float().cpu().numpy())  # (B, H, D)
         fwd_s += time.perf_counter() - t0
+        results = pool.run([(j, chunks[b, :execute_steps], slots[j]["steps"]) for b, j in enumerate(alive)])
         still = []
-        for b, j in enumerate(alive):
+        for b, (j, res) in enumerate(zip(alive, results)):
             s = slots[j]
-            env, reward, done, executed = s["env"], 0.0, False, 0
-            for r in range(execute_steps):
-                last = r == execute_steps - 1
-                obs, shaped, truncated, info = env.step(chunks[b, r], render=False)
-                if dense:
-                    reward += float(shaped) / pool.max_steps
-                executed += 1
-                s["steps"] += 1
-                env_steps += 1
-                if info.get("success"):
-                    reward, done, s["success"] = reward + 1.0, True, True
-                    break
-                if truncated or s["steps"] >= pool.max_steps:
-                    done = True
-                    break
-                if last:
-                    s["obs"] = env.observe(render=True)
+            s["steps"] += res["executed"]
+            env_steps += res["executed"]
             decisions.append(
                 Decision(
                     slot=j,
@@ -186,14 +295,15 @@ def collect(
                     state=None if states is None else states[b],
                     instruction=words[b],
                     record=record[b].detach().cpu(),
-                    executed=executed,
-                    reward=reward,
-                    done=done,
+                    executed=res["executed"],
+                    reward=res["reward"],
+                    done=res["done"],
                 )
             )
-            if done:
-                episodes[j].update(success=s["success"], steps=s["steps"])
+            if res["done"]:
+                episodes[j].update(success=res["success"], steps=s["steps"])
             else:
+                s["obs"] = res["obs"]
                 still.append(j)
         alive = still
     for e in episodes:
@@ -202,10 +312,20 @@ def collect(
         decisions=decisions,
         episodes=episodes,
         env_steps=env_steps,
-        frames_rendered=sum(e.frames_rendered for e in envs) - frames0,
+        frames_rendered=pool.frames_rendered() - frames0 + n * len(cams),  # + the resets' renders
         seconds=time.perf_counter() - start,
         forward_seconds=fwd_s,
     )
 
 
-__all__ = ["Batch", "Decision", "EnvPool", "close_all", "collect", "eval_seed_set", "training_scenes"]
+__all__ = [
+    "Batch",
+    "Decision",
+    "EnvPool",
+    "WorkerPool",
+    "close_all",
+    "collect",
+    "run_chunk",
+    "eval_seed_set",
+    "training_scenes",
+]
