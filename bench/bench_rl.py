@@ -67,6 +67,7 @@ def main() -> None:
         for n in [int(x) for x in args.envs.split(",")]:
             cfg = RLConfig(init=str(init), envs=n, max_steps=args.max_steps, epochs=args.epochs, device="cpu",
                            init_log_std=-0.5)  # fmt: skip
+            torch.manual_seed(cfg.seed)  # the critic's initial weights: the same run for every size and pool
             run = RLRun(cfg, Policy.from_pretrained(init), "cpu")
             if args.workers:
                 pool = WorkerPool(spec, ("corner2",), 64, args.max_steps, workers=args.workers)
