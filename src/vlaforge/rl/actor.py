@@ -86,8 +86,10 @@ class ActorCritic(nn.Module):
         return np.clip(action_norm.unnormalize(norm), self.policy._low, self.policy._high).astype(np.float32)
 
     # ------------------------------------------------------------------ forward
-    def forward_ctx(self, ctx: Context) -> Forward:
-        backbone, head = self.policy.backbone, self.policy.head
+    def forward_ctx(self, ctx: Context, head: Any = None) -> Forward:
+        """One pass of the backbone and `head` (None: the policy's own; another chunk head, e.g. the initial
+        policy's, reads the same backbone)."""
+        backbone, head = self.policy.backbone, head if head is not None else self.policy.head
         if isinstance(head, ChunkHead):
             B, K = ctx.batch_size, head.placeholders.shape[0]
             suffix = head.placeholders[None].expand(B, -1, -1)  # (B, H*D, d)

@@ -214,15 +214,20 @@ def update(run: RLRun, batch: Batch) -> dict[str, float]:
 
 
 @torch.no_grad()
-def kl_to_initial(run: RLRun, initial: ActorCritic | None, batch: Batch, limit: int = 64) -> float | None:
+def kl_to_initial(run: RLRun, initial: Any, batch: Batch, limit: int = 64) -> float | None:
     """Mean KL(current || initial) of the chunk Gaussians over (up to `limit` of) the iteration's decisions,
     summed over the executed rows (closed form); None for the flow head."""
     if initial is None or run.actor.kind != "chunk":
         return None
     D = batch.decisions[:limit]
     ctx = _contexts(run.actor, D)
-    mu, mu0 = run.actor.forward_ctx(ctx).mean, initial.forward_ctx(ctx).mean
-    ls, ls0 = run.actor.log_std.float(), initial.log_std.float()
+    mu = run.actor.forward_ctx(ctx).mean
+    if isinstance(initial, ActorCritic):  # the backbone trains: the initial policy is a whole copy
+        mu0 = initial.forward_ctx(ctx).mean
+    else:  # the backbone is frozen: only the initial head is kept, on the current backbone
+        mu0 = run.actor.forward_ctx(ctx, head=initial).mean
+    ls = run.actor.log_std.float()
+    ls0 = torch.full_like(ls, run.cfg.init_log_std)
     per = ls0 - ls + (torch.exp(2 * ls) + (mu - mu0).square()) / (2 * torch.exp(2 * ls0)) - 0.5
     keep = _keep(D, mu.shape[1]).to(mu.device)[..., None]
     return float((per * keep).sum(dim=(1, 2)).mean())
@@ -321,11 +326,15 @@ def run_rl(cfg: RLConfig) -> Path:
     spec = get_env(cfg.env)
     tasks = spec.resolve_tasks(cfg.tasks)
     emb = state.actor.policy.embodiment
-    initial = None
+    initial = None  # the reference of kl_to_initial: the initial head (frozen backbone) or a whole copy
     if state.actor.kind == "chunk":
-        initial = copy.deepcopy(state.actor) if state.iteration == 0 else None
-        if initial is None:
-            initial = ActorCritic(Policy.from_pretrained(cfg.init), cfg.init_log_std).to(device).eval()
+        if state.iteration == 0:
+            initial = copy.deepcopy(state.actor if cfg.train_backbone else state.actor.policy.head)
+        else:
+            start = Policy.from_pretrained(cfg.init)
+            initial = ActorCritic(start, cfg.init_log_std) if cfg.train_backbone else start.head
+            initial = initial.to(device)
+        initial.eval()
         for p in initial.parameters():
             p.requires_grad_(False)
     if cfg.eval_episodes and state.iteration == 0 and not (run / "eval_before").exists():
