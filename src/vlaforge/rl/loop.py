@@ -294,7 +294,8 @@ def _evaluate(cfg: RLConfig, policy_dir: Path, out: Path, tasks: list[str]) -> d
     )  # fmt: skip
     result = evaluate(ecfg)
     print(result.table())
-    return result.overall
+    agg = result.info["aggregates"]
+    return {"per_task": agg["per_task"], "overall": agg["overall"]}
 
 
 def run_rl(cfg: RLConfig) -> Path:
@@ -395,7 +396,8 @@ def run_rl(cfg: RLConfig) -> Path:
             after = _evaluate(cfg, final, run / "eval_after", tasks)
             before_path = run / "eval_before" / "eval_info.json"
             if before_path.is_file():
-                before = json.loads(before_path.read_text())["aggregates"]["overall"]
+                agg = json.loads(before_path.read_text())["aggregates"]
+                before = {"per_task": agg["per_task"], "overall": agg["overall"]}
                 write_json(run / "before_after.json", {"before": before, "after": after})
     return run
 
