@@ -43,6 +43,8 @@ class RLConfig:
         clip: PPO's ratio clip epsilon.
         epochs: passes over each iteration's data in the update.
         minibatch: decisions per gradient step (0: all of them at once).
+        target_kl: stop an iteration's update early once a minibatch's approximate KL (old vs new policy)
+            exceeds 1.5 x this (0: never), the guard most PPO implementations use against a collapse.
         lr: learning rate of the policy and its log-std.
         critic_lr: learning rate of the critic.
         value_coef: weight of the value loss.
@@ -83,6 +85,7 @@ class RLConfig:
     clip: float = 0.2
     epochs: int = 4
     minibatch: int = 0
+    target_kl: float = 0.0
     lr: float = 1e-4
     critic_lr: float = 1e-3
     value_coef: float = 0.5
@@ -123,8 +126,10 @@ class RLConfig:
             raise InputError(f"--clip must be in (0, 1), got {self.clip}")
         if self.lr <= 0 or self.critic_lr <= 0:
             raise InputError(f"--lr and --critic-lr must be > 0, got {self.lr}, {self.critic_lr}")
-        if min(self.minibatch, self.eval_episodes, self.eval_workers, self.workers) < 0:
-            raise InputError("--minibatch, --eval-episodes, --eval-workers and --workers must be >= 0")
+        if min(self.minibatch, self.eval_episodes, self.eval_workers, self.workers, self.target_kl) < 0:
+            raise InputError(
+                "--minibatch, --eval-episodes, --eval-workers, --workers and --target-kl must be >= 0"
+            )
         if self.train_seed == self.eval_seed:
             raise InputError(
                 f"--train-seed and --eval-seed are both {self.train_seed}: training scenes must differ from "

@@ -189,8 +189,11 @@ def update(run: RLRun, batch: Batch) -> dict[str, float]:
     sums: dict[str, float] = {"policy_loss": 0.0, "value_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0}
     steps = 0
     params = [p for p in actor.parameters() if p.requires_grad]
+    stop = False
     for _ in range(cfg.epochs):
         order = torch.randperm(M, generator=run.generator)
+        if stop:
+            continue  # the generator draws every epoch's order, so a stop changes nothing else
         for s in range(0, M, mb):
             idx = order[s : s + mb]
             sel = [D[i] for i in idx.tolist()]
@@ -210,7 +213,10 @@ def update(run: RLRun, batch: Batch) -> dict[str, float]:
             sums["clip_fraction"] += m["clip_fraction"].item()
             sums["approx_kl"] += m["approx_kl"].item()
             steps += 1
-    return {k: v / max(1, steps) for k, v in sums.items()}
+            if cfg.target_kl > 0 and m["approx_kl"].item() > 1.5 * cfg.target_kl:
+                stop = True
+                break
+    return {**{k: v / max(1, steps) for k, v in sums.items()}, "gradient_steps": steps}
 
 
 @torch.no_grad()
