@@ -5,6 +5,7 @@ vlaforge dataset   info DIR | view DIR --episode K --out ep.mp4 | synth --out DI
                    | convert SRC --to rlds|lerobot --out DST
 vlaforge train     --dataset DIR --preset tiny --head chunk --steps N --out RUN
 vlaforge eval      --policy RUN/last --tasks mt10 --episodes 10 --out DIR
+vlaforge rl        --init RUN/last --tasks reach --algo ppo --iterations N --out RL   (RL after imitation)
 vlaforge export    RUN/last --format openvla --out DIR   (or an OpenVLA checkpoint to --format vlaforge)
 vlaforge tokenizer train --dataset DIR --out TOK         (FAST: DCT + byte-pair encoding of action chunks)
 vlaforge idm       train --dataset DIR --out IDM | label SRC --idm IDM --out DST   (inverse dynamics)
@@ -95,6 +96,11 @@ def _run_eval(cfg: Any) -> None:
     print(f"report: {result.report_path}")
 
 
+def _run_rl(cfg: Any) -> None:
+    run = _load("vlaforge.rl.loop:run_rl")(cfg)
+    print(f"wrote {run} (improved policy: {run}/policy, metrics: {run}/metrics.jsonl)")
+
+
 def _run_serve(cfg: Any) -> None:
     _load("vlaforge.serve.server:serve")(cfg)
 
@@ -126,6 +132,11 @@ CONFIG_COMMANDS: dict[str, tuple[str, str, Callable[[Any], None]]] = {
     ),
     "train": ("train or fine-tune a policy", "vlaforge.train.config:TrainConfig", _run_train),
     "eval": ("evaluate a policy in simulation (--env)", "vlaforge.eval.run:EvalConfig", _run_eval),
+    "rl": (
+        "improve a trained policy by acting in simulation (PPO or GRPO on the success flag)",
+        "vlaforge.rl.config:RLConfig",
+        _run_rl,
+    ),
     "serve": (
         "serve a policy to robots (openpi websocket + OpenVLA POST /act, batched)",
         "vlaforge.serve.server:ServeConfig",
@@ -326,6 +337,7 @@ def build_parser(command: str | None = None, defaults: dict | None = None) -> ar
         "dataset",
         "train",
         "eval",
+        "rl",
         "serve",
         "export",
         "tokenizer",
@@ -379,7 +391,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if values:
         args = build_parser(command, defaults=values).parse_args(argv)
-    if args.cmd in ("collect", "eval", "demo", "teleop", "ui"):
+    if args.cmd in ("collect", "eval", "rl", "demo", "teleop", "ui"):
         from vlaforge.envs.rendering import configure_rendering
 
         configure_rendering()  # before anything imports mujoco

@@ -1,0 +1,170 @@
+"""The policy as an RL actor: its head's mean chunk with exploration noise and a log-probability, and a
+critic on the backbone's pooled features.
+
+- chunk head: a ~ N(mu(s), diag(exp(2 log_std))) in normalised action units, `log_std` a learned (H, D)
+  parameter that depends on neither the state nor the sample (`vlaforge.rl.logprob.gaussian_log_prob`).
+- flow head: Flow-SDE sampling, the chain of denoising states kept so its log-likelihood can be recomputed
+  with gradients (`vlaforge.rl.logprob.flow_sde_chain_log_prob`); the noise level is exp(`log_std`), a
+  scalar kept fixed (piRL treats it as a hyperparameter).
+
+The critic: the mean of the LLM's final hidden states over the valid prefix positions (image patches,
+state, prompt), then a two-layer MLP to one value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import DynamicCache
+
+from vlaforge.errors import InputError
+from vlaforge.models.backbone import Prefix
+from vlaforge.models.heads import ChunkHead, Context
+from vlaforge.rl.logprob import flow_sde_chain_log_prob, flow_sde_sample, gaussian_log_prob
+
+SUPPORTED_HEADS = ("chunk", "flow")
+CRITIC_WIDTH = 256
+
+
+@dataclass
+class Forward:
+    """What one forward pass gives: the mean chunk (chunk head), the pooled features, and for the flow head
+    the prefix (cache) its velocity reads."""
+
+    mean: torch.Tensor | None
+    features: torch.Tensor
+    prefix: Prefix | None
+
+
+class ActorCritic(nn.Module):
+    """A `Policy` with exploration noise, log-probabilities and a value head.
+
+    Args:
+        policy: the policy to improve (chunk or flow head).
+        init_log_std: initial log-std (chunk) or log noise level (flow).
+        train_backbone: also update the backbone (else it is frozen; the head trains).
+    """
+
+    def __init__(self, policy: Any, init_log_std: float = -1.0, train_backbone: bool = False):
+        super().__init__()
+        kind = policy.head.kind
+        if policy.family is not None or kind not in SUPPORTED_HEADS:
+            raise InputError(
+                f"vlaforge rl improves policies with a {' or '.join(SUPPORTED_HEADS)} head; this one has "
+                f"{kind!r}{' (' + policy.family + ')' if policy.family else ''}"
+            )
+        self.policy = policy
+        self.kind = kind
+        H, D = policy.head.chunk_size, policy.head.action_dim
+        shape = (H, D) if kind == "chunk" else ()
+        self.log_std = nn.Parameter(torch.full(shape, float(init_log_std)), requires_grad=kind == "chunk")
+        width = policy.backbone.hidden_size
+        self.critic = nn.Sequential(
+            nn.Linear(width, CRITIC_WIDTH), nn.Tanh(), nn.Linear(CRITIC_WIDTH, CRITIC_WIDTH), nn.Tanh(),
+            nn.Linear(CRITIC_WIDTH, 1),
+        )  # fmt: skip
+        nn.init.zeros_(self.critic[-1].weight)
+        nn.init.zeros_(self.critic[-1].bias)
+        for p in policy.backbone.parameters():
+            p.requires_grad_(bool(train_backbone))
+        for name in policy.unused_parameter_names():
+            policy.get_parameter(name).requires_grad_(False)
+
+    # ------------------------------------------------------------------ inputs
+    def context(
+        self, images: dict[str, np.ndarray], state: np.ndarray | None, instructions: list[str]
+    ) -> Context:
+        return self.policy._context(images, state, instructions)
+
+    def normalized_to_robot(self, norm: np.ndarray) -> np.ndarray:
+        """Normalised (B, H, D) -> robot units, clipped to the limits (as `Policy.predict_action_batch`)."""
+        action_norm, _ = self.policy._norms_for(None)
+        return np.clip(action_norm.unnormalize(norm), self.policy._low, self.policy._high).astype(np.float32)
+
+    # ------------------------------------------------------------------ forward
+    def forward_ctx(self, ctx: Context, head: Any = None) -> Forward:
+        """One pass of the backbone and `head` (None: the policy's own; another chunk head, e.g. the initial
+        policy's, reads the same backbone)."""
+        backbone, head = self.policy.backbone, head if head is not None else self.policy.head
+        if isinstance(head, ChunkHead):
+            B, K = ctx.batch_size, head.placeholders.shape[0]
+            suffix = head.placeholders[None].expand(B, -1, -1)  # (B, H*D, d)
+            seq = backbone.assemble(
+                ctx.images, ctx.state, ctx.prompt_ids, suffix=suffix, bidirectional_suffix=head.bidirectional
+            )
+            hidden, _ = backbone.run(seq)  # (B, T + K, d)
+            mean = head.mlp(hidden[:, -K:].to(head.placeholders.dtype)).view(B, head.chunk_size, -1).float()
+            valid = seq.valid[:, :-K]
+            pooled = _masked_mean(hidden[:, :-K], valid)
+            return Forward(mean, pooled, None)
+        seq = backbone.assemble(ctx.images, ctx.state, ctx.prompt_ids)
+        hidden, cache = backbone.run(seq, DynamicCache())
+        prefix = Prefix(cache, seq.valid, seq.position_ids[:, -1] + 1, hidden[:, -1])
+        return Forward(None, _masked_mean(hidden, seq.valid), prefix)
+
+    def value(self, fwd: Forward) -> torch.Tensor:
+        return self.critic(fwd.features.float()).squeeze(-1)  # (B,)
+
+    @torch.no_grad()
+    def sample(self, ctx: Context, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """A sampled normalised chunk (B, H, D) and what its log-probability is recomputed from: the chunk
+        itself (chunk head) or the denoising chain (B, N + 1, H, D) (flow head)."""
+        fwd = self.forward_ctx(ctx)
+        head = self.policy.head
+        if self.kind == "chunk":
+            eps = torch.randn(fwd.mean.shape, generator=generator, device=generator.device)
+            a = fwd.mean + torch.exp(self.log_std.float()) * eps.to(fwd.mean.device)
+            return a, a
+        B = ctx.batch_size
+        x1 = torch.randn((B, head.chunk_size, head.action_dim), generator=generator, device=generator.device)
+        backbone = self.policy.backbone
+
+        def velocity(x, t):
+            return head.velocity(backbone, fwd.prefix, x, t)
+
+        chain = flow_sde_sample(
+            velocity, x1.to(backbone.device), head.num_steps, self.noise_level(), generator
+        )
+        return chain[:, -1], chain
+
+    def noise_level(self) -> float:
+        return float(torch.exp(self.log_std.detach()))
+
+    def evaluate(
+        self, ctx: Context, record: torch.Tensor, keep: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-probabilities (B,), entropies (B,) (zeros for the flow head) and values (B,), with gradients.
+
+        Args:
+            ctx: the observations the chunks were sampled from.
+            record: what `sample` returned second (chunks or chains).
+            keep: bool (B, H), the executed rows.
+        """
+        fwd = self.forward_ctx(ctx)
+        value = self.value(fwd)
+        if self.kind == "chunk":
+            log_std = self.log_std.float()
+            logp = gaussian_log_prob(record, fwd.mean, log_std, keep)
+            ent = (keep[..., None].float() * (log_std + 0.5 * (1 + np.log(2 * np.pi)))).sum(dim=(1, 2))
+            return logp, ent, value
+        head, backbone = self.policy.head, self.policy.backbone
+        n = record.shape[1] - 1
+        vels = []
+        for k in range(n):
+            t = torch.full((record.shape[0],), 1.0 - k / n, device=record.device)
+            vels.append(head.velocity(backbone, fwd.prefix, record[:, k], t).float())
+        logp = flow_sde_chain_log_prob(record, vels, self.noise_level(), keep)
+        return logp, torch.zeros_like(logp), value
+
+
+def _masked_mean(hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean of hidden (B, T, d) over the valid positions (B, T) -> (B, d) float32."""
+    w = valid.to(torch.float32)[..., None]
+    return (hidden.float() * w).sum(1) / w.sum(1).clamp(min=1)
+
+
+__all__ = ["ActorCritic", "Forward", "SUPPORTED_HEADS"]

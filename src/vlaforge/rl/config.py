@@ -1,0 +1,161 @@
+"""What an RL run is: `RLConfig` (every flag of `vlaforge rl`, validated), torch-free so `--help` is fast."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from vlaforge.errors import InputError
+
+RUN_CONFIG = "rl_config.json"
+# Fields a resumed run may change; everything else must match the run's saved config.
+RESUMABLE_CHANGES = (
+    "iterations", "resume", "device", "out", "save_every", "eval_episodes", "eval_workers", "workers",
+)  # fmt: skip
+
+
+@dataclass
+class RLConfig:
+    """One reinforcement-learning run after imitation (``vlaforge rl`` passes each flag here).
+
+    Attributes:
+        init: the policy to improve: a checkpoint directory (e.g. ``RUN/last``) with a ``chunk`` or ``flow``
+            head.
+        out: run directory (``rl_config.json``, ``metrics.jsonl``, ``checkpoints/``, ``last``, ``policy``,
+            ``curve.png``, ``eval_before/``, ``eval_after/``).
+        env: the environment (``vlaforge.envs.registry``).
+        tasks: the tasks to train on: a task set, group, task name or comma list (None: the env's default).
+        algo: ``ppo`` (clipped objective, GAE with a learned critic) or ``grpo`` (no critic; advantages are
+            episode returns normalised within a group of episodes that start from the same scene).
+        iterations: rollout + update rounds (a resumed run continues up to this).
+        envs: episodes per iteration, run side by side (one batched forward pass per step group).
+        workers: simulation worker processes, each stepping its share of the episodes (0: every env in this
+            process); the episodes are the same either way.
+        group_size: GRPO: episodes per initial scene (``envs`` must be a multiple of it); PPO: 1 (every
+            episode its own scene) unless set.
+        max_steps: episode length in env steps (the episode also ends at the first success).
+        execute_steps: actions executed from each predicted chunk before re-planning (None: the head's
+            chunk); the RL decision is one executed chunk.
+        gamma: discount per decision (per executed chunk).
+        gae_lambda: GAE's lambda.
+        clip: PPO's ratio clip epsilon.
+        epochs: passes over each iteration's data in the update.
+        minibatch: decisions per gradient step (0: all of them at once).
+        target_kl: stop an iteration's update early once a minibatch's approximate KL (old vs new policy)
+            exceeds 1.5 x this (0: never), the guard most PPO implementations use against a collapse.
+        lr: learning rate of the policy and its log-std.
+        critic_lr: learning rate of the critic.
+        value_coef: weight of the value loss.
+        entropy_coef: weight of the entropy bonus (of the chunk head's Gaussian).
+        init_log_std: initial log standard deviation of the exploration noise, in normalised action units
+            (chunk head: the learned state-independent log-std; flow head: log of the SDE's noise level).
+        max_grad_norm: global gradient-norm clip (<= 0: off).
+        train_backbone: also update the vision/LLM backbone (False: only the head, log-std and critic).
+        seed: seeds the model's exploration noise, the minibatch order and the training scenes.
+        train_seed: base of the training scenes: episode k of task t starts from
+            ``episode_seed(train_seed, t, k)``, and any such seed that is also one of the evaluation's held-out
+            seeds (``eval_seed``, ``eval_episodes``) is skipped, so training never sees an evaluation scene.
+        eval_seed: the held-out evaluation's base seed (``vlaforge eval --seed``).
+        eval_episodes: episodes per task of the before/after evaluation by ``vlaforge eval`` (0: none).
+        eval_workers: worker processes of that evaluation.
+        save_every: checkpoint every N iterations (and always at the end).
+        reward: ``success``: 1 at the first success and 0 otherwise, the simulator's own flag (the episode ends
+            at success either way); ``dense``: the simulator's shaped reward summed over each executed chunk,
+            divided by ``max_steps`` (Meta-World's is in [0, 10] per step), plus the success flag: easier to
+            learn from and easier to game, an option for experiments only.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        resume: continue from ``out/last`` exactly (policy, critic, log-std, optimiser, RNG, iteration).
+    """
+
+    init: str = ""
+    out: str = "runs/rl"
+    env: str = "metaworld"
+    tasks: str | None = None
+    algo: Literal["ppo", "grpo"] = "ppo"
+    iterations: int = 100
+    envs: int = 16
+    workers: int = 0
+    group_size: int = 1
+    max_steps: int = 100
+    execute_steps: int | None = None
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip: float = 0.2
+    epochs: int = 4
+    minibatch: int = 0
+    target_kl: float = 0.0
+    lr: float = 1e-4
+    critic_lr: float = 1e-3
+    value_coef: float = 0.5
+    entropy_coef: float = 0.0
+    init_log_std: float = -1.0
+    max_grad_norm: float = 1.0
+    train_backbone: bool = False
+    seed: int = 0
+    train_seed: int = 7000
+    eval_seed: int = 1000
+    eval_episodes: int = 0
+    eval_workers: int = 0
+    save_every: int = 10
+    reward: Literal["success", "dense"] = "success"
+    device: str = "auto"
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.init and not self.resume:
+            raise InputError("--init is required: the policy directory to improve (e.g. RUN/last)")
+        if self.algo not in ("ppo", "grpo"):
+            raise InputError(f"--algo must be ppo or grpo, got {self.algo!r}")
+        positive = {"iterations": self.iterations, "envs": self.envs, "group_size": self.group_size}
+        positive.update(max_steps=self.max_steps, epochs=self.epochs, save_every=self.save_every)
+        for name, value in positive.items():
+            if int(value) < 1:
+                raise InputError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.envs % self.group_size:
+            raise InputError(f"--envs ({self.envs}) must be a multiple of --group-size ({self.group_size})")
+        if self.algo == "grpo" and self.group_size < 2:
+            raise InputError("--algo grpo needs --group-size >= 2 (episodes per initial scene)")
+        if self.execute_steps is not None and self.execute_steps < 1:
+            raise InputError(f"--execute-steps must be >= 1, got {self.execute_steps}")
+        for name in ("gamma", "gae_lambda"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InputError(f"--{name.replace('_', '-')} must be in [0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.clip < 1.0:
+            raise InputError(f"--clip must be in (0, 1), got {self.clip}")
+        if self.lr <= 0 or self.critic_lr <= 0:
+            raise InputError(f"--lr and --critic-lr must be > 0, got {self.lr}, {self.critic_lr}")
+        if min(self.minibatch, self.eval_episodes, self.eval_workers, self.workers, self.target_kl) < 0:
+            raise InputError(
+                "--minibatch, --eval-episodes, --eval-workers, --workers and --target-kl must be >= 0"
+            )
+        if self.train_seed == self.eval_seed:
+            raise InputError(
+                f"--train-seed and --eval-seed are both {self.train_seed}: training scenes must differ from "
+                "the held-out evaluation's"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_resume(cfg: RLConfig, run: Path) -> None:
+    """A resumed run must keep every setting but `RESUMABLE_CHANGES` (else it is another run)."""
+    path = Path(run) / RUN_CONFIG
+    if not path.is_file():
+        raise InputError(f"--resume: {path} does not exist; is {run} an RL run directory?")
+    saved = json.loads(path.read_text())
+    names = {f.name for f in fields(RLConfig)}
+    changed = [
+        f"{k}: {saved.get(k)!r} -> {v!r}"
+        for k, v in cfg.to_json().items()
+        if k in names and k not in RESUMABLE_CHANGES and k != "init" and saved.get(k) != v
+    ]
+    if changed:
+        raise InputError(
+            f"--resume with changed settings ({'; '.join(changed)}); keep them or start a new --out"
+        )
+
+
+__all__ = ["RESUMABLE_CHANGES", "RUN_CONFIG", "RLConfig", "check_resume"]

@@ -1,0 +1,421 @@
+"""`vlaforge rl`: improve a trained policy by acting in simulation (PPO or GRPO), resumable exactly.
+
+An iteration collects `envs` episodes (`vlaforge.rl.rollout`), computes advantages (GAE on the critic's
+values for PPO; group-normalised episode returns for GRPO, `vlaforge.rl.algos`), then runs `epochs` passes of
+clipped policy-gradient updates. Every `save_every` iterations a checkpoint is written atomically:
+``RUN/checkpoints/iter-XXXXXXX/`` holds the policy (``policy/``, loadable by every command), the RL tensors
+(``rl_model.safetensors``: log-std, critic), the optimiser (``optimizer.safetensors``) and, written last,
+``rl_state.json`` (iteration, the exploration generator's state, python / numpy / torch RNG states, the
+config). ``RUN/last`` names the newest complete one. A resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from vlaforge.atomic import StagedDir, atomic_write, write_json, write_text
+from vlaforge.envs.registry import get_env
+from vlaforge.errors import InputError
+from vlaforge.rl.actor import ActorCritic
+from vlaforge.rl.algos import gae, grpo_advantages, ppo_loss, value_loss
+from vlaforge.rl.config import RUN_CONFIG, RLConfig, check_resume
+from vlaforge.rl.rollout import Batch, EnvPool, WorkerPool, collect, eval_seed_set, training_scenes
+from vlaforge.train.checkpoint import (
+    load_optimizer,
+    optimizer_to_safetensors,
+    point_last,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+
+CKPT_DIR, LAST, STATE_FILE = "checkpoints", "last", "rl_state.json"
+MODEL_FILE, OPTIMIZER_FILE, POLICY_DIR = "rl_model.safetensors", "optimizer.safetensors", "policy"
+METRICS = "metrics.jsonl"
+
+
+class RLRun:
+    """The state of a run: actor (policy, log-std, critic), optimiser, exploration generator, iteration."""
+
+    def __init__(self, cfg: RLConfig, policy: Any, device: str):
+        self.cfg, self.device = cfg, device
+        self.actor = ActorCritic(policy, cfg.init_log_std, cfg.train_backbone).to(device)
+        self.actor.eval()  # no dropout: the log-probabilities of sampling and update are the same function
+        critic = [p for n, p in self.actor.named_parameters() if n.startswith("critic.")]
+        self.names = [n for n, p in self.actor.named_parameters() if p.requires_grad]
+        actor_params = [
+            p for n, p in self.actor.named_parameters() if p.requires_grad and not n.startswith("critic.")
+        ]
+        groups = [{"params": actor_params, "lr": cfg.lr}]
+        if cfg.algo == "ppo":
+            groups.append({"params": critic, "lr": cfg.critic_lr})
+        else:
+            for p in critic:
+                p.requires_grad_(False)
+            self.names = [n for n in self.names if not n.startswith("critic.")]
+        self.optimizer = torch.optim.Adam(groups)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.iteration = 0
+        h = policy.head
+        self.execute_steps = min(int(cfg.execute_steps or h.execute_steps), h.chunk_size)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, run: Path, keep: int = 2) -> Path:
+        final = run / CKPT_DIR / f"iter-{self.iteration:07d}"
+        if final.exists():
+            shutil.rmtree(final)
+        staged = StagedDir(final)
+        try:
+            self.actor.policy.save_pretrained(staged.path / POLICY_DIR)
+            rl_tensors = {n: p.detach().cpu().contiguous().clone() for n, p in self.actor.named_parameters()
+                          if not n.startswith("policy.")}  # fmt: skip
+            save_file(rl_tensors, str(staged.path / MODEL_FILE))
+            tensors, meta = optimizer_to_safetensors(self.optimizer, self.names)
+            save_file(tensors, str(staged.path / OPTIMIZER_FILE), metadata=meta)
+            state = {
+                "iteration": self.iteration,
+                "generator": base64.b64encode(self.generator.get_state().numpy().tobytes()).decode("ascii"),
+                "rng": rng_state(self.device),
+                "config": self.cfg.to_json(),
+            }
+            write_json(staged.path / STATE_FILE, state)
+            staged.commit()
+        except BaseException:
+            staged.abort()
+            raise
+        point_last(run, final)
+        done = sorted(p for p in (run / CKPT_DIR).iterdir() if (p / STATE_FILE).is_file())
+        for old in done[:-keep]:
+            if old != final:
+                shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    @classmethod
+    def load(cls, cfg: RLConfig, ckpt: Path, device: str) -> RLRun:
+        from vlaforge.models.policy import Policy
+
+        policy = Policy.from_pretrained(ckpt / POLICY_DIR)
+        self = cls(cfg, policy, device)
+        tensors = load_file(str(ckpt / MODEL_FILE))
+        with torch.no_grad():
+            for n, p in self.actor.named_parameters():
+                if n in tensors:
+                    p.copy_(tensors[n])
+        load_optimizer(ckpt / OPTIMIZER_FILE, self.optimizer, self.names)
+        state = json.loads((ckpt / STATE_FILE).read_text())
+        self.iteration = int(state["iteration"])
+        raw = np.frombuffer(base64.b64decode(state["generator"]), dtype=np.uint8).copy()
+        self.generator.set_state(torch.from_numpy(raw))
+        set_rng_state(state["rng"], device)
+        return self
+
+
+def find_last(run: Path) -> Path | None:
+    link = run / LAST
+    if link.exists() and (link.resolve() / STATE_FILE).is_file():
+        return link.resolve()
+    done = sorted(p for p in (run / CKPT_DIR).glob("iter-*") if (p / STATE_FILE).is_file())
+    return done[-1] if done else None
+
+
+# ---------------------------------------------------------------------- the update
+
+
+def _contexts(actor: ActorCritic, decisions: list) -> Any:
+    cams = actor.policy.embodiment.camera_names
+    images = {c: np.stack([d.images[c] for d in decisions]) for c in cams}
+    states = None if decisions[0].state is None else np.stack([d.state for d in decisions])
+    return actor.context(images, states, [d.instruction for d in decisions])
+
+
+def _keep(decisions: list, H: int) -> torch.Tensor:
+    executed = torch.tensor([d.executed for d in decisions])
+    return torch.arange(H)[None] < executed[:, None]  # (M, H)
+
+
+def advantages(cfg: RLConfig, batch: Batch, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per decision (M,): advantages and value targets (GRPO: the episode's group-relative advantage, and
+    no targets)."""
+    D = batch.decisions
+    M = len(D)
+    adv, ret = torch.zeros(M), torch.zeros(M)
+    by_slot: dict[int, list[int]] = {}
+    for i, d in enumerate(D):
+        by_slot.setdefault(d.slot, []).append(i)
+    if cfg.algo == "grpo":
+        returns = torch.tensor([e["return"] for e in batch.episodes])
+        groups = torch.tensor([e["group"] for e in batch.episodes])
+        ep_adv = grpo_advantages(returns, groups)
+        for slot, idx in by_slot.items():
+            adv[idx] = ep_adv[slot]
+        return adv, ret
+    for idx in by_slot.values():
+        r = torch.tensor([D[i].reward for i in idx])[:, None]
+        done = torch.tensor([D[i].done for i in idx])[:, None]
+        a, g = gae(r, values[idx][:, None], done, torch.zeros(1), cfg.gamma, cfg.gae_lambda)
+        adv[idx], ret[idx] = a[:, 0], g[:, 0]
+    return adv, ret
+
+
+def update(run: RLRun, batch: Batch) -> dict[str, float]:
+    cfg, actor = run.cfg, run.actor
+    D = batch.decisions
+    M, H = len(D), actor.policy.head.chunk_size
+    keep = _keep(D, H).to(run.device)
+    records = torch.stack([d.record for d in D]).to(run.device)
+    mb = cfg.minibatch or M
+    with torch.no_grad():
+        olds, vals = [], []
+        for s in range(0, M, mb):
+            lp, _, v = actor.evaluate(_contexts(actor, D[s : s + mb]), records[s : s + mb], keep[s : s + mb])
+            olds.append(lp)
+            vals.append(v)
+        logp_old, values = torch.cat(olds), torch.cat(vals).cpu()
+    adv, ret = advantages(cfg, batch, values)
+    if cfg.algo == "ppo" and M > 1 and adv.std() > 0:
+        adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+    adv, ret = adv.to(run.device), ret.to(run.device)
+    sums: dict[str, float] = {"policy_loss": 0.0, "value_loss": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0}
+    steps = 0
+    params = [p for p in actor.parameters() if p.requires_grad]
+    stop = False
+    for _ in range(cfg.epochs):
+        order = torch.randperm(M, generator=run.generator)
+        if stop:
+            continue  # the generator draws every epoch's order, so a stop changes nothing else
+        for s in range(0, M, mb):
+            idx = order[s : s + mb]
+            sel = [D[i] for i in idx.tolist()]
+            idx_d = idx.to(run.device)
+            logp, ent, v = actor.evaluate(_contexts(actor, sel), records[idx_d], keep[idx_d])
+            pl, m = ppo_loss(logp, logp_old[idx_d], adv[idx_d], cfg.clip)
+            loss = pl - cfg.entropy_coef * ent.mean()
+            vl = value_loss(v, ret[idx_d]) if cfg.algo == "ppo" else torch.zeros(())
+            loss = loss + cfg.value_coef * vl
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            run.optimizer.step()
+            sums["policy_loss"] += pl.item()
+            sums["value_loss"] += vl.item()
+            sums["clip_fraction"] += m["clip_fraction"].item()
+            sums["approx_kl"] += m["approx_kl"].item()
+            steps += 1
+            if cfg.target_kl > 0 and m["approx_kl"].item() > 1.5 * cfg.target_kl:
+                stop = True
+                break
+    return {**{k: v / max(1, steps) for k, v in sums.items()}, "gradient_steps": steps}
+
+
+@torch.no_grad()
+def kl_to_initial(run: RLRun, initial: Any, batch: Batch, limit: int = 64) -> float | None:
+    """Mean KL(current || initial) of the chunk Gaussians over (up to `limit` of) the iteration's decisions,
+    summed over the executed rows (closed form); None for the flow head."""
+    if initial is None or run.actor.kind != "chunk":
+        return None
+    D = batch.decisions[:limit]
+    ctx = _contexts(run.actor, D)
+    mu = run.actor.forward_ctx(ctx).mean
+    if isinstance(initial, ActorCritic):  # the backbone trains: the initial policy is a whole copy
+        mu0 = initial.forward_ctx(ctx).mean
+    else:  # the backbone is frozen: only the initial head is kept, on the current backbone
+        mu0 = run.actor.forward_ctx(ctx, head=initial).mean
+    ls = run.actor.log_std.float()
+    ls0 = torch.full_like(ls, run.cfg.init_log_std)
+    per = ls0 - ls + (torch.exp(2 * ls) + (mu - mu0).square()) / (2 * torch.exp(2 * ls0)) - 0.5
+    keep = _keep(D, mu.shape[1]).to(mu.device)[..., None]
+    return float((per * keep).sum(dim=(1, 2)).mean())
+
+
+# ---------------------------------------------------------------------- the run
+
+
+def _resolve_device(name: str) -> str:
+    from vlaforge.devices import resolve_device
+
+    return resolve_device(name)
+
+
+def _append_metrics(run: Path, row: dict) -> None:
+    with open(run / METRICS, "a") as f:  # an append-only log, as training's metrics.jsonl
+        f.write(json.dumps(row) + "\n")
+
+
+def _truncate_metrics(run: Path, iteration: int) -> None:
+    path = run / METRICS
+    if path.is_file():
+        rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        kept = [ln for ln in rows if json.loads(ln)["iteration"] < iteration]
+        write_text(path, "".join(ln + "\n" for ln in kept))
+
+
+def plot_curve(run: Path) -> Path | None:
+    """success rate vs environment steps (and wall time) from metrics.jsonl -> curve.png."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = run / METRICS
+    if not path.is_file():
+        return None
+    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    if not rows:
+        return None
+    fig = Figure(figsize=(9, 3.5), dpi=100)
+    FigureCanvasAgg(fig)
+    for k, (key, label) in enumerate(
+        (("total_env_steps", "environment steps"), ("total_seconds", "wall time (s)"))
+    ):
+        ax = fig.add_subplot(1, 2, k + 1)
+        ax.plot([r[key] for r in rows], [r["success_rate"] for r in rows], marker="o", ms=3)
+        ax.set_xlabel(label)
+        ax.set_ylabel("training success rate")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = run / "curve.png"
+    with atomic_write(out) as tmp:
+        fig.savefig(tmp, format="png")
+    return out
+
+
+def _evaluate(cfg: RLConfig, policy_dir: Path, out: Path, tasks: list[str]) -> dict:
+    from vlaforge.eval.run import EvalConfig, evaluate
+
+    ecfg = EvalConfig(
+        policy=str(policy_dir), env=cfg.env, tasks=tasks, episodes=cfg.eval_episodes, out=str(out),
+        workers=cfg.eval_workers, videos=0, seed=cfg.eval_seed, device=cfg.device, overwrite=True,
+        instructions="train",
+    )  # fmt: skip
+    result = evaluate(ecfg)
+    print(result.table())
+    agg = result.info["aggregates"]
+    return {"per_task": agg["per_task"], "overall": agg["overall"]}
+
+
+def run_rl(cfg: RLConfig) -> Path:
+    """Runs (or resumes) an RL run; returns the run directory (its improved policy in ``RUN/policy``)."""
+    from vlaforge.models.policy import Policy
+
+    run = Path(cfg.out)
+    device = _resolve_device(cfg.device)
+    if cfg.resume:
+        check_resume(cfg, run)
+        cfg_saved = RLConfig(**{**json.loads((run / RUN_CONFIG).read_text()), "resume": True})
+        for name in ("iterations", "device", "save_every", "eval_episodes", "eval_workers", "workers"):
+            setattr(cfg_saved, name, getattr(cfg, name))
+        cfg = cfg_saved
+        ckpt = find_last(run)
+        if ckpt is None:
+            raise InputError(f"--resume: {run} has no complete checkpoint under {CKPT_DIR}/")
+        state = RLRun.load(cfg, ckpt, device)
+        _truncate_metrics(run, state.iteration)
+    else:
+        if (run / RUN_CONFIG).exists():
+            raise InputError(
+                f"{run} already holds an RL run; pass --resume to continue it or choose another --out"
+            )
+        run.mkdir(parents=True, exist_ok=True)
+        write_json(run / RUN_CONFIG, cfg.to_json())
+        seed_everything(cfg.seed)
+        state = RLRun(cfg, Policy.from_pretrained(cfg.init), device)
+    spec = get_env(cfg.env)
+    tasks = spec.resolve_tasks(cfg.tasks)
+    emb = state.actor.policy.embodiment
+    initial = None  # the reference of kl_to_initial: the initial head (frozen backbone) or a whole copy
+    if state.actor.kind == "chunk":
+        if state.iteration == 0:
+            initial = copy.deepcopy(state.actor if cfg.train_backbone else state.actor.policy.head)
+        else:
+            start = Policy.from_pretrained(cfg.init)
+            initial = ActorCritic(start, cfg.init_log_std) if cfg.train_backbone else start.head
+            initial = initial.to(device)
+        initial.eval()
+        for p in initial.parameters():
+            p.requires_grad_(False)
+    if cfg.eval_episodes and state.iteration == 0 and not (run / "eval_before").exists():
+        _evaluate(cfg, Path(cfg.init), run / "eval_before", tasks)
+    avoid = eval_seed_set(spec, tasks, cfg.eval_seed, cfg.eval_episodes)
+    dense = cfg.reward == "dense"
+    if cfg.workers:
+        pool = WorkerPool(spec, tuple(emb.camera_names), emb.image_size, cfg.max_steps, dense, cfg.workers)
+    else:
+        pool = EnvPool(spec, tuple(emb.camera_names), emb.image_size, cfg.max_steps, dense)
+    n_groups = cfg.envs // cfg.group_size
+    prior = _prior_totals(run)
+    try:
+        bar = tqdm(total=cfg.iterations, initial=state.iteration, desc="rl", unit="it")
+        while state.iteration < cfg.iterations:
+            scenes = training_scenes(tasks, state.iteration, n_groups, cfg.train_seed, avoid)
+            batch = collect(state.actor, pool, scenes, cfg.group_size, state.execute_steps, state.generator)
+            t0 = time.perf_counter()
+            stats = update(state, batch)
+            update_s = time.perf_counter() - t0
+            kl = kl_to_initial(state, initial, batch)
+            state.iteration += 1
+            prior["env_steps"] += batch.env_steps
+            prior["seconds"] += batch.seconds + update_s
+            ls = state.actor.log_std.detach().float()
+            row = {
+                "iteration": state.iteration - 1,
+                "success_rate": float(np.mean([e["success"] for e in batch.episodes])),
+                "mean_return": float(np.mean([e["return"] for e in batch.episodes])),
+                "episodes": len(batch.episodes),
+                "env_steps": batch.env_steps,
+                "total_env_steps": prior["env_steps"],
+                "total_seconds": round(prior["seconds"], 3),
+                "decisions": len(batch.decisions),
+                "frames_rendered": batch.frames_rendered,
+                "rollout_seconds": round(batch.seconds, 3),
+                "forward_seconds": round(batch.forward_seconds, 3),
+                "update_seconds": round(update_s, 3),
+                "kl_to_initial": kl,
+                "log_std": float(ls.mean()),
+                "entropy": float((ls + 0.5 * (1 + np.log(2 * np.pi))).sum()) if ls.ndim else None,
+                **stats,
+            }
+            _append_metrics(run, row)
+            bar.set_postfix(success=f"{row['success_rate']:.2f}", kl=f"{kl or 0:.3f}")
+            bar.update(1)
+            if state.iteration % cfg.save_every == 0 or state.iteration == cfg.iterations:
+                state.save(run)
+        bar.close()
+    finally:
+        pool.close()
+    plot_curve(run)
+    last = find_last(run)
+    if last is not None:
+        final = run / POLICY_DIR
+        state.actor.policy.save_pretrained(final)
+        if cfg.eval_episodes:
+            after = _evaluate(cfg, final, run / "eval_after", tasks)
+            before_path = run / "eval_before" / "eval_info.json"
+            if before_path.is_file():
+                agg = json.loads(before_path.read_text())["aggregates"]
+                before = {"per_task": agg["per_task"], "overall": agg["overall"]}
+                write_json(run / "before_after.json", {"before": before, "after": after})
+    return run
+
+
+def _prior_totals(run: Path) -> dict[str, float]:
+    path = run / METRICS
+    if not path.is_file():
+        return {"env_steps": 0, "seconds": 0.0}
+    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    if not rows:
+        return {"env_steps": 0, "seconds": 0.0}
+    return {"env_steps": rows[-1]["total_env_steps"], "seconds": rows[-1]["total_seconds"]}
+
+
+__all__ = ["RLRun", "advantages", "find_last", "kl_to_initial", "plot_curve", "run_rl", "update"]

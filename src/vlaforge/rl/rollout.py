@@ -1,0 +1,331 @@
+"""Rollouts for RL: a batch of episodes in in-process envs, one batched forward pass per step group.
+
+Episode j of an iteration runs in slot j. Slots in a group (`group_size` consecutive slots) start from the
+same scene, drawn from the training seed range (`training_scenes`). At every step group the slots whose
+chunk is used up re-plan together: their observations are stacked into one batch, the actor samples one
+chunk each, and each env executes the first `execute_steps` rows of its chunk (physics only inside the chunk;
+the cameras render only after the last row, where the next plan reads them). The reward is the simulator's
+success flag: 1 on the decision where it first turns true, and the episode ends there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from vlaforge.envs.base import EnvSpec, episode_seed
+from vlaforge.envs.rendering import configure_rendering
+
+
+@dataclass
+class Decision:
+    """One re-plan of one episode: what was seen, what was sampled, what happened."""
+
+    slot: int
+    images: dict[str, np.ndarray]
+    state: np.ndarray | None
+    instruction: str
+    record: torch.Tensor  # the sampled chunk (H, D) or the flow chain (N + 1, H, D)
+    executed: int  # rows of the chunk that reached the env
+    reward: float
+    done: bool
+
+
+@dataclass
+class Batch:
+    """One iteration's rollouts."""
+
+    decisions: list[Decision]
+    episodes: list[dict]  # per slot: task, seed, group, success, steps, return
+    env_steps: int
+    frames_rendered: int
+    seconds: float
+    forward_seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def eval_seed_set(spec: EnvSpec, tasks: list[str], eval_seed: int, eval_episodes: int) -> dict[str, set[int]]:
+    """The held-out evaluation's episode seeds per task (`vlaforge eval --seed eval_seed`), at least 100 per
+    task so a later, larger evaluation on that seed stays disjoint too."""
+    n = max(100, int(eval_episodes))
+    return {t: {episode_seed(eval_seed, t, i) for i in range(n)} for t in tasks}
+
+
+def training_scenes(
+    tasks: list[str], iteration: int, n_groups: int, train_seed: int, avoid: dict[str, set[int]]
+) -> list[tuple[str, int]]:
+    """(task, seed) of each group of `iteration`: groups cycle through the tasks; group k overall (counted
+    across iterations) of task t starts from `episode_seed(train_seed, t, k')`, k' the k-th index whose seed
+    is not an evaluation seed. A function of the iteration alone, so a resumed run draws the same scenes."""
+    out = []
+    for g in range(n_groups):
+        k = iteration * n_groups + g
+        task = tasks[k % len(tasks)]
+        index = k // len(tasks)
+        seed = episode_seed(train_seed, task, index)
+        bump = 0
+        while seed in avoid.get(task, ()):
+            bump += 1
+            seed = episode_seed(train_seed, task, 1_000_000_000 + index * 1000 + bump)
+        out.append((task, seed))
+    return out
+
+
+# Envs made in this process, reused by later pools with the same settings (making a Meta-World env with its
+# renderer takes about a second; `reset(seed)` alone decides an episode, so reuse changes nothing).
+_MADE: dict[tuple, object] = {}
+
+
+def run_chunk(env: Any, rows: np.ndarray, steps: int, max_steps: int, dense: bool) -> dict:
+    """Executes the rows (E, D) of a chunk in `env`, whose episode has taken `steps` steps: physics only,
+    stopping at the first success or at `max_steps`; renders the cameras once after the last row when the
+    episode goes on (the next plan reads them).
+
+    Returns:
+        executed rows, reward (success flag; plus the shaped reward / max_steps when `dense`), done, success,
+        and the observation to re-plan from (None when done).
+    """
+    reward, done, success, executed, obs = 0.0, False, False, 0, None
+    for a in rows:
+        _, shaped, truncated, info = env.step(a, render=False)
+        executed += 1
+        if dense:
+            reward += float(shaped) / max_steps
+        if info.get("success"):
+            reward, done, success = reward + 1.0, True, True
+            break
+        if truncated or steps + executed >= max_steps:
+            done = True
+            break
+    if not done:
+        obs = env.observe(render=True)
+    return {"executed": executed, "reward": reward, "done": done, "success": success, "obs": obs}
+
+
+class EnvPool:
+    """The episode slots' envs in this process, kept per (slot, task) and made on first use.
+
+    `reset([(slot, task, seed)])` -> observations; `run([(slot, rows, steps)])` -> `run_chunk` results;
+    `WorkerPool` offers the same two calls with the envs in worker processes.
+    """
+
+    def __init__(self, spec: EnvSpec, cameras: tuple[str, ...], image_size: int, max_steps: int,
+                 dense: bool = False):  # fmt: skip
+        self.spec, self.cameras, self.image_size, self.max_steps = spec, cameras, image_size, max_steps
+        self.dense = dense
+        self._envs: dict[tuple[int, str], object] = {}
+        self._current: dict[int, Any] = {}
+
+    def get(self, slot: int, task: str):
+        key = (slot, task)
+        if key not in self._envs:
+            made = (self.spec.name, task, self.cameras, self.image_size, self.max_steps, slot)
+            if made not in _MADE:
+                _MADE[made] = self.spec.make(
+                    task, cameras=self.cameras, image_size=self.image_size, max_steps=self.max_steps,
+                    render=False,
+                )  # fmt: skip
+            self._envs[key] = _MADE[made]
+        return self._envs[key]
+
+    def reset(self, items: list[tuple[int, str, int]]) -> list[Any]:
+        out = []
+        for slot, task, seed in items:
+            self._current[slot] = self.get(slot, task)
+            out.append(self._current[slot].reset(seed, render=True))
+        return out
+
+    def run(self, items: list[tuple[int, np.ndarray, int]]) -> list[dict]:
+        return [
+            run_chunk(self._current[s], rows, steps, self.max_steps, self.dense) for s, rows, steps in items
+        ]
+
+    def frames_rendered(self) -> int:
+        return sum(e.frames_rendered for e in self._current.values())
+
+    def close(self) -> None:
+        """Forgets this pool's envs (they stay made for the next pool in this process; `close_all` ends them)."""
+        self._envs, self._current = {}, {}
+
+
+def close_all() -> None:
+    """Closes every env this process made."""
+    for e in _MADE.values():
+        e.close()
+    _MADE.clear()
+
+
+def _worker_main(conn: Any, args: dict) -> None:
+    """A simulation worker: an `EnvPool` of its slots, driven by (command, payload) messages."""
+    configure_rendering()  # before anything in this fresh process imports mujoco
+    from vlaforge.envs.registry import get_env
+
+    pool = EnvPool(get_env(args["env"]), tuple(args["cameras"]), args["image_size"], args["max_steps"],
+                   args["dense"])  # fmt: skip
+    try:
+        while True:
+            cmd, payload = conn.recv()
+            if cmd == "close":
+                break
+            try:
+                if cmd == "reset":
+                    conn.send(("ok", pool.reset(payload)))
+                elif cmd == "run":
+                    conn.send(("ok", pool.run(payload)))
+                elif cmd == "frames":
+                    conn.send(("ok", pool.frames_rendered()))
+            except Exception:  # the parent raises it with the worker's traceback
+                conn.send(("error", traceback.format_exc()))
+    finally:
+        close_all()
+        conn.close()
+
+
+class WorkerPool:
+    """`EnvPool`'s calls with the envs in `workers` spawned processes (slot j lives in worker j % workers);
+    each call is sent to every worker before any reply is read, so the workers step their slots in parallel
+    while the results are identical to the in-process pool's (the same env calls per slot)."""
+
+    def __init__(self, spec: EnvSpec, cameras: tuple[str, ...], image_size: int, max_steps: int,
+                 dense: bool = False, workers: int = 2):  # fmt: skip
+        import multiprocessing as mp
+
+        self.spec, self.max_steps, self.workers = spec, max_steps, int(workers)
+        args = {"env": spec.name, "cameras": list(cameras), "image_size": image_size, "max_steps": max_steps,
+                "dense": dense}  # fmt: skip
+        ctx = mp.get_context("spawn")  # never fork a process that holds MuJoCo / OpenGL / torch state
+        self._conns, self._procs = [], []
+        for _ in range(self.workers):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker_main, args=(child, args), daemon=True)
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+
+    def _call(self, cmd: str, items: list) -> list:
+        parts: list[list[int]] = [[] for _ in range(self.workers)]
+        for i, item in enumerate(items):
+            parts[item[0] % self.workers].append(i)
+        busy = [w for w in range(self.workers) if parts[w]]
+        for w in busy:
+            self._conns[w].send((cmd, [items[i] for i in parts[w]]))
+        out: list = [None] * len(items)
+        for w in busy:
+            status, reply = self._conns[w].recv()
+            if status != "ok":
+                raise RuntimeError(f"simulation worker {w} failed:\n{reply}")
+            for i, r in zip(parts[w], reply):
+                out[i] = r
+        return out
+
+    def reset(self, items: list[tuple[int, str, int]]) -> list[Any]:
+        return self._call("reset", items)
+
+    def run(self, items: list[tuple[int, np.ndarray, int]]) -> list[dict]:
+        return self._call("run", items)
+
+    def frames_rendered(self) -> int:
+        for c in self._conns:
+            c.send(("frames", None))
+        return sum(c.recv()[1] for c in self._conns)
+
+    def close(self) -> None:
+        for c, p in zip(self._conns, self._procs):
+            with contextlib.suppress(BrokenPipeError, OSError):
+                c.send(("close", None))
+            p.join(timeout=30)
+            if p.is_alive():
+                p.terminate()
+        self._conns, self._procs = [], []
+
+
+def collect(
+    actor,
+    pool: EnvPool | WorkerPool,
+    scenes: list[tuple[str, int]],
+    group_size: int,
+    execute_steps: int,
+    generator: torch.Generator,
+) -> Batch:
+    """Runs len(scenes) * group_size episodes to their end (success or `pool.max_steps`)."""
+    start = time.perf_counter()
+    n = len(scenes) * group_size
+    spec = pool.spec
+    starts = [(j, *scenes[j // group_size]) for j in range(n)]
+    observations = pool.reset(starts)
+    frames0 = pool.frames_rendered()  # the slots' envs are fixed from here to the end of the iteration
+    slots = [{"obs": o, "task": t, "steps": 0} for o, (_, t, _) in zip(observations, starts)]
+    episodes = [
+        {"task": t, "seed": seed, "group": j // group_size, "slot": j, "success": False, "steps": 0}
+        for j, t, seed in starts
+    ]
+    instruction = {t: spec.instruction(t) for t, _ in scenes}
+    decisions: list[Decision] = []
+    alive = list(range(n))
+    env_steps, fwd_s = 0, 0.0
+    cams = actor.policy.embodiment.camera_names
+    while alive:
+        images = {c: np.stack([slots[j]["obs"].images[c] for j in alive]) for c in cams}
+        states = None
+        if actor.policy.uses_state:
+            states = np.stack([slots[j]["obs"].state for j in alive]).astype(np.float32)
+        words = [instruction[slots[j]["task"]] for j in alive]
+        t0 = time.perf_counter()
+        ctx = actor.context(images, states, words)
+        chunk_norm, record = actor.sample(ctx, generator)
+        chunks = actor.normalized_to_robot(chunk_norm.float().cpu().numpy())  # (B, H, D)
+        fwd_s += time.perf_counter() - t0
+        results = pool.run([(j, chunks[b, :execute_steps], slots[j]["steps"]) for b, j in enumerate(alive)])
+        still = []
+        for b, (j, res) in enumerate(zip(alive, results)):
+            s = slots[j]
+            s["steps"] += res["executed"]
+            env_steps += res["executed"]
+            decisions.append(
+                Decision(
+                    slot=j,
+                    images={c: images[c][b] for c in cams},
+                    state=None if states is None else states[b],
+                    instruction=words[b],
+                    record=record[b].detach().cpu(),
+                    executed=res["executed"],
+                    reward=res["reward"],
+                    done=res["done"],
+                )
+            )
+            if res["done"]:
+                episodes[j].update(success=res["success"], steps=s["steps"])
+            else:
+                s["obs"] = res["obs"]
+                still.append(j)
+        alive = still
+    for e in episodes:
+        e["return"] = sum(d.reward for d in decisions if d.slot == e["slot"])
+    return Batch(
+        decisions=decisions,
+        episodes=episodes,
+        env_steps=env_steps,
+        frames_rendered=pool.frames_rendered() - frames0 + n * len(cams),  # + the resets' renders
+        seconds=time.perf_counter() - start,
+        forward_seconds=fwd_s,
+    )
+
+
+__all__ = [
+    "Batch",
+    "Decision",
+    "EnvPool",
+    "WorkerPool",
+    "close_all",
+    "collect",
+    "run_chunk",
+    "eval_seed_set",
+    "training_scenes",
+]

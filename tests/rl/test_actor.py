@@ -1,0 +1,60 @@
+"""The actor's log-probabilities recomputed in the update equal a direct computation from its own sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.distributions import Normal
+
+from vlaforge.envs.registry import get_env
+from vlaforge.models.policy import Policy
+from vlaforge.rl.actor import ActorCritic
+from vlaforge.rl.logprob import sde_step_moments
+
+from .conftest import make_stats
+
+
+def _obs(n, seed=0):
+    rng = np.random.default_rng(seed)
+    images = {"corner2": rng.integers(0, 255, (n, 64, 64, 3), dtype=np.uint8)}
+    return images, rng.normal(size=(n, 4)).astype(np.float32), ["close the drawer"] * n
+
+
+@pytest.mark.parametrize("head", ["chunk", "flow"])
+def test_sampled_chunks_log_prob(head):
+    emb = get_env("metaworld").embodiment(("corner2",), 64)
+    torch.manual_seed(0)
+    opts = {"num_steps": 3} if head == "flow" else {}
+    policy = Policy.from_preset("tiny", head, emb, make_stats(4, 4), **opts)
+    actor = ActorCritic(policy, init_log_std=-0.5).eval()
+    ctx = actor.context(*_obs(3))
+    g = torch.Generator().manual_seed(1)
+    chunk, record = actor.sample(ctx, g)
+    keep = torch.tensor([[True] * 8, [True] * 3 + [False] * 5, [True] + [False] * 7])
+    logp, ent, value = actor.evaluate(ctx, record, keep)
+    assert torch.equal(value, torch.zeros(3))  # the critic's output layer starts at zero
+    with torch.no_grad():
+        fwd = actor.forward_ctx(ctx)
+        if head == "chunk":
+            dens = Normal(fwd.mean, torch.full_like(fwd.mean, np.exp(-0.5))).log_prob(chunk)
+            expect = torch.stack([dens[b][keep[b]].sum() for b in range(3)])
+            assert torch.allclose(
+                ent, torch.tensor([8.0, 3.0, 1.0]) * 4 * (-0.5 + 0.5 * (1 + np.log(2 * np.pi)))
+            )
+        else:
+            # Replay the chain step by step with the head's own velocity and torch's Normal.
+            expect = torch.zeros(3)
+            n = 3
+            for k in range(n):
+                t = 1.0 - k / n
+                v = policy.head.velocity(
+                    policy.backbone, fwd.prefix, record[:, k], torch.full((3,), t)
+                ).float()
+                mean, std = sde_step_moments(record[:, k], v, t, 1 / n, np.exp(-0.5), n)
+                d = Normal(mean, std).log_prob(record[:, k + 1])
+                expect += torch.stack([d[b][keep[b]].sum() for b in range(3)])
+            assert torch.equal(chunk, record[:, -1])
+    torch.testing.assert_close(logp, expect, rtol=1e-5, atol=1e-4)
+    logp.sum().backward()  # gradients reach the head
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.head.parameters())
