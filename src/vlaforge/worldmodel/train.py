@@ -1,0 +1,249 @@
+"""`vlaforge worldmodel train`: the frame autoencoder (phase 1), then the latent dynamics model (phase 2).
+
+Phase 1 (`ae_steps`) fits the autoencoder on single frames (MSE); it is then frozen and phase 2 (`steps`)
+fits the dynamics on (K context, next) windows of its latents. The batch and the noise of step s come
+from generators seeded by (seed, s), so a resumed run repeats the uninterrupted one exactly: ``last/``
+holds the weights (+ normalisers), the optimizer (safetensors) and the step (JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from vlaforge.atomic import StagedDir, atomic_write, write_json
+from vlaforge.devices import resolve_device
+from vlaforge.errors import InputError
+from vlaforge.train.checkpoint import load_optimizer, optimizer_to_safetensors
+from vlaforge.worldmodel.config import WM_CONFIG, WM_WEIGHTS, WorldModelConfig
+from vlaforge.worldmodel.data import Episodes, context_actions, load_episodes, window_starts, windows
+from vlaforge.worldmodel.model import Imagination, WorldModel
+
+METRICS = "metrics.jsonl"
+OPTIMIZER = "optimizer.safetensors"
+STATE = "trainer_state.json"
+
+
+def model_dict(cfg: WorldModelConfig, eps: Episodes) -> dict[str, Any]:
+    """What `WorldModel` is built from, saved as ``worldmodel.json`` with the held-out episodes."""
+    return {
+        "format": "vlaforge-worldmodel/1",
+        "camera": eps.camera,
+        "image_size": int(eps.frames.shape[1]),
+        "fps": eps.fps,
+        "action_dim": int(eps.actions.shape[1]),
+        "context": cfg.context,
+        "latent_channels": cfg.latent_channels,
+        "width": cfg.width,
+        "dyn_width": cfg.dyn_width,
+        "dyn_blocks": cfg.dyn_blocks,
+        "objective": cfg.objective,
+        "flow_steps": cfg.flow_steps,
+        "datasets": cfg.datasets,
+        "heldout": [
+            {
+                "dataset": eps.sources[e][0],
+                "episode": eps.sources[e][1],
+                "instruction": eps.instructions[e],
+                "task": eps.tasks[e] if e < len(eps.tasks) else "",
+            }
+            for e in eps.heldout
+        ],  # fmt: skip
+    }
+
+
+def save_model(model: WorldModel, path: Path) -> None:
+    """``worldmodel.json`` + ``worldmodel.safetensors`` into the directory `path` (already staged)."""
+    write_json(path / WM_CONFIG, model.cfg)
+    with atomic_write(path / WM_WEIGHTS) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+
+
+def load_worldmodel(path: str | Path, device: str | torch.device = "cpu") -> WorldModel:
+    """A trained world model from a run directory (its ``last/``) or a model directory."""
+    path = Path(path)
+    d = path / "last" if (path / "last" / WM_CONFIG).is_file() else path
+    if not (d / WM_CONFIG).is_file():
+        raise InputError(
+            f"{path}: no {WM_CONFIG} (nor last/{WM_CONFIG}); give a `vlaforge worldmodel train` run"
+        )
+    cfg = json.loads((d / WM_CONFIG).read_text())
+    model = WorldModel(cfg)
+    model.load_state_dict(load_file(str(d / WM_WEIGHTS)))
+    return model.to(device).eval()
+
+
+class _Batches:
+    """Training windows, their actions and the batch of step s (a function of (seed, s) alone)."""
+
+    def __init__(self, eps: Episodes, context: int, seed: int):
+        self.eps, self.seed = eps, seed
+        self.win = windows(eps.bounds, eps.train, context)  # (W, K + 1)
+        self.acts, self.pad = context_actions(eps.actions, self.win, window_starts(eps.bounds, self.win))
+        self.frame_ids = np.unique(self.win)
+
+    def rng(self, step: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, step])
+
+    def frames(self, step: int, n: int) -> np.ndarray:
+        return self.eps.frames[np.sort(self.rng(step).choice(self.frame_ids, n))]
+
+    def windows(self, step: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        i = self.rng(step).integers(0, len(self.win), n)
+        return self.eps.frames[self.win[i]], self.acts[i], self.pad[i]
+
+
+def _gen(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + step)
+
+
+def dynamics_batch(model: WorldModel, batches: _Batches, step: int, n: int, device) -> tuple:
+    frames, acts, pad = batches.windows(step, n)
+    with torch.no_grad():
+        z = model.encode_frames(torch.from_numpy(frames).to(device))  # (B, K + 1, C, h, w)
+    a = model.norm_actions(torch.from_numpy(acts).to(device), torch.from_numpy(pad).to(device))
+    return z[:, :-1], a, z[:, -1]
+
+
+def fit(
+    model: WorldModel,
+    eps: Episodes,
+    cfg: WorldModelConfig,
+    run: Path | None = None,
+    stop_at: int | None = None,
+) -> list[dict]:
+    """Trains `model` on `eps` (phase 1 then 2) and returns the metric lines; with `run`, writes
+    ``last/`` every `save_every` steps, ``metrics.jsonl`` and sample videos, and resumes from ``last/``.
+    `stop_at` ends the run early after that step, as an interruption would (tests)."""
+    device = next(model.parameters()).device
+    batches = _Batches(eps, cfg.context, cfg.seed)
+    groups = [{"params": list(model.ae.parameters()), "lr": cfg.ae_lr},
+              {"params": list(model.dyn.parameters()), "lr": cfg.lr}]  # fmt: skip
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    names = [f"ae.{n}" for n, _ in model.ae.named_parameters()] + [
+        f"dyn.{n}" for n, _ in model.dyn.named_parameters()
+    ]
+    step, lines = 0, []
+    if run is not None:
+        run.mkdir(parents=True, exist_ok=True)
+    if run is not None and cfg.resume and (run / "last" / STATE).is_file():
+        model.load_state_dict(load_file(str(run / "last" / WM_WEIGHTS)))
+        load_optimizer(run / "last" / OPTIMIZER, opt, names)
+        step = int(json.loads((run / "last" / STATE).read_text())["step"])
+    total = cfg.ae_steps + cfg.steps
+    t0 = time.time()
+    with tqdm(total=total, initial=step, desc="worldmodel", unit="step") as bar:
+        while step < total:
+            model.train()
+            if step < cfg.ae_steps:
+                x = torch.from_numpy(batches.frames(step, cfg.batch_size)).to(device)
+                from vlaforge.worldmodel.model import to_unit
+
+                target = to_unit(x)
+                loss = torch.nn.functional.mse_loss(model.ae.decode(model.ae.encode(target)), target)
+                phase = "ae"
+            else:
+                if step == cfg.ae_steps:
+                    model.delta_std.fill_(_delta_std(model, batches, cfg, device))
+                ctx, a, target = dynamics_batch(model, batches, step, cfg.batch_size, device)
+                loss = model.flow_loss(ctx, a, target, _gen(cfg.seed, step))
+                phase = "dyn"
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(phase=phase, loss=f"{loss.item():.4f}")
+            if step % cfg.log_every == 0 or step == total:
+                line = {
+                    "step": step,
+                    "phase": phase,
+                    "loss": round(loss.item(), 6),
+                    "time_s": round(time.time() - t0, 2),
+                }
+                lines.append(line)
+                if run is not None:
+                    with open(run / METRICS, "a", encoding="utf-8") as f:  # append-only log
+                        f.write(json.dumps(line) + "\n")
+            if run is None:
+                continue
+            dyn_step = step - cfg.ae_steps
+            if dyn_step > 0 and (
+                dyn_step == cfg.steps or (cfg.sample_every and dyn_step % cfg.sample_every == 0)
+            ):
+                write_sample(model, eps, run / "samples" / f"step-{step:07d}.mp4", cfg.seed)
+            if step % cfg.save_every == 0 or step == total:
+                _save(run, model, opt, names, step)
+            if stop_at is not None and step >= stop_at:
+                break
+    return lines
+
+
+def _delta_std(model: WorldModel, batches: _Batches, cfg: WorldModelConfig, device) -> float:
+    """The std of the latent change over 256 training windows (the flow's target scale)."""
+    ctx, _, target = dynamics_batch(model, batches, -1 % (2**31), 256, device)
+    return float((target - ctx[:, -1]).std().clamp_min(1e-4))
+
+
+def _save(run: Path, model: WorldModel, opt, names: list[str], step: int) -> None:
+    staged = StagedDir(run / "last", overwrite=True)
+    try:
+        save_model(model, staged.path)
+        tensors, meta = optimizer_to_safetensors(opt, names)
+        with atomic_write(staged.path / OPTIMIZER) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
+        write_json(staged.path / STATE, {"step": step})
+    except BaseException:
+        staged.abort()
+        raise
+    staged.commit()
+
+
+def write_sample(model: WorldModel, eps: Episodes, path: Path, seed: int, horizon: int = 32) -> Path:
+    """An mp4 of [real | imagined] from the first held-out episode's first frame and its actions."""
+    from vlaforge.eval.rollout import write_mp4
+
+    e = eps.heldout[0] if eps.heldout else 0
+    start, stop = eps.bounds[e]
+    n = min(horizon, stop - start - 1)
+    model.eval()
+    im = Imagination(model, _gen(seed, 0))
+    im.start(torch.from_numpy(eps.frames[start : start + 1]))
+    pred = [eps.frames[start]]
+    for t in range(n):
+        pred.append(im.step(torch.from_numpy(eps.actions[start + t : start + t + 1]))[0].cpu().numpy())
+    real = eps.frames[start : start + n + 1]
+    frames = [np.concatenate([r, p], axis=1) for r, p in zip(real, pred)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_mp4(frames, path, eps.fps)
+
+
+def train_worldmodel(cfg: WorldModelConfig) -> Path:
+    """Runs `cfg` into ``cfg.out`` (see the module docstring); returns ``OUT/last``."""
+    run = Path(cfg.out)
+    if run.exists() and any(run.iterdir()) and not cfg.resume:
+        raise InputError(f"{run} is not empty; pass --resume to continue it or choose another --out")
+    device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    eps = load_episodes(cfg.datasets, cfg.camera, cfg.image_size, cfg.heldout)
+    if eps.frames.shape[1] % 4:
+        raise InputError(
+            f"frames are {eps.frames.shape[1]} px; the world model needs a multiple of 4 (--image-size)"
+        )
+    run.mkdir(parents=True, exist_ok=True)
+    write_json(run / "config.json", cfg.to_dict())
+    torch.manual_seed(cfg.seed)
+    model = WorldModel(model_dict(cfg, eps)).to(device)
+    a = eps.actions[np.concatenate([np.arange(*eps.bounds[e]) for e in eps.train])]
+    model.action_mean.copy_(torch.from_numpy(a.mean(0)))
+    model.action_std.copy_(torch.from_numpy(a.std(0) + 1e-3))
+    fit(model, eps, cfg, run)
+    return run / "last"
