@@ -237,7 +237,7 @@ class EvalConfig:
             self.env = trained or DEFAULT_ENV
         spec = get_env(self.env)
         self.env = spec.name
-        if trained and trained != spec.name:
+        if trained and trained not in (spec.name, spec.extra.get("imitates")):
             raise InputError(
                 f"--policy {self.policy} was trained in {trained!r} (its config.json training_data), not in "
                 f"{spec.name!r}: evaluate it with --env {trained}, or leave --env out"

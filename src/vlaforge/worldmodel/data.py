@@ -38,6 +38,9 @@ class Episodes:
     camera: str
     fps: float
     tasks: list[str] = field(default_factory=list)
+    states: np.ndarray | None = None  # float32 (N, S) when the datasets have a state
+    embodiment: dict | None = None  # the first dataset's robot, at the camera and size read
+    env: str | None = None  # the registered env the first dataset was recorded in
 
     @property
     def train(self) -> list[int]:
@@ -66,6 +69,7 @@ def load_episodes(paths: list[str], camera: str | None, image_size: int | None, 
     if not paths:
         raise InputError("--dataset: give at least one LeRobot v3.0 dataset")
     frames, actions, success, bounds, held, words, sources, tasks = [], [], [], [], [], [], [], []
+    states, emb, env = [], None, None
     offset, cam, fps, size = 0, camera, None, image_size
     for path in paths:
         if not (Path(path) / "meta" / "info.json").is_file():
@@ -93,6 +97,10 @@ def load_episodes(paths: list[str], camera: str | None, image_size: int | None, 
             sources.append((str(path), e))
         frames.append(f)
         actions.append(a)
+        states.append(ds.states())
+        if emb is None:
+            emb = {**ds.embodiment().to_dict(), "camera_names": [cam], "image_size": int(size)}
+            env = (ds.info.get("vlaforge") or {}).get("env")
         success.append(_success(ds, ds.num_frames, local))
         offset += ds.num_frames
         fps = fps or ds.fps
@@ -102,7 +110,8 @@ def load_episodes(paths: list[str], camera: str | None, image_size: int | None, 
     return Episodes(
         frames=np.concatenate(frames), actions=np.concatenate(actions), success=np.concatenate(success),
         bounds=bounds, heldout=held, instructions=words, sources=sources, camera=cam, fps=float(fps),
-        tasks=tasks,
+        tasks=tasks, embodiment=emb, env=env,
+        states=np.concatenate(states) if len({x.shape[1] for x in states}) == 1 else None,
     )  # fmt: skip
 
 

@@ -29,6 +29,7 @@ from vlaforge.worldmodel.model import Imagination, WorldModel
 METRICS = "metrics.jsonl"
 OPTIMIZER = "optimizer.safetensors"
 STATE = "trainer_state.json"
+STARTS = "starts.safetensors"
 
 
 def model_dict(cfg: WorldModelConfig, eps: Episodes) -> dict[str, Any]:
@@ -47,6 +48,8 @@ def model_dict(cfg: WorldModelConfig, eps: Episodes) -> dict[str, Any]:
         "objective": cfg.objective,
         "flow_steps": cfg.flow_steps,
         "datasets": cfg.datasets,
+        "embodiment": eps.embodiment,
+        "env": eps.env,
         "heldout": [
             {
                 "dataset": eps.sources[e][0],
@@ -59,11 +62,26 @@ def model_dict(cfg: WorldModelConfig, eps: Episodes) -> dict[str, Any]:
     }
 
 
-def save_model(model: WorldModel, path: Path) -> None:
-    """``worldmodel.json`` + ``worldmodel.safetensors`` into the directory `path` (already staged)."""
+def save_model(model: WorldModel, path: Path, starts: dict[str, np.ndarray] | None = None) -> None:
+    """``worldmodel.json`` + ``worldmodel.safetensors`` (+ ``starts.safetensors``: the held-out episodes'
+    first frames and states, where the world model's environment starts) into the directory `path`."""
     write_json(path / WM_CONFIG, model.cfg)
     with atomic_write(path / WM_WEIGHTS) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    if starts:
+        from safetensors.numpy import save_file as save_np
+
+        with atomic_write(path / STARTS) as tmp:
+            save_np({k: np.ascontiguousarray(v) for k, v in starts.items()}, str(tmp))
+
+
+def episode_starts(eps: Episodes) -> dict[str, np.ndarray]:
+    """The first frame (and state) of every held-out episode."""
+    firsts = np.array([eps.bounds[e][0] for e in eps.heldout], np.int64)
+    out = {"frames": eps.frames[firsts]}
+    if eps.states is not None:
+        out["states"] = eps.states[firsts].astype(np.float32)
+    return out
 
 
 def load_worldmodel(path: str | Path, device: str | torch.device = "cpu") -> WorldModel:
@@ -180,7 +198,7 @@ def fit(
             ):
                 write_sample(model, eps, run / "samples" / f"step-{step:07d}.mp4", cfg.seed)
             if step % cfg.save_every == 0 or step == total:
-                _save(run, model, opt, names, step)
+                _save(run, model, opt, names, step, eps)
             if stop_at is not None and step >= stop_at:
                 break
     return lines
@@ -192,10 +210,10 @@ def _delta_std(model: WorldModel, batches: _Batches, cfg: WorldModelConfig, devi
     return float((target - ctx[:, -1]).std().clamp_min(1e-4))
 
 
-def _save(run: Path, model: WorldModel, opt, names: list[str], step: int) -> None:
+def _save(run: Path, model: WorldModel, opt, names: list[str], step: int, eps: Episodes) -> None:
     staged = StagedDir(run / "last", overwrite=True)
     try:
-        save_model(model, staged.path)
+        save_model(model, staged.path, episode_starts(eps) if eps.heldout else None)
         tensors, meta = optimizer_to_safetensors(opt, names)
         with atomic_write(staged.path / OPTIMIZER) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
@@ -208,7 +226,7 @@ def _save(run: Path, model: WorldModel, opt, names: list[str], step: int) -> Non
 
 def write_sample(model: WorldModel, eps: Episodes, path: Path, seed: int, horizon: int = 32) -> Path:
     """An mp4 of [real | imagined] from the first held-out episode's first frame and its actions."""
-    from vlaforge.eval.rollout import write_mp4
+    from vlaforge.data.video import write_video
 
     e = eps.heldout[0] if eps.heldout else 0
     start, stop = eps.bounds[e]
@@ -222,7 +240,8 @@ def write_sample(model: WorldModel, eps: Episodes, path: Path, seed: int, horizo
     real = eps.frames[start : start + n + 1]
     frames = [np.concatenate([r, p], axis=1) for r, p in zip(real, pred)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    return write_mp4(frames, path, eps.fps)
+    # vlaforge's mp4 writer (as `vlaforge.eval.rollout.write_mp4`: h264, yuv420p; the sides are multiples of 4)
+    return write_video(path, np.stack(frames), eps.fps, codec="h264", crf=23)
 
 
 def train_worldmodel(cfg: WorldModelConfig) -> Path:
