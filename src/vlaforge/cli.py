@@ -9,6 +9,7 @@ vlaforge export    RUN/last --format openvla --out DIR   (or an OpenVLA checkpoi
 vlaforge tokenizer train --dataset DIR --out TOK         (FAST: DCT + byte-pair encoding of action chunks)
 vlaforge idm       train --dataset DIR --out IDM | label SRC --idm IDM --out DST   (inverse dynamics)
 vlaforge latent    train --dataset DIR --out LAM | label SRC --lam LAM --out DST   (latent actions, LAPA)
+vlaforge worldmodel train --dataset DIR --out WM | judge | quality WM | agreement  (policies in imagination)
 vlaforge demo      (collect + train + eval on a small default)
 vlaforge --version
 
@@ -310,6 +311,7 @@ def build_parser(command: str | None = None, defaults: dict | None = None) -> ar
         "tokenizer",
         "idm",
         "latent",
+        "worldmodel",
         "demo",
     ):
         build = command in (None, name)
@@ -318,6 +320,9 @@ def build_parser(command: str | None = None, defaults: dict | None = None) -> ar
             continue
         if name == "latent":
             _load("vlaforge.latent.cli:add_latent_command")(sub, build)
+            continue
+        if name == "worldmodel":
+            _load("vlaforge.worldmodel.cli:add_worldmodel_command")(sub, build)
             continue
         if name == "dataset":
             _add_dataset_command(sub, build)
@@ -336,7 +341,7 @@ def build_parser(command: str | None = None, defaults: dict | None = None) -> ar
 
 
 def _command_of(argv: list[str]) -> str | None:
-    known = set(CONFIG_COMMANDS) | {"dataset", "export", "tokenizer", "idm", "latent"}
+    known = set(CONFIG_COMMANDS) | {"dataset", "export", "tokenizer", "idm", "latent", "worldmodel"}
     first = next((a for a in argv if not a.startswith("-")), None)
     return first if first in known else None
 

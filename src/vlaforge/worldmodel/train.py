@@ -48,6 +48,7 @@ def model_dict(cfg: WorldModelConfig, eps: Episodes) -> dict[str, Any]:
         "objective": cfg.objective,
         "flow_steps": cfg.flow_steps,
         "datasets": cfg.datasets,
+        "heldout_per_dataset": cfg.heldout,
         "embodiment": eps.embodiment,
         "env": eps.env,
         "heldout": [
