@@ -33,7 +33,7 @@ def test_world_model_env_runs_a_policy(recorded, capsys):
     cfg = json.loads((run / "last" / "worldmodel.json").read_text())
     assert cfg["image_size"] == 32 and cfg["camera"] == "corner2" and len(cfg["heldout"]) == 2
     assert cfg["env"] == "metaworld" and cfg["heldout"][0]["task"] == TASK
-    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step-0000006.mp4", "step-0000008.mp4"]
+    assert sorted(p.name for p in (run / "samples").glob("*.mp4")) == ["step-0000006.mp4", "step-0000008.mp4"]
     main(["worldmodel", "judge", "--dataset", data, "--out", str(run / "judge"), "--heldout", "1", "--steps", "5",
           "--batch-size", "8", "--device", "cpu"])  # fmt: skip
     report = json.loads((run / "judge" / "judge.json").read_text())["report"]

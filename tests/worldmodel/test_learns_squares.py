@@ -55,10 +55,8 @@ def test_exact_resume_and_seeded_imagination(tmp_path):
         assert torch.equal(v, c.state_dict()[k]), k
     lines_b = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [x["loss"] for x in lines_b] == [x["loss"] for x in whole]
-    assert sorted(p.name for p in (tmp_path / "a" / "samples").iterdir()) == [
-        "step-0000005.mp4",
-        "step-0000006.mp4",
-    ]
+    samples = sorted(p.name for p in (tmp_path / "a" / "samples").iterdir())
+    assert samples == ["step-0000005.mp4", "step-0000005.png", "step-0000006.mp4", "step-0000006.png"]
     # Loaded back, a seed fixes the stochastic prediction; another seed changes it.
     m = load_worldmodel(tmp_path / "a")
     first = torch.from_numpy(eps.frames[:2])

@@ -241,8 +241,23 @@ def write_sample(model: WorldModel, eps: Episodes, path: Path, seed: int, horizo
     real = eps.frames[start : start + n + 1]
     frames = [np.concatenate([r, p], axis=1) for r, p in zip(real, pred)]
     path.parent.mkdir(parents=True, exist_ok=True)
+    write_strip(real, np.stack(pred), path.with_suffix(".png"))
     # vlaforge's mp4 writer (as `vlaforge.eval.rollout.write_mp4`: h264, yuv420p; the sides are multiples of 4)
     return write_video(path, np.stack(frames), eps.fps, codec="h264", crf=23)
+
+
+def write_strip(real: np.ndarray, pred: np.ndarray, path: Path, every: int = 4, scale: int = 2) -> Path:
+    """A PNG of every `every`-th frame: the real episode on the top row, the imagined one below."""
+    from PIL import Image
+
+    idx = list(range(0, len(real), every))
+    grid = np.concatenate(
+        [np.concatenate(list(real[idx]), axis=1), np.concatenate(list(pred[idx]), axis=1)], axis=0
+    )
+    img = Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
+    with atomic_write(path) as tmp:
+        img.save(tmp, format="PNG")
+    return path
 
 
 def train_worldmodel(cfg: WorldModelConfig) -> Path:
