@@ -69,3 +69,11 @@ def test_world_model_env_runs_a_policy(recorded, capsys):
     info = json.loads((root / "ev-wm" / "eval_info.json").read_text())
     assert info["protocol"]["env"] == f"worldmodel:{run}" and len(info["episodes"]) == 2
     assert all(0 < e["steps"] <= 6 for e in info["episodes"])
+
+    # The population command: both evaluators on the same tasks and seeds, a table and a plot.
+    main(["worldmodel", "agreement", "--policies", "random,random", "--worldmodel", str(run), "--episodes", "1",
+          "--max-steps", "4", "--heldout-family", "random", "--out", str(root / "agree")])  # fmt: skip
+    summary = json.loads((root / "agree" / "agreement.json").read_text())
+    assert [(r["task"], r["heldout_family"]) for r in summary["rows"]] == [(TASK, True)] * 2
+    assert summary["all"]["n"] == 2 and (root / "agree" / "agreement.png").stat().st_size > 1000
+    assert "| policy | task |" in (root / "agree" / "agreement.md").read_text()
