@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from vlaforge.atomic import StagedDir, atomic_write, write_json
+from vlaforge.atomic import StagedDir, atomic_write, write_json, write_text
 from vlaforge.devices import resolve_device
 from vlaforge.errors import InputError
 from vlaforge.train.checkpoint import load_optimizer, optimizer_to_safetensors
@@ -114,20 +114,23 @@ class _Batches:
     def frames(self, step: int, n: int) -> np.ndarray:
         return self.eps.frames[np.sort(self.rng(step).choice(self.frame_ids, n))]
 
-    def windows(self, step: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        i = self.rng(step).integers(0, len(self.win), n)
-        return self.eps.frames[self.win[i]], self.acts[i], self.pad[i]
-
 
 def _gen(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
-def dynamics_batch(model: WorldModel, batches: _Batches, step: int, n: int, device) -> tuple:
-    frames, acts, pad = batches.windows(step, n)
+def encode_all(model: WorldModel, frames: np.ndarray, device, chunk: int = 256) -> torch.Tensor:
+    """Latents (N, C, h, w) of every frame, by the frozen encoder (phase 2 reads these, never pixels)."""
     with torch.no_grad():
-        z = model.encode_frames(torch.from_numpy(frames).to(device))  # (B, K + 1, C, h, w)
-    a = model.norm_actions(torch.from_numpy(acts).to(device), torch.from_numpy(pad).to(device))
+        return torch.cat([model.encode_frames(torch.from_numpy(frames[i : i + chunk]).to(device))
+                          for i in range(0, len(frames), chunk)])  # fmt: skip
+
+
+def dynamics_batch(model: WorldModel, batches: _Batches, step: int, n: int, latents: torch.Tensor) -> tuple:
+    i = batches.rng(step).integers(0, len(batches.win), n)
+    z = latents[torch.from_numpy(batches.win[i]).to(latents.device)]  # (B, K + 1, C, h, w)
+    a = model.norm_actions(torch.from_numpy(batches.acts[i]).to(latents.device),
+                           torch.from_numpy(batches.pad[i]).to(latents.device))  # fmt: skip
     return z[:, :-1], a, z[:, -1]
 
 
@@ -156,7 +159,13 @@ def fit(
         model.load_state_dict(load_file(str(run / "last" / WM_WEIGHTS)))
         load_optimizer(run / "last" / OPTIMIZER, opt, names)
         step = int(json.loads((run / "last" / STATE).read_text())["step"])
+        if (run / METRICS).is_file():  # drop the lines logged after the checkpoint: they are logged again
+            kept = [
+                x for x in (run / METRICS).read_text().splitlines() if x and json.loads(x)["step"] <= step
+            ]
+            write_text(run / METRICS, "".join(x + "\n" for x in kept))
     total = cfg.ae_steps + cfg.steps
+    latents: torch.Tensor | None = None
     t0 = time.time()
     with tqdm(total=total, initial=step, desc="worldmodel", unit="step") as bar:
         while step < total:
@@ -169,9 +178,11 @@ def fit(
                 loss = torch.nn.functional.mse_loss(model.ae.decode(model.ae.encode(target)), target)
                 phase = "ae"
             else:
+                if latents is None:  # the encoder is frozen from here on: encode every frame once
+                    latents = encode_all(model, eps.frames, device)
                 if step == cfg.ae_steps:
-                    model.delta_std.fill_(_delta_std(model, batches, cfg, device))
-                ctx, a, target = dynamics_batch(model, batches, step, cfg.batch_size, device)
+                    model.delta_std.fill_(_delta_std(model, batches, latents))
+                ctx, a, target = dynamics_batch(model, batches, step, cfg.batch_size, latents)
                 loss = model.flow_loss(ctx, a, target, _gen(cfg.seed, step))
                 phase = "dyn"
             opt.zero_grad(set_to_none=True)
@@ -205,9 +216,9 @@ def fit(
     return lines
 
 
-def _delta_std(model: WorldModel, batches: _Batches, cfg: WorldModelConfig, device) -> float:
+def _delta_std(model: WorldModel, batches: _Batches, latents: torch.Tensor) -> float:
     """The std of the latent change over 256 training windows (the flow's target scale)."""
-    ctx, _, target = dynamics_batch(model, batches, -1 % (2**31), 256, device)
+    ctx, _, target = dynamics_batch(model, batches, 2**31 - 1, 256, latents)
     return float((target - ctx[:, -1]).std().clamp_min(1e-4))
 
 
