@@ -32,6 +32,11 @@ def add_worldmodel_command(sub: Any, build: bool) -> None:
     q.add_argument("--stride", type=int, default=4, help="a start every N frames (default: 4)")
     q.add_argument("--seed", type=int, default=0, help="seed of the imagination's noise (default: 0)")
     q.add_argument("--out", default=None, help="also write the table as JSON here")
+    q.add_argument(
+        "--no-residual",
+        action="store_true",
+        help="decode each frame from its latent (default: decode changes)",
+    )
     q.set_defaults(func=_quality)
     g = wsub.add_parser("agreement", help="evaluate policies in the simulator and the world model; compare")
     add_config_args(g, AgreementConfig)
@@ -53,7 +58,7 @@ def _judge(cfg: Any) -> None:
 def _quality(a: Any) -> None:
     from vlaforge.worldmodel.quality_cli import run_quality
 
-    run_quality(a.worldmodel, a.dataset, a.horizons, a.stride, a.seed, a.out)
+    run_quality(a.worldmodel, a.dataset, a.horizons, a.stride, a.seed, a.out, not a.no_residual)
 
 
 def _agreement(cfg: Any) -> None:

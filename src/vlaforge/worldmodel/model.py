@@ -204,11 +204,20 @@ class Imagination:
 
     `start(frames)` begins from real frames (B, S, S, 3): the context is that frame repeated with zero
     (padding) actions, as the model saw an episode's first frames in training.
+
+    Frames are decoded as changes (`pixel_residual`): the next frame is the current one plus
+    decode(z_next) - decode(z_now), so the autoencoder's own reconstruction error, the same in both
+    terms, cancels, and a still scene stays exactly the real first frame. Off, each frame is decode(z).
     """
 
-    def __init__(self, model: WorldModel, gen: torch.Generator | None = None):
-        self.model, self.gen = model, gen
+    def __init__(self, model: WorldModel, gen: torch.Generator | None = None, pixel_residual: bool = True):
+        self.model, self.gen, self.pixel_residual = model, gen, pixel_residual
         self.device = next(model.parameters()).device
+
+    def _anchor(self, frame: torch.Tensor) -> None:
+        """The current frame (pixels in [-1, 1]) and its decoded latent, for `pixel_residual`."""
+        self.frame = to_unit(frame.to(self.device))
+        self.decoded = self.model.ae.decode(self.z[:, -1])
 
     @torch.no_grad()
     def start(self, frames: torch.Tensor) -> None:
@@ -217,6 +226,7 @@ class Imagination:
         self.z = z[:, None].repeat(1, k, 1, 1, 1)  # (B, K, C, h, w)
         a = int(self.model.cfg["action_dim"])
         self.actions = torch.zeros(z.shape[0], k, a, device=self.device)  # normalised; 0 at padding
+        self._anchor(frames)
 
     @torch.no_grad()
     def start_from(self, frames: torch.Tensor, actions: torch.Tensor, pad: torch.Tensor) -> None:
@@ -224,6 +234,7 @@ class Imagination:
         (B, K, A, robot units) taken at the K frames before it; `pad` (B, K) marks padding positions."""
         self.z = self.model.encode_frames(frames.to(self.device))
         self.actions = self.model.norm_actions(actions.to(self.device).float(), pad.to(self.device))
+        self._anchor(frames[:, -1])
 
     @torch.no_grad()
     def step(self, actions: torch.Tensor) -> torch.Tensor:
@@ -232,4 +243,9 @@ class Imagination:
         self.actions = torch.cat([self.actions[:, 1:], a[:, None]], dim=1)
         nxt = self.model.predict(self.z, self.actions, self.gen)
         self.z = torch.cat([self.z[:, 1:], nxt[:, None]], dim=1)
-        return self.model.decode_frames(nxt)
+        decoded = self.model.ae.decode(nxt)
+        if not self.pixel_residual:
+            return to_uint8(decoded)
+        self.frame = (self.frame + decoded - self.decoded).clamp(-1, 1)
+        self.decoded = decoded
+        return to_uint8(self.frame)

@@ -54,12 +54,13 @@ def prediction_quality(
     horizons: Sequence[int] = HORIZONS,
     stride: int = 4,
     seed: int = 0,
+    pixel_residual: bool = True,
 ) -> dict[str, dict[str, float]]:
     """PSNR / SSIM of the model and of copy-last-frame at each horizon h, over every start s (every
     `stride`-th frame) of the episodes (default: held out) with s + h inside the episode.
 
     The model sees the real K frames up to s and the recorded actions from s on, and imagines h steps
-    open loop (its own predictions fed back).
+    open loop (its own predictions fed back); `pixel_residual` as in `Imagination`.
 
     Returns:
         {str(h): {"n", "psnr", "ssim", "copy_psnr", "copy_ssim"}} (means over the starts).
@@ -81,7 +82,7 @@ def prediction_quality(
         pad = prev < a
         acts = eps.actions[np.maximum(prev, 0)].copy()
         acts[pad] = 0
-        im = Imagination(model, gen)
+        im = Imagination(model, gen, pixel_residual)
         im.start_from(torch.from_numpy(eps.frames[idx]), torch.from_numpy(acts), torch.from_numpy(pad))
         steps = min(hmax, b - 1 - int(starts.min()))
         for t in range(steps):

@@ -8,7 +8,13 @@ from vlaforge.atomic import write_json
 
 
 def run_quality(
-    worldmodel: str, dataset: str | None, horizons: str, stride: int, seed: int, out: str | None
+    worldmodel: str,
+    dataset: str | None,
+    horizons: str,
+    stride: int,
+    seed: int,
+    out: str | None,
+    residual: bool = True,
 ) -> dict:
     from vlaforge.worldmodel.data import load_episodes
     from vlaforge.worldmodel.quality import format_quality, prediction_quality
@@ -25,8 +31,11 @@ def run_quality(
         )
         episodes = eps.heldout
     hs = tuple(int(h) for h in str(horizons).split(","))
-    q = prediction_quality(model, eps, episodes, hs, stride=stride, seed=seed)
+    q = prediction_quality(model, eps, episodes, hs, stride=stride, seed=seed, pixel_residual=residual)
     print(format_quality(q))
     if out:
-        write_json(Path(out), {"worldmodel": worldmodel, "episodes": len(episodes), "quality": q})
+        write_json(
+            Path(out),
+            {"worldmodel": worldmodel, "episodes": len(episodes), "pixel_residual": residual, "quality": q},
+        )
     return q
