@@ -35,7 +35,7 @@ def test_learns_moving_square():
     model, cfg = tiny_model(eps)
     fit(model, eps, cfg)
     q = prediction_quality(model, eps, horizons=(1, 4), stride=2)
-    # Measured: h=1 PSNR 26.0 vs copy 24.6, SSIM 0.89 vs 0.56; h=4 PSNR 23.0 vs copy 14.4.
+    # Measured: h=1 PSNR 25.8 vs copy 24.6, SSIM 0.86 vs 0.56; h=4 PSNR 22.7 vs copy 14.4 (15 s on an idle core).
     assert q["4"]["psnr"] > q["4"]["copy_psnr"] + 6.0, q
     assert q["1"]["psnr"] > q["1"]["copy_psnr"], q
     assert q["1"]["ssim"] > q["1"]["copy_ssim"] + 0.2, q
