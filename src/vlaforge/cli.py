@@ -12,6 +12,7 @@ vlaforge idm       train --dataset DIR --out IDM | label SRC --idm IDM --out DST
 vlaforge latent    train --dataset DIR --out LAM | label SRC --lam LAM --out DST   (latent actions, LAPA)
 vlaforge teleop    --env metaworld --task reach-v3 --out DIR     (curses keys; a policy may drive)
 vlaforge ui        [--root DIR] [--host 127.0.0.1] [--port 8765]  (the local web UI)
+vlaforge worldmodel train --dataset DIR --out WM | judge | quality WM | agreement  (policies in imagination)
 vlaforge demo      (collect + train + eval on a small default)
 vlaforge --version
 
@@ -345,6 +346,7 @@ def build_parser(command: str | None = None, defaults: dict | None = None) -> ar
         "latent",
         "teleop",
         "ui",
+        "worldmodel",
         "demo",
     ):
         build = command in (None, name)
@@ -353,6 +355,9 @@ def build_parser(command: str | None = None, defaults: dict | None = None) -> ar
             continue
         if name == "latent":
             _load("vlaforge.latent.cli:add_latent_command")(sub, build)
+            continue
+        if name == "worldmodel":
+            _load("vlaforge.worldmodel.cli:add_worldmodel_command")(sub, build)
             continue
         if name == "dataset":
             _add_dataset_command(sub, build)
@@ -371,7 +376,7 @@ def build_parser(command: str | None = None, defaults: dict | None = None) -> ar
 
 
 def _command_of(argv: list[str]) -> str | None:
-    known = set(CONFIG_COMMANDS) | {"dataset", "export", "tokenizer", "idm", "latent"}
+    known = set(CONFIG_COMMANDS) | {"dataset", "export", "tokenizer", "idm", "latent", "worldmodel"}
     first = next((a for a in argv if not a.startswith("-")), None)
     return first if first in known else None
 

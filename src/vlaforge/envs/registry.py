@@ -22,10 +22,16 @@ DEFAULT_ENV = "metaworld"
 def get_env(name: str | None = None) -> EnvSpec:
     """The `EnvSpec` registered as `name` (None: `DEFAULT_ENV`).
 
+    `worldmodel:RUN` is the world model trained in RUN (`vlaforge.worldmodel.env`).
+
     Raises:
         InputError: an unknown name (with the closest registered ones), or an env whose simulator is not
             installed.
     """
+    if name is not None and str(name).strip().startswith("worldmodel:"):  # a trained world model's run
+        from vlaforge.worldmodel.env import world_model_spec
+
+        return world_model_spec(str(name).strip().removeprefix("worldmodel:"))
     name = DEFAULT_ENV if name is None else str(name).strip().lower()
     if name not in ENVS:
         close = difflib.get_close_matches(name, list(ENVS), n=2, cutoff=0.5)

@@ -92,6 +92,7 @@ class WorkerSpec:
         execution: the execution strategy, one of `EXECUTIONS` (see the module docstring).
         ensemble_decay: `ensemble`'s weight m: the i-th oldest prediction of a step weighs exp(-m i).
         env: the environment's registry name (`vlaforge.envs.base.ENVS`).
+        record_dir: where each episode's full trace is saved (`vlaforge.eval.record`), None: nowhere.
     """
 
     policy: str
@@ -106,6 +107,7 @@ class WorkerSpec:
     execution: str = "open-loop"
     ensemble_decay: float = ENSEMBLE_DECAY
     env: str = DEFAULT_ENV
+    record_dir: str | None = None
 
 
 def connect_remote(uri: str, cameras: list[str], image_size: int, env: str = DEFAULT_ENV) -> Any:
@@ -272,6 +274,10 @@ class EpisodeRunner:
                 max_steps=self.spec.max_steps,
                 render=False,  # run_episode says when to render
             )
+            if self.spec.record_dir:
+                from vlaforge.eval.record import RecordingEnv
+
+                self._env = RecordingEnv(self._env)
             self._task = task
         return self._env
 
@@ -280,10 +286,15 @@ class EpisodeRunner:
         before = env.frames_rendered
         try:
             spec = self.spec
-            return run_episode(
+            record = run_episode(
                 self.controller, env, job, spec.max_steps, spec.fps, spec.render_every_step,
                 spec.execution, spec.ensemble_decay,
             )  # fmt: skip
+            if spec.record_dir:
+                from vlaforge.eval.record import trace_path
+
+                env.save(trace_path(spec.record_dir, job.task, job.episode))
+            return record
         finally:
             self.frames_rendered += env.frames_rendered - before
 

@@ -52,6 +52,7 @@ from __future__ import annotations
 import difflib
 import math
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -156,6 +157,8 @@ class EvalConfig:
             report, per task with intervals; refused unless its env, tasks, protocol and episode seeds are
             this evaluation's.
         overwrite: replace an evaluation already in `out` (refused otherwise).
+        record: also save the first suite's rollouts, every frame, as a LeRobot v3.0 dataset there
+            (`vlaforge.eval.record`; rollouts then run per process; --overwrite replaces it too).
     """
 
     policy: str
@@ -181,6 +184,7 @@ class EvalConfig:
     threads: int | None = None
     compare: str | None = None
     overwrite: bool = False
+    record: str | None = None
 
     def __post_init__(self) -> None:
         self.policy = str(self.policy)
@@ -220,6 +224,8 @@ class EvalConfig:
                 f"--policy {self.policy!r} is neither a checkpoint directory, a baseline {list(BASELINES)}, "
                 f"nor a served policy ws://HOST:PORT"
             )
+        if self.record and Path(self.record).exists() and not self.overwrite:
+            raise InputError(f"--record {self.record} already exists; use --overwrite to replace it")
         self._check_execution()
         self._choose_env()
 
@@ -231,7 +237,7 @@ class EvalConfig:
             self.env = trained or DEFAULT_ENV
         spec = get_env(self.env)
         self.env = spec.name
-        if trained and trained != spec.name:
+        if trained and trained not in (spec.name, spec.extra.get("imitates")):
             raise InputError(
                 f"--policy {self.policy} was trained in {trained!r} (its config.json training_data), not in "
                 f"{spec.name!r}: evaluate it with --env {trained}, or leave --env out"
@@ -555,6 +561,7 @@ def _roll_out(
         and cfg.envs_per_worker > 0
         and cfg.workers > 0
         and int(files.preset.get("history", 1)) == 1
+        and not spec.record_dir
     )
     records: list[dict] = []
     batch_sizes: list[int] = []
@@ -679,8 +686,15 @@ def _run(
         execution=cfg.execution,
         ensemble_decay=cfg.ensemble_decay,
         env=env.name,
+        record_dir=str(out / ".record") if cfg.record else None,
     )
     records, batched, batch_sizes = _roll_out(cfg, spec, side, jobs)
+    if cfg.record:
+        from vlaforge.eval.record import write_recording
+
+        write_recording(cfg.record, spec.record_dir, records, env, side.embodiment, cfg.policy,
+                        side.checkpoint, cfg.overwrite)  # fmt: skip
+        shutil.rmtree(spec.record_dir)
     _keep_videos(records, tasks, cfg.videos, out)
 
     used = {r.pop("execute_steps") for r in records}

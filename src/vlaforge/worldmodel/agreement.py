@@ -1,0 +1,64 @@
+"""Agreement between a proxy evaluator (the world model) and the ground truth (the simulator), over a
+population of (policy, task) success rates, as SimplerEnv reports it (Li et al. 2024, "Evaluating
+Real-World Robot Manipulation Policies in Simulation"):
+
+- Pearson r of the rates, Spearman's rank correlation (Pearson of average ranks, ties shared);
+- MMRV, the mean maximum rank violation: for each entry i, the largest |R_i - R_j| over the entries j the
+  proxy orders differently from the truth, averaged over i. "Orders differently" compares strict
+  inequalities, as SimplerEnv's `mean_maximum_rank_violation` does: (S_i > S_j) != (R_i > R_j), so a tie
+  in one and not in the other counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float:
+    """Pearson's r; 1.0 when both are constant and equal, 0.0 when one of them is constant."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    dx, dy = x - x.mean(), y - y.mean()
+    den = np.sqrt((dx**2).sum() * (dy**2).sum())
+    if den == 0:
+        return 1.0 if np.array_equal(x, y) else 0.0
+    return float((dx * dy).sum() / den)
+
+
+def average_ranks(x: Sequence[float]) -> np.ndarray:
+    """Ranks 1..n, ties given the mean of the ranks they span."""
+    x = np.asarray(x, float)
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    ranks[order] = np.arange(1, len(x) + 1)
+    for v in np.unique(x):
+        m = x == v
+        ranks[m] = ranks[m].mean()
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float:
+    """Spearman's rho: Pearson's r of the average ranks."""
+    return pearson(average_ranks(x), average_ranks(y))
+
+
+def mmrv(truth: Sequence[float], proxy: Sequence[float]) -> float:
+    """Mean maximum rank violation of `proxy` against `truth` (see the module docstring)."""
+    r, s = np.asarray(truth, float), np.asarray(proxy, float)
+    if r.shape != s.shape or r.ndim != 1 or not len(r):
+        raise ValueError(f"mmrv needs two equal-length 1-D sequences; got {r.shape} and {s.shape}")
+    wrong = (s[:, None] > s[None, :]) != (r[:, None] > r[None, :])  # (n, n)
+    return float((np.abs(r[:, None] - r[None, :]) * wrong).max(axis=1).mean())
+
+
+def agreement(truth: Sequence[float], proxy: Sequence[float]) -> dict[str, float]:
+    """{"n", "pearson", "spearman", "mmrv", "mean_abs_error"} of proxy against truth."""
+    r, s = np.asarray(truth, float), np.asarray(proxy, float)
+    return {
+        "n": int(len(r)),
+        "pearson": round(pearson(r, s), 4),
+        "spearman": round(spearman(r, s), 4),
+        "mmrv": round(mmrv(r, s), 4),
+        "mean_abs_error": round(float(np.abs(r - s).mean()), 4),
+    }

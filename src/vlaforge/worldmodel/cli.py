@@ -1,0 +1,72 @@
+"""`vlaforge worldmodel train | judge | quality | agreement` (torch-free here: flags from the configs)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from vlaforge.config import add_config_args, config_from_args
+
+WM_HELP = "a learned world model: train it, judge success, measure its predictions, rank policies in it"
+
+
+def add_worldmodel_command(sub: Any, build: bool) -> None:
+    """Adds `vlaforge worldmodel` to the CLI's subparsers (its own flags only when `build`)."""
+    p = sub.add_parser("worldmodel", help=WM_HELP, description=WM_HELP)
+    if not build:
+        return
+    from vlaforge.worldmodel.config import JudgeConfig, WorldModelConfig
+    from vlaforge.worldmodel.population import AgreementConfig
+
+    wsub = p.add_subparsers(dest="wm_cmd", required=True)
+    t = wsub.add_parser("train", help="train the autoencoder and the latent dynamics on LeRobot datasets")
+    add_config_args(t, WorldModelConfig)
+    t.set_defaults(func=lambda a: _train(config_from_args(WorldModelConfig, a)))
+    j = wsub.add_parser("judge", help="train and calibrate a success classifier on recorded episodes")
+    add_config_args(j, JudgeConfig)
+    j.set_defaults(func=lambda a: _judge(config_from_args(JudgeConfig, a)))
+    q = wsub.add_parser("quality", help="PSNR / SSIM at several horizons against copy-last-frame")
+    q.add_argument("worldmodel", help="the world model's run directory")
+    q.add_argument("--dataset", default=None, help="test on these datasets (default: its held-out episodes)")
+    q.add_argument("--horizons", default="1,8,32", help="comma list of horizons (default: 1,8,32)")
+    q.add_argument("--stride", type=int, default=4, help="a start every N frames (default: 4)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the imagination's noise (default: 0)")
+    q.add_argument("--out", default=None, help="also write the table as JSON here")
+    q.add_argument(
+        "--no-residual",
+        action="store_true",
+        help="decode each frame from its latent (default: decode changes)",
+    )
+    q.set_defaults(func=_quality)
+    g = wsub.add_parser("agreement", help="evaluate policies in the simulator and the world model; compare")
+    add_config_args(g, AgreementConfig)
+    g.set_defaults(func=lambda a: _agreement(config_from_args(AgreementConfig, a)))
+
+
+def _train(cfg: Any) -> None:
+    from vlaforge.worldmodel.train import train_worldmodel
+
+    print(f"wrote {train_worldmodel(cfg)}")
+
+
+def _judge(cfg: Any) -> None:
+    from vlaforge.worldmodel.judge import train_judge
+
+    print(json.dumps(train_judge(cfg), indent=2))
+
+
+def _quality(a: Any) -> None:
+    from vlaforge.worldmodel.quality_cli import run_quality
+
+    run_quality(a.worldmodel, a.dataset, a.horizons, a.stride, a.seed, a.out, not a.no_residual)
+
+
+def _agreement(cfg: Any) -> None:
+    from vlaforge.envs.rendering import configure_rendering
+    from vlaforge.worldmodel.population import format_table, run_agreement
+
+    configure_rendering()
+    print(format_table(run_agreement(cfg)))
+
+
+__all__ = ["WM_HELP", "add_worldmodel_command"]

@@ -1,0 +1,156 @@
+"""Episodes for the world model and the judge: one or more LeRobot v3.0 datasets read into arrays, the
+last N episodes of each held out, and the (context, target) windows of the dynamics model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vlaforge.data.dataset import open_dataset
+from vlaforge.errors import InputError
+
+
+@dataclass
+class Episodes:
+    """Every frame of the chosen datasets, concatenated.
+
+    Attributes:
+        frames: uint8 (N, S, S, 3) of the camera.
+        actions: float32 (N, A), the action taken at each frame.
+        success: bool (N,), whether the scene shown is a success (`observation.success`, else
+            `next.success` of the previous frame, else all False).
+        bounds: (start, stop) of every episode in the global index.
+        heldout: indices into `bounds` of the held-out episodes.
+        instructions: the task words of every episode.
+        sources: (dataset path, episode index in it) of every episode.
+        camera, fps: the camera read and the frame rate.
+    """
+
+    frames: np.ndarray
+    actions: np.ndarray
+    success: np.ndarray
+    bounds: list[tuple[int, int]]
+    heldout: list[int]
+    instructions: list[str]
+    sources: list[tuple[str, int]]
+    camera: str
+    fps: float
+    tasks: list[str] = field(default_factory=list)
+    states: np.ndarray | None = None  # float32 (N, S) when the datasets have a state
+    embodiment: dict | None = None  # the first dataset's robot, at the camera and size read
+    env: str | None = None  # the registered env the first dataset was recorded in
+
+    @property
+    def train(self) -> list[int]:
+        held = set(self.heldout)
+        return [e for e in range(len(self.bounds)) if e not in held]
+
+
+def _success(ds, n: int, bounds: list[tuple[int, int]]) -> np.ndarray:
+    cols = ds._columns
+    if "observation.success" in cols:
+        return np.asarray(cols["observation.success"]).reshape(n).astype(bool)
+    out = np.zeros(n, bool)
+    if "next.success" in cols:
+        nxt = np.asarray(cols["next.success"]).reshape(n).astype(bool)
+        for a, b in bounds:
+            out[a + 1 : b] = nxt[a : b - 1]
+    return out
+
+
+def load_episodes(paths: list[str], camera: str | None, image_size: int | None, heldout: int) -> Episodes:
+    """Reads `paths` (LeRobot v3.0 datasets) into one `Episodes`; the last `heldout` of each are held out.
+
+    Raises:
+        InputError: a path that is not a LeRobot dataset, a missing camera, or datasets that disagree.
+    """
+    if not paths:
+        raise InputError("--dataset: give at least one LeRobot v3.0 dataset")
+    frames, actions, success, bounds, held, words, sources, tasks = [], [], [], [], [], [], [], []
+    states, emb, env = [], None, None
+    offset, cam, fps, size = 0, camera, None, image_size
+    for path in paths:
+        if not (Path(path) / "meta" / "info.json").is_file():
+            raise InputError(f"{path}: no meta/info.json; the world model reads LeRobot v3.0 datasets")
+        ds = open_dataset(path, image_size=size)
+        names = list(ds.camera_names)
+        cam = cam or names[0]
+        if cam not in names:
+            raise InputError(f"{path}: no camera {cam!r} (cameras: {names}); choose one with --camera")
+        f = np.asarray(ds.frames(cam))
+        size = size or f.shape[1]
+        if f.shape[1:] != (size, size, 3):
+            raise InputError(f"{path}: frames are {f.shape[1:]}, the first dataset's {(size, size, 3)}")
+        a = ds.actions()
+        if actions and a.shape[1] != actions[0].shape[1]:
+            raise InputError(f"{path}: action dim {a.shape[1]}, the first dataset's {actions[0].shape[1]}")
+        local = [(r.start, r.stop) for r in (ds.episode_frames(e) for e in range(ds.num_episodes))]
+        n_held = min(heldout, max(len(local) - 1, 0))
+        task_idx = ds.task_indices()
+        for e, (s, t) in enumerate(local):
+            if e >= len(local) - n_held:
+                held.append(len(bounds))
+            bounds.append((s + offset, t + offset))
+            words.append(ds.tasks[int(task_idx[s])])
+            sources.append((str(path), e))
+        frames.append(f)
+        actions.append(a)
+        states.append(ds.states())
+        if emb is None:
+            emb = {**ds.embodiment().to_dict(), "camera_names": [cam], "image_size": int(size)}
+            env = (ds.info.get("vlaforge") or {}).get("env")
+        success.append(_success(ds, ds.num_frames, local))
+        offset += ds.num_frames
+        fps = fps or ds.fps
+        info_eps = (getattr(ds, "info", {}).get("vlaforge") or {}).get("episodes") or []
+        tasks.extend(str(x.get("task", "")) for x in info_eps[: len(local)])
+        tasks.extend("" for _ in range(len(local) - len(info_eps[: len(local)])))
+    return Episodes(
+        frames=np.concatenate(frames), actions=np.concatenate(actions), success=np.concatenate(success),
+        bounds=bounds, heldout=held, instructions=words, sources=sources, camera=cam, fps=float(fps),
+        tasks=tasks, embodiment=emb, env=env,
+        states=np.concatenate(states) if len({x.shape[1] for x in states}) == 1 else None,
+    )  # fmt: skip
+
+
+def windows(bounds: list[tuple[int, int]], episodes: list[int], context: int) -> np.ndarray:
+    """int64 (W, K + 1): per window, K context frame indices then the target frame index.
+
+    Every frame but an episode's first is a target; context indices before the episode's start are the
+    first frame repeated (so an episode can start from its first frame alone, as the environment does).
+    """
+    rows = []
+    for e in episodes:
+        start, stop = bounds[e]
+        for j in range(start + 1, stop):
+            idx = np.arange(j - context, j + 1)
+            rows.append(np.maximum(idx, start))
+    if not rows:
+        raise InputError("no training windows: every episode has a single frame")
+    return np.stack(rows).astype(np.int64)
+
+
+def context_actions(
+    actions: np.ndarray, win: np.ndarray, bounds_start: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (W, K, A): the action taken at each context frame, and bool (W, K): the padding positions
+    (before the episode's start), whose actions the model sees as zeros."""
+    ctx = win[:, :-1]
+    target = win[:, -1:]
+    k = ctx.shape[1]
+    true_idx = target - np.arange(k, 0, -1)[None, :]  # the frame each context slot would be
+    pad = true_idx < bounds_start[:, None]
+    out = actions[np.maximum(true_idx, 0)].astype(np.float32)
+    out[pad] = 0.0
+    return out, pad
+
+
+def window_starts(bounds: list[tuple[int, int]], win: np.ndarray) -> np.ndarray:
+    """int64 (W,): the start frame of each window's episode."""
+    starts = np.array([s for s, _ in bounds])
+    stops = np.array([t for _, t in bounds])
+    ep = np.searchsorted(stops, win[:, -1], side="right")
+    assert np.all(starts[ep] <= win[:, -1])
+    return starts[ep]

@@ -1,0 +1,146 @@
+"""The world model as an environment (`--env worldmodel:RUN`): the same `Env` protocol as a simulator.
+
+`reset(seed)` starts from the real first frame (and state) of one of the world model's held-out episodes
+of the task (episode seed mod their number), `step(action)` imagines the next frame, and success is the
+judge's calibrated probability >= 0.5 on that frame. The state is not modelled: observations carry the
+episode's first state throughout. RUN is a `vlaforge worldmodel train` run holding its judge in
+``RUN/judge`` (``vlaforge worldmodel judge --out RUN/judge``).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from vlaforge.envs.base import EnvSpec
+from vlaforge.errors import InputError
+from vlaforge.types import Embodiment, Observation
+from vlaforge.worldmodel.config import WM_CONFIG
+
+PREFIX = "worldmodel:"
+SUCCESS_THRESHOLD = 0.5
+
+
+class WorldModelEnv:
+    """One task of a world model (see the module docstring)."""
+
+    def __init__(self, spec_root: Path, task: str, rows: list[int], instruction: str, emb: Embodiment,
+                 max_steps: int) -> None:  # fmt: skip
+        from safetensors.numpy import load_file
+
+        from vlaforge.worldmodel.judge import load_judge
+        from vlaforge.worldmodel.train import STARTS, load_worldmodel
+
+        self.task, self.embodiment, self.max_steps = task, emb, max_steps
+        self.render_images, self.frames_rendered = True, 0
+        self.model = load_worldmodel(spec_root)
+        self.judge, self.judge_meta = load_judge(
+            spec_root.parent / "judge" if spec_root.name == "last" else spec_root / "judge"
+        )
+        starts = load_file(str(spec_root / STARTS))
+        self.first_frames, self.first_states = starts["frames"], starts.get("states")
+        self.rows, self.instruction = rows, instruction
+        self.camera = emb.camera_names[0]
+
+    def _obs(self) -> Observation:
+        state = self._state if self.embodiment.state_dim else None
+        return Observation(images={self.camera: self._frame}, state=state, instruction=self.instruction)
+
+    def reset(self, seed: int, render: bool | None = None) -> Observation:
+        row = self.rows[int(seed) % len(self.rows)]
+        from vlaforge.worldmodel.model import Imagination
+
+        self.im = Imagination(self.model, torch.Generator().manual_seed(int(seed)))
+        self._frame = self.first_frames[row]
+        self.im.start(torch.from_numpy(self._frame[None]))
+        dim = self.embodiment.state_dim
+        have = self.first_states is not None and self.first_states.shape[1] == dim
+        self._state = self.first_states[row] if have else np.zeros(dim, np.float32)
+        self.steps, self.frames_rendered = 0, self.frames_rendered + 1
+        return self._obs()
+
+    def step(self, action: np.ndarray, render: bool | None = None) -> tuple[Observation, float, bool, dict]:
+        a = torch.as_tensor(np.asarray(action, np.float32)[None])
+        self._frame = self.im.step(a)[0].cpu().numpy()
+        self.steps += 1
+        self.frames_rendered += 1
+        p = self.success_prob(self._frame)
+        success = p >= SUCCESS_THRESHOLD
+        return (
+            self._obs(),
+            float(success),
+            bool(success or self.steps >= self.max_steps),
+            {"success": success, "success_prob": p},
+        )
+
+    def success_prob(self, frame: np.ndarray) -> float:
+        x = torch.from_numpy(frame[None])
+        size = int(self.judge_meta["image_size"])
+        if x.shape[1] != size:
+            x = F.interpolate(
+                x.permute(0, 3, 1, 2).float(), size=(size, size), mode="bilinear", antialias=True
+            )
+            x = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+        return float(self.judge.prob(x)[0])
+
+    def observe(self, render: bool | None = None) -> Observation:
+        return self._obs()
+
+    def expert_action(self) -> np.ndarray:
+        raise InputError("a world model has no scripted expert; evaluate a policy in it instead")
+
+    def close(self) -> None:
+        pass
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "task"
+
+
+@functools.lru_cache(maxsize=8)
+def world_model_spec(path: str) -> EnvSpec:
+    """The `EnvSpec` of the world model run at `path` (its ``last/`` or a model directory)."""
+    root = Path(path)
+    root = root / "last" if (root / "last" / WM_CONFIG).is_file() else root
+    if not (root / WM_CONFIG).is_file():
+        raise InputError(f"--env {PREFIX}{path}: no {WM_CONFIG}; give a `vlaforge worldmodel train` run")
+    cfg = json.loads((root / WM_CONFIG).read_text())
+    if not cfg.get("heldout"):
+        raise InputError(
+            f"{path}: the world model holds out no episodes to start from; train it with --heldout >= 1"
+        )
+    if not cfg.get("embodiment"):
+        raise InputError(f"{path}: the world model records no embodiment (its datasets had none)")
+    judge = root.parent / "judge" if root.name == "last" else root / "judge"
+    if not (judge / "judge.json").is_file():
+        raise InputError(
+            f"{path}: no success judge in {judge}; train one with `vlaforge worldmodel judge --out {judge}`"
+        )
+    rows: dict[str, list[int]] = {}
+    words: dict[str, str] = {}
+    for i, h in enumerate(cfg["heldout"]):
+        task = h.get("task") or _slug(h["instruction"])
+        rows.setdefault(task, []).append(i)
+        words.setdefault(task, h["instruction"])
+    tasks = list(rows)
+    base = Embodiment.from_dict(cfg["embodiment"])
+    emb_of = lambda cameras=None, image_size=None: base  # noqa: E731 - the world model renders one view at one size
+    max_steps = 100
+    make = lambda task, cameras=None, image_size=None, max_steps=max_steps, render=False: WorldModelEnv(  # noqa: E731
+        root, task, rows[task], words[task], base, int(max_steps)
+    )
+    return EnvSpec(
+        name=f"{PREFIX}{path}", title=f"world model {Path(path).name}", make=make, embodiment=emb_of,
+        tasks=tasks, task_sets={}, groups=("imagined",), difficulty=dict.fromkeys(tasks, "imagined"),
+        instructions=words, heldout_instructions={t: [w] for t, w in words.items()}, default_tasks=",".join(tasks),
+        cameras=tuple(base.camera_names), image_size=base.image_size, max_steps=max_steps,
+        control_hz=float(cfg.get("fps") or base.control_hz), robot_type=base.robot_type,
+        success=f"the success judge's calibrated probability >= {SUCCESS_THRESHOLD} on an imagined frame",
+        extra={"imitates": cfg.get("env")},
+    )  # fmt: skip

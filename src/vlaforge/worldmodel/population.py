@@ -1,0 +1,157 @@
+"""`vlaforge worldmodel agreement`: a population of policies evaluated in the simulator and in the world
+model on the same tasks and seeds; per-(policy, task) success rates, their agreement
+(`vlaforge.worldmodel.agreement`), a table and a scatter plot. Policies named in `heldout_family` (a family
+kept out of the world model's training data) are marked in the table and the plot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from vlaforge.atomic import atomic_write, write_json, write_text
+from vlaforge.errors import InputError
+from vlaforge.worldmodel.agreement import agreement
+
+
+@dataclass
+class AgreementConfig:
+    """The population and the two evaluators (``vlaforge worldmodel agreement``).
+
+    Attributes:
+        policies: comma list of policies (checkpoint directories or baselines), at least two.
+        worldmodel: the world model's run (with its judge in ``RUN/judge``).
+        out: output directory (``agreement.json``, ``agreement.md``, ``agreement.png``, ``evals/``).
+        env: the simulator (None: each checkpoint's own).
+        tasks: comma list of tasks (None: the world model's tasks).
+        episodes: episodes per task in each evaluator.
+        max_steps: episode length in both (None: the world model's default).
+        seed: base seed of both evaluations.
+        heldout_family: comma list of the policies whose family the world model never saw in training.
+        workers: rollout workers of the simulator's evaluations.
+        baseline_image_size: image side the baselines render (None: the world model's).
+    """
+
+    policies: str
+    worldmodel: str
+    out: str
+    env: str | None = None
+    tasks: str | None = None
+    episodes: int = 10
+    max_steps: int | None = None
+    seed: int = 1000
+    heldout_family: str | None = None
+    workers: int = 0
+    baseline_image_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.names) < 2:
+            raise InputError(f"--policies needs at least two policies; got {self.policies!r}")
+        if self.episodes < 1:
+            raise InputError(f"episodes must be >= 1; got {self.episodes}")
+
+    @property
+    def names(self) -> list[str]:
+        return [p.strip() for p in str(self.policies).split(",") if p.strip()]
+
+
+def _rates(info: dict) -> dict[str, float]:
+    return {t: float(v["rate"]) for t, v in info["aggregates"]["per_task"].items()}
+
+
+def run_agreement(cfg: AgreementConfig) -> dict:
+    """Evaluates every policy in both evaluators and writes the table and plot; returns the summary."""
+    from vlaforge.eval.run import EvalConfig, evaluate
+    from vlaforge.worldmodel.env import PREFIX, world_model_spec
+
+    wm = world_model_spec(cfg.worldmodel)
+    tasks = cfg.tasks or ",".join(wm.tasks)
+    size = cfg.baseline_image_size or wm.image_size
+    max_steps = cfg.max_steps or wm.max_steps
+    out = Path(cfg.out)
+    held = {p.strip() for p in (cfg.heldout_family or "").split(",") if p.strip()}
+    rows = []
+    for k, policy in enumerate(cfg.names):
+        common = dict(policy=policy, tasks=tasks, episodes=cfg.episodes, max_steps=max_steps, seed=cfg.seed,
+                      videos=1, instructions="train", baseline_image_size=size, baseline_cameras=list(wm.cameras),
+                      overwrite=True, allow_training_seeds=True)  # fmt: skip
+        sim = evaluate(
+            EvalConfig(env=cfg.env, out=out / "evals" / f"{k:02d}-sim", workers=cfg.workers, **common)
+        )
+        imag = evaluate(EvalConfig(env=f"{PREFIX}{cfg.worldmodel}", out=out / "evals" / f"{k:02d}-wm", workers=0,
+                                   envs_per_worker=0, **common))  # fmt: skip
+        rs, ri = _rates(sim.info), _rates(imag.info)
+        for task in rs:
+            rows.append({"policy": policy, "task": task, "sim": rs[task], "worldmodel": ri.get(task, 0.0),
+                         "heldout_family": policy in held})  # fmt: skip
+    summary = {
+        "all": agreement([r["sim"] for r in rows], [r["worldmodel"] for r in rows]),
+        "per_policy": agreement(*_per_policy(rows)),
+        "rows": rows,
+        "episodes_per_task": cfg.episodes,
+        "max_steps": max_steps,
+        "worldmodel": cfg.worldmodel,
+    }
+    seen = [r for r in rows if not r["heldout_family"]]
+    if held and len(seen) > 1:
+        summary["seen_families"] = agreement([r["sim"] for r in seen], [r["worldmodel"] for r in seen])
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "agreement.json", summary)
+    write_text(out / "agreement.md", format_table(summary))
+    plot(rows, summary["all"], out / "agreement.png")
+    return summary
+
+
+def _per_policy(rows: list[dict]) -> tuple[list[float], list[float]]:
+    names = list(dict.fromkeys(r["policy"] for r in rows))
+    sim = [
+        sum(r["sim"] for r in rows if r["policy"] == n) / sum(r["policy"] == n for r in rows) for n in names
+    ]
+    wm = [
+        sum(r["worldmodel"] for r in rows if r["policy"] == n) / sum(r["policy"] == n for r in rows)
+        for n in names
+    ]
+    return sim, wm
+
+
+def format_table(summary: dict) -> str:
+    """Markdown: the metrics, then one row per (policy, task)."""
+    lines = ["| pairs | Pearson | Spearman | MMRV | mean abs error |", "|---|---|---|---|---|"]
+    for key in ("all", "per_policy", "seen_families"):
+        if key in summary:
+            a = summary[key]
+            lines.append(
+                f"| {key} ({a['n']}) | {a['pearson']:.3f} | {a['spearman']:.3f} | {a['mmrv']:.3f} | {a['mean_abs_error']:.3f} |"
+            )
+    lines += ["", "| policy | task | simulator | world model | held-out family |", "|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        mark = "yes" if r["heldout_family"] else ""
+        lines.append(f"| {r['policy']} | {r['task']} | {r['sim']:.2f} | {r['worldmodel']:.2f} | {mark} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], metrics: dict, path: Path) -> Path:
+    """Scatter of world-model vs simulator success, held-out family in red."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    for held, color, label in ((False, "tab:blue", "seen families"), (True, "tab:red", "held-out family")):
+        pts = [r for r in rows if r["heldout_family"] == held]
+        if pts:
+            ax.scatter(
+                [r["sim"] for r in pts], [r["worldmodel"] for r in pts], c=color, label=label, alpha=0.7
+            )
+    ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+    ax.set(xlim=(-0.05, 1.05), ylim=(-0.05, 1.05), xlabel="simulator success", ylabel="world-model success")
+    ax.set_title(
+        f"r={metrics['pearson']:.2f}  rho={metrics['spearman']:.2f}  MMRV={metrics['mmrv']:.2f}", fontsize=9
+    )
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path

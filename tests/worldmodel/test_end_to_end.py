@@ -1,0 +1,79 @@
+"""Recorded evaluations -> a tiny world model + judge -> a policy evaluated inside it, through the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+from vlaforge.cli import main
+from vlaforge.envs.metaworld import configure_rendering
+from vlaforge.envs.registry import get_env
+
+TASK = "reach-v3"  # its expert succeeds in ~50 steps
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+    configure_rendering()
+    root = tmp_path_factory.mktemp("wm")
+    for policy, episodes in (("expert", "3"), ("random", "2")):
+        main(["eval", "--policy", policy, "--tasks", TASK, "--episodes", episodes, "--max-steps", "60",
+              "--workers", "0", "--videos", "0", "--baseline-image-size", "32", "--instructions", "train",
+              "--out", str(root / f"ev-{policy}"), "--record", str(root / f"rec-{policy}")])  # fmt: skip
+    return root
+
+
+def test_world_model_env_runs_a_policy(recorded, capsys):
+    root = recorded
+    data = f"{root / 'rec-expert'},{root / 'rec-random'}"
+    run = root / "run"
+    main(["worldmodel", "train", "--dataset", data, "--out", str(run), "--heldout", "1", "--context", "2",
+          "--latent-channels", "4", "--width", "8", "--dyn-width", "16", "--dyn-blocks", "1", "--ae-steps", "4",
+          "--steps", "4", "--batch-size", "8", "--save-every", "4", "--sample-every", "2", "--device", "cpu"])  # fmt: skip
+    cfg = json.loads((run / "last" / "worldmodel.json").read_text())
+    assert cfg["image_size"] == 32 and cfg["camera"] == "corner2" and len(cfg["heldout"]) == 2
+    assert cfg["env"] == "metaworld" and cfg["heldout"][0]["task"] == TASK
+    assert sorted(p.name for p in (run / "samples").glob("*.mp4")) == ["step-0000006.mp4", "step-0000008.mp4"]
+    main(["worldmodel", "judge", "--dataset", data, "--out", str(run / "judge"), "--heldout", "1", "--steps", "5",
+          "--batch-size", "8", "--device", "cpu"])  # fmt: skip
+    report = json.loads((run / "judge" / "judge.json").read_text())["report"]
+    assert report["temperature"] > 0 and 0 <= report["ece_calibrated"] <= 1 and report["frames"] > 0
+    capsys.readouterr()
+    main(["worldmodel", "quality", str(run), "--horizons", "1,8", "--out", str(root / "q.json")])
+    q = json.loads((root / "q.json").read_text())["quality"]
+    assert q["1"]["n"] > 0 and q["1"]["copy_psnr"] > 0
+
+    # The world model behind the Env protocol: reset starts from the held-out episode's real first frame.
+    spec = get_env(f"worldmodel:{run}")
+    assert spec.tasks == [TASK] and spec.extra["imitates"] == "metaworld"
+    env = spec.make(TASK, max_steps=5)
+    from safetensors.numpy import load_file
+
+    first = load_file(str(run / "last" / "starts.safetensors"))["frames"]
+    obs = env.reset(1)
+    assert np.array_equal(obs.images["corner2"], first[1 % 2]) and obs.state.shape == (
+        env.embodiment.state_dim,
+    )
+    steps = [env.step(np.zeros(4, np.float32)) for _ in range(2)]
+    assert all(s[0].images["corner2"].shape == (32, 32, 3) and "success_prob" in s[3] for s in steps)
+    again = env.reset(1)
+    assert np.array_equal(again.images["corner2"], obs.images["corner2"])
+    assert np.array_equal(
+        env.step(np.zeros(4, np.float32))[0].images["corner2"], steps[0][0].images["corner2"]
+    )
+
+    # A policy evaluated inside it, with the simulator's protocol and report.
+    main(["eval", "--policy", "random", "--env", f"worldmodel:{run}", "--episodes", "2", "--max-steps", "6",
+          "--workers", "0", "--videos", "1", "--instructions", "train", "--baseline-image-size", "32",
+          "--out", str(root / "ev-wm")])  # fmt: skip
+    info = json.loads((root / "ev-wm" / "eval_info.json").read_text())
+    assert info["protocol"]["env"] == f"worldmodel:{run}" and len(info["episodes"]) == 2
+    assert all(0 < e["steps"] <= 6 for e in info["episodes"])
+
+    # The population command: both evaluators on the same tasks and seeds, a table and a plot.
+    main(["worldmodel", "agreement", "--policies", "random,random", "--worldmodel", str(run), "--episodes", "1",
+          "--max-steps", "4", "--heldout-family", "random", "--out", str(root / "agree")])  # fmt: skip
+    summary = json.loads((root / "agree" / "agreement.json").read_text())
+    assert [(r["task"], r["heldout_family"]) for r in summary["rows"]] == [(TASK, True)] * 2
+    assert summary["all"]["n"] == 2 and (root / "agree" / "agreement.png").stat().st_size > 1000
+    assert "| policy | task |" in (root / "agree" / "agreement.md").read_text()
