@@ -239,9 +239,10 @@ def test_token_required_off_loopback():
     check_host(UIConfig())
 
 
-def _status(url: str, headers: dict | None = None) -> int:
+def _status(url: str, headers: dict | None = None, data: bytes | None = None) -> int:
+    req = urllib.request.Request(url, headers=headers or {}, data=data)
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as r:
+        with urllib.request.urlopen(req, timeout=10) as r:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
@@ -257,3 +258,19 @@ def test_token_is_checked(ui):
         assert _status(url + "/api/list", {"X-Token": "s3cret"}) == 200
         assert _status(url + "/api/file?path=../x&token=s3cret") == 400  # outside the root
         assert _status(url + "/") == 200  # the page itself; its requests carry the token
+
+
+def test_cross_site_requests_are_refused(ui):
+    """A page of another site cannot start a job: a simple (text/plain) POST or another Origin is refused."""
+    from vlaforge.ui.config import UIConfig
+
+    _, _, root = ui
+    body = json.dumps({"kind": "collect", "args": ["--tasks", "reach-v3"]}).encode()
+    with _serve(UIConfig(root=str(root))) as url:
+        plain = {"Content-Type": "text/plain"}
+        assert _status(url + "/api/jobs", plain, body) == 415
+        other = {"Content-Type": "application/json", "Origin": "http://evil.example"}
+        assert _status(url + "/api/jobs", other, body) == 403
+        assert _status(url + "/api/jobs") == 200  # nothing was started
+        with urllib.request.urlopen(url + "/api/jobs", timeout=10) as r:
+            assert json.loads(r.read()) == []

@@ -20,6 +20,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -346,6 +347,20 @@ def create_app(cfg: UIConfig):
             given = request.query_params.get("token") or request.headers.get("x-token")
             if given != state.token:
                 return JSONResponse({"error": "a valid token is required (?token= or X-Token)"}, 401)
+        return await call_next(request)
+
+    @app.middleware("http")
+    async def same_origin_json(request: Request, call_next):
+        # A page from another site may send simple POSTs to this server from the user's browser: a request
+        # that changes state must be JSON (which such a page cannot send without a preflight this app
+        # never grants) and, when the browser names its origin, come from this app's own origin.
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            origin = request.headers.get("origin")
+            if origin is not None and urlsplit(origin).netloc != request.headers.get("host", ""):
+                return JSONResponse({"error": f"requests from {origin} are refused"}, 403)
+            kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if kind != "application/json":
+                return JSONResponse({"error": "send the request body as application/json"}, 415)
         return await call_next(request)
 
     @app.exception_handler(InputError)
