@@ -10,7 +10,7 @@ vlaforge export    RUN/last --format openvla --out DIR   (or an OpenVLA checkpoi
 vlaforge tokenizer train --dataset DIR --out TOK         (FAST: DCT + byte-pair encoding of action chunks)
 vlaforge idm       train --dataset DIR --out IDM | label SRC --idm IDM --out DST   (inverse dynamics)
 vlaforge latent    train --dataset DIR --out LAM | label SRC --lam LAM --out DST   (latent actions, LAPA)
-vlaforge teleop    --env metaworld --task reach-v3 --out DIR     (curses keys; a policy may drive)
+vlaforge teleop    [--env ENV] --task reach-v3 --out DIR         (curses keys; a policy may drive)
 vlaforge ui        [--root DIR] [--host 127.0.0.1] [--port 8765]  (the local web UI)
 vlaforge worldmodel train --dataset DIR --out WM | judge | quality WM | agreement  (policies in imagination)
 vlaforge demo      (collect + train + eval on a small default)

@@ -5,12 +5,13 @@ import json
 
 import numpy as np
 import torch
-from tests.worldmodel.squares import square_world
 
 from vlaforge.worldmodel.config import WorldModelConfig
 from vlaforge.worldmodel.model import Imagination, WorldModel
 from vlaforge.worldmodel.quality import prediction_quality
 from vlaforge.worldmodel.train import fit, load_worldmodel, model_dict
+
+from .squares import square_world
 
 TINY = dict(
     context=2, latent_channels=4, width=16, dyn_width=32, dyn_blocks=2, batch_size=32, lr=2e-3, ae_lr=1e-2

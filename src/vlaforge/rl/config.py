@@ -25,7 +25,8 @@ class RLConfig:
             head.
         out: run directory (``rl_config.json``, ``metrics.jsonl``, ``checkpoints/``, ``last``, ``policy``,
             ``curve.png``, ``eval_before/``, ``eval_after/``).
-        env: the environment (``vlaforge.envs.registry``).
+        env: the environment (``vlaforge.envs.registry``); None: the one the policy was trained in (else the
+            registry's default).
         tasks: the tasks to train on: a task set, group, task name or comma list (None: the env's default).
         algo: ``ppo`` (clipped objective, GAE with a learned critic) or ``grpo`` (no critic; advantages are
             episode returns normalised within a group of episodes that start from the same scene).
@@ -71,7 +72,7 @@ class RLConfig:
 
     init: str = ""
     out: str = "runs/rl"
-    env: str = "metaworld"
+    env: str | None = None
     tasks: str | None = None
     algo: Literal["ppo", "grpo"] = "ppo"
     iterations: int = 100

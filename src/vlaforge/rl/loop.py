@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import dataclasses
 import json
 import shutil
 import time
@@ -330,6 +331,10 @@ def run_rl(cfg: RLConfig) -> Path:
         write_json(run / RUN_CONFIG, cfg.to_json())
         seed_everything(cfg.seed)
         state = RLRun(cfg, Policy.from_pretrained(cfg.init), device)
+    if cfg.env is None:  # the policy's own env, as evaluation takes it
+        from vlaforge.eval.run import trained_env
+
+        cfg = dataclasses.replace(cfg, env=trained_env(cfg.init))
     spec = get_env(cfg.env)
     tasks = spec.resolve_tasks(cfg.tasks)
     emb = state.actor.policy.embodiment

@@ -249,6 +249,8 @@ class App:
             if self.session is not None:
                 self.session.close()
                 self.session = None
+            from vlaforge.envs.registry import DEFAULT_ENV
+
             policy = None
             if body.get("policy"):
                 from vlaforge.models.policy import Policy
@@ -256,7 +258,7 @@ class App:
                 policy = Policy.from_pretrained(self.path(body["policy"]))
             out = body.get("out")
             self.session = TeleopSession(
-                body.get("env") or "metaworld",
+                body.get("env") or DEFAULT_ENV,
                 body.get("task") or "reach-v3",
                 out=self.path(out) if out else None,
                 seed=int(body.get("seed", 0)),
