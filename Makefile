@@ -58,6 +58,7 @@ bench-quick: setup  # minutes each
 	$(PY) bench/bench_quantize.py
 	$(PY) bench/bench_fast.py
 	$(PY) bench/bench_cli.py
+	$(PY) bench/bench_idm.py
 
 bench-openvla: setup  # writes 15 GB of random OpenVLA-7B weights to /tmp and needs ~16 GB of RAM
 	$(PY) bench/bench_openvla.py --actions 2

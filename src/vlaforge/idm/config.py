@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from vlaforge.data.relabel import parse_episodes  # noqa: F401  (re-exported: the episode forms)
 from vlaforge.errors import InputError
 
 IDM_CONFIG = "idm_config.json"  # the model's sizes and its camera, beside its weights
@@ -119,31 +120,3 @@ class IdmLabelConfig:
             raise InputError(f"idm label: batch_size={self.batch_size} (must be >= 1)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise InputError(f"idm label: device {self.device!r} (choose 'auto', 'cpu' or 'cuda')")
-
-
-def parse_episodes(spec: str | None, num_episodes: int) -> list[int]:
-    """``A:B``, ``i,j,k`` or ``@FILE`` (a file holding either) -> sorted episode indices in range."""
-    if spec is None or str(spec).strip() == "":
-        return list(range(num_episodes))
-    spec = str(spec).strip()
-    if spec.startswith("@"):
-        from pathlib import Path
-
-        path = Path(spec[1:])
-        if not path.is_file():
-            raise InputError(f"--episodes {spec!r}: no file {path}")
-        spec = path.read_text().strip()
-    try:
-        if ":" in spec:
-            a, _, b = spec.partition(":")
-            chosen = list(range(int(a or 0), int(b) if b else num_episodes))
-        else:
-            chosen = sorted({int(x) for x in spec.replace("\n", ",").split(",") if x.strip()})
-    except ValueError as e:
-        raise InputError(f"--episodes {spec[:60]!r}: give A:B or a comma list of episode indices") from e
-    bad = [e for e in chosen if not 0 <= e < num_episodes]
-    if bad:
-        raise InputError(f"--episodes: {bad[:5]} out of range (the dataset has {num_episodes} episodes)")
-    if not chosen:
-        raise InputError(f"--episodes {spec!r}: no episode chosen")
-    return chosen

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from vlaforge.data.lerobot_format import DEFAULT_FEATURES
 from vlaforge.data.lerobot_writer import LeRobotWriter
+from vlaforge.data.relabel import kept_features, parse_episodes, relabel
 from vlaforge.devices import resolve_device
 from vlaforge.errors import InputError
 from vlaforge.idm.config import (
@@ -32,7 +32,6 @@ from vlaforge.idm.config import (
     PROVENANCE_IDM,
     PROVENANCE_RECORDED,
     IdmLabelConfig,
-    parse_episodes,
 )
 from vlaforge.idm.model import InverseDynamicsModel, load_idm, to_float_images, window_starts
 from vlaforge.idm.train import open_lerobot
@@ -97,11 +96,7 @@ def label_dataset(cfg: IdmLabelConfig) -> Path:
     states = src.states()[:, : idm.state_dim] if idm.state_dim == 0 else src.states()
     emb = src.embodiment()
     names = list(emb.action_names) if len(emb.action_names) == idm.action_dim else None
-    features = {
-        key: {kk: vv for kk, vv in ft.items() if kk != "info"}
-        for key, ft in src.features.items()
-        if key not in DEFAULT_FEATURES and key not in ("action", "action.provenance")
-    }
+    features = kept_features(src, ("action", "action.provenance"))
     features["action"] = {"dtype": "float32", "shape": [idm.action_dim], "names": names}
     features["action.provenance"] = {"dtype": "int64", "shape": [1], "names": None}
     ours = dict(src.info.get("vlaforge") or {})
@@ -118,29 +113,17 @@ def label_dataset(cfg: IdmLabelConfig) -> Path:
             camera=cam,
         ),
     }
-    video_keys = [key for key, ft in features.items() if ft["dtype"] == "video"]
-    columns = [key for key in features if key not in video_keys and key in src._columns]  # noqa: SLF001
-    with LeRobotWriter(
-        cfg.out,
-        fps=src.fps,
-        features=features,
-        robot_type=str(src.info.get("robot_type") or "unknown"),
-        overwrite=cfg.overwrite,
-        extra_info={"vlaforge": extra},
-    ) as w:
-        for e in tqdm(episodes, desc="idm label", unit="episode"):
-            r = src.episode_frames(e)
+
+    def labels(e: int, r: range) -> dict[str, np.ndarray]:
+        if e in keep:
+            acts, prov = recorded[r.start : r.stop], PROVENANCE_RECORDED
+        else:
             where = f"{cfg.src} episode {e}"
-            if e in keep:
-                acts, prov = recorded[r.start : r.stop], PROVENANCE_RECORDED
-            else:
-                acts = episode_actions(idm, frames, states, r.start, r.stop, cfg.batch_size, device, where)
-                prov = PROVENANCE_IDM
-            out = {key: np.asarray(src.video_frames(key)[r.start : r.stop]) for key in video_keys}
-            out.update({key: src.column(key)[r.start : r.stop] for key in columns})
-            out["action"] = acts
-            out["action.provenance"] = np.full((len(r), 1), prov, np.int64)
-            w.add_episode(src.tasks[int(src.task_indices()[r.start])], out)
+            acts = episode_actions(idm, frames, states, r.start, r.stop, cfg.batch_size, device, where)
+            prov = PROVENANCE_IDM
+        return {"action": acts, "action.provenance": np.full((len(r), 1), prov, np.int64)}
+
+    relabel(src, cfg.out, features, extra, episodes, labels, "idm label", cfg.overwrite)
     print(f"vlaforge idm label: {len(episodes)} episodes of {cfg.src} -> {cfg.out} (IDM {idm_dir})")
     return Path(cfg.out)
 

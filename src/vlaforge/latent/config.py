@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from vlaforge.data.relabel import parse_episodes  # noqa: F401  (re-exported: the episode forms)
 from vlaforge.errors import InputError
 
 LAM_CONFIG = "lam_config.json"  # the model's sizes (`LatentConfig.model_dict`), beside its weights
@@ -131,8 +132,8 @@ class LabelConfig:
         src: the LeRobot v3.0 dataset whose frames are labelled (its actions, if any, are dropped).
         lam: a latent action model: a run directory (its ``last``) or a checkpoint directory.
         out: the LeRobot v3.0 dataset to write.
-        episodes: which of `src`'s episodes to label: ``A:B`` (episodes A to B - 1) or a comma list of
-            indices (None: all).
+        episodes: which of `src`'s episodes to label: ``A:B`` (episodes A to B - 1), a comma list of
+            indices, or ``@FILE`` holding such a list (None: all).
         batch_size: frame pairs encoded per forward pass.
         device: ``auto``, ``cpu`` or ``cuda``.
         overwrite: replace an existing `out`.
@@ -152,22 +153,3 @@ class LabelConfig:
             raise InputError(f"latent label: batch_size={self.batch_size} (must be >= 1)")
         if self.device not in ("auto", "cpu", "cuda"):
             raise InputError(f"latent label: device {self.device!r} (choose 'auto', 'cpu' or 'cuda')")
-
-
-def parse_episodes(spec: str | None, num_episodes: int) -> list[int]:
-    """`LabelConfig.episodes` -> sorted episode indices, checked against `num_episodes`."""
-    if spec is None or str(spec).strip() == "":
-        return list(range(num_episodes))
-    spec = str(spec).strip()
-    try:
-        if ":" in spec:
-            a, _, b = spec.partition(":")
-            chosen = list(range(int(a or 0), int(b) if b else num_episodes))
-        else:
-            chosen = sorted({int(x) for x in spec.split(",") if x.strip()})
-    except ValueError as e:
-        raise InputError(f"--episodes {spec!r}: give A:B or a comma list of episode indices") from e
-    bad = [e for e in chosen if not 0 <= e < num_episodes]
-    if bad or not chosen:
-        raise InputError(f"--episodes {spec!r}: the dataset has episodes 0 to {num_episodes - 1}")
-    return chosen

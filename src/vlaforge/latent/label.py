@@ -21,14 +21,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from vlaforge.data.dataset import open_dataset
-from vlaforge.data.lerobot_format import DEFAULT_FEATURES
-from vlaforge.data.lerobot_writer import LeRobotWriter
+from vlaforge.data.relabel import kept_features, parse_episodes, relabel
 from vlaforge.devices import resolve_device
 from vlaforge.errors import InputError
-from vlaforge.latent.config import LAM_WEIGHTS, LabelConfig, parse_episodes
+from vlaforge.latent.config import LAM_WEIGHTS, LabelConfig
 from vlaforge.latent.model import LatentActionModel, load_lam, one_hot_actions, to_float_images
 from vlaforge.latent.train import episode_pairs
 from vlaforge.types import Embodiment
@@ -55,14 +53,6 @@ def episode_codes(
     return np.concatenate(out).astype(np.int64)
 
 
-def _has_column(ds: object, key: str) -> bool:
-    try:
-        ds.column(key)  # type: ignore[attr-defined]
-    except KeyError:
-        return False
-    return True
-
-
 def label_dataset(cfg: LabelConfig) -> Path:
     """Writes `cfg.out`, `cfg.src`'s chosen episodes with latent actions; returns its path."""
     device = torch.device(resolve_device(cfg.device))
@@ -78,11 +68,7 @@ def label_dataset(cfg: LabelConfig) -> Path:
         raise InputError(f"{cfg.src}: no camera {camera!r}, the one the LAM at {lam_dir} was trained on")
     episodes = parse_episodes(cfg.episodes, src.num_episodes)
     dim = tokens * k
-    features = {
-        key: {kk: vv for kk, vv in ft.items() if kk != "info"}
-        for key, ft in src.features.items()
-        if key not in DEFAULT_FEATURES and key != "action"
-    }
+    features = kept_features(src, ("action",))
     names = action_names(tokens, k)
     features["action"] = {"dtype": "float32", "shape": [dim], "names": names}
     features["latent.codes"] = {
@@ -122,27 +108,17 @@ def label_dataset(cfg: LabelConfig) -> Path:
             "provenance_values": {str(PROVENANCE_LATENT): "latent action model"},
         },
     }
-    video_keys = [key for key, ft in features.items() if ft["dtype"] == "video"]
-    columns = [key for key in features if key not in video_keys and _has_column(src, key)]
     lam_frames = seen.frames(camera)
-    with LeRobotWriter(
-        cfg.out,
-        fps=src.fps,
-        features=features,
-        robot_type=str(src.info.get("robot_type") or "unknown"),
-        overwrite=cfg.overwrite,
-        extra_info={"vlaforge": extra},
-    ) as w:
-        for e in tqdm(episodes, desc="latent label", unit="episode"):
-            r = src.episode_frames(e)
-            codes = episode_codes(lam, lam_frames, r.start, r.stop, cfg.batch_size, device)
-            frames = {key: np.asarray(src.video_frames(key)[r.start : r.stop]) for key in video_keys}
-            frames.update({key: src.column(key)[r.start : r.stop] for key in columns})
-            frames["action"] = one_hot_actions(codes, k)
-            frames["latent.codes"] = codes
-            frames["action.provenance"] = np.full((len(r), 1), PROVENANCE_LATENT, np.int64)
-            task = src.tasks[int(src.task_indices()[r.start])]
-            w.add_episode(task, frames)
+
+    def labels(e: int, r: range) -> dict[str, np.ndarray]:
+        codes = episode_codes(lam, lam_frames, r.start, r.stop, cfg.batch_size, device)
+        return {
+            "action": one_hot_actions(codes, k),
+            "latent.codes": codes,
+            "action.provenance": np.full((len(r), 1), PROVENANCE_LATENT, np.int64),
+        }
+
+    relabel(src, cfg.out, features, extra, episodes, labels, "latent label", cfg.overwrite)
     print(
         f"vlaforge latent label: {len(episodes)} episodes of {cfg.src} -> {cfg.out} ({dim}-dim latent actions)"
     )
