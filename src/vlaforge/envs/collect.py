@@ -222,12 +222,22 @@ class _InlinePool:
         pass
 
 
-def _writer(cfg: CollectConfig, spec: EnvSpec, kept: list[dict[str, Any]]):
-    """The dataset writer: features, fps, robot type and vlaforge's provenance (`kept` fills as episodes
-    are written: task, attempt, seed per episode_index)."""
+def episode_writer(
+    out: str | Path,
+    spec: EnvSpec,
+    cameras: Sequence[str],
+    image_size: int,
+    vlaforge_info: dict[str, Any],
+    extra_features: dict[str, dict[str, Any]] | None = None,
+    overwrite: bool = False,
+):
+    """A LeRobot v3.0 writer for episodes of `spec`'s envs: the cameras as videos, ``observation.state``,
+    ``action`` and ``next.success`` (plus `extra_features`), the env's fps and robot type, and
+    `vlaforge_info` (env, embodiment and the episodes' provenance are filled in) under info.json's
+    ``"vlaforge"``. Used by `collect` and by DAgger's roll-outs (`vlaforge.dagger`)."""
     from vlaforge.data.lerobot import LeRobotWriter
 
-    cams, size = as_list(cfg.cameras), int(cfg.image_size)
+    cams, size = list(cameras), int(image_size)
     emb = spec.embodiment(cams, size)
     features: dict[str, dict[str, Any]] = {
         f"observation.images.{c}": {
@@ -244,24 +254,30 @@ def _writer(cfg: CollectConfig, spec: EnvSpec, kept: list[dict[str, Any]]):
     }
     features["action"] = {"dtype": "float32", "shape": [emb.action_dim], "names": list(emb.action_names)}
     features["next.success"] = {"dtype": "bool", "shape": [1], "names": None}
-    vlaforge_info = {
-        "embodiment": emb.to_dict(),
-        "env": spec.name,
-        "collection": {
-            "seed": cfg.seed,
-            "episodes_per_task": cfg.episodes,
-            "max_steps": cfg.max_steps,
-            "tail": SUCCESS_TAIL,
-        },
-        "episodes": kept,
-    }
+    features.update(extra_features or {})
+    info = {"embodiment": emb.to_dict(), "env": spec.name, **vlaforge_info}
     return LeRobotWriter(
-        cfg.out,
+        out,
         fps=spec.control_hz,
         features=features,
         robot_type=spec.robot_type,
-        overwrite=cfg.overwrite,
-        extra_info={"vlaforge": vlaforge_info},
+        overwrite=overwrite,
+        extra_info={"vlaforge": info},
+    )
+
+
+def _writer(cfg: CollectConfig, spec: EnvSpec, kept: list[dict[str, Any]]):
+    """The dataset writer: features, fps, robot type and vlaforge's provenance (`kept` fills as episodes
+    are written: task, attempt, seed per episode_index)."""
+    collection = {
+        "seed": cfg.seed,
+        "episodes_per_task": cfg.episodes,
+        "max_steps": cfg.max_steps,
+        "tail": SUCCESS_TAIL,
+    }
+    info = {"collection": collection, "episodes": kept}
+    return episode_writer(
+        cfg.out, spec, as_list(cfg.cameras), int(cfg.image_size), info, overwrite=cfg.overwrite
     )
 
 
