@@ -26,6 +26,7 @@ pytestmark = pytest.mark.sim
 
 TASK = "button-press-topdown-v3"
 SIZE = 32
+STATE = mw.embodiment("corner2", SIZE).state_dim
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_labels_are_the_experts_actions_at_the_states_the_policy_visited(init, t
     assert np.abs(label - executed).max() > 0.1
 
 
-def test_rounds_aggregate_train_evaluate_and_resume_to_the_same_data(init, tmp_path):
+def test_rounds_aggregate_train_evaluate_and_resume_to_the_same_data(init, tmp_path, monkeypatch):
     from vlaforge.dagger.run import run_dagger
     from vlaforge.data.dataset import open_dataset
 
@@ -102,9 +103,11 @@ def test_rounds_aggregate_train_evaluate_and_resume_to_the_same_data(init, tmp_p
     assert on_disk["rounds"] == rounds and (tmp_path / "a" / "curve.png").stat().st_size > 1000
 
     # Stopped after round 1 (and a round 2 left half-written), then continued: the same round-2 data.
-    run_dagger(_config(init, tmp_path / "b", rounds=1))
+    # (A relative --out, as typed on a command line.)
+    monkeypatch.chdir(tmp_path)
+    run_dagger(_config(init, "b", rounds=1))
     (tmp_path / "b" / "round-2" / "data").mkdir(parents=True)
-    again = run_dagger(_config(init, tmp_path / "b", rounds=2))
+    again = run_dagger(_config(init, "b", rounds=2))
     assert [r["round"] for r in again["rounds"]] == [0, 1, 2]
     one, two = (
         LeRobotDataset(tmp_path / "a" / "round-2" / "data"),
@@ -113,14 +116,14 @@ def test_rounds_aggregate_train_evaluate_and_resume_to_the_same_data(init, tmp_p
     for key in ("action", "observation.state", "policy_action"):
         np.testing.assert_array_equal(one.column(key), two.column(key))
     with pytest.raises(InputError, match="other settings"):
-        run_dagger(_config(init, tmp_path / "b", rounds=3, steps_per_round=2))
+        run_dagger(_config(init, "b", rounds=3, steps_per_round=2))
 
 
 def _recorded(root, flags_per_episode, size=SIZE):
     """A LeRobot dataset a person intervened in: frame i of episode e has action (e, i, 0, 0)."""
     features = {
         "observation.images.corner2": {"dtype": "video", "shape": [size, size, 3], "names": None},
-        "observation.state": {"dtype": "float32", "shape": [39], "names": None},
+        "observation.state": {"dtype": "float32", "shape": [STATE], "names": None},
         "action": {"dtype": "float32", "shape": [4], "names": None},
         INTERVENTION_COLUMN: {"dtype": "bool", "shape": [1], "names": None},
     }
@@ -132,7 +135,7 @@ def _recorded(root, flags_per_episode, size=SIZE):
             action[:, 0], action[:, 1] = e, np.arange(n)
             w.add_episode("press the button", {
                 "observation.images.corner2": rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8),
-                "observation.state": rng.normal(size=(n, 39)).astype(np.float32),
+                "observation.state": rng.normal(size=(n, STATE)).astype(np.float32),
                 "action": action, INTERVENTION_COLUMN: np.asarray(flags, bool),
             })  # fmt: skip
     return root
@@ -166,6 +169,8 @@ def test_recorded_mode_keeps_only_the_flagged_frames(tmp_path):
     info_path.write_text(json.dumps(info))
     with pytest.raises(InputError, match="is_intervention"):
         recorded_round(tmp_path / "plain" / "rec", tmp_path / "out2", emb)
+    with pytest.raises(InputError, match="image size"):
+        recorded_round(tmp_path / "rec", tmp_path / "out3", mw.embodiment("corner2", 48))
 
 
 def test_config_refuses_what_cannot_run(tmp_path):

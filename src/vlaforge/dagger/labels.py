@@ -138,6 +138,28 @@ def intervention_runs(flags: np.ndarray) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
 
 
+def _check_matches(ds: Any, embodiment: Embodiment, src: str | Path) -> None:
+    """Refuses a recorded dataset that does not show the policy's robot (cameras, image size, dims)."""
+    have = {
+        "cameras": sorted(ds.camera_names),
+        "image size": sorted({int(ds.features[k]["shape"][0]) for k in ds.camera_keys}),
+        "action dim": int(np.prod(ds.features["action"]["shape"])),
+        "state dim": int(np.prod(ds.features["observation.state"]["shape"])),
+    }
+    want = {
+        "cameras": sorted(embodiment.camera_names),
+        "image size": [int(embodiment.image_size)],
+        "action dim": int(embodiment.action_dim),
+        "state dim": int(embodiment.state_dim),
+    }
+    wrong = [f"{k} {have[k]} (the policy's: {want[k]})" for k in want if have[k] != want[k]]
+    if wrong:
+        raise InputError(
+            f"--dataset {src}: not the policy's robot: {'; '.join(wrong)}. Record with the policy's cameras, "
+            "image size, state and actions"
+        )
+
+
 def recorded_round(
     src: str | Path, out: Path, embodiment: Embodiment, info: dict[str, Any] | None = None
 ) -> list[dict]:
@@ -165,6 +187,7 @@ def recorded_round(
     missing = [k for k in keys[len(ds.camera_keys) :] if k not in ds.features]
     if missing:
         raise InputError(f"--dataset {src}: no {missing} column; a label needs the state and the action")
+    _check_matches(ds, embodiment, src)
     features = {k: ds.features[k] for k in keys}
     features[INTERVENTION_COLUMN] = {"dtype": "bool", "shape": [1], "names": None}
     kept: list[dict[str, Any]] = []

@@ -177,7 +177,7 @@ def run_round(cfg: DaggerConfig, plan: dict[str, Any], state: dict[str, Any], r:
     from vlaforge.train.loop import train
 
     start = time.time()
-    rdir = Path(cfg.out) / f"round-{r}"
+    rdir = Path(cfg.out).resolve() / f"round-{r}"  # absolute: mix.json names paths relative to itself
     if rdir.exists():  # an interrupted round: start it again from nothing
         shutil.rmtree(rdir)
     rdir.mkdir(parents=True)
