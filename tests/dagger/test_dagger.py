@@ -96,6 +96,8 @@ def test_rounds_aggregate_train_evaluate_and_resume_to_the_same_data(init, tmp_p
     seeds = {e["seed"] for e in trained["training_data"]["episodes"]}
     assert {episode_seed(2000, TASK, 0), episode_seed(2000, TASK, 1)} <= seeds
     assert episode_seed(1000, TASK, 0) not in seeds  # the evaluation's episode
+    run2 = json.loads((tmp_path / "a" / "round-2" / "train" / "config.json").read_text())
+    assert run2["init"] == rounds[1]["policy"] and run2["init_head"] and run2["steps"] == 1
     for r in rounds:
         o = r["rates"]["overall"]
         assert o["n"] == 1 and 0 <= o["ci_low"] <= o["rate"] <= o["ci_high"] <= 1
@@ -181,3 +183,25 @@ def test_config_refuses_what_cannot_run(tmp_path):
     with pytest.raises(InputError, match="one per round"):
         _config(tmp_path, tmp_path / "o", expert="recorded", dataset="a,b,c", rounds=2)
     assert _config(tmp_path, tmp_path / "o", expert="recorded", dataset="a,b").recorded_for(2) == "b"
+
+
+def test_init_head_continues_the_whole_policy(init):
+    import torch
+    from safetensors.torch import load_file
+
+    from vlaforge.policy_files import read_policy_dir
+    from vlaforge.train.build import build_policy
+    from vlaforge.train.config import TrainConfig
+
+    files = read_policy_dir(init)
+    saved = json.loads((init / "trainer_state.json").read_text())["config"]
+    weights = load_file(str(files.weights))
+    for whole in (True, False):
+        given = {"init": str(init), "init_head": whole, "schedule": None, "warmup_steps": None}
+        cfg = TrainConfig.from_dict({**saved, **given})
+        torch.manual_seed(123)  # a fresh head is not the trained one
+        policy, _ = build_policy(cfg, files.embodiment, files.norm_stats)
+        same = {k: torch.equal(v, weights[k]) for k, v in policy.state_dict().items()}
+        head = [k for k in same if k.startswith("head.")]
+        assert head and all(same[k] for k in same if k.startswith("backbone.vision."))
+        assert all(same[k] for k in head) if whole else not any(same[k] for k in head if k.endswith("weight"))
