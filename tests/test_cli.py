@@ -155,7 +155,7 @@ def test_version_and_help_do_not_import_torch():
     check = (
         "import sys, contextlib, io\n"
         "import vlaforge.cli as c\n"
-        "for cmd in ['', 'collect', 'dataset', 'train', 'eval', 'serve', 'export', 'tokenizer', 'demo', 'latent', 'idm', 'rl']:\n"
+        "for cmd in ['', 'collect', 'dataset', 'train', 'eval', 'serve', 'export', 'tokenizer', 'demo', 'latent', 'idm', 'rl', 'dagger']:\n"
         "    argv = [cmd, '--help'] if cmd else ['--help']\n"
         "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
         "        c.main(argv)\n"

@@ -6,6 +6,8 @@ vlaforge dataset   info DIR | view DIR --episode K --out ep.mp4 | synth --out DI
 vlaforge train     --dataset DIR --preset tiny --head chunk --steps N --out RUN
 vlaforge eval      --policy RUN/last --tasks mt10 --episodes 10 --out DIR
 vlaforge rl        --init RUN/last --tasks reach --algo ppo --iterations N --out RL   (RL after imitation)
+vlaforge dagger    --init RUN/last --expert scripted --rounds 3 --out DIR   (roll out, label, aggregate,
+                   fine-tune, evaluate; --expert recorded --dataset D: a person's interventions)
 vlaforge export    RUN/last --format openvla --out DIR   (or an OpenVLA checkpoint to --format vlaforge)
 vlaforge tokenizer train --dataset DIR --out TOK         (FAST: DCT + byte-pair encoding of action chunks)
 vlaforge idm       train --dataset DIR --out IDM | label SRC --idm IDM --out DST   (inverse dynamics)
@@ -16,7 +18,7 @@ vlaforge worldmodel train --dataset DIR --out WM | judge | quality WM | agreemen
 vlaforge demo      (collect + train + eval on a small default)
 vlaforge --version
 
-The flags of collect, dataset synth, train, eval and demo are derived from their config dataclasses
+The flags of collect, dataset synth, train, eval, dagger and demo are derived from their config dataclasses
 (`vlaforge.config`): each field is one flag, its help is the field's doc, its default the field's.
 Only the command being run has its parser built (none for `vlaforge --help`), so `vlaforge --help` and
 `vlaforge dataset info` do not import torch. A user's mistake (a flag's typo, a missing GPU, a port in
@@ -102,6 +104,14 @@ def _run_rl(cfg: Any) -> None:
     print(f"wrote {run} (improved policy: {run}/policy, metrics: {run}/metrics.jsonl)")
 
 
+def _run_dagger(cfg: Any) -> None:
+    state = _load("vlaforge.dagger.run:run_dagger")(cfg)
+    for r in state["rounds"]:
+        o = r["rates"]["overall"]
+        print(f"round {r['round']}: {o['rate']:.2f} [{o['ci_low']:.2f}, {o['ci_high']:.2f}] (n={o['n']})")
+    print(f"wrote {cfg.out}/dagger.json and {cfg.out}/curve.png")
+
+
 def _run_serve(cfg: Any) -> None:
     _load("vlaforge.serve.server:serve")(cfg)
 
@@ -137,6 +147,11 @@ CONFIG_COMMANDS: dict[str, tuple[str, str, Callable[[Any], None]]] = {
         "improve a trained policy by acting in simulation (PPO or GRPO on the success flag)",
         "vlaforge.rl.config:RLConfig",
         _run_rl,
+    ),
+    "dagger": (
+        "DAgger: roll the policy out, label its states with an expert's actions, aggregate, fine-tune",
+        "vlaforge.dagger.config:DaggerConfig",
+        _run_dagger,
     ),
     "serve": (
         "serve a policy to robots (openpi websocket + OpenVLA POST /act, batched)",
@@ -339,6 +354,7 @@ def build_parser(command: str | None = None, defaults: dict | None = None) -> ar
         "train",
         "eval",
         "rl",
+        "dagger",
         "serve",
         "export",
         "tokenizer",
@@ -396,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     if values:
         args = build_parser(command, defaults=values).parse_args(argv)
-    if args.cmd in ("collect", "eval", "rl", "demo", "teleop", "ui"):
+    if args.cmd in ("collect", "eval", "rl", "dagger", "demo", "teleop", "ui"):
         from vlaforge.envs.rendering import configure_rendering
 
         configure_rendering()  # before anything imports mujoco

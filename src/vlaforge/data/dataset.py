@@ -23,7 +23,7 @@ from vlaforge.data.interface import (
     parse_unnormalized,
 )
 from vlaforge.data.lerobot import LeRobotDataset
-from vlaforge.data.mixture import MixtureDataset, is_mixture, parse_mixture
+from vlaforge.data.mixture import MixtureDataset, is_mixture, mixture_statistics, parse_mixture
 from vlaforge.data.rlds import is_rlds
 from vlaforge.data.rlds_dataset import RLDSDataset
 from vlaforge.errors import InputError
@@ -86,7 +86,7 @@ def _open_mixture(
         )
         for e in entries
     ]
-    return MixtureDataset(entries, datasets)
+    return MixtureDataset(entries, datasets, pooled=mixture_statistics(path) == "pooled")
 
 
 FORMATS: dict[str, DatasetFormat] = {

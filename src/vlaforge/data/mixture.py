@@ -10,6 +10,10 @@ or one of Open X-Embodiment's named mixtures (`vlaforge.data.oxe`) under a direc
 
     {"mixture": "oxe_magic_soup_plus_minus", "data_dir": "/data/oxe"}
 
+A mixture file may also say ``"statistics": "pooled"``: every dataset is then normalised with the
+statistics of all their frames together (one set, no `unnorm_key`), as when the datasets are parts of one
+(DAgger's rounds, `vlaforge.dagger`); the default, ``"per-dataset"``, keeps each dataset's own.
+
 Paths are relative to the file. `name` (default: the directory's name) is the dataset's key: its statistics
 are kept apart under it, and it becomes the checkpoint's `unnorm_key`, as in OpenVLA's
 dataset_statistics.json. Sampling and the rules a mixture follows: docs/datasets.md, "Mixtures".
@@ -30,6 +34,8 @@ from vlaforge.data.interface import TrainingDataset
 from vlaforge.data.stats import norm_stats_of
 from vlaforge.errors import InputError
 from vlaforge.types import Embodiment, NormStats
+
+STATISTICS = ("per-dataset", "pooled")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +87,19 @@ def parse_mixture(spec: str | Path) -> list[MixtureEntry]:
         if not (e.weight > 0 and np.isfinite(e.weight)):
             raise InputError(f"mixture {s!r}: dataset {e.key!r} has weight {e.weight}; weights must be > 0")
     return entries
+
+
+def mixture_statistics(spec: str | Path) -> str:
+    """How a mixture normalises: "per-dataset" (each dataset its own statistics) or "pooled" (a mixture
+    file's ``"statistics"``; a comma list is always per dataset)."""
+    s = str(spec)
+    if not s.endswith(".json"):
+        return "per-dataset"
+    doc = json.loads(Path(s).read_text())  # parse_mixture has read it already
+    mode = doc.get("statistics", "per-dataset") if isinstance(doc, dict) else "per-dataset"
+    if mode not in STATISTICS:
+        raise InputError(f'{s}: "statistics" is {mode!r}; choose one of {list(STATISTICS)}')
+    return mode
 
 
 def _entries_from_doc(doc: Any, path: Path) -> list[MixtureEntry]:
@@ -181,11 +200,14 @@ class MixtureDataset:
         global frame of each dataset.
     """
 
-    def __init__(self, entries: Sequence[MixtureEntry], datasets: Sequence[TrainingDataset]) -> None:
+    def __init__(
+        self, entries: Sequence[MixtureEntry], datasets: Sequence[TrainingDataset], pooled: bool = False
+    ) -> None:
         if len(entries) != len(datasets) or not entries:
             raise InputError(
                 f"a mixture needs one opened dataset per entry; got {len(entries)} / {len(datasets)}"
             )
+        self.pooled = bool(pooled)  # one set of statistics over every frame (see the module docstring)
         self.entries = list(entries)
         self.keys = [e.key for e in self.entries]
         self.weights = np.asarray([e.weight for e in self.entries], dtype=np.float64)
@@ -256,7 +278,9 @@ class MixtureDataset:
         )
 
     def dataset_norm_stats(self) -> dict[str, NormStats]:
-        """Each dataset's own statistics, by key: the policy's `unnorm_key`s."""
+        """Each dataset's own statistics, by key: the policy's `unnorm_key`s ({} when pooled)."""
+        if self.pooled:
+            return {}
         return {k: d.norm_stats() for k, d in zip(self.keys, self.datasets)}
 
     def norm_stats(self) -> NormStats:

@@ -400,7 +400,8 @@ class MixtureSampler(ChunkSampler):
 
     def _assemble(self, idx: np.ndarray, images: dict[str, torch.Tensor]) -> dict[str, Any]:
         batch = super()._assemble(idx, images)
-        batch["dataset"] = [self.mixture.keys[d] for d in self.mixture.dataset_index[idx]]
+        if not self.mixture.pooled:  # pooled statistics: every sample is normalised alike
+            batch["dataset"] = [self.mixture.keys[d] for d in self.mixture.dataset_index[idx]]
         return batch
 
     def _position(self) -> dict[str, Any]:

@@ -224,7 +224,7 @@ class _InlinePool:
 
 def episode_features(spec: EnvSpec, cameras: Sequence[str], image_size: int) -> dict[str, dict[str, Any]]:
     """The LeRobot features of an episode of `spec`: one video per camera, the state, the action and
-    ``next.success`` (what `vlaforge collect` and `vlaforge teleop` record)."""
+    ``next.success`` (what `vlaforge collect`, `vlaforge teleop` and DAgger's roll-outs record)."""
     emb = spec.embodiment(list(cameras), int(image_size))
     features: dict[str, dict[str, Any]] = {
         f"observation.images.{c}": {
@@ -244,32 +244,47 @@ def episode_features(spec: EnvSpec, cameras: Sequence[str], image_size: int) -> 
     return features
 
 
-def _writer(cfg: CollectConfig, spec: EnvSpec, kept: list[dict[str, Any]]):
-    """The dataset writer: features, fps, robot type and vlaforge's provenance (`kept` fills as episodes
-    are written: task, attempt, seed per episode_index)."""
+def episode_writer(
+    out: str | Path,
+    spec: EnvSpec,
+    cameras: Sequence[str],
+    image_size: int,
+    vlaforge_info: dict[str, Any],
+    extra_features: dict[str, dict[str, Any]] | None = None,
+    overwrite: bool = False,
+):
+    """A LeRobot v3.0 writer for episodes of `spec`'s envs: `episode_features` (plus `extra_features`), the
+    env's fps and robot type, and `vlaforge_info` (env and embodiment filled in) under info.json's
+    ``"vlaforge"``. Used by `collect` and by DAgger's roll-outs (`vlaforge.dagger`)."""
     from vlaforge.data.lerobot import LeRobotWriter
 
-    cams, size = as_list(cfg.cameras), int(cfg.image_size)
+    cams, size = list(cameras), int(image_size)
     emb = spec.embodiment(cams, size)
     features = episode_features(spec, cams, size)
-    vlaforge_info = {
-        "embodiment": emb.to_dict(),
-        "env": spec.name,
-        "collection": {
-            "seed": cfg.seed,
-            "episodes_per_task": cfg.episodes,
-            "max_steps": cfg.max_steps,
-            "tail": SUCCESS_TAIL,
-        },
-        "episodes": kept,
-    }
+    features.update(extra_features or {})
+    info = {"embodiment": emb.to_dict(), "env": spec.name, **vlaforge_info}
     return LeRobotWriter(
-        cfg.out,
+        out,
         fps=spec.control_hz,
         features=features,
         robot_type=spec.robot_type,
-        overwrite=cfg.overwrite,
-        extra_info={"vlaforge": vlaforge_info},
+        overwrite=overwrite,
+        extra_info={"vlaforge": info},
+    )
+
+
+def _writer(cfg: CollectConfig, spec: EnvSpec, kept: list[dict[str, Any]]):
+    """The dataset writer: features, fps, robot type and vlaforge's provenance (`kept` fills as episodes
+    are written: task, attempt, seed per episode_index)."""
+    collection = {
+        "seed": cfg.seed,
+        "episodes_per_task": cfg.episodes,
+        "max_steps": cfg.max_steps,
+        "tail": SUCCESS_TAIL,
+    }
+    info = {"collection": collection, "episodes": kept}
+    return episode_writer(
+        cfg.out, spec, as_list(cfg.cameras), int(cfg.image_size), info, overwrite=cfg.overwrite
     )
 
 

@@ -91,11 +91,15 @@ def build_policy(
         weights = load_file(str(init_files.weights))
         parts = ("backbone.vision.", "backbone.projector.", "backbone.llm.")
         wanted = {k for k in policy.state_dict() if k.startswith(parts)}
+        if cfg.init_head:  # the whole policy continues (DAgger): every tensor, same shapes
+            wanted = _whole_policy(policy, weights, init_dir)
         missing = sorted(wanted - set(weights))
         if missing:
             raise InputError(f"{init_files.weights}: backbone weights missing, e.g. {missing[:3]}")
         policy.load_state_dict({k: weights[k] for k in wanted}, strict=False)
-        if say is not None:
+        if say is not None and cfg.init_head:
+            say(f"vlaforge train: initialised from {init_dir}: the whole policy (backbone and action head)")
+        elif say is not None:
             say(init_line(init_dir, init_files.embodiment.action_dim, embodiment.action_dim))
     elif cfg.init is not None:
         raise InputError(f"--init {init}: no such directory (an OpenVLA or vlaforge checkpoint, or a hub id)")
@@ -120,6 +124,20 @@ def build_policy(
         upcast_adapters(policy)
     counts["never_used"] = freeze_unused(policy)
     return policy, counts
+
+
+def _whole_policy(policy: nn.Module, weights: dict[str, torch.Tensor], init_dir: Path) -> set[str]:
+    """The names of every tensor of `policy`, checked against `init_dir`'s weights (`init_head`)."""
+    own = policy.state_dict()
+    missing = sorted(set(own) - set(weights))
+    wrong = sorted(k for k in own if k in weights and tuple(weights[k].shape) != tuple(own[k].shape))
+    if missing or wrong:
+        detail = f"missing {missing[:3]}" if missing else f"other shapes for {wrong[:3]}"
+        raise InputError(
+            f"--init-head: {init_dir} does not hold this run's policy ({detail}); give the same --head, "
+            "--chunk-size and --history as its run, on data of the same action and state dims"
+        )
+    return set(own)
 
 
 def init_line(init_dir: Path, init_dim: int, dim: int) -> str:

@@ -64,6 +64,10 @@ class TrainConfig:
             tokenizer come from it; the head starts fresh (the token head reuses the LLM's output layer,
             so an OpenVLA token head continues from its action tokens), and the run's dataset brings its
             own embodiment (any action dim) and statistics.
+        init_head: with a vlaforge policy directory as ``init``, its action head and state projection
+            continue too (the whole policy fine-tunes, as DAgger's rounds do; `vlaforge.dagger`); needs
+            the same head, chunk size, history and action / state dims as the directory's policy. Off: the
+            head starts fresh (a new dataset brings its own statistics).
         quantize: ``int4`` or ``int8`` quantises the ``init`` base (vision, projector, LLM) on the training
             device and trains LoRA adapters over it (QLoRA, `vlaforge.train.qlora`): bitsandbytes on CUDA,
             vlaforge's portable kernels on the CPU; needs ``lora_rank`` > 0. Checkpoints hold the adapters
@@ -150,6 +154,7 @@ class TrainConfig:
     out: str
     preset: str = "tiny"
     init: str | None = None
+    init_head: bool = False
     quantize: str | None = field(default=None, metadata={"choices": ["int8", "int4"]})
     tokenizer_path: str | None = None
     head: str = field(default="chunk", metadata={"choices": lambda: list(HEADS)})
@@ -238,6 +243,8 @@ class TrainConfig:
                     f"quantize={self.quantize} needs --init (the base to quantise) and --lora-rank > 0: a "
                     "quantised base is frozen and only LoRA adapters train (QLoRA)"
                 )
+        if self.init_head and self.init is None:
+            problems.append("init_head needs --init (the vlaforge policy directory whose head continues)")
         if self.freeze not in FREEZE_STRATEGIES:
             problems.append(f"freeze {self.freeze!r} (choose one of {list(FREEZE_STRATEGIES)})")
         if self.device not in ("auto", "cpu", "cuda"):

@@ -1,0 +1,186 @@
+"""DAgger against behaviour cloning on the same number of extra expert frames (docs/dagger.md, "Measured").
+
+    python bench/dagger_vs_bc.py --out /tmp/dagger_bench
+
+1. base: `vlaforge collect` of `--demos` expert episodes per task (seed 0); init: the tiny preset trained on
+   them for `--init-steps` steps.
+2. DAgger: `vlaforge dagger` from init, `--rounds` rounds of `--rollouts` roll-outs per task.
+3. BC: from the same init, the same rounds; round r adds ordinary expert demonstrations (seeds
+   episode_seed(3000, task, k), k counting on over the rounds) until each task has at least as many new
+   frames as DAgger's round r labelled for it, aggregated and fine-tuned exactly as DAgger's round r
+   (`vlaforge.dagger.run.train_config`), evaluated on the same held-out episodes.
+Writes OUT/result.json (every round's rates, both arms) and OUT/curves.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vlaforge.envs.rendering import configure_rendering
+
+configure_rendering()
+
+from vlaforge.atomic import write_json  # noqa: E402
+from vlaforge.dagger.config import DaggerConfig  # noqa: E402
+from vlaforge.dagger.run import _evaluate, plot_curve, run_dagger, train_config  # noqa: E402
+from vlaforge.envs.base import episode_seed  # noqa: E402
+from vlaforge.envs.collect import CollectConfig, collect, episode_writer, run_expert_episode  # noqa: E402
+from vlaforge.envs.registry import get_env  # noqa: E402
+
+
+def easy_tasks(n: int) -> list[str]:
+    """The rule fixed in advance: the first `n` MT10 tasks of Meta-World's easy group, in MT10's order."""
+    spec = get_env("metaworld")
+    return [t for t in spec.resolve_tasks("mt10") if spec.difficulty[t] == "easy"][:n]
+
+
+def bc_round(
+    out: Path, tasks: list[str], need: dict[str, int], size: int, max_steps: int, next_k: dict
+) -> dict:
+    """Expert demonstrations until each task has `need[task]` new frames; returns frames per task."""
+    spec = get_env("metaworld")
+    kept: list[dict] = []
+    writer = episode_writer(out, spec, ["corner2"], size, {"episodes": kept})
+    got = {}
+    for task in tasks:
+        got[task] = 0
+        while got[task] < need[task]:
+            k = next_k[task]
+            next_k[task] += 1
+            seed = episode_seed(3000, task, k)
+            frames = run_expert_episode(task, seed, ["corner2"], size, max_steps)
+            if frames is None:
+                continue
+            index = writer.add_episode(task=spec.instructions[task], frames=frames)
+            kept.append({"episode_index": index, "task": task, "seed": seed})
+            got[task] += len(frames["action"])
+    writer.finalize()
+    return got
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True)
+    p.add_argument("--tasks", type=int, default=2, help="how many tasks the rule takes")
+    p.add_argument("--demos", type=int, default=5)
+    p.add_argument("--init-steps", type=int, default=600)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rollouts", type=int, default=4)
+    p.add_argument("--steps-per-round", type=int, default=150)
+    p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--max-steps", type=int, default=150)
+    p.add_argument("--image-size", type=int, default=48)
+    a = p.parse_args()
+    from vlaforge.train.config import TrainConfig
+    from vlaforge.train.loop import train
+
+    out = Path(a.out).resolve()
+    tasks = easy_tasks(a.tasks)
+    t0 = time.time()
+    base = out / "base"
+    if not base.exists():
+        collect(CollectConfig(tasks=tasks, episodes=a.demos, out=base, image_size=a.image_size, workers=2,
+                              max_steps=a.max_steps))  # fmt: skip
+    run = out / "init"
+    if not (run / "last").exists():
+        train(TrainConfig(dataset=str(base), out=str(run), steps=a.init_steps, device="cpu", save_every=None))
+    timing = {"base_and_init_s": round(time.time() - t0, 1)}
+    t1 = time.time()
+    cfg = DaggerConfig(init=str(run / "last"), out=str(out / "dagger"), rounds=a.rounds, tasks=",".join(tasks),
+                       episodes_per_round=a.rollouts, steps_per_round=a.steps_per_round, max_steps=a.max_steps,
+                       eval_episodes=a.eval_episodes, workers=2, device="cpu")  # fmt: skip
+    state = run_dagger(cfg)
+    timing["dagger_s"] = round(time.time() - t1, 1)
+    t2 = time.time()
+    bc = {"plan": state["plan"], "rounds": [state["rounds"][0]]}
+    next_k = dict.fromkeys(tasks, 0)
+    demos: list[str] = []
+    for r in range(1, a.rounds + 1):
+        rdir = out / "bc" / f"round-{r}"
+        record = json.loads((rdir / "record.json").read_text()) if (rdir / "record.json").is_file() else None
+        if record is None:
+            from vlaforge.data.lerobot import LeRobotDataset
+
+            labelled = LeRobotDataset(state["rounds"][r]["data"])
+            per_task = {t: 0 for t in tasks}
+            for e in labelled.info["vlaforge"]["episodes"]:
+                per_task[e["task"]] += int(e["frames"])
+            got = bc_round(rdir / "data", tasks, per_task, a.image_size, a.max_steps, next_k)
+            demos[r - 1 :] = [str(rdir / "data")]
+            entries = [
+                *state["plan"]["base"],
+                *({"path": d, "name": f"bc-round-{i + 1}"} for i, d in enumerate(demos)),
+            ]
+            mix = write_json(rdir / "mix.json", {"statistics": "pooled", "datasets": entries})
+            prev = bc["rounds"][-1]["policy"]
+            tcfg = train_config(cfg, state["plan"], r, prev, mix, a.image_size)
+            train(tcfg)
+            policy = str((Path(tcfg.out) / "last").resolve())
+            record = {"round": r, "policy": policy, "frames_added": int(sum(got.values())),
+                      "frames_dagger": int(sum(per_task.values())),
+                      "rates": _evaluate(cfg, state["plan"], policy, rdir / "eval")}  # fmt: skip
+            record["next_k"] = dict(next_k)
+            write_json(rdir / "record.json", record)
+        next_k.update(record["next_k"])
+        demos[r - 1 :] = [str(rdir / "data")]
+        bc["rounds"].append(record)
+    timing["bc_s"] = round(time.time() - t2, 1)
+    plot_curve(bc, out / "bc_curve.png")
+    result = {
+        "tasks": tasks,
+        "settings": vars(a),
+        "dagger": [
+            {"round": q["round"], "frames_added": q["frames_added"], **q["rates"]["overall"]}
+            for q in state["rounds"]
+        ],
+        "bc": [
+            {"round": q["round"], "frames_added": q["frames_added"], **q["rates"]["overall"]}
+            for q in bc["rounds"]
+        ],
+        "timing": timing,
+    }
+    write_json(out / "result.json", result)
+    _curves(result, out / "curves.png")
+    print(json.dumps(result, indent=1))
+
+
+def _curves(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vlaforge.atomic import atomic_write
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    for name, shift in (("dagger", -0.05), ("bc", 0.05)):
+        rows = result[name]
+        x = np.asarray([q["round"] for q in rows]) + shift
+        y = np.asarray([q["rate"] for q in rows])
+        err = [y - [q["ci_low"] for q in rows], np.asarray([q["ci_high"] for q in rows]) - y]
+        ax.errorbar(
+            x,
+            y,
+            yerr=err,
+            marker="o",
+            capsize=4,
+            label="DAgger" if name == "dagger" else "BC, same extra frames",
+        )
+    ax.set_xlabel("round")
+    ax.set_ylabel("success rate (Wilson 95%)")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title(", ".join(result["tasks"]))
+    fig.tight_layout()
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

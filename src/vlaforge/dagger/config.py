@@ -1,0 +1,158 @@
+"""What a DAgger run is: `DaggerConfig`, every flag of `vlaforge dagger`, validated. Torch-free, so the
+command's --help imports no torch.
+
+DAgger (Ross, Gordon and Bagnell, 2011, "A Reduction of Imitation Learning and Structured Prediction to
+No-Regret Online Learning"): each round runs the current policy, labels every state it visits with the
+expert's action, adds those pairs to the data of all earlier rounds and retrains on the whole. Here the
+policy acts alone (the paper's beta_i = 0 after the first round; the first round's policy is the
+behaviour-cloned `init`), and the retraining is a fine-tune of the previous round's checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vlaforge.errors import InputError
+from vlaforge.types import as_list
+
+EXPERTS = ("scripted", "recorded")
+# The column LeRobot's human-in-the-loop recordings flag a frame a person drove with (LeRobot's
+# `lerobot/rl/buffer.py` writes `complementary_info.<key>` columns; the key is "is_intervention", the name
+# `lerobot/processor/hil_processor.py` gives the teleoperator's take-over). 1 / True: a human drove.
+INTERVENTION_COLUMN = "complementary_info.is_intervention"
+# The state of a run, beside its rounds' directories.
+STATE_FILE = "dagger.json"
+# Settings that may change when a run is continued; the rest must match what the run started with.
+RESUMABLE = ("rounds", "out", "workers", "device", "dataset")
+
+
+@dataclass(kw_only=True)
+class DaggerConfig:
+    """Everything one DAgger run needs (``vlaforge dagger`` passes each flag here).
+
+    Attributes:
+        init: the policy the first round rolls out and fine-tunes (a training checkpoint, e.g. RUN/last).
+        out: the run's directory: ``dagger.json`` (state and every round's rates), ``curve.png``, and per
+            round ``round-K/`` with its ``data`` (the labelled frames), ``mix.json`` (the aggregate),
+            ``train`` (the fine-tuning run) and ``eval``.
+        expert: who labels the frames: ``scripted`` (the env's scripted expert, at every state the policy
+            visits) or ``recorded`` (the frames of ``dataset`` a person drove, flagged in the column
+            ``complementary_info.is_intervention``).
+        rounds: rounds of roll-out (or recorded labels), aggregation, fine-tuning and evaluation. A run
+            continued with more rounds goes on from its last finished one.
+        dataset: ``recorded`` only: the recorded datasets (LeRobot v3.0), a comma list with one per round
+            (a single one serves every round, so give it once with ``rounds`` 1).
+        base: the datasets the labels are aggregated with (a dataset, a comma list or a mix.json); None: the
+            dataset the ``init`` run was trained on, read from its training config; "none": only the
+            rounds' labels.
+        env: the environment (None: the one ``init`` was trained in, else the default env).
+        tasks: the tasks rolled out and evaluated (a task set, names or a comma list; None: the tasks
+            ``init`` was trained on, else the env's default set).
+        episodes_per_round: ``scripted`` only: roll-outs per task per round.
+        steps_per_round: optimizer steps of each round's fine-tuning.
+        max_steps: episode truncation of roll-outs and evaluation (None: the env's episode length).
+        tail: steps recorded after a roll-out's first success (as `vlaforge collect` keeps after the
+            expert's), then the roll-out stops.
+        rollout_seed: roll-out i of task t in round r starts from ``episode_seed(rollout_seed, t,
+            (r - 1) * episodes_per_round + i)``; must differ from ``eval_seed`` (and from the collection
+            seed of the ``base`` data), and the two sets of episode seeds are checked to be disjoint.
+        eval_seed: evaluation's base seed (`vlaforge eval --seed`), the same held-out episodes every round.
+        eval_episodes: evaluation episodes per task, every round (round 0 evaluates ``init``).
+        batch_size: fine-tuning micro-batch (None: the ``init`` run's).
+        lr: fine-tuning learning rate (None: the ``init`` run's).
+        seed: the fine-tuning runs' seed (round r trains with seed + r).
+        workers: evaluation worker processes (0: in this process).
+        device: torch device for roll-outs and fine-tuning (``auto``: CUDA when present).
+    """
+
+    init: str
+    out: str
+    expert: str = field(default="scripted", metadata={"choices": list(EXPERTS)})
+    rounds: int = 3
+    dataset: str | None = None
+    base: str | None = None
+    env: str | None = None
+    tasks: str | None = None
+    episodes_per_round: int = 10
+    steps_per_round: int = 500
+    max_steps: int | None = None
+    tail: int = 10
+    rollout_seed: int = 2000
+    eval_seed: int = 1000
+    eval_episodes: int = 10
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int = 0
+    workers: int = 2
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.init, self.out = str(self.init), str(self.out)
+        problems = []
+        if self.expert not in EXPERTS:
+            problems.append(f"expert {self.expert!r} (choose one of {list(EXPERTS)})")
+        for name in ("rounds", "episodes_per_round", "steps_per_round", "eval_episodes"):
+            if int(getattr(self, name)) < 1:
+                problems.append(f"{name}={getattr(self, name)} (must be >= 1)")
+        if self.max_steps is not None and self.max_steps < 1:
+            problems.append(f"max_steps={self.max_steps} (must be >= 1, or None for the env's)")
+        if self.tail < 0:
+            problems.append(f"tail={self.tail} (must be >= 0)")
+        if self.workers < 0:
+            problems.append(f"workers={self.workers} (must be >= 0)")
+        if self.batch_size is not None and self.batch_size < 1:
+            problems.append(f"batch_size={self.batch_size} (must be >= 1)")
+        if self.lr is not None and not self.lr > 0:
+            problems.append(f"lr={self.lr} (must be > 0)")
+        if self.rollout_seed == self.eval_seed:
+            problems.append(
+                f"rollout_seed and eval_seed are both {self.eval_seed}: the roll-outs would train on the "
+                "evaluation's episodes; give them different values"
+            )
+        if self.expert == "recorded":
+            if not self.dataset:
+                problems.append("expert 'recorded' needs --dataset (the recorded interventions)")
+            elif len(self.recorded_datasets) not in (1, self.rounds):
+                problems.append(
+                    f"--dataset names {len(self.recorded_datasets)} datasets for {self.rounds} rounds "
+                    "(give one per round)"
+                )
+        elif self.dataset:
+            problems.append(
+                "--dataset is for --expert recorded; the scripted expert labels its own roll-outs"
+            )
+        if problems:
+            raise InputError("invalid dagger config: " + "; ".join(problems))
+
+    @property
+    def recorded_datasets(self) -> list[str]:
+        """The recorded datasets, one per round (recorded mode)."""
+        return [str(Path(p)) for p in as_list(self.dataset or "")]
+
+    def recorded_for(self, round_index: int) -> str:
+        """The recorded dataset of round `round_index` (1-based)."""
+        ds = self.recorded_datasets
+        return ds[0] if len(ds) == 1 else ds[round_index - 1]
+
+    def rollout_index(self, round_index: int, i: int) -> int:
+        """The `episode_seed` index of roll-out `i` (per task) of round `round_index` (1-based)."""
+        return (round_index - 1) * self.episodes_per_round + i
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def check_continues(self, saved: dict[str, Any], where: Path) -> None:
+        """Refuses to continue the run in `where` (started with `saved`) under other settings."""
+        now = self.to_dict()
+        diffs = [
+            f"{k}: {saved.get(k)!r} -> {now[k]!r}"
+            for k in now
+            if k not in RESUMABLE and saved.get(k) != now[k]
+        ]
+        if diffs:
+            raise InputError(
+                f"{where} holds a DAgger run started with other settings ({'; '.join(diffs)}); only "
+                f"{', '.join(RESUMABLE)} may change when it continues. Use another --out for a new run."
+            )

@@ -1,0 +1,214 @@
+"""The frames a DAgger round adds: states the policy visited, labelled with an expert's actions.
+
+- `scripted`: the current policy drives the env (its chunks executed open loop, as `vlaforge eval` runs
+  them); at every state it visits the env's scripted expert is asked for its action (`Env.expert_action`),
+  which becomes the frame's ``action``; what the policy executed is kept as ``policy_action``. Every frame
+  is rendered (a frame needs its images), and a roll-out stops `tail` steps after its first success, as
+  `vlaforge collect` stops the expert's episodes.
+- `recorded`: a LeRobot v3.0 dataset recorded while a policy drove and a person could take over; the frames
+  flagged in ``complementary_info.is_intervention`` (the column LeRobot's human-in-the-loop recordings
+  write) carry the person's actions, and only those are kept, each unbroken run of them an episode.
+
+Both write a LeRobot v3.0 dataset with vlaforge's writer (`vlaforge.envs.collect.episode_writer`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from vlaforge.client import ActionQueue
+from vlaforge.dagger.config import INTERVENTION_COLUMN
+from vlaforge.envs.base import Env, EnvSpec, episode_seed
+from vlaforge.errors import InputError
+from vlaforge.types import Embodiment, Observation
+
+POLICY_ACTION = "policy_action"  # what the policy executed at the frame (the label is `action`)
+
+
+def label_rollout(
+    controller: Any, env: Env, seed: int, instruction: str, max_steps: int, tail: int
+) -> dict[str, np.ndarray]:
+    """One roll-out of `controller` (a `vlaforge.eval.baselines.PolicyController`) from `seed`, every visited
+    state labelled with `env.expert_action()`.
+
+    Returns:
+        The episode's T frames: ``observation.images.<camera>`` uint8 (T, S, S, 3), ``observation.state``
+        float32 (T, S_state), ``action`` float32 (T, D) (the expert's action at that state),
+        ``policy_action`` float32 (T, D) (the action executed there) and ``next.success`` bool (T,).
+    """
+    cameras = list(controller.embodiment.camera_names)
+    queue = ActionQueue("open_loop", controller.execute_steps)
+    controller.reset(seed)
+    history = int(getattr(controller, "history", 1))
+    obs = env.reset(seed, render=True)
+    if history > 1:
+        controller.observe(obs)
+    images: dict[str, list[np.ndarray]] = {c: [] for c in cameras}
+    states, labels, executed, successes = [], [], [], []
+    first: int | None = None
+    steps = 0
+    while steps < max_steps and (first is None or steps < first + 1 + tail):
+        for c in cameras:
+            images[c].append(obs.images[c])
+        states.append(np.asarray(obs.state, np.float32))
+        labels.append(np.asarray(env.expert_action(), np.float32))  # the label: the expert, here
+        if not queue.remaining(steps):
+            seen = Observation(images=obs.images, state=obs.state, instruction=instruction)
+            queue.add(np.asarray(controller.act(seen, env), np.float32), steps, steps)
+        action = queue.pop(steps)
+        obs, _reward, done, info = env.step(action, render=True)
+        steps += 1
+        if history > 1:
+            controller.observe(obs)
+        executed.append(np.asarray(action, np.float32))
+        successes.append(bool(info.get("success")))
+        if first is None and successes[-1]:
+            first = steps - 1
+        if done:
+            break
+    frames = {f"observation.images.{c}": np.stack(images[c]) for c in cameras}
+    frames["observation.state"] = np.stack(states)
+    frames["action"] = np.stack(labels)
+    frames[POLICY_ACTION] = np.stack(executed)
+    frames["next.success"] = np.asarray(successes, bool)
+    return frames
+
+
+def scripted_round(
+    policy_dir: str | Path,
+    out: Path,
+    spec: EnvSpec,
+    tasks: list[str],
+    episodes: int,
+    seed: int,
+    first_index: int,
+    max_steps: int,
+    tail: int,
+    device: str = "cpu",
+    info: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """Rolls `policy_dir` out `episodes` times per task and writes the labelled frames to `out`.
+
+    Roll-out i of a task starts from ``episode_seed(seed, task, first_index + i)``. Returns the episodes'
+    records (episode_index, task, seed, success, frames), also kept in info.json's ``"vlaforge"``.
+    """
+    from vlaforge.envs.collect import _env_for, episode_writer
+    from vlaforge.eval.baselines import PolicyController
+    from vlaforge.models.policy import Policy
+
+    policy = Policy.from_pretrained(policy_dir, device=device)
+    controller = PolicyController(policy)
+    emb = policy.embodiment
+    cameras, size = tuple(emb.camera_names), int(emb.image_size)
+    kept: list[dict[str, Any]] = []
+    action_names = list(spec.embodiment(list(cameras), size).action_names)
+    extra = {POLICY_ACTION: {"dtype": "float32", "shape": [emb.action_dim], "names": action_names}}
+    writer = episode_writer(out, spec, cameras, size, {**(info or {}), "episodes": kept}, extra)
+    bar = tqdm(total=episodes * len(tasks), desc="dagger roll-outs", unit="episode")
+    try:
+        for task in tasks:
+            env = _env_for(spec.name, task, cameras, size, max_steps)
+            for i in range(episodes):
+                s = episode_seed(seed, task, first_index + i)
+                frames = label_rollout(controller, env, s, spec.instructions[task], max_steps, tail)
+                index = writer.add_episode(task=spec.instructions[task], frames=frames)
+                success = bool(frames["next.success"].any())
+                n = len(frames["action"])
+                kept.append(
+                    {"episode_index": index, "task": task, "seed": s, "success": success, "frames": n}
+                )
+                bar.update(1)
+        writer.finalize()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+    return kept
+
+
+def intervention_runs(flags: np.ndarray) -> list[tuple[int, int]]:
+    """[start, stop) of every unbroken run of True in `flags`."""
+    f = np.concatenate([[False], np.asarray(flags, bool).reshape(-1), [False]])
+    edges = np.flatnonzero(f[1:] != f[:-1])
+    return [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+def _check_matches(ds: Any, embodiment: Embodiment, src: str | Path) -> None:
+    """Refuses a recorded dataset that does not show the policy's robot (cameras, image size, dims)."""
+    have = {
+        "cameras": sorted(ds.camera_names),
+        "image size": sorted({int(ds.features[k]["shape"][0]) for k in ds.camera_keys}),
+        "action dim": int(np.prod(ds.features["action"]["shape"])),
+        "state dim": int(np.prod(ds.features["observation.state"]["shape"])),
+    }
+    want = {
+        "cameras": sorted(embodiment.camera_names),
+        "image size": [int(embodiment.image_size)],
+        "action dim": int(embodiment.action_dim),
+        "state dim": int(embodiment.state_dim),
+    }
+    wrong = [f"{k} {have[k]} (the policy's: {want[k]})" for k in want if have[k] != want[k]]
+    if wrong:
+        raise InputError(
+            f"--dataset {src}: not the policy's robot: {'; '.join(wrong)}. Record with the policy's cameras, "
+            "image size, state and actions"
+        )
+
+
+def recorded_round(
+    src: str | Path, out: Path, embodiment: Embodiment, info: dict[str, Any] | None = None
+) -> list[dict]:
+    """Writes the frames of `src` a person drove (``complementary_info.is_intervention`` set) to `out`, each
+    unbroken run of them an episode; returns the episodes' records (episode_index, source episode, source
+    frames [from, to), task).
+
+    Raises:
+        InputError: `src` is not a LeRobot v3.0 dataset, has no flag column, or flags no frame.
+    """
+    from vlaforge.data.lerobot import LeRobotDataset, LeRobotWriter
+
+    ds = LeRobotDataset(src, cache_dir=out.parent / f".{out.name}.decoded")  # a bad dataset: InputError
+    if INTERVENTION_COLUMN not in ds.features:
+        columns = [k for k in ds.features if k not in ds.camera_keys]
+        raise InputError(
+            f"--dataset {src}: no column {INTERVENTION_COLUMN!r} (the frames a person drove; have {columns}). "
+            "Record interventions with that column (1 where a person drove), as LeRobot's "
+            "human-in-the-loop recordings do"
+        )
+    flags = ds.column(INTERVENTION_COLUMN).reshape(-1).astype(bool)
+    if not flags.any():
+        raise InputError(f"--dataset {src}: no frame is flagged in {INTERVENTION_COLUMN!r}; nothing to learn")
+    keys = [*ds.camera_keys, "observation.state", "action"]
+    missing = [k for k in keys[len(ds.camera_keys) :] if k not in ds.features]
+    if missing:
+        raise InputError(f"--dataset {src}: no {missing} column; a label needs the state and the action")
+    _check_matches(ds, embodiment, src)
+    features = {k: ds.features[k] for k in keys}
+    features[INTERVENTION_COLUMN] = {"dtype": "bool", "shape": [1], "names": None}
+    kept: list[dict[str, Any]] = []
+    vlaforge = {"embodiment": embodiment.to_dict(), "recorded_from": str(Path(src).resolve()), **(info or {})}
+    vlaforge["episodes"] = kept
+    writer = LeRobotWriter(out, fps=ds.fps, features=features, robot_type=str(ds.info.get("robot_type") or "unknown"),
+                           extra_info={"vlaforge": vlaforge})  # fmt: skip
+    try:
+        for ep in range(ds.num_episodes):
+            frames = ds.episode_frames(ep)
+            for a, b in intervention_runs(flags[frames.start : frames.stop]):
+                idx = np.arange(frames.start + a, frames.start + b)
+                cols = {k: np.asarray(ds.video_frames(k)[idx]) for k in ds.camera_keys}
+                for k in ("observation.state", "action"):
+                    cols[k] = np.asarray(ds.column(k)[idx], np.float32)
+                cols[INTERVENTION_COLUMN] = np.ones(len(idx), bool)
+                task = ds.tasks[int(ds.column("task_index")[idx[0]])]
+                index = writer.add_episode(task=task, frames=cols)
+                kept.append({"episode_index": index, "source_episode": ep, "source_frames": [int(idx[0]), int(idx[-1]) + 1], "task_words": task})  # fmt: skip
+        writer.finalize()
+    except BaseException:
+        writer.abort()
+        raise
+    return kept

@@ -1,0 +1,207 @@
+"""`vlaforge dagger`: labels at the visited states, aggregation over rounds, recorded interventions, resume.
+
+One tiny policy (the tiny preset, 2 training steps on one expert episode) drives every test: the rounds'
+labels are the scripted expert's whatever the policy does, so an untrained policy is enough, and its
+actions differ from the expert's (the labels are not the executed actions).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from vlaforge.dagger.config import INTERVENTION_COLUMN, DaggerConfig
+from vlaforge.data.lerobot import LeRobotDataset, LeRobotWriter
+from vlaforge.envs import metaworld as mw
+from vlaforge.envs.base import episode_seed
+from vlaforge.envs.registry import get_env
+from vlaforge.errors import InputError
+
+mw.configure_rendering()  # before anything imports mujoco
+
+pytestmark = pytest.mark.sim
+
+TASK = "button-press-topdown-v3"
+SIZE = 32
+STATE = mw.embodiment("corner2", SIZE).state_dim
+
+
+@pytest.fixture(scope="module")
+def init(tmp_path_factory):
+    """A training checkpoint of the tiny preset on one expert episode (RUN/last)."""
+    import torch
+
+    from vlaforge.envs.collect import CollectConfig, collect
+    from vlaforge.train.config import TrainConfig
+    from vlaforge.train.loop import train
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("dagger")
+    data = collect(
+        CollectConfig(tasks=TASK, episodes=1, out=root / "data", image_size=SIZE, workers=0, max_steps=200)
+    )
+    train(TrainConfig(dataset=str(data), out=str(root / "run"), steps=2, batch_size=4, device="cpu", log_every=1,
+                      save_every=None, chunk_size=4))  # fmt: skip
+    return root / "run" / "last"
+
+
+def _config(init, out, **changes):
+    fields = dict(init=str(init), out=str(out), rounds=2, tasks=TASK, episodes_per_round=1, steps_per_round=1,
+                  max_steps=12, tail=2, eval_episodes=1, workers=0, device="cpu")  # fmt: skip
+    return DaggerConfig(**{**fields, **changes})
+
+
+def test_labels_are_the_experts_actions_at_the_states_the_policy_visited(init, tmp_path):
+    from vlaforge.dagger.labels import POLICY_ACTION, scripted_round
+
+    spec = get_env("metaworld")
+    kept = scripted_round(init, tmp_path / "data", spec, [TASK], episodes=2, seed=7, first_index=3,
+                          max_steps=10, tail=2, device="cpu")  # fmt: skip
+    ds = LeRobotDataset(tmp_path / "data")
+    assert [e["seed"] for e in kept] == [episode_seed(7, TASK, 3), episode_seed(7, TASK, 4)]
+    assert ds.info["vlaforge"]["episodes"] == kept and ds.num_frames == sum(e["frames"] for e in kept)
+    env = spec.make(TASK, cameras=["corner2"], image_size=SIZE, max_steps=10, render=False)
+    label, executed = ds.column("action"), ds.column(POLICY_ACTION)
+    state = ds.column("observation.state")
+    for e in kept:
+        frames = ds.episode_frames(e["episode_index"])
+        obs = env.reset(e["seed"])  # a direct replay of what the policy did
+        for i in frames:
+            np.testing.assert_array_equal(obs.state, state[i])
+            np.testing.assert_array_equal(env.expert_action().astype(np.float32), label[i])
+            obs, _, _, _ = env.step(executed[i])
+    # The labels are the expert's, not what was executed (the policy is untrained).
+    assert np.abs(label - executed).max() > 0.1
+
+
+def test_rounds_aggregate_train_evaluate_and_resume_to_the_same_data(init, tmp_path, monkeypatch):
+    from vlaforge.dagger.run import run_dagger
+    from vlaforge.data.dataset import open_dataset
+
+    state = run_dagger(_config(init, tmp_path / "a"))
+    rounds = state["rounds"]
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    base = LeRobotDataset(state["plan"]["base"][0]["path"])
+    sizes = [LeRobotDataset(r["data"]).num_frames for r in rounds[1:]]
+    assert [r["frames_added"] for r in rounds[1:]] == sizes
+    assert rounds[2]["frames_labelled_total"] == sum(sizes)
+    # Round 2 trains on the base data and both rounds' labels, pooled under one set of statistics.
+    mix = tmp_path / "a" / "round-2" / "mix.json"
+    agg = open_dataset(mix)
+    assert agg.num_frames == base.num_frames + sum(sizes) and agg.pooled and agg.dataset_norm_stats() == {}
+    trained = json.loads((tmp_path / "a" / "round-2" / "train" / "last" / "config.json").read_text())
+    seeds = {e["seed"] for e in trained["training_data"]["episodes"]}
+    assert {episode_seed(2000, TASK, 0), episode_seed(2000, TASK, 1)} <= seeds
+    assert episode_seed(1000, TASK, 0) not in seeds  # the evaluation's episode
+    run2 = json.loads((tmp_path / "a" / "round-2" / "train" / "config.json").read_text())
+    assert run2["init"] == rounds[1]["policy"] and run2["init_head"] and run2["steps"] == 1
+    for r in rounds:
+        o = r["rates"]["overall"]
+        assert o["n"] == 1 and 0 <= o["ci_low"] <= o["rate"] <= o["ci_high"] <= 1
+    on_disk = json.loads((tmp_path / "a" / "dagger.json").read_text())
+    assert on_disk["rounds"] == rounds and (tmp_path / "a" / "curve.png").stat().st_size > 1000
+
+    # Stopped after round 1 (and a round 2 left half-written), then continued: the same round-2 data.
+    # (A relative --out, as typed on a command line.)
+    monkeypatch.chdir(tmp_path)
+    run_dagger(_config(init, "b", rounds=1))
+    (tmp_path / "b" / "round-2" / "data").mkdir(parents=True)
+    again = run_dagger(_config(init, "b", rounds=2))
+    assert [r["round"] for r in again["rounds"]] == [0, 1, 2]
+    one, two = (
+        LeRobotDataset(tmp_path / "a" / "round-2" / "data"),
+        LeRobotDataset(tmp_path / "b" / "round-2" / "data"),
+    )
+    for key in ("action", "observation.state", "policy_action"):
+        np.testing.assert_array_equal(one.column(key), two.column(key))
+    with pytest.raises(InputError, match="other settings"):
+        run_dagger(_config(init, "b", rounds=3, steps_per_round=2))
+
+
+def _recorded(root, flags_per_episode, size=SIZE):
+    """A LeRobot dataset a person intervened in: frame i of episode e has action (e, i, 0, 0)."""
+    features = {
+        "observation.images.corner2": {"dtype": "video", "shape": [size, size, 3], "names": None},
+        "observation.state": {"dtype": "float32", "shape": [STATE], "names": None},
+        "action": {"dtype": "float32", "shape": [4], "names": None},
+        INTERVENTION_COLUMN: {"dtype": "bool", "shape": [1], "names": None},
+    }
+    rng = np.random.default_rng(0)
+    with LeRobotWriter(root, fps=80, features=features) as w:
+        for e, flags in enumerate(flags_per_episode):
+            n = len(flags)
+            action = np.zeros((n, 4), np.float32)
+            action[:, 0], action[:, 1] = e, np.arange(n)
+            w.add_episode("press the button", {
+                "observation.images.corner2": rng.integers(0, 255, (n, size, size, 3), dtype=np.uint8),
+                "observation.state": rng.normal(size=(n, STATE)).astype(np.float32),
+                "action": action, INTERVENTION_COLUMN: np.asarray(flags, bool),
+            })  # fmt: skip
+    return root
+
+
+def test_recorded_mode_keeps_only_the_flagged_frames(tmp_path):
+    from vlaforge.dagger.labels import recorded_round
+
+    flags = [[0, 1, 1, 0, 1], [1, 1, 0, 0, 0, 0, 1]]
+    src = LeRobotDataset(_recorded(tmp_path / "rec", flags))
+    emb = mw.embodiment("corner2", SIZE)
+    kept = recorded_round(tmp_path / "rec", tmp_path / "out", emb)
+    out = LeRobotDataset(tmp_path / "out")
+    want = np.flatnonzero(np.concatenate(flags))
+    assert out.num_frames == len(want) == 6
+    np.testing.assert_array_equal(out.column("action"), src.column("action")[want])
+    np.testing.assert_array_equal(out.column("observation.state"), src.column("observation.state")[want])
+    # Each unbroken run of flagged frames is an episode: (ep 0, 1..3), (ep 0, 4..5), (ep 1, 0..2), (ep 1, 6..7).
+    assert [(e["source_episode"], e["source_frames"]) for e in kept] == [
+        (0, [1, 3]),
+        (0, [4, 5]),
+        (1, [5, 7]),
+        (1, [11, 12]),
+    ]
+    assert out.column(INTERVENTION_COLUMN).all() and out.info["vlaforge"]["embodiment"] == emb.to_dict()
+    (tmp_path / "plain").mkdir()
+    shutil.copytree(tmp_path / "rec", tmp_path / "plain" / "rec")
+    info_path = tmp_path / "plain" / "rec" / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    del info["features"][INTERVENTION_COLUMN]
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(InputError, match="is_intervention"):
+        recorded_round(tmp_path / "plain" / "rec", tmp_path / "out2", emb)
+    with pytest.raises(InputError, match="image size"):
+        recorded_round(tmp_path / "rec", tmp_path / "out3", mw.embodiment("corner2", 48))
+
+
+def test_config_refuses_what_cannot_run(tmp_path):
+    with pytest.raises(InputError, match="rollout_seed and eval_seed"):
+        _config(tmp_path, tmp_path / "o", rollout_seed=5, eval_seed=5)
+    with pytest.raises(InputError, match="needs --dataset"):
+        _config(tmp_path, tmp_path / "o", expert="recorded")
+    with pytest.raises(InputError, match="one per round"):
+        _config(tmp_path, tmp_path / "o", expert="recorded", dataset="a,b,c", rounds=2)
+    assert _config(tmp_path, tmp_path / "o", expert="recorded", dataset="a,b").recorded_for(2) == "b"
+
+
+def test_init_head_continues_the_whole_policy(init):
+    import torch
+    from safetensors.torch import load_file
+
+    from vlaforge.policy_files import read_policy_dir
+    from vlaforge.train.build import build_policy
+    from vlaforge.train.config import TrainConfig
+
+    files = read_policy_dir(init)
+    saved = json.loads((init / "trainer_state.json").read_text())["config"]
+    weights = load_file(str(files.weights))
+    for whole in (True, False):
+        given = {"init": str(init), "init_head": whole, "schedule": None, "warmup_steps": None}
+        cfg = TrainConfig.from_dict({**saved, **given})
+        torch.manual_seed(123)  # a fresh head is not the trained one
+        policy, _ = build_policy(cfg, files.embodiment, files.norm_stats)
+        same = {k: torch.equal(v, weights[k]) for k, v in policy.state_dict().items()}
+        head = [k for k in same if k.startswith("head.")]
+        assert head and all(same[k] for k in same if k.startswith("backbone.vision."))
+        assert all(same[k] for k in head) if whole else not any(same[k] for k in head if k.endswith("weight"))
