@@ -53,17 +53,28 @@ def _same_tensors(a: Path, b: Path) -> None:
 def test_default_threads_leave_out_a_core_another_process_keeps_busy(tiny_dataset, tmp_path):
     """A real busy-loop process holds a core; `vlaforge train` (no OMP_NUM_THREADS, no --threads) must not
     put a torch thread on it: the threads recorded in its metrics are the rule's, at most cores - 1."""
-    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    # The spinner runs under SCHED_IDLE: /proc/stat still counts its core as busy, but it can never keep
+    # the run under test off a CPU. A plain spinner can: `import torch` has MKL pin its thread to each
+    # core in turn (sched_setaffinity), and on some virtual machines that call waited for minutes
+    # behind a user-space loop on the target core.
+    spin = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile True: pass"
+    busy = subprocess.Popen([sys.executable, "-c", spin])
     run = tmp_path / "busy"
+    args = ("--steps", "2", "--batch-size", "2", "--log-every", "1", "--device", "cpu")
+    child = subprocess.Popen(
+        _cli(tiny_dataset, run, *args), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
-        time.sleep(0.5)
-        args = ("--steps", "2", "--batch-size", "2", "--log-every", "1", "--device", "cpu")
-        proc = subprocess.run(
-            _cli(tiny_dataset, run, *args), env=_env(), capture_output=True, text=True, timeout=300
-        )
+        out, err = child.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        busy.kill()  # first the spinner, so that the run can be stopped and its output read
+        child.kill()
+        out, err = child.communicate()
+        pytest.fail(f"`vlaforge train` beside a busy process did not finish in 300 s:\n{err[-3000:]}")
     finally:
         busy.kill()
         busy.wait()
+    proc = subprocess.CompletedProcess(child.args, child.returncode, out, err)
     assert proc.returncode == 0, proc.stderr[-3000:]
     cores = len(os.sched_getaffinity(0))
     threads = {row["threads"] for row in _metrics(run)}
