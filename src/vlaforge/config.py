@@ -186,3 +186,35 @@ def check_fields(cls: type, given: dict[str, Any], where: str) -> None:
 
 
 __all__ = ["add_config_args", "check_fields", "config_from_args", "field_docs", "parse_key_values"]
+
+
+# ------------------------------------------------------------------------------ what run configs share
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class JsonConfig:
+    """For a config dataclass saved beside its run: `to_dict` gives the JSON object written to the run's
+    config file, and `from_dict` reads one back, leaving out keys the dataclass does not have (a file
+    written by another vlaforge version; a field the file lacks keeps its default)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> typing.Self:
+        known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def device_problems(device: str) -> list[str]:
+    """The problem with a ``--device`` value, as a list for a config's problem list (empty when fine)."""
+    return [] if device in DEVICES else [f"device {device!r} (choose 'auto', 'cpu' or 'cuda')"]
+
+
+def run_problems(lr: float, device: str, threads: int | None) -> list[str]:
+    """The checks every training run's config makes of its learning rate, device and thread count."""
+    problems = [] if lr > 0 else [f"lr={lr} (must be > 0)"]
+    problems += device_problems(device)
+    if threads is not None and threads < 1:
+        problems.append(f"threads={threads} (must be >= 1)")
+    return problems

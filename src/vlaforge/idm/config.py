@@ -3,9 +3,10 @@ builds `vlaforge idm`'s flags without importing torch."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
+from vlaforge.config import JsonConfig, device_problems, run_problems
 from vlaforge.data.relabel import parse_episodes  # noqa: F401  (re-exported: the episode forms)
 from vlaforge.errors import InputError
 
@@ -16,7 +17,7 @@ PROVENANCE_IDM = 2  # `action.provenance` of frames labelled by an IDM (1: a lat
 
 
 @dataclass
-class IdmConfig:
+class IdmConfig(JsonConfig):
     """An inverse dynamics model's training run (``vlaforge idm train`` passes each flag here).
 
     Attributes:
@@ -67,22 +68,9 @@ class IdmConfig:
             problems.append(f"labelled={self.labelled} (must be >= 1, or None for all episodes)")
         if self.shift < 0:
             problems.append(f"shift={self.shift} (must be >= 0)")
-        if not self.lr > 0:
-            problems.append(f"lr={self.lr} (must be > 0)")
-        if self.device not in ("auto", "cpu", "cuda"):
-            problems.append(f"device {self.device!r} (choose 'auto', 'cpu' or 'cuda')")
-        if self.threads is not None and self.threads < 1:
-            problems.append(f"threads={self.threads} (must be >= 1)")
+        problems += run_problems(self.lr, self.device, self.threads)
         if problems:
             raise InputError("invalid inverse dynamics model config: " + "; ".join(problems))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> IdmConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass
@@ -118,5 +106,5 @@ class IdmLabelConfig:
         self.src, self.idm, self.out = str(self.src), str(self.idm), str(self.out)
         if self.batch_size < 1:
             raise InputError(f"idm label: batch_size={self.batch_size} (must be >= 1)")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise InputError(f"idm label: device {self.device!r} (choose 'auto', 'cpu' or 'cuda')")
+        if device_problems(self.device):
+            raise InputError("idm label: " + device_problems(self.device)[0])

@@ -11,9 +11,10 @@ rather than LAPA's spatio-temporal transformers: the model must train in minutes
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Literal
 
+from vlaforge.config import JsonConfig, device_problems, run_problems
 from vlaforge.data.relabel import parse_episodes  # noqa: F401  (re-exported: the episode forms)
 from vlaforge.errors import InputError
 
@@ -24,7 +25,7 @@ LAM_OPTIMIZER = "optimizer.safetensors"
 
 
 @dataclass
-class LatentConfig:
+class LatentConfig(JsonConfig):
     """A latent action model's training run (``vlaforge latent train`` passes each flag here).
 
     Attributes:
@@ -106,22 +107,9 @@ class LatentConfig:
             problems.append(
                 f"commitment={self.commitment}, restart_below={self.restart_below} (must be >= 0)"
             )
-        if not self.lr > 0:
-            problems.append(f"lr={self.lr} (must be > 0)")
-        if self.device not in ("auto", "cpu", "cuda"):
-            problems.append(f"device {self.device!r} (choose 'auto', 'cpu' or 'cuda')")
-        if self.threads is not None and self.threads < 1:
-            problems.append(f"threads={self.threads} (must be >= 1)")
+        problems += run_problems(self.lr, self.device, self.threads)
         if problems:
             raise InputError("invalid latent action model config: " + "; ".join(problems))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> LatentConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 @dataclass
@@ -151,5 +139,5 @@ class LabelConfig:
         self.src, self.lam, self.out = str(self.src), str(self.lam), str(self.out)
         if self.batch_size < 1:
             raise InputError(f"latent label: batch_size={self.batch_size} (must be >= 1)")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise InputError(f"latent label: device {self.device!r} (choose 'auto', 'cpu' or 'cuda')")
+        if device_problems(self.device):
+            raise InputError("latent label: " + device_problems(self.device)[0])

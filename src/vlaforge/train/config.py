@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+from vlaforge.config import JsonConfig, device_problems
 from vlaforge.errors import InputError
 from vlaforge.head_specs import HEADS  # torch-free, so the CLI builds train's flags without torch
 from vlaforge.train.recipes import RECIPES, check_recipe
@@ -47,7 +48,7 @@ WARMUP_FRACTION, WARMUP_MAX = 20, 200
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """Everything one training run needs (``vlaforge train`` passes each flag here).
 
     Attributes:
@@ -247,8 +248,7 @@ class TrainConfig:
             problems.append("init_head needs --init (the vlaforge policy directory whose head continues)")
         if self.freeze not in FREEZE_STRATEGIES:
             problems.append(f"freeze {self.freeze!r} (choose one of {list(FREEZE_STRATEGIES)})")
-        if self.device not in ("auto", "cpu", "cuda"):
-            problems.append(f"device {self.device!r} (choose 'auto', 'cpu' or 'cuda')")
+        problems += device_problems(self.device)
         if self.num_workers < 0:
             problems.append(f"num_workers={self.num_workers} (must be >= 0)")
         if self.image_size is not None and int(self.image_size) < 1:
@@ -276,14 +276,6 @@ class TrainConfig:
                 problems.append(str(e))
         if problems:
             raise InputError("invalid training config: " + "; ".join(problems))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def _is_lerobot_family(init: str) -> bool:
