@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -82,3 +83,24 @@ def test_worker_processes_give_the_same_run(tmp_path, weak_policy):
     drop = ("total_seconds", "rollout_seconds", "forward_seconds", "update_seconds")
     ra, rb = (json.loads((r / "metrics.jsonl").read_text()) for r in (local, spread))
     assert {k: v for k, v in ra.items() if k not in drop} == {k: v for k, v in rb.items() if k not in drop}
+
+
+def test_resume_with_only_out_and_iterations_continues_the_saved_run(tmp_path, weak_policy):
+    """The documented `vlaforge rl --out RUN --iterations N --resume`: the flags left out keep the run's
+    settings; a run stopped before its first checkpoint starts again from iteration 0; a line cut short
+    in metrics.jsonl (a killed process) is dropped."""
+    init = weak_policy(tmp_path / "init")
+    cfg = dict(init=str(init), tasks="drawer-close", env="metaworld", envs=1, max_steps=8, device="cpu",
+               epochs=1, lr=5e-4, save_every=2)  # fmt: skip
+    run = run_rl(RLConfig(out=str(tmp_path / "r"), iterations=1, **cfg))
+    shutil.rmtree(run / "checkpoints")  # as if stopped before its first checkpoint
+    (run / "last").unlink()
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"iteration": 1, "succ')  # a torn line
+    run_rl(RLConfig(out=str(run), iterations=2, resume=True))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1]
+    saved = json.loads((run / "rl_config.json").read_text())
+    assert (saved["lr"], saved["tasks"], saved["env"]) == (5e-4, "drawer-close", "metaworld")
+    state = json.loads((run / "last" / "rl_state.json").read_text())
+    assert state["iteration"] == 2

@@ -57,6 +57,11 @@ class ActorCritic(nn.Module):
                 f"vlaforge rl improves policies with a {' or '.join(SUPPORTED_HEADS)} head; this one has "
                 f"{kind!r}{' (' + policy.family + ')' if policy.family else ''}"
             )
+        if kind == "flow" and policy.head.num_steps < 2:
+            raise InputError(
+                f"Flow-SDE needs a flow head with at least 2 integration steps; this one has "
+                f"{policy.head.num_steps} (its noise level is 0 at the one step, so nothing explores)"
+            )
         self.policy = policy
         self.kind = kind
         H, D = policy.head.chunk_size, policy.head.action_dim

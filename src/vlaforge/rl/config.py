@@ -141,22 +141,29 @@ class RLConfig:
         return asdict(self)
 
 
-def check_resume(cfg: RLConfig, run: Path) -> None:
-    """A resumed run must keep every setting but `RESUMABLE_CHANGES` (else it is another run)."""
+def resumed_config(cfg: RLConfig, run: Path) -> RLConfig:
+    """The settings a resumed run continues with: the saved ones, and of this call's only those it sets
+    (a value other than the field's default), e.g. ``vlaforge rl --out RUN --iterations 200 --resume``.
+    Setting anything but `RESUMABLE_CHANGES` to another value than the run's is refused: that is
+    another run."""
     path = Path(run) / RUN_CONFIG
     if not path.is_file():
         raise InputError(f"--resume: {path} does not exist; is {run} an RL run directory?")
     saved = json.loads(path.read_text())
-    names = {f.name for f in fields(RLConfig)}
+    defaults = {f.name: f.default for f in fields(RLConfig)}
+    given = {k: v for k, v in cfg.to_json().items() if k in defaults and v != defaults[k]}
     changed = [
         f"{k}: {saved.get(k)!r} -> {v!r}"
-        for k, v in cfg.to_json().items()
-        if k in names and k not in RESUMABLE_CHANGES and k != "init" and saved.get(k) != v
+        for k, v in given.items()
+        if k not in RESUMABLE_CHANGES and k != "init" and saved.get(k) != v
     ]
     if changed:
         raise InputError(
             f"--resume with changed settings ({'; '.join(changed)}); keep them or start a new --out"
         )
+    kept = {k: v for k, v in saved.items() if k in defaults}
+    kept.update({k: v for k, v in given.items() if k in RESUMABLE_CHANGES})
+    return RLConfig(**{**kept, "out": str(run), "resume": True})
 
 
-__all__ = ["RESUMABLE_CHANGES", "RUN_CONFIG", "RLConfig", "check_resume"]
+__all__ = ["RESUMABLE_CHANGES", "RUN_CONFIG", "RLConfig", "resumed_config"]

@@ -80,14 +80,18 @@ def flow_sde_chain_log_prob(
         chain: (B, N + 1, H, D): x at t = 1, 1 - 1/N, ..., 0 (chain[:, 0] is the initial noise).
         velocities: N tensors (B, H, D), v(x at step k, t_k) (with gradients when training).
         level: the SDE's noise level (a float or a scalar tensor, e.g. exp of a learned log).
-        keep: bool (B, H): the executed rows.
+        keep: bool (B, H): the executed rows. It applies to the last step only: the expert attends
+            across rows, so an intermediate step's unexecuted rows shape the executed actions, and leaving
+            their densities out would bias the policy gradient; the last step's unexecuted rows affect
+            nothing that runs.
     """
     n = len(velocities)
     total = chain.new_zeros(chain.shape[0])
     for k, v in enumerate(velocities):
         t = 1.0 - k / n
         mean, std = sde_step_moments(chain[:, k], v, t, 1.0 / n, level, n)
-        total = total + gaussian_log_prob(chain[:, k + 1], mean, torch.log(std), keep)
+        rows = keep if k == n - 1 else None
+        total = total + gaussian_log_prob(chain[:, k + 1], mean, torch.log(std), rows)
     return total
 
 

@@ -30,7 +30,7 @@ from vlaforge.envs.registry import get_env
 from vlaforge.errors import InputError
 from vlaforge.rl.actor import ActorCritic
 from vlaforge.rl.algos import gae, grpo_advantages, ppo_loss, value_loss
-from vlaforge.rl.config import RUN_CONFIG, RLConfig, check_resume
+from vlaforge.rl.config import RUN_CONFIG, RLConfig, resumed_config
 from vlaforge.rl.rollout import Batch, EnvPool, WorkerPool, collect, eval_seed_set, training_scenes
 from vlaforge.train.checkpoint import (
     load_optimizer,
@@ -254,11 +254,21 @@ def _append_metrics(run: Path, row: dict) -> None:
         f.write(json.dumps(row) + "\n")
 
 
+def _metric_rows(path: Path) -> list[dict]:
+    """metrics.jsonl's rows; a line cut short by a killed process (always the last) is left out."""
+    rows = []
+    for ln in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(ln))
+        except ValueError:
+            continue
+    return rows
+
+
 def _truncate_metrics(run: Path, iteration: int) -> None:
     path = run / METRICS
     if path.is_file():
-        rows = [ln for ln in path.read_text().splitlines() if ln.strip()]
-        kept = [ln for ln in rows if json.loads(ln)["iteration"] < iteration]
+        kept = [json.dumps(r) for r in _metric_rows(path) if r["iteration"] < iteration]
         write_text(path, "".join(ln + "\n" for ln in kept))
 
 
@@ -270,7 +280,7 @@ def plot_curve(run: Path) -> Path | None:
     path = run / METRICS
     if not path.is_file():
         return None
-    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    rows = _metric_rows(path)
     if not rows:
         return None
     fig = Figure(figsize=(9, 3.5), dpi=100)
@@ -311,17 +321,14 @@ def run_rl(cfg: RLConfig) -> Path:
 
     run = Path(cfg.out)
     device = _resolve_device(cfg.device)
+    ckpt = None
     if cfg.resume:
-        check_resume(cfg, run)
-        cfg_saved = RLConfig(**{**json.loads((run / RUN_CONFIG).read_text()), "resume": True})
-        for name in ("iterations", "device", "save_every", "eval_episodes", "eval_workers", "workers"):
-            setattr(cfg_saved, name, getattr(cfg, name))
-        cfg = cfg_saved
+        cfg = resumed_config(cfg, run)
+        device = _resolve_device(cfg.device)
         ckpt = find_last(run)
-        if ckpt is None:
-            raise InputError(f"--resume: {run} has no complete checkpoint under {CKPT_DIR}/")
-        state = RLRun.load(cfg, ckpt, device)
-        _truncate_metrics(run, state.iteration)
+        if ckpt is not None:
+            state = RLRun.load(cfg, ckpt, device)
+        # else: stopped before its first checkpoint; iteration 0 depends on the settings alone
     else:
         if (run / RUN_CONFIG).exists():
             raise InputError(
@@ -329,8 +336,10 @@ def run_rl(cfg: RLConfig) -> Path:
             )
         run.mkdir(parents=True, exist_ok=True)
         write_json(run / RUN_CONFIG, cfg.to_json())
+    if ckpt is None:
         seed_everything(cfg.seed)
         state = RLRun(cfg, Policy.from_pretrained(cfg.init), device)
+    _truncate_metrics(run, state.iteration)
     if cfg.env is None:  # the policy's own env, as evaluation takes it
         from vlaforge.eval.run import trained_env
 
@@ -349,7 +358,7 @@ def run_rl(cfg: RLConfig) -> Path:
         initial.eval()
         for p in initial.parameters():
             p.requires_grad_(False)
-    if cfg.eval_episodes and state.iteration == 0 and not (run / "eval_before").exists():
+    if cfg.eval_episodes and state.iteration == 0 and not (run / "eval_before" / "eval_info.json").exists():
         _evaluate(cfg, Path(cfg.init), run / "eval_before", tasks)
     avoid = eval_seed_set(spec, tasks, cfg.eval_seed, cfg.eval_episodes)
     dense = cfg.reward == "dense"
@@ -391,7 +400,10 @@ def run_rl(cfg: RLConfig) -> Path:
                 **stats,
             }
             _append_metrics(run, row)
-            bar.set_postfix(success=f"{row['success_rate']:.2f}", kl=f"{kl or 0:.3f}")
+            shown = {"success": f"{row['success_rate']:.2f}"}
+            if kl is not None:  # the KL to the initial policy has no closed form for the flow head
+                shown["kl"] = f"{kl:.3f}"
+            bar.set_postfix(shown)
             bar.update(1)
             if state.iteration % cfg.save_every == 0 or state.iteration == cfg.iterations:
                 state.save(run)
@@ -417,7 +429,7 @@ def _prior_totals(run: Path) -> dict[str, float]:
     path = run / METRICS
     if not path.is_file():
         return {"env_steps": 0, "seconds": 0.0}
-    rows = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    rows = _metric_rows(path)
     if not rows:
         return {"env_steps": 0, "seconds": 0.0}
     return {"env_steps": rows[-1]["total_env_steps"], "seconds": rows[-1]["total_seconds"]}
