@@ -173,6 +173,8 @@ def test_recorded_mode_keeps_only_the_flagged_frames(tmp_path):
         recorded_round(tmp_path / "plain" / "rec", tmp_path / "out2", emb)
     with pytest.raises(InputError, match="image size"):
         recorded_round(tmp_path / "rec", tmp_path / "out3", mw.embodiment("corner2", 48))
+    # The decoded source frames do not outlive the call, whether it wrote a dataset or refused.
+    assert not [p.name for p in tmp_path.iterdir() if "decoded" in p.name]
 
 
 def test_config_refuses_what_cannot_run(tmp_path):

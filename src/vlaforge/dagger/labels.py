@@ -14,6 +14,7 @@ Both write a LeRobot v3.0 dataset with vlaforge's writer (`vlaforge.envs.collect
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -170,9 +171,19 @@ def recorded_round(
     Raises:
         InputError: `src` is not a LeRobot v3.0 dataset, has no flag column, or flags no frame.
     """
+    # The decoded frames are needed only while the runs are copied out: decode into a scratch folder
+    # next to `out` (same disk) that goes when this returns, however it returns.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.decoded-", dir=out.parent) as scratch:
+        return _copy_interventions(src, out, embodiment, info, Path(scratch))
+
+
+def _copy_interventions(
+    src: str | Path, out: Path, embodiment: Embodiment, info: dict[str, Any] | None, scratch: Path
+) -> list[dict]:
     from vlaforge.data.lerobot import LeRobotDataset, LeRobotWriter
 
-    ds = LeRobotDataset(src, cache_dir=out.parent / f".{out.name}.decoded")  # a bad dataset: InputError
+    ds = LeRobotDataset(src, cache_dir=scratch)  # a bad dataset: InputError
     if INTERVENTION_COLUMN not in ds.features:
         columns = [k for k in ds.features if k not in ds.camera_keys]
         raise InputError(
