@@ -104,3 +104,19 @@ def test_resume_with_only_out_and_iterations_continues_the_saved_run(tmp_path, w
     assert (saved["lr"], saved["tasks"], saved["env"]) == (5e-4, "drawer-close", "metaworld")
     state = json.loads((run / "last" / "rl_state.json").read_text())
     assert state["iteration"] == 2
+
+
+def test_a_killed_simulation_worker_is_named():
+    import os
+    import signal
+
+    from vlaforge.envs.registry import get_env
+    from vlaforge.rl.rollout import WorkerPool
+
+    pool = WorkerPool(get_env("metaworld"), ("corner2",), 32, 10, False, 1)
+    try:
+        os.kill(pool._procs[0].pid, signal.SIGKILL)
+        with pytest.raises(RuntimeError, match=r"simulation worker 0 exited \(exit code -9\)"):
+            pool.reset([(0, "drawer-close-v3", 1)])
+    finally:
+        pool.close()

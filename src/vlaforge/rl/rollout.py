@@ -215,15 +215,34 @@ class WorkerPool:
             parts[item[0] % self.workers].append(i)
         busy = [w for w in range(self.workers) if parts[w]]
         for w in busy:
-            self._conns[w].send((cmd, [items[i] for i in parts[w]]))
+            self._send(w, (cmd, [items[i] for i in parts[w]]))
         out: list = [None] * len(items)
         for w in busy:
-            status, reply = self._conns[w].recv()
+            status, reply = self._recv(w)
             if status != "ok":
                 raise RuntimeError(f"simulation worker {w} failed:\n{reply}")
             for i, r in zip(parts[w], reply):
                 out[i] = r
         return out
+
+    def _dead(self, w: int) -> RuntimeError:
+        self._procs[w].join(timeout=5)
+        return RuntimeError(
+            f"simulation worker {w} exited (exit code {self._procs[w].exitcode}) without answering; "
+            "a signal or running out of memory are the usual causes"
+        )
+
+    def _send(self, w: int, message: tuple) -> None:
+        try:
+            self._conns[w].send(message)
+        except (BrokenPipeError, ConnectionResetError):
+            raise self._dead(w) from None
+
+    def _recv(self, w: int) -> tuple[str, Any]:
+        try:
+            return self._conns[w].recv()
+        except (EOFError, ConnectionResetError):
+            raise self._dead(w) from None
 
     def reset(self, items: list[tuple[int, str, int]]) -> list[Any]:
         return self._call("reset", items)
@@ -232,9 +251,15 @@ class WorkerPool:
         return self._call("run", items)
 
     def frames_rendered(self) -> int:
-        for c in self._conns:
-            c.send(("frames", None))
-        return sum(c.recv()[1] for c in self._conns)
+        for w in range(len(self._conns)):
+            self._send(w, ("frames", None))
+        total = 0
+        for w in range(len(self._conns)):
+            status, reply = self._recv(w)
+            if status != "ok":
+                raise RuntimeError(f"simulation worker {w} failed:\n{reply}")
+            total += reply
+        return total
 
     def close(self) -> None:
         for c, p in zip(self._conns, self._procs):
@@ -243,6 +268,7 @@ class WorkerPool:
             p.join(timeout=30)
             if p.is_alive():
                 p.terminate()
+            c.close()
         self._conns, self._procs = [], []
 
 
