@@ -131,9 +131,11 @@ def _read(fd: int, timeout: float) -> bytes:
     return out
 
 
-def test_terminal_teleop_through_a_pty(tmp_path):
+@pytest.mark.parametrize("quit_key", ["q", "\x03"], ids=["q", "ctrl-c"])
+def test_terminal_teleop_through_a_pty(tmp_path, quit_key):
     """Drives `vlaforge teleop --lockstep` with keys computed from a mirror env of the same seed until it
-    succeeds, keeps the episode and quits; the dataset has the steps sent, all flagged as the operator's."""
+    succeeds, keeps the episode and quits (q, or Ctrl-C, which must not lose the kept episode); the
+    dataset has the steps sent, all flagged as the operator's."""
     from vlaforge.envs.registry import get_env
 
     seed, out = 11, tmp_path / "tele"
@@ -171,10 +173,10 @@ def test_terminal_teleop_through_a_pty(tmp_path):
         assert success
         os.write(fd, b"k")
         assert b"kept episode 0" in _read(fd, 10.0)
-        os.write(fd, b"q")
+        os.write(fd, quit_key.encode())
         _read(fd, 30.0)
         _, status = os.waitpid(pid, 0)
-        assert os.WEXITSTATUS(status) == 0
+        assert os.WEXITSTATUS(status) == (0 if quit_key == "q" else 130)
     finally:
         try:
             os.kill(pid, 9)

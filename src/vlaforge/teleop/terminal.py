@@ -10,6 +10,7 @@ control rate whether keys come or not; `--lockstep` steps once per key instead (
 from __future__ import annotations
 
 import curses
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +173,10 @@ def run_teleop(cfg: TeleopConfig) -> Path | None:
     )
     try:
         curses.wrapper(_loop, session, cfg.lockstep)
+    except KeyboardInterrupt:  # Ctrl-C: the episodes already kept are complete; write them, then stop
+        path = session.close()
+        print(f"interrupted; {'wrote ' + str(path) if path else 'no episode was kept'}", file=sys.stderr)
+        raise
     except BaseException:
         if session._writer is not None:
             session._writer.abort()

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import numpy as np
 
@@ -67,6 +67,11 @@ class Jobs:
             raise InputError(f"unknown job {kind!r}; choose from {', '.join(JOB_KINDS)}")
         if not all(isinstance(a, str) for a in args):
             raise InputError("job arguments must be a list of strings")
+        outside = [a for a in args if Path(a).is_absolute() or ".." in Path(a).parts]
+        if outside:
+            raise InputError(
+                f"job arguments name paths under the UI's root only (relative, no '..'); refused: {outside}"
+            )
         self.dir.mkdir(parents=True, exist_ok=True)
         job_id = f"{kind}-{len(self.jobs) + 1}-{int(time.time())}"
         log = self.dir / f"{job_id}.log"
@@ -202,7 +207,7 @@ class App:
             for cam in ds.camera_names:
                 key = f"observation.images.{cam}"
                 out["videos"][cam] = {
-                    "url": f"/api/file?path={self.rel(ds.video_path(key, ep))}",
+                    "url": f"/api/file?path={quote(self.rel(ds.video_path(key, ep)))}",
                     "from": float(ds.episodes[ep][f"videos/{key}/from_timestamp"]),
                 }
         flags = {}
@@ -214,7 +219,13 @@ class App:
 
     def frame(self, rel: str, ep: int, i: int, camera: str) -> bytes:
         ds = self.dataset(rel)
+        if not 0 <= ep < ds.num_episodes:
+            raise InputError(f"{rel}: no episode {ep} (it has {ds.num_episodes})")
         r = ds.episode_frames(ep)
+        if not 0 <= i < len(r):
+            raise InputError(f"{rel}: episode {ep} has {len(r)} frames; no frame {i}")
+        if camera not in ds.camera_names and camera not in getattr(ds, "camera_keys", ()):
+            raise InputError(f"{rel}: no camera {camera!r} (have {list(ds.camera_names)})")
         frames = ds.frames(camera) if hasattr(ds, "frames") else ds.video_frames(camera)
         return base64.b64decode(_jpeg(frames[r.start + i]))
 
@@ -324,6 +335,17 @@ class App:
             return {**self._session_state(), **result}
 
 
+async def _json_object(request: Any) -> dict[str, Any]:
+    """The request's JSON body, which must be an object."""
+    try:
+        body = await request.json()
+    except ValueError as e:
+        raise InputError(f"the request body is not JSON: {e}") from None
+    if not isinstance(body, dict):
+        raise InputError(f"the request body must be a JSON object, not {type(body).__name__}")
+    return body
+
+
 def create_app(cfg: UIConfig):
     """The FastAPI application serving `cfg.root`."""
     from fastapi import FastAPI, Request
@@ -341,6 +363,17 @@ def create_app(cfg: UIConfig):
 
     app = FastAPI(title="vlaforge", lifespan=lifespan)
     app.state.vlaforge = state
+
+    @app.middleware("http")
+    async def loopback_host(request: Request, call_next):
+        # Without a token the UI trusts whoever reaches it, which on loopback is this machine's user. A
+        # page of another site can still reach it through DNS rebinding (its own name resolving to
+        # 127.0.0.1), so the Host the browser sends must be a loopback name.
+        if not state.token:
+            host = urlsplit("//" + request.headers.get("host", "")).hostname or ""
+            if host not in (*LOOPBACK, "[::1]"):
+                return JSONResponse({"error": f"Host {host!r} refused: open the UI at 127.0.0.1"}, 403)
+        return await call_next(request)
 
     @app.middleware("http")
     async def check_token(request: Request, call_next):
@@ -401,7 +434,11 @@ def create_app(cfg: UIConfig):
         p = state.path(path)
         if not p.is_file():
             raise InputError(f"{path}: no such file")
-        return FileResponse(p)
+        # Videos and images play in the page; anything else is a download, never a page of this origin.
+        inline = p.suffix.lower() in (".mp4", ".webm", ".png", ".jpg", ".jpeg", ".gif")
+        headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox"}
+        disposition = "inline" if inline else "attachment"
+        return FileResponse(p, headers=headers, filename=p.name, content_disposition_type=disposition)
 
     @app.get("/api/eval")
     def eval_info(path: str):
@@ -413,18 +450,21 @@ def create_app(cfg: UIConfig):
 
     @app.post("/api/session/start")
     async def session_start(request: Request):
-        body = await request.json()
+        body = await _json_object(request)
         return await _in_thread(state.start_session, body)
 
     @app.post("/api/session/act")
     async def session_act(request: Request):
-        body = await request.json()
+        body = await _json_object(request)
         return await _in_thread(state.session_act, body)
 
     @app.post("/api/jobs")
     async def job_start(request: Request):
-        body = await request.json()
-        return state.jobs.start(str(body.get("kind")), list(body.get("args") or []))
+        body = await _json_object(request)
+        args = body.get("args") or []
+        if not isinstance(args, list):
+            raise InputError("args must be a list of strings, one per word")
+        return state.jobs.start(str(body.get("kind")), args)
 
     @app.get("/api/jobs")
     def jobs():

@@ -205,7 +205,7 @@ function sessionPage(kind) {
 async function startSession(kind) {
   stopLoop();
   const v = (id) => (document.getElementById(id) || {}).value;
-  const body = { env: v("f-env"), task: v("f-task"), seed: Number(v("f-seed") || 0), overwrite: true };
+  const body = { env: v("f-env"), task: v("f-task"), seed: Number(v("f-seed") || 0) };
   body.speed = Number(v("f-speed") || 1);
   if (v("f-out")) body.out = v("f-out");
   if (kind === "rollout") body.policy = v("f-policy");
