@@ -7,6 +7,7 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -148,6 +149,9 @@ def test_terminal_teleop_through_a_pty(tmp_path, quit_key):
     cmd += ["--seed", str(seed), "--lockstep"]
     pid, fd = pty.fork()
     if pid == 0:  # the child: the teleop in the pseudo-terminal
+        # A test run started in the background by a non-interactive shell ignores SIGINT, and an ignored
+        # signal stays ignored across exec: give the child the default, as a terminal user has it.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.execvpe(cmd[0], cmd, env)
     try:
         screen = _read(fd, 60.0)
@@ -174,8 +178,13 @@ def test_terminal_teleop_through_a_pty(tmp_path, quit_key):
         os.write(fd, b"k")
         assert b"kept episode 0" in _read(fd, 10.0)
         os.write(fd, quit_key.encode())
-        _read(fd, 30.0)
-        _, status = os.waitpid(pid, 0)
+        deadline, status = time.monotonic() + 60, None
+        while status is None:
+            _read(fd, 0.5)
+            done, code = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = code
+            assert time.monotonic() < deadline, f"the teleop did not exit after {quit_key!r}"
         assert os.WEXITSTATUS(status) == (0 if quit_key == "q" else 130)
     finally:
         try:
