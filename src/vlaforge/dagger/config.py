@@ -10,10 +10,11 @@ behaviour-cloned `init`), and the retraining is a fine-tune of the previous roun
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from vlaforge.config import JsonConfig
 from vlaforge.errors import InputError
 from vlaforge.types import as_list
 
@@ -29,7 +30,7 @@ RESUMABLE = ("rounds", "out", "workers", "device", "dataset")
 
 
 @dataclass(kw_only=True)
-class DaggerConfig:
+class DaggerConfig(JsonConfig):
     """Everything one DAgger run needs (``vlaforge dagger`` passes each flag here).
 
     Attributes:
@@ -139,9 +140,6 @@ class DaggerConfig:
     def rollout_index(self, round_index: int, i: int) -> int:
         """The `episode_seed` index of roll-out `i` (per task) of round `round_index` (1-based)."""
         return (round_index - 1) * self.episodes_per_round + i
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
     def check_continues(self, saved: dict[str, Any], where: Path) -> None:
         """Refuses to continue the run in `where` (started with `saved`) under other settings."""

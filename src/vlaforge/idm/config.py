@@ -106,5 +106,6 @@ class IdmLabelConfig:
         self.src, self.idm, self.out = str(self.src), str(self.idm), str(self.out)
         if self.batch_size < 1:
             raise InputError(f"idm label: batch_size={self.batch_size} (must be >= 1)")
-        if device_problems(self.device):
-            raise InputError("idm label: " + device_problems(self.device)[0])
+        problems = device_problems(self.device)
+        if problems:
+            raise InputError(f"idm label: {problems[0]}")

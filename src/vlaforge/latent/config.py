@@ -139,5 +139,6 @@ class LabelConfig:
         self.src, self.lam, self.out = str(self.src), str(self.lam), str(self.out)
         if self.batch_size < 1:
             raise InputError(f"latent label: batch_size={self.batch_size} (must be >= 1)")
-        if device_problems(self.device):
-            raise InputError("latent label: " + device_problems(self.device)[0])
+        problems = device_problems(self.device)
+        if problems:
+            raise InputError(f"latent label: {problems[0]}")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
+from vlaforge.config import JsonConfig
 from vlaforge.errors import InputError
 
 RUN_CONFIG = "rl_config.json"
@@ -17,7 +18,7 @@ RESUMABLE_CHANGES = (
 
 
 @dataclass
-class RLConfig:
+class RLConfig(JsonConfig):
     """One reinforcement-learning run after imitation (``vlaforge rl`` passes each flag here).
 
     Attributes:
@@ -137,9 +138,6 @@ class RLConfig:
                 "the held-out evaluation's"
             )
 
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 def resumed_config(cfg: RLConfig, run: Path) -> RLConfig:
     """The settings a resumed run continues with: the saved ones, and of this call's only those it sets
@@ -151,7 +149,7 @@ def resumed_config(cfg: RLConfig, run: Path) -> RLConfig:
         raise InputError(f"--resume: {path} does not exist; is {run} an RL run directory?")
     saved = json.loads(path.read_text())
     defaults = {f.name: f.default for f in fields(RLConfig)}
-    given = {k: v for k, v in cfg.to_json().items() if k in defaults and v != defaults[k]}
+    given = {k: v for k, v in cfg.to_dict().items() if k in defaults and v != defaults[k]}
     changed = [
         f"{k}: {saved.get(k)!r} -> {v!r}"
         for k, v in given.items()

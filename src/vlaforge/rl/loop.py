@@ -88,7 +88,7 @@ class RLRun:
                 "iteration": self.iteration,
                 "generator": base64.b64encode(self.generator.get_state().numpy().tobytes()).decode("ascii"),
                 "rng": rng_state(self.device),
-                "config": self.cfg.to_json(),
+                "config": self.cfg.to_dict(),
             }
             write_json(staged.path / STATE_FILE, state)
             staged.commit()
@@ -320,23 +320,22 @@ def run_rl(cfg: RLConfig) -> Path:
     from vlaforge.models.policy import Policy
 
     run = Path(cfg.out)
-    device = _resolve_device(cfg.device)
     ckpt = None
     if cfg.resume:
         cfg = resumed_config(cfg, run)
-        device = _resolve_device(cfg.device)
+        # None when it stopped before its first checkpoint: iteration 0 needs the settings only.
         ckpt = find_last(run)
-        if ckpt is not None:
-            state = RLRun.load(cfg, ckpt, device)
-        # else: stopped before its first checkpoint; iteration 0 depends on the settings alone
     else:
         if (run / RUN_CONFIG).exists():
             raise InputError(
                 f"{run} already holds an RL run; pass --resume to continue it or choose another --out"
             )
         run.mkdir(parents=True, exist_ok=True)
-        write_json(run / RUN_CONFIG, cfg.to_json())
-    if ckpt is None:
+        write_json(run / RUN_CONFIG, cfg.to_dict())
+    device = _resolve_device(cfg.device)
+    if ckpt is not None:
+        state = RLRun.load(cfg, ckpt, device)
+    else:
         seed_everything(cfg.seed)
         state = RLRun(cfg, Policy.from_pretrained(cfg.init), device)
     _truncate_metrics(run, state.iteration)

@@ -218,10 +218,7 @@ class WorkerPool:
             self._send(w, (cmd, [items[i] for i in parts[w]]))
         out: list = [None] * len(items)
         for w in busy:
-            status, reply = self._recv(w)
-            if status != "ok":
-                raise RuntimeError(f"simulation worker {w} failed:\n{reply}")
-            for i, r in zip(parts[w], reply):
+            for i, r in zip(parts[w], self._reply(w)):
                 out[i] = r
         return out
 
@@ -238,11 +235,15 @@ class WorkerPool:
         except (BrokenPipeError, ConnectionResetError):
             raise self._dead(w) from None
 
-    def _recv(self, w: int) -> tuple[str, Any]:
+    def _reply(self, w: int) -> Any:
+        """Worker `w`'s answer to what it was last sent; its failure, or its death, as an error."""
         try:
-            return self._conns[w].recv()
+            status, reply = self._conns[w].recv()
         except (EOFError, ConnectionResetError):
             raise self._dead(w) from None
+        if status != "ok":
+            raise RuntimeError(f"simulation worker {w} failed:\n{reply}")
+        return reply
 
     def reset(self, items: list[tuple[int, str, int]]) -> list[Any]:
         return self._call("reset", items)
@@ -253,13 +254,7 @@ class WorkerPool:
     def frames_rendered(self) -> int:
         for w in range(len(self._conns)):
             self._send(w, ("frames", None))
-        total = 0
-        for w in range(len(self._conns)):
-            status, reply = self._recv(w)
-            if status != "ok":
-                raise RuntimeError(f"simulation worker {w} failed:\n{reply}")
-            total += reply
-        return total
+        return sum(self._reply(w) for w in range(len(self._conns)))
 
     def close(self) -> None:
         for c, p in zip(self._conns, self._procs):

@@ -371,7 +371,7 @@ def create_app(cfg: UIConfig):
         # 127.0.0.1), so the Host the browser sends must be a loopback name.
         if not state.token:
             host = urlsplit("//" + request.headers.get("host", "")).hostname or ""
-            if host not in (*LOOPBACK, "[::1]"):
+            if host not in LOOPBACK:  # urlsplit gives "[::1]:8765" as "::1"
                 return JSONResponse({"error": f"Host {host!r} refused: open the UI at 127.0.0.1"}, 403)
         return await call_next(request)
 

@@ -3,9 +3,10 @@ torch-free, so the CLI builds `vlaforge worldmodel`'s flags without importing to
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Literal
 
+from vlaforge.config import JsonConfig
 from vlaforge.errors import InputError
 
 WM_CONFIG = "worldmodel.json"  # the model's sizes, camera and held-out episodes, beside its weights
@@ -21,7 +22,7 @@ def _check(problems: list[str], what: str) -> None:
 
 
 @dataclass
-class WorldModelConfig:
+class WorldModelConfig(JsonConfig):
     """A world model's training run (``vlaforge worldmodel train`` passes each flag here).
 
     Attributes:
@@ -102,9 +103,6 @@ class WorldModelConfig:
     @property
     def datasets(self) -> list[str]:
         return [d.strip() for d in self.dataset.split(",") if d.strip()]
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
