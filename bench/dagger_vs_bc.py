@@ -1,9 +1,11 @@
 """DAgger against behaviour cloning on the same number of extra expert frames (docs/dagger.md, "Measured").
 
     python bench/dagger_vs_bc.py --out /tmp/dagger_bench
+    python bench/dagger_vs_bc.py --init RUN/last --tasks reach-v3,push-v3 --out /tmp/dagger_from_run
 
 1. base: `vlaforge collect` of `--demos` expert episodes per task (seed 0); init: the tiny preset trained on
-   them for `--init-steps` steps.
+   them for `--init-steps` steps. With `--init`, an existing run's checkpoint is the start instead, its
+   training dataset the base, and its camera and image size those of the rounds' frames.
 2. DAgger: `vlaforge dagger` from init, `--rounds` rounds of `--rollouts` roll-outs per task.
 3. BC: from the same init, the same rounds; round r adds ordinary expert demonstrations (seeds
    episode_seed(3000, task, k), k counting on over the rounds) until each task has at least as many new
@@ -40,22 +42,35 @@ def easy_tasks(n: int) -> list[str]:
 
 
 def bc_round(
-    out: Path, tasks: list[str], need: dict[str, int], size: int, max_steps: int, next_k: dict
+    out: Path,
+    tasks: list[str],
+    need: dict[str, int],
+    cameras: list[str],
+    size: int,
+    max_steps: int | None,
+    next_k: dict,
 ) -> dict:
     """Expert demonstrations until each task has `need[task]` new frames; returns frames per task."""
     spec = get_env("metaworld")
     kept: list[dict] = []
-    writer = episode_writer(out, spec, ["corner2"], size, {"episodes": kept})
+    writer = episode_writer(out, spec, cameras, size, {"episodes": kept})
     got = {}
     for task in tasks:
         got[task] = 0
+        failed = 0
         while got[task] < need[task]:
             k = next_k[task]
             next_k[task] += 1
             seed = episode_seed(3000, task, k)
-            frames = run_expert_episode(task, seed, ["corner2"], size, max_steps)
+            frames = run_expert_episode(task, seed, cameras, size, max_steps)
             if frames is None:
+                failed += 1
+                if failed >= 20:
+                    raise SystemExit(
+                        f"{task}: the expert failed 20 episodes in a row within {max_steps} steps"
+                    )
                 continue
+            failed = 0
             index = writer.add_episode(task=spec.instructions[task], frames=frames)
             kept.append({"episode_index": index, "task": task, "seed": seed})
             got[task] += len(frames["action"])
@@ -66,34 +81,57 @@ def bc_round(
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True)
-    p.add_argument("--tasks", type=int, default=2, help="how many tasks the rule takes")
+    p.add_argument(
+        "--tasks",
+        default="2",
+        help="a number n (the first n easy MT10 tasks, the default rule) or a comma list of task names",
+    )
+    p.add_argument(
+        "--init", default=None, help="start from this checkpoint (RUN/last) instead of training one"
+    )
     p.add_argument("--demos", type=int, default=5)
     p.add_argument("--init-steps", type=int, default=600)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--rollouts", type=int, default=4)
     p.add_argument("--steps-per-round", type=int, default=150)
     p.add_argument("--eval-episodes", type=int, default=20)
-    p.add_argument("--max-steps", type=int, default=150)
+    p.add_argument("--max-steps", type=int, default=150, help="0: the env's episode length")
     p.add_argument("--image-size", type=int, default=48)
+    p.add_argument(
+        "--lr", type=float, default=None, help="fine-tuning learning rate (default: the init run's)"
+    )
     a = p.parse_args()
     from vlaforge.train.config import TrainConfig
     from vlaforge.train.loop import train
 
     out = Path(a.out).resolve()
-    tasks = easy_tasks(a.tasks)
+    tasks = easy_tasks(int(a.tasks)) if a.tasks.isdigit() else [t for t in a.tasks.split(",") if t]
+    max_steps = a.max_steps or None
     t0 = time.time()
-    base = out / "base"
-    if not base.exists():
-        collect(CollectConfig(tasks=tasks, episodes=a.demos, out=base, image_size=a.image_size, workers=2,
-                              max_steps=a.max_steps))  # fmt: skip
-    run = out / "init"
-    if not (run / "last").exists():
-        train(TrainConfig(dataset=str(base), out=str(run), steps=a.init_steps, device="cpu", save_every=None))
+    if a.init is None:
+        base = out / "base"
+        if not base.exists():
+            collect(CollectConfig(tasks=tasks, episodes=a.demos, out=base, image_size=a.image_size, workers=2,
+                                  max_steps=max_steps))  # fmt: skip
+        run = out / "init"
+        if not (run / "last").exists():
+            train(
+                TrainConfig(
+                    dataset=str(base), out=str(run), steps=a.init_steps, device="cpu", save_every=None
+                )
+            )
+        init = run / "last"
+    else:
+        init = Path(a.init).resolve()
+    from vlaforge.policy_files import read_policy_dir
+
+    emb = read_policy_dir(init, need_weights=False).embodiment
+    cameras, size = list(emb.camera_names), int(emb.image_size)
     timing = {"base_and_init_s": round(time.time() - t0, 1)}
     t1 = time.time()
-    cfg = DaggerConfig(init=str(run / "last"), out=str(out / "dagger"), rounds=a.rounds, tasks=",".join(tasks),
-                       episodes_per_round=a.rollouts, steps_per_round=a.steps_per_round, max_steps=a.max_steps,
-                       eval_episodes=a.eval_episodes, workers=2, device="cpu")  # fmt: skip
+    cfg = DaggerConfig(init=str(init), out=str(out / "dagger"), rounds=a.rounds, tasks=",".join(tasks),
+                       episodes_per_round=a.rollouts, steps_per_round=a.steps_per_round, max_steps=max_steps,
+                       eval_episodes=a.eval_episodes, workers=2, device="cpu", lr=a.lr)  # fmt: skip
     state = run_dagger(cfg)
     timing["dagger_s"] = round(time.time() - t1, 1)
     t2 = time.time()
@@ -110,7 +148,7 @@ def main() -> None:
             per_task = {t: 0 for t in tasks}
             for e in labelled.info["vlaforge"]["episodes"]:
                 per_task[e["task"]] += int(e["frames"])
-            got = bc_round(rdir / "data", tasks, per_task, a.image_size, a.max_steps, next_k)
+            got = bc_round(rdir / "data", tasks, per_task, cameras, size, max_steps, next_k)
             demos[r - 1 :] = [str(rdir / "data")]
             entries = [
                 *state["plan"]["base"],
@@ -118,7 +156,7 @@ def main() -> None:
             ]
             mix = write_json(rdir / "mix.json", {"statistics": "pooled", "datasets": entries})
             prev = bc["rounds"][-1]["policy"]
-            tcfg = train_config(cfg, state["plan"], r, prev, mix, a.image_size)
+            tcfg = train_config(cfg, state["plan"], r, prev, mix, size)
             train(tcfg)
             policy = str((Path(tcfg.out) / "last").resolve())
             record = {"round": r, "policy": policy, "frames_added": int(sum(got.values())),

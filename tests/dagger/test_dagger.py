@@ -121,6 +121,26 @@ def test_rounds_aggregate_train_evaluate_and_resume_to_the_same_data(init, tmp_p
         run_dagger(_config(init, "b", rounds=3, steps_per_round=2))
 
 
+def test_an_init_run_trained_elsewhere_with_relative_paths_and_balanced_tasks(init, tmp_path, monkeypatch):
+    """`train --dataset data --out runs/a --balance tasks` in one directory, `dagger` from another: the
+    base data are found where that run trained, and the rounds' mixture is drawn by frames."""
+    from vlaforge.dagger.run import run_dagger
+    from vlaforge.train.config import TrainConfig
+    from vlaforge.train.loop import train
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    shutil.copytree(init.parent.parent / "data", proj / "data")
+    monkeypatch.chdir(proj)
+    train(TrainConfig(dataset="data", out="runs/a", steps=2, batch_size=4, device="cpu", save_every=None,
+                      chunk_size=4, balance="tasks"))  # fmt: skip
+    monkeypatch.chdir(tmp_path)  # "data" does not exist from here
+    state = run_dagger(_config(proj / "runs" / "a" / "last", tmp_path / "d", rounds=1))
+    assert state["plan"]["base"] == [{"path": str((proj / "data").resolve()), "name": "base-data"}]
+    trained = json.loads((tmp_path / "d" / "round-1" / "train" / "config.json").read_text())
+    assert trained["balance"] == "frames" and state["rounds"][1]["frames_added"] > 0
+
+
 def _recorded(root, flags_per_episode, size=SIZE):
     """A LeRobot dataset a person intervened in: frame i of episode e has action (e, i, 0, 0)."""
     features = {

@@ -70,6 +70,21 @@ def _base_entries(base: str | None) -> list[dict[str, Any]]:
     return [{"path": str(path.resolve()), "name": f"base-{path.resolve().name}"}]
 
 
+def _saved_dataset(init: Path, saved: dict[str, Any]) -> str | None:
+    """The `init` run's dataset. A relative path was relative to the directory training ran in; when it
+    is not found from here, that directory is recovered from where the run is and its recorded ``out``
+    (``train --dataset data --out runs/a`` in /p: the run is /p/runs/a, so the data are /p/data)."""
+    dataset, out = saved.get("dataset"), saved.get("out")
+    if not dataset or not out or "," in dataset or Path(dataset).is_absolute() or Path(dataset).exists():
+        return dataset
+    tail = Path(out).parts
+    for run in (init, *init.parents):
+        if tail and run.parts[-len(tail) :] == tail:
+            there = Path(*run.parts[: -len(tail)]) / dataset
+            return str(there) if there.exists() else dataset
+    return dataset
+
+
 def make_plan(cfg: DaggerConfig) -> dict[str, Any]:
     """What the rounds run on: env, tasks, seeds, base data, the fine-tuning settings (all JSON)."""
     from vlaforge.eval.run import trained_env
@@ -84,7 +99,7 @@ def make_plan(cfg: DaggerConfig) -> dict[str, Any]:
         cfg.tasks if cfg.tasks is not None else ([t for t in spec.tasks if t in trained] or None)
     )
     max_steps = int(cfg.max_steps or spec.max_steps)
-    base = cfg.base if cfg.base is not None else saved.get("dataset")
+    base = cfg.base if cfg.base is not None else _saved_dataset(init, saved)
     plan = {
         "env": spec.name,
         "tasks": tasks,
@@ -128,6 +143,7 @@ def train_config(cfg: DaggerConfig, plan: dict[str, Any], r: int, policy: str, m
         "out": str(mix.parent / "train"),
         "init": str(policy),
         "init_head": True,
+        "balance": "frames",  # the aggregate is a mixture, drawn by its weights (every frame alike)
         "steps": cfg.steps_per_round,
         "save_every": None,
         "seed": cfg.seed + r,
