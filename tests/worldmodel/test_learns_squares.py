@@ -50,6 +50,8 @@ def test_exact_resume_and_seeded_imagination(tmp_path):
     whole = fit(a, eps, cfg, run=tmp_path / "a")
     b, cfg_b = tiny_model(eps, **kw)
     fit(b, eps, cfg_b, run=tmp_path / "b", stop_at=5)  # interrupted after step 5 (saved at 4)
+    with (tmp_path / "b" / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 6, "pha')  # the line a killed process was writing
     c, cfg_c = tiny_model(eps, init_seed=123, resume=True, **kw)  # other init: the weights must be loaded
     fit(c, eps, cfg_c, run=tmp_path / "b")
     for k, v in a.state_dict().items():

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from vlaforge import metrics_log
 from vlaforge.atomic import write_json
 from vlaforge.data.dataset import open_dataset
 from vlaforge.devices import resolve_device
@@ -28,7 +29,7 @@ from vlaforge.latent.model import LatentActionModel, to_float_images
 from vlaforge.train import checkpoint as ckpt
 from vlaforge.train.runtime import apply_threads, plan_threads
 
-METRICS = "metrics.jsonl"
+METRICS = metrics_log.FILE
 
 
 @dataclass
@@ -146,6 +147,8 @@ def _train(cfg: LatentConfig, device: torch.device, run: Path, threads: int) -> 
         ckpt.load_optimizer(resume_from / ckpt.OPTIMIZER_FILE, opt, names)
         ckpt.set_rng_state(state["rng"], device)
         step, elapsed = int(state["step"]), float(state.get("elapsed_s", 0.0))
+        # the lines logged after the checkpoint are logged again
+        metrics_log.keep_only(run / METRICS, lambda r: r.get("step", 0) <= step)
     run.mkdir(parents=True, exist_ok=True)
     write_json(run / "config.json", cfg.to_dict())
     print(

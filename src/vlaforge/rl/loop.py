@@ -25,7 +25,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from vlaforge.atomic import StagedDir, atomic_write, write_json, write_text
+from vlaforge import metrics_log
+from vlaforge.atomic import StagedDir, atomic_write, write_json
 from vlaforge.envs.registry import get_env
 from vlaforge.errors import InputError
 from vlaforge.rl.actor import ActorCritic
@@ -43,7 +44,7 @@ from vlaforge.train.checkpoint import (
 
 CKPT_DIR, LAST, STATE_FILE = "checkpoints", "last", "rl_state.json"
 MODEL_FILE, OPTIMIZER_FILE, POLICY_DIR = "rl_model.safetensors", "optimizer.safetensors", "policy"
-METRICS = "metrics.jsonl"
+METRICS = metrics_log.FILE
 
 
 class RLRun:
@@ -249,29 +250,6 @@ def _resolve_device(name: str) -> str:
     return resolve_device(name)
 
 
-def _append_metrics(run: Path, row: dict) -> None:
-    with open(run / METRICS, "a") as f:  # an append-only log, as training's metrics.jsonl
-        f.write(json.dumps(row) + "\n")
-
-
-def _metric_rows(path: Path) -> list[dict]:
-    """metrics.jsonl's rows; a line cut short by a killed process (always the last) is left out."""
-    rows = []
-    for ln in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(ln))
-        except ValueError:
-            continue
-    return rows
-
-
-def _truncate_metrics(run: Path, iteration: int) -> None:
-    path = run / METRICS
-    if path.is_file():
-        kept = [json.dumps(r) for r in _metric_rows(path) if r["iteration"] < iteration]
-        write_text(path, "".join(ln + "\n" for ln in kept))
-
-
 def plot_curve(run: Path) -> Path | None:
     """success rate vs environment steps (and wall time) from metrics.jsonl -> curve.png."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -280,7 +258,7 @@ def plot_curve(run: Path) -> Path | None:
     path = run / METRICS
     if not path.is_file():
         return None
-    rows = _metric_rows(path)
+    rows = metrics_log.read(path)
     if not rows:
         return None
     fig = Figure(figsize=(9, 3.5), dpi=100)
@@ -338,7 +316,7 @@ def run_rl(cfg: RLConfig) -> Path:
     else:
         seed_everything(cfg.seed)
         state = RLRun(cfg, Policy.from_pretrained(cfg.init), device)
-    _truncate_metrics(run, state.iteration)
+    metrics_log.keep_only(run / METRICS, lambda r: r.get("iteration", 0) < state.iteration)
     if cfg.env is None:  # the policy's own env, as evaluation takes it
         from vlaforge.eval.run import trained_env
 
@@ -398,7 +376,7 @@ def run_rl(cfg: RLConfig) -> Path:
                 "entropy": float((ls + 0.5 * (1 + np.log(2 * np.pi))).sum()) if ls.ndim else None,
                 **stats,
             }
-            _append_metrics(run, row)
+            metrics_log.append(run / METRICS, row)
             shown = {"success": f"{row['success_rate']:.2f}"}
             if kl is not None:  # the KL to the initial policy has no closed form for the flow head
                 shown["kl"] = f"{kl:.3f}"
@@ -428,7 +406,7 @@ def _prior_totals(run: Path) -> dict[str, float]:
     path = run / METRICS
     if not path.is_file():
         return {"env_steps": 0, "seconds": 0.0}
-    rows = _metric_rows(path)
+    rows = metrics_log.read(path)
     if not rows:
         return {"env_steps": 0, "seconds": 0.0}
     return {"env_steps": rows[-1]["total_env_steps"], "seconds": rows[-1]["total_seconds"]}

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from contextlib import nullcontext
@@ -28,7 +27,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from vlaforge.atomic import write_json, write_text
+from vlaforge import metrics_log
+from vlaforge.atomic import write_json
 from vlaforge.errors import InputError
 from vlaforge.train import checkpoint as ckpt
 from vlaforge.train.augment import augment_batch, instruction_augmentation, mix_seed
@@ -272,7 +272,7 @@ def _open_run(
     run.mkdir(parents=True, exist_ok=True)
     if resume_from is None:
         write_json(run / RUN_CONFIG, cfg.to_dict())
-    _truncate_metrics(run / "metrics.jsonl", step)
+    metrics_log.keep_only(run / metrics_log.FILE, lambda r: r.get("step", 0) <= step)
     print(
         f"vlaforge train: {cfg.init or cfg.preset} / {f'{family} model' if family else f'{cfg.head} head'}, "
         f"{counts_line(counts, cfg)}, "
@@ -292,23 +292,6 @@ def _threads_line(plan: ThreadPlan) -> str:
 def counts_line(counts: dict[str, int], cfg: TrainConfig) -> str:
     how = f"LoRA r={cfg.lora_rank} alpha={cfg.lora_alpha}" if cfg.lora_rank else f"freeze={cfg.freeze}"
     return f"{how}: {describe_counts(counts)}"
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drops metric lines logged after `step` (a run that died after its last checkpoint), and a line
-    torn by a crash mid-write."""
-    if not path.is_file():
-        return
-    lines = path.read_text().splitlines()
-    kept = []
-    for ln in lines:
-        try:
-            if json.loads(ln).get("step", 0) <= step:
-                kept.append(ln)
-        except json.JSONDecodeError:
-            continue
-    if len(kept) != len(lines):
-        write_text(path, "".join(ln + "\n" for ln in kept))
 
 
 @dataclass
@@ -400,8 +383,7 @@ class _Session:
                         "elapsed_s": round(elapsed_before + now - t_start, 2),
                     }
                     if d.main:
-                        with open(run / "metrics.jsonl", "a") as f:
-                            f.write(json.dumps(row) + "\n")
+                        metrics_log.append(run / metrics_log.FILE, row)
                         bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.2e}")
                     t_log = now
                     sums.clear()

@@ -24,6 +24,7 @@ from urllib.parse import quote, urlsplit
 
 import numpy as np
 
+from vlaforge import metrics_log
 from vlaforge.errors import InputError
 from vlaforge.ui.config import LOOPBACK, UIConfig
 
@@ -242,15 +243,7 @@ class App:
         f = self.path(rel) / "metrics.jsonl"
         if not f.is_file():
             raise InputError(f"{rel}: no metrics.jsonl")
-        rows = []
-        for line in f.read_text().splitlines():
-            line = line.strip()
-            if line:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a line being written
-        return rows
+        return metrics_log.read(f)  # a line still being written is not a row yet
 
     # -- teleop and rollouts ------------------------------------------------------------------------
     def start_session(self, body: dict[str, Any]) -> dict[str, Any]:

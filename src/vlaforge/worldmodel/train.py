@@ -18,7 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from vlaforge.atomic import StagedDir, atomic_write, write_json, write_text
+from vlaforge import metrics_log
+from vlaforge.atomic import StagedDir, atomic_write, write_json
 from vlaforge.devices import resolve_device
 from vlaforge.errors import InputError
 from vlaforge.train.checkpoint import load_optimizer, optimizer_to_safetensors
@@ -26,7 +27,7 @@ from vlaforge.worldmodel.config import WM_CONFIG, WM_WEIGHTS, WorldModelConfig
 from vlaforge.worldmodel.data import Episodes, context_actions, load_episodes, window_starts, windows
 from vlaforge.worldmodel.model import Imagination, WorldModel
 
-METRICS = "metrics.jsonl"
+METRICS = metrics_log.FILE
 OPTIMIZER = "optimizer.safetensors"
 STATE = "trainer_state.json"
 STARTS = "starts.safetensors"
@@ -159,11 +160,8 @@ def fit(
         model.load_state_dict(load_file(str(run / "last" / WM_WEIGHTS)))
         load_optimizer(run / "last" / OPTIMIZER, opt, names)
         step = int(json.loads((run / "last" / STATE).read_text())["step"])
-        if (run / METRICS).is_file():  # drop the lines logged after the checkpoint: they are logged again
-            kept = [
-                x for x in (run / METRICS).read_text().splitlines() if x and json.loads(x)["step"] <= step
-            ]
-            write_text(run / METRICS, "".join(x + "\n" for x in kept))
+        # the lines logged after the checkpoint are logged again
+        metrics_log.keep_only(run / METRICS, lambda r: r.get("step", 0) <= step)
     total = cfg.ae_steps + cfg.steps
     latents: torch.Tensor | None = None
     t0 = time.time()
@@ -200,8 +198,7 @@ def fit(
                 }
                 lines.append(line)
                 if run is not None:
-                    with open(run / METRICS, "a", encoding="utf-8") as f:  # append-only log
-                        f.write(json.dumps(line) + "\n")
+                    metrics_log.append(run / METRICS, line)
             if run is None:
                 continue
             dyn_step = step - cfg.ae_steps
