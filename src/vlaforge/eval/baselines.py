@@ -99,8 +99,9 @@ class PolicyController:
 
     needs_images = True
 
-    def __init__(self, policy: Any, execute_steps: int | None = None):
+    def __init__(self, policy: Any, execute_steps: int | None = None, unnorm_key: str | None = None):
         self.policy = policy
+        self.unnorm_key = unnorm_key  # a mixture's checkpoint: whose statistics un-normalise
         self.embodiment = policy.embodiment
         h = int(execute_steps or policy.execute_steps)
         if h < 1:
@@ -121,7 +122,9 @@ class PolicyController:
             self._buffer.append(obs)
 
     def act(self, obs: Observation, env: Any) -> np.ndarray:
-        kwargs = {"generator": self.generator} if self.local else {}
+        kwargs: dict[str, Any] = {"generator": self.generator} if self.local else {}
+        if self.unnorm_key is not None:
+            kwargs["unnorm_key"] = self.unnorm_key
         if self.history == 1:
             return np.asarray(self.policy.predict_action(obs, **kwargs), dtype=np.float32)
         if not self._buffer:

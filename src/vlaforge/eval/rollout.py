@@ -93,6 +93,8 @@ class WorkerSpec:
         ensemble_decay: `ensemble`'s weight m: the i-th oldest prediction of a step weighs exp(-m i).
         env: the environment's registry name (`vlaforge.envs.base.ENVS`).
         record_dir: where each episode's full trace is saved (`vlaforge.eval.record`), None: nowhere.
+        unnorm_key: a mixture's checkpoint: the training dataset whose statistics un-normalise (None: its
+            only set).
     """
 
     policy: str
@@ -108,6 +110,7 @@ class WorkerSpec:
     ensemble_decay: float = ENSEMBLE_DECAY
     env: str = DEFAULT_ENV
     record_dir: str | None = None
+    unnorm_key: str | None = None
 
 
 def connect_remote(uri: str, cameras: list[str], image_size: int, env: str = DEFAULT_ENV) -> Any:
@@ -136,7 +139,7 @@ def build_controller(spec: WorkerSpec) -> Controller:
     from vlaforge.models.policy import Policy
 
     policy = Policy.from_pretrained(spec.policy, device=spec.device)
-    return PolicyController(policy, spec.execute_steps)
+    return PolicyController(policy, spec.execute_steps, spec.unnorm_key)
 
 
 def write_mp4(frames: list[np.ndarray], path: str | Path, fps: float) -> Path:

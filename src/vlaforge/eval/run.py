@@ -159,6 +159,9 @@ class EvalConfig:
         overwrite: replace an evaluation already in `out` (refused otherwise).
         record: also save the first suite's rollouts, every frame, as a LeRobot v3.0 dataset there
             (`vlaforge.eval.record`; rollouts then run per process; --overwrite replaces it too).
+        unnorm_key: a checkpoint trained on a mixture of several datasets (each with its own statistics):
+            whose statistics un-normalise its actions, one of its `unnorm_keys` (the training dataset this
+            env's robot matches). Required for such a checkpoint; refused for any other policy.
     """
 
     policy: str
@@ -185,6 +188,7 @@ class EvalConfig:
     compare: str | None = None
     overwrite: bool = False
     record: str | None = None
+    unnorm_key: str | None = None
 
     def __post_init__(self) -> None:
         self.policy = str(self.policy)
@@ -482,6 +486,11 @@ def _policy_side(cfg: EvalConfig, spec: EnvSpec, task: str) -> _Side:
     """Builds nothing heavy: reads the baseline, served policy or checkpoint and checks it fits the env."""
     # ensemble re-plans every step; receding every replan_every steps; open loop runs execute_steps
     execute_steps = cfg.execute_steps if cfg.execution == "open-loop" else cfg.replan_every
+    if cfg.unnorm_key is not None and (cfg.policy in BASELINES or is_remote(cfg.policy)):
+        raise InputError(
+            f"--unnorm-key {cfg.unnorm_key}: only a checkpoint directory trained on a mixture takes one, not "
+            f"{cfg.policy} (a served policy un-normalises with the statistics its server was started with)"
+        )
     if cfg.policy in BASELINES:
         emb = spec.embodiment(tuple(as_list(cfg.baseline_cameras)), cfg.baseline_image_size)
         return _Side(emb, None, None, 1, 1)  # one action per call
@@ -508,6 +517,7 @@ def _policy_side(cfg: EvalConfig, spec: EnvSpec, task: str) -> _Side:
     path = Path(cfg.policy)
     files = read_policy_dir(path)  # also requires model.safetensors
     emb, _ = check_checkpoint(files, task, spec)
+    _check_unnorm_key(cfg.unnorm_key, files, path)
     checkpoint = {
         "path": str(path),
         "resolved": str(path.resolve()),
@@ -520,6 +530,23 @@ def _policy_side(cfg: EvalConfig, spec: EnvSpec, task: str) -> _Side:
             f"use at most {chunk}"
         )
     return _Side(emb, checkpoint, files, execute_steps, chunk)
+
+
+def _check_unnorm_key(key: str | None, files: PolicyFiles, path: Path) -> None:
+    """A checkpoint with several training datasets' statistics needs `key`, one of them; others none."""
+    keys = sorted(files.dataset_stats)
+    if key is None and len(keys) > 1:
+        raise InputError(
+            f"{path} was trained on a mixture of {len(keys)} datasets, each with its own statistics; choose "
+            f"whose un-normalise its actions with --unnorm-key, one of {keys}"
+        )
+    if key is not None and key not in keys:
+        have = (
+            f"its datasets are {keys}"
+            if keys
+            else "it was trained on one dataset and has one set of statistics"
+        )
+        raise InputError(f"--unnorm-key {key}: not a training dataset of {path}; {have}")
 
 
 def _make_jobs(
@@ -687,6 +714,7 @@ def _run(
         ensemble_decay=cfg.ensemble_decay,
         env=env.name,
         record_dir=str(out / ".record") if cfg.record else None,
+        unnorm_key=cfg.unnorm_key,
     )
     records, batched, batch_sizes = _roll_out(cfg, spec, side, jobs)
     if cfg.record:
@@ -720,6 +748,7 @@ def _run(
             "execute_steps": execute_steps,  # actions run per plan, however chosen (ensemble: 1)
             "replan_every": cfg.replan_every,  # receding only
             "ensemble_decay": cfg.ensemble_decay if cfg.execution == "ensemble" else None,
+            "unnorm_key": cfg.unnorm_key,  # whose statistics un-normalised (a mixture's checkpoint)
             "episodes_per_task": cfg.episodes,
             "seed": cfg.seed,
             "seed_rule": "episode i of task t starts from vlaforge.envs.base.episode_seed(seed, t, i)",
@@ -774,6 +803,7 @@ def _suites(
                 image_size=side.embodiment.image_size, max_steps=cfg.max_steps,
                 execute_steps=side.execute_steps, device=device, fps=float(env.control_hz),
                 execution=cfg.execution, ensemble_decay=cfg.ensemble_decay, env=env.name,
+                unnorm_key=cfg.unnorm_key,
             )  # fmt: skip
             records, _, _ = _roll_out(cfg, spec, side, jobs, desc=suite)
             for r in records:

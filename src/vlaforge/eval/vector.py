@@ -318,7 +318,9 @@ class BatchedRunner:
             "state": np.stack([s.obs["state"] for s in ready]) if ready[0].obs["state"] is not None else None,
             "instruction": [s.job.instruction for s in ready],
         }
-        chunks = self.policy.predict_action_batch(batch, generator=[s.generator for s in ready])
+        chunks = self.policy.predict_action_batch(
+            batch, generator=[s.generator for s in ready], unnorm_key=self.spec.unnorm_key
+        )
         self.batch_sizes.append(len(ready))
         items = []
         ensemble = self.spec.execution == "ensemble"
