@@ -100,6 +100,18 @@ def test_interventions_flag_every_frame_and_keep_discard(tmp_path):
     assert info["features"][INTERVENTION_KEY]["dtype"] == "bool"
 
 
+def test_taking_over_keeps_the_gripper_where_the_policy_left_it():
+    s = TeleopSession("metaworld", "reach-v3", out=None, seed=7, policy=ConstantPolicy(), image_size=32)
+    assert s.gripper_command == -1.0  # nothing executed yet: open
+    s.step()
+    assert s.gripper_command == -1.0  # the chunk's first action opens
+    s.step()
+    s.take_over()
+    assert s.gripper_command == 1.0  # its second closes: the operator starts closed
+    s.step(Command(x=1, gripper=-1))
+    assert s.gripper_command == -1.0
+
+
 def test_session_refuses_hand_back_without_policy(tmp_path):
     from vlaforge.errors import InputError
 

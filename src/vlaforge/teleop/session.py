@@ -128,9 +128,19 @@ class TeleopSession:
         self.speed = next((s for s in reversed(SPEEDS) if s < self.speed - 1e-9), SPEEDS[0])
 
     def take_over(self) -> None:
-        """The operator drives from the next step on."""
+        """The operator drives from the next step on, from the gripper the last step left (`gripper_command`:
+        a keyboard's toggle or a default of "open" would drop what the policy was holding)."""
         self.human = True
         self._queue = None
+
+    @property
+    def gripper_command(self) -> float:
+        """The gripper as the last executed action left it, as an operator's command: +1 closed, -1 open
+        (-1 before the episode's first step, or for an action space without a gripper)."""
+        names = list(self.emb.action_names)
+        if self.steps == 0 or "gripper" not in names:
+            return -1.0
+        return 1.0 if float(self._last_action[names.index("gripper")]) > 0 else -1.0
 
     def hand_back(self) -> None:
         """The policy drives from the next step on (refused without a policy)."""

@@ -115,6 +115,7 @@ def _loop(scr, session, lockstep: bool) -> None:
                 session.slower()
             elif key == ord("t"):
                 session.take_over()
+                gripper = session.gripper_command  # hold what the policy holds
                 message = "you drive"
             elif key == ord("g"):
                 try:

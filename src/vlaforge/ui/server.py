@@ -285,6 +285,7 @@ class App:
             "max_steps": s.max_steps,
             "speed": s.speed,
             "human": s.human,
+            "gripper": s.gripper_command,  # where an operator taking over starts from
             "success": s.success,
             "done": s.done,
             "kept": len(s.kept),

@@ -158,7 +158,7 @@ document.addEventListener("keydown", (ev) => {
   if (!UI.session || ev.target.tagName === "INPUT") return;
   if (KEYS[ev.code]) { held[ev.code] = true; ev.preventDefault(); }
   else if (ev.code === "Space") { gripper = -gripper; ev.preventDefault(); }
-  else if (ev.code === "KeyT") act({ op: "take_over" });
+  else if (ev.code === "KeyT") act({ op: "take_over" }).then((st) => { if (st) gripper = st.gripper; });
   else if (ev.code === "KeyG") act({ op: "hand_back" });
   else if (ev.code === "KeyK") act({ op: "keep" });
   else if (ev.code === "KeyX") act({ op: "discard" });
