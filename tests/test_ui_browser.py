@@ -226,6 +226,13 @@ def test_jobs_page_follows_a_log(ui):
     b.eval("document.querySelector('#job-start').click()")
     b.wait_for("document.querySelector('#job-log').dataset.state === 'done'", timeout=60)
     assert "wrote data/job" in b.eval("document.querySelector('#job-log').textContent")
+    # The log read in pieces from an offset, as the page follows it: together, the whole file.
+    job = b.eval("document.querySelector('#job-title').textContent")
+    with urllib.request.urlopen(f"{url}/api/jobs/{job}/log?offset=0", timeout=10) as r:
+        first = json.loads(r.read())
+    with urllib.request.urlopen(f"{url}/api/jobs/{job}/log?offset=7", timeout=10) as r:
+        rest = json.loads(r.read())
+    assert first["text"][7:] == rest["text"] and rest["offset"] == first["offset"]
     assert (root / "data" / "job" / "meta" / "info.json").is_file()
     _shot(b, "jobs")
 
@@ -287,6 +294,8 @@ def test_requests_that_could_harm_are_refused(ui):
     assert _status(url + "/api/list", {"Host": f"rebound.example:{port}"}) == 403
     assert _status(url + "/api/list", {"Host": f"localhost:{port}"}) == 200
     assert _status(url + "/api/jobs", json_type, b"[]") == 400
+    big = json.dumps({"op": "step", "pad": "x" * (2 << 20)}).encode()  # 2 MiB: over the limit
+    assert _status(url + "/api/session/act", json_type, big) == 400
     job = {"kind": "collect", "args": ["--tasks", "reach-v3", "--out", "/tmp/elsewhere"]}
     assert _status(url + "/api/jobs", json_type, json.dumps(job).encode()) == 400
     start = {"env": "metaworld", "task": "reach-v3", "out": "data"}  # exists: it holds the datasets
@@ -297,3 +306,20 @@ def test_requests_that_could_harm_are_refused(ui):
         assert r.headers["Content-Disposition"].startswith("attachment")
         assert r.headers["Content-Security-Policy"] == "sandbox"
     assert _status(url + "/api/frame?path=data/reach&ep=0&i=100000&camera=corner2") == 400
+
+
+def test_job_log_pieces_end_on_character_boundaries(tmp_path):
+    from vlaforge.ui.server import read_log
+
+    text = "step 1 ✓\nétape 2 ✓\n"  # multi-byte characters
+    path = tmp_path / "job.log"
+    path.write_bytes(text.encode())
+    got, offset, pieces = "", 0, 0
+    while offset < path.stat().st_size:
+        piece, offset = read_log(path, offset, limit=4)  # 4 bytes: cuts inside a character
+        got += piece
+        pieces += 1
+    assert got == text and pieces > 5
+    path.write_bytes(text.encode()[:-2])  # a writer mid-character: the partial one waits
+    piece, end = read_log(path, 0)
+    assert piece == text[:-2] and end == len(text[:-2].encode())

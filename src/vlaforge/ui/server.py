@@ -31,6 +31,8 @@ from vlaforge.ui.config import LOOPBACK, UIConfig
 STATIC = Path(__file__).parent / "static"
 JOB_KINDS = ("collect", "train", "eval")
 SCAN_DEPTH = 4
+MAX_BODY = 1 << 20  # bytes of a JSON request body (commands and forms are small)
+LOG_CHUNK = 1 << 20  # bytes of a job's log per request
 
 
 def _jpeg(image: np.ndarray, quality: int = 85) -> str:
@@ -99,14 +101,32 @@ class Jobs:
         return {"id": job_id, "kind": j["kind"], "args": j["args"], "state": state, "returncode": rc}
 
     def log(self, job_id: str, offset: int = 0) -> dict[str, Any]:
+        """The job's state and its log from byte `offset` on (at most LOG_CHUNK bytes per call; the page
+        asks again from the returned offset)."""
         info = self.describe(job_id)
-        data = self.jobs[job_id]["log"].read_bytes()
-        return {**info, "text": data[offset:].decode(errors="replace"), "offset": len(data)}
+        if offset < 0:
+            raise InputError(f"offset must be >= 0; got {offset}")
+        text, end = read_log(self.jobs[job_id]["log"], offset)
+        return {**info, "text": text, "offset": end}
 
     def stop_all(self) -> None:
         for j in self.jobs.values():
             if j["proc"].poll() is None:
                 j["proc"].terminate()
+
+
+def read_log(path: Path, offset: int, limit: int = LOG_CHUNK) -> tuple[str, int]:
+    """(text, next offset): at most `limit` bytes of a UTF-8 log from byte `offset`, ending on a character
+    boundary (a character cut by the limit, or still being written, comes whole in the next piece)."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(limit)
+    for cut in range(min(3, len(data)) + 1):
+        try:
+            return data[: len(data) - cut].decode(), offset + len(data) - cut
+        except UnicodeDecodeError:
+            continue
+    return data.decode(errors="replace"), offset + len(data)  # not UTF-8 at all
 
 
 class App:
@@ -330,9 +350,17 @@ class App:
 
 
 async def _json_object(request: Any) -> dict[str, Any]:
-    """The request's JSON body, which must be an object."""
+    """The request's JSON body, which must be an object of at most MAX_BODY bytes."""
+    size = request.headers.get("content-length")
+    if size is not None and size.isdigit() and int(size) > MAX_BODY:
+        raise InputError(f"the request body is {int(size)} bytes; at most {MAX_BODY} are accepted")
+    raw = bytearray()
+    async for chunk in request.stream():  # also bounds a body sent without a length
+        raw += chunk
+        if len(raw) > MAX_BODY:
+            raise InputError(f"the request body exceeds {MAX_BODY} bytes")
     try:
-        body = await request.json()
+        body = json.loads(bytes(raw))
     except ValueError as e:
         raise InputError(f"the request body is not JSON: {e}") from None
     if not isinstance(body, dict):

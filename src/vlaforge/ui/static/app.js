@@ -252,7 +252,7 @@ function follow(id) {
     pre.textContent += r.text.replace(/\r(?!\n)/g, "\n");
     pre.scrollTop = pre.scrollHeight;
     pre.dataset.state = r.state;
-    if (r.state !== "running") { stopLoop(); refreshJobs(); }
+    if (r.state !== "running" && !r.text) { stopLoop(); refreshJobs(); }  // finished and read to its end
   };
   tick();
   UI.loop = setInterval(tick, 1000);
