@@ -10,17 +10,23 @@ from vlaforge.eval.run import EvalConfig, evaluate
 
 
 def test_record_roundtrip(tmp_path):
+    """Two expert episodes of 70 steps at most: the first needs 71 (fails), the second succeeds at 62 and
+    runs on 5 more steps (the recorded tail); outcomes and steps are those of an evaluation without one."""
     rec = tmp_path / "rec"
-    res = evaluate(
-        EvalConfig(
-            policy="expert", tasks="button-press-topdown-v3", episodes=2, out=tmp_path / "ev", workers=0,
-            max_steps=40, videos=0, baseline_image_size=32, record=str(rec), seed=7,
-        )
-    )  # fmt: skip
+    cfg = dict(policy="expert", tasks="button-press-topdown-v3", episodes=2, workers=0, max_steps=70, videos=0,
+               baseline_image_size=32, seed=7)  # fmt: skip
+    res = evaluate(EvalConfig(**cfg, out=tmp_path / "ev", record=str(rec), record_tail=5))
+    plain = evaluate(EvalConfig(**cfg, out=tmp_path / "plain"))
     episodes = res.info["episodes"]
+    keys = ("seed", "success", "steps")
+    assert [{k: e[k] for k in keys} for e in episodes] == [
+        {k: e[k] for k in keys} for e in plain.info["episodes"]
+    ]
+    assert [(e["success"], e["steps"]) for e in episodes] == [(False, 70), (True, 62)]
+    assert [e["tail_steps"] for e in episodes] == [0, 5] and "tail_steps" not in plain.info["episodes"][0]
     ds = open_dataset(rec)
     assert ds.num_episodes == 2
-    assert ds.num_frames == sum(e["steps"] + 1 for e in episodes)
+    assert ds.num_frames == sum(e["steps"] + e["tail_steps"] + 1 for e in episodes)
     info = json.loads((rec / "meta" / "info.json").read_text())
     assert info["vlaforge"]["policy"] == "expert" and info["vlaforge"]["model_sha256"] is None
     assert [e["seed"] for e in info["vlaforge"]["episodes"]] == [e["seed"] for e in episodes]

@@ -7,8 +7,9 @@ with `LeRobotWriter`, in job order.
 
 Frame layout (as `vlaforge collect` writes, plus the last observation): an episode of T steps has T + 1
 frames; frame t holds the observation before action t, `action` t and `next.success` t (success after
-that action). The last frame is the final observation (the successful scene when the episode succeeded):
-its action is zeros and its `next.success` repeats the episode's outcome. `observation.success` is the
+that action). After a success the policy acts on for `--record-tail` steps (the evaluation's outcome and
+`steps` still end at the success; `tail_steps` per episode counts the extra ones). The last frame is the
+final observation: its action is zeros and its `next.success` repeats the last step's. `observation.success` is the
 success of the scene shown in the frame (frame 0: False; frame t: `next.success` t - 1), the label a
 success judge learns from. meta/info.json's "vlaforge" entry holds the policy, its weights' sha256 and
 each episode's task, seed and outcome.
@@ -146,7 +147,11 @@ def write_recording(
     from vlaforge.data.lerobot_writer import LeRobotWriter
 
     episodes = [
-        {k: r[k] for k in ("task", "episode", "seed", "instruction", "success", "steps")} for r in records
+        {
+            **{k: r[k] for k in ("task", "episode", "seed", "instruction", "success", "steps")},
+            "tail_steps": int(r.get("tail_steps", 0)),
+        }
+        for r in records
     ]
     info = {
         "embodiment": emb.to_dict(),

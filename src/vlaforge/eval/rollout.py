@@ -93,6 +93,7 @@ class WorkerSpec:
         ensemble_decay: `ensemble`'s weight m: the i-th oldest prediction of a step weighs exp(-m i).
         env: the environment's registry name (`vlaforge.envs.base.ENVS`).
         record_dir: where each episode's full trace is saved (`vlaforge.eval.record`), None: nowhere.
+        record_tail: steps recorded after an episode's first success (`run_episode`'s `tail`).
         unnorm_key: a mixture's checkpoint: the training dataset whose statistics un-normalise (None: its
             only set).
     """
@@ -110,6 +111,7 @@ class WorkerSpec:
     ensemble_decay: float = ENSEMBLE_DECAY
     env: str = DEFAULT_ENV
     record_dir: str | None = None
+    record_tail: int = 0
     unnorm_key: str | None = None
 
 
@@ -167,6 +169,7 @@ def run_episode(
     render_every_step: bool = False,
     execution: str = "open-loop",
     ensemble_decay: float = ENSEMBLE_DECAY,
+    tail: int = 0,
 ) -> dict:
     """Runs one episode and returns its record (task, episode, instruction, seed, success, steps, video).
 
@@ -185,6 +188,9 @@ def run_episode(
             images (inside an open-loop chunk). The outcome is the same; only the time differs.
         execution: "open-loop", "receding" or "ensemble" (see the module docstring).
         ensemble_decay: `ensemble`'s weight m.
+        tail: steps the controller keeps acting after the first success, for a recording env to see what
+            follows success (`vlaforge eval --record`); the outcome, `steps` and the video end at the
+            success as without it. With a tail, the record's ``tail_steps`` counts the steps taken.
     """
     if execution not in EXECUTIONS:
         raise InputError(f"execution must be one of {list(EXECUTIONS)}; got {execution!r}")
@@ -203,8 +209,8 @@ def run_episode(
         controller.observe(obs)
     camera = controller.embodiment.camera_names[0]
     frames = [obs.images[camera]] if keep_frames else None
-    success, steps = False, 0
-    while steps < max_steps and not success:
+    success, steps, done, at_success = False, 0, False, 0
+    while steps < max_steps and not done and (not success or steps < at_success + tail):
         if ensemble or not queue.remaining(steps):  # re-plan from the current observation
             obs = Observation(images=obs.images, state=obs.state, instruction=job.instruction)
             chunk = np.asarray(controller.act(obs, env), dtype=np.float32)
@@ -223,14 +229,13 @@ def run_episode(
         steps += 1
         if history > 1:
             controller.observe(obs)
-        if frames is not None:
+        if frames is not None and not success:
             frames.append(obs.images[camera])
-        if info.get("success"):
-            success = True
-        if done:
-            break
+        if info.get("success") and not success:
+            success, at_success = True, steps
+        more = steps < max_steps and not done and (not success or steps < at_success + tail)
         replans = ensemble or not queue.remaining(steps)
-        if replans and needs_images and not success and steps < max_steps and not obs.images:
+        if replans and needs_images and more and not obs.images:
             obs = env.observe(render=True)  # the state the controller re-plans from
     video = None
     if frames is not None:
@@ -241,10 +246,11 @@ def run_episode(
         "instruction": job.instruction,
         "seed": job.seed,
         "success": bool(success),
-        "steps": steps,
+        "steps": at_success if success else steps,
         "video": video,
         # Steps executed per plan (ensemble: a plan every step); popped by the caller into the protocol.
         "execute_steps": 1 if ensemble else controller.execute_steps,
+        **({"tail_steps": steps - at_success if success else 0} if tail else {}),
     }
 
 
@@ -291,7 +297,7 @@ class EpisodeRunner:
             spec = self.spec
             record = run_episode(
                 self.controller, env, job, spec.max_steps, spec.fps, spec.render_every_step,
-                spec.execution, spec.ensemble_decay,
+                spec.execution, spec.ensemble_decay, spec.record_tail if spec.record_dir else 0,
             )  # fmt: skip
             if spec.record_dir:
                 from vlaforge.eval.record import trace_path

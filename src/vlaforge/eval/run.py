@@ -159,6 +159,9 @@ class EvalConfig:
         overwrite: replace an evaluation already in `out` (refused otherwise).
         record: also save the first suite's rollouts, every frame, as a LeRobot v3.0 dataset there
             (`vlaforge.eval.record`; rollouts then run per process; --overwrite replaces it too).
+        record_tail: with `record`, steps the policy keeps acting after an episode's first success, as
+            `vlaforge collect` keeps after the expert's (a success judge needs successful scenes to learn
+            from); the success rate, `steps` and videos are those of the episode ending at its success.
         unnorm_key: a checkpoint trained on a mixture of several datasets (each with its own statistics):
             whose statistics un-normalise its actions, one of its `unnorm_keys` (the training dataset this
             env's robot matches). Required for such a checkpoint; refused for any other policy.
@@ -188,6 +191,7 @@ class EvalConfig:
     compare: str | None = None
     overwrite: bool = False
     record: str | None = None
+    record_tail: int = 10
     unnorm_key: str | None = None
 
     def __post_init__(self) -> None:
@@ -215,6 +219,8 @@ class EvalConfig:
             raise InputError(f"workers must be >= 0; got {self.workers}")
         if self.videos < 0:
             raise InputError(f"videos must be >= 0; got {self.videos}")
+        if self.record_tail < 0:
+            raise InputError(f"record_tail must be >= 0; got {self.record_tail}")
         self.instructions = str(self.instructions)
         self.suites, self.phrasings_file = parse_mode(self.instructions)
         if self.policy in BASELINES:  # a baseline ignores the words: one suite measures it
@@ -714,6 +720,7 @@ def _run(
         ensemble_decay=cfg.ensemble_decay,
         env=env.name,
         record_dir=str(out / ".record") if cfg.record else None,
+        record_tail=cfg.record_tail,
         unnorm_key=cfg.unnorm_key,
     )
     records, batched, batch_sizes = _roll_out(cfg, spec, side, jobs)
