@@ -50,6 +50,15 @@ def test_resume_is_bitwise_exact(tmp_path, weak_policy, algo, head):
     assert [{k: v for k, v in r.items() if k not in drop} for r in rows_a] == [
         {k: v for k, v in r.items() if k not in drop} for r in rows_b
     ]
+    # Videos after the last iteration (video_every's default is larger), and the stopped run's after its
+    # last: writing them moved no random stream (the weights above are bitwise equal).
+    from vlaforge.data.video import read_video
+
+    index = [json.loads(x) for x in (straight / "videos" / "index.jsonl").read_text().splitlines()]
+    assert [(r["iteration"], r["task"]) for r in index] == [(2, "drawer-close-v3")]
+    _, frames = read_video(straight / "videos" / index[0]["video"])
+    assert len(frames) == index[0]["steps"] + 1 and frames.shape[1:] == (64, 64, 3)
+    assert (resumed / "videos" / "iter-000001_drawer-close-v3.mp4").is_file()
 
 
 def test_resume_refuses_changed_settings(tmp_path, weak_policy):

@@ -14,6 +14,7 @@ RUN_CONFIG = "rl_config.json"
 # Fields a resumed run may change; everything else must match the run's saved config.
 RESUMABLE_CHANGES = (
     "iterations", "resume", "device", "out", "save_every", "eval_episodes", "eval_workers", "workers",
+    "video_every",
 )  # fmt: skip
 
 
@@ -25,7 +26,7 @@ class RLConfig(JsonConfig):
         init: the policy to improve: a checkpoint directory (e.g. ``RUN/last``) with a ``chunk`` or ``flow``
             head.
         out: run directory (``rl_config.json``, ``metrics.jsonl``, ``checkpoints/``, ``last``, ``policy``,
-            ``curve.png``, ``eval_before/``, ``eval_after/``).
+            ``curve.png``, ``videos/``, ``eval_before/``, ``eval_after/``).
         env: the environment (``vlaforge.envs.registry``); None: the one the policy was trained in (else the
             registry's default).
         tasks: the tasks to train on: a task set, group, task name or comma list (None: the env's default).
@@ -63,6 +64,9 @@ class RLConfig(JsonConfig):
         eval_episodes: episodes per task of the before/after evaluation by ``vlaforge eval`` (0: none).
         eval_workers: worker processes of that evaluation.
         save_every: checkpoint every N iterations (and always at the end).
+        video_every: every N iterations (and after the last), one episode per task of the current policy,
+            acting as evaluation runs it, from the first held-out scene (``eval_seed``), written to
+            ``videos/iter-XXXXXX_<task>.mp4`` with its outcome in ``videos/index.jsonl`` (0: no videos).
         reward: ``success``: 1 at the first success and 0 otherwise, the simulator's own flag (the episode ends
             at success either way); ``dense``: the simulator's shaped reward summed over each executed chunk,
             divided by ``max_steps`` (Meta-World's is in [0, 10] per step), plus the success flag: easier to
@@ -101,6 +105,7 @@ class RLConfig(JsonConfig):
     eval_episodes: int = 0
     eval_workers: int = 0
     save_every: int = 10
+    video_every: int = 50
     reward: Literal["success", "dense"] = "success"
     device: str = "auto"
     resume: bool = False
@@ -119,6 +124,8 @@ class RLConfig(JsonConfig):
             raise InputError(f"--envs ({self.envs}) must be a multiple of --group-size ({self.group_size})")
         if self.algo == "grpo" and self.group_size < 2:
             raise InputError("--algo grpo needs --group-size >= 2 (episodes per initial scene)")
+        if self.video_every < 0:
+            raise InputError(f"--video-every must be >= 0 (0: no videos), got {self.video_every}")
         if self.execute_steps is not None and self.execute_steps < 1:
             raise InputError(f"--execute-steps must be >= 1, got {self.execute_steps}")
         for name in ("gamma", "gae_lambda"):

@@ -293,6 +293,38 @@ def _evaluate(cfg: RLConfig, policy_dir: Path, out: Path, tasks: list[str]) -> d
     return {"per_task": agg["per_task"], "overall": agg["overall"]}
 
 
+def write_videos(cfg: RLConfig, policy: Any, spec: Any, tasks: list[str], run: Path, iteration: int) -> None:
+    """One episode per task of `policy` as evaluation runs it (its chunks open loop, noise from the
+    episode's seed), from each task's first held-out scene, as ``videos/iter-XXXXXX_<task>.mp4``; the
+    outcomes are appended to ``videos/index.jsonl``. The same scenes every time, so the videos compare."""
+    from vlaforge.envs.base import episode_seed
+    from vlaforge.eval.baselines import PolicyController
+    from vlaforge.eval.rollout import Job, run_episode
+
+    emb = policy.embodiment
+    folder = run / "videos"
+    folder.mkdir(exist_ok=True)
+    was_training = policy.training
+    policy.eval()
+    controller = PolicyController(policy, cfg.execute_steps)
+    try:
+        for task in tasks:
+            env = spec.make(task, cameras=tuple(emb.camera_names), image_size=emb.image_size,
+                            max_steps=cfg.max_steps, render=False)  # fmt: skip
+            try:
+                seed = episode_seed(cfg.eval_seed, task, 0)
+                path = folder / f"iter-{iteration:06d}_{task}.mp4"
+                job = Job(task, 0, seed, spec.instructions[task], str(path))
+                rec = run_episode(controller, env, job, cfg.max_steps, fps=float(spec.control_hz))
+            finally:
+                env.close()
+            row = {"iteration": iteration, "task": task, "seed": seed, "success": rec["success"],
+                   "steps": rec["steps"], "video": path.name}  # fmt: skip
+            metrics_log.append(folder / "index.jsonl", row)
+    finally:
+        policy.train(was_training)
+
+
 def run_rl(cfg: RLConfig) -> Path:
     """Runs (or resumes) an RL run; returns the run directory (its improved policy in ``RUN/policy``)."""
     from vlaforge.models.policy import Policy
@@ -382,6 +414,11 @@ def run_rl(cfg: RLConfig) -> Path:
                 shown["kl"] = f"{kl:.3f}"
             bar.set_postfix(shown)
             bar.update(1)
+            if cfg.video_every and (
+                state.iteration % cfg.video_every == 0 or state.iteration == cfg.iterations
+            ):
+                with torch.no_grad():
+                    write_videos(cfg, state.actor.policy, spec, tasks, run, state.iteration)
             if state.iteration % cfg.save_every == 0 or state.iteration == cfg.iterations:
                 state.save(run)
         bar.close()
