@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 import time
 from pathlib import Path
 
@@ -213,7 +214,9 @@ def _curves(result: dict, path: Path) -> None:
     ax.set_ylabel("success rate (Wilson 95%)")
     ax.set_ylim(0, 1)
     ax.legend()
-    ax.set_title(", ".join(result["tasks"]))
+    ax.set_xticks(sorted({q["round"] for q in result["dagger"]}))
+    names = ", ".join(t.removesuffix("-v3") for t in result["tasks"])
+    ax.set_title("\n".join(textwrap.wrap(names, 60)), fontsize=8)
     fig.tight_layout()
     with atomic_write(path) as tmp:
         fig.savefig(tmp, format="png")
