@@ -87,7 +87,7 @@ def _saved_dataset(init: Path, saved: dict[str, Any]) -> str | None:
 
 def make_plan(cfg: DaggerConfig) -> dict[str, Any]:
     """What the rounds run on: env, tasks, seeds, base data, the fine-tuning settings (all JSON)."""
-    from vlaforge.eval.run import trained_env
+    from vlaforge.eval.checks import trained_env
     from vlaforge.policy_files import read_policy_dir
 
     init = Path(cfg.init).resolve()

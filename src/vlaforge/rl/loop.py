@@ -350,7 +350,7 @@ def run_rl(cfg: RLConfig) -> Path:
         state = RLRun(cfg, Policy.from_pretrained(cfg.init), device)
     metrics_log.keep_only(run / METRICS, lambda r: r.get("iteration", 0) < state.iteration)
     if cfg.env is None:  # the policy's own env, as evaluation takes it
-        from vlaforge.eval.run import trained_env
+        from vlaforge.eval.checks import trained_env
 
         cfg = dataclasses.replace(cfg, env=trained_env(cfg.init))
     spec = get_env(cfg.env)
