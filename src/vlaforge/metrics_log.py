@@ -27,10 +27,12 @@ def append(path: str | Path, row: dict[str, Any]) -> None:
 def read(path: str | Path) -> list[dict[str, Any]]:
     """The rows of a metrics log; blank, torn or non-object lines are left out. [] when there is no file."""
     path = Path(path)
-    if not path.is_file():
-        return []
+    return _rows(path.read_text(encoding="utf-8").splitlines()) if path.is_file() else []
+
+
+def _rows(lines: list[str]) -> list[dict[str, Any]]:
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in lines:
         try:
             row = json.loads(line)
         except ValueError:
@@ -41,9 +43,12 @@ def read(path: str | Path) -> list[dict[str, Any]]:
 
 
 def keep_only(path: str | Path, keep: Callable[[dict[str, Any]], bool]) -> None:
-    """Rewrites the log (atomically) with the rows `keep` accepts, dropping torn lines; no file, no-op."""
+    """Rewrites the log (atomically) with the rows `keep` accepts, dropping torn lines; untouched when every
+    line is a row it keeps (or there is no file)."""
     path = Path(path)
     if not path.is_file():
         return
-    rows = [r for r in read(path) if keep(r)]
-    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = [r for r in _rows(lines) if keep(r)]
+    if len(kept) != len(lines):
+        write_text(path, "".join(json.dumps(r) + "\n" for r in kept))

@@ -210,7 +210,11 @@ def run_episode(
     camera = controller.embodiment.camera_names[0]
     frames = [obs.images[camera]] if keep_frames else None
     success, steps, done, at_success = False, 0, False, 0
-    while steps < max_steps and not done and (not success or steps < at_success + tail):
+
+    def going() -> bool:  # the step cap, the env's end, or the first success (and its tail)
+        return steps < max_steps and not done and (not success or steps < at_success + tail)
+
+    while going():
         if ensemble or not queue.remaining(steps):  # re-plan from the current observation
             obs = Observation(images=obs.images, state=obs.state, instruction=job.instruction)
             chunk = np.asarray(controller.act(obs, env), dtype=np.float32)
@@ -233,9 +237,8 @@ def run_episode(
             frames.append(obs.images[camera])
         if info.get("success") and not success:
             success, at_success = True, steps
-        more = steps < max_steps and not done and (not success or steps < at_success + tail)
         replans = ensemble or not queue.remaining(steps)
-        if replans and needs_images and more and not obs.images:
+        if replans and needs_images and going() and not obs.images:
             obs = env.observe(render=True)  # the state the controller re-plans from
     video = None
     if frames is not None:
