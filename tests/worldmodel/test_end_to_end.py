@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 
 from vlaforge.cli import main
+from vlaforge.data.dataset import open_dataset
+from vlaforge.envs.base import episode_seed
 from vlaforge.envs.metaworld import configure_rendering
 from vlaforge.envs.registry import get_env
 
@@ -27,12 +29,17 @@ def test_world_model_env_runs_a_policy(recorded, capsys):
     root = recorded
     data = f"{root / 'rec-expert'},{root / 'rec-random'}"
     run = root / "run"
-    main(["worldmodel", "train", "--dataset", data, "--out", str(run), "--heldout", "1", "--context", "2",
+    # Trained on the random policy's episodes; the expert's, recorded at the evaluations' seed (1000), are
+    # all held out as the scenes evaluations inside the world model start from.
+    main(["worldmodel", "train", "--dataset", str(root / "rec-random"), "--starts", str(root / "rec-expert"),
+          "--out", str(run), "--heldout", "1", "--context", "2",
           "--latent-channels", "4", "--width", "8", "--dyn-width", "16", "--dyn-blocks", "1", "--ae-steps", "4",
           "--steps", "4", "--batch-size", "8", "--save-every", "4", "--sample-every", "2", "--device", "cpu"])  # fmt: skip
     cfg = json.loads((run / "last" / "worldmodel.json").read_text())
-    assert cfg["image_size"] == 32 and cfg["camera"] == "corner2" and len(cfg["heldout"]) == 2
+    assert cfg["image_size"] == 32 and cfg["camera"] == "corner2" and len(cfg["heldout"]) == 1 + 3
     assert cfg["env"] == "metaworld" and cfg["heldout"][0]["task"] == TASK
+    expert_seeds = [episode_seed(1000, TASK, i) for i in range(3)]
+    assert [h["seed"] for h in cfg["heldout"][1:]] == expert_seeds
     assert sorted(p.name for p in (run / "samples").glob("*.mp4")) == ["step-0000006.mp4", "step-0000008.mp4"]
     main(["worldmodel", "judge", "--dataset", data, "--out", str(run / "judge"), "--heldout", "1", "--steps", "5",
           "--batch-size", "8", "--device", "cpu"])  # fmt: skip
@@ -43,15 +50,21 @@ def test_world_model_env_runs_a_policy(recorded, capsys):
     q = json.loads((root / "q.json").read_text())["quality"]
     assert q["1"]["n"] > 0 and q["1"]["copy_psnr"] > 0
 
-    # The world model behind the Env protocol: reset starts from the held-out episode's real first frame.
+    # The world model behind the Env protocol: reset starts from the held-out episode's real first frame,
+    # the one recorded at the seed asked for when there is one, else held-out episode seed mod their number.
     spec = get_env(f"worldmodel:{run}")
     assert spec.tasks == [TASK] and spec.extra["imitates"] == "metaworld"
+    assert spec.extra["start_seeds"] == {TASK: sorted(expert_seeds)}
     env = spec.make(TASK, max_steps=5)
     from safetensors.numpy import load_file
 
     first = load_file(str(run / "last" / "starts.safetensors"))["frames"]
+    expert = open_dataset(str(root / "rec-expert"))
+    recorded_first = np.asarray(expert.frames("corner2"))[expert.episode_frames(2).start]
+    assert np.array_equal(env.reset(expert_seeds[2]).images["corner2"], recorded_first)
+    assert not np.array_equal(recorded_first, np.asarray(expert.frames("corner2"))[0])
     obs = env.reset(1)
-    assert np.array_equal(obs.images["corner2"], first[1 % 2]) and obs.state.shape == (
+    assert np.array_equal(obs.images["corner2"], first[1 % 4]) and obs.state.shape == (
         env.embodiment.state_dim,
     )
     steps = [env.step(np.zeros(4, np.float32)) for _ in range(2)]
@@ -75,5 +88,6 @@ def test_world_model_env_runs_a_policy(recorded, capsys):
           "--max-steps", "4", "--heldout-family", "random", "--out", str(root / "agree")])  # fmt: skip
     summary = json.loads((root / "agree" / "agreement.json").read_text())
     assert [(r["task"], r["heldout_family"]) for r in summary["rows"]] == [(TASK, True)] * 2
+    assert summary["same_start_scenes"] == {"matched": 1, "episodes": 1}
     assert summary["all"]["n"] == 2 and (root / "agree" / "agreement.png").stat().st_size > 1000
     assert "| policy | task |" in (root / "agree" / "agreement.md").read_text()

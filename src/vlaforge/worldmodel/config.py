@@ -32,6 +32,9 @@ class WorldModelConfig(JsonConfig):
         image_size: square side the frames are modelled at, a multiple of 4 (None: the dataset's own).
         heldout: the last N episodes of every dataset are kept out of training (quality metrics and the
             world model's environment start from them).
+        starts: a LeRobot v3.0 dataset or comma list whose episodes are all held out (never trained on),
+            e.g. the expert recorded at an evaluation's seed: an evaluation inside the world model then
+            starts each episode from the real first frame recorded at that episode's own seed.
         context: K, the frames the dynamics model sees before predicting the next one.
         latent_channels: channels of the latent grid (a quarter of the image side on each axis).
         width: channels of the autoencoder's first conv layer (doubled once).
@@ -60,6 +63,7 @@ class WorldModelConfig(JsonConfig):
     camera: str | None = None
     image_size: int | None = None
     heldout: int = 2
+    starts: str | None = None
     context: int = 4
     latent_channels: int = 8
     width: int = 32
@@ -103,6 +107,10 @@ class WorldModelConfig(JsonConfig):
     @property
     def datasets(self) -> list[str]:
         return [d.strip() for d in self.dataset.split(",") if d.strip()]
+
+    @property
+    def start_datasets(self) -> list[str]:
+        return [d.strip() for d in (self.starts or "").split(",") if d.strip()]
 
 
 @dataclass

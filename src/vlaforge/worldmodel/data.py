@@ -38,6 +38,7 @@ class Episodes:
     camera: str
     fps: float
     tasks: list[str] = field(default_factory=list)
+    seeds: list[int | None] = field(default_factory=list)  # each episode's recorded start seed, if any
     states: np.ndarray | None = None  # float32 (N, S) when the datasets have a state
     embodiment: dict | None = None  # the first dataset's robot, at the camera and size read
     env: str | None = None  # the registered env the first dataset was recorded in
@@ -60,18 +61,22 @@ def _success(ds, n: int, bounds: list[tuple[int, int]]) -> np.ndarray:
     return out
 
 
-def load_episodes(paths: list[str], camera: str | None, image_size: int | None, heldout: int) -> Episodes:
-    """Reads `paths` (LeRobot v3.0 datasets) into one `Episodes`; the last `heldout` of each are held out.
+def load_episodes(
+    paths: list[str], camera: str | None, image_size: int | None, heldout: int, starts: list[str] = ()
+) -> Episodes:
+    """Reads `paths` (LeRobot v3.0 datasets) into one `Episodes`; the last `heldout` of each are held out,
+    and every episode of the datasets in `starts` (read after `paths`; never trained on).
 
     Raises:
         InputError: a path that is not a LeRobot dataset, a missing camera, or datasets that disagree.
     """
     if not paths:
         raise InputError("--dataset: give at least one LeRobot v3.0 dataset")
-    frames, actions, success, bounds, held, words, sources, tasks = [], [], [], [], [], [], [], []
+    frames, actions, success, bounds, held, words, sources, tasks, seeds = [], [], [], [], [], [], [], [], []
     states, emb, env = [], None, None
     offset, cam, fps, size = 0, camera, None, image_size
-    for path in paths:
+    every = set(range(len(paths), len(paths) + len(starts)))
+    for k, path in enumerate([*paths, *starts]):
         if not (Path(path) / "meta" / "info.json").is_file():
             raise InputError(f"{path}: no meta/info.json; the world model reads LeRobot v3.0 datasets")
         ds = open_dataset(path, image_size=size)
@@ -87,7 +92,7 @@ def load_episodes(paths: list[str], camera: str | None, image_size: int | None, 
         if actions and a.shape[1] != actions[0].shape[1]:
             raise InputError(f"{path}: action dim {a.shape[1]}, the first dataset's {actions[0].shape[1]}")
         local = [(r.start, r.stop) for r in (ds.episode_frames(e) for e in range(ds.num_episodes))]
-        n_held = min(heldout, max(len(local) - 1, 0))
+        n_held = len(local) if k in every else min(heldout, max(len(local) - 1, 0))
         task_idx = ds.task_indices()
         for e, (s, t) in enumerate(local):
             if e >= len(local) - n_held:
@@ -107,10 +112,12 @@ def load_episodes(paths: list[str], camera: str | None, image_size: int | None, 
         info_eps = (getattr(ds, "info", {}).get("vlaforge") or {}).get("episodes") or []
         tasks.extend(str(x.get("task", "")) for x in info_eps[: len(local)])
         tasks.extend("" for _ in range(len(local) - len(info_eps[: len(local)])))
+        seeds.extend(x.get("seed") for x in info_eps[: len(local)])
+        seeds.extend(None for _ in range(len(local) - len(info_eps[: len(local)])))
     return Episodes(
         frames=np.concatenate(frames), actions=np.concatenate(actions), success=np.concatenate(success),
         bounds=bounds, heldout=held, instructions=words, sources=sources, camera=cam, fps=float(fps),
-        tasks=tasks, embodiment=emb, env=env,
+        tasks=tasks, seeds=seeds, embodiment=emb, env=env,
         states=np.concatenate(states) if len({x.shape[1] for x in states}) == 1 else None,
     )  # fmt: skip
 

@@ -1,7 +1,8 @@
 """The world model as an environment (`--env worldmodel:RUN`): the same `Env` protocol as a simulator.
 
 `reset(seed)` starts from the real first frame (and state) of one of the world model's held-out episodes
-of the task (episode seed mod their number), `step(action)` imagines the next frame, and success is the
+of the task: the one recorded at that very seed when there is one (`vlaforge worldmodel train --starts`,
+the scenes of the simulator's evaluation at the same seeds), else episode seed mod their number. `step(action)` imagines the next frame, and success is the
 judge's calibrated probability >= 0.5 on that frame. The state is not modelled: observations carry the
 episode's first state throughout. RUN is a `vlaforge worldmodel train` run holding its judge in
 ``RUN/judge`` (``vlaforge worldmodel judge --out RUN/judge``).
@@ -31,7 +32,7 @@ class WorldModelEnv:
     """One task of a world model (see the module docstring)."""
 
     def __init__(self, spec_root: Path, task: str, rows: list[int], instruction: str, emb: Embodiment,
-                 max_steps: int) -> None:  # fmt: skip
+                 max_steps: int, seeds: dict[int, int] | None = None) -> None:  # fmt: skip
         from safetensors.numpy import load_file
 
         from vlaforge.worldmodel.judge import load_judge
@@ -46,6 +47,7 @@ class WorldModelEnv:
         starts = load_file(str(spec_root / STARTS))
         self.first_frames, self.first_states = starts["frames"], starts.get("states")
         self.rows, self.instruction = rows, instruction
+        self.seeds = seeds or {}  # episode seed -> row of the held-out episode recorded at it
         self.camera = emb.camera_names[0]
 
     def _obs(self) -> Observation:
@@ -53,7 +55,7 @@ class WorldModelEnv:
         return Observation(images={self.camera: self._frame}, state=state, instruction=self.instruction)
 
     def reset(self, seed: int, render: bool | None = None) -> Observation:
-        row = self.rows[int(seed) % len(self.rows)]
+        row = self.seeds.get(int(seed), self.rows[int(seed) % len(self.rows)])
         from vlaforge.worldmodel.model import Imagination
 
         self.im = Imagination(self.model, torch.Generator().manual_seed(int(seed)))
@@ -123,17 +125,20 @@ def world_model_spec(path: str) -> EnvSpec:
             f"{path}: no success judge in {judge}; train one with `vlaforge worldmodel judge --out {judge}`"
         )
     rows: dict[str, list[int]] = {}
+    seeds: dict[str, dict[int, int]] = {}
     words: dict[str, str] = {}
     for i, h in enumerate(cfg["heldout"]):
         task = h.get("task") or _slug(h["instruction"])
         rows.setdefault(task, []).append(i)
         words.setdefault(task, h["instruction"])
+        if h.get("seed") is not None:
+            seeds.setdefault(task, {}).setdefault(int(h["seed"]), i)
     tasks = list(rows)
     base = Embodiment.from_dict(cfg["embodiment"])
     emb_of = lambda cameras=None, image_size=None: base  # noqa: E731 - the world model renders one view at one size
     max_steps = 100
     make = lambda task, cameras=None, image_size=None, max_steps=max_steps, render=False: WorldModelEnv(  # noqa: E731
-        root, task, rows[task], words[task], base, int(max_steps)
+        root, task, rows[task], words[task], base, int(max_steps), seeds.get(task)
     )
     return EnvSpec(
         name=f"{PREFIX}{path}", title=f"world model {Path(path).name}", make=make, embodiment=emb_of,
@@ -142,5 +147,5 @@ def world_model_spec(path: str) -> EnvSpec:
         cameras=tuple(base.camera_names), image_size=base.image_size, max_steps=max_steps,
         control_hz=float(cfg.get("fps") or base.control_hz), robot_type=base.robot_type,
         success=f"the success judge's calibrated probability >= {SUCCESS_THRESHOLD} on an imagined frame",
-        extra={"imitates": cfg.get("env")},
+        extra={"imitates": cfg.get("env"), "start_seeds": {t: sorted(v) for t, v in seeds.items()}},
     )  # fmt: skip

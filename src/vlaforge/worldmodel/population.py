@@ -61,11 +61,17 @@ def _rates(info: dict) -> dict[str, float]:
 
 def run_agreement(cfg: AgreementConfig) -> dict:
     """Evaluates every policy in both evaluators and writes the table and plot; returns the summary."""
+    from vlaforge.envs.base import episode_seed
     from vlaforge.eval.run import EvalConfig, evaluate
     from vlaforge.worldmodel.env import PREFIX, world_model_spec
 
     wm = world_model_spec(cfg.worldmodel)
     tasks = cfg.tasks or ",".join(wm.tasks)
+    # Episodes whose imagined run starts from the real scene of the simulator's episode (the world model
+    # holds a start recorded at that seed); the others start from another held-out scene of the task.
+    known = wm.extra.get("start_seeds") or {}
+    pairs = [(t, episode_seed(cfg.seed, t, i)) for t in tasks.split(",") for i in range(cfg.episodes)]
+    same_scene = sum(s in set(known.get(t, ())) for t, s in pairs)
     size = cfg.baseline_image_size or wm.image_size
     max_steps = cfg.max_steps or wm.max_steps
     out = Path(cfg.out)
@@ -89,6 +95,7 @@ def run_agreement(cfg: AgreementConfig) -> dict:
         "per_policy": agreement(*_per_policy(rows)),
         "rows": rows,
         "episodes_per_task": cfg.episodes,
+        "same_start_scenes": {"matched": same_scene, "episodes": len(pairs)},
         "max_steps": max_steps,
         "worldmodel": cfg.worldmodel,
     }
@@ -123,6 +130,10 @@ def format_table(summary: dict) -> str:
             lines.append(
                 f"| {key} ({a['n']}) | {a['pearson']:.3f} | {a['spearman']:.3f} | {a['mmrv']:.3f} | {a['mean_abs_error']:.3f} |"
             )
+    if "same_start_scenes" in summary:
+        m = summary["same_start_scenes"]
+        lines += ["", f"{m['matched']} of {m['episodes']} imagined episodes per policy start from the real first "
+                      "frame of the simulator's episode at the same seed."]  # fmt: skip
     lines += ["", "| policy | task | simulator | world model | held-out family |", "|---|---|---|---|---|"]
     for r in summary["rows"]:
         mark = "yes" if r["heldout_family"] else ""

@@ -27,7 +27,11 @@ def run_quality(
         episodes = list(range(len(eps.bounds)))
     else:
         eps = load_episodes(
-            cfg["datasets"], cfg["camera"], cfg["image_size"], int(cfg["heldout_per_dataset"])
+            cfg["datasets"],
+            cfg["camera"],
+            cfg["image_size"],
+            int(cfg["heldout_per_dataset"]),
+            cfg.get("starts") or [],
         )
         episodes = eps.heldout
     hs = tuple(int(h) for h in str(horizons).split(","))

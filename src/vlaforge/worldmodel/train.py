@@ -50,6 +50,7 @@ def model_dict(cfg: WorldModelConfig, eps: Episodes) -> dict[str, Any]:
         "flow_steps": cfg.flow_steps,
         "datasets": cfg.datasets,
         "heldout_per_dataset": cfg.heldout,
+        "starts": cfg.start_datasets,
         "embodiment": eps.embodiment,
         "env": eps.env,
         "heldout": [
@@ -58,6 +59,7 @@ def model_dict(cfg: WorldModelConfig, eps: Episodes) -> dict[str, Any]:
                 "episode": eps.sources[e][1],
                 "instruction": eps.instructions[e],
                 "task": eps.tasks[e] if e < len(eps.tasks) else "",
+                "seed": eps.seeds[e] if e < len(eps.seeds) else None,
             }
             for e in eps.heldout
         ],  # fmt: skip
@@ -276,7 +278,7 @@ def train_worldmodel(cfg: WorldModelConfig) -> Path:
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    eps = load_episodes(cfg.datasets, cfg.camera, cfg.image_size, cfg.heldout)
+    eps = load_episodes(cfg.datasets, cfg.camera, cfg.image_size, cfg.heldout, cfg.start_datasets)
     if eps.frames.shape[1] % 4:
         raise InputError(
             f"frames are {eps.frames.shape[1]} px; the world model needs a multiple of 4 (--image-size)"
