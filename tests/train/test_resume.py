@@ -161,6 +161,21 @@ def test_keeps_last_three_checkpoints_and_writes_run_files(tiny_dataset, tmp_pat
     assert set(state["ranks"][0]["rng"]) >= {"python", "numpy", "torch"}
 
 
+def test_keep_checkpoints_zero_keeps_every_step_and_each_loads(tiny_dataset, tmp_path):
+    run = tmp_path / "keep-all"
+    train(_cfg(tiny_dataset, run, steps=4, save_every=1, keep_checkpoints=0))
+    kept = ckpt.list_checkpoints(run)
+    assert [p.name for p in kept] == [f"step-000000{i}" for i in (1, 2, 3, 4)]
+    # Every kept step is a policy of its own: the first and the last differ.
+    first, last = (
+        load_file(str(kept[0] / "model.safetensors")),
+        load_file(str(kept[-1] / "model.safetensors")),
+    )
+    assert any(not torch.equal(first[k], last[k]) for k in first)
+    with pytest.raises(InputError, match="keep_checkpoints"):
+        _cfg(tiny_dataset, run, keep_checkpoints=-1)
+
+
 def test_refuses_to_overwrite_or_resume_with_other_settings(tiny_dataset, tmp_path):
     run = tmp_path / "guard"
     train(_cfg(tiny_dataset, run, steps=1))

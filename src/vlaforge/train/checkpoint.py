@@ -206,7 +206,7 @@ def save_checkpoint(
         param_names: names of the optimizer's parameters, in order.
         trainer_state: JSON-safe dict (step, scheduler, RNG, sampler, config); written last.
         adapter: trainable tensors by name for LoRA runs (saved to ``adapter.safetensors``).
-        keep: how many complete checkpoints to keep (the newest; at least 1).
+        keep: how many complete checkpoints to keep (the newest; 0 keeps every one).
 
     Returns:
         The final checkpoint directory.
@@ -269,8 +269,9 @@ def list_checkpoints(run: Path) -> list[Path]:
 
 
 def prune(run: Path, keep: int) -> None:
-    """Keeps the newest `keep` complete checkpoints (and the one ``last`` names); clears leftovers."""
-    complete = list_checkpoints(run)
+    """Keeps the newest `keep` complete checkpoints (every one when `keep` is 0, and always the one
+    ``last`` names); clears leftovers."""
+    complete = list_checkpoints(run) if keep else []
     last = find_last(run)
     for p in complete[: max(0, len(complete) - max(1, keep))]:
         if last is None or p.resolve() != last.resolve():

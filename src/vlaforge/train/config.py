@@ -41,6 +41,7 @@ RESUMABLE_CHANGES = (
     "decode_workers",
     "threads",  # how many cores compute a step, not what it computes
     "save_minutes",
+    "keep_checkpoints",
 )
 
 # The demo's warm-up (`vlaforge.demo.DemoConfig`): 5% of the steps, at most 200.
@@ -101,6 +102,8 @@ class TrainConfig(JsonConfig):
         save_minutes: also checkpoint when this many minutes of training have passed since the last
             checkpoint (at a step boundary; rank 0's clock decides for every rank); None: no time-based
             checkpoints. 30 minutes of a 7B run lost, at most, to a crash or a kill -9.
+        keep_checkpoints: how many of the newest checkpoints ``checkpoints/`` keeps (the one ``last``
+            names is always kept); 0 keeps every one (e.g. to evaluate a policy at several training steps).
         log_every: write a metrics line every N steps.
         seed: seeds model init, the sampler and every RNG.
         resume: continue from ``out/last`` exactly (weights, optimizer, schedule, RNG, sampler).
@@ -170,6 +173,7 @@ class TrainConfig(JsonConfig):
     chunk_size: int | None = None
     history: int | None = None
     save_every: int | None = 1000
+    keep_checkpoints: int = 3
     save_minutes: float | None = 30.0
     log_every: int = 10
     seed: int = 0
@@ -224,6 +228,10 @@ class TrainConfig(JsonConfig):
             problems.append(f"chunk_size={self.chunk_size} (must be >= 1)")
         if self.history is not None and self.history < 1:
             problems.append(f"history={self.history} (must be >= 1)")
+        if self.keep_checkpoints < 0:
+            problems.append(
+                f"keep_checkpoints={self.keep_checkpoints} (must be >= 1, or 0 to keep every one)"
+            )
         if self.save_every is not None and self.save_every < 1:
             problems.append(f"save_every={self.save_every} (must be >= 1, or None for the end only)")
         if self.save_minutes is not None and not self.save_minutes > 0:

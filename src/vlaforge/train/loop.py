@@ -57,8 +57,6 @@ from vlaforge.train.runtime import (
     resume_command,
 )
 
-KEEP_CHECKPOINTS = 3
-
 # Importable from here as well (the CLI, the demo and the benchmarks name vlaforge.train.loop).
 __all__ = [
     "RESUMABLE_CHANGES",
@@ -454,6 +452,6 @@ class _Session:
                 names,
                 state,
                 adapter=trainable_state_dict(policy) if lora else None,
-                keep=KEEP_CHECKPOINTS,
+                keep=cfg.keep_checkpoints,
             )
         barrier(d)
