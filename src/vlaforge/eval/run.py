@@ -508,6 +508,18 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     return EvalResult(info=result.info, out=cfg.out, report_path=cfg.out / "report.html")
 
 
+def _worker_spec(
+    cfg: EvalConfig, env: EnvSpec, side: PolicySide, device: str, record_dir: str | None = None
+) -> WorkerSpec:
+    """What every rollout worker of an instruction suite is given (only the first suite records)."""
+    return WorkerSpec(
+        policy=str(cfg.policy), cameras=list(side.embodiment.camera_names), image_size=side.embodiment.image_size,
+        max_steps=cfg.max_steps, execute_steps=side.execute_steps, device=device, fps=float(env.control_hz),
+        execution=cfg.execution, ensemble_decay=cfg.ensemble_decay, env=env.name, record_dir=record_dir,
+        record_tail=cfg.record_tail, unnorm_key=cfg.unnorm_key,
+    )  # fmt: skip
+
+
 def _run(
     cfg: EvalConfig,
     env: EnvSpec,
@@ -521,21 +533,7 @@ def _run(
     overlap: int,
 ) -> EvalResult:
     """Rolls the jobs out into `out` (the staging directory) and builds the info dict."""
-    spec = WorkerSpec(
-        policy=str(cfg.policy),
-        cameras=list(side.embodiment.camera_names),
-        image_size=side.embodiment.image_size,
-        max_steps=cfg.max_steps,
-        execute_steps=side.execute_steps,
-        device=device,
-        fps=float(env.control_hz),
-        execution=cfg.execution,
-        ensemble_decay=cfg.ensemble_decay,
-        env=env.name,
-        record_dir=str(out / ".record") if cfg.record else None,
-        record_tail=cfg.record_tail,
-        unnorm_key=cfg.unnorm_key,
-    )
+    spec = _worker_spec(cfg, env, side, device, record_dir=str(out / ".record") if cfg.record else None)
     records, batched, batch_sizes = _roll_out(cfg, spec, side, jobs)
     if cfg.record:
         from vlaforge.eval.record import write_recording
@@ -618,14 +616,7 @@ def _suites(
             records, used = info["episodes"], info["instructions"]
         else:
             jobs, used = _make_jobs(cfg, env, tasks, out, suite=suite, custom=custom)
-            spec = WorkerSpec(
-                policy=str(cfg.policy), cameras=list(side.embodiment.camera_names),
-                image_size=side.embodiment.image_size, max_steps=cfg.max_steps,
-                execute_steps=side.execute_steps, device=device, fps=float(env.control_hz),
-                execution=cfg.execution, ensemble_decay=cfg.ensemble_decay, env=env.name,
-                unnorm_key=cfg.unnorm_key,
-            )  # fmt: skip
-            records, _, _ = _roll_out(cfg, spec, side, jobs, desc=suite)
+            records, _, _ = _roll_out(cfg, _worker_spec(cfg, env, side, device), side, jobs, desc=suite)
             for r in records:
                 r.pop("execute_steps", None)
                 r.pop("video", None)
