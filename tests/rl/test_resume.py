@@ -71,6 +71,36 @@ def test_resume_refuses_changed_settings(tmp_path, weak_policy):
         run_rl(RLConfig(out=str(run), iterations=2, **cfg))
 
 
+def test_resume_keeps_the_initial_checkpoint_it_started_from(tmp_path, weak_policy):
+    """`--init RUN/last` is a link that moves when that training goes on: a resume reads the checkpoint the
+    run started from (its KL reference), and refuses when that checkpoint's weights changed."""
+    from safetensors.torch import save_file
+
+    from vlaforge.rl.loop import pinned_init
+
+    init = weak_policy(tmp_path / "init")
+    other = tmp_path / "later"
+    shutil.copytree(init, other)
+    link = tmp_path / "last"
+    link.symlink_to(init)
+    cfg = dict(tasks="drawer-close", envs=1, max_steps=8, device="cpu", epochs=1)
+    run = run_rl(RLConfig(init=str(link), out=str(tmp_path / "r"), iterations=1, **cfg))
+    record = json.loads((run / "init.json").read_text())
+    assert record["given"] == str(link) and record["resolved"] == str(init.resolve())
+    link.unlink()
+    link.symlink_to(other)  # the training run went on
+    assert pinned_init(run, str(link)) == str(init.resolve())
+    weights = load_file(str(init / "model.safetensors"))
+    name = next(iter(weights))
+    weights[name] = weights[name] + 1
+    save_file(weights, str(init / "model.safetensors"))
+    with pytest.raises(InputError, match="changed since the run started"):
+        run_rl(RLConfig(out=str(run), iterations=2, resume=True))
+    shutil.rmtree(init)
+    with pytest.raises(InputError, match="which is gone"):
+        run_rl(RLConfig(out=str(run), iterations=2, resume=True))
+
+
 def test_config_checks():
     with pytest.raises(InputError, match="group-size"):
         RLConfig(init="x", algo="grpo")

@@ -45,6 +45,7 @@ from vlaforge.train.checkpoint import (
 CKPT_DIR, LAST, STATE_FILE = "checkpoints", "last", "rl_state.json"
 MODEL_FILE, OPTIMIZER_FILE, POLICY_DIR = "rl_model.safetensors", "optimizer.safetensors", "policy"
 METRICS = metrics_log.FILE
+INIT_RECORD = "init.json"  # the checkpoint the run started from, resolved, and its weights' sha256
 
 
 class RLRun:
@@ -222,6 +223,49 @@ def update(run: RLRun, batch: Batch) -> dict[str, float]:
 
 
 @torch.no_grad()
+def _init_weights(init: str) -> tuple[Path, str]:
+    from vlaforge.policy_files import read_policy_dir
+    from vlaforge.weights_hash import weights_sha256
+
+    resolved = Path(init).resolve()
+    return resolved, weights_sha256([read_policy_dir(resolved).weights])
+
+
+def pin_init(run: Path, init: str) -> None:
+    """Records in `INIT_RECORD` which checkpoint the run starts from: ``--init`` resolved (``RUN/last`` is a
+    link that moves when that training goes on) and its weights' sha256. A resume reads the initial policy
+    (the KL reference, the env) from there, not from ``--init`` again."""
+    resolved, sha = _init_weights(init)
+    write_json(run / INIT_RECORD, {"given": str(init), "resolved": str(resolved), "weights_sha256": sha})
+
+
+def pinned_init(run: Path, init: str) -> str:
+    """The initial policy a resumed run continues with: the checkpoint `pin_init` recorded (a run without
+    the record: `init` as saved).
+
+    Raises:
+        InputError: that checkpoint is gone or its weights changed since the run started.
+    """
+    path = run / INIT_RECORD
+    if not path.is_file():
+        return init
+    rec = json.loads(path.read_text())
+    resolved = Path(rec["resolved"])
+    if not resolved.is_dir():
+        raise InputError(
+            f"--resume: the run started from {resolved} (--init {rec['given']}), which is gone; the KL "
+            "reference and the env come from it. Restore it, or start a new --out"
+        )
+    _, sha = _init_weights(str(resolved))
+    if sha != rec["weights_sha256"]:
+        raise InputError(
+            f"--resume: the weights of {resolved} changed since the run started (sha256 {sha[:12]} now, "
+            f"{rec['weights_sha256'][:12]} then); the KL reference would not be the run's. Restore them, or "
+            "start a new --out"
+        )
+    return str(resolved)
+
+
 def kl_to_initial(run: RLRun, initial: Any, batch: Batch, limit: int = 64) -> float | None:
     """Mean KL(current || initial) of the chunk Gaussians over (up to `limit` of) the iteration's decisions,
     summed over the executed rows (closed form); None for the flow head."""
@@ -333,6 +377,7 @@ def run_rl(cfg: RLConfig) -> Path:
     ckpt = None
     if cfg.resume:
         cfg = resumed_config(cfg, run)
+        cfg = dataclasses.replace(cfg, init=pinned_init(run, cfg.init))
         # None when it stopped before its first checkpoint: iteration 0 needs the settings only.
         ckpt = find_last(run)
     else:
@@ -341,6 +386,7 @@ def run_rl(cfg: RLConfig) -> Path:
                 f"{run} already holds an RL run; pass --resume to continue it or choose another --out"
             )
         run.mkdir(parents=True, exist_ok=True)
+        pin_init(run, cfg.init)
         write_json(run / RUN_CONFIG, cfg.to_dict())
     device = _resolve_device(cfg.device)
     if ckpt is not None:
