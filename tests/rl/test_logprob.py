@@ -7,7 +7,12 @@ import math
 import torch
 from torch.distributions import Normal
 
-from vlaforge.rl.logprob import flow_sde_chain_log_prob, flow_sde_sample, gaussian_log_prob
+from vlaforge.rl.logprob import (
+    flow_noise_chain_log_prob,
+    flow_sde_chain_log_prob,
+    flow_sde_sample,
+    gaussian_log_prob,
+)
 
 
 def test_gaussian_chunk_log_prob_matches_torch_distributions():
@@ -53,6 +58,25 @@ def test_flow_sde_chain_log_prob_by_hand():
     mean = x - dt * (v + sigma**2 / (2 * 0.5) * (x + 0.5 * v))
     dropped = Normal(mean[1], sigma * math.sqrt(dt)).log_prob(chain[0, 2, 1]).sum()
     torch.testing.assert_close(part[0], got[0] - dropped)
+    torch.testing.assert_close(part[1], got[1])
+
+
+def test_flow_noise_chain_log_prob_by_hand():
+    """N = 2 steps: log N(x_1; 0, I) plus each step's N(x_k - v_k / 2, std_k^2), averaged over the 3 terms."""
+    g = torch.Generator().manual_seed(2)
+    chain = torch.randn(2, 3, 2, 1, generator=g)  # (B, N + 1, H, D)
+    vels = [_velocity(chain[:, k], torch.full((2,), 1.0 - k / 2)) for k in range(2)]
+    means = [chain[:, k] - 0.5 * vels[k] for k in range(2)]
+    stds = [0.08 + 0.08 * torch.rand(2, 2, 1, generator=g) for _ in range(2)]
+    got = flow_noise_chain_log_prob(chain, means, stds)
+    terms = [Normal(0.0, 1.0).log_prob(chain[:, 0]).sum(dim=(1, 2))]
+    terms += [Normal(means[k], stds[k]).log_prob(chain[:, k + 1]).sum(dim=(1, 2)) for k in range(2)]
+    torch.testing.assert_close(got, sum(terms) / 3)
+    # The executed-rows mask applies to the last step only, as for Flow-SDE.
+    keep = torch.tensor([[True, False], [True, True]])
+    part = flow_noise_chain_log_prob(chain, means, stds, keep)
+    dropped = Normal(means[1][0, 1], stds[1][0, 1]).log_prob(chain[0, 2, 1]).sum()
+    torch.testing.assert_close(part[0], got[0] - dropped / 3)
     torch.testing.assert_close(part[1], got[1])
 
 

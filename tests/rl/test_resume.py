@@ -24,13 +24,16 @@ def _weights(run):
     return out
 
 
-@pytest.mark.parametrize(("algo", "head"), [("ppo", "chunk"), ("grpo", "chunk"), ("ppo", "flow")])
-def test_resume_is_bitwise_exact(tmp_path, weak_policy, algo, head):
+@pytest.mark.parametrize(
+    ("algo", "head", "flow_rl"),
+    [("ppo", "chunk", "sde"), ("grpo", "chunk", "sde"), ("ppo", "flow", "sde"), ("ppo", "flow", "noise")],
+)
+def test_resume_is_bitwise_exact(tmp_path, weak_policy, algo, head, flow_rl):
     init = weak_policy(tmp_path / "init", head=head)
     common = dict(
         init=str(init), tasks="drawer-close", envs=2, max_steps=24, device="cpu", algo=algo, lr=1e-3,
         group_size=2 if algo == "grpo" else 1, epochs=2, save_every=1, init_log_std=-0.3,
-        reward="dense",
+        reward="dense", flow_rl=flow_rl,
     )  # fmt: skip
     straight = run_rl(RLConfig(out=str(tmp_path / "a"), iterations=2, **common))
     half = run_rl(RLConfig(out=str(tmp_path / "b"), iterations=1, **common))

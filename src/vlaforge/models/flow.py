@@ -169,8 +169,13 @@ class FlowHead(ActionHead):
         return backbone.llm.get_decoder().rotary_emb(x, position_ids)
 
     def velocity(
-        self, backbone: PrismaticBackbone, prefix: Prefix, x_t: torch.Tensor, t: torch.Tensor
-    ) -> torch.Tensor:
+        self,
+        backbone: PrismaticBackbone,
+        prefix: Prefix,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        features: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """v_theta(x_t, t, prefix) (B, H, D): the expert on the cached prefix (the cache is only read).
 
         Args:
@@ -178,6 +183,8 @@ class FlowHead(ActionHead):
             prefix: the LLM's keys and values over [pads][BOS][patches][state][prompt].
             x_t: noisy normalised actions (B, H, D).
             t: flow times (B,).
+            features: also return the expert's normed output tokens (B, H, width), what the velocity is
+                read from (Flow-Noise's noise network reads them too, `vlaforge.rl.actor`).
         """
         B, H, _ = x_t.shape
         x = self.embed(x_t, t)
@@ -193,7 +200,8 @@ class FlowHead(ActionHead):
             raise InputError(f"the prefix cache has {len(cache)} layers; the expert has {len(self.layers)}")
         for layer, kv in zip(self.layers, cache):
             x = layer(x, kv.keys, kv.values, rope, mask)
-        return self.action_out(self.norm(x))
+        h = self.norm(x)
+        return (self.action_out(h), h) if features else self.action_out(h)
 
     def velocity_reference(
         self, backbone: PrismaticBackbone, ctx: Context, x_t: torch.Tensor, t: torch.Tensor

@@ -3,9 +3,12 @@ critic on the backbone's pooled features.
 
 - chunk head: a ~ N(mu(s), diag(exp(2 log_std))) in normalised action units, `log_std` a learned (H, D)
   parameter that depends on neither the state nor the sample (`vlaforge.rl.logprob.gaussian_log_prob`).
-- flow head: Flow-SDE sampling, the chain of denoising states kept so its log-likelihood can be recomputed
-  with gradients (`vlaforge.rl.logprob.flow_sde_chain_log_prob`); the noise level is exp(`log_std`), a
-  scalar kept fixed (piRL treats it as a hyperparameter).
+- flow head, ``flow_rl="sde"``: Flow-SDE sampling, the chain of denoising states kept so its log-likelihood
+  can be recomputed with gradients (`vlaforge.rl.logprob.flow_sde_chain_log_prob`); the noise level is
+  exp(`log_std`), a scalar kept fixed (piRL treats it as a hyperparameter).
+- flow head, ``flow_rl="noise"``: Flow-Noise, Euler steps plus noise whose std `NoiseNet` predicts from the
+  expert's output tokens, learned with the policy (`vlaforge.rl.logprob.flow_noise_chain_log_prob`). It
+  exists only while RL runs: the saved policy samples with the plain ODE, as piRL evaluates.
 
 The critic: the mean of the LLM's final hidden states over the valid prefix positions (image patches,
 state, prompt), then a two-layer MLP to one value.
@@ -24,10 +27,43 @@ from transformers import DynamicCache
 from vlaforge.errors import InputError
 from vlaforge.models.backbone import Prefix
 from vlaforge.models.heads import ChunkHead, Context
-from vlaforge.rl.logprob import flow_sde_chain_log_prob, flow_sde_sample, gaussian_log_prob
+from vlaforge.rl.logprob import (
+    LOG_2PI,
+    flow_noise_chain_log_prob,
+    flow_sde_chain_log_prob,
+    flow_sde_sample,
+    gaussian_log_prob,
+)
 
 SUPPORTED_HEADS = ("chunk", "flow")
+FLOW_RL = ("sde", "noise")
 CRITIC_WIDTH = 256
+# Flow-Noise's noise network, as piRL sets it for pi0: hidden widths, tanh, stds bounded in [0.08, 0.16].
+NOISE_HIDDEN = (128, 64)
+NOISE_STD_RANGE = (0.08, 0.16)
+
+
+class NoiseNet(nn.Module):
+    """Flow-Noise's std: the expert's output tokens (B, H, width) -> stds (B, H, D) in `NOISE_STD_RANGE`,
+    through a tanh that places the log-variance between the bounds' log-variances."""
+
+    def __init__(self, width: int, action_dim: int, std_range: tuple[float, float] = NOISE_STD_RANGE):
+        super().__init__()
+        dims = [width, *NOISE_HIDDEN, action_dim]
+        layers: list[nn.Module] = []
+        for i in range(len(dims) - 1):
+            layers.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < len(dims) - 2:
+                layers.append(nn.Tanh())
+        self.mlp = nn.Sequential(*layers)
+        lo, hi = (2.0 * float(np.log(s)) for s in std_range)
+        self.register_buffer("logvar_min", torch.tensor(lo), persistent=False)
+        self.register_buffer("logvar_max", torch.tensor(hi), persistent=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        z = torch.tanh(self.mlp(features.float()))
+        logvar = self.logvar_min + (self.logvar_max - self.logvar_min) * (z + 1.0) / 2.0
+        return torch.exp(0.5 * logvar)
 
 
 @dataclass
@@ -49,24 +85,31 @@ class ActorCritic(nn.Module):
         train_backbone: also update the backbone (else it is frozen; the head trains).
     """
 
-    def __init__(self, policy: Any, init_log_std: float = -1.0, train_backbone: bool = False):
+    def __init__(
+        self, policy: Any, init_log_std: float = -1.0, train_backbone: bool = False, flow_rl: str = "sde"
+    ):
         super().__init__()
         kind = policy.head.kind
+        if flow_rl not in FLOW_RL:
+            raise InputError(f"flow_rl must be one of {list(FLOW_RL)}; got {flow_rl!r}")
         if policy.family is not None or kind not in SUPPORTED_HEADS:
             raise InputError(
                 f"vlaforge rl improves policies with a {' or '.join(SUPPORTED_HEADS)} head; this one has "
                 f"{kind!r}{' (' + policy.family + ')' if policy.family else ''}"
             )
-        if kind == "flow" and policy.head.num_steps < 2:
+        if kind == "flow" and flow_rl == "sde" and policy.head.num_steps < 2:
             raise InputError(
                 f"Flow-SDE needs a flow head with at least 2 integration steps; this one has "
                 f"{policy.head.num_steps} (its noise level is 0 at the one step, so nothing explores)"
             )
         self.policy = policy
         self.kind = kind
+        self.flow_rl = flow_rl if kind == "flow" else None
         H, D = policy.head.chunk_size, policy.head.action_dim
         shape = (H, D) if kind == "chunk" else ()
         self.log_std = nn.Parameter(torch.full(shape, float(init_log_std)), requires_grad=kind == "chunk")
+        if self.flow_rl == "noise":
+            self.noise_net = NoiseNet(policy.head.expert_width, D)
         width = policy.backbone.hidden_size
         self.critic = nn.Sequential(
             nn.Linear(width, CRITIC_WIDTH), nn.Tanh(), nn.Linear(CRITIC_WIDTH, CRITIC_WIDTH), nn.Tanh(),
@@ -127,6 +170,9 @@ class ActorCritic(nn.Module):
         B = ctx.batch_size
         x1 = torch.randn((B, head.chunk_size, head.action_dim), generator=generator, device=generator.device)
         backbone = self.policy.backbone
+        if self.flow_rl == "noise":
+            chain = self._noise_chain(fwd.prefix, x1.to(backbone.device), generator)
+            return chain[:, -1], chain
 
         def velocity(x, t):
             return head.velocity(backbone, fwd.prefix, x, t)
@@ -135,6 +181,24 @@ class ActorCritic(nn.Module):
             velocity, x1.to(backbone.device), head.num_steps, self.noise_level(), generator
         )
         return chain[:, -1], chain
+
+    def _noise_steps(self, prefix: Prefix, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flow-Noise's step k from x (B, H, D): the Euler mean x - v / N and the noise network's stds."""
+        head = self.policy.head
+        n = head.num_steps
+        t = torch.full((x.shape[0],), 1.0 - k / n, device=x.device)
+        v, h = head.velocity(self.policy.backbone, prefix, x, t, features=True)
+        return x - v.float() / n, self.noise_net(h)
+
+    @torch.no_grad()
+    def _noise_chain(self, prefix: Prefix, x1: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        xs, x = [x1], x1
+        for k in range(self.policy.head.num_steps):
+            mean, std = self._noise_steps(prefix, x, k)
+            eps = torch.randn(x.shape, generator=generator, device=generator.device)
+            x = mean + std * eps.to(x.device)
+            xs.append(x)
+        return torch.stack(xs, dim=1)
 
     def noise_level(self) -> float:
         return float(torch.exp(self.log_std.detach()))
@@ -158,6 +222,13 @@ class ActorCritic(nn.Module):
             return logp, ent, value
         head, backbone = self.policy.head, self.policy.backbone
         n = record.shape[1] - 1
+        if self.flow_rl == "noise":
+            steps = [self._noise_steps(fwd.prefix, record[:, k], k) for k in range(n)]
+            means, stds = [m for m, _ in steps], [s for _, s in steps]
+            logp = flow_noise_chain_log_prob(record, means, stds, keep)
+            # The steps' Gaussian entropies, averaged over the steps (as the log-likelihood is).
+            ent = torch.stack([(torch.log(s) + 0.5 * (1 + LOG_2PI)).sum(dim=(1, 2)) for s in stds]).mean(0)
+            return logp, ent, value
         vels = []
         for k in range(n):
             t = torch.full((record.shape[0],), 1.0 - k / n, device=record.device)
@@ -172,4 +243,4 @@ def _masked_mean(hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (hidden.float() * w).sum(1) / w.sum(1).clamp(min=1)
 
 
-__all__ = ["ActorCritic", "Forward", "SUPPORTED_HEADS"]
+__all__ = ["FLOW_RL", "NOISE_STD_RANGE", "ActorCritic", "Forward", "NoiseNet", "SUPPORTED_HEADS"]

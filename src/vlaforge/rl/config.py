@@ -53,7 +53,11 @@ class RLConfig(JsonConfig):
         value_coef: weight of the value loss.
         entropy_coef: weight of the entropy bonus (of the chunk head's Gaussian).
         init_log_std: initial log standard deviation of the exploration noise, in normalised action units
-            (chunk head: the learned state-independent log-std; flow head: log of the SDE's noise level).
+            (chunk head: the learned state-independent log-std; flow head: log of the SDE's noise level;
+            unused by Flow-Noise, whose stds a network learns).
+        flow_rl: how a flow head explores and gets its chunk's log-likelihood (piRL's two variants):
+            ``sde`` (Flow-SDE: the ODE turned into an SDE with the noise level above) or ``noise``
+            (Flow-Noise: a learned noise network adds a bounded Gaussian to every Euler step).
         max_grad_norm: global gradient-norm clip (<= 0: off).
         train_backbone: also update the vision/LLM backbone (False: only the head, log-std and critic).
         seed: seeds the model's exploration noise, the minibatch order and the training scenes.
@@ -97,6 +101,7 @@ class RLConfig(JsonConfig):
     value_coef: float = 0.5
     entropy_coef: float = 0.0
     init_log_std: float = -1.0
+    flow_rl: Literal["sde", "noise"] = "sde"
     max_grad_norm: float = 1.0
     train_backbone: bool = False
     seed: int = 0
@@ -115,6 +120,8 @@ class RLConfig(JsonConfig):
             raise InputError("--init is required: the policy directory to improve (e.g. RUN/last)")
         if self.algo not in ("ppo", "grpo"):
             raise InputError(f"--algo must be ppo or grpo, got {self.algo!r}")
+        if self.flow_rl not in ("sde", "noise"):
+            raise InputError(f"--flow-rl must be sde or noise, got {self.flow_rl!r}")
         positive = {"iterations": self.iterations, "envs": self.envs, "group_size": self.group_size}
         positive.update(max_steps=self.max_steps, epochs=self.epochs, save_every=self.save_every)
         for name, value in positive.items():

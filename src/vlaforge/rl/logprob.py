@@ -12,6 +12,12 @@
 
   (the score of x_t is -n_hat / t). sigma_t is evaluated at min(t, 1 - 1/N) since it diverges at t = 1.
   The chunk's log-likelihood is the sum of the N step log-probabilities (over the executed rows).
+- Flow head, Flow-Noise (piRL's other variant, after ReinFlow): every Euler step keeps its deterministic
+  mean x_t - v dt and adds Gaussian noise whose std a small learned network predicts per (row, dim) from
+  the expert's output tokens, bounded in [0.08, 0.16] (piRL's range) through a tanh on the log-variance.
+  The denoising is a discrete-time chain with tractable transitions; its joint log-likelihood is the
+  initial noise's N(0, I) density plus the N step densities, averaged over those N + 1 terms as piRL does
+  (the policy ratio is then a geometric mean per step, which keeps PPO's clip on the scale of one step).
 """
 
 from __future__ import annotations
@@ -95,6 +101,29 @@ def flow_sde_chain_log_prob(
     return total
 
 
+def flow_noise_chain_log_prob(
+    chain: torch.Tensor,
+    means: list[torch.Tensor],
+    stds: list[torch.Tensor],
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Joint log-likelihood (B,) of a denoising chain under Flow-Noise, averaged over its N + 1 terms.
+
+    Args:
+        chain: (B, N + 1, H, D): the initial noise, then x after each of the N steps.
+        means: N tensors (B, H, D), the Euler means x_k - v_k / N (with gradients when training).
+        stds: N tensors (B, H, D), the noise network's stds at each step.
+        keep: bool (B, H), the executed rows; as for Flow-SDE it masks the last step only.
+    """
+    n = len(means)
+    zero = torch.zeros((), dtype=chain.dtype, device=chain.device)
+    total = gaussian_log_prob(chain[:, 0], torch.zeros_like(chain[:, 0]), zero)
+    for k in range(n):
+        rows = keep if k == n - 1 else None
+        total = total + gaussian_log_prob(chain[:, k + 1], means[k], torch.log(stds[k]), rows)
+    return total / (n + 1)
+
+
 @torch.no_grad()
 def flow_sde_sample(
     velocity, x1: torch.Tensor, num_steps: int, level: float, generator: torch.Generator | None = None
@@ -114,6 +143,7 @@ def flow_sde_sample(
 
 
 __all__ = [
+    "flow_noise_chain_log_prob",
     "flow_sde_chain_log_prob",
     "flow_sde_sample",
     "gaussian_entropy",

@@ -53,7 +53,7 @@ class RLRun:
 
     def __init__(self, cfg: RLConfig, policy: Any, device: str):
         self.cfg, self.device = cfg, device
-        self.actor = ActorCritic(policy, cfg.init_log_std, cfg.train_backbone).to(device)
+        self.actor = ActorCritic(policy, cfg.init_log_std, cfg.train_backbone, cfg.flow_rl).to(device)
         self.actor.eval()  # no dropout: the log-probabilities of sampling and update are the same function
         critic = [p for n, p in self.actor.named_parameters() if n.startswith("critic.")]
         self.names = [n for n, p in self.actor.named_parameters() if p.requires_grad]
@@ -179,12 +179,15 @@ def update(run: RLRun, batch: Batch) -> dict[str, float]:
     records = torch.stack([d.record for d in D]).to(run.device)
     mb = cfg.minibatch or M
     with torch.no_grad():
-        olds, vals = [], []
+        olds, vals, ents = [], [], []
         for s in range(0, M, mb):
-            lp, _, v = actor.evaluate(_contexts(actor, D[s : s + mb]), records[s : s + mb], keep[s : s + mb])
+            lp, e, v = actor.evaluate(_contexts(actor, D[s : s + mb]), records[s : s + mb], keep[s : s + mb])
             olds.append(lp)
             vals.append(v)
+            ents.append(e)
         logp_old, values = torch.cat(olds), torch.cat(vals).cpu()
+    # Flow-Noise's entropy depends on the state (the chunk head's is in the metrics row already).
+    extra = {"entropy": float(torch.cat(ents).mean())} if actor.flow_rl == "noise" else {}
     adv, ret = advantages(cfg, batch, values)
     if cfg.algo == "ppo" and M > 1 and adv.std() > 0:
         adv = (adv - adv.mean()) / (adv.std() + 1e-8)
@@ -219,7 +222,7 @@ def update(run: RLRun, batch: Batch) -> dict[str, float]:
             if cfg.target_kl > 0 and m["approx_kl"].item() > 1.5 * cfg.target_kl:
                 stop = True
                 break
-    return {**{k: v / max(1, steps) for k, v in sums.items()}, "gradient_steps": steps}
+    return {**{k: v / max(1, steps) for k, v in sums.items()}, "gradient_steps": steps, **extra}
 
 
 @torch.no_grad()
