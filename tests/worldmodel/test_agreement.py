@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vlaforge.worldmodel.agreement import agreement, mmrv, pearson, spearman
+from vlaforge.worldmodel.agreement import agreement, by_task, mmrv, pearson, spearman
 
 
 def test_hand_computed_table():
@@ -32,3 +32,21 @@ def test_spearman_with_ties_matches_scipy():
     x, y = rng.integers(0, 4, 30) / 3, rng.integers(0, 4, 30) / 3
     assert spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic)
     assert pearson(x, y) == pytest.approx(stats.pearsonr(x, y).statistic)
+
+
+def test_per_task_as_simplerenv_then_the_mean():
+    # Task a: the proxy keeps the truth's order (MMRV 0). Task b: truth (0, .4, .4), proxy (.2, .1, .3):
+    # entry 0 and entry 1 swap order (|0 - .4| = .4 each); entry 2 vs 1 is a tie in the truth only (|0|):
+    # MMRV (.4 + .4 + 0) / 3 = 0.2667. The mean over the two tasks: 0.1333.
+    rows = [{"task": "a", "sim": t, "worldmodel": p} for t, p in ((0.9, 0.8), (0.5, 0.6), (0.2, 0.1))]
+    rows += [{"task": "b", "sim": t, "worldmodel": p} for t, p in ((0.0, 0.2), (0.4, 0.1), (0.4, 0.3))]
+    per, mean = by_task(rows)
+    assert list(per) == ["a", "b"] and per["a"]["n"] == 3
+    assert per["a"]["mmrv"] == 0.0 and per["b"]["mmrv"] == pytest.approx(0.8 / 3, abs=1e-4)
+    assert per["a"]["spearman"] == pytest.approx(1.0)
+    assert mean["tasks"] == 2 and mean["mmrv"] == pytest.approx(0.4 / 3, abs=1e-4)
+    assert mean["pearson"] == pytest.approx(
+        (pearson([0.9, 0.5, 0.2], [0.8, 0.6, 0.1]) + pearson([0, 0.4, 0.4], [0.2, 0.1, 0.3])) / 2, abs=1e-4
+    )
+    # Pooling all six pairs is another number: it also scores the tasks' difficulty.
+    assert agreement([r["sim"] for r in rows], [r["worldmodel"] for r in rows])["mmrv"] != mean["mmrv"]

@@ -7,6 +7,11 @@ Real-World Robot Manipulation Policies in Simulation"):
   proxy orders differently from the truth, averaged over i. "Orders differently" compares strict
   inequalities, as SimplerEnv's `mean_maximum_rank_violation` does: (S_i > S_j) != (R_i > R_j), so a tie
   in one and not in the other counts.
+
+SimplerEnv computes both per task, over the policies (`tools/calc_metrics.py`), and reports them task by
+task; `by_task` does the same and averages over the tasks. Pooling every (policy, task) pair instead
+(`agreement` on all rows) also rewards getting the tasks' difficulty right, which is easier than ranking
+policies.
 """
 
 from __future__ import annotations
@@ -62,3 +67,18 @@ def agreement(truth: Sequence[float], proxy: Sequence[float]) -> dict[str, float
         "mmrv": round(mmrv(r, s), 4),
         "mean_abs_error": round(float(np.abs(r - s).mean()), 4),
     }
+
+
+def by_task(rows: Sequence[dict]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Per task, the agreement over its policies (rows: {"task", "sim", "worldmodel"}), and the mean of each
+    measure over the tasks ({"tasks", "pearson", "spearman", "mmrv", "mean_abs_error"})."""
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    per = {
+        t: agreement(
+            [r["sim"] for r in rows if r["task"] == t], [r["worldmodel"] for r in rows if r["task"] == t]
+        )
+        for t in tasks
+    }
+    keys = ("pearson", "spearman", "mmrv", "mean_abs_error")
+    mean = {"tasks": len(tasks), **{k: round(float(np.mean([per[t][k] for t in tasks])), 4) for k in keys}}
+    return per, mean

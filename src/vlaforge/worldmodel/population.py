@@ -11,7 +11,7 @@ from pathlib import Path
 
 from vlaforge.atomic import atomic_write, write_json, write_text
 from vlaforge.errors import InputError
-from vlaforge.worldmodel.agreement import agreement
+from vlaforge.worldmodel.agreement import agreement, by_task
 
 
 @dataclass
@@ -90,7 +90,10 @@ def run_agreement(cfg: AgreementConfig) -> dict:
         for task in rs:
             rows.append({"policy": policy, "task": task, "sim": rs[task], "worldmodel": ri.get(task, 0.0),
                          "heldout_family": policy in held})  # fmt: skip
+    per_task, mean_over_tasks = by_task(rows)
     summary = {
+        "mean_over_tasks": mean_over_tasks,
+        "per_task": per_task,
         "all": agreement([r["sim"] for r in rows], [r["worldmodel"] for r in rows]),
         "per_policy": agreement(*_per_policy(rows)),
         "rows": rows,
@@ -124,6 +127,15 @@ def _per_policy(rows: list[dict]) -> tuple[list[float], list[float]]:
 def format_table(summary: dict) -> str:
     """Markdown: the metrics, then one row per (policy, task)."""
     lines = ["| pairs | Pearson | Spearman | MMRV | mean abs error |", "|---|---|---|---|---|"]
+    if "mean_over_tasks" in summary:  # SimplerEnv's form: per task over the policies, then the mean
+        m = summary["mean_over_tasks"]
+        lines.append(
+            f"| mean over {m['tasks']} tasks | {m['pearson']:.3f} | {m['spearman']:.3f} | {m['mmrv']:.3f} | {m['mean_abs_error']:.3f} |"
+        )
+        for task, a in summary["per_task"].items():
+            lines.append(
+                f"| {task} ({a['n']}) | {a['pearson']:.3f} | {a['spearman']:.3f} | {a['mmrv']:.3f} | {a['mean_abs_error']:.3f} |"
+            )
     for key in ("all", "per_policy", "seen_families"):
         if key in summary:
             a = summary[key]
