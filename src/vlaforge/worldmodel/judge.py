@@ -1,8 +1,11 @@
 """`vlaforge worldmodel judge`: a success classifier of single frames, trained on recorded episodes whose
-frames the simulator labelled (`observation.success`), then calibrated by temperature scaling (Guo et al.
-2017: one scalar T dividing the logits, fitted on held-out frames by minimising the negative
-log-likelihood, here by a grid search over log T). The report gives accuracy and the expected calibration
-error (10 equal-width bins) before and after calibration, on the held-out episodes.
+frames the simulator labelled (`observation.success`), then calibrated by Platt scaling (Platt 1999): a
+scale 1 / T and a bias b, p = sigmoid(z / T + b), fitted on held-out frames by minimising the negative
+log-likelihood. The bias matters here: training draws balanced batches (successful frames are rare), which
+moves the logits' zero to a 50% prior, and a temperature alone (Guo et al. 2017) cannot move it back, so
+the 0.5 threshold would call too many frames successes. The report gives accuracy (with the majority
+answer's and the balanced accuracy beside it) and the expected calibration error (10 equal-width bins)
+before and after calibration, on the held-out episodes.
 """
 
 from __future__ import annotations
@@ -39,12 +42,41 @@ def ece(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
     return float(total)
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """The T in [0.05, 20] (log grid of 241 points) minimising the NLL of sigmoid(logits / T)."""
-    z, y = torch.as_tensor(logits, dtype=torch.float64), torch.as_tensor(labels, dtype=torch.float64)
-    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 241))
-    nll = [float(F.binary_cross_entropy_with_logits(z / t, y)) for t in grid]
-    return float(grid[int(np.argmin(nll))])
+def _nll(z: np.ndarray, y: np.ndarray, scale: float, bias: float) -> float:
+    u = scale * z + bias
+    return float(np.mean(np.logaddexp(0.0, u) - y * u))  # -log-likelihood of sigmoid(u), stable
+
+
+def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(T, b) minimising the NLL of sigmoid(logits / T + b), with 1 / T kept in [1/20, 1/0.05]: damped
+    Newton steps on (1 / T, b), where the NLL is convex, from T = 1, b = 0."""
+    z, y = np.asarray(logits, np.float64), np.asarray(labels, np.float64)
+    lo, hi = 1 / 20.0, 1 / 0.05
+    w = np.array([1.0, 0.0])
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-(w[0] * z + w[1])))
+        X = np.stack([z, np.ones_like(z)], axis=1)
+        grad = X.T @ (p - y) / len(z)
+        hess = X.T @ (X * (p * (1 - p))[:, None]) / len(z) + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        before, t = _nll(z, y, *w), 1.0
+        while t > 1e-6:  # halve the step until the NLL does not rise (and the scale stays in bounds)
+            cand = w - t * step
+            cand[0] = np.clip(cand[0], lo, hi)
+            if _nll(z, y, *cand) <= before:
+                break
+            t /= 2
+        if t <= 1e-6 or np.abs(cand - w).max() < 1e-10:
+            break
+        w = cand
+    return float(1.0 / w[0]), float(w[1])
+
+
+def balanced_accuracy(probs: np.ndarray, labels: np.ndarray) -> float:
+    """Mean of the accuracy on successful frames and on the others (threshold 0.5)."""
+    pred, y = np.asarray(probs) >= 0.5, np.asarray(labels, bool)
+    rates = [float((pred[y == c] == c).mean()) for c in (True, False) if (y == c).any()]
+    return float(np.mean(rates))
 
 
 def _frames(eps: Episodes, episodes: list[int]) -> np.ndarray:
@@ -93,9 +125,10 @@ def train_judge(cfg: JudgeConfig) -> dict:
             .numpy()
         )
     labels = eps.success[eval_idx]
-    temp = fit_temperature(logits, labels)
+    temp, bias = fit_platt(logits, labels)
     judge.temperature.fill_(temp)
-    raw, cal = 1 / (1 + np.exp(-logits)), 1 / (1 + np.exp(-logits / temp))
+    judge.bias.fill_(bias)
+    raw, cal = 1 / (1 + np.exp(-logits)), 1 / (1 + np.exp(-(logits / temp + bias)))
     report = {
         "frames": int(len(eval_idx)),
         "successful_frames": int(labels.sum()),
@@ -103,7 +136,10 @@ def train_judge(cfg: JudgeConfig) -> dict:
         "split": "held-out episodes" if len(held_idx) else "training episodes (none held out)",
         "accuracy": round(float(((cal >= 0.5) == labels).mean()), 4),
         "majority_accuracy": round(float(max(labels.mean(), 1 - labels.mean())), 4),
+        "balanced_accuracy": round(balanced_accuracy(cal, labels), 4),
+        "accuracy_uncalibrated": round(float(((raw >= 0.5) == labels).mean()), 4),
         "temperature": round(temp, 4),
+        "bias": round(bias, 4),
         "ece_raw": round(ece(raw, labels), 4),
         "ece_calibrated": round(ece(cal, labels), 4),
     }
@@ -123,5 +159,7 @@ def load_judge(path: str | Path, device: str | torch.device = "cpu") -> tuple[Su
         raise InputError(f"{path}: no {JUDGE_CONFIG}; give a `vlaforge worldmodel judge` output directory")
     meta = json.loads((path / JUDGE_CONFIG).read_text())
     judge = SuccessJudge(int(meta["width"]))
-    judge.load_state_dict(load_file(str(path / JUDGE_WEIGHTS)))
+    state = load_file(str(path / JUDGE_WEIGHTS))
+    state.setdefault("bias", torch.zeros(()))  # a judge calibrated by temperature alone
+    judge.load_state_dict(state)
     return judge.to(device).eval(), meta

@@ -176,7 +176,8 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 class SuccessJudge(nn.Module):
-    """Frame -> success logit; `temperature` (a buffer, fitted on held-out frames) divides it."""
+    """Frame -> success logit z; calibrated probability sigmoid(z / `temperature` + `bias`) (buffers fitted
+    on held-out frames, `vlaforge.worldmodel.judge.fit_platt`)."""
 
     def __init__(self, width: int = 16):
         super().__init__()
@@ -188,6 +189,7 @@ class SuccessJudge(nn.Module):
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, 1),
         )  # fmt: skip
         self.register_buffer("temperature", torch.ones(()))
+        self.register_buffer("bias", torch.zeros(()))
 
     def logits(self, frames: torch.Tensor) -> torch.Tensor:
         """uint8 (B, S, S, 3) -> raw logits (B,)."""
@@ -196,7 +198,7 @@ class SuccessJudge(nn.Module):
     @torch.no_grad()
     def prob(self, frames: torch.Tensor) -> torch.Tensor:
         """Calibrated success probabilities (B,)."""
-        return torch.sigmoid(self.logits(frames) / self.temperature)
+        return torch.sigmoid(self.logits(frames) / self.temperature + self.bias)
 
 
 class Imagination:

@@ -1,0 +1,29 @@
+"""The judge's calibration: Platt scaling recovers a known scale and bias (the shift that balanced batches
+put into the logits), which a temperature alone cannot."""
+
+import numpy as np
+import pytest
+
+from vlaforge.worldmodel.judge import balanced_accuracy, ece, fit_platt
+
+
+def test_platt_recovers_scale_and_bias():
+    rng = np.random.default_rng(0)
+    z = rng.normal(0.0, 3.0, 40000)
+    # True probability sigmoid(0.5 z - 2): successes are rare, as in a recorded evaluation.
+    y = rng.random(len(z)) < 1 / (1 + np.exp(-(0.5 * z - 2.0)))
+    temp, bias = fit_platt(z, y)
+    assert 1 / temp == pytest.approx(0.5, abs=0.03) and bias == pytest.approx(-2.0, abs=0.08)
+    cal = 1 / (1 + np.exp(-(z / temp + bias)))
+    raw = 1 / (1 + np.exp(-z))
+    assert ece(cal, y) < 0.02 < ece(raw, y)
+    # The raw logits call a frame a success at z > 0; the calibrated ones at z > 4: fewer false successes.
+    assert ((cal >= 0.5) == y).mean() > ((raw >= 0.5) == y).mean()
+
+
+def test_platt_keeps_the_temperature_in_bounds_and_balanced_accuracy_by_hand():
+    z = np.array([-1.0, 1.0, -1.0, 1.0])
+    temp, _ = fit_platt(z, np.array([0, 1, 0, 1], bool))  # separable: the scale would grow without end
+    assert temp == pytest.approx(0.05)
+    # 2 of 3 successes and 1 of 2 failures right: (2/3 + 1/2) / 2.
+    assert balanced_accuracy([0.9, 0.8, 0.1, 0.7, 0.2], [1, 1, 1, 0, 0]) == pytest.approx((2 / 3 + 1 / 2) / 2)
