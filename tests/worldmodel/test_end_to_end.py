@@ -89,5 +89,8 @@ def test_world_model_env_runs_a_policy(recorded, capsys):
     summary = json.loads((root / "agree" / "agreement.json").read_text())
     assert [(r["task"], r["heldout_family"]) for r in summary["rows"]] == [(TASK, True)] * 2
     assert summary["same_start_scenes"] == {"matched": 1, "episodes": 1}
+    # The judge read on the real frames of the 4 held-out episodes (1 random, 3 expert, all of TASK).
+    check = summary["judge_on_real_frames"][TASK]
+    assert check["episodes"] == 4 and check["successes"] >= 3 and 0 <= check["fires_before_success"] <= 4
     assert summary["all"]["n"] == 2 and (root / "agree" / "agreement.png").stat().st_size > 1000
     assert "| policy | task |" in (root / "agree" / "agreement.md").read_text()

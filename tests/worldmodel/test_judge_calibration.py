@@ -27,3 +27,30 @@ def test_platt_keeps_the_temperature_in_bounds_and_balanced_accuracy_by_hand():
     assert temp == pytest.approx(0.05)
     # 2 of 3 successes and 1 of 2 failures right: (2/3 + 1/2) / 2.
     assert balanced_accuracy([0.9, 0.8, 0.1, 0.7, 0.2], [1, 1, 1, 0, 0]) == pytest.approx((2 / 3 + 1 / 2) / 2)
+
+
+def test_judge_on_real_frames_counts_hits_alarms_and_early_calls():
+    import torch
+
+    from vlaforge.worldmodel.data import Episodes
+    from vlaforge.worldmodel.judge import on_real_frames
+    from vlaforge.worldmodel.model import SuccessJudge
+
+    # Two episodes of task "a": 4 frames with the last 2 successful, and 3 frames never successful.
+    success = np.array([0, 0, 1, 1, 0, 0, 0], bool)
+    eps = Episodes(frames=np.zeros((7, 8, 8, 3), np.uint8), actions=np.zeros((7, 4), np.float32), success=success,
+                   bounds=[(0, 4), (4, 7)], heldout=[0, 1], instructions=["a", "a"], sources=[("d", 0), ("d", 1)],
+                   camera="c", fps=10.0, tasks=["a", "a"])  # fmt: skip
+    judge = SuccessJudge(4).eval()
+    with torch.no_grad():  # a judge that calls every frame a success
+        judge.net[-1].weight.zero_()
+        judge.net[-1].bias.fill_(10.0)
+    r = on_real_frames(judge, eps, [0, 1])["a"]
+    assert (r["episodes"], r["frames"], r["successes"]) == (2, 7, 2)
+    # Every success is hit, every one of the 5 other frames is a false alarm, and both episodes are called
+    # a success at their first frame, before the simulator's (episode 1 never succeeds).
+    assert (r["tpr"], r["fpr"], r["fires_before_success"]) == (1.0, 1.0, 2)
+    with torch.no_grad():  # and one that never does
+        judge.net[-1].bias.fill_(-10.0)
+    r = on_real_frames(judge, eps, [0, 1])["a"]
+    assert (r["tpr"], r["fpr"], r["fires_before_success"]) == (0.0, 0.0, 0)

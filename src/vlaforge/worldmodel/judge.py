@@ -152,6 +152,34 @@ def train_judge(cfg: JudgeConfig) -> dict:
     return report
 
 
+def on_real_frames(judge: SuccessJudge, eps: Episodes, episodes: list[int]) -> dict[str, dict]:
+    """Per task, how the judge reads the real frames of `episodes` (e.g. a world model's held-out ones):
+    its hit rate on successful frames (tpr), its false alarms on the others (fpr), and in how many
+    episodes it calls a success before the simulator does (an imagined episode would end there)."""
+    out: dict[str, dict] = {}
+    for e in episodes:
+        a, b = eps.bounds[e]
+        p = judge.prob(torch.from_numpy(eps.frames[a:b])).cpu().numpy() >= 0.5
+        y = eps.success[a:b]
+        first = int(np.argmax(y)) if y.any() else b - a
+        task = (eps.tasks[e] if e < len(eps.tasks) else "") or eps.instructions[e]
+        r = out.setdefault(
+            task, {"episodes": 0, "frames": 0, "successes": 0, "hits": 0, "alarms": 0, "early": 0}
+        )
+        r["episodes"] += 1
+        r["frames"] += b - a
+        r["successes"] += int(y.sum())
+        r["hits"] += int((p & y).sum())
+        r["alarms"] += int((p & ~y).sum())
+        r["early"] += int(p[:first].any())
+    for r in out.values():
+        r["tpr"] = round(r.pop("hits") / r["successes"], 4) if r["successes"] else None
+        fails = r["frames"] - r["successes"]
+        r["fpr"] = round(r.pop("alarms") / fails, 4) if fails else None
+        r["fires_before_success"] = r.pop("early")
+    return out
+
+
 def load_judge(path: str | Path, device: str | torch.device = "cpu") -> tuple[SuccessJudge, dict]:
     """A trained judge and its metadata (camera, image size, report)."""
     path = Path(path)

@@ -102,6 +102,7 @@ def run_agreement(cfg: AgreementConfig) -> dict:
         "max_steps": max_steps,
         "worldmodel": cfg.worldmodel,
     }
+    summary["judge_on_real_frames"] = _judge_check(cfg.worldmodel)
     seen = [r for r in rows if not r["heldout_family"]]
     if held and len(seen) > 1:
         summary["seen_families"] = agreement([r["sim"] for r in seen], [r["worldmodel"] for r in seen])
@@ -110,6 +111,26 @@ def run_agreement(cfg: AgreementConfig) -> dict:
     write_text(out / "agreement.md", format_table(summary))
     plot(rows, summary["all"], out / "agreement.png")
     return summary
+
+
+def _judge_check(worldmodel: str) -> dict[str, dict]:
+    """The judge on the real frames of the world model's held-out episodes (where its episodes start):
+    can it see a success where the simulator flagged one? (`vlaforge.worldmodel.judge.on_real_frames`)"""
+    from vlaforge.worldmodel.data import load_episodes
+    from vlaforge.worldmodel.judge import load_judge, on_real_frames
+    from vlaforge.worldmodel.train import load_worldmodel
+
+    cfg = load_worldmodel(worldmodel).cfg
+    root = Path(worldmodel)
+    judge, _ = load_judge(root / "judge" if (root / "judge").is_dir() else root.parent / "judge")
+    eps = load_episodes(
+        cfg["datasets"],
+        cfg["camera"],
+        cfg["image_size"],
+        int(cfg["heldout_per_dataset"]),
+        cfg.get("starts") or [],
+    )
+    return on_real_frames(judge, eps, eps.heldout)
 
 
 def _per_policy(rows: list[dict]) -> tuple[list[float], list[float]]:
@@ -146,6 +167,16 @@ def format_table(summary: dict) -> str:
         m = summary["same_start_scenes"]
         lines += ["", f"{m['matched']} of {m['episodes']} imagined episodes per policy start from the real first "
                       "frame of the simulator's episode at the same seed."]  # fmt: skip
+    if summary.get("judge_on_real_frames"):
+        lines += ["", "The judge on the real frames of the world model's held-out episodes (where imagined episodes "
+                      "start):", "", "| task | episodes | successful frames | hit rate | false alarms | "
+                      "episodes it ends before the simulator's success |", "|---|---|---|---|---|---|"]  # fmt: skip
+        for task, j in summary["judge_on_real_frames"].items():
+            tpr = "-" if j["tpr"] is None else f"{j['tpr']:.2f}"
+            fpr = "-" if j["fpr"] is None else f"{j['fpr']:.3f}"
+            lines.append(
+                f"| {task} | {j['episodes']} | {j['successes']} | {tpr} | {fpr} | {j['fires_before_success']} |"
+            )
     lines += ["", "| policy | task | simulator | world model | held-out family |", "|---|---|---|---|---|"]
     for r in summary["rows"]:
         mark = "yes" if r["heldout_family"] else ""
