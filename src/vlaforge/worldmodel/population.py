@@ -72,6 +72,11 @@ def run_agreement(cfg: AgreementConfig) -> dict:
     known = wm.extra.get("start_seeds") or {}
     pairs = [(t, episode_seed(cfg.seed, t, i)) for t in tasks.split(",") for i in range(cfg.episodes)]
     same_scene = sum(s in set(known.get(t, ())) for t, s in pairs)
+    try:  # before the long part: the datasets are read from where the world model was trained
+        judge_check: dict = _judge_check(cfg.worldmodel)
+    except InputError as e:
+        judge_check = {"unavailable": str(e)}
+        print(f"agreement: the judge is not checked on real frames ({e})")
     size = cfg.baseline_image_size or wm.image_size
     max_steps = cfg.max_steps or wm.max_steps
     out = Path(cfg.out)
@@ -102,7 +107,7 @@ def run_agreement(cfg: AgreementConfig) -> dict:
         "max_steps": max_steps,
         "worldmodel": cfg.worldmodel,
     }
-    summary["judge_on_real_frames"] = _judge_check(cfg.worldmodel)
+    summary["judge_on_real_frames"] = judge_check
     seen = [r for r in rows if not r["heldout_family"]]
     if held and len(seen) > 1:
         summary["seen_families"] = agreement([r["sim"] for r in seen], [r["worldmodel"] for r in seen])
@@ -115,7 +120,11 @@ def run_agreement(cfg: AgreementConfig) -> dict:
 
 def _judge_check(worldmodel: str) -> dict[str, dict]:
     """The judge on the real frames of the world model's held-out episodes (where its episodes start):
-    can it see a success where the simulator flagged one? (`vlaforge.worldmodel.judge.on_real_frames`)"""
+    can it see a success where the simulator flagged one? (`vlaforge.worldmodel.judge.on_real_frames`)
+
+    Raises:
+        InputError: the world model's datasets cannot be read from here (paths relative to where it trained).
+    """
     from vlaforge.worldmodel.data import load_episodes
     from vlaforge.worldmodel.judge import load_judge, on_real_frames
     from vlaforge.worldmodel.train import load_worldmodel
@@ -167,7 +176,7 @@ def format_table(summary: dict) -> str:
         m = summary["same_start_scenes"]
         lines += ["", f"{m['matched']} of {m['episodes']} imagined episodes per policy start from the real first "
                       "frame of the simulator's episode at the same seed."]  # fmt: skip
-    if summary.get("judge_on_real_frames"):
+    if summary.get("judge_on_real_frames") and "unavailable" not in summary["judge_on_real_frames"]:
         lines += ["", "The judge on the real frames of the world model's held-out episodes (where imagined episodes "
                       "start):", "", "| task | episodes | successful frames | hit rate | false alarms | "
                       "episodes it ends before the simulator's success |", "|---|---|---|---|---|---|"]  # fmt: skip
