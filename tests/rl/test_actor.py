@@ -8,6 +8,7 @@ import torch
 from torch.distributions import Normal
 
 from vlaforge.envs.registry import get_env
+from vlaforge.errors import InputError
 from vlaforge.models.policy import Policy
 from vlaforge.rl.actor import NOISE_STD_RANGE, ActorCritic
 from vlaforge.rl.logprob import sde_step_moments
@@ -95,3 +96,6 @@ def test_flow_noise_samples_and_scores_its_own_chain():
     logp.sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in actor.noise_net.parameters())
     assert not any(k.startswith("noise_net") for k in policy.state_dict())
+    chunk = Policy.from_preset("tiny", "chunk", emb, make_stats(4, 4))
+    with pytest.raises(InputError, match="for a flow head"):
+        ActorCritic(chunk, flow_rl="noise")

@@ -92,6 +92,8 @@ class ActorCritic(nn.Module):
         kind = policy.head.kind
         if flow_rl not in FLOW_RL:
             raise InputError(f"flow_rl must be one of {list(FLOW_RL)}; got {flow_rl!r}")
+        if flow_rl == "noise" and kind != "flow":
+            raise InputError(f"--flow-rl noise is for a flow head; this policy has a {kind!r} head")
         if policy.family is not None or kind not in SUPPORTED_HEADS:
             raise InputError(
                 f"vlaforge rl improves policies with a {' or '.join(SUPPORTED_HEADS)} head; this one has "
