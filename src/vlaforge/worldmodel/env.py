@@ -2,10 +2,11 @@
 
 `reset(seed)` starts from the real first frame (and state) of one of the world model's held-out episodes
 of the task: the one recorded at that very seed when there is one (`vlaforge worldmodel train --starts`,
-the scenes of the simulator's evaluation at the same seeds), else episode seed mod their number. `step(action)` imagines the next frame, and success is the
-judge's calibrated probability >= 0.5 on that frame. The state is not modelled: observations carry the
-episode's first state throughout. RUN is a `vlaforge worldmodel train` run holding its judge in
-``RUN/judge`` (``vlaforge worldmodel judge --out RUN/judge``).
+the scenes of the simulator's evaluation at the same seeds), else episode seed mod their number.
+`step(action)` imagines the next frame, and success is the judge's calibrated probability >= 0.5 on that
+frame. The state is not modelled: observations carry the episode's first state throughout. RUN is a
+`vlaforge worldmodel train` run holding its judge in ``RUN/judge`` (``vlaforge worldmodel judge --out
+RUN/judge``).
 """
 
 from __future__ import annotations
