@@ -122,6 +122,18 @@ def load_episodes(
     )  # fmt: skip
 
 
+def training_episodes(cfg: dict) -> Episodes:
+    """The episodes a world model was trained from, held-out ones marked as in training, from its
+    ``worldmodel.json`` (`cfg`: datasets, camera, image size, held-out count and start recordings)."""
+    return load_episodes(
+        cfg["datasets"],
+        cfg["camera"],
+        cfg["image_size"],
+        int(cfg["heldout_per_dataset"]),
+        cfg.get("starts") or [],
+    )
+
+
 def windows(bounds: list[tuple[int, int]], episodes: list[int], context: int) -> np.ndarray:
     """int64 (W, K + 1): per window, K context frame indices then the target frame index.
 

@@ -125,20 +125,14 @@ def _judge_check(worldmodel: str) -> dict[str, dict]:
     Raises:
         InputError: the world model's datasets cannot be read from here (paths relative to where it trained).
     """
-    from vlaforge.worldmodel.data import load_episodes
+    from vlaforge.worldmodel.data import training_episodes
     from vlaforge.worldmodel.judge import load_judge, on_real_frames
     from vlaforge.worldmodel.train import load_worldmodel
 
     cfg = load_worldmodel(worldmodel).cfg
     root = Path(worldmodel)
     judge, _ = load_judge(root / "judge" if (root / "judge").is_dir() else root.parent / "judge")
-    eps = load_episodes(
-        cfg["datasets"],
-        cfg["camera"],
-        cfg["image_size"],
-        int(cfg["heldout_per_dataset"]),
-        cfg.get("starts") or [],
-    )
+    eps = training_episodes(cfg)
     return on_real_frames(judge, eps, eps.heldout)
 
 

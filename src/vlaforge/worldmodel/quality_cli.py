@@ -16,7 +16,7 @@ def run_quality(
     out: str | None,
     residual: bool = True,
 ) -> dict:
-    from vlaforge.worldmodel.data import load_episodes
+    from vlaforge.worldmodel.data import load_episodes, training_episodes
     from vlaforge.worldmodel.quality import format_quality, prediction_quality
     from vlaforge.worldmodel.train import load_worldmodel
 
@@ -26,13 +26,7 @@ def run_quality(
         eps = load_episodes([d.strip() for d in dataset.split(",")], cfg["camera"], cfg["image_size"], 0)
         episodes = list(range(len(eps.bounds)))
     else:
-        eps = load_episodes(
-            cfg["datasets"],
-            cfg["camera"],
-            cfg["image_size"],
-            int(cfg["heldout_per_dataset"]),
-            cfg.get("starts") or [],
-        )
+        eps = training_episodes(cfg)
         episodes = eps.heldout
     hs = tuple(int(h) for h in str(horizons).split(","))
     q = prediction_quality(model, eps, episodes, hs, stride=stride, seed=seed, pixel_residual=residual)
