@@ -449,6 +449,7 @@ def run_rl(cfg: RLConfig) -> Path:
                 "total_seconds": round(prior["seconds"], 3),
                 "decisions": len(batch.decisions),
                 "frames_rendered": batch.frames_rendered,
+                "envs_made": pool.envs_made(),
                 "rollout_seconds": round(batch.seconds, 3),
                 "forward_seconds": round(batch.forward_seconds, 3),
                 "update_seconds": round(update_s, 3),

@@ -77,9 +77,14 @@ def training_scenes(
     return out
 
 
-# Envs made in this process, reused by later pools with the same settings (making a Meta-World env with its
-# renderer takes about a second; `reset(seed)` alone decides an episode, so reuse changes nothing).
-_MADE: dict[tuple, object] = {}
+# Envs made in this process, per (env, task, cameras, image size, max_steps): every one made so far, and the
+# ones a pool holds now. A pool takes a free env of the task when an episode starts and gives its envs back
+# when the next episodes start, so a process keeps, per task, only as many envs as episodes of that task ever
+# ran in it at once (making a Meta-World env with its renderer takes about a second and ~170 MB; `reset(seed)`
+# alone decides an episode, so which instance runs it changes nothing). One env per (slot, task) instead was
+# 56 envs, ~9.5 GB, in each worker of a 7-task run with 16 episodes on 2 workers.
+_MADE: dict[tuple, list] = {}
+_BUSY: set[int] = set()
 
 
 def run_chunk(env: Any, rows: np.ndarray, steps: int, max_steps: int, dense: bool) -> dict:
@@ -109,7 +114,8 @@ def run_chunk(env: Any, rows: np.ndarray, steps: int, max_steps: int, dense: boo
 
 
 class EnvPool:
-    """The episode slots' envs in this process, kept per (slot, task) and made on first use.
+    """The episode slots' envs in this process: each episode takes a free env of its task (made on first
+    need, see `_MADE`), held until the next `reset`.
 
     `reset([(slot, task, seed)])` -> observations; `run([(slot, rows, steps)])` -> `run_chunk` results;
     `WorkerPool` offers the same two calls with the envs in worker processes.
@@ -119,25 +125,28 @@ class EnvPool:
                  dense: bool = False):  # fmt: skip
         self.spec, self.cameras, self.image_size, self.max_steps = spec, cameras, image_size, max_steps
         self.dense = dense
-        self._envs: dict[tuple[int, str], object] = {}
         self._current: dict[int, Any] = {}
 
-    def get(self, slot: int, task: str):
-        key = (slot, task)
-        if key not in self._envs:
-            made = (self.spec.name, task, self.cameras, self.image_size, self.max_steps, slot)
-            if made not in _MADE:
-                _MADE[made] = self.spec.make(
-                    task, cameras=self.cameras, image_size=self.image_size, max_steps=self.max_steps,
-                    render=False,
-                )  # fmt: skip
-            self._envs[key] = _MADE[made]
-        return self._envs[key]
+    def _take(self, task: str) -> Any:
+        made = _MADE.setdefault((self.spec.name, task, self.cameras, self.image_size, self.max_steps), [])
+        env = next((e for e in made if id(e) not in _BUSY), None)
+        if env is None:
+            env = self.spec.make(task, cameras=self.cameras, image_size=self.image_size,
+                                 max_steps=self.max_steps, render=False)  # fmt: skip
+            made.append(env)
+        _BUSY.add(id(env))
+        return env
+
+    def _release(self) -> None:
+        for env in self._current.values():
+            _BUSY.discard(id(env))
+        self._current = {}
 
     def reset(self, items: list[tuple[int, str, int]]) -> list[Any]:
+        self._release()
         out = []
         for slot, task, seed in items:
-            self._current[slot] = self.get(slot, task)
+            self._current[slot] = self._take(task)
             out.append(self._current[slot].reset(seed, render=True))
         return out
 
@@ -149,16 +158,23 @@ class EnvPool:
     def frames_rendered(self) -> int:
         return sum(e.frames_rendered for e in self._current.values())
 
+    def envs_made(self) -> int:
+        """How many envs this process holds for this pool's env and settings (every task)."""
+        key = (self.spec.name, self.cameras, self.image_size, self.max_steps)
+        return sum(len(v) for k, v in _MADE.items() if (k[0], *k[2:]) == key)
+
     def close(self) -> None:
-        """Forgets this pool's envs (they stay made for the next pool in this process; `close_all` ends them)."""
-        self._envs, self._current = {}, {}
+        """Gives this pool's envs back (they stay made for the next pool in this process; `close_all` ends them)."""
+        self._release()
 
 
 def close_all() -> None:
     """Closes every env this process made."""
-    for e in _MADE.values():
-        e.close()
+    for envs in _MADE.values():
+        for e in envs:
+            e.close()
     _MADE.clear()
+    _BUSY.clear()
 
 
 def _worker_main(conn: Any, args: dict) -> None:
@@ -180,6 +196,8 @@ def _worker_main(conn: Any, args: dict) -> None:
                     conn.send(("ok", pool.run(payload)))
                 elif cmd == "frames":
                     conn.send(("ok", pool.frames_rendered()))
+                elif cmd == "envs":
+                    conn.send(("ok", pool.envs_made()))
             except Exception:  # the parent raises it with the worker's traceback
                 conn.send(("error", traceback.format_exc()))
     finally:
@@ -252,8 +270,15 @@ class WorkerPool:
         return self._call("run", items)
 
     def frames_rendered(self) -> int:
+        return self._sum("frames")
+
+    def envs_made(self) -> int:
+        """Envs held by all the workers together."""
+        return self._sum("envs")
+
+    def _sum(self, cmd: str) -> int:
         for w in range(len(self._conns)):
-            self._send(w, ("frames", None))
+            self._send(w, (cmd, None))
         return sum(self._reply(w) for w in range(len(self._conns)))
 
     def close(self) -> None:
