@@ -25,13 +25,14 @@ def recorded(tmp_path_factory):
     return root
 
 
-def test_world_model_env_runs_a_policy(recorded, capsys):
+def test_world_model_env_runs_a_policy(recorded, capsys, monkeypatch, tmp_path):
     root = recorded
     data = f"{root / 'rec-expert'},{root / 'rec-random'}"
     run = root / "run"
     # Trained on the random policy's episodes; the expert's, recorded at the evaluations' seed (1000), are
     # all held out as the scenes evaluations inside the world model start from.
-    main(["worldmodel", "train", "--dataset", str(root / "rec-random"), "--starts", str(root / "rec-expert"),
+    monkeypatch.chdir(root)  # the datasets named relative to here
+    main(["worldmodel", "train", "--dataset", "rec-random", "--starts", "rec-expert",
           "--out", str(run), "--heldout", "1", "--context", "2",
           "--latent-channels", "4", "--width", "8", "--dyn-width", "16", "--dyn-blocks", "1", "--ae-steps", "4",
           "--steps", "4", "--batch-size", "8", "--save-every", "4", "--sample-every", "2", "--device", "cpu"])  # fmt: skip
@@ -46,6 +47,10 @@ def test_world_model_env_runs_a_policy(recorded, capsys):
     report = json.loads((run / "judge" / "judge.json").read_text())["report"]
     assert report["temperature"] > 0 and 0 <= report["ece_calibrated"] <= 1 and report["frames"] > 0
     capsys.readouterr()
+    # Read from another directory: the world model names its datasets by absolute paths.
+    monkeypatch.chdir(tmp_path)
+    assert cfg["datasets"] == [str((root / "rec-random").resolve())]
+    assert cfg["starts"] == [str((root / "rec-expert").resolve())]
     main(["worldmodel", "quality", str(run), "--horizons", "1,8", "--out", str(root / "q.json")])
     q = json.loads((root / "q.json").read_text())["quality"]
     assert q["1"]["n"] > 0 and q["1"]["copy_psnr"] > 0

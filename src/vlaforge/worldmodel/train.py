@@ -48,9 +48,10 @@ def model_dict(cfg: WorldModelConfig, eps: Episodes) -> dict[str, Any]:
         "dyn_blocks": cfg.dyn_blocks,
         "objective": cfg.objective,
         "flow_steps": cfg.flow_steps,
-        "datasets": cfg.datasets,
+        # Absolute, so `vlaforge worldmodel quality` and the agreement's judge check read them from anywhere.
+        "datasets": [str(Path(d).resolve()) for d in cfg.datasets],
         "heldout_per_dataset": cfg.heldout,
-        "starts": cfg.start_datasets,
+        "starts": [str(Path(d).resolve()) for d in cfg.start_datasets],
         "embodiment": eps.embodiment,
         "env": eps.env,
         "heldout": [
