@@ -225,7 +225,6 @@ def update(run: RLRun, batch: Batch) -> dict[str, float]:
     return {**{k: v / max(1, steps) for k, v in sums.items()}, "gradient_steps": steps, **extra}
 
 
-@torch.no_grad()
 def _init_weights(init: str) -> tuple[Path, str]:
     from vlaforge.policy_files import read_policy_dir
     from vlaforge.weights_hash import weights_sha256
@@ -269,6 +268,7 @@ def pinned_init(run: Path, init: str) -> str:
     return str(resolved)
 
 
+@torch.no_grad()
 def kl_to_initial(run: RLRun, initial: Any, batch: Batch, limit: int = 64) -> float | None:
     """Mean KL(current || initial) of the chunk Gaussians over (up to `limit` of) the iteration's decisions,
     summed over the executed rows (closed form); None for the flow head."""
