@@ -53,9 +53,9 @@ def fit_platt(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     z, y = np.asarray(logits, np.float64), np.asarray(labels, np.float64)
     lo, hi = 1 / 20.0, 1 / 0.05
     w = np.array([1.0, 0.0])
+    X = np.stack([z, np.ones_like(z)], axis=1)  # (n, 2): what the scale and the bias multiply
     for _ in range(100):
         p = 1.0 / (1.0 + np.exp(-(w[0] * z + w[1])))
-        X = np.stack([z, np.ones_like(z)], axis=1)
         grad = X.T @ (p - y) / len(z)
         hess = X.T @ (X * (p * (1 - p))[:, None]) / len(z) + 1e-9 * np.eye(2)
         step = np.linalg.solve(hess, grad)
