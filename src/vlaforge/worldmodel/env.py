@@ -42,9 +42,7 @@ class WorldModelEnv:
         self.task, self.embodiment, self.max_steps = task, emb, max_steps
         self.render_images, self.frames_rendered = True, 0
         self.model = load_worldmodel(spec_root)
-        self.judge, self.judge_meta = load_judge(
-            spec_root.parent / "judge" if spec_root.name == "last" else spec_root / "judge"
-        )
+        self.judge, self.judge_meta = load_judge(judge_dir(spec_root))
         starts = load_file(str(spec_root / STARTS))
         self.first_frames, self.first_states = starts["frames"], starts.get("states")
         self.rows, self.instruction = rows, instruction
@@ -106,11 +104,22 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "task"
 
 
+def model_dir(path: str | Path) -> Path:
+    """A world model's directory: ``RUN/last`` for a `vlaforge worldmodel train` run, else `path` itself."""
+    root = Path(path)
+    return root / "last" if (root / "last" / WM_CONFIG).is_file() else root
+
+
+def judge_dir(model: Path) -> Path:
+    """Where the success judge of the world model in directory `model` lives: ``RUN/judge`` beside
+    ``RUN/last``, or inside a model directory of its own."""
+    return model.parent / "judge" if model.name == "last" else model / "judge"
+
+
 @functools.lru_cache(maxsize=8)
 def world_model_spec(path: str) -> EnvSpec:
     """The `EnvSpec` of the world model run at `path` (its ``last/`` or a model directory)."""
-    root = Path(path)
-    root = root / "last" if (root / "last" / WM_CONFIG).is_file() else root
+    root = model_dir(path)
     if not (root / WM_CONFIG).is_file():
         raise InputError(f"--env {PREFIX}{path}: no {WM_CONFIG}; give a `vlaforge worldmodel train` run")
     cfg = json.loads((root / WM_CONFIG).read_text())
@@ -120,7 +129,7 @@ def world_model_spec(path: str) -> EnvSpec:
         )
     if not cfg.get("embodiment"):
         raise InputError(f"{path}: the world model records no embodiment (its datasets had none)")
-    judge = root.parent / "judge" if root.name == "last" else root / "judge"
+    judge = judge_dir(root)
     if not (judge / "judge.json").is_file():
         raise InputError(
             f"{path}: no success judge in {judge}; train one with `vlaforge worldmodel judge --out {judge}`"

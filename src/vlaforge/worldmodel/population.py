@@ -123,16 +123,19 @@ def _judge_check(worldmodel: str) -> dict[str, dict]:
     can it see a success where the simulator flagged one? (`vlaforge.worldmodel.judge.on_real_frames`)
 
     Raises:
-        InputError: the world model's datasets cannot be read from here (paths relative to where it trained).
+        InputError: the world model's datasets cannot be read (moved, or named relative to where a world
+            model trained before they were stored as absolute paths).
     """
-    from vlaforge.worldmodel.data import training_episodes
-    from vlaforge.worldmodel.judge import load_judge, on_real_frames
-    from vlaforge.worldmodel.train import load_worldmodel
+    import json
 
-    cfg = load_worldmodel(worldmodel).cfg
-    root = Path(worldmodel)
-    judge, _ = load_judge(root / "judge" if (root / "judge").is_dir() else root.parent / "judge")
-    eps = training_episodes(cfg)
+    from vlaforge.worldmodel.config import WM_CONFIG
+    from vlaforge.worldmodel.data import training_episodes
+    from vlaforge.worldmodel.env import judge_dir, model_dir
+    from vlaforge.worldmodel.judge import load_judge, on_real_frames
+
+    root = model_dir(worldmodel)
+    judge, _ = load_judge(judge_dir(root))
+    eps = training_episodes(json.loads((root / WM_CONFIG).read_text()))
     return on_real_frames(judge, eps, eps.heldout)
 
 
