@@ -43,6 +43,10 @@ class WorldModelConfig(JsonConfig):
         objective: "flow" (a stochastic prediction by flow matching on the latent change) or "mse" (a
             deterministic regression of the change, the ablation).
         flow_steps: Euler steps from noise (t = 1) to the prediction (t = 0).
+        rollout: R, dynamics steps unrolled per training window on the model's own predictions ("mse"
+            only): each step regresses the change from its own previous prediction to the real next
+            latent, which teaches the model to correct its drift in open loop; 1 is teacher forcing
+            (every step predicted from real frames). A step costs about R times one.
         ae_steps: optimizer steps of the autoencoder alone (phase 1; then it is frozen).
         steps: optimizer steps of the dynamics model (phase 2).
         batch_size: windows per step.
@@ -71,6 +75,7 @@ class WorldModelConfig(JsonConfig):
     dyn_blocks: int = 4
     objective: str = field(default="flow", metadata={"choices": list(OBJECTIVES)})
     flow_steps: int = 10
+    rollout: int = 1
     ae_steps: int = 1000
     steps: int = 2000
     batch_size: int = 32
@@ -89,7 +94,15 @@ class WorldModelConfig(JsonConfig):
         p = []
         if self.image_size is not None and (self.image_size < 8 or self.image_size % 4):
             p.append(f"image_size must be a multiple of 4 and >= 8; got {self.image_size}")
-        for name in ("context", "latent_channels", "width", "dyn_width", "dyn_blocks", "flow_steps"):
+        for name in (
+            "context",
+            "latent_channels",
+            "width",
+            "dyn_width",
+            "dyn_blocks",
+            "flow_steps",
+            "rollout",
+        ):
             if getattr(self, name) < 1:
                 p.append(f"{name} must be >= 1; got {getattr(self, name)}")
         for name in ("ae_steps", "steps", "heldout", "sample_every"):
@@ -100,6 +113,10 @@ class WorldModelConfig(JsonConfig):
                 p.append(f"{name} must be >= 1; got {getattr(self, name)}")
         if self.objective not in OBJECTIVES:
             p.append(f"objective must be one of {list(OBJECTIVES)}; got {self.objective!r}")
+        if self.rollout > 1 and self.objective != "mse":
+            p.append(
+                f"rollout={self.rollout} needs --objective mse (a flow prediction is sampled, not unrolled)"
+            )
         if not (self.lr > 0 and self.ae_lr > 0):
             p.append(f"lr and ae_lr must be > 0; got {self.lr}, {self.ae_lr}")
         _check(p, "worldmodel train")

@@ -134,32 +134,38 @@ def training_episodes(cfg: dict) -> Episodes:
     )
 
 
-def windows(bounds: list[tuple[int, int]], episodes: list[int], context: int) -> np.ndarray:
-    """int64 (W, K + 1): per window, K context frame indices then the target frame index.
+def windows(bounds: list[tuple[int, int]], episodes: list[int], context: int, horizon: int = 1) -> np.ndarray:
+    """int64 (W, K + R): per window, K context frame indices then R = `horizon` target frame indices.
 
-    Every frame but an episode's first is a target; context indices before the episode's start are the
-    first frame repeated (so an episode can start from its first frame alone, as the environment does).
+    Every frame but an episode's first starts the targets of a window whose R targets lie in the episode;
+    context indices before the episode's start are the first frame repeated (so an episode can start from
+    its first frame alone, as the environment does).
     """
     rows = []
     for e in episodes:
         start, stop = bounds[e]
-        for j in range(start + 1, stop):
-            idx = np.arange(j - context, j + 1)
+        for j in range(start + 1, stop - horizon + 1):
+            idx = np.arange(j - context, j + horizon)
             rows.append(np.maximum(idx, start))
     if not rows:
-        raise InputError("no training windows: every episode has a single frame")
+        raise InputError(
+            "no training windows: every episode has a single frame"
+            if horizon == 1
+            else f"no training windows: no episode has more than {horizon} frames (lower --rollout)"
+        )
     return np.stack(rows).astype(np.int64)
 
 
 def context_actions(
-    actions: np.ndarray, win: np.ndarray, bounds_start: np.ndarray
+    actions: np.ndarray, win: np.ndarray, bounds_start: np.ndarray, context: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """float32 (W, K, A): the action taken at each context frame, and bool (W, K): the padding positions
-    (before the episode's start), whose actions the model sees as zeros."""
-    ctx = win[:, :-1]
-    target = win[:, -1:]
-    k = ctx.shape[1]
-    true_idx = target - np.arange(k, 0, -1)[None, :]  # the frame each context slot would be
+    """float32 (W, K + R - 1, A): the action taken at each frame of the window but its last (the K
+    context frames, then the first R - 1 targets, through which a rollout goes on), and bool
+    (W, K + R - 1): the padding positions (before the episode's start), whose actions the model sees as
+    zeros. `context` is K (None: the window's length less one, R = 1)."""
+    k = win.shape[1] - 1 if context is None else int(context)
+    first = win[:, k : k + 1]  # the first target
+    true_idx = first - k + np.arange(win.shape[1] - 1)[None, :]  # the frame each action slot belongs to
     pad = true_idx < bounds_start[:, None]
     out = actions[np.maximum(true_idx, 0)].astype(np.float32)
     out[pad] = 0.0

@@ -5,7 +5,8 @@
   only the past is read). With the "flow" objective it is a flow-matching velocity field over the
   normalised latent change d = (z_{t+1} - z_t) / delta_std, the convention of pi0's action expert
   (x_s = s * noise + (1 - s) * d, target noise - d, Euler from s = 1 to 0); with "mse" it regresses d.
-  Conditioning (actions and the flow time) enters every residual block by FiLM.
+  Conditioning (actions and the flow time) enters every residual block by FiLM. With "mse" the loss can
+  be unrolled R steps on the model's own predictions (`rollout_loss`).
 - `SuccessJudge`: a small conv classifier of one frame, with a fitted temperature.
 """
 
@@ -141,6 +142,27 @@ class WorldModel(nn.Module):
         t = (0.999 * s + 0.001).to(d.device)  # pi0's time distribution, toward the noisy end
         x = t[:, None, None, None] * noise + (1 - t[:, None, None, None]) * d
         return F.mse_loss(self.dyn(ctx, actions, x, t), noise - d)
+
+    def rollout_loss(self, ctx: torch.Tensor, actions: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The "mse" loss unrolled on the model's own predictions (latents detached by the caller).
+
+        ctx (B, K, C, h, w) real latents, actions (B, K + R - 1, A) normalised (those taken at the context
+        frames, then at the first R - 1 targets), targets (B, R, C, h, w) the next R real latents. Step r
+        predicts the change from the last latent of its context (its own prediction after the first step)
+        and regresses the change that reaches target r from there, so open-loop errors are corrected
+        instead of compounding; gradients flow back through the rollout. The loss averages the R steps;
+        R = 1 is the one-step "mse" loss exactly.
+        """
+        k, b = ctx.shape[1], ctx.shape[0]
+        zero = torch.zeros(b, device=ctx.device)
+        losses = []
+        for r in range(targets.shape[1]):
+            last = ctx[:, -1]
+            d = self.dyn(ctx, actions[:, r : r + k], torch.zeros_like(last), zero)
+            losses.append(F.mse_loss(d, (targets[:, r] - last) / self.delta_std))
+            nxt = (last + d * self.delta_std).clamp(-1, 1)
+            ctx = torch.cat([ctx[:, 1:], nxt[:, None]], dim=1)
+        return torch.stack(losses).mean()
 
     @torch.no_grad()
     def predict(

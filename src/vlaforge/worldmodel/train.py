@@ -48,6 +48,7 @@ def model_dict(cfg: WorldModelConfig, eps: Episodes) -> dict[str, Any]:
         "dyn_blocks": cfg.dyn_blocks,
         "objective": cfg.objective,
         "flow_steps": cfg.flow_steps,
+        "rollout": cfg.rollout,
         # Absolute, so `vlaforge worldmodel quality` and the agreement's judge check read them from anywhere.
         "datasets": [str(Path(d).resolve()) for d in cfg.datasets],
         "heldout_per_dataset": cfg.heldout,
@@ -106,10 +107,11 @@ def load_worldmodel(path: str | Path, device: str | torch.device = "cpu") -> Wor
 class _Batches:
     """Training windows, their actions and the batch of step s (a function of (seed, s) alone)."""
 
-    def __init__(self, eps: Episodes, context: int, seed: int):
-        self.eps, self.seed = eps, seed
-        self.win = windows(eps.bounds, eps.train, context)  # (W, K + 1)
-        self.acts, self.pad = context_actions(eps.actions, self.win, window_starts(eps.bounds, self.win))
+    def __init__(self, eps: Episodes, context: int, seed: int, rollout: int = 1):
+        self.eps, self.seed, self.context = eps, seed, context
+        self.win = windows(eps.bounds, eps.train, context, rollout)  # (W, K + R)
+        starts = window_starts(eps.bounds, self.win)
+        self.acts, self.pad = context_actions(eps.actions, self.win, starts, context)  # (W, K + R - 1, A)
         self.frame_ids = np.unique(self.win)
 
     def rng(self, step: int) -> np.random.Generator:
@@ -131,11 +133,13 @@ def encode_all(model: WorldModel, frames: np.ndarray, device, chunk: int = 256) 
 
 
 def dynamics_batch(model: WorldModel, batches: _Batches, step: int, n: int, latents: torch.Tensor) -> tuple:
+    """Context latents (B, K, C, h, w), normalised actions (B, K + R - 1, A), targets (B, R, C, h, w)."""
     i = batches.rng(step).integers(0, len(batches.win), n)
-    z = latents[torch.from_numpy(batches.win[i]).to(latents.device)]  # (B, K + 1, C, h, w)
+    z = latents[torch.from_numpy(batches.win[i]).to(latents.device)]  # (B, K + R, C, h, w)
     a = model.norm_actions(torch.from_numpy(batches.acts[i]).to(latents.device),
                            torch.from_numpy(batches.pad[i]).to(latents.device))  # fmt: skip
-    return z[:, :-1], a, z[:, -1]
+    k = batches.context
+    return z[:, :k], a, z[:, k:]
 
 
 def fit(
@@ -149,7 +153,7 @@ def fit(
     ``last/`` every `save_every` steps, ``metrics.jsonl`` and sample videos, and resumes from ``last/``.
     `stop_at` ends the run early after that step, as an interruption would (tests)."""
     device = next(model.parameters()).device
-    batches = _Batches(eps, cfg.context, cfg.seed)
+    batches = _Batches(eps, cfg.context, cfg.seed, cfg.rollout)
     groups = [{"params": list(model.ae.parameters()), "lr": cfg.ae_lr},
               {"params": list(model.dyn.parameters()), "lr": cfg.lr}]  # fmt: skip
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
@@ -183,8 +187,11 @@ def fit(
                     latents = encode_all(model, eps.frames, device)
                 if step == cfg.ae_steps:
                     model.delta_std.fill_(_delta_std(model, batches, latents))
-                ctx, a, target = dynamics_batch(model, batches, step, cfg.batch_size, latents)
-                loss = model.flow_loss(ctx, a, target, _gen(cfg.seed, step))
+                ctx, a, targets = dynamics_batch(model, batches, step, cfg.batch_size, latents)
+                if targets.shape[1] == 1:
+                    loss = model.flow_loss(ctx, a, targets[:, 0], _gen(cfg.seed, step))
+                else:
+                    loss = model.rollout_loss(ctx, a, targets)
                 phase = "dyn"
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -218,8 +225,8 @@ def fit(
 
 def _delta_std(model: WorldModel, batches: _Batches, latents: torch.Tensor) -> float:
     """The std of the latent change over 256 training windows (the flow's target scale)."""
-    ctx, _, target = dynamics_batch(model, batches, 2**31 - 1, 256, latents)
-    return float((target - ctx[:, -1]).std().clamp_min(1e-4))
+    ctx, _, targets = dynamics_batch(model, batches, 2**31 - 1, 256, latents)
+    return float((targets[:, 0] - ctx[:, -1]).std().clamp_min(1e-4))
 
 
 def _save(run: Path, model: WorldModel, opt, names: list[str], step: int, eps: Episodes) -> None:
