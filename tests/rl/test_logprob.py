@@ -11,6 +11,7 @@ from vlaforge.rl.logprob import (
     flow_noise_chain_log_prob,
     flow_sde_chain_log_prob,
     flow_sde_sample,
+    gaussian_entropy,
     gaussian_log_prob,
 )
 
@@ -28,6 +29,19 @@ def test_gaussian_chunk_log_prob_matches_torch_distributions():
     # One hand-checked value: x = mean + 1, log_std = 0 -> -0.5 - 0.5 log(2 pi) per element.
     one = gaussian_log_prob(torch.ones(1, 1, 1), torch.zeros(1, 1, 1), torch.zeros(1, 1))
     assert abs(one.item() - (-0.5 - 0.5 * math.log(2 * math.pi))) < 1e-6
+
+
+def test_gaussian_entropy_matches_torch_distributions_shared_and_per_sample():
+    g = torch.Generator().manual_seed(1)
+    keep = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    shared = torch.randn(4, 2, generator=g) * 0.3  # the chunk head's log-std
+    per = Normal(0.0, shared.exp()).entropy()  # (4, 2)
+    torch.testing.assert_close(
+        gaussian_entropy(shared, keep), torch.stack([per[: int(k.sum())].sum() for k in keep])
+    )
+    torch.testing.assert_close(gaussian_entropy(shared), per.sum())
+    sample = torch.randn(3, 4, 2, generator=g) * 0.3  # a Flow-Noise step's log-std, per sample
+    torch.testing.assert_close(gaussian_entropy(sample), Normal(0.0, sample.exp()).entropy().sum(dim=(1, 2)))
 
 
 def _velocity(x, t):

@@ -28,10 +28,10 @@ from vlaforge.errors import InputError
 from vlaforge.models.backbone import Prefix
 from vlaforge.models.heads import ChunkHead, Context
 from vlaforge.rl.logprob import (
-    LOG_2PI,
     flow_noise_chain_log_prob,
     flow_sde_chain_log_prob,
     flow_sde_sample,
+    gaussian_entropy,
     gaussian_log_prob,
 )
 
@@ -220,7 +220,7 @@ class ActorCritic(nn.Module):
         if self.kind == "chunk":
             log_std = self.log_std.float()
             logp = gaussian_log_prob(record, fwd.mean, log_std, keep)
-            ent = (keep[..., None].float() * (log_std + 0.5 * (1 + np.log(2 * np.pi)))).sum(dim=(1, 2))
+            ent = gaussian_entropy(log_std, keep)
             return logp, ent, value
         head, backbone = self.policy.head, self.policy.backbone
         n = record.shape[1] - 1
@@ -229,7 +229,7 @@ class ActorCritic(nn.Module):
             means, stds = [m for m, _ in steps], [s for _, s in steps]
             logp = flow_noise_chain_log_prob(record, means, stds, keep)
             # The steps' Gaussian entropies, averaged over the steps (as the log-likelihood is).
-            ent = torch.stack([(torch.log(s) + 0.5 * (1 + LOG_2PI)).sum(dim=(1, 2)) for s in stds]).mean(0)
+            ent = torch.stack([gaussian_entropy(torch.log(s)) for s in stds]).mean(0)
             return logp, ent, value
         vels = []
         for k in range(n):

@@ -50,10 +50,12 @@ def gaussian_log_prob(
 
 
 def gaussian_entropy(log_std: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
-    """Entropy (B,) of the chunk Gaussian over the kept rows (a scalar sum when keep is None)."""
-    per = log_std + 0.5 * (1 + LOG_2PI)  # (H, D)
+    """Entropy of a diagonal Gaussian over a chunk's rows: log_std (H, D) shared by the batch (the chunk
+    head's) or (B, H, D) per sample (a Flow-Noise step's); summed over the kept rows of bool keep (B, H)
+    to (B,), or over every row when keep is None ((B,), or a scalar for a shared (H, D))."""
+    per = log_std + 0.5 * (1 + LOG_2PI)
     if keep is None:
-        return per.sum()
+        return per.sum(dim=(-2, -1))
     return (keep[..., None].to(per.dtype) * per).sum(dim=(1, 2))
 
 
