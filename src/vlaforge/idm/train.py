@@ -8,7 +8,6 @@ atomically to ``OUT/last`` (``idm_config.json`` + ``idm.safetensors``).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+from vlaforge import metrics_log
 from vlaforge.atomic import atomic_dir, write_json
 from vlaforge.data.dataset import open_dataset
 from vlaforge.devices import resolve_device
@@ -27,7 +27,7 @@ from vlaforge.idm.config import IDM_CONFIG, IDM_WEIGHTS, IdmConfig
 from vlaforge.idm.model import InverseDynamicsModel, to_float_images, window_starts
 from vlaforge.train.runtime import apply_threads, plan_threads
 
-METRICS = "metrics.jsonl"
+METRICS = metrics_log.FILE
 
 
 @dataclass
@@ -142,10 +142,7 @@ def _train(cfg: IdmConfig, device: torch.device, run: Path) -> Path:
     gen = torch.Generator().manual_seed(cfg.seed)
     window: list[float] = []
     elapsed = 0.0
-    with (
-        (run / METRICS).open("a") as metrics,
-        tqdm(total=cfg.steps, desc="idm train", dynamic_ncols=True) as bar,
-    ):
+    with tqdm(total=cfg.steps, desc="idm train", dynamic_ncols=True) as bar:
         for step in range(1, cfg.steps + 1):
             t0 = time.perf_counter()
             t = data.starts[
@@ -166,8 +163,7 @@ def _train(cfg: IdmConfig, device: torch.device, run: Path) -> Path:
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 line = {"step": step, "l1": float(np.mean(window)), "elapsed_s": round(elapsed, 2)}
-                metrics.write(json.dumps(line) + "\n")
-                metrics.flush()
+                metrics_log.append(run / METRICS, line)
                 bar.set_postfix(l1=f"{line['l1']:.4f}")
                 window = []
     with atomic_dir(run / "last", overwrite=True) as d:

@@ -9,7 +9,6 @@ directories, ``RUN/last``, optimizer as safetensors, RNG states); the model itse
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +169,6 @@ def _train(cfg: LatentConfig, device: torch.device, run: Path, threads: int) -> 
     model.train()
     window: list[dict[str, float]] = []
     bar = tqdm(total=cfg.steps, initial=step, desc="latent train", dynamic_ncols=True)
-    metrics = (run / METRICS).open("a")
     try:
         while step < cfg.steps:
             t0 = time.perf_counter()
@@ -188,14 +186,12 @@ def _train(cfg: LatentConfig, device: torch.device, run: Path, threads: int) -> 
             if step % cfg.log_every == 0 or step == cfg.steps:
                 line = {"step": step, **{k: float(np.mean([w[k] for w in window])) for k in window[0]}}
                 line["elapsed_s"] = round(elapsed, 2)
-                metrics.write(json.dumps(line) + "\n")
-                metrics.flush()
+                metrics_log.append(run / METRICS, line)
                 bar.set_postfix(recon=f"{line['recon']:.5f}", codes=f"{line['codes_used']:.1f}")
                 window = []
             if step % cfg.save_every == 0 or step == cfg.steps:
                 save(step)
     finally:
-        metrics.close()
         bar.close()
     print(f"vlaforge latent train: done, {step} steps in {elapsed:.0f} s; model {run / 'last'}")
     print(f"  next: vlaforge latent label DATASET --lam {run} --out LABELLED")
