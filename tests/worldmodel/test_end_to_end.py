@@ -54,6 +54,13 @@ def test_world_model_env_runs_a_policy(recorded, capsys, monkeypatch, tmp_path):
     main(["worldmodel", "quality", str(run), "--horizons", "1,8", "--out", str(root / "q.json")])
     q = json.loads((root / "q.json").read_text())["quality"]
     assert q["1"]["n"] > 0 and q["1"]["copy_psnr"] > 0
+    # Replay: its held-out episodes open loop, with the judge beside the model; one strip per episode asked.
+    main(["worldmodel", "replay", str(run), "--strips", "1", "--out", str(root / "replay")])
+    rep = json.loads((root / "replay" / "replay.json").read_text())
+    assert rep["judge"] and len(rep["episodes"]) == 4
+    first = rep["episodes"][0]
+    assert 0 <= first["judge_imagined_max"] <= 1 and first["motion_real"] > 0
+    assert (root / "replay" / first["strip"]).is_file() and "strip" not in rep["episodes"][1]
 
     # The world model behind the Env protocol: reset starts from the held-out episode's real first frame,
     # the one recorded at the seed asked for when there is one, else held-out episode seed mod their number.

@@ -1,4 +1,4 @@
-"""`vlaforge worldmodel train | judge | quality | agreement` (torch-free here: flags from the configs)."""
+"""`vlaforge worldmodel train | judge | quality | replay | agreement` (torch-free here: flags from the configs)."""
 
 from __future__ import annotations
 
@@ -38,6 +38,16 @@ def add_worldmodel_command(sub: Any, build: bool) -> None:
         help="decode each frame from its latent (default: decode changes)",
     )
     q.set_defaults(func=_quality)
+    r = wsub.add_parser(
+        "replay", help="recorded episodes replayed open loop in the model: errors, motion, the judge"
+    )
+    r.add_argument("worldmodel", help="the world model's run directory (its judge in RUN/judge when there)")
+    r.add_argument("--dataset", default=None, help="replay these datasets (default: its held-out episodes)")
+    r.add_argument("--episodes", type=int, default=0, help="the first N episodes only (default: 0, all)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the imagination's noise (default: 0)")
+    r.add_argument("--strips", type=int, default=4, help="PNG strips of the first N episodes (default: 4)")
+    r.add_argument("--out", default=None, help="write replay.json and strips/ here")
+    r.set_defaults(func=_replay)
     g = wsub.add_parser("agreement", help="evaluate policies in the simulator and the world model; compare")
     add_config_args(g, AgreementConfig)
     g.set_defaults(func=lambda a: _agreement(config_from_args(AgreementConfig, a)))
@@ -59,6 +69,12 @@ def _quality(a: Any) -> None:
     from vlaforge.worldmodel.quality_cli import run_quality
 
     run_quality(a.worldmodel, a.dataset, a.horizons, a.stride, a.seed, a.out, not a.no_residual)
+
+
+def _replay(a: Any) -> None:
+    from vlaforge.worldmodel.replay import run_replay
+
+    run_replay(a.worldmodel, a.dataset, a.episodes, a.seed, a.out, a.strips)
 
 
 def _agreement(cfg: Any) -> None:
