@@ -61,14 +61,13 @@ PHRASINGS: dict[str, list[str]] = {
     ],
     "drawer-close-v3": [
         "close the drawer",
-        "[push|slide] the drawer in to shut it",
         "[push|slide] the drawer [in|back in]",
-        "[push|slide] the drawer until it closes",
+        "[push|slide] the drawer [in|back in|] [to close it|to shut it|until it closes]",
     ],
     "drawer-open-v3": [
-        "open the drawer",
+        "open [|up] the drawer",
         "[pull|slide] the drawer [outward|toward you]",
-        "[pull|slide] the drawer until it opens",
+        "[pull|slide] the drawer [outward|toward you|] [to open it|until it opens]",
     ],
     "faucet-open-v3": [
         "turn [on the faucet|the tap on|the faucet on]",
