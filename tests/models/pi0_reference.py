@@ -6,7 +6,10 @@ Written per openpi: SigLIP pre-LN encoder (LayerNorm eps 1e-6, GELU-tanh MLP, le
 embedding, final LayerNorm, no pooling head); Gemma `RMSNorm` scale (1 + w) on x * rsqrt(mean(x^2) + eps);
 `_apply_rope` on split halves with timescale 1e4 ** (2 i / d); grouped-query attention as an einsum over
 (kv head, group) with `big_neg` where the mask is False; the multi-stream `Block` that concatenates the
-streams' q/k/v; `make_attn_mask` from the ar_mask cumsum; `posemb_sincos` for the time.
+streams' q/k/v; `make_attn_mask` from the ar_mask cumsum; `posemb_sincos` for the time. With
+`cfg.adarms_time`, pi0.5's time path: time_mlp_in / swish / time_mlp_out / swish to a condition, openpi's
+adaptive `RMSNorm` (modulation = Dense(cond) split into scale, shift, gate; x_normed * (1 + scale) + shift)
+on the expert stream and `_gated_residual` (x + y * gate) around its attention and MLP.
 """
 
 from __future__ import annotations
@@ -92,8 +95,24 @@ def make_attn_mask(input_mask, mask_ar):
     return out
 
 
-def joint_layers(sd, xs, mask, positions, heads, head_dim):
-    """openpi's multi-stream Gemma `Module` over [prefix, suffix]; returns (per-layer inputs, outputs)."""
+def norm_stream(sd, name, x, cond):
+    """openpi `RMSNorm(x, cond)` -> (normed, gate): the plain Gemma norm without a condition, else the
+    adaptive one whose Dense ("<name>.dense") gives scale, shift and gate."""
+    if cond is None:
+        return rms(x, sd[name + ".weight"]), None
+    mod = _lin(sd, name + ".dense", cond)[:, None, :]
+    scale, shift, gate = torch.split(mod, mod.shape[-1] // 3, dim=-1)
+    normed = x * torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-6)
+    return normed * (1 + scale) + shift, gate
+
+
+def gated_residual(x, y, gate):
+    return x + y if gate is None else x + y * gate
+
+
+def joint_layers(sd, xs, mask, positions, heads, head_dim, conds=(None, None)):
+    """openpi's multi-stream Gemma `Module` over [prefix, suffix] with `adarms_cond` per stream; returns
+    (per-layer inputs, outputs)."""
     prefixes = [VLM + "language_model.", EXPERT]
     depth = 0
     while f"{prefixes[0]}layers.{depth}.input_layernorm.weight" in sd:
@@ -101,10 +120,11 @@ def joint_layers(sd, xs, mask, positions, heads, head_dim):
     hidden = []
     for li in range(depth):
         hidden.append([x.clone() for x in xs])
-        qs, ks, vs = [], [], []
-        for x, pre in zip(xs, prefixes, strict=True):
+        qs, ks, vs, gates = [], [], [], []
+        for x, pre, c in zip(xs, prefixes, conds, strict=True):
             L = f"{pre}layers.{li}."
-            h = rms(x, sd[L + "input_layernorm.weight"])
+            h, gate = norm_stream(sd, L + "input_layernorm", x, c)
+            gates.append(gate)
             B, T, _ = h.shape
             qs.append((h @ sd[L + "self_attn.q_proj.weight"].T).reshape(B, T, heads, head_dim))
             ks.append((h @ sd[L + "self_attn.k_proj.weight"].T).reshape(B, T, -1, head_dim))
@@ -120,17 +140,17 @@ def joint_layers(sd, xs, mask, positions, heads, head_dim):
         probs = torch.softmax(logits, dim=-1)
         enc = torch.einsum("bkgts,bskh->btkgh", probs, v).reshape(B, -1, heads * head_dim)
         out, start = [], 0
-        for x, pre in zip(xs, prefixes, strict=True):
+        for x, pre, c, g in zip(xs, prefixes, conds, gates, strict=True):
             L = f"{pre}layers.{li}."
             T = x.shape[1]
-            x = x + enc[:, start : start + T] @ sd[L + "self_attn.o_proj.weight"].T
+            x = gated_residual(x, enc[:, start : start + T] @ sd[L + "self_attn.o_proj.weight"].T, g)
             start += T
-            h = rms(x, sd[L + "post_attention_layernorm.weight"])
-            gate = _gelu_tanh(h @ sd[L + "mlp.gate_proj.weight"].T)
+            h, g2 = norm_stream(sd, L + "post_attention_layernorm", x, c)
+            act = _gelu_tanh(h @ sd[L + "mlp.gate_proj.weight"].T)
             up = h @ sd[L + "mlp.up_proj.weight"].T
-            out.append(x + (gate * up) @ sd[L + "mlp.down_proj.weight"].T)
+            out.append(gated_residual(x, (act * up) @ sd[L + "mlp.down_proj.weight"].T, g2))
         xs = out
-    finals = [rms(x, sd[pre + "norm.weight"]) for x, pre in zip(xs, prefixes, strict=True)]
+    finals = [norm_stream(sd, pre + "norm", x, c)[0] for x, pre, c in zip(xs, prefixes, conds, strict=True)]
     return hidden, finals
 
 
@@ -160,9 +180,15 @@ def velocity(sd, cfg, images, img_masks, tokens, tok_masks, state, x_t, t):
     B, H = x_t.shape[:2]
     st = _lin(sd, "state_proj", state)[:, None]
     a = _lin(sd, "action_in_proj", x_t)
-    te = posemb_sincos(t, a.shape[-1], cfg.min_period, cfg.max_period)[:, None].expand(-1, H, -1)
-    at = _lin(sd, "action_time_mlp_in", torch.cat([a, te], -1))
-    at = _lin(sd, "action_time_mlp_out", at * torch.sigmoid(at))
+    te = posemb_sincos(t, a.shape[-1], cfg.min_period, cfg.max_period)
+    cond = None
+    if cfg.adarms_time:  # pi0.5: the action tokens are action_in_proj alone; the time goes to the norms
+        c = _lin(sd, "time_mlp_in", te)
+        c = _lin(sd, "time_mlp_out", c * torch.sigmoid(c))
+        cond, at = c * torch.sigmoid(c), a
+    else:
+        at = _lin(sd, "action_time_mlp_in", torch.cat([a, te[:, None].expand(-1, H, -1)], -1))
+        at = _lin(sd, "action_time_mlp_out", at * torch.sigmoid(at))
     suffix = torch.cat([st, at], 1)
     input_mask += [torch.ones(B, 1 + H, dtype=torch.bool)]
     ar += [True] + [True] + [False] * (H - 1)
@@ -170,7 +196,7 @@ def velocity(sd, cfg, images, img_masks, tokens, tok_masks, state, x_t, t):
     ar = torch.tensor(ar)[None].expand(B, -1)
     mask = make_attn_mask(input_mask, ar)
     positions = torch.cumsum(input_mask.long(), 1) - 1
-    hidden, (_, out) = joint_layers(sd, [prefix, suffix], mask, positions, heads, head_dim)
+    hidden, (_, out) = joint_layers(sd, [prefix, suffix], mask, positions, heads, head_dim, (None, cond))
     return hidden, _lin(sd, "action_out_proj", out[:, -H:])
 
 

@@ -24,10 +24,13 @@ FAMILY_TYPES = ["pi0", "smolvla"]
 PRE, POST = "policy_preprocessor", "policy_postprocessor"
 
 
-@pytest.fixture(scope="module", params=FAMILY_TYPES)
+@pytest.fixture(scope="module", params=[*FAMILY_TYPES, "pi0-adarms"])
 def checkpoint(request, tmp_path_factory) -> Path:
-    """A tiny random checkpoint of each family in LeRobot's layout (with a tokenizer.json)."""
-    return write_tiny(tmp_path_factory.mktemp(request.param) / "ckpt", request.param, seed=3)
+    """A tiny random checkpoint of each family in LeRobot's layout (with a tokenizer.json), and pi0 with
+    pi0.5's adaptive-RMSNorm time conditioning."""
+    family, _, variant = request.param.partition("-")
+    overrides = {"adarms_time": True} if variant else None
+    return write_tiny(tmp_path_factory.mktemp(request.param) / "ckpt", family, seed=3, overrides=overrides)
 
 
 def _json(path: Path):
@@ -37,6 +40,8 @@ def _json(path: Path):
 def test_the_files_are_lerobots(checkpoint):
     cfg = _json(checkpoint / "config.json")
     assert cfg["type"] in FAMILIES and detect_format(checkpoint).name == "lerobot"
+    # vlaforge's pi0.5 time-conditioning key is written only when on (LeRobot's own configs lack it)
+    assert cfg.get("adarms_time", False) is ("adarms" in checkpoint.parent.name)
     assert cfg["input_features"] == {
         "observation.state": {"type": "STATE", "shape": [4]},
         "observation.images.image": {"type": "VISUAL", "shape": [3, 64, 64]},

@@ -1,5 +1,5 @@
-"""pi0 (`vlaforge.models.pi0`): checked against an independent plain-torch forward written from openpi's
-definitions (tests/models/pi0_reference.py), cache / no-cache and batch / single agreement, LeRobot's
+"""pi0 (`vlaforge.models.pi0`), with and without pi0.5's adaptive-RMSNorm time conditioning: checked against
+an independent plain-torch forward written from openpi's definitions (tests/models/pi0_reference.py), cache / no-cache and batch / single agreement, LeRobot's
 config round trip and key names, and the real size's parameter count built on the meta device."""
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ from vlaforge.models.pi0 import Pi0Config, Pi0Model, parameter_parts
 B = 2
 
 
-@pytest.fixture(scope="module")
-def model() -> Pi0Model:
+@pytest.fixture(scope="module", params=[False, True], ids=["pi0", "adarms"])
+def model(request) -> Pi0Model:
+    """pi0, and pi0 with pi0.5's adaptive-RMSNorm time conditioning (`adarms_time`)."""
+    from dataclasses import replace
+
     torch.manual_seed(0)
-    m = Pi0Model(Pi0Config.tiny()).eval()
+    m = Pi0Model(replace(Pi0Config.tiny(), adarms_time=request.param)).eval()
     with torch.no_grad():  # every tensor random (norm scales start at 0 in Gemma's init)
         for p in m.parameters():
             p.normal_(0.0, 0.15)
@@ -200,7 +203,7 @@ def test_lerobot_weights_stored_once_load_tied(model):
     del sd["paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight"]
     for assign in (False, True):
         torch.manual_seed(5)
-        other = Pi0Model(Pi0Config.tiny())
+        other = Pi0Model(model.config)
         other.load_state_dict(sd, strict=True, assign=assign)
         pw = other.paligemma_with_expert.paligemma
         assert pw.lm_head.weight is pw.model.language_model.embed_tokens.weight

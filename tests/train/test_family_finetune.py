@@ -15,13 +15,16 @@ from vlaforge.models.lerobot_tiny import tiny_embodiment, tiny_policy, write_tok
 from vlaforge.models.policy import Policy
 
 
-@pytest.fixture(scope="module", params=["pi0", "smolvla"])
+@pytest.fixture(scope="module", params=["pi0", "smolvla", "pi0-adarms"])
 def base(request, tmp_path_factory):
-    """A tiny random checkpoint for a 6-dim robot (the dataset's is 4-dim: its statistics must win)."""
+    """A tiny random checkpoint for a 6-dim robot (the dataset's is 4-dim: its statistics must win); pi0
+    also with pi0.5's adaptive-RMSNorm time conditioning."""
+    family, _, variant = request.param.partition("-")
     root = tmp_path_factory.mktemp(request.param)
     write_tokenizer(root / "tok")
     emb = tiny_embodiment(action_dim=6, state_dim=6, cameras=("front", "wrist"))
-    policy = tiny_policy(request.param, root / "tok", seed=1, embodiment=emb)
+    overrides = {"adarms_time": True} if variant else None
+    policy = tiny_policy(family, root / "tok", seed=1, embodiment=emb, overrides=overrides)
     return policy.save_pretrained(root / "ckpt", format="lerobot")
 
 

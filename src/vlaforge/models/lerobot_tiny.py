@@ -41,14 +41,17 @@ def write_tokenizer(directory: str | Path) -> Path:
     return directory / "tokenizer.json"
 
 
-def tiny_lerobot_config(family: str) -> dict[str, Any]:
-    """The family's tiny configuration as LeRobot's config.json dict."""
+def tiny_lerobot_config(family: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The family's tiny configuration as LeRobot's config.json dict, with `overrides` (config fields of the
+    family, e.g. ``{"adarms_time": True}`` for pi0 with pi0.5's time conditioning) applied."""
     from vlaforge.models.family import get_family
 
     row = get_family(family)
     module = importlib.import_module(row.module)
     cfg_cls = getattr(module, row.config_class)
     cfg = cfg_cls.tiny() if hasattr(cfg_cls, "tiny") else module.tiny_config()
+    if overrides:
+        cfg = cfg_cls.from_lerobot({**cfg.to_lerobot(), **overrides})
     return dict(cfg.to_lerobot())
 
 
@@ -85,15 +88,19 @@ def random_stats(embodiment: Embodiment, seed: int = 0) -> NormStats:
 
 
 def tiny_policy(
-    family: str, tokenizer_dir: str | Path, seed: int = 0, embodiment: Embodiment | None = None
+    family: str,
+    tokenizer_dir: str | Path,
+    seed: int = 0,
+    embodiment: Embodiment | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> Any:
-    """A `Policy` of the family's tiny configuration with random weights (seeded)."""
+    """A `Policy` of the family's tiny configuration (with `overrides`) with random weights (seeded)."""
     import torch
 
     from vlaforge.models.family import family_preset
     from vlaforge.models.policy import Policy
 
-    cfg = tiny_lerobot_config(family)
+    cfg = tiny_lerobot_config(family, overrides)
     emb = embodiment or tiny_embodiment()
     torch.manual_seed(seed)
     preset = family_preset(family, cfg, str(tokenizer_dir))
@@ -101,13 +108,15 @@ def tiny_policy(
     return Policy(preset, head, emb, random_stats(emb, seed), "mean_std")
 
 
-def write_tiny(directory: str | Path, family: str, seed: int = 0) -> Path:
+def write_tiny(
+    directory: str | Path, family: str, seed: int = 0, overrides: dict[str, Any] | None = None
+) -> Path:
     """Writes a tiny random `family` checkpoint in LeRobot's layout (with its tokenizer.json)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         write_tokenizer(tmp)
-        policy = tiny_policy(family, tmp, seed)
+        policy = tiny_policy(family, tmp, seed, overrides=overrides)
         return policy.save_pretrained(directory, format="lerobot")
 
 
@@ -120,10 +129,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--family", default="smolvla", choices=list(FAMILIES))
     p.add_argument("--out", required=True, help="a new directory")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--adarms-time",
+        action="store_true",
+        help="pi0 only: pi0.5's time conditioning (adaptive RMSNorm in the action expert)",
+    )
     a = p.parse_args(argv)
     if Path(a.out).exists() and any(Path(a.out).iterdir()):
         p.error(f"--out {a.out} exists and is not empty")
-    path = write_tiny(a.out, a.family, a.seed)
+    if a.adarms_time and a.family != "pi0":
+        p.error(f"--adarms-time is a pi0 option; --family is {a.family}")
+    path = write_tiny(a.out, a.family, a.seed, {"adarms_time": True} if a.adarms_time else None)
     print(f"wrote a tiny random {a.family} checkpoint in LeRobot's layout to {path}")
 
 

@@ -24,7 +24,14 @@ the leading `model.`):
 
 The modules are transformers' `PaliGemmaForConditionalGeneration` and `GemmaForCausalLM` (random init;
 the expert's token embedding removed, as LeRobot does) for their parameters and names; the joint forward
-is written here. pi0.5 (adaptive RMSNorm, discrete state) is not implemented.
+is written here.
+
+pi0.5's time conditioning is an option (`Pi0Config.adarms_time`, openpi's `pi05` suffix and `gemma.py`
+adaptive `RMSNorm`): the time goes through time_mlp_in -> swish -> time_mlp_out -> swish to a condition c
+(B, We); every RMSNorm of the expert (before attention, before the MLP, final) computes
+rms(x) * (1 + scale) + shift with (scale, shift, gate) = dense(c) (a W -> 3W linear, zero-initialised), and
+the expert's two residuals become x + y * gate; the action tokens are action_in_proj(x_t) alone. The state
+keeps pi0's continuous token (pi0.5's discrete state tokens in the prompt are not implemented).
 """
 
 from __future__ import annotations
@@ -128,6 +135,8 @@ class Pi0Config:
         min_period, max_period: the sinusoidal time embedding's periods.
         image_resolution: (height, width) of every image (square).
         tokenizer_max_length: prompt tokens (padded to this by the caller).
+        adarms_time: pi0.5's time conditioning (adaptive RMSNorm in the expert, see the module docstring)
+            instead of pi0's action-time MLP (vlaforge's key, written only when true).
         dtype: "float32" (only float32 is implemented here).
         extra: every other config.json key, written back unchanged.
     """
@@ -150,10 +159,11 @@ class Pi0Config:
     max_period: float = 4.0
     image_resolution: tuple[int, int] = (224, 224)
     tokenizer_max_length: int = 48
+    adarms_time: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     # keys vlaforge adds to config.json only when they differ from LeRobot's fixed values
-    _VLAFORGE_KEYS = ("vision_variant", "vocab_size")
+    _VLAFORGE_KEYS = ("vision_variant", "vocab_size", "adarms_time")
 
     def __post_init__(self) -> None:
         self.image_resolution = tuple(int(x) for x in self.image_resolution)  # type: ignore[assignment]
@@ -259,6 +269,33 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float = RMS_EPS) -> Tensor:
     return (y * (1.0 + weight.float())).to(x.dtype)
 
 
+class AdaRMSNorm(nn.Module):
+    """pi0.5's adaptive RMSNorm of the action expert: `dense` maps the time condition (B, cond) to a
+    (scale, shift, gate) triple of width `dim` each, zero-initialised (so it starts as a plain rms(x))."""
+
+    def __init__(self, dim: int, cond: int):
+        super().__init__()
+        self.dense = nn.Linear(cond, 3 * dim)
+        nn.init.zeros_(self.dense.weight)
+        nn.init.zeros_(self.dense.bias)
+
+
+def norm(module: nn.Module, x: Tensor, cond: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    """A Gemma RMSNorm (`rms_norm`, no gate) or an `AdaRMSNorm` under `cond` (B, cond) -> (normed, gate)."""
+    if not isinstance(module, AdaRMSNorm):
+        return rms_norm(x, module.weight), None
+    if cond is None:
+        raise ValueError("an adaptive RMSNorm needs its time condition")
+    scale, shift, gate = module.dense(cond)[:, None].chunk(3, dim=-1)  # (B, 1, dim) each
+    var = x.float().pow(2).mean(-1, keepdim=True)
+    out = x.float() * torch.rsqrt(var + RMS_EPS) * (1 + scale.float()) + shift.float()
+    return out.to(x.dtype), gate
+
+
+def _gated(x: Tensor, y: Tensor, gate: Tensor | None) -> Tensor:
+    return x + y if gate is None else x + y * gate
+
+
 def rope(x: Tensor, pos: Tensor) -> Tensor:
     """Rotary embedding on (B, heads, T, hd) at integer positions (B, T): halves rotated."""
     hd = x.shape[-1]
@@ -330,6 +367,12 @@ class PaliGemmaWithExpert(nn.Module):
         self.paligemma.model.vision_tower = tower
         self.gemma_expert = GemmaForCausalLM(GemmaConfig(**gemma(exp, cfg.vocab_size)))
         self.gemma_expert.model.embed_tokens = None  # the expert reads embeddings, never tokens
+        if cfg.adarms_time:  # pi0.5: every expert norm modulated by the time condition (width We)
+            em = self.gemma_expert.model
+            for layer in em.layers:
+                layer.input_layernorm = AdaRMSNorm(exp.width, exp.width)
+                layer.post_attention_layernorm = AdaRMSNorm(exp.width, exp.width)
+            em.norm = AdaRMSNorm(exp.width, exp.width)
         self.num_heads, self.head_dim = vlm.num_heads, vlm.head_dim
         self.tie_weights()
         self.register_load_state_dict_post_hook(PaliGemmaWithExpert._retie)
@@ -375,6 +418,7 @@ class PaliGemmaWithExpert(nn.Module):
         past: list[tuple[Tensor, Tensor]] | None = None,
         use_cache: bool = False,
         hidden: list | None = None,
+        cond: Tensor | None = None,
     ) -> tuple[list[Tensor | None], list[tuple[Tensor, Tensor]] | None]:
         """Joint layers over the present streams.
 
@@ -385,6 +429,7 @@ class PaliGemmaWithExpert(nn.Module):
             past: per layer (k, v) (B, kv_heads, Tc, hd) of earlier tokens (the prefix), after rope.
             use_cache: return the present tokens' (k, v) per layer.
             hidden: if a list, each layer's input per stream is appended (tests).
+            cond: (B, We) the expert's time condition when its norms are adaptive (`adarms_time`).
         Returns:
             the final-normed outputs per stream (None where absent) and the cache (or None).
         """
@@ -398,10 +443,11 @@ class PaliGemmaWithExpert(nn.Module):
         for li in range(len(models[0].layers)):
             if hidden is not None:
                 hidden.append([xs.get(0), xs.get(1)])
-            qs, ks, vs, lens = [], [], [], []
+            qs, ks, vs, lens, gates = [], [], [], [], []
             for i in live:
                 att = models[i].layers[li].self_attn
-                h = rms_norm(xs[i], models[i].layers[li].input_layernorm.weight)
+                h, gate = norm(models[i].layers[li].input_layernorm, xs[i], cond if i == 1 else None)
+                gates.append(gate)
                 T = h.shape[1]
                 lens.append(T)
                 qs.append(att.q_proj(h).view(B, T, -1, hd).transpose(1, 2))  # (B, nh, T, hd)
@@ -423,14 +469,15 @@ class PaliGemmaWithExpert(nn.Module):
             out = torch.einsum("bgrts,bgsd->bgrtd", probs.reshape(B, nkv, nh // nkv, *probs.shape[2:]), v)
             out = out.reshape(B, nh, q.shape[2], hd).transpose(1, 2).reshape(B, q.shape[2], nh * hd)
             start = 0
-            for i, T in zip(live, lens, strict=True):
+            for i, T, gate in zip(live, lens, gates, strict=True):
                 layer = models[i].layers[li]
-                x = xs[i] + layer.self_attn.o_proj(out[:, start : start + T])
+                x = _gated(xs[i], layer.self_attn.o_proj(out[:, start : start + T]), gate)
                 start += T
-                xs[i] = x + _mlp(layer.mlp, rms_norm(x, layer.post_attention_layernorm.weight))
+                h, gate = norm(layer.post_attention_layernorm, x, cond if i == 1 else None)
+                xs[i] = _gated(x, _mlp(layer.mlp, h), gate)
         outs: list[Tensor | None] = [None, None]
         for i in live:
-            outs[i] = rms_norm(xs[i], models[i].norm.weight)
+            outs[i] = norm(models[i].norm, xs[i], cond if i == 1 else None)[0]
         return outs, cache
 
 
@@ -450,8 +497,12 @@ class Pi0Model(nn.Module):
         self.state_proj = nn.Linear(cfg.max_state_dim, W)
         self.action_in_proj = nn.Linear(cfg.max_action_dim, W)
         self.action_out_proj = nn.Linear(W, cfg.max_action_dim)
-        self.action_time_mlp_in = nn.Linear(2 * W, W)
-        self.action_time_mlp_out = nn.Linear(W, W)
+        if cfg.adarms_time:  # pi0.5: the time conditions the expert's norms
+            self.time_mlp_in = nn.Linear(W, W)
+            self.time_mlp_out = nn.Linear(W, W)
+        else:  # pi0: the time is mixed into every action token
+            self.action_time_mlp_in = nn.Linear(2 * W, W)
+            self.action_time_mlp_out = nn.Linear(W, W)
 
     # ------------------------------------------------------------------ embeddings
     def embed_prefix(
@@ -469,20 +520,28 @@ class Pi0Model(nn.Module):
         pad = torch.cat(pads, 1).bool()
         return torch.cat(embs, 1), pad, torch.zeros_like(pad)
 
-    def embed_suffix(self, state: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """[state token, H action tokens] (B, 1 + H, We), their valid mask and ar_mask [1, 1, 0, ...]."""
+    def embed_suffix(
+        self, state: Tensor, x_t: Tensor, t: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """[state token, H action tokens] (B, 1 + H, We), their valid mask, ar_mask [1, 1, 0, ...] and
+        the expert's time condition (B, We) (None without `adarms_time`: the time is in the tokens)."""
         cfg = self.config
         B, H = x_t.shape[:2]
         st = self.state_proj(state.float())[:, None]  # (B, 1, We)
         temb = sincos_time(t, self.action_in_proj.out_features, cfg.min_period, cfg.max_period)
         a = self.action_in_proj(x_t)  # (B, H, We)
-        at = torch.cat([a, temb[:, None].expand_as(a).to(a.dtype)], dim=-1)
-        at = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(at)))
+        if cfg.adarms_time:
+            cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(temb.to(a.dtype)))))
+            at = a
+        else:
+            cond = None
+            at = torch.cat([a, temb[:, None].expand_as(a).to(a.dtype)], dim=-1)
+            at = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(at)))
         embs = torch.cat([st, at], 1)
         pad = torch.ones(B, 1 + H, dtype=torch.bool, device=embs.device)
         ar = torch.zeros_like(pad)
         ar[:, :2] = True
-        return embs, pad, ar
+        return embs, pad, ar, cond
 
     # ------------------------------------------------------------------ training
     def sample_time(self, B: int, device: torch.device) -> Tensor:
@@ -503,11 +562,11 @@ class Pi0Model(nn.Module):
     ) -> Tensor:
         """v(x_t, t) (B, H, max_action_dim) from the whole joint model (no cache)."""
         p_emb, p_pad, p_ar = prefix
-        s_emb, s_pad, s_ar = self.embed_suffix(state, x_t, t)
+        s_emb, s_pad, s_ar, cond = self.embed_suffix(state, x_t, t)
         pad = torch.cat([p_pad, s_pad], 1)
         mask = attention_mask_2d(pad, torch.cat([p_ar, s_ar], 1))
         pos = torch.cumsum(pad.long(), 1) - 1
-        (_, out), _ = self.paligemma_with_expert([p_emb, s_emb], mask, pos, hidden=hidden)
+        (_, out), _ = self.paligemma_with_expert([p_emb, s_emb], mask, pos, hidden=hidden, cond=cond)
         return self.action_out_proj(out[:, -x_t.shape[1] :].float())
 
     def forward(
@@ -570,13 +629,13 @@ class Pi0Model(nn.Module):
         offset = p_pad.long().sum(1, keepdim=True)
 
         def v(x: Tensor, t: Tensor) -> Tensor:
-            s_emb, s_pad, s_ar = self.embed_suffix(state, x, t)
+            s_emb, s_pad, s_ar, cond = self.embed_suffix(state, x, t)
             Ts = s_emb.shape[1]
             mask = torch.cat(
                 [p_pad[:, None, :].expand(-1, Ts, -1), attention_mask_2d(s_pad, s_ar)], dim=2
             )  # (B, Ts, Tp + Ts)
             pos = offset + torch.cumsum(s_pad.long(), 1) - 1
-            (_, out), _ = pw([None, s_emb], mask, pos, past=cache)
+            (_, out), _ = pw([None, s_emb], mask, pos, past=cache, cond=cond)
             return self.action_out_proj(out[:, -x.shape[1] :].float())
 
         return v
