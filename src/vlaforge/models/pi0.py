@@ -262,11 +262,11 @@ def attention_mask_2d(pad: Tensor, ar: Tensor) -> Tensor:
     return (cum[:, None, :] <= cum[:, :, None]) & pad[:, None, :] & pad[:, :, None]
 
 
-def rms_norm(x: Tensor, weight: Tensor, eps: float = RMS_EPS) -> Tensor:
-    """Gemma's RMSNorm: x / rms(x) * (1 + w), computed in float32."""
+def rms_norm(x: Tensor, weight: Tensor, eps: float = RMS_EPS, shift: Tensor | None = None) -> Tensor:
+    """Gemma's RMSNorm: x / rms(x) * (1 + w) (+ shift, pi0.5's adaptive form), computed in float32."""
     xf = x.float()
-    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return (y * (1.0 + weight.float())).to(x.dtype)
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * (1.0 + weight.float())
+    return (y if shift is None else y + shift.float()).to(x.dtype)
 
 
 class AdaRMSNorm(nn.Module):
@@ -287,9 +287,7 @@ def norm(module: nn.Module, x: Tensor, cond: Tensor | None) -> tuple[Tensor, Ten
     if cond is None:
         raise ValueError("an adaptive RMSNorm needs its time condition")
     scale, shift, gate = module.dense(cond)[:, None].chunk(3, dim=-1)  # (B, 1, dim) each
-    var = x.float().pow(2).mean(-1, keepdim=True)
-    out = x.float() * torch.rsqrt(var + RMS_EPS) * (1 + scale.float()) + shift.float()
-    return out.to(x.dtype), gate
+    return rms_norm(x, scale, shift=shift), gate
 
 
 def _gated(x: Tensor, y: Tensor, gate: Tensor | None) -> Tensor:
