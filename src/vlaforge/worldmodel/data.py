@@ -134,6 +134,17 @@ def training_episodes(cfg: dict) -> Episodes:
     )
 
 
+def episodes_to_test(cfg: dict, dataset: str | None) -> tuple[Episodes, list[int]]:
+    """The episodes a world model (`cfg`, its ``worldmodel.json``) is tested on, and their indices: every
+    episode of `dataset` (a comma list, read at the model's camera and size) when given, else its own
+    held-out ones."""
+    if dataset:
+        eps = load_episodes([d.strip() for d in dataset.split(",")], cfg["camera"], cfg["image_size"], 0)
+        return eps, list(range(len(eps.bounds)))
+    eps = training_episodes(cfg)
+    return eps, list(eps.heldout)
+
+
 def windows(bounds: list[tuple[int, int]], episodes: list[int], context: int, horizon: int = 1) -> np.ndarray:
     """int64 (W, K + R): per window, K context frame indices then R = `horizon` target frame indices.
 

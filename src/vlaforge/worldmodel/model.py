@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -273,3 +274,16 @@ class Imagination:
         self.frame = (self.frame + decoded - self.decoded).clamp(-1, 1)
         self.decoded = decoded
         return to_uint8(self.frame)
+
+
+def imagine(
+    model: WorldModel, first: np.ndarray, actions: np.ndarray, gen: torch.Generator | None
+) -> np.ndarray:
+    """uint8 (1 + N, S, S, 3): the real frame `first` (S, S, 3), then the N frames the model imagines open
+    loop under `actions` (N, A, robot units), one step each."""
+    im = Imagination(model, gen)
+    im.start(torch.from_numpy(first[None]))
+    frames = [first]
+    for t in range(len(actions)):
+        frames.append(im.step(torch.from_numpy(actions[t : t + 1]))[0].cpu().numpy())
+    return np.stack(frames)

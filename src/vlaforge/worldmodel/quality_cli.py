@@ -16,18 +16,12 @@ def run_quality(
     out: str | None,
     residual: bool = True,
 ) -> dict:
-    from vlaforge.worldmodel.data import load_episodes, training_episodes
+    from vlaforge.worldmodel.data import episodes_to_test
     from vlaforge.worldmodel.quality import format_quality, prediction_quality
     from vlaforge.worldmodel.train import load_worldmodel
 
     model = load_worldmodel(worldmodel)
-    cfg = model.cfg
-    if dataset:  # another dataset: every episode is a test episode
-        eps = load_episodes([d.strip() for d in dataset.split(",")], cfg["camera"], cfg["image_size"], 0)
-        episodes = list(range(len(eps.bounds)))
-    else:
-        eps = training_episodes(cfg)
-        episodes = eps.heldout
+    eps, episodes = episodes_to_test(model.cfg, dataset)
     hs = tuple(int(h) for h in str(horizons).split(","))
     q = prediction_quality(model, eps, episodes, hs, stride=stride, seed=seed, pixel_residual=residual)
     print(format_quality(q))

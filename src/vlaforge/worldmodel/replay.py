@@ -27,18 +27,7 @@ import numpy as np
 import torch
 
 from vlaforge.worldmodel.data import Episodes
-from vlaforge.worldmodel.model import Imagination, SuccessJudge, WorldModel
-
-
-def imagine(model: WorldModel, eps: Episodes, e: int, actions: np.ndarray, seed: int) -> np.ndarray:
-    """uint8 (T, S, S, 3): episode `e`'s first real frame, then T - 1 frames imagined with `actions`."""
-    a, b = eps.bounds[e]
-    im = Imagination(model, torch.Generator().manual_seed(seed))
-    im.start(torch.from_numpy(eps.frames[a : a + 1]))
-    frames = [eps.frames[a]]
-    for t in range(b - a - 1):
-        frames.append(im.step(torch.from_numpy(actions[t : t + 1]))[0].cpu().numpy())
-    return np.stack(frames)
+from vlaforge.worldmodel.model import SuccessJudge, WorldModel, imagine
 
 
 def _other_actions(eps: Episodes, e: int, n: int) -> np.ndarray:
@@ -70,7 +59,7 @@ def replay(
     for i, e in enumerate(episodes):
         a, b = eps.bounds[e]
         real = eps.frames[a:b]
-        own = imagine(model, eps, e, eps.actions[a:b], seed + e)
+        own = imagine(model, real[0], eps.actions[a : b - 1], torch.Generator().manual_seed(seed + e))
         row: dict[str, Any] = {
             "task": (eps.tasks[e] if e < len(eps.tasks) else "") or eps.instructions[e],
             "source": list(eps.sources[e]),
@@ -83,10 +72,9 @@ def replay(
         row["motion_real"] = round(float(_abs_err(real[1:], real[:-1]).mean()), 3)
         row["motion_imagined"] = round(float(_abs_err(own[1:], own[:-1]).mean()), 3)
         if len(episodes) > 1:
-            other = _other_actions(eps, episodes[(i + 1) % len(episodes)], b - a)
-            row["error_mean_other_actions"] = round(
-                float(_abs_err(imagine(model, eps, e, other, seed + e), real)[1:].mean()), 3
-            )
+            other = _other_actions(eps, episodes[(i + 1) % len(episodes)], b - a - 1)
+            moved = imagine(model, real[0], other, torch.Generator().manual_seed(seed + e))
+            row["error_mean_other_actions"] = round(float(_abs_err(moved, real)[1:].mean()), 3)
         if judge is not None:
             with torch.no_grad():
                 row["judge_real_max"] = round(float(judge.prob(torch.from_numpy(real)).max()), 4)
@@ -139,19 +127,13 @@ def run_replay(
     ``RUN/judge`` has one; writes ``replay.json`` and ``strips/`` into `out`."""
     from vlaforge.atomic import write_json
     from vlaforge.worldmodel.config import JUDGE_CONFIG
-    from vlaforge.worldmodel.data import load_episodes, training_episodes
+    from vlaforge.worldmodel.data import episodes_to_test
     from vlaforge.worldmodel.env import judge_dir, model_dir
     from vlaforge.worldmodel.judge import load_judge
     from vlaforge.worldmodel.train import load_worldmodel, write_strip
 
     model = load_worldmodel(worldmodel)
-    cfg = model.cfg
-    if dataset:
-        eps = load_episodes([d.strip() for d in dataset.split(",")], cfg["camera"], cfg["image_size"], 0)
-        chosen = list(range(len(eps.bounds)))
-    else:
-        eps = training_episodes(cfg)
-        chosen = list(eps.heldout)
+    eps, chosen = episodes_to_test(model.cfg, dataset)
     if episodes > 0:
         chosen = chosen[:episodes]
     jd = judge_dir(model_dir(worldmodel))

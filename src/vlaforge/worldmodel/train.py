@@ -25,7 +25,7 @@ from vlaforge.errors import InputError
 from vlaforge.train.checkpoint import load_optimizer, optimizer_to_safetensors
 from vlaforge.worldmodel.config import WM_CONFIG, WM_WEIGHTS, WorldModelConfig
 from vlaforge.worldmodel.data import Episodes, context_actions, load_episodes, window_starts, windows
-from vlaforge.worldmodel.model import Imagination, WorldModel
+from vlaforge.worldmodel.model import WorldModel, imagine
 
 METRICS = metrics_log.FILE
 OPTIMIZER = "optimizer.safetensors"
@@ -251,15 +251,11 @@ def write_sample(model: WorldModel, eps: Episodes, path: Path, seed: int, horizo
     start, stop = eps.bounds[e]
     n = min(horizon, stop - start - 1)
     model.eval()
-    im = Imagination(model, _gen(seed, 0))
-    im.start(torch.from_numpy(eps.frames[start : start + 1]))
-    pred = [eps.frames[start]]
-    for t in range(n):
-        pred.append(im.step(torch.from_numpy(eps.actions[start + t : start + t + 1]))[0].cpu().numpy())
+    pred = imagine(model, eps.frames[start], eps.actions[start : start + n], _gen(seed, 0))
     real = eps.frames[start : start + n + 1]
     frames = [np.concatenate([r, p], axis=1) for r, p in zip(real, pred)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_strip(real, np.stack(pred), path.with_suffix(".png"))
+    write_strip(real, pred, path.with_suffix(".png"))
     # vlaforge's mp4 writer (as `vlaforge.eval.rollout.write_mp4`: h264, yuv420p; the sides are multiples of 4)
     return write_video(path, np.stack(frames), eps.fps, codec="h264", crf=23)
 
