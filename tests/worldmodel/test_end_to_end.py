@@ -10,6 +10,7 @@ from vlaforge.data.dataset import open_dataset
 from vlaforge.envs.base import episode_seed
 from vlaforge.envs.metaworld import configure_rendering
 from vlaforge.envs.registry import get_env
+from vlaforge.errors import InputError
 
 TASK = "reach-v3"  # its expert succeeds in ~50 steps
 
@@ -42,6 +43,16 @@ def test_world_model_env_runs_a_policy(recorded, capsys, monkeypatch, tmp_path):
     expert_seeds = [episode_seed(1000, TASK, i) for i in range(3)]
     assert [h["seed"] for h in cfg["heldout"][1:]] == expert_seeds
     assert sorted(p.name for p in (run / "samples").glob("*.mp4")) == ["step-0000006.mp4", "step-0000008.mp4"]
+    # Resumed under another setting that shapes the model or its batches: refused, naming the setting,
+    # and the run is left as it was.
+    monkeypatch.setenv("VLAFORGE_DEBUG", "1")
+    with pytest.raises(InputError, match=r"\(context: 2 -> 3; batch_size: 8 -> 16\)"):
+        main(["worldmodel", "train", "--dataset", "rec-random", "--starts", "rec-expert",
+              "--out", str(run), "--heldout", "1", "--context", "3",
+              "--latent-channels", "4", "--width", "8", "--dyn-width", "16", "--dyn-blocks", "1", "--ae-steps", "4",
+              "--steps", "4", "--batch-size", "16", "--device", "cpu", "--resume"])  # fmt: skip
+    monkeypatch.delenv("VLAFORGE_DEBUG")
+    assert json.loads((run / "config.json").read_text())["batch_size"] == 8
     main(["worldmodel", "judge", "--dataset", data, "--out", str(run / "judge"), "--heldout", "1", "--steps", "5",
           "--batch-size", "8", "--device", "cpu"])  # fmt: skip
     report = json.loads((run / "judge" / "judge.json").read_text())["report"]

@@ -274,11 +274,32 @@ def write_strip(real: np.ndarray, pred: np.ndarray, path: Path, every: int = 4, 
     return path
 
 
+# What may change when a run is resumed: where and how fast it runs, how often it reports, and how long
+# it trains (batches and noise are drawn per step and the learning rate is constant, so a run resumed
+# with more steps continues exactly as one started with that many).
+RESUMABLE = ("out", "resume", "device", "threads", "steps", "log_every", "save_every", "sample_every")
+
+
+def _check_continues(cfg: WorldModelConfig, saved: dict, run: Path) -> None:
+    """Refuses to resume the run in `run` (started with `saved`) under other settings."""
+    now = cfg.to_dict()
+    diffs = [
+        f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if k not in RESUMABLE and saved.get(k) != v
+    ]
+    if diffs:
+        raise InputError(
+            f"{run} holds a world-model run started with other settings ({'; '.join(diffs)}); only "
+            f"{', '.join(RESUMABLE)} may change when it resumes. Use another --out for a new run"
+        )
+
+
 def train_worldmodel(cfg: WorldModelConfig) -> Path:
     """Runs `cfg` into ``cfg.out`` (see the module docstring); returns ``OUT/last``."""
     run = Path(cfg.out)
     if run.exists() and any(run.iterdir()) and not cfg.resume:
         raise InputError(f"{run} is not empty; pass --resume to continue it or choose another --out")
+    if cfg.resume and (run / "config.json").is_file():
+        _check_continues(cfg, json.loads((run / "config.json").read_text()), run)
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
