@@ -95,6 +95,13 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--rollouts", type=int, default=4)
     p.add_argument("--steps-per-round", type=int, default=150)
+    p.add_argument(
+        "--takeover",
+        type=int,
+        default=0,
+        help="DAgger's roll-outs: 0 labels every visited state; N: the expert takes over after N steps "
+        "without progress and only its frames are labels (DaggerConfig.takeover)",
+    )
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--max-steps", type=int, default=150, help="0: the env's episode length")
     p.add_argument("--image-size", type=int, default=48)
@@ -132,7 +139,8 @@ def main() -> None:
     t1 = time.time()
     cfg = DaggerConfig(init=str(init), out=str(out / "dagger"), rounds=a.rounds, tasks=",".join(tasks),
                        episodes_per_round=a.rollouts, steps_per_round=a.steps_per_round, max_steps=max_steps,
-                       eval_episodes=a.eval_episodes, workers=2, device="cpu", lr=a.lr)  # fmt: skip
+                       eval_episodes=a.eval_episodes, workers=2, device="cpu", lr=a.lr,
+                       takeover=a.takeover)  # fmt: skip
     state = run_dagger(cfg)
     timing["dagger_s"] = round(time.time() - t1, 1)
     t2 = time.time()
@@ -145,15 +153,18 @@ def main() -> None:
         if record is None:
             from vlaforge.data.lerobot import LeRobotDataset
 
-            labelled = LeRobotDataset(state["rounds"][r]["data"])
             per_task = {t: 0 for t in tasks}
-            for e in labelled.info["vlaforge"]["episodes"]:
-                per_task[e["task"]] += int(e["frames"])
-            got = bc_round(rdir / "data", tasks, per_task, cameras, size, max_steps, next_k)
-            demos[r - 1 :] = [str(rdir / "data")]
+            if state["rounds"][r]["data"]:  # None: DAgger's round labelled nothing
+                labelled = LeRobotDataset(state["rounds"][r]["data"])
+                for e in labelled.info["vlaforge"]["episodes"]:
+                    per_task[e["task"]] += int(e["frames"])
+            got = dict.fromkeys(tasks, 0)
+            if any(per_task.values()):
+                got = bc_round(rdir / "data", tasks, per_task, cameras, size, max_steps, next_k)
+                demos.append(str(rdir / "data"))
             entries = [
                 *state["plan"]["base"],
-                *({"path": d, "name": f"bc-round-{i + 1}"} for i, d in enumerate(demos)),
+                *({"path": d, "name": f"bc-{Path(d).parent.name}"} for d in demos),
             ]
             mix = write_json(rdir / "mix.json", {"statistics": "pooled", "datasets": entries})
             prev = bc["rounds"][-1]["policy"]
@@ -166,7 +177,8 @@ def main() -> None:
             record["next_k"] = dict(next_k)
             write_json(rdir / "record.json", record)
         next_k.update(record["next_k"])
-        demos[r - 1 :] = [str(rdir / "data")]
+        if (rdir / "data").is_dir() and str(rdir / "data") not in demos:
+            demos.append(str(rdir / "data"))
         bc["rounds"].append(record)
     timing["bc_s"] = round(time.time() - t2, 1)
     plot_curve(bc, out / "bc_curve.png")

@@ -56,6 +56,11 @@ class DaggerConfig(JsonConfig):
         max_steps: episode truncation of roll-outs and evaluation (None: the env's episode length).
         tail: steps recorded after a roll-out's first success (as `vlaforge collect` keeps after the
             expert's), then the roll-out stops.
+        takeover: ``scripted`` only. 0: every state the policy visits is labelled with the expert's action
+            (DAgger). N > 0: the expert takes over a roll-out once the policy has gone N steps without
+            progress (the env's reward rising more than 0.1 above the reward at its last progress;
+            Meta-World's run from 0 to 10; HG-DAgger, the scripted expert as the person watching), drives it to the end, and only the frames it drove become labels, with the
+            actions it executed, flagged in ``complementary_info.is_intervention``.
         rollout_seed: roll-out i of task t in round r starts from ``episode_seed(rollout_seed, t,
             (r - 1) * episodes_per_round + i)``; must differ from ``eval_seed`` (and from the collection
             seed of the ``base`` data), and the two sets of episode seeds are checked to be disjoint.
@@ -80,6 +85,7 @@ class DaggerConfig(JsonConfig):
     steps_per_round: int = 500
     max_steps: int | None = None
     tail: int = 10
+    takeover: int = 0
     rollout_seed: int = 2000
     eval_seed: int = 1000
     eval_episodes: int = 10
@@ -101,6 +107,10 @@ class DaggerConfig(JsonConfig):
             problems.append(f"max_steps={self.max_steps} (must be >= 1, or None for the env's)")
         if self.tail < 0:
             problems.append(f"tail={self.tail} (must be >= 0)")
+        if self.takeover < 0:
+            problems.append(f"takeover={self.takeover} (must be >= 0; 0 labels every visited state)")
+        elif self.takeover and self.expert != "scripted":
+            problems.append("--takeover is for --expert scripted (a recording flags who drove itself)")
         if self.workers < 0:
             problems.append(f"workers={self.workers} (must be >= 0)")
         if self.batch_size is not None and self.batch_size < 1:

@@ -4,7 +4,9 @@
   them); at every state it visits the env's scripted expert is asked for its action (`Env.expert_action`),
   which becomes the frame's ``action``; what the policy executed is kept as ``policy_action``. Every frame
   is rendered (a frame needs its images), and a roll-out stops `tail` steps after its first success, as
-  `vlaforge collect` stops the expert's episodes.
+  `vlaforge collect` stops the expert's episodes. With a take-over (``takeover`` N > 0) the expert
+  instead takes the controls once the policy has gone N steps without progress, and only the frames it
+  drove are kept, flagged as interventions (HG-DAgger).
 - `recorded`: a LeRobot v3.0 dataset recorded while a policy drove and a person could take over; the frames
   flagged in ``complementary_info.is_intervention`` (the column LeRobot's human-in-the-loop recordings
   write) carry the person's actions, and only those are kept, each unbroken run of them an episode.
@@ -15,6 +17,7 @@ Both write a LeRobot v3.0 dataset with vlaforge's writer (`vlaforge.envs.collect
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +33,49 @@ from vlaforge.types import Embodiment, Observation
 POLICY_ACTION = "policy_action"  # what the policy executed at the frame (the label is `action`)
 
 
-def label_rollout(
-    controller: Any, env: Env, seed: int, instruction: str, max_steps: int, tail: int
-) -> dict[str, np.ndarray]:
-    """One roll-out of `controller` (a `vlaforge.eval.baselines.PolicyController`) from `seed`, every visited
-    state labelled with `env.expert_action()`.
+# A take-over roll-out makes progress when the env's reward rises this much above the reward at its last
+# progress (Meta-World's shaped rewards run from 0 to 10; a hand pressing on a stuck drawer wobbles by ~0.01).
+PROGRESS_MARGIN = 0.1
 
-    Returns:
-        The episode's T frames: ``observation.images.<camera>`` uint8 (T, S, S, 3), ``observation.state``
-        float32 (T, S_state), ``action`` float32 (T, D) (the expert's action at that state),
-        ``policy_action`` float32 (T, D) (the action executed there) and ``next.success`` bool (T,).
+
+@dataclass
+class Rollout:
+    """One labelled roll-out.
+
+    Attributes:
+        frames: the labelled frames (None: nothing to label, a take-over roll-out the policy finished
+            alone): ``observation.images.<camera>`` uint8 (T, S, S, 3), ``observation.state`` float32
+            (T, S_state), ``action`` float32 (T, D), the expert's action at that state, ``next.success``
+            bool (T,); labelling every state, also ``policy_action`` float32 (T, D), what was executed
+            there; with a take-over, ``complementary_info.is_intervention`` bool (T, 1), all true.
+        policy_success: the policy reached success itself (before any take-over).
+        takeover: the step the expert took over at (None: it did not).
+        steps: steps the roll-out ran.
+    """
+
+    frames: dict[str, np.ndarray] | None
+    policy_success: bool
+    takeover: int | None
+    steps: int
+
+
+def label_rollout(
+    controller: Any,
+    env: Env,
+    seed: int,
+    instruction: str,
+    max_steps: int,
+    tail: int,
+    takeover: int = 0,
+) -> Rollout:
+    """One roll-out of `controller` (a `vlaforge.eval.baselines.PolicyController`) from `seed`.
+
+    `takeover` 0: every visited state is labelled with `env.expert_action()` while the policy acts
+    (DAgger). `takeover` N > 0: the policy acts until it has gone N steps without progress (the env's
+    reward rising `PROGRESS_MARGIN` above the reward at its last progress: stuck, or lost); then the expert takes over and
+    drives to the end, and only its frames, labelled with the actions it executed, are kept (HG-DAgger's
+    interventions, the expert as the watching person). Either way the roll-out ends `tail` steps after
+    its first success or at `max_steps`.
     """
     cameras = list(controller.embodiment.camera_names)
     queue = ActionQueue("open_loop", controller.execute_steps)
@@ -51,32 +87,54 @@ def label_rollout(
     images: dict[str, list[np.ndarray]] = {c: [] for c in cameras}
     states, labels, executed, successes = [], [], [], []
     first: int | None = None
+    took_over: int | None = None
+    mark, stalled = -np.inf, 0  # the reward at the last progress
     steps = 0
     while steps < max_steps and (first is None or steps < first + 1 + tail):
-        for c in cameras:
-            images[c].append(obs.images[c])
-        states.append(np.asarray(obs.state, np.float32))
-        labels.append(np.asarray(env.expert_action(), np.float32))  # the label: the expert, here
-        if not queue.remaining(steps):
-            seen = Observation(images=obs.images, state=obs.state, instruction=instruction)
-            queue.add(np.asarray(controller.act(seen, env), np.float32), steps, steps)
-        action = queue.pop(steps)
-        obs, _reward, done, info = env.step(action, render=True)
+        if takeover and took_over is None and first is None and stalled >= takeover:
+            took_over = steps
+        record = not takeover or took_over is not None
+        if record:
+            for c in cameras:
+                images[c].append(obs.images[c])
+            states.append(np.asarray(obs.state, np.float32))
+            labels.append(np.asarray(env.expert_action(), np.float32))  # the label: the expert, here
+        if took_over is not None:
+            action = labels[-1]
+        else:
+            if not queue.remaining(steps):
+                seen = Observation(images=obs.images, state=obs.state, instruction=instruction)
+                queue.add(np.asarray(controller.act(seen, env), np.float32), steps, steps)
+            action = queue.pop(steps)
+        obs, reward, done, info = env.step(action, render=True)
         steps += 1
         if history > 1:
             controller.observe(obs)
-        executed.append(np.asarray(action, np.float32))
-        successes.append(bool(info.get("success")))
-        if first is None and successes[-1]:
+        if record:
+            executed.append(np.asarray(action, np.float32))
+        success = bool(info.get("success"))
+        if record:
+            successes.append(success)
+        if first is None and success:
             first = steps - 1
+        if reward > mark + PROGRESS_MARGIN:
+            mark, stalled = float(reward), 0
+        else:
+            stalled += 1
         if done:
             break
+    policy_success = first is not None and (took_over is None or first < took_over)
+    if not states:
+        return Rollout(None, policy_success, took_over, steps)
     frames = {f"observation.images.{c}": np.stack(images[c]) for c in cameras}
     frames["observation.state"] = np.stack(states)
     frames["action"] = np.stack(labels)
-    frames[POLICY_ACTION] = np.stack(executed)
+    if takeover:
+        frames[INTERVENTION_COLUMN] = np.ones((len(states), 1), bool)
+    else:
+        frames[POLICY_ACTION] = np.stack(executed)
     frames["next.success"] = np.asarray(successes, bool)
-    return frames
+    return Rollout(frames, policy_success, took_over, steps)
 
 
 def scripted_round(
@@ -91,11 +149,15 @@ def scripted_round(
     tail: int,
     device: str = "cpu",
     info: dict[str, Any] | None = None,
+    takeover: int = 0,
 ) -> list[dict[str, Any]]:
-    """Rolls `policy_dir` out `episodes` times per task and writes the labelled frames to `out`.
+    """Rolls `policy_dir` out `episodes` times per task and writes the labelled frames to `out`
+    (`label_rollout`; `takeover` > 0: the expert takes over a stuck roll-out and only its frames are kept).
 
-    Roll-out i of a task starts from ``episode_seed(seed, task, first_index + i)``. Returns the episodes'
-    records (episode_index, task, seed, success, frames), also kept in info.json's ``"vlaforge"``.
+    Roll-out i of a task starts from ``episode_seed(seed, task, first_index + i)``. Returns one record per
+    roll-out (episode_index, task, seed, success: the policy's own, frames; with a take-over also
+    takeover, the step, and expert_success), also kept in info.json's ``"vlaforge"``; a roll-out that
+    added no frame has episode_index None. When no roll-out added a frame, `out` is not written.
     """
     from vlaforge.envs.collect import _env_for, episode_writer
     from vlaforge.eval.baselines import PolicyController
@@ -107,7 +169,10 @@ def scripted_round(
     cameras, size = tuple(emb.camera_names), int(emb.image_size)
     kept: list[dict[str, Any]] = []
     action_names = list(spec.embodiment(list(cameras), size).action_names)
-    extra = {POLICY_ACTION: {"dtype": "float32", "shape": [emb.action_dim], "names": action_names}}
+    if takeover:
+        extra = {INTERVENTION_COLUMN: {"dtype": "bool", "shape": [1], "names": None}}
+    else:
+        extra = {POLICY_ACTION: {"dtype": "float32", "shape": [emb.action_dim], "names": action_names}}
     writer = episode_writer(out, spec, cameras, size, {**(info or {}), "episodes": kept}, extra)
     bar = tqdm(total=episodes * len(tasks), desc="dagger roll-outs", unit="episode")
     try:
@@ -115,15 +180,22 @@ def scripted_round(
             env = _env_for(spec.name, task, cameras, size, max_steps)
             for i in range(episodes):
                 s = episode_seed(seed, task, first_index + i)
-                frames = label_rollout(controller, env, s, spec.instructions[task], max_steps, tail)
-                index = writer.add_episode(task=spec.instructions[task], frames=frames)
-                success = bool(frames["next.success"].any())
-                n = len(frames["action"])
-                kept.append(
-                    {"episode_index": index, "task": task, "seed": s, "success": success, "frames": n}
-                )
+                ro = label_rollout(controller, env, s, spec.instructions[task], max_steps, tail, takeover)
+                index, n = None, 0
+                if ro.frames is not None:
+                    index = writer.add_episode(task=spec.instructions[task], frames=ro.frames)
+                    n = len(ro.frames["action"])
+                entry = {"episode_index": index, "task": task, "seed": s, "success": ro.policy_success,
+                         "frames": n}  # fmt: skip
+                if takeover:
+                    expert_won = ro.frames is not None and bool(ro.frames["next.success"].any())
+                    entry.update(takeover=ro.takeover, expert_success=expert_won)
+                kept.append(entry)
                 bar.update(1)
-        writer.finalize()
+        if writer.episodes:
+            writer.finalize()
+        else:
+            writer.abort()
     except BaseException:
         writer.abort()
         raise

@@ -206,17 +206,24 @@ def run_round(cfg: DaggerConfig, plan: dict[str, Any], state: dict[str, Any], r:
     if cfg.expert == "scripted":
         episodes = scripted_round(
             policy, data, spec, plan["tasks"], cfg.episodes_per_round, cfg.rollout_seed,
-            cfg.rollout_index(r, 0), plan["max_steps"], cfg.tail, _device(cfg.device), info,
+            cfg.rollout_index(r, 0), plan["max_steps"], cfg.tail, _device(cfg.device), info, cfg.takeover,
         )  # fmt: skip
         wins = sum(e["success"] for e in episodes)
         record["rollouts"] = Rate.of(wins, len(episodes)).to_dict()  # the policy's own, on training seeds
+        if cfg.takeover:
+            record["takeovers"] = sum(e["takeover"] is not None for e in episodes)
+            record["expert_successes"] = sum(e["expert_success"] for e in episodes)
+        record["frames_added"] = sum(e["frames"] for e in episodes)
+        episodes = [e for e in episodes if e["episode_index"] is not None]
     else:
         episodes = recorded_round(cfg.recorded_for(r), data, files.embodiment, info)
         record["recorded"] = cfg.recorded_for(r)
-    record["frames_added"] = sum(e.get("frames", 0) for e in episodes) or _frames(data)
+        record["frames_added"] = _frames(data)
     record["episodes_added"] = len(episodes)
-    labelled = [*[p["data"] for p in state["rounds"][1:]], str(data)]
-    entries = [*plan["base"], *({"path": p, "name": f"dagger-round-{i + 1}"} for i, p in enumerate(labelled))]
+    if not episodes:  # every roll-out finished by the policy alone: nothing new to learn from
+        record["data"] = None
+    labelled = [(q["round"], q["data"]) for q in [*state["rounds"][1:], record] if q.get("data")]
+    entries = [*plan["base"], *({"path": p, "name": f"dagger-round-{k}"} for k, p in labelled)]
     mix = write_json(rdir / "mix.json", {"statistics": "pooled", "datasets": entries})
     record["frames_labelled_total"] = (
         sum(q.get("frames_added", 0) for q in state["rounds"][1:]) + record["frames_added"]
