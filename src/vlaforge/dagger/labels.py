@@ -72,10 +72,10 @@ def label_rollout(
 
     `takeover` 0: every visited state is labelled with `env.expert_action()` while the policy acts
     (DAgger). `takeover` N > 0: the policy acts until it has gone N steps without progress (the env's
-    reward rising `PROGRESS_MARGIN` above the reward at its last progress: stuck, or lost); then the expert takes over and
-    drives to the end, and only its frames, labelled with the actions it executed, are kept (HG-DAgger's
-    interventions, the expert as the watching person). Either way the roll-out ends `tail` steps after
-    its first success or at `max_steps`.
+    reward rising `PROGRESS_MARGIN` above the reward at its last progress: stuck, or lost); then the
+    expert takes over and drives to the end, and only its frames, labelled with the actions it executed,
+    are kept (HG-DAgger's interventions, the expert as the watching person). Either way the roll-out ends
+    `tail` steps after its first success or at `max_steps`.
     """
     cameras = list(controller.embodiment.camera_names)
     queue = ActionQueue("open_loop", controller.execute_steps)
@@ -110,10 +110,9 @@ def label_rollout(
         steps += 1
         if history > 1:
             controller.observe(obs)
-        if record:
-            executed.append(np.asarray(action, np.float32))
         success = bool(info.get("success"))
         if record:
+            executed.append(np.asarray(action, np.float32))
             successes.append(success)
         if first is None and success:
             first = steps - 1
