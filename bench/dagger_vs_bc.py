@@ -100,8 +100,8 @@ def main() -> None:
         "--takeover",
         type=int,
         default=0,
-        help="DAgger's roll-outs: 0 labels every visited state; N: the expert takes over after N steps "
-        "without progress and only its frames are labels (DaggerConfig.takeover)",
+        help="DAgger's roll-outs: 0 labels every visited state; N: the expert takes over a roll-out not finished "
+        "in N steps and only its frames are labels (DaggerConfig.takeover)",
     )
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--max-steps", type=int, default=150, help="0: the env's episode length")

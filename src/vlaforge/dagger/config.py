@@ -57,10 +57,10 @@ class DaggerConfig(JsonConfig):
         tail: steps recorded after a roll-out's first success (as `vlaforge collect` keeps after the
             expert's), then the roll-out stops.
         takeover: ``scripted`` only. 0: every state the policy visits is labelled with the expert's action
-            (DAgger). N > 0: the expert takes over a roll-out once the policy has gone N steps without
-            progress (the env's reward rising more than 0.1 above the reward at its last progress;
-            Meta-World's run from 0 to 10; HG-DAgger, the scripted expert as the person watching), drives it to the end, and only the frames it drove become labels, with the
-            actions it executed, flagged in ``complementary_info.is_intervention``.
+            (DAgger). N > 0: the policy drives alone for N steps; a roll-out it has not finished by then
+            is taken over by the expert, which drives it to the end, and only the frames the expert
+            drove become labels, with the actions it executed, flagged in
+            ``complementary_info.is_intervention`` (HG-DAgger, the scripted expert as the person watching).
         rollout_seed: roll-out i of task t in round r starts from ``episode_seed(rollout_seed, t,
             (r - 1) * episodes_per_round + i)``; must differ from ``eval_seed`` (and from the collection
             seed of the ``base`` data), and the two sets of episode seeds are checked to be disjoint.

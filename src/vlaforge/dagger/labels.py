@@ -5,8 +5,8 @@
   which becomes the frame's ``action``; what the policy executed is kept as ``policy_action``. Every frame
   is rendered (a frame needs its images), and a roll-out stops `tail` steps after its first success, as
   `vlaforge collect` stops the expert's episodes. With a take-over (``takeover`` N > 0) the expert
-  instead takes the controls once the policy has gone N steps without progress, and only the frames it
-  drove are kept, flagged as interventions (HG-DAgger).
+  instead takes the controls from a roll-out the policy has not finished in N steps, and only the frames
+  it drove are kept, flagged as interventions (HG-DAgger).
 - `recorded`: a LeRobot v3.0 dataset recorded while a policy drove and a person could take over; the frames
   flagged in ``complementary_info.is_intervention`` (the column LeRobot's human-in-the-loop recordings
   write) carry the person's actions, and only those are kept, each unbroken run of them an episode.
@@ -31,11 +31,6 @@ from vlaforge.errors import InputError
 from vlaforge.types import Embodiment, Observation
 
 POLICY_ACTION = "policy_action"  # what the policy executed at the frame (the label is `action`)
-
-
-# A take-over roll-out makes progress when the env's reward rises this much above the reward at its last
-# progress (Meta-World's shaped rewards run from 0 to 10; a hand pressing on a stuck drawer wobbles by ~0.01).
-PROGRESS_MARGIN = 0.1
 
 
 @dataclass
@@ -71,11 +66,11 @@ def label_rollout(
     """One roll-out of `controller` (a `vlaforge.eval.baselines.PolicyController`) from `seed`.
 
     `takeover` 0: every visited state is labelled with `env.expert_action()` while the policy acts
-    (DAgger). `takeover` N > 0: the policy acts until it has gone N steps without progress (the env's
-    reward rising `PROGRESS_MARGIN` above the reward at its last progress: stuck, or lost); then the
-    expert takes over and drives to the end, and only its frames, labelled with the actions it executed,
-    are kept (HG-DAgger's interventions, the expert as the watching person). Either way the roll-out ends
-    `tail` steps after its first success or at `max_steps`.
+    (DAgger). `takeover` N > 0: the policy acts alone for N steps; if it has not succeeded by then, the
+    expert takes over from the state it left and drives to the end, and only the expert's frames,
+    labelled with the actions it executed, are kept (HG-DAgger's interventions, the expert as the person
+    watching who takes the controls from a roll-out that is taking too long). Either way the roll-out
+    ends `tail` steps after its first success or at `max_steps`.
     """
     cameras = list(controller.embodiment.camera_names)
     queue = ActionQueue("open_loop", controller.execute_steps)
@@ -88,10 +83,9 @@ def label_rollout(
     states, labels, executed, successes = [], [], [], []
     first: int | None = None
     took_over: int | None = None
-    mark, stalled = -np.inf, 0  # the reward at the last progress
     steps = 0
     while steps < max_steps and (first is None or steps < first + 1 + tail):
-        if takeover and took_over is None and first is None and stalled >= takeover:
+        if takeover and took_over is None and first is None and steps >= takeover:
             took_over = steps
         record = not takeover or took_over is not None
         if record:
@@ -106,7 +100,7 @@ def label_rollout(
                 seen = Observation(images=obs.images, state=obs.state, instruction=instruction)
                 queue.add(np.asarray(controller.act(seen, env), np.float32), steps, steps)
             action = queue.pop(steps)
-        obs, reward, done, info = env.step(action, render=True)
+        obs, _reward, done, info = env.step(action, render=True)
         steps += 1
         if history > 1:
             controller.observe(obs)
@@ -116,10 +110,6 @@ def label_rollout(
             successes.append(success)
         if first is None and success:
             first = steps - 1
-        if reward > mark + PROGRESS_MARGIN:
-            mark, stalled = float(reward), 0
-        else:
-            stalled += 1
         if done:
             break
     policy_success = first is not None and (took_over is None or first < took_over)
@@ -151,7 +141,8 @@ def scripted_round(
     takeover: int = 0,
 ) -> list[dict[str, Any]]:
     """Rolls `policy_dir` out `episodes` times per task and writes the labelled frames to `out`
-    (`label_rollout`; `takeover` > 0: the expert takes over a stuck roll-out and only its frames are kept).
+    (`label_rollout`; `takeover` > 0: the expert takes over a roll-out not finished in that many steps and
+    only its frames are kept).
 
     Roll-out i of a task starts from ``episode_seed(seed, task, first_index + i)``. Returns one record per
     roll-out (episode_index, task, seed, success: the policy's own, frames; with a take-over also
