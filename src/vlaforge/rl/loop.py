@@ -297,6 +297,24 @@ def _resolve_device(name: str) -> str:
     return resolve_device(name)
 
 
+# Iterations pooled by the learning curve's running rate (an iteration's own rate, over 16 or so
+# episodes, moves by tens of points from one to the next).
+CURVE_WINDOW = 10
+
+
+def running_success(rows: list[dict], window: int) -> list[float]:
+    """The training success rate pooled over the episodes of each row's last `window` iterations (itself
+    included): successes / episodes, so iterations with more episodes weigh more."""
+    wins = [r["success_rate"] * r["episodes"] for r in rows]
+    eps = [r["episodes"] for r in rows]
+    out = []
+    for i in range(len(rows)):
+        lo = max(0, i + 1 - window)
+        n = sum(eps[lo : i + 1])
+        out.append(sum(wins[lo : i + 1]) / n if n else 0.0)
+    return out
+
+
 def plot_curve(run: Path) -> Path | None:
     """success rate vs environment steps (and wall time) from metrics.jsonl -> curve.png."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -310,11 +328,15 @@ def plot_curve(run: Path) -> Path | None:
         return None
     fig = Figure(figsize=(9, 3.5), dpi=100)
     FigureCanvasAgg(fig)
+    smooth = running_success(rows, CURVE_WINDOW)
     for k, (key, label) in enumerate(
         (("total_env_steps", "environment steps"), ("total_seconds", "wall time (s)"))
     ):
         ax = fig.add_subplot(1, 2, k + 1)
-        ax.plot([r[key] for r in rows], [r["success_rate"] for r in rows], marker="o", ms=3)
+        x = [r[key] for r in rows]
+        ax.plot(x, [r["success_rate"] for r in rows], marker="o", ms=2, lw=0.5, alpha=0.35, label="iteration")
+        ax.plot(x, smooth, lw=2, color="C1", label=f"last {CURVE_WINDOW} iterations' episodes")
+        ax.legend(loc="upper left", fontsize=7)
         ax.set_xlabel(label)
         ax.set_ylabel("training success rate")
         ax.set_ylim(-0.02, 1.02)
