@@ -118,6 +118,19 @@ def test_takeover_keeps_the_experts_frames_from_the_step_it_took_over(init):
     assert frames["next.success"][-1] and ro.steps == budget + int(np.argmax(frames["next.success"])) + 1 + 2
 
 
+def test_a_takeover_the_expert_does_not_finish_is_dropped(init, tmp_path):
+    """10 steps left after the take-over are too few for the expert (it needs ~60): no demonstration, so
+    nothing is written, and the record says what happened."""
+    from vlaforge.dagger.labels import scripted_round
+
+    spec = get_env("metaworld")
+    kept = scripted_round(init, tmp_path / "data", spec, [TASK], episodes=1, seed=7, first_index=0,
+                          max_steps=20, tail=2, device="cpu", takeover=10)  # fmt: skip
+    assert kept == [{"episode_index": None, "task": TASK, "seed": episode_seed(7, TASK, 0), "success": False,
+                     "frames": 0, "takeover": 10, "expert_success": False}]  # fmt: skip
+    assert not (tmp_path / "data").exists()
+
+
 def test_a_takeover_round_trains_on_the_flagged_frames(init, tmp_path):
     from vlaforge.dagger.run import run_dagger
     from vlaforge.data.dataset import open_dataset

@@ -60,7 +60,8 @@ class DaggerConfig(JsonConfig):
             (DAgger). N > 0: the policy drives alone for N steps; a roll-out it has not finished by then
             is taken over by the expert, which drives it to the end, and only the frames the expert
             drove become labels, with the actions it executed, flagged in
-            ``complementary_info.is_intervention`` (HG-DAgger, the scripted expert as the person watching).
+            ``complementary_info.is_intervention`` (HG-DAgger, the scripted expert as the person watching);
+            a take-over the expert does not finish is dropped.
         rollout_seed: roll-out i of task t in round r starts from ``episode_seed(rollout_seed, t,
             (r - 1) * episodes_per_round + i)``; must differ from ``eval_seed`` (and from the collection
             seed of the ``base`` data), and the two sets of episode seeds are checked to be disjoint.

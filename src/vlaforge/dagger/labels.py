@@ -147,7 +147,8 @@ def scripted_round(
     Roll-out i of a task starts from ``episode_seed(seed, task, first_index + i)``. Returns one record per
     roll-out (episode_index, task, seed, success: the policy's own, frames; with a take-over also
     takeover, the step, and expert_success), also kept in info.json's ``"vlaforge"``; a roll-out that
-    added no frame has episode_index None. When no roll-out added a frame, `out` is not written.
+    added no frame (finished by the policy, or a take-over the expert did not finish) has episode_index
+    None. When no roll-out added a frame, `out` is not written.
     """
     from vlaforge.envs.collect import _env_for, episode_writer
     from vlaforge.eval.baselines import PolicyController
@@ -171,14 +172,15 @@ def scripted_round(
             for i in range(episodes):
                 s = episode_seed(seed, task, first_index + i)
                 ro = label_rollout(controller, env, s, spec.instructions[task], max_steps, tail, takeover)
-                index, n = None, 0
-                if ro.frames is not None:
-                    index = writer.add_episode(task=spec.instructions[task], frames=ro.frames)
-                    n = len(ro.frames["action"])
+                expert_won = ro.frames is not None and bool(ro.frames["next.success"].any())
+                # A take-over the expert did not finish is no demonstration: dropped, as `vlaforge collect`
+                # drops the expert's failed episodes (and as an operator discards a failed recording).
+                keep = ro.frames is not None and (not takeover or expert_won)
+                index = writer.add_episode(task=spec.instructions[task], frames=ro.frames) if keep else None
+                n = len(ro.frames["action"]) if keep else 0
                 entry = {"episode_index": index, "task": task, "seed": s, "success": ro.policy_success,
                          "frames": n}  # fmt: skip
                 if takeover:
-                    expert_won = ro.frames is not None and bool(ro.frames["next.success"].any())
                     entry.update(takeover=ro.takeover, expert_success=expert_won)
                 kept.append(entry)
                 bar.update(1)
