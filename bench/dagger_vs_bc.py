@@ -7,7 +7,7 @@
    them for `--init-steps` steps. With `--init`, an existing run's checkpoint is the start instead, its
    training dataset the base, and its camera and image size those of the rounds' frames.
 2. DAgger: `vlaforge dagger` from init, `--rounds` rounds of `--rollouts` roll-outs per task (with
-   `--takeover N`, the expert takes over stalled roll-outs and only its frames are labels).
+   `--takeover N`, the expert takes over roll-outs not finished in N steps and only its frames are labels).
 3. BC: from the same init, the same rounds; round r adds ordinary expert demonstrations (seeds
    episode_seed(3000, task, k), k counting on over the rounds) until each task has at least as many new
    frames as DAgger's round r labelled for it, aggregated and fine-tuned exactly as DAgger's round r

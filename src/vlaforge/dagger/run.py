@@ -220,7 +220,7 @@ def run_round(cfg: DaggerConfig, plan: dict[str, Any], state: dict[str, Any], r:
         record["recorded"] = cfg.recorded_for(r)
         record["frames_added"] = _frames(data)
     record["episodes_added"] = len(episodes)
-    if not episodes:  # every roll-out finished by the policy alone: nothing new to learn from
+    if not episodes:  # finished by the policy, or take-overs the expert did not finish: no new labels
         record["data"] = None
     labelled = [(q["round"], q["data"]) for q in [*state["rounds"][1:], record] if q.get("data")]
     entries = [*plan["base"], *({"path": p, "name": f"dagger-round-{k}"} for k, p in labelled)]
