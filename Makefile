@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y -q libosmesa6 || ($$SUDO apt-get update -q && $$SUDO apt-get install -y -q libosmesa6); \
 	fi
+	@if ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null; then \
+	  echo "installing chromium (headless: the web UI's browser tests drive it)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -q chromium || ($$SUDO apt-get update -q && $$SUDO apt-get install -y -q chromium); \
+	fi
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch first and pinned, so the CPU wheel is used; the package's torch>=2.6 is then already satisfied.

@@ -274,6 +274,7 @@ def write_strip(real: np.ndarray, pred: np.ndarray, path: Path, every: int = 4, 
     return path
 
 
+RUN_SETTINGS = "config.json"  # the run's WorldModelConfig, in its directory (not a policy's config)
 # What may change when a run is resumed: where and how fast it runs, how often it reports, and how long
 # it trains (batches and noise are drawn per step and the learning rate is constant, so a run resumed
 # with more steps continues exactly as one started with that many).
@@ -298,8 +299,8 @@ def train_worldmodel(cfg: WorldModelConfig) -> Path:
     run = Path(cfg.out)
     if run.exists() and any(run.iterdir()) and not cfg.resume:
         raise InputError(f"{run} is not empty; pass --resume to continue it or choose another --out")
-    if cfg.resume and (run / "config.json").is_file():
-        _check_continues(cfg, json.loads((run / "config.json").read_text()), run)
+    if cfg.resume and (run / RUN_SETTINGS).is_file():
+        _check_continues(cfg, json.loads((run / RUN_SETTINGS).read_text()), run)
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -309,7 +310,7 @@ def train_worldmodel(cfg: WorldModelConfig) -> Path:
             f"frames are {eps.frames.shape[1]} px; the world model needs a multiple of 4 (--image-size)"
         )
     run.mkdir(parents=True, exist_ok=True)
-    write_json(run / "config.json", cfg.to_dict())
+    write_json(run / RUN_SETTINGS, cfg.to_dict())
     torch.manual_seed(cfg.seed)
     model = WorldModel(model_dict(cfg, eps)).to(device)
     a = eps.actions[np.concatenate([np.arange(*eps.bounds[e]) for e in eps.train])]
