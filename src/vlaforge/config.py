@@ -192,6 +192,17 @@ __all__ = ["add_config_args", "check_fields", "config_from_args", "field_docs", 
 DEVICES = ("auto", "cpu", "cuda")
 
 
+def changed_settings(
+    saved: dict[str, Any], now: dict[str, Any], may_change: typing.Iterable[str]
+) -> list[str]:
+    """``"key: saved -> now"`` for every setting of `now` outside `may_change` that differs from `saved`
+    (a key `saved` lacks counts as None): what a resumed run refuses to continue under."""
+    allowed = set(may_change)
+    return [
+        f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if k not in allowed and saved.get(k) != v
+    ]
+
+
 class JsonConfig:
     """For a config dataclass saved beside its run: `to_dict` gives the JSON object written to the run's
     config file, and `from_dict` reads one back, leaving out keys the dataclass does not have (a file

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlaforge.config import JsonConfig
+from vlaforge.config import JsonConfig, changed_settings
 from vlaforge.errors import InputError
 from vlaforge.types import as_list
 
@@ -154,12 +154,7 @@ class DaggerConfig(JsonConfig):
 
     def check_continues(self, saved: dict[str, Any], where: Path) -> None:
         """Refuses to continue the run in `where` (started with `saved`) under other settings."""
-        now = self.to_dict()
-        diffs = [
-            f"{k}: {saved.get(k)!r} -> {now[k]!r}"
-            for k in now
-            if k not in RESUMABLE and saved.get(k) != now[k]
-        ]
+        diffs = changed_settings(saved, self.to_dict(), RESUMABLE)
         if diffs:
             raise InputError(
                 f"{where} holds a DAgger run started with other settings ({'; '.join(diffs)}); only "

@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Literal
 
-from vlaforge.config import JsonConfig
+from vlaforge.config import JsonConfig, changed_settings
 from vlaforge.errors import InputError
 
 RUN_CONFIG = "rl_config.json"
@@ -164,11 +164,7 @@ def resumed_config(cfg: RLConfig, run: Path) -> RLConfig:
     saved = json.loads(path.read_text())
     defaults = {f.name: f.default for f in fields(RLConfig)}
     given = {k: v for k, v in cfg.to_dict().items() if k in defaults and v != defaults[k]}
-    changed = [
-        f"{k}: {saved.get(k)!r} -> {v!r}"
-        for k, v in given.items()
-        if k not in RESUMABLE_CHANGES and k != "init" and saved.get(k) != v
-    ]
+    changed = changed_settings(saved, given, (*RESUMABLE_CHANGES, "init"))
     if changed:
         raise InputError(
             f"--resume with changed settings ({'; '.join(changed)}); keep them or start a new --out"

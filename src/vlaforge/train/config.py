@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from vlaforge.config import JsonConfig, device_problems
+from vlaforge.config import JsonConfig, changed_settings, device_problems
 from vlaforge.errors import InputError
 from vlaforge.head_specs import HEADS  # torch-free, so the CLI builds train's flags without torch
 from vlaforge.train.recipes import RECIPES, check_recipe
@@ -319,11 +319,7 @@ def check_resumable(saved: dict[str, Any], cfg: TrainConfig, where: Path) -> Non
     # A field added after the run started is compared with its default (what the run effectively used).
     defaults = TrainConfig(dataset=cfg.dataset, out=cfg.out).to_dict()
     defaults["instruction_aug"] = False  # added later: older runs trained on their instructions as given
-    diffs = [
-        f"{k}: {saved.get(k, defaults[k])!r} -> {now[k]!r}"
-        for k in now
-        if k not in RESUMABLE_CHANGES and saved.get(k, defaults[k]) != now[k]
-    ]
+    diffs = changed_settings({**defaults, **saved}, now, RESUMABLE_CHANGES)
     if diffs:
         raise InputError(
             f"cannot resume {where}: the run was started with different settings ({'; '.join(diffs)}); "

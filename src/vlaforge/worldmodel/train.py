@@ -20,9 +20,11 @@ from tqdm.auto import tqdm
 
 from vlaforge import metrics_log
 from vlaforge.atomic import StagedDir, atomic_write, write_json
+from vlaforge.config import changed_settings
 from vlaforge.devices import resolve_device
 from vlaforge.errors import InputError
 from vlaforge.train.checkpoint import load_optimizer, optimizer_to_safetensors
+from vlaforge.train.config import RUN_CONFIG
 from vlaforge.worldmodel.config import WM_CONFIG, WM_WEIGHTS, WorldModelConfig
 from vlaforge.worldmodel.data import Episodes, context_actions, load_episodes, window_starts, windows
 from vlaforge.worldmodel.model import WorldModel, imagine
@@ -274,7 +276,6 @@ def write_strip(real: np.ndarray, pred: np.ndarray, path: Path, every: int = 4, 
     return path
 
 
-RUN_SETTINGS = "config.json"  # the run's WorldModelConfig, in its directory (not a policy's config)
 # What may change when a run is resumed: where and how fast it runs, how often it reports, and how long
 # it trains (batches and noise are drawn per step and the learning rate is constant, so a run resumed
 # with more steps continues exactly as one started with that many).
@@ -283,10 +284,7 @@ RESUMABLE = ("out", "resume", "device", "threads", "steps", "log_every", "save_e
 
 def _check_continues(cfg: WorldModelConfig, saved: dict, run: Path) -> None:
     """Refuses to resume the run in `run` (started with `saved`) under other settings."""
-    now = cfg.to_dict()
-    diffs = [
-        f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in now.items() if k not in RESUMABLE and saved.get(k) != v
-    ]
+    diffs = changed_settings(saved, cfg.to_dict(), RESUMABLE)
     if diffs:
         raise InputError(
             f"{run} holds a world-model run started with other settings ({'; '.join(diffs)}); only "
@@ -299,8 +297,8 @@ def train_worldmodel(cfg: WorldModelConfig) -> Path:
     run = Path(cfg.out)
     if run.exists() and any(run.iterdir()) and not cfg.resume:
         raise InputError(f"{run} is not empty; pass --resume to continue it or choose another --out")
-    if cfg.resume and (run / RUN_SETTINGS).is_file():
-        _check_continues(cfg, json.loads((run / RUN_SETTINGS).read_text()), run)
+    if cfg.resume and (run / RUN_CONFIG).is_file():
+        _check_continues(cfg, json.loads((run / RUN_CONFIG).read_text()), run)
     device = resolve_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -310,7 +308,7 @@ def train_worldmodel(cfg: WorldModelConfig) -> Path:
             f"frames are {eps.frames.shape[1]} px; the world model needs a multiple of 4 (--image-size)"
         )
     run.mkdir(parents=True, exist_ok=True)
-    write_json(run / RUN_SETTINGS, cfg.to_dict())
+    write_json(run / RUN_CONFIG, cfg.to_dict())
     torch.manual_seed(cfg.seed)
     model = WorldModel(model_dict(cfg, eps)).to(device)
     a = eps.actions[np.concatenate([np.arange(*eps.bounds[e]) for e in eps.train])]
