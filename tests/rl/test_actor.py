@@ -99,3 +99,46 @@ def test_flow_noise_samples_and_scores_its_own_chain():
     chunk = Policy.from_preset("tiny", "chunk", emb, make_stats(4, 4))
     with pytest.raises(InputError, match="for a flow head"):
         ActorCritic(chunk, flow_rl="noise")
+
+
+def test_sde_kl_estimate_matches_a_shifted_velocity_field():
+    """Flow-SDE's KL to another head: zero against an identical copy, and against a head whose velocity is
+    shifted by a constant c the closed form of the chain's Gaussians: every step's mean moves by
+    c (1 + sigma_t^2 (1 - t) / (2 t)) dt whatever x is, with std sigma_t sqrt(dt), so the KL is the sum over
+    steps and counted rows of |shift|^2 / (2 std^2)."""
+    import copy
+
+    emb = get_env("metaworld").embodiment(("corner2",), 64)
+    torch.manual_seed(0)
+    n, level, B = 3, float(np.exp(-0.5)), 1024
+    policy = Policy.from_preset("tiny", "flow", emb, make_stats(4, 4), num_steps=n)
+    actor = ActorCritic(policy, init_log_std=-0.5).eval()
+    images, state, words = _obs(4)
+    reps = B // 4
+    ctx = actor.context(
+        {"corner2": np.repeat(images["corner2"], reps, 0)}, np.repeat(state, reps, 0), words * reps
+    )
+    executed = torch.arange(B) % 8 + 1  # 1..8 executed rows
+    keep = torch.arange(8)[None] < executed[:, None]
+    same = copy.deepcopy(policy.head)
+    est = actor.sde_kl_estimate(ctx, keep, same, torch.Generator().manual_seed(3))
+    assert torch.equal(est, torch.zeros(B))
+
+    c = torch.tensor([0.3, -0.15, 0.25, 0.0])
+    shifted = copy.deepcopy(policy.head)
+    with torch.no_grad():
+        shifted.action_out.bias.add_(c)
+    est = actor.sde_kl_estimate(ctx, keep, shifted, torch.Generator().manual_seed(3))
+    kl = torch.zeros(B)
+    for k in range(n):
+        t, dt = 1.0 - k / n, 1.0 / n
+        tc = min(t, 1.0 - 1.0 / n)
+        sigma = level * np.sqrt(tc / (1.0 - tc))
+        shift = c * (1.0 + sigma**2 * (1.0 - t) / (2.0 * t)) * dt
+        per_row = float((shift**2).sum()) / (2.0 * sigma**2 * dt)
+        rows = executed.float() if k == n - 1 else torch.full((B,), 8.0)
+        kl += rows * per_row
+    # Per sample the estimate is KL plus a zero-mean term of variance 2 KL; allow 4 standard errors.
+    assert kl.mean() > 0.5
+    assert abs(est.mean() - kl.mean()) < 4 * float(torch.sqrt(2 * kl.mean() / B))
+    assert abs(float(est.std()) ** 2 - 2 * float(kl.mean())) < 0.5 * 2 * float(kl.mean())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -54,6 +55,12 @@ def test_resume_is_bitwise_exact(tmp_path, weak_policy, algo, head, flow_rl):
     assert [{k: v for k, v in r.items() if k not in drop} for r in rows_a] == [
         {k: v for k, v in r.items() if k not in drop} for r in rows_b
     ]
+    # The KL to the initial policy is in the rows (Flow-Noise has none), positive once the policy moved.
+    kls = [r["kl_to_initial"] for r in rows_a]
+    if flow_rl == "noise" and head == "flow":
+        assert kls == [None] * len(rows_a)
+    else:
+        assert all(k is not None and np.isfinite(k) for k in kls) and kls[-1] > 0, kls
     # Videos after the last iteration (video_every's default is larger), and the stopped run's after its
     # last: writing them moved no random stream (the weights above are bitwise equal).
     from vlaforge.data.video import read_video

@@ -206,7 +206,7 @@ class ActorCritic(nn.Module):
         return float(torch.exp(self.log_std.detach()))
 
     def evaluate(
-        self, ctx: Context, record: torch.Tensor, keep: torch.Tensor
+        self, ctx: Context, record: torch.Tensor, keep: torch.Tensor, head: Any = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Log-probabilities (B,), entropies (B,) (zeros for the flow head) and values (B,), with gradients.
 
@@ -214,15 +214,17 @@ class ActorCritic(nn.Module):
             ctx: the observations the chunks were sampled from.
             record: what `sample` returned second (chunks or chains).
             keep: bool (B, H), the executed rows.
+            head: score under another head of the same kind on this backbone (e.g. the initial policy's);
+                None: the policy's own. Not for Flow-Noise, whose noise network belongs to the run.
         """
-        fwd = self.forward_ctx(ctx)
+        fwd = self.forward_ctx(ctx, head)
         value = self.value(fwd)
         if self.kind == "chunk":
             log_std = self.log_std.float()
             logp = gaussian_log_prob(record, fwd.mean, log_std, keep)
             ent = gaussian_entropy(log_std, keep)
             return logp, ent, value
-        head, backbone = self.policy.head, self.policy.backbone
+        head, backbone = head if head is not None else self.policy.head, self.policy.backbone
         n = record.shape[1] - 1
         if self.flow_rl == "noise":
             steps = [self._noise_steps(fwd.prefix, record[:, k], k) for k in range(n)]
@@ -237,6 +239,24 @@ class ActorCritic(nn.Module):
             vels.append(head.velocity(backbone, fwd.prefix, record[:, k], t).float())
         logp = flow_sde_chain_log_prob(record, vels, self.noise_level(), keep)
         return logp, torch.zeros_like(logp), value
+
+    @torch.no_grad()
+    def sde_kl_estimate(
+        self, ctx: Context, keep: torch.Tensor, reference: Any, generator: torch.Generator
+    ) -> torch.Tensor:
+        """Flow-SDE: log p(chain) - log p_ref(chain) (B,) for one chain per observation sampled from this
+        policy; its mean estimates KL(this || reference) (the executed rows of `keep` (B, H) as the
+        log-likelihood counts them). `reference`: another flow head on this backbone (a frozen backbone),
+        or a whole `ActorCritic` (the backbone trains)."""
+        if self.flow_rl != "sde":
+            raise InputError(f"the KL estimate is for Flow-SDE; this actor is {self.kind}/{self.flow_rl}")
+        _, chain = self.sample(ctx, generator)
+        logp = self.evaluate(ctx, chain, keep)[0]
+        if isinstance(reference, ActorCritic):
+            ref = reference.evaluate(ctx, chain, keep)[0]
+        else:
+            ref = self.evaluate(ctx, chain, keep, head=reference)[0]
+        return logp - ref
 
 
 def _masked_mean(hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

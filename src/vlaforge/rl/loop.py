@@ -45,6 +45,8 @@ from vlaforge.train.checkpoint import (
 CKPT_DIR, LAST, STATE_FILE = "checkpoints", "last", "rl_state.json"
 MODEL_FILE, OPTIMIZER_FILE, POLICY_DIR = "rl_model.safetensors", "optimizer.safetensors", "policy"
 METRICS = metrics_log.FILE
+# The KL estimate's own random stream (`kl_to_initial`), apart from the exploration generator.
+KL_SEED_BASE = 0x4B4C
 INIT_RECORD = "init.json"  # the checkpoint the run started from, resolved, and its weights' sha256
 
 
@@ -270,12 +272,20 @@ def pinned_init(run: Path, init: str) -> str:
 
 @torch.no_grad()
 def kl_to_initial(run: RLRun, initial: Any, batch: Batch, limit: int = 64) -> float | None:
-    """Mean KL(current || initial) of the chunk Gaussians over (up to `limit` of) the iteration's decisions,
-    summed over the executed rows (closed form); None for the flow head."""
-    if initial is None or run.actor.kind != "chunk":
+    """KL(current || initial) per decision, over (up to `limit` of) the iteration's observations, after
+    the update. Chunk head: the Gaussians' closed form, summed over the executed rows. Flow-SDE: a
+    Monte-Carlo estimate, the mean of log p(chain) - log p_initial(chain) over one chain per observation
+    sampled from the current policy, drawn from a generator of its own seeded by (seed, iteration), so
+    neither exploration nor a resumed run's numbers change. None for Flow-Noise (its noise network is
+    the run's, so the initial policy has none to score with)."""
+    if initial is None:
         return None
     D = batch.decisions[:limit]
     ctx = _contexts(run.actor, D)
+    if run.actor.kind == "flow":
+        generator = torch.Generator().manual_seed(KL_SEED_BASE + 1_000_003 * run.cfg.seed + run.iteration)
+        keep = _keep(D, run.actor.policy.head.chunk_size).to(run.device)
+        return float(run.actor.sde_kl_estimate(ctx, keep, initial, generator).mean())
     mu = run.actor.forward_ctx(ctx).mean
     if isinstance(initial, ActorCritic):  # the backbone trains: the initial policy is a whole copy
         mu0 = initial.forward_ctx(ctx).mean
@@ -428,7 +438,7 @@ def run_rl(cfg: RLConfig) -> Path:
     tasks = spec.resolve_tasks(cfg.tasks)
     emb = state.actor.policy.embodiment
     initial = None  # the reference of kl_to_initial: the initial head (frozen backbone) or a whole copy
-    if state.actor.kind == "chunk":
+    if state.actor.kind == "chunk" or state.actor.flow_rl == "sde":
         if state.iteration == 0:
             initial = copy.deepcopy(state.actor if cfg.train_backbone else state.actor.policy.head)
         else:
@@ -482,7 +492,7 @@ def run_rl(cfg: RLConfig) -> Path:
             }
             metrics_log.append(run / METRICS, row)
             shown = {"success": f"{row['success_rate']:.2f}"}
-            if kl is not None:  # the KL to the initial policy has no closed form for the flow head
+            if kl is not None:  # none for Flow-Noise
                 shown["kl"] = f"{kl:.3f}"
             bar.set_postfix(shown)
             bar.update(1)
