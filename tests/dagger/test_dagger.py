@@ -300,3 +300,10 @@ def test_init_head_continues_the_whole_policy(init):
         head = [k for k in same if k.startswith("head.")]
         assert head and all(same[k] for k in same if k.startswith("backbone.vision."))
         assert all(same[k] for k in head) if whole else not any(same[k] for k in head if k.endswith("weight"))
+    # Another head than the directory's: the error names the flags that rebuild its policy.
+    given = {"init": str(init), "init_head": True, "head": "flow", "head_options": {}}
+    bad = TrainConfig.from_dict({**saved, **given})
+    with pytest.raises(
+        InputError, match=r"built with --head chunk --chunk-size 4 --history 1 on data of action dim 4"
+    ):
+        build_policy(bad, files.embodiment, files.norm_stats)

@@ -92,7 +92,7 @@ def build_policy(
         parts = ("backbone.vision.", "backbone.projector.", "backbone.llm.")
         wanted = {k for k in policy.state_dict() if k.startswith(parts)}
         if cfg.init_head:  # the whole policy continues (DAgger): every tensor, same shapes
-            wanted = _whole_policy(policy, weights, init_dir)
+            wanted = _whole_policy(policy, weights, init_files)
         missing = sorted(wanted - set(weights))
         if missing:
             raise InputError(f"{init_files.weights}: backbone weights missing, e.g. {missing[:3]}")
@@ -126,16 +126,22 @@ def build_policy(
     return policy, counts
 
 
-def _whole_policy(policy: nn.Module, weights: dict[str, torch.Tensor], init_dir: Path) -> set[str]:
-    """The names of every tensor of `policy`, checked against `init_dir`'s weights (`init_head`)."""
+def _whole_policy(policy: nn.Module, weights: dict[str, torch.Tensor], init_files: Any) -> set[str]:
+    """The names of every tensor of `policy`, checked against the weights of the policy directory
+    `init_files` (`init_head`); a mismatch names the flags that rebuild the directory's policy."""
     own = policy.state_dict()
     missing = sorted(set(own) - set(weights))
     wrong = sorted(k for k in own if k in weights and tuple(weights[k].shape) != tuple(own[k].shape))
     if missing or wrong:
         detail = f"missing {missing[:3]}" if missing else f"other shapes for {wrong[:3]}"
+        config, preset = init_files.config, init_files.preset
+        head = config.get("head", {}).get("kind", "?")
+        flags = f"--head {head} --chunk-size {preset.get('chunk_size', '?')} --history {preset.get('history', '?')}"
+        emb = init_files.embodiment
         raise InputError(
-            f"--init-head: {init_dir} does not hold this run's policy ({detail}); give the same --head, "
-            "--chunk-size and --history as its run, on data of the same action and state dims"
+            f"--init-head: {init_files.root} does not hold this run's policy ({detail}); its policy was "
+            f"built with {flags} on data of action dim {emb.action_dim} and state dim {emb.state_dim}: "
+            "give the same flags, on data of those dims"
         )
     return set(own)
 
