@@ -312,11 +312,26 @@ def _resolve_device(name: str) -> str:
 CURVE_WINDOW = 10
 
 
-def running_success(rows: list[dict], window: int) -> list[float]:
+def task_counts(episodes: list[dict]) -> dict[str, list[int]]:
+    """Per task, [successes, episodes] of an iteration's episodes (the `task_success` of its row)."""
+    out: dict[str, list[int]] = {}
+    for e in episodes:
+        c = out.setdefault(e["task"], [0, 0])
+        c[0] += int(bool(e["success"]))
+        c[1] += 1
+    return out
+
+
+def running_success(rows: list[dict], window: int, task: str | None = None) -> list[float]:
     """The training success rate pooled over the episodes of each row's last `window` iterations (itself
-    included): successes / episodes, so iterations with more episodes weigh more."""
-    wins = [r["success_rate"] * r["episodes"] for r in rows]
-    eps = [r["episodes"] for r in rows]
+    included): successes / episodes, so iterations with more episodes weigh more. With `task`, that task's
+    episodes alone (the rows' `task_success`; an iteration without it counts no episode)."""
+    if task is None:
+        wins = [r["success_rate"] * r["episodes"] for r in rows]
+        eps = [r["episodes"] for r in rows]
+    else:
+        counts = [r.get("task_success", {}).get(task, [0, 0]) for r in rows]
+        wins, eps = [c[0] for c in counts], [c[1] for c in counts]
     out = []
     for i in range(len(rows)):
         lo = max(0, i + 1 - window)
@@ -336,19 +351,31 @@ def plot_curve(run: Path) -> Path | None:
     rows = metrics_log.read(path)
     if not rows:
         return None
-    fig = Figure(figsize=(9, 3.5), dpi=100)
+    tasks = sorted({t for r in rows for t in r.get("task_success", {})})
+    panels = 3 if len(tasks) > 1 else 2
+    fig = Figure(figsize=(4.5 * panels, 3.5), dpi=100)
     FigureCanvasAgg(fig)
     smooth = running_success(rows, CURVE_WINDOW)
     for k, (key, label) in enumerate(
         (("total_env_steps", "environment steps"), ("total_seconds", "wall time (s)"))
     ):
-        ax = fig.add_subplot(1, 2, k + 1)
+        ax = fig.add_subplot(1, panels, k + 1)
         x = [r[key] for r in rows]
         ax.plot(x, [r["success_rate"] for r in rows], marker="o", ms=2, lw=0.5, alpha=0.35, label="iteration")
         ax.plot(x, smooth, lw=2, color="C1", label=f"last {CURVE_WINDOW} iterations' episodes")
         ax.legend(loc="upper left", fontsize=7)
         ax.set_xlabel(label)
         ax.set_ylabel("training success rate")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    if panels == 3:  # one line per task: which tasks the pooled rate's moves come from
+        ax = fig.add_subplot(1, panels, 3)
+        x = [r["total_env_steps"] for r in rows]
+        for task in tasks:
+            ax.plot(x, running_success(rows, CURVE_WINDOW, task), lw=1.5, label=task)
+        ax.legend(loc="upper left", fontsize=6)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel(f"per task, last {CURVE_WINDOW} iterations")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -476,6 +503,7 @@ def run_rl(cfg: RLConfig) -> Path:
                 "success_rate": float(np.mean([e["success"] for e in batch.episodes])),
                 "mean_return": float(np.mean([e["return"] for e in batch.episodes])),
                 "episodes": len(batch.episodes),
+                "task_success": task_counts(batch.episodes),
                 "env_steps": batch.env_steps,
                 "total_env_steps": prior["env_steps"],
                 "total_seconds": round(prior["seconds"], 3),
@@ -531,4 +559,14 @@ def _prior_totals(run: Path) -> dict[str, float]:
     return {"env_steps": rows[-1]["total_env_steps"], "seconds": rows[-1]["total_seconds"]}
 
 
-__all__ = ["RLRun", "advantages", "find_last", "kl_to_initial", "plot_curve", "run_rl", "update"]
+__all__ = [
+    "RLRun",
+    "advantages",
+    "find_last",
+    "kl_to_initial",
+    "plot_curve",
+    "run_rl",
+    "running_success",
+    "task_counts",
+    "update",
+]
