@@ -22,7 +22,7 @@ from torch import nn
 from vlaforge.errors import InputError
 from vlaforge.models.quantize import is_quantized_layer
 from vlaforge.models.registry import HEADS
-from vlaforge.policy_files import WEIGHTS_FILE, read_policy_dir
+from vlaforge.policy_files import WEIGHTS_FILE, PolicyFiles, read_policy_dir
 from vlaforge.train import checkpoint as ckpt
 from vlaforge.train.config import TrainConfig
 from vlaforge.train.finetune import apply_freeze, apply_lora, freeze_unused
@@ -126,7 +126,7 @@ def build_policy(
     return policy, counts
 
 
-def _whole_policy(policy: nn.Module, weights: dict[str, torch.Tensor], init_files: Any) -> set[str]:
+def _whole_policy(policy: nn.Module, weights: dict[str, torch.Tensor], init_files: PolicyFiles) -> set[str]:
     """The names of every tensor of `policy`, checked against the weights of the policy directory
     `init_files` (`init_head`); a mismatch names the flags that rebuild the directory's policy."""
     own = policy.state_dict()
