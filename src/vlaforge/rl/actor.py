@@ -163,13 +163,17 @@ class ActorCritic(nn.Module):
     def sample(self, ctx: Context, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A sampled normalised chunk (B, H, D) and what its log-probability is recomputed from: the chunk
         itself (chunk head) or the denoising chain (B, N + 1, H, D) (flow head)."""
-        fwd = self.forward_ctx(ctx)
+        return self._sample_from(self.forward_ctx(ctx), ctx.batch_size, generator)
+
+    def _sample_from(
+        self, fwd: Forward, B: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`sample` on an existing forward pass `fwd` of B observations."""
         head = self.policy.head
         if self.kind == "chunk":
             eps = torch.randn(fwd.mean.shape, generator=generator, device=generator.device)
             a = fwd.mean + torch.exp(self.log_std.float()) * eps.to(fwd.mean.device)
             return a, a
-        B = ctx.batch_size
         x1 = torch.randn((B, head.chunk_size, head.action_dim), generator=generator, device=generator.device)
         backbone = self.policy.backbone
         if self.flow_rl == "noise":
@@ -206,7 +210,7 @@ class ActorCritic(nn.Module):
         return float(torch.exp(self.log_std.detach()))
 
     def evaluate(
-        self, ctx: Context, record: torch.Tensor, keep: torch.Tensor, head: Any = None
+        self, ctx: Context, record: torch.Tensor, keep: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Log-probabilities (B,), entropies (B,) (zeros for the flow head) and values (B,), with gradients.
 
@@ -214,17 +218,14 @@ class ActorCritic(nn.Module):
             ctx: the observations the chunks were sampled from.
             record: what `sample` returned second (chunks or chains).
             keep: bool (B, H), the executed rows.
-            head: score under another head of the same kind on this backbone (e.g. the initial policy's);
-                None: the policy's own. Not for Flow-Noise, whose noise network belongs to the run.
         """
-        fwd = self.forward_ctx(ctx, head)
+        fwd = self.forward_ctx(ctx)
         value = self.value(fwd)
         if self.kind == "chunk":
             log_std = self.log_std.float()
             logp = gaussian_log_prob(record, fwd.mean, log_std, keep)
             ent = gaussian_entropy(log_std, keep)
             return logp, ent, value
-        head, backbone = head if head is not None else self.policy.head, self.policy.backbone
         n = record.shape[1] - 1
         if self.flow_rl == "noise":
             steps = [self._noise_steps(fwd.prefix, record[:, k], k) for k in range(n)]
@@ -233,12 +234,19 @@ class ActorCritic(nn.Module):
             # The steps' Gaussian entropies, averaged over the steps (as the log-likelihood is).
             ent = torch.stack([gaussian_entropy(torch.log(s)) for s in stds]).mean(0)
             return logp, ent, value
+        logp = self._sde_log_prob(fwd.prefix, record, keep, self.policy.head)
+        return logp, torch.zeros_like(logp), value
+
+    def _sde_log_prob(
+        self, prefix: Prefix, chain: torch.Tensor, keep: torch.Tensor, head: Any
+    ) -> torch.Tensor:
+        """Flow-SDE log-likelihood (B,) of chains (B, N + 1, H, D) under `head`'s velocity on `prefix`."""
+        n = chain.shape[1] - 1
         vels = []
         for k in range(n):
-            t = torch.full((record.shape[0],), 1.0 - k / n, device=record.device)
-            vels.append(head.velocity(backbone, fwd.prefix, record[:, k], t).float())
-        logp = flow_sde_chain_log_prob(record, vels, self.noise_level(), keep)
-        return logp, torch.zeros_like(logp), value
+            t = torch.full((chain.shape[0],), 1.0 - k / n, device=chain.device)
+            vels.append(head.velocity(self.policy.backbone, prefix, chain[:, k], t).float())
+        return flow_sde_chain_log_prob(chain, vels, self.noise_level(), keep)
 
     @torch.no_grad()
     def sde_kl_estimate(
@@ -250,12 +258,13 @@ class ActorCritic(nn.Module):
         or a whole `ActorCritic` (the backbone trains)."""
         if self.flow_rl != "sde":
             raise InputError(f"the KL estimate is for Flow-SDE; this actor is {self.kind}/{self.flow_rl}")
-        _, chain = self.sample(ctx, generator)
-        logp = self.evaluate(ctx, chain, keep)[0]
-        if isinstance(reference, ActorCritic):
+        fwd = self.forward_ctx(ctx)  # one backbone pass: sampling and both scores read its prefix
+        _, chain = self._sample_from(fwd, ctx.batch_size, generator)
+        logp = self._sde_log_prob(fwd.prefix, chain, keep, self.policy.head)
+        if isinstance(reference, ActorCritic):  # its own backbone: its own pass
             ref = reference.evaluate(ctx, chain, keep)[0]
         else:
-            ref = self.evaluate(ctx, chain, keep, head=reference)[0]
+            ref = self._sde_log_prob(fwd.prefix, chain, keep, reference)
         return logp - ref
 
 
