@@ -7,7 +7,8 @@
    them for `--init-steps` steps. With `--init`, an existing run's checkpoint is the start instead, its
    training dataset the base, and its camera and image size those of the rounds' frames.
 2. DAgger: `vlaforge dagger` from init, `--rounds` rounds of `--rollouts` roll-outs per task (with
-   `--takeover N`, the expert takes over roll-outs not finished in N steps and only its frames are labels).
+   `--takeover N`, the expert takes over roll-outs not finished in N steps and only its frames are labels;
+   with `--beta B`, the expert drives each chunk with probability B * beta_decay ** (r - 1)).
 3. BC: from the same init, the same rounds; round r adds ordinary expert demonstrations (seeds
    episode_seed(3000, task, k), k counting on over the rounds) until each task has at least as many new
    frames as DAgger's round r labelled for it, aggregated and fine-tuned exactly as DAgger's round r
@@ -103,6 +104,13 @@ def main() -> None:
         help="DAgger's roll-outs: 0 labels every visited state; N: the expert takes over a roll-out not finished "
         "in N steps and only its frames are labels (DaggerConfig.takeover)",
     )
+    p.add_argument(
+        "--beta", type=float, default=0.0,
+        help="DAgger's roll-outs: the expert drives a chunk with this probability in round 1 (DaggerConfig.beta)",
+    )  # fmt: skip
+    p.add_argument(
+        "--beta-decay", type=float, default=1.0, help="round r mixes with beta * beta_decay ** (r - 1)"
+    )
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--max-steps", type=int, default=150, help="0: the env's episode length")
     p.add_argument("--image-size", type=int, default=48)
@@ -141,7 +149,7 @@ def main() -> None:
     cfg = DaggerConfig(init=str(init), out=str(out / "dagger"), rounds=a.rounds, tasks=",".join(tasks),
                        episodes_per_round=a.rollouts, steps_per_round=a.steps_per_round, max_steps=max_steps,
                        eval_episodes=a.eval_episodes, workers=2, device="cpu", lr=a.lr,
-                       takeover=a.takeover)  # fmt: skip
+                       takeover=a.takeover, beta=a.beta, beta_decay=a.beta_decay)  # fmt: skip
     state = run_dagger(cfg)
     timing["dagger_s"] = round(time.time() - t1, 1)
     t2 = time.time()

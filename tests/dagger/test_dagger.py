@@ -118,6 +118,49 @@ def test_takeover_keeps_the_experts_frames_from_the_step_it_took_over(init):
     assert frames["next.success"][-1] and ro.steps == budget + int(np.argmax(frames["next.success"])) + 1 + 2
 
 
+def test_mixing_gives_the_expert_whole_chunks_labels_every_state_and_flags_its_frames(init):
+    """beta 0.5: at each chunk boundary the expert or the policy drives the next chunk. Checked by a replay
+    (reset to the seed, execute the recorded actions: the recorded states follow), on the expert's frames
+    the executed action is its label, on the policy's it is not (untrained), and the flags change only at
+    chunk boundaries. beta 1: the expert drives every step and finishes the task, as its demonstrations do."""
+    from vlaforge.dagger.labels import POLICY_ACTION, label_rollout
+    from vlaforge.eval.baselines import PolicyController
+    from vlaforge.models.policy import Policy
+
+    spec = get_env("metaworld")
+    controller = PolicyController(Policy.from_pretrained(init, device="cpu"))
+    n = int(controller.execute_steps)
+    env = spec.make(TASK, cameras=["corner2"], image_size=SIZE, max_steps=120, render=True)
+    seed = episode_seed(7, TASK, 0)
+    ro = label_rollout(controller, env, seed, spec.instructions[TASK], 48, tail=2, beta=0.5)
+    frames = ro.frames
+    flags = frames[INTERVENTION_COLUMN][:, 0]
+    label, executed = frames["action"], frames[POLICY_ACTION]
+    assert len(flags) == ro.steps == 48 and 0 < flags.sum() < len(flags) and ro.expert_steps == flags.sum()
+    blocks = flags[: len(flags) // n * n].reshape(-1, n)
+    assert (blocks.all(axis=1) | ~blocks.any(axis=1)).all()  # whole chunks, from step 0 on
+    np.testing.assert_array_equal(executed[flags], label[flags])
+    assert np.abs(executed[~flags] - label[~flags]).max(axis=1).min() > 1e-3
+    obs = env.reset(seed, render=True)
+    for i in range(len(flags)):
+        np.testing.assert_array_equal(obs.state, frames["observation.state"][i])
+        np.testing.assert_array_equal(obs.images["corner2"], frames["observation.images.corner2"][i])
+        np.testing.assert_array_equal(env.expert_action().astype(np.float32), label[i])
+        obs, _, _, _ = env.step(executed[i], render=True)
+    # The same seed mixes the same way; another mixes otherwise.
+    again = label_rollout(controller, env, seed, spec.instructions[TASK], 48, tail=2, beta=0.5)
+    np.testing.assert_array_equal(again.frames[INTERVENTION_COLUMN], frames[INTERVENTION_COLUMN])
+    other = label_rollout(
+        controller, env, episode_seed(7, TASK, 1), spec.instructions[TASK], 48, tail=2, beta=0.5
+    )
+    assert not np.array_equal(other.frames[INTERVENTION_COLUMN], frames[INTERVENTION_COLUMN])
+
+    whole = label_rollout(controller, env, seed, spec.instructions[TASK], 120, tail=2, beta=1.0)
+    assert whole.frames[INTERVENTION_COLUMN].all() and whole.policy_success
+    np.testing.assert_array_equal(whole.frames[POLICY_ACTION], whole.frames["action"])
+    assert np.flatnonzero(whole.frames["next.success"])[0] == whole.steps - 3  # then the 2-step tail
+
+
 def test_a_takeover_the_expert_does_not_finish_is_dropped(init, tmp_path):
     """10 steps left after the take-over are too few for the expert (it needs ~60): no demonstration, so
     nothing is written, and the record says what happened."""
@@ -144,6 +187,19 @@ def test_a_takeover_round_trains_on_the_flagged_frames(init, tmp_path):
     assert episode["takeover"] == 10 and 10 + episode["frames"] <= 100 and episode["success"] is False
     base = LeRobotDataset(state["plan"]["base"][0]["path"])
     assert open_dataset(tmp_path / "t" / "round-1" / "mix.json").num_frames == base.num_frames + ds.num_frames
+
+
+def test_mixed_rounds_record_their_beta_and_the_experts_steps(init, tmp_path):
+    from vlaforge.dagger.run import run_dagger
+
+    state = run_dagger(_config(init, tmp_path / "m", rounds=2, beta=1.0, beta_decay=0.5, max_steps=24))
+    for r, beta in ((1, 1.0), (2, 0.5)):
+        rec = state["rounds"][r]
+        ds = LeRobotDataset(rec["data"])
+        flags = ds.column(INTERVENTION_COLUMN).reshape(-1)
+        assert rec["beta"] == beta and rec["expert_steps"] == int(flags.sum())
+        assert [e["expert_steps"] for e in ds.info["vlaforge"]["episodes"]] == [rec["expert_steps"]]
+    assert state["rounds"][1]["expert_steps"] == 24 and 0 < state["rounds"][2]["expert_steps"] < 24
 
 
 def test_rounds_aggregate_train_evaluate_and_resume_to_the_same_data(init, tmp_path, monkeypatch):
@@ -278,6 +334,11 @@ def test_config_refuses_what_cannot_run(tmp_path):
         _config(tmp_path, tmp_path / "o", takeover=-1)
     with pytest.raises(InputError, match="--takeover is for --expert scripted"):
         _config(tmp_path, tmp_path / "o", expert="recorded", dataset="a", takeover=5)
+    with pytest.raises(InputError, match="beta=1.5"):
+        _config(tmp_path, tmp_path / "o", beta=1.5)
+    with pytest.raises(InputError, match="--beta mixes the scripted expert"):
+        _config(tmp_path, tmp_path / "o", beta=0.5, takeover=30)
+    assert _config(tmp_path, tmp_path / "o", beta=0.8, beta_decay=0.5).beta_for(3) == pytest.approx(0.2)
 
 
 def test_init_head_continues_the_whole_policy(init):

@@ -3,9 +3,10 @@ command's --help imports no torch.
 
 DAgger (Ross, Gordon and Bagnell, 2011, "A Reduction of Imitation Learning and Structured Prediction to
 No-Regret Online Learning"): each round runs the current policy, labels every state it visits with the
-expert's action, adds those pairs to the data of all earlier rounds and retrains on the whole. Here the
-policy acts alone (the paper's beta_i = 0 after the first round; the first round's policy is the
-behaviour-cloned `init`), and the retraining is a fine-tune of the previous round's checkpoint.
+expert's action, adds those pairs to the data of all earlier rounds and retrains on the whole. By default the
+policy acts alone (the paper's beta_i = 0: the first round's policy is already the behaviour-cloned
+`init`); `beta` > 0 lets the expert drive a share of the roll-outs' chunks, beta_r = beta * beta_decay **
+(r - 1) in round r. The retraining is a fine-tune of the previous round's checkpoint.
 """
 
 from __future__ import annotations
@@ -62,6 +63,13 @@ class DaggerConfig(JsonConfig):
             drove become labels, with the actions it executed, flagged in
             ``complementary_info.is_intervention`` (HG-DAgger, the scripted expert as the person watching);
             a take-over the expert does not finish is dropped.
+        beta: ``scripted`` only, plain DAgger (``takeover`` 0): the paper's mixing weight in round 1, the
+            probability that the expert, not the policy, drives a chunk (drawn at every chunk boundary,
+            per roll-out from its own generator; the expert then drives the next ``execute_steps`` steps).
+            Every visited state is still labelled with the expert's action; the frames the expert drove
+            are flagged in ``complementary_info.is_intervention``. 0: the policy drives alone.
+        beta_decay: round r mixes with ``beta * beta_decay ** (r - 1)`` (the paper's beta_i = p^(i-1)
+            with ``beta`` 1 and ``beta_decay`` p).
         rollout_seed: roll-out i of task t in round r starts from ``episode_seed(rollout_seed, t,
             (r - 1) * episodes_per_round + i)``; must differ from ``eval_seed`` (and from the collection
             seed of the ``base`` data), and the two sets of episode seeds are checked to be disjoint.
@@ -87,6 +95,8 @@ class DaggerConfig(JsonConfig):
     max_steps: int | None = None
     tail: int = 10
     takeover: int = 0
+    beta: float = 0.0
+    beta_decay: float = 1.0
     rollout_seed: int = 2000
     eval_seed: int = 1000
     eval_episodes: int = 10
@@ -112,6 +122,14 @@ class DaggerConfig(JsonConfig):
             problems.append(f"takeover={self.takeover} (must be >= 0; 0 labels every visited state)")
         elif self.takeover and self.expert != "scripted":
             problems.append("--takeover is for --expert scripted (a recording flags who drove itself)")
+        for name in ("beta", "beta_decay"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                problems.append(f"{name}={getattr(self, name)} (must be in [0, 1])")
+        if self.beta and (self.takeover or self.expert != "scripted"):
+            problems.append(
+                "--beta mixes the scripted expert into plain DAgger's roll-outs: give it with --expert "
+                "scripted and --takeover 0"
+            )
         if self.workers < 0:
             problems.append(f"workers={self.workers} (must be >= 0)")
         if self.batch_size is not None and self.batch_size < 1:
@@ -147,6 +165,10 @@ class DaggerConfig(JsonConfig):
         """The recorded dataset of round `round_index` (1-based)."""
         ds = self.recorded_datasets
         return ds[0] if len(ds) == 1 else ds[round_index - 1]
+
+    def beta_for(self, round_index: int) -> float:
+        """The mixing weight of round `round_index` (1-based): beta * beta_decay ** (round_index - 1)."""
+        return float(self.beta) * float(self.beta_decay) ** (round_index - 1)
 
     def rollout_index(self, round_index: int, i: int) -> int:
         """The `episode_seed` index of roll-out `i` (per task) of round `round_index` (1-based)."""

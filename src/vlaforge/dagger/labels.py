@@ -7,6 +7,8 @@
   `vlaforge collect` stops the expert's episodes. With a take-over (``takeover`` N > 0) the expert
   instead takes the controls from a roll-out the policy has not finished in N steps, and only the frames
   it drove are kept, flagged as interventions (HG-DAgger).
+  With a mixing weight (``beta`` > 0) the expert drives each chunk with that probability (the paper's
+  beta_i), every state is still labelled, and the frames it drove are flagged.
 - `recorded`: a LeRobot v3.0 dataset recorded while a policy drove and a person could take over; the frames
   flagged in ``complementary_info.is_intervention`` (the column LeRobot's human-in-the-loop recordings
   write) carry the person's actions, and only those are kept, each unbroken run of them an episode.
@@ -30,7 +32,10 @@ from vlaforge.envs.base import Env, EnvSpec, episode_seed
 from vlaforge.errors import InputError
 from vlaforge.types import Embodiment, Observation
 
-POLICY_ACTION = "policy_action"  # what the policy executed at the frame (the label is `action`)
+POLICY_ACTION = "policy_action"  # what was executed at the frame (the label is `action`)
+# Mixes the roll-out's own generator for beta's draws with its episode seed (the env's initial state uses
+# the seed alone, so the two streams differ).
+MIXING_STREAM = 0x6D6978
 
 
 @dataclass
@@ -43,15 +48,18 @@ class Rollout:
             (T, S_state), ``action`` float32 (T, D), the expert's action at that state, ``next.success``
             bool (T,); labelling every state, also ``policy_action`` float32 (T, D), what was executed
             there; with a take-over, ``complementary_info.is_intervention`` bool (T, 1), all true.
-        policy_success: the policy reached success itself (before any take-over).
+        policy_success: the policy reached success itself (before any take-over; with mixing, the mixed
+            roll-out's success).
         takeover: the step the expert took over at (None: it did not).
         steps: steps the roll-out ran.
+        expert_steps: steps the expert drove (a take-over's, or the chunks mixing gave it).
     """
 
     frames: dict[str, np.ndarray] | None
     policy_success: bool
     takeover: int | None
     steps: int
+    expert_steps: int = 0
 
 
 def label_rollout(
@@ -62,6 +70,7 @@ def label_rollout(
     max_steps: int,
     tail: int,
     takeover: int = 0,
+    beta: float = 0.0,
 ) -> Rollout:
     """One roll-out of `controller` (a `vlaforge.eval.baselines.PolicyController`) from `seed`.
 
@@ -71,7 +80,17 @@ def label_rollout(
     labelled with the actions it executed, are kept (HG-DAgger's interventions, the expert as the person
     watching who takes the controls from a roll-out that is taking too long). Either way the roll-out
     ends `tail` steps after its first success or at `max_steps`.
+
+    `beta` > 0 (with `takeover` 0): at every chunk boundary the expert drives the next
+    ``controller.execute_steps`` steps with probability `beta` (drawn from
+    ``np.random.default_rng([MIXING_STREAM, seed])``), the policy otherwise; every state is labelled as
+    before and the expert's frames are flagged in ``complementary_info.is_intervention``.
     """
+    if beta and takeover:
+        raise ValueError(
+            "label_rollout: beta mixes plain DAgger's roll-outs; it has no meaning with takeover"
+        )
+    mixing = np.random.default_rng([MIXING_STREAM, seed]) if beta else None
     cameras = list(controller.embodiment.camera_names)
     queue = ActionQueue("open_loop", controller.execute_steps)
     controller.reset(seed)
@@ -80,9 +99,10 @@ def label_rollout(
     if history > 1:
         controller.observe(obs)
     images: dict[str, list[np.ndarray]] = {c: [] for c in cameras}
-    states, labels, executed, successes = [], [], [], []
+    states, labels, executed, successes, by_expert = [], [], [], [], []
     first: int | None = None
     took_over: int | None = None
+    expert_until = 0  # mixing: the expert drives until this step
     steps = 0
     while steps < max_steps and (first is None or steps < first + 1 + tail):
         if takeover and took_over is None and first is None and steps >= takeover:
@@ -93,7 +113,12 @@ def label_rollout(
                 images[c].append(obs.images[c])
             states.append(np.asarray(obs.state, np.float32))
             labels.append(np.asarray(env.expert_action(), np.float32))  # the label: the expert, here
-        if took_over is not None:
+        # At a chunk boundary (nobody's chunk is running), a draw decides who drives the next one.
+        boundary = steps >= expert_until and not queue.remaining(steps)
+        if mixing is not None and boundary and mixing.random() < beta:
+            expert_until = steps + int(controller.execute_steps)
+        expert = took_over is not None or steps < expert_until
+        if expert:
             action = labels[-1]
         else:
             if not queue.remaining(steps):
@@ -108,13 +133,15 @@ def label_rollout(
         if record:
             executed.append(np.asarray(action, np.float32))
             successes.append(success)
+            by_expert.append(expert)
         if first is None and success:
             first = steps - 1
         if done:
             break
     policy_success = first is not None and (took_over is None or first < took_over)
+    expert_steps = (steps - took_over) if took_over is not None else int(sum(by_expert))
     if not states:
-        return Rollout(None, policy_success, took_over, steps)
+        return Rollout(None, policy_success, took_over, steps, expert_steps)
     frames = {f"observation.images.{c}": np.stack(images[c]) for c in cameras}
     frames["observation.state"] = np.stack(states)
     frames["action"] = np.stack(labels)
@@ -122,8 +149,10 @@ def label_rollout(
         frames[INTERVENTION_COLUMN] = np.ones((len(states), 1), bool)
     else:
         frames[POLICY_ACTION] = np.stack(executed)
+        if beta:
+            frames[INTERVENTION_COLUMN] = np.asarray(by_expert, bool).reshape(-1, 1)
     frames["next.success"] = np.asarray(successes, bool)
-    return Rollout(frames, policy_success, took_over, steps)
+    return Rollout(frames, policy_success, took_over, steps, expert_steps)
 
 
 def scripted_round(
@@ -139,14 +168,15 @@ def scripted_round(
     device: str = "cpu",
     info: dict[str, Any] | None = None,
     takeover: int = 0,
+    beta: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Rolls `policy_dir` out `episodes` times per task and writes the labelled frames to `out`
     (`label_rollout`; `takeover` > 0: the expert takes over a roll-out not finished in that many steps and
-    only its frames are kept).
+    only its frames are kept; `beta` > 0: the expert drives that share of the chunks, flagged).
 
     Roll-out i of a task starts from ``episode_seed(seed, task, first_index + i)``. Returns one record per
     roll-out (episode_index, task, seed, success: the policy's own, frames; with a take-over also
-    takeover, the step, and expert_success), also kept in info.json's ``"vlaforge"``; a roll-out that
+    takeover, the step, and expert_success; with mixing, expert_steps), also kept in info.json's ``"vlaforge"``; a roll-out that
     added no frame (finished by the policy, or a take-over the expert did not finish) has episode_index
     None. When no roll-out added a frame, `out` is not written.
     """
@@ -164,6 +194,8 @@ def scripted_round(
         extra = {INTERVENTION_COLUMN: {"dtype": "bool", "shape": [1], "names": None}}
     else:
         extra = {POLICY_ACTION: {"dtype": "float32", "shape": [emb.action_dim], "names": action_names}}
+        if beta:
+            extra[INTERVENTION_COLUMN] = {"dtype": "bool", "shape": [1], "names": None}
     writer = episode_writer(out, spec, cameras, size, {**(info or {}), "episodes": kept}, extra)
     bar = tqdm(total=episodes * len(tasks), desc="dagger roll-outs", unit="episode")
     try:
@@ -171,7 +203,9 @@ def scripted_round(
             env = _env_for(spec.name, task, cameras, size, max_steps)
             for i in range(episodes):
                 s = episode_seed(seed, task, first_index + i)
-                ro = label_rollout(controller, env, s, spec.instructions[task], max_steps, tail, takeover)
+                ro = label_rollout(
+                    controller, env, s, spec.instructions[task], max_steps, tail, takeover, beta
+                )
                 expert_won = ro.frames is not None and bool(ro.frames["next.success"].any())
                 # A take-over the expert did not finish is no demonstration: dropped, as `vlaforge collect`
                 # drops the expert's failed episodes (and as an operator discards a failed recording).
@@ -182,6 +216,8 @@ def scripted_round(
                          "frames": n}  # fmt: skip
                 if takeover:
                     entry.update(takeover=ro.takeover, expert_success=expert_won)
+                if beta:
+                    entry["expert_steps"] = ro.expert_steps
                 kept.append(entry)
                 bar.update(1)
         if writer.episodes:

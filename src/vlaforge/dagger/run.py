@@ -207,12 +207,16 @@ def run_round(cfg: DaggerConfig, plan: dict[str, Any], state: dict[str, Any], r:
         episodes = scripted_round(
             policy, data, spec, plan["tasks"], cfg.episodes_per_round, cfg.rollout_seed,
             cfg.rollout_index(r, 0), plan["max_steps"], cfg.tail, _device(cfg.device), info, cfg.takeover,
+            cfg.beta_for(r),
         )  # fmt: skip
         wins = sum(e["success"] for e in episodes)
         record["rollouts"] = Rate.of(wins, len(episodes)).to_dict()  # the policy's own, on training seeds
         if cfg.takeover:
             record["takeovers"] = sum(e["takeover"] is not None for e in episodes)
             record["expert_successes"] = sum(e["expert_success"] for e in episodes)
+        if cfg.beta:
+            record["beta"] = cfg.beta_for(r)
+            record["expert_steps"] = sum(e["expert_steps"] for e in episodes)
         record["frames_added"] = sum(e["frames"] for e in episodes)
         episodes = [e for e in episodes if e["episode_index"] is not None]
     else:
