@@ -138,6 +138,13 @@ HEADS: dict[str, HeadSpec] = {
                     0,
                     "the action expert's width; 0: half the LLM's, a multiple of head_dim",
                 ),
+                HeadOption(
+                    "noise_policy",
+                    bool,
+                    False,
+                    "start the integration from a learned, state-dependent Gaussian instead of N(0, I) "
+                    "(DSRL; `vlaforge rl --flow-rl latent` adds and trains it)",
+                ),
             ),
         ),
     )

@@ -142,3 +142,72 @@ def test_sde_kl_estimate_matches_a_shifted_velocity_field():
     assert kl.mean() > 0.5
     assert abs(est.mean() - kl.mean()) < 4 * float(torch.sqrt(2 * kl.mean() / B))
     assert abs(float(est.std()) ** 2 - 2 * float(kl.mean())) < 0.5 * 2 * float(kl.mean())
+
+
+def test_latent_noise_policy_starts_as_the_plain_sampler_and_is_saved_with_the_policy(tmp_path):
+    """--flow-rl latent (DSRL): a fresh noise policy (mu = 0, log-std 0) samples exactly what the policy's
+    own `predict` gives from the same generator; the log-probability of the drawn noise is torch's Normal
+    over all of it; only the noise policy trains (the expert and backbone stay frozen, and imitation would
+    freeze it); once moved, the policy saved and loaded again samples what the actor sampled."""
+    emb = get_env("metaworld").embodiment(("corner2",), 64)
+    torch.manual_seed(0)
+    policy = Policy.from_preset("tiny", "flow", emb, make_stats(4, 4), num_steps=3)
+    obs = _obs(3, seed=5)
+    plain = policy.head.predict(
+        policy.backbone, policy._context(*obs), generator=torch.Generator().manual_seed(9)
+    )
+    actor = ActorCritic(policy, init_log_std=0.0, flow_rl="latent").eval()
+    assert policy.head.noise_policy and policy.head.config()["noise_policy"] is True
+    ctx = actor.context(*obs)
+    chunk, w = actor.sample(ctx, torch.Generator().manual_seed(9))
+    assert torch.equal(chunk, plain) and w.shape == (3, 8, 4)
+
+    trainable = {n for n, p in actor.named_parameters() if p.requires_grad}
+    assert trainable == {
+        "log_std", "policy.head.noise_mean.0.weight", "policy.head.noise_mean.0.bias",
+        "policy.head.noise_mean.2.weight", "policy.head.noise_mean.2.bias",
+        *(n for n, _ in actor.named_parameters() if n.startswith("critic.")),
+    }  # fmt: skip
+    assert actor.log_std is policy.head.noise_log_std
+    assert {n for n in policy.unused_parameter_names() if "noise" in n} == {
+        "head.noise_log_std",
+        *(f"head.noise_mean.{i}.{k}" for i in (0, 2) for k in ("weight", "bias")),
+    }
+
+    # Move the noise policy off N(0, I), then score a draw against a direct computation.
+    with torch.no_grad():
+        policy.head.noise_mean[2].weight.normal_(0.0, 0.05)
+        policy.head.noise_mean[2].bias.copy_(torch.linspace(-0.5, 0.5, 32))
+        policy.head.noise_log_std.fill_(-0.7)
+        policy.head.noise_log_std[0, 0] = 0.2
+    chunk, w = actor.sample(ctx, torch.Generator().manual_seed(11))
+    keep = torch.tensor([[True] * 8, [True] * 2 + [False] * 6, [True] + [False] * 7])
+    logp, ent, _ = actor.evaluate(ctx, w, keep)
+    with torch.no_grad():
+        last = actor.forward_ctx(ctx).prefix.last_hidden
+        mean = policy.head.noise_mean(last).view(3, 8, 4)
+        dist = Normal(mean, torch.exp(policy.head.noise_log_std).expand(3, 8, 4))
+    torch.testing.assert_close(logp, dist.log_prob(w).sum(dim=(1, 2)), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(ent, dist.entropy().sum(dim=(1, 2)), rtol=1e-5, atol=1e-5)
+    logp.sum().backward()
+    assert (
+        policy.head.noise_mean[0].weight.grad.abs().sum() > 0 and policy.head.noise_log_std.grad is not None
+    )
+    assert all(p.grad is None for p in policy.head.layers.parameters())
+
+    policy.save_pretrained(tmp_path / "p")
+    again = Policy.from_pretrained(tmp_path / "p")
+    assert again.head.noise_policy
+    replay = again.head.predict(
+        again.backbone, again._context(*obs), generator=torch.Generator().manual_seed(11)
+    )
+    torch.testing.assert_close(replay, chunk, rtol=0, atol=1e-6)
+    assert not torch.allclose(replay, plain, atol=1e-2)  # the noise policy moved what the policy does
+
+    chunk_policy = Policy.from_preset("tiny", "chunk", emb, make_stats(4, 4))
+    with pytest.raises(InputError, match="for a flow head"):
+        ActorCritic(chunk_policy, flow_rl="latent")
+    with pytest.raises(InputError, match="backbone stays frozen"):
+        ActorCritic(
+            Policy.from_preset("tiny", "flow", emb, make_stats(4, 4)), train_backbone=True, flow_rl="latent"
+        )

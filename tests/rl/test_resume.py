@@ -27,7 +27,13 @@ def _weights(run):
 
 @pytest.mark.parametrize(
     ("algo", "head", "flow_rl"),
-    [("ppo", "chunk", "sde"), ("grpo", "chunk", "sde"), ("ppo", "flow", "sde"), ("ppo", "flow", "noise")],
+    [
+        ("ppo", "chunk", "sde"),
+        ("grpo", "chunk", "sde"),
+        ("ppo", "flow", "sde"),
+        ("ppo", "flow", "noise"),
+        ("ppo", "flow", "latent"),
+    ],  # fmt: skip
 )
 def test_resume_is_bitwise_exact(tmp_path, weak_policy, algo, head, flow_rl):
     init = weak_policy(tmp_path / "init", head=head)
@@ -47,6 +53,10 @@ def test_resume_is_bitwise_exact(tmp_path, weak_policy, algo, head, flow_rl):
         assert torch.equal(a[k], b[k]), k
         if k in first and not torch.equal(a[k], first[k]):
             changed = True
+    if flow_rl == "latent":  # the policy as it was, plus a noise policy that moved off N(0, I)
+        assert not changed, "latent RL changed the frozen policy"
+        changed = bool(a["head.noise_mean.2.weight"].abs().sum() > 0)
+        assert set(a) - set(first) >= {"head.noise_log_std", "head.noise_mean.2.weight"}
     assert changed, "the update changed no policy weight: the comparison would prove nothing"
     rows_a = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
     rows_b = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]

@@ -24,6 +24,7 @@ from vlaforge.models.heads import ActionHead, Context, HeadDims, standard_normal
 TIME_BETA_ALPHA = 1.5  # pi0: s ~ Beta(1.5, 1)
 TIME_SCALE, TIME_MIN = 0.999, 0.001  # pi0: t = 0.999 s + 0.001, so t never reaches 0 (noise-free)
 MIN_PERIOD, MAX_PERIOD = 4e-3, 4.0  # pi0's sine-cosine time embedding
+NOISE_POLICY_WIDTH = 256  # the noise policy's hidden width (DSRL's latent-noise actor, a small MLP)
 
 
 def flow_targets(
@@ -128,9 +129,16 @@ class FlowHead(ActionHead):
         dims: D, H, and `dims.llm` (the LLM's `LLMSpec`: depth, heads, KV heads, width, norm epsilon).
         num_steps: Euler steps at inference (pi0: 10); `predict(num_steps=...)` overrides it per call.
         expert_width: the expert's width; 0 takes half the LLM width rounded down to a multiple of head_dim.
+        noise_policy: the integration starts from x ~ N(mu(s), diag(exp(2 log_std))) instead of N(0, I),
+            mu an MLP on the prefix's last hidden state and log_std an (H, D) parameter (Wagenmaker et al.,
+            2025, "Steering Your Diffusion Policy with Latent Space Reinforcement Learning": RL trains only
+            this noise, the expert stays as it is). Created with mu = 0 and log_std = 0, so it starts as
+            exactly the plain sampler; `vlaforge rl --flow-rl latent` adds (`enable_noise_policy`) and trains it.
     """
 
-    def __init__(self, dims: HeadDims, num_steps: int = 10, expert_width: int = 0):
+    def __init__(
+        self, dims: HeadDims, num_steps: int = 10, expert_width: int = 0, noise_policy: bool = False
+    ):
         super().__init__(dims.action_dim, dims.chunk_size)
         llm = getattr(dims, "llm", None)
         if llm is None:
@@ -154,6 +162,41 @@ class FlowHead(ActionHead):
         )
         self.norm = nn.RMSNorm(width, eps=llm.rms_norm_eps)
         self.action_out = nn.Linear(width, dims.action_dim)
+        self.llm_width = llm.hidden_size
+        self.noise_policy = False
+        if noise_policy:
+            self.enable_noise_policy()
+
+    # -------------------------------------------------------------------- the noise policy (DSRL)
+    def enable_noise_policy(self) -> None:
+        """Adds the noise policy (mu = 0, log_std = 0: the plain sampler's N(0, I)) on the head's device
+        and dtype; a head that has one keeps it."""
+        if self.noise_policy:
+            return
+        H, D = self.chunk_size, self.action_dim
+        like = self.action_out.weight
+        self.noise_mean = nn.Sequential(
+            nn.Linear(self.llm_width, NOISE_POLICY_WIDTH), nn.Tanh(), nn.Linear(NOISE_POLICY_WIDTH, H * D)
+        ).to(device=like.device, dtype=like.dtype)
+        nn.init.zeros_(self.noise_mean[-1].weight)
+        nn.init.zeros_(self.noise_mean[-1].bias)
+        self.noise_log_std = nn.Parameter(torch.zeros(H, D, device=like.device, dtype=like.dtype))
+        self.noise_policy = True
+
+    def untrained_parameters(self) -> list[nn.Parameter]:
+        """The noise policy's parameters (none without one): the flow-matching loss never reads them."""
+        return [*self.noise_mean.parameters(), self.noise_log_std] if self.noise_policy else []
+
+    def noise_distribution(self, prefix: Prefix) -> tuple[torch.Tensor, torch.Tensor]:
+        """The start of the integration: mean (B, H, D) and log-std (H, D), float32; zeros without a noise
+        policy (N(0, I))."""
+        B, H, D = prefix.last_hidden.shape[0], self.chunk_size, self.action_dim
+        if not self.noise_policy:
+            zeros = torch.zeros((B, H, D), device=prefix.last_hidden.device)
+            return zeros, zeros[0]
+        w = self.noise_mean[0].weight
+        mean = self.noise_mean(prefix.last_hidden.to(device=w.device, dtype=w.dtype)).float().view(B, H, D)
+        return mean, self.noise_log_std.float()
 
     # -------------------------------------------------------------------- the expert
     def embed(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -310,12 +353,24 @@ class FlowHead(ActionHead):
     @torch.no_grad()
     def predict(self, backbone, ctx, *, generator=None, num_steps=None):
         """Euler from noise (t = 1) to t = 0 in `num_steps` steps (default `self.num_steps`); the prefix is
-        encoded once and only the expert runs at every step. Normalised actions (B, H, D) float32."""
+        encoded once and only the expert runs at every step. Normalised actions (B, H, D) float32. With a
+        noise policy the start is mean + exp(log_std) * the same standard normal draw."""
         n = int(num_steps or self.num_steps)
         if n < 1:
             raise InputError(f"num_steps must be >= 1, got {n}")
         prefix = backbone.encode_prefix(ctx.images, ctx.state, ctx.prompt_ids)
         x = self.initial_noise(ctx.batch_size, backbone.device, generator)
+        if self.noise_policy:
+            mean, log_std = self.noise_distribution(prefix)
+            x = mean + torch.exp(log_std) * x
+        return self.integrate(backbone, prefix, x, n)
+
+    @torch.no_grad()
+    def integrate(
+        self, backbone: PrismaticBackbone, prefix: Prefix, x: torch.Tensor, num_steps: int
+    ) -> torch.Tensor:
+        """Euler from x (B, H, D) at t = 1 to t = 0 in `num_steps` steps on an encoded prefix."""
+        n = int(num_steps)
         for i in range(n):
             t = torch.full((x.shape[0],), 1.0 - i / n, device=x.device)
             x = x + (-1.0 / n) * self.velocity(backbone, prefix, x, t).float()

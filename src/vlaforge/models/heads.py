@@ -148,6 +148,11 @@ class ActionHead(nn.Module):
         tail and (for heads that do not decode tokens) the LLM output layer, which `Policy` declares itself."""
         return []
 
+    def untrained_parameters(self) -> list[nn.Parameter]:
+        """The head's own parameters imitation's loss never reaches (reinforcement learning trains them);
+        training keeps them frozen."""
+        return []
+
     @property
     def kind(self) -> str:
         """The head's registered name (what config.json stores)."""

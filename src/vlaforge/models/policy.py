@@ -189,8 +189,9 @@ class Policy(nn.Module):
 
     def unused_parameter_names(self) -> list[str]:
         """Names of the parameters whose outputs never reach this policy's loss or predictions: the
-        vision towers' unused tail (`VisionFeaturizer.unused_parameters`) and, for heads that do not decode
-        tokens, the LLM's output layer. Training keeps them frozen, so every trainable parameter gets a
+        vision towers' unused tail (`VisionFeaturizer.unused_parameters`), for heads that do not decode
+        tokens the LLM's output layer, and what of the head only RL trains (`untrained_parameters`, which
+        predictions do read). Training keeps them frozen, so every trainable parameter gets a
         gradient at every step (and DDP needs no `find_unused_parameters`). LoRA adapters injected inside
         these modules are included."""
         if self.family is not None:
@@ -213,6 +214,7 @@ class Policy(nn.Module):
             unused += [p for p in self.backbone.llm.get_output_embeddings().parameters() if id(p) not in used]
         for module in self.head.unused_backbone_modules(self.backbone):
             unused += list(module.parameters())
+        unused += self.head.untrained_parameters()
         unused_ids = {id(p) for p in unused}  # module.parameters() recurses, so adapters are included
         return [n for n, p in self.named_parameters() if id(p) in unused_ids]
 

@@ -9,6 +9,10 @@ critic on the backbone's pooled features.
 - flow head, ``flow_rl="noise"``: Flow-Noise, Euler steps plus noise whose std `NoiseNet` predicts from the
   expert's output tokens, learned with the policy (`vlaforge.rl.logprob.flow_noise_chain_log_prob`). It
   exists only while RL runs: the saved policy samples with the plain ODE, as piRL evaluates.
+- flow head, ``flow_rl="latent"``: DSRL. The flow expert is frozen; the head's noise policy
+  (`FlowHead.enable_noise_policy`) gives the integration's starting noise w ~ N(mu(s), diag(exp(2
+  log_std))), the plain ODE maps it to the chunk, and the log-probability is the Gaussian's over all of w
+  (every element of w moves every row). It is part of the policy, so the saved policy samples as it trained.
 
 The critic: the mean of the LLM's final hidden states over the valid prefix positions (image patches,
 state, prompt), then a two-layer MLP to one value.
@@ -36,7 +40,7 @@ from vlaforge.rl.logprob import (
 )
 
 SUPPORTED_HEADS = ("chunk", "flow")
-FLOW_RL = ("sde", "noise")
+FLOW_RL = ("sde", "noise", "latent")
 CRITIC_WIDTH = 256
 # Flow-Noise's noise network, as piRL sets it for pi0: hidden widths, tanh, stds bounded in [0.08, 0.16].
 NOISE_HIDDEN = (128, 64)
@@ -92,8 +96,10 @@ class ActorCritic(nn.Module):
         kind = policy.head.kind
         if flow_rl not in FLOW_RL:
             raise InputError(f"flow_rl must be one of {list(FLOW_RL)}; got {flow_rl!r}")
-        if flow_rl == "noise" and kind != "flow":
-            raise InputError(f"--flow-rl noise is for a flow head; this policy has a {kind!r} head")
+        if flow_rl in ("noise", "latent") and kind != "flow":
+            raise InputError(f"--flow-rl {flow_rl} is for a flow head; this policy has a {kind!r} head")
+        if flow_rl == "latent" and train_backbone:
+            raise InputError("--flow-rl latent trains only the noise policy; the backbone stays frozen")
         if policy.family is not None or kind not in SUPPORTED_HEADS:
             raise InputError(
                 f"vlaforge rl improves policies with a {' or '.join(SUPPORTED_HEADS)} head; this one has "
@@ -123,6 +129,19 @@ class ActorCritic(nn.Module):
             p.requires_grad_(bool(train_backbone))
         for name in policy.unused_parameter_names():
             policy.get_parameter(name).requires_grad_(False)
+        if self.flow_rl == "latent":  # DSRL: only the noise policy (and the critic) train
+            head = policy.head
+            fresh = not head.noise_policy
+            head.enable_noise_policy()
+            if fresh:
+                with torch.no_grad():
+                    head.noise_log_std.fill_(float(init_log_std))
+            for p in head.parameters():
+                p.requires_grad_(False)
+            for p in head.untrained_parameters():
+                p.requires_grad_(True)
+            del self.log_std
+            self.log_std = head.noise_log_std  # the same parameter: metrics read the noise's log-std here
 
     # ------------------------------------------------------------------ inputs
     def context(
@@ -162,7 +181,8 @@ class ActorCritic(nn.Module):
     @torch.no_grad()
     def sample(self, ctx: Context, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """A sampled normalised chunk (B, H, D) and what its log-probability is recomputed from: the chunk
-        itself (chunk head) or the denoising chain (B, N + 1, H, D) (flow head)."""
+        itself (chunk head), the denoising chain (B, N + 1, H, D) (Flow-SDE, Flow-Noise) or the starting
+        noise (B, H, D) (latent)."""
         return self._sample_from(self.forward_ctx(ctx), ctx.batch_size, generator)
 
     def _sample_from(
@@ -176,6 +196,10 @@ class ActorCritic(nn.Module):
             return a, a
         x1 = torch.randn((B, head.chunk_size, head.action_dim), generator=generator, device=generator.device)
         backbone = self.policy.backbone
+        if self.flow_rl == "latent":
+            mean, log_std = head.noise_distribution(fwd.prefix)
+            w = mean + torch.exp(log_std) * x1.to(mean.device)
+            return head.integrate(backbone, fwd.prefix, w, head.num_steps), w
         if self.flow_rl == "noise":
             chain = self._noise_chain(fwd.prefix, x1.to(backbone.device), generator)
             return chain[:, -1], chain
@@ -212,7 +236,7 @@ class ActorCritic(nn.Module):
     def evaluate(
         self, ctx: Context, record: torch.Tensor, keep: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Log-probabilities (B,), entropies (B,) (zeros for the flow head) and values (B,), with gradients.
+        """Log-probabilities (B,), entropies (B,) (zeros for Flow-SDE) and values (B,), with gradients.
 
         Args:
             ctx: the observations the chunks were sampled from.
@@ -226,6 +250,9 @@ class ActorCritic(nn.Module):
             logp = gaussian_log_prob(record, fwd.mean, log_std, keep)
             ent = gaussian_entropy(log_std, keep)
             return logp, ent, value
+        if self.flow_rl == "latent":  # record: the starting noise w (B, H, D); all of it acts
+            mean, log_std = self.policy.head.noise_distribution(fwd.prefix)
+            return gaussian_log_prob(record, mean, log_std), gaussian_entropy(log_std).expand_as(value), value
         n = record.shape[1] - 1
         if self.flow_rl == "noise":
             steps = [self._noise_steps(fwd.prefix, record[:, k], k) for k in range(n)]

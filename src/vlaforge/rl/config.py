@@ -54,10 +54,15 @@ class RLConfig(JsonConfig):
         entropy_coef: weight of the entropy bonus (of the chunk head's Gaussian).
         init_log_std: initial log standard deviation of the exploration noise, in normalised action units
             (chunk head: the learned state-independent log-std; flow head: log of the SDE's noise level;
-            unused by Flow-Noise, whose stds a network learns).
-        flow_rl: how a flow head explores and gets its chunk's log-likelihood (piRL's two variants):
-            ``sde`` (Flow-SDE: the ODE turned into an SDE with the noise level above) or ``noise``
-            (Flow-Noise: a learned noise network adds a bounded Gaussian to every Euler step).
+            unused by Flow-Noise, whose stds a network learns; ``latent``: the noise policy's log-std
+            when the run adds one). None: -1, or 0 for ``latent`` (its start is then exactly N(0, I), the
+            policy's own sampler).
+        flow_rl: how a flow head explores and gets its chunk's log-likelihood: piRL's two variants,
+            ``sde`` (Flow-SDE: the ODE turned into an SDE with the noise level above) and ``noise``
+            (Flow-Noise: a learned noise network adds a bounded Gaussian to every Euler step), or
+            ``latent`` (DSRL: the flow expert stays frozen and RL trains a state-dependent Gaussian over
+            the integration's starting noise, saved with the policy as the head's noise policy; the
+            chunk's log-likelihood is that Gaussian's over the noise drawn).
         max_grad_norm: global gradient-norm clip (<= 0: off).
         train_backbone: also update the vision/LLM backbone (False: only the head, log-std and critic).
         seed: seeds the model's exploration noise, the minibatch order and the training scenes.
@@ -100,8 +105,8 @@ class RLConfig(JsonConfig):
     critic_lr: float = 1e-3
     value_coef: float = 0.5
     entropy_coef: float = 0.0
-    init_log_std: float = -1.0
-    flow_rl: Literal["sde", "noise"] = "sde"
+    init_log_std: float | None = None
+    flow_rl: Literal["sde", "noise", "latent"] = "sde"
     max_grad_norm: float = 1.0
     train_backbone: bool = False
     seed: int = 0
@@ -120,8 +125,15 @@ class RLConfig(JsonConfig):
             raise InputError("--init is required: the policy directory to improve (e.g. RUN/last)")
         if self.algo not in ("ppo", "grpo"):
             raise InputError(f"--algo must be ppo or grpo, got {self.algo!r}")
-        if self.flow_rl not in ("sde", "noise"):
-            raise InputError(f"--flow-rl must be sde or noise, got {self.flow_rl!r}")
+        if self.flow_rl not in ("sde", "noise", "latent"):
+            raise InputError(f"--flow-rl must be sde, noise or latent, got {self.flow_rl!r}")
+        if self.init_log_std is None:
+            self.init_log_std = 0.0 if self.flow_rl == "latent" else -1.0
+        if self.flow_rl == "latent" and self.train_backbone:
+            raise InputError(
+                "--flow-rl latent trains only the noise the frozen policy starts from; drop --train-backbone "
+                "(or use --flow-rl sde to train the policy itself)"
+            )
         positive = {"iterations": self.iterations, "envs": self.envs, "group_size": self.group_size}
         positive.update(max_steps=self.max_steps, epochs=self.epochs, save_every=self.save_every)
         for name, value in positive.items():

@@ -276,12 +276,20 @@ def kl_to_initial(run: RLRun, initial: Any, batch: Batch, limit: int = 64) -> fl
     the update. Chunk head: the Gaussians' closed form, summed over the executed rows. Flow-SDE: a
     Monte-Carlo estimate, the mean of log p(chain) - log p_initial(chain) over one chain per observation
     sampled from the current policy, drawn from a generator of its own seeded by (seed, iteration), so
-    neither exploration nor a resumed run's numbers change. None for Flow-Noise (its noise network is
+    neither exploration nor a resumed run's numbers change. Latent (DSRL): the closed form between the
+    current and the initial noise policies' Gaussians over the whole starting noise (the chunks are a
+    fixed function of it, so this bounds their KL from above). None for Flow-Noise (its noise network is
     the run's, so the initial policy has none to score with)."""
     if initial is None:
         return None
     D = batch.decisions[:limit]
     ctx = _contexts(run.actor, D)
+    if run.actor.flow_rl == "latent":
+        prefix = run.actor.forward_ctx(ctx).prefix
+        mu, ls = run.actor.policy.head.noise_distribution(prefix)
+        mu0, ls0 = initial.noise_distribution(prefix)
+        per = ls0 - ls + (torch.exp(2 * ls) + (mu - mu0).square()) / (2 * torch.exp(2 * ls0)) - 0.5
+        return float(per.sum(dim=(1, 2)).mean())
     if run.actor.kind == "flow":
         generator = torch.Generator().manual_seed(KL_SEED_BASE + 1_000_003 * run.cfg.seed + run.iteration)
         keep = _keep(D, run.actor.policy.head.chunk_size).to(run.device)
@@ -465,12 +473,15 @@ def run_rl(cfg: RLConfig) -> Path:
     tasks = spec.resolve_tasks(cfg.tasks)
     emb = state.actor.policy.embodiment
     initial = None  # the reference of kl_to_initial: the initial head (frozen backbone) or a whole copy
-    if state.actor.kind == "chunk" or state.actor.flow_rl == "sde":
+    if state.actor.kind == "chunk" or state.actor.flow_rl in ("sde", "latent"):
         if state.iteration == 0:
             initial = copy.deepcopy(state.actor if cfg.train_backbone else state.actor.policy.head)
         else:
             start = Policy.from_pretrained(cfg.init)
-            initial = ActorCritic(start, cfg.init_log_std) if cfg.train_backbone else start.head
+            if state.actor.flow_rl == "latent":  # the noise policy the run started with, as it added it
+                initial = ActorCritic(start, cfg.init_log_std, flow_rl="latent").policy.head
+            else:
+                initial = ActorCritic(start, cfg.init_log_std) if cfg.train_backbone else start.head
             initial = initial.to(device)
         initial.eval()
         for p in initial.parameters():
