@@ -176,9 +176,9 @@ def scripted_round(
 
     Roll-out i of a task starts from ``episode_seed(seed, task, first_index + i)``. Returns one record per
     roll-out (episode_index, task, seed, success: the policy's own, frames; with a take-over also
-    takeover, the step, and expert_success; with mixing, expert_steps), also kept in info.json's ``"vlaforge"``; a roll-out that
-    added no frame (finished by the policy, or a take-over the expert did not finish) has episode_index
-    None. When no roll-out added a frame, `out` is not written.
+    takeover, the step, and expert_success; with mixing, expert_steps), also kept in info.json's
+    ``"vlaforge"``; a roll-out that added no frame (finished by the policy, or a take-over the expert did
+    not finish) has episode_index None. When no roll-out added a frame, `out` is not written.
     """
     from vlaforge.envs.collect import _env_for, episode_writer
     from vlaforge.eval.baselines import PolicyController
