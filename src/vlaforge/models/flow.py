@@ -133,7 +133,8 @@ class FlowHead(ActionHead):
             mu an MLP on the prefix's last hidden state and log_std an (H, D) parameter (Wagenmaker et al.,
             2025, "Steering Your Diffusion Policy with Latent Space Reinforcement Learning": RL trains only
             this noise, the expert stays as it is). Created with mu = 0 and log_std = 0, so it starts as
-            exactly the plain sampler; `vlaforge rl --flow-rl latent` adds (`enable_noise_policy`) and trains it.
+            exactly the plain sampler; `vlaforge rl --flow-rl latent` adds (`enable_noise_policy`) and
+            trains it.
     """
 
     def __init__(
