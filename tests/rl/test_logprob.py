@@ -12,8 +12,25 @@ from vlaforge.rl.logprob import (
     flow_sde_chain_log_prob,
     flow_sde_sample,
     gaussian_entropy,
+    gaussian_kl,
     gaussian_log_prob,
 )
+
+
+def test_gaussian_kl_matches_torch_distributions_over_the_kept_rows():
+    from torch.distributions import kl_divergence
+
+    g = torch.Generator().manual_seed(1)
+    mean, mean0 = torch.randn(3, 4, 2, generator=g), torch.randn(3, 4, 2, generator=g)
+    log_std, log_std0 = torch.randn(4, 2, generator=g) * 0.3, torch.full((4, 2), -0.5)
+    keep = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    per = kl_divergence(
+        Normal(mean, torch.exp(log_std).expand(3, 4, 2)), Normal(mean0, torch.exp(log_std0).expand(3, 4, 2))
+    )
+    expect = torch.stack([per[b][keep[b]].sum() for b in range(3)])
+    torch.testing.assert_close(gaussian_kl(mean, log_std, mean0, log_std0, keep), expect)
+    torch.testing.assert_close(gaussian_kl(mean, log_std, mean0, log_std0), per.sum(dim=(1, 2)))
+    assert torch.equal(gaussian_kl(mean, log_std, mean, log_std), torch.zeros(3))
 
 
 def test_gaussian_chunk_log_prob_matches_torch_distributions():

@@ -59,6 +59,27 @@ def gaussian_entropy(log_std: torch.Tensor, keep: torch.Tensor | None = None) ->
     return (keep[..., None].to(per.dtype) * per).sum(dim=(1, 2))
 
 
+def gaussian_kl(
+    mean: torch.Tensor,
+    log_std: torch.Tensor,
+    mean0: torch.Tensor,
+    log_std0: torch.Tensor,
+    keep: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """KL(N(mean, exp(log_std)^2) || N(mean0, exp(log_std0)^2)) of diagonal Gaussians over a chunk, summed
+    over (H, D) counting only kept rows. mean, mean0: (B, H, D); log-stds broadcastable to them; keep: bool
+    (B, H) (None: all). Returns (B,)."""
+    per = (
+        log_std0
+        - log_std
+        + (torch.exp(2 * log_std) + (mean - mean0).square()) / (2 * torch.exp(2 * log_std0))
+        - 0.5
+    )
+    if keep is not None:
+        per = per * keep[..., None].to(per.dtype)
+    return per.sum(dim=(1, 2))
+
+
 def sde_sigma(t: torch.Tensor, level: float | torch.Tensor, num_steps: int) -> torch.Tensor:
     """Flow-SDE's noise scale sigma_t = level sqrt(t / (1 - t)), t capped at 1 - 1/N."""
     tc = t.clamp(max=1.0 - 1.0 / num_steps)
@@ -149,6 +170,7 @@ __all__ = [
     "flow_sde_chain_log_prob",
     "flow_sde_sample",
     "gaussian_entropy",
+    "gaussian_kl",
     "gaussian_log_prob",
     "sde_sigma",
     "sde_step_moments",

@@ -32,6 +32,7 @@ from vlaforge.errors import InputError
 from vlaforge.rl.actor import ActorCritic
 from vlaforge.rl.algos import gae, grpo_advantages, ppo_loss, value_loss
 from vlaforge.rl.config import RUN_CONFIG, RLConfig, resumed_config
+from vlaforge.rl.logprob import gaussian_kl
 from vlaforge.rl.rollout import Batch, EnvPool, WorkerPool, collect, eval_seed_set, training_scenes
 from vlaforge.train.checkpoint import (
     load_optimizer,
@@ -288,8 +289,7 @@ def kl_to_initial(run: RLRun, initial: Any, batch: Batch, limit: int = 64) -> fl
         prefix = run.actor.forward_ctx(ctx).prefix
         mu, ls = run.actor.policy.head.noise_distribution(prefix)
         mu0, ls0 = initial.noise_distribution(prefix)
-        per = ls0 - ls + (torch.exp(2 * ls) + (mu - mu0).square()) / (2 * torch.exp(2 * ls0)) - 0.5
-        return float(per.sum(dim=(1, 2)).mean())
+        return float(gaussian_kl(mu, ls, mu0, ls0).mean())
     if run.actor.kind == "flow":
         generator = torch.Generator().manual_seed(KL_SEED_BASE + 1_000_003 * run.cfg.seed + run.iteration)
         keep = _keep(D, run.actor.policy.head.chunk_size).to(run.device)
@@ -301,9 +301,7 @@ def kl_to_initial(run: RLRun, initial: Any, batch: Batch, limit: int = 64) -> fl
         mu0 = run.actor.forward_ctx(ctx, head=initial).mean
     ls = run.actor.log_std.float()
     ls0 = torch.full_like(ls, run.cfg.init_log_std)
-    per = ls0 - ls + (torch.exp(2 * ls) + (mu - mu0).square()) / (2 * torch.exp(2 * ls0)) - 0.5
-    keep = _keep(D, mu.shape[1]).to(mu.device)[..., None]
-    return float((per * keep).sum(dim=(1, 2)).mean())
+    return float(gaussian_kl(mu, ls, mu0, ls0, _keep(D, mu.shape[1]).to(mu.device)).mean())
 
 
 # ---------------------------------------------------------------------- the run
