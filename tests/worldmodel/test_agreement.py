@@ -50,3 +50,21 @@ def test_per_task_as_simplerenv_then_the_mean():
     )
     # Pooling all six pairs is another number: it also scores the tasks' difficulty.
     assert agreement([r["sim"] for r in rows], [r["worldmodel"] for r in rows])["mmrv"] != mean["mmrv"]
+
+
+def test_per_task_against_another_column():
+    # The simulator against itself on other scenes: the same per-task measures over the column named.
+    # Task b's reference (0.0, 0.4, 0.5) keeps the truth's order apart from the truth's tie (0.4 = 0.4, the
+    # reference 0.4 < 0.5): MMRV max(|0.4 - 0.4|) = 0 for both tied entries, so 0.
+    rows = [
+        {"task": "a", "sim": t, "worldmodel": 0.0, "ref": r} for t, r in ((0.9, 1.0), (0.5, 0.3), (0.2, 0.4))
+    ]
+    rows += [
+        {"task": "b", "sim": t, "worldmodel": 0.0, "ref": r} for t, r in ((0.0, 0.0), (0.4, 0.4), (0.4, 0.5))
+    ]
+    per, mean = by_task(rows, proxy="ref")
+    # Task a: 0.5 and 0.2 swap order (|0.5 - 0.2| = 0.3 for both), 0.9 keeps its place: MMRV 0.6 / 3 = 0.2.
+    assert per["a"]["mmrv"] == pytest.approx(0.2, abs=1e-4) and per["b"]["mmrv"] == 0.0
+    assert per["a"]["mean_abs_error"] == pytest.approx((0.1 + 0.2 + 0.2) / 3, abs=1e-4)
+    assert mean["mmrv"] == pytest.approx(0.1, abs=1e-4)
+    assert per["a"]["pearson"] == pytest.approx(pearson([0.9, 0.5, 0.2], [1.0, 0.3, 0.4]), abs=1e-4)

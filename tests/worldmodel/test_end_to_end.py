@@ -106,11 +106,28 @@ def test_world_model_env_runs_a_policy(recorded, capsys, monkeypatch, tmp_path):
     assert info["protocol"]["env"] == f"worldmodel:{run}" and len(info["episodes"]) == 2
     assert all(0 < e["steps"] <= 6 for e in info["episodes"])
 
-    # The population command: both evaluators on the same tasks and seeds, a table and a plot.
+    # The population command: both evaluators on the same tasks and seeds, a table and a plot; with a
+    # reference seed, the simulator once more from other scenes.
+    monkeypatch.setenv("VLAFORGE_DEBUG", "1")
+    with pytest.raises(InputError, match="--reference-seed 1000 equals --seed"):
+        main(["worldmodel", "agreement", "--policies", "random,random", "--worldmodel", str(run),
+              "--reference-seed", "1000", "--out", str(root / "refused")])  # fmt: skip
+    monkeypatch.delenv("VLAFORGE_DEBUG")
+    assert not (root / "refused").exists()
     main(["worldmodel", "agreement", "--policies", "random,random", "--worldmodel", str(run), "--episodes", "1",
-          "--max-steps", "4", "--heldout-family", "random", "--out", str(root / "agree")])  # fmt: skip
+          "--max-steps", "4", "--heldout-family", "random", "--reference-seed", "2000",
+          "--out", str(root / "agree")])  # fmt: skip
     summary = json.loads((root / "agree" / "agreement.json").read_text())
     assert [(r["task"], r["heldout_family"]) for r in summary["rows"]] == [(TASK, True)] * 2
+    for k in (0, 1):
+        ref = json.loads((root / "agree" / "evals" / f"{k:02d}-sim-reference" / "eval_info.json").read_text())
+        sim = json.loads((root / "agree" / "evals" / f"{k:02d}-sim" / "eval_info.json").read_text())
+        assert [e["seed"] for e in ref["episodes"]] == [episode_seed(2000, TASK, 0)]
+        assert [e["seed"] for e in sim["episodes"]] == [episode_seed(1000, TASK, 0)]
+        assert summary["rows"][k]["sim_reference"] == ref["aggregates"]["per_task"][TASK]["rate"]
+    assert summary["simulator_vs_itself"]["reference_seed"] == 2000
+    assert summary["simulator_vs_itself"]["all"]["n"] == 2
+    assert "The simulator against itself" in (root / "agree" / "agreement.md").read_text()
     assert summary["same_start_scenes"] == {"matched": 1, "episodes": 1}
     # The judge read on the real frames of the 4 held-out episodes (1 random, 3 expert, all of TASK).
     check = summary["judge_on_real_frames"][TASK]

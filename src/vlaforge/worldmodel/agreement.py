@@ -69,14 +69,14 @@ def agreement(truth: Sequence[float], proxy: Sequence[float]) -> dict[str, float
     }
 
 
-def by_task(rows: Sequence[dict]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """Per task, the agreement over its policies (rows: {"task", "sim", "worldmodel"}), and the mean of each
+def by_task(
+    rows: Sequence[dict], proxy: str = "worldmodel"
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """Per task, the agreement over its policies (rows: {"task", "sim", `proxy`}), and the mean of each
     measure over the tasks ({"tasks", "pearson", "spearman", "mmrv", "mean_abs_error"})."""
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     per = {
-        t: agreement(
-            [r["sim"] for r in rows if r["task"] == t], [r["worldmodel"] for r in rows if r["task"] == t]
-        )
+        t: agreement([r["sim"] for r in rows if r["task"] == t], [r[proxy] for r in rows if r["task"] == t])
         for t in tasks
     }
     keys = ("pearson", "spearman", "mmrv", "mean_abs_error")

@@ -2,6 +2,11 @@
 model on the same tasks and seeds; per-(policy, task) success rates, their agreement
 (`vlaforge.worldmodel.agreement`), a table and a scatter plot. Policies named in `heldout_family` (a family
 kept out of the world model's training data) are marked in the table and the plot.
+
+With `reference_seed`, every policy is also evaluated in the simulator on another set of scenes, and the
+simulator's agreement with itself is reported beside the world model's: with a few episodes per
+(policy, task) the rates carry binomial noise, so even a proxy as good as the simulator would not reach a
+Pearson r of 1; that reference is the ceiling the episode count leaves.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ class AgreementConfig:
         heldout_family: comma list of the policies whose family the world model never saw in training.
         workers: rollout workers of the simulator's evaluations.
         baseline_image_size: image side the baselines render (None: the world model's).
+        reference_seed: another base seed (None: none): each policy is also evaluated in the simulator
+            from there, and the simulator's agreement with itself (scenes of `seed` against these) is
+            reported as ``simulator_vs_itself``, the ceiling sampling noise leaves at `episodes`.
     """
 
     policies: str
@@ -43,12 +51,18 @@ class AgreementConfig:
     heldout_family: str | None = None
     workers: int = 0
     baseline_image_size: int | None = None
+    reference_seed: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.names) < 2:
             raise InputError(f"--policies needs at least two policies; got {self.policies!r}")
         if self.episodes < 1:
             raise InputError(f"episodes must be >= 1; got {self.episodes}")
+        if self.reference_seed is not None and self.reference_seed == self.seed:
+            raise InputError(
+                f"--reference-seed {self.reference_seed} equals --seed: the reference evaluation must start "
+                "from other scenes (e.g. --reference-seed 2000)"
+            )
 
     @property
     def names(self) -> list[str]:
@@ -91,10 +105,14 @@ def run_agreement(cfg: AgreementConfig) -> dict:
         )
         imag = evaluate(EvalConfig(env=f"{PREFIX}{cfg.worldmodel}", out=out / "evals" / f"{k:02d}-wm", workers=0,
                                    envs_per_worker=0, **common))  # fmt: skip
-        rs, ri = _rates(sim.info), _rates(imag.info)
+        rs, ri, rr = _rates(sim.info), _rates(imag.info), {}
+        if cfg.reference_seed is not None:
+            ref = evaluate(EvalConfig(env=cfg.env, out=out / "evals" / f"{k:02d}-sim-reference", workers=cfg.workers,
+                                      **{**common, "seed": cfg.reference_seed}))  # fmt: skip
+            rr = {"sim_reference": _rates(ref.info)}
         for task in rs:
             rows.append({"policy": policy, "task": task, "sim": rs[task], "worldmodel": ri.get(task, 0.0),
-                         "heldout_family": policy in held})  # fmt: skip
+                         "heldout_family": policy in held, **{k: v[task] for k, v in rr.items()}})  # fmt: skip
     per_task, mean_over_tasks = by_task(rows)
     summary = {
         "mean_over_tasks": mean_over_tasks,
@@ -108,6 +126,14 @@ def run_agreement(cfg: AgreementConfig) -> dict:
         "worldmodel": cfg.worldmodel,
     }
     summary["judge_on_real_frames"] = judge_check
+    if cfg.reference_seed is not None:
+        ref_per_task, ref_mean = by_task(rows, proxy="sim_reference")
+        summary["simulator_vs_itself"] = {
+            "reference_seed": cfg.reference_seed,
+            "mean_over_tasks": ref_mean,
+            "per_task": ref_per_task,
+            "all": agreement([r["sim"] for r in rows], [r["sim_reference"] for r in rows]),
+        }
     seen = [r for r in rows if not r["heldout_family"]]
     if held and len(seen) > 1:
         summary["seen_families"] = agreement([r["sim"] for r in seen], [r["worldmodel"] for r in seen])
@@ -156,19 +182,19 @@ def format_table(summary: dict) -> str:
     lines = ["| pairs | Pearson | Spearman | MMRV | mean abs error |", "|---|---|---|---|---|"]
     if "mean_over_tasks" in summary:  # SimplerEnv's form: per task over the policies, then the mean
         m = summary["mean_over_tasks"]
-        lines.append(
-            f"| mean over {m['tasks']} tasks | {m['pearson']:.3f} | {m['spearman']:.3f} | {m['mmrv']:.3f} | {m['mean_abs_error']:.3f} |"
-        )
-        for task, a in summary["per_task"].items():
-            lines.append(
-                f"| {task} ({a['n']}) | {a['pearson']:.3f} | {a['spearman']:.3f} | {a['mmrv']:.3f} | {a['mean_abs_error']:.3f} |"
-            )
+        lines.append(_metrics_row(f"mean over {m['tasks']} tasks", m))
+        lines += [_metrics_row(f"{task} ({a['n']})", a) for task, a in summary["per_task"].items()]
     for key in ("all", "per_policy", "seen_families"):
         if key in summary:
-            a = summary[key]
-            lines.append(
-                f"| {key} ({a['n']}) | {a['pearson']:.3f} | {a['spearman']:.3f} | {a['mmrv']:.3f} | {a['mean_abs_error']:.3f} |"
-            )
+            lines.append(_metrics_row(f"{key} ({summary[key]['n']})", summary[key]))
+    if "simulator_vs_itself" in summary:
+        ref = summary["simulator_vs_itself"]
+        lines += ["", f"The simulator against itself: the same policies from the scenes of seed {ref['reference_seed']} "
+                      "(the ceiling sampling noise leaves at this number of episodes):", "",
+                      "| pairs | Pearson | Spearman | MMRV | mean abs error |", "|---|---|---|---|---|",
+                      _metrics_row(f"mean over {ref['mean_over_tasks']['tasks']} tasks", ref["mean_over_tasks"])]  # fmt: skip
+        lines += [_metrics_row(f"{task} ({a['n']})", a) for task, a in ref["per_task"].items()]
+        lines.append(_metrics_row(f"all ({ref['all']['n']})", ref["all"]))
     if "same_start_scenes" in summary:
         m = summary["same_start_scenes"]
         lines += ["", f"{m['matched']} of {m['episodes']} imagined episodes per policy start from the real first "
@@ -183,11 +209,22 @@ def format_table(summary: dict) -> str:
             lines.append(
                 f"| {task} | {j['episodes']} | {j['successes']} | {tpr} | {fpr} | {j['fires_before_success']} |"
             )
-    lines += ["", "| policy | task | simulator | world model | held-out family |", "|---|---|---|---|---|"]
+    ref = bool(summary["rows"]) and "sim_reference" in summary["rows"][0]
+    lines += ["", "| policy | task | simulator | world model | held-out family |" + (" simulator, reference scenes |" if ref else ""),
+              "|---|---|---|---|---|" + ("---|" if ref else "")]  # fmt: skip
     for r in summary["rows"]:
         mark = "yes" if r["heldout_family"] else ""
-        lines.append(f"| {r['policy']} | {r['task']} | {r['sim']:.2f} | {r['worldmodel']:.2f} | {mark} |")
+        extra = f" {r['sim_reference']:.2f} |" if ref else ""
+        lines.append(
+            f"| {r['policy']} | {r['task']} | {r['sim']:.2f} | {r['worldmodel']:.2f} | {mark} |{extra}"
+        )
     return "\n".join(lines) + "\n"
+
+
+def _metrics_row(name: str, a: dict) -> str:
+    return (
+        f"| {name} | {a['pearson']:.3f} | {a['spearman']:.3f} | {a['mmrv']:.3f} | {a['mean_abs_error']:.3f} |"
+    )
 
 
 def plot(rows: list[dict], metrics: dict, path: Path) -> Path:
@@ -198,6 +235,10 @@ def plot(rows: list[dict], metrics: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
+    ref = [r for r in rows if "sim_reference" in r]
+    if ref:  # the simulator on other scenes: how far a proxy as good as the simulator scatters
+        ax.scatter([r["sim"] for r in ref], [r["sim_reference"] for r in ref], marker="x", c="0.5", alpha=0.7,
+                   label="simulator, other scenes")  # fmt: skip
     for held, color, label in ((False, "tab:blue", "seen families"), (True, "tab:red", "held-out family")):
         pts = [r for r in rows if r["heldout_family"] == held]
         if pts:
