@@ -246,7 +246,8 @@ def plot(rows: list[dict], metrics: dict, path: Path) -> Path:
                 [r["sim"] for r in pts], [r["worldmodel"] for r in pts], c=color, label=label, alpha=0.7
             )
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
-    ax.set(xlim=(-0.05, 1.05), ylim=(-0.05, 1.05), xlabel="simulator success", ylabel="world-model success")
+    ylabel = "world model (dots) / simulator, other scenes (crosses)" if ref else "world-model success"
+    ax.set(xlim=(-0.05, 1.05), ylim=(-0.05, 1.05), xlabel="simulator success", ylabel=ylabel)
     ax.set_title(
         f"r={metrics['pearson']:.2f}  rho={metrics['spearman']:.2f}  MMRV={metrics['mmrv']:.2f}", fontsize=9
     )
