@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vlaforge.worldmodel.agreement import agreement, by_task, mmrv, pearson, spearman
+from vlaforge.worldmodel.agreement import agreement, by_task, mmrv, pearson, predicted_self_pearson, spearman
 
 
 def test_hand_computed_table():
@@ -68,3 +68,17 @@ def test_per_task_against_another_column():
     assert per["a"]["mean_abs_error"] == pytest.approx((0.1 + 0.2 + 0.2) / 3, abs=1e-4)
     assert mean["mmrv"] == pytest.approx(0.1, abs=1e-4)
     assert per["a"]["pearson"] == pytest.approx(pearson([0.9, 0.5, 0.2], [1.0, 0.3, 0.4]), abs=1e-4)
+
+
+def test_predicted_self_pearson_by_hand():
+    # Rates (0.2, 0.6) and (0.4, 0.8) from 10 episodes each: the covariance across the two policies is
+    # ((-0.2)(-0.2) + (0.2)(0.2)) / 1 = 0.08; p = (0.3, 0.7), p(1 - p) = 0.21 for both, times 20 / 19 =
+    # 0.221053 per episode; r(10) = 0.08 / (0.08 + 0.0221053) = 0.78351, r(50) = 0.08 / 0.0844211 = 0.94763.
+    r = predicted_self_pearson([0.2, 0.6], [0.4, 0.8], episodes=10, counts=(10, 50))
+    assert r == {10: pytest.approx(0.7835, abs=1e-4), 50: pytest.approx(0.9476, abs=1e-4)}
+    # Policies that always or never succeed: no binomial noise, r = 1 at any count.
+    assert predicted_self_pearson([0.0, 1.0], [0.0, 1.0], episodes=10, counts=(1, 10)) == {1: 1.0, 10: 1.0}
+    # Two evaluations that disagree (negative covariance): no signal, r = 0.
+    assert predicted_self_pearson([0.2, 0.6], [0.6, 0.2], episodes=10, counts=(10,)) == {10: 0.0}
+    with pytest.raises(ValueError, match="equal-length"):
+        predicted_self_pearson([0.5], [0.5], episodes=10)

@@ -127,6 +127,9 @@ def test_world_model_env_runs_a_policy(recorded, capsys, monkeypatch, tmp_path):
         assert summary["rows"][k]["sim_reference"] == ref["aggregates"]["per_task"][TASK]["rate"]
     assert summary["simulator_vs_itself"]["reference_seed"] == 2000
     assert summary["simulator_vs_itself"]["all"]["n"] == 2
+    # Rates of 0 in both carry no binomial noise and no signal: nothing to predict.
+    predicted = summary["simulator_vs_itself"]["predicted_pearson"]
+    assert predicted["per_task"][TASK] == {"10": None, "20": None, "50": None, "100": None}
     assert "The simulator against itself" in (root / "agree" / "agreement.md").read_text()
     assert summary["same_start_scenes"] == {"matched": 1, "episodes": 1}
     # The judge read on the real frames of the 4 held-out episodes (1 random, 3 expert, all of TASK).

@@ -82,3 +82,26 @@ def by_task(
     keys = ("pearson", "spearman", "mmrv", "mean_abs_error")
     mean = {"tasks": len(tasks), **{k: round(float(np.mean([per[t][k] for t in tasks])), 4) for k in keys}}
     return per, mean
+
+
+def predicted_self_pearson(
+    sim: Sequence[float], reference: Sequence[float], episodes: int, counts: Sequence[int] = (10, 20, 50, 100)
+) -> dict[int, float | None]:
+    """The Pearson r two simulator evaluations of the same policies would reach at each episode count, from
+    two evaluations at `episodes` per policy (a model, not a measurement).
+
+    Each rate is taken as a binomial draw of n episodes around the policy's true rate. The covariance of the
+    two evaluations across the policies estimates the spread of the true rates (the signal, at least 0);
+    the binomial variance p (1 - p) of one episode, with p the policy's rate over both evaluations
+    (unbiased: times 2E / (2E - 1)) and averaged over the policies, is the noise, and r(n) = signal /
+    (signal + noise / n). None where both are zero.
+    """
+    a, b = np.asarray(sim, float), np.asarray(reference, float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise ValueError(f"needs two equal-length 1-D sequences of >= 2 rates; got {a.shape} and {b.shape}")
+    signal = max(float(np.cov(a, b)[0, 1]), 0.0)
+    p = (a + b) / 2
+    noise = float(np.mean(p * (1 - p))) * 2 * episodes / (2 * episodes - 1)
+    return {
+        int(n): (round(signal / (signal + noise / n), 4) if signal + noise / n > 0 else None) for n in counts
+    }

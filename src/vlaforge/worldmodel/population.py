@@ -16,7 +16,7 @@ from pathlib import Path
 
 from vlaforge.atomic import atomic_write, write_json, write_text
 from vlaforge.errors import InputError
-from vlaforge.worldmodel.agreement import agreement, by_task
+from vlaforge.worldmodel.agreement import agreement, by_task, predicted_self_pearson
 
 
 @dataclass
@@ -133,6 +133,7 @@ def run_agreement(cfg: AgreementConfig) -> dict:
             "mean_over_tasks": ref_mean,
             "per_task": ref_per_task,
             "all": agreement([r["sim"] for r in rows], [r["sim_reference"] for r in rows]),
+            "predicted_pearson": _predicted(rows, cfg.episodes),
         }
     seen = [r for r in rows if not r["heldout_family"]]
     if held and len(seen) > 1:
@@ -165,6 +166,29 @@ def _judge_check(worldmodel: str) -> dict[str, dict]:
     return on_real_frames(judge, eps, eps.heldout)
 
 
+def _predicted(rows: list[dict], episodes: int) -> dict:
+    """Per task and as the mean over tasks, the simulator-against-itself Pearson r predicted at other episode
+    counts (`vlaforge.worldmodel.agreement.predicted_self_pearson`); a task with one policy has none."""
+    per = {}
+    for task in dict.fromkeys(r["task"] for r in rows):
+        mine = [r for r in rows if r["task"] == task]
+        if len(mine) > 1:
+            per[task] = predicted_self_pearson(
+                [r["sim"] for r in mine], [r["sim_reference"] for r in mine], episodes
+            )
+    counts = next(iter(per.values()), {})
+    mean = {
+        n: round(float(sum(v[n] for v in per.values()) / len(per)), 4)
+        for n in counts
+        if all(v[n] is not None for v in per.values())
+    }
+    return {
+        "model": "binomial rates around each policy's true rate",
+        "per_task": per,
+        "mean_over_tasks": mean,
+    }
+
+
 def _per_policy(rows: list[dict]) -> tuple[list[float], list[float]]:
     names = list(dict.fromkeys(r["policy"] for r in rows))
     sim = [
@@ -195,6 +219,11 @@ def format_table(summary: dict) -> str:
                       _metrics_row(f"mean over {ref['mean_over_tasks']['tasks']} tasks", ref["mean_over_tasks"])]  # fmt: skip
         lines += [_metrics_row(f"{task} ({a['n']})", a) for task, a in ref["per_task"].items()]
         lines.append(_metrics_row(f"all ({ref['all']['n']})", ref["all"]))
+        predicted = ref.get("predicted_pearson", {}).get("mean_over_tasks")
+        if predicted:
+            at = ", ".join(f"{r:.2f} at {n}" for n, r in predicted.items())
+            lines += ["", f"Predicted Pearson of the simulator against itself (mean over tasks; binomial model): {at} "
+                          "episodes per (policy, task)."]  # fmt: skip
     if "same_start_scenes" in summary:
         m = summary["same_start_scenes"]
         lines += ["", f"{m['matched']} of {m['episodes']} imagined episodes per policy start from the real first "
