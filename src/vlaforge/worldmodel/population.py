@@ -112,7 +112,7 @@ def run_agreement(cfg: AgreementConfig) -> dict:
             rr = {"sim_reference": _rates(ref.info)}
         for task in rs:
             rows.append({"policy": policy, "task": task, "sim": rs[task], "worldmodel": ri.get(task, 0.0),
-                         "heldout_family": policy in held, **{k: v[task] for k, v in rr.items()}})  # fmt: skip
+                         "heldout_family": policy in held, **{key: v[task] for key, v in rr.items()}})  # fmt: skip
     per_task, mean_over_tasks = by_task(rows)
     summary = {
         "mean_over_tasks": mean_over_tasks,
