@@ -82,3 +82,30 @@ def test_predicted_self_pearson_by_hand():
     assert predicted_self_pearson([0.2, 0.6], [0.6, 0.2], episodes=10, counts=(10,)) == {10: 0.0}
     with pytest.raises(ValueError, match="equal-length"):
         predicted_self_pearson([0.5], [0.5], episodes=10)
+
+
+def test_a_judge_blind_to_a_task_is_named():
+    from vlaforge.worldmodel.population import blind_tasks, format_table
+
+    check = {
+        "drawer-open-v3": {
+            "episodes": 10,
+            "successes": 110,
+            "tpr": 0.85,
+            "fpr": 0.002,
+            "fires_before_success": 0,
+        },
+        "window-open-v3": {
+            "episodes": 10,
+            "successes": 154,
+            "tpr": 0.09,
+            "fpr": 0.0,
+            "fires_before_success": 0,
+        },
+        "reach-v3": {"episodes": 2, "successes": 0, "tpr": None, "fpr": 0.0, "fires_before_success": 0},
+    }
+    assert blind_tasks(check) == ["window-open-v3"]  # 9% < 10%; no successful frame: nothing to judge
+    assert blind_tasks({"unavailable": "moved"}) == []
+    table = format_table({"rows": [], "judge_on_real_frames": check})
+    assert "Warning: on window-open-v3 the judge sees under 10%" in table
+    assert "Warning: on drawer-open-v3" not in table and "Warning: on reach-v3" not in table

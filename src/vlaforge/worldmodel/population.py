@@ -18,6 +18,10 @@ from vlaforge.atomic import atomic_write, write_json, write_text
 from vlaforge.errors import InputError
 from vlaforge.worldmodel.agreement import agreement, by_task, predicted_self_pearson
 
+# Below this hit rate on the real successful frames, a task's imagined successes say more about the judge
+# than about the world model (it would call nearly every imagined episode a failure).
+BLIND_JUDGE_HIT_RATE = 0.1
+
 
 @dataclass
 class AgreementConfig:
@@ -91,6 +95,10 @@ def run_agreement(cfg: AgreementConfig) -> dict:
     except InputError as e:
         judge_check = {"unavailable": str(e)}
         print(f"agreement: the judge is not checked on real frames ({e})")
+    for task in blind_tasks(judge_check):
+        hit = judge_check[task]["tpr"]
+        print(f"agreement: warning: the judge sees {hit:.0%} of {task}'s real successful frames; the world "
+              "model's rates on it will measure the judge")  # fmt: skip
     size = cfg.baseline_image_size or wm.image_size
     max_steps = cfg.max_steps or wm.max_steps
     out = Path(cfg.out)
@@ -126,6 +134,7 @@ def run_agreement(cfg: AgreementConfig) -> dict:
         "worldmodel": cfg.worldmodel,
     }
     summary["judge_on_real_frames"] = judge_check
+    summary["judge_blind_tasks"] = blind_tasks(judge_check)
     if cfg.reference_seed is not None:
         ref_per_task, ref_mean = by_task(rows, proxy="sim_reference")
         summary["simulator_vs_itself"] = {
@@ -143,6 +152,13 @@ def run_agreement(cfg: AgreementConfig) -> dict:
     write_text(out / "agreement.md", format_table(summary))
     plot(rows, summary["all"], out / "agreement.png")
     return summary
+
+
+def blind_tasks(judge_check: dict) -> list[str]:
+    """The tasks whose successful real frames the judge mostly misses (hit rate < `BLIND_JUDGE_HIT_RATE`)."""
+    if "unavailable" in judge_check:
+        return []
+    return [t for t, j in judge_check.items() if j["tpr"] is not None and j["tpr"] < BLIND_JUDGE_HIT_RATE]
 
 
 def _judge_check(worldmodel: str) -> dict[str, dict]:
@@ -238,6 +254,11 @@ def format_table(summary: dict) -> str:
             lines.append(
                 f"| {task} | {j['episodes']} | {j['successes']} | {tpr} | {fpr} | {j['fires_before_success']} |"
             )
+        for task in blind_tasks(summary["judge_on_real_frames"]):
+            lines += ["", f"Warning: on {task} the judge sees under {BLIND_JUDGE_HIT_RATE:.0%} of the real successful "
+                          "frames, so the world model's rates there measure the judge, not the imagined episodes; "
+                          "a judge that sees this task's success (another camera or resolution, more recorded "
+                          "successes) comes first."]  # fmt: skip
     ref = bool(summary["rows"]) and "sim_reference" in summary["rows"][0]
     lines += ["", "| policy | task | simulator | world model | held-out family |" + (" simulator, reference scenes |" if ref else ""),
               "|---|---|---|---|---|" + ("---|" if ref else "")]  # fmt: skip
