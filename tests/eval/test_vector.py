@@ -56,7 +56,10 @@ def _differing(single, batched, ra, rb) -> tuple[float, bool]:
     whether the arm moved in it."""
     fa, fb = _frames(single, ra), _frames(batched, rb)
     assert fa.shape == fb.shape == (ra["steps"] + 1, SIZE, SIZE, 3)  # reset + every step
-    assert np.array_equal(fa[0], fb[0])  # the reset frame: nothing computed yet
+    # The reset frame: nothing computed yet, the same scene rendered. Not compared bit for bit: the videos
+    # are lossy and the encoder sets a frame's quantiser from the frames after it (x264's macroblock-tree
+    # rate control), so an episode that drifts later can shift its first frame's decoded pixels a little.
+    assert float(np.mean(np.abs(fa[0].astype(int) - fb[0].astype(int)) > 8)) <= 0.01
     differ = float(np.mean(np.abs(fa.astype(int) - fb.astype(int)) > 8))
     return differ, bool(np.abs(fa[-1].astype(int) - fa[0].astype(int)).max() > 8)
 
