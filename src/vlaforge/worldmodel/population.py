@@ -113,14 +113,14 @@ def run_agreement(cfg: AgreementConfig) -> dict:
         )
         imag = evaluate(EvalConfig(env=f"{PREFIX}{cfg.worldmodel}", out=out / "evals" / f"{k:02d}-wm", workers=0,
                                    envs_per_worker=0, **common))  # fmt: skip
-        rs, ri, rr = _rates(sim.info), _rates(imag.info), {}
+        rs, ri, rr = _rates(sim.info), _rates(imag.info), None
         if cfg.reference_seed is not None:
             ref = evaluate(EvalConfig(env=cfg.env, out=out / "evals" / f"{k:02d}-sim-reference", workers=cfg.workers,
                                       **{**common, "seed": cfg.reference_seed}))  # fmt: skip
-            rr = {"sim_reference": _rates(ref.info)}
+            rr = _rates(ref.info)
         for task in rs:
             rows.append({"policy": policy, "task": task, "sim": rs[task], "worldmodel": ri.get(task, 0.0),
-                         "heldout_family": policy in held, **{key: v[task] for key, v in rr.items()}})  # fmt: skip
+                         "heldout_family": policy in held, **({"sim_reference": rr[task]} if rr else {})})  # fmt: skip
     per_task, mean_over_tasks = by_task(rows)
     summary = {
         "mean_over_tasks": mean_over_tasks,
@@ -219,7 +219,7 @@ def _per_policy(rows: list[dict]) -> tuple[list[float], list[float]]:
 
 def format_table(summary: dict) -> str:
     """Markdown: the metrics, then one row per (policy, task)."""
-    lines = ["| pairs | Pearson | Spearman | MMRV | mean abs error |", "|---|---|---|---|---|"]
+    lines = list(_METRICS_HEADER)
     if "mean_over_tasks" in summary:  # SimplerEnv's form: per task over the policies, then the mean
         m = summary["mean_over_tasks"]
         lines.append(_metrics_row(f"mean over {m['tasks']} tasks", m))
@@ -231,7 +231,7 @@ def format_table(summary: dict) -> str:
         ref = summary["simulator_vs_itself"]
         lines += ["", f"The simulator against itself: the same policies from the scenes of seed {ref['reference_seed']} "
                       "(the ceiling sampling noise leaves at this number of episodes):", "",
-                      "| pairs | Pearson | Spearman | MMRV | mean abs error |", "|---|---|---|---|---|",
+                      *_METRICS_HEADER,
                       _metrics_row(f"mean over {ref['mean_over_tasks']['tasks']} tasks", ref["mean_over_tasks"])]  # fmt: skip
         lines += [_metrics_row(f"{task} ({a['n']})", a) for task, a in ref["per_task"].items()]
         lines.append(_metrics_row(f"all ({ref['all']['n']})", ref["all"]))
@@ -269,6 +269,9 @@ def format_table(summary: dict) -> str:
             f"| {r['policy']} | {r['task']} | {r['sim']:.2f} | {r['worldmodel']:.2f} | {mark} |{extra}"
         )
     return "\n".join(lines) + "\n"
+
+
+_METRICS_HEADER = ("| pairs | Pearson | Spearman | MMRV | mean abs error |", "|---|---|---|---|---|")
 
 
 def _metrics_row(name: str, a: dict) -> str:
