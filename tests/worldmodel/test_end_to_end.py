@@ -137,3 +137,52 @@ def test_world_model_env_runs_a_policy(recorded, capsys, monkeypatch, tmp_path):
     assert check["episodes"] == 4 and check["successes"] >= 3 and 0 <= check["fires_before_success"] <= 4
     assert summary["all"]["n"] == 2 and (root / "agree" / "agreement.png").stat().st_size > 1000
     assert "| policy | task |" in (root / "agree" / "agreement.md").read_text()
+
+    # A judge trained on the world model's own open-loop replays, scored against the simulator evaluations
+    # above (read, not run again; refused when they are not this protocol's).
+    import shutil
+
+    import torch
+
+    from vlaforge.worldmodel.data import training_episodes
+    from vlaforge.worldmodel.model import imagine
+    from vlaforge.worldmodel.replay import imagined_episodes
+    from vlaforge.worldmodel.train import load_worldmodel
+
+    model = load_worldmodel(run)
+    eps = training_episodes(cfg)
+    e = eps.heldout[1]
+    a, b = eps.bounds[e]
+    seen = imagined_episodes(model, eps, seed=3, episodes=[e])
+    expected = imagine(model, eps.frames[a], eps.actions[a : b - 1], torch.Generator().manual_seed(3 + e))
+    assert np.array_equal(seen.frames[a:b], expected) and np.array_equal(seen.frames[a], eps.frames[a])
+    assert not np.array_equal(seen.frames[b - 1], eps.frames[b - 1])  # imagined, not the real last frame
+    assert np.array_equal(seen.frames[:a], eps.frames[:a]) and np.array_equal(seen.success, eps.success)
+    run2 = root / "run-imagined-judge"
+    shutil.copytree(run, run2, ignore=shutil.ignore_patterns("judge"))
+    monkeypatch.setenv("VLAFORGE_DEBUG", "1")
+    with pytest.raises(InputError, match="--image-size 64 differs from the world model's"):
+        main(["worldmodel", "judge", "--dataset", data, "--worldmodel", str(run2), "--image-size", "64",
+              "--out", str(run2 / "judge"), "--device", "cpu"])  # fmt: skip
+    main(["worldmodel", "judge", "--dataset", data, "--worldmodel", str(run2), "--out", str(run2 / "judge"),
+          "--heldout", "1", "--steps", "5", "--batch-size", "8", "--device", "cpu"])  # fmt: skip
+    meta = json.loads((run2 / "judge" / "judge.json").read_text())
+    assert meta["frames"] == "imagined" and meta["worldmodel"] == str(run2)
+    assert 0 <= meta["report"]["balanced_accuracy_real_frames"] <= 1
+    agree = ["worldmodel", "agreement", "--policies", "random,random", "--worldmodel", str(run2),
+             "--max-steps", "4", "--reference-seed", "2000", "--sim-evals", str(root / "agree")]  # fmt: skip
+    with pytest.raises(
+        InputError, match=r"00-sim/eval_info.json is not this protocol's .*episodes 1 there, 2 here"
+    ):
+        main([*agree, "--episodes", "2", "--out", str(root / "agree-refused")])
+    assert not (root / "agree-refused").exists()
+    monkeypatch.delenv("VLAFORGE_DEBUG")
+    main([*agree, "--episodes", "1", "--out", str(root / "agree2")])
+    second = json.loads((root / "agree2" / "agreement.json").read_text())
+    assert [(r["sim"], r["sim_reference"]) for r in second["rows"]] == [
+        (r["sim"], r["sim_reference"]) for r in summary["rows"]
+    ]
+    assert sorted(p.name for p in (root / "agree2" / "evals").iterdir()) == ["00-wm", "01-wm"]
+    assert second["judge_frames"] == "imagined" and "judge_on_real_frames" not in second
+    assert second["judge_on_imagined_frames"][TASK]["episodes"] == 4
+    assert "open-loop replays" in (root / "agree2" / "agreement.md").read_text()

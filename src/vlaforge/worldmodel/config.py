@@ -148,6 +148,10 @@ class JudgeConfig:
         lr: AdamW learning rate.
         seed: seeds init and batches.
         device: ``auto``, ``cpu`` or ``cuda``.
+        worldmodel: a world model's run: the judge learns from its imagined frames instead of the real
+            ones (every recorded episode replayed open loop from its first real frame under its own
+            actions, each frame keeping the simulator's label), so that it reads what that model draws;
+            camera and image size are the model's.
     """
 
     dataset: str
@@ -161,6 +165,7 @@ class JudgeConfig:
     lr: float = 1e-3
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    worldmodel: str | None = None
 
     def __post_init__(self) -> None:
         self.dataset, self.out = str(self.dataset), str(self.out)

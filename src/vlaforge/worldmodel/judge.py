@@ -6,6 +6,13 @@ moves the logits' zero to a 50% prior, and a temperature alone (Guo et al. 2017)
 the 0.5 threshold would call too many frames successes. The report gives accuracy (with the majority
 answer's and the balanced accuracy beside it) and the expected calibration error (10 equal-width bins)
 before and after calibration, on the held-out episodes.
+
+With a world model (`JudgeConfig.worldmodel`) the judge learns from that model's imagined frames: every
+recorded episode is replayed open loop in it from its first real frame under its own actions, and each
+imagined frame keeps the label the simulator gave the real one. A judge trained on real frames reads a
+world model's blurred drawings badly (an imagined drawer that opened rarely looks like a real open one);
+this one is fitted and calibrated on the frames it will score. Its report adds its balanced accuracy on
+the held-out episodes' real frames.
 """
 
 from __future__ import annotations
@@ -88,7 +95,26 @@ def _frames(eps: Episodes, episodes: list[int]) -> np.ndarray:
 def train_judge(cfg: JudgeConfig) -> dict:
     """Trains, calibrates and writes the judge into ``cfg.out``; returns its report."""
     device = resolve_device(cfg.device)
-    eps = load_episodes(cfg.datasets, cfg.camera, cfg.image_size, cfg.heldout)
+    camera, size, real = cfg.camera, cfg.image_size, None
+    if cfg.worldmodel:
+        from vlaforge.worldmodel.replay import imagined_episodes
+        from vlaforge.worldmodel.train import load_worldmodel
+
+        model = load_worldmodel(cfg.worldmodel)
+        for name, mine, its in (
+            ("camera", camera, model.cfg["camera"]),
+            ("image_size", size, model.cfg["image_size"]),
+        ):
+            if mine is not None and mine != its:
+                raise InputError(
+                    f"--{name.replace('_', '-')} {mine} differs from the world model's ({its}, {cfg.worldmodel}); "
+                    "a judge of imagined frames reads the model's own: leave it out"
+                )
+        camera, size = model.cfg["camera"], int(model.cfg["image_size"])
+    eps = load_episodes(cfg.datasets, camera, size, cfg.heldout)
+    if cfg.worldmodel:
+        real = eps.frames
+        eps = imagined_episodes(model, eps, cfg.seed)
     train_idx, held_idx = _frames(eps, eps.train), _frames(eps, eps.heldout)
     pos, neg = train_idx[eps.success[train_idx]], train_idx[~eps.success[train_idx]]
     if not len(pos) or not len(neg):
@@ -142,14 +168,32 @@ def train_judge(cfg: JudgeConfig) -> dict:
         "bias": round(bias, 4),
         "ece_raw": round(ece(raw, labels), 4),
         "ece_calibrated": round(ece(cal, labels), 4),
+        "trained_on": "imagined frames" if cfg.worldmodel else "real frames",
     }
+    if real is not None:
+        report["balanced_accuracy_real_frames"] = round(
+            balanced_accuracy(_probs(judge, real[eval_idx], device), labels), 4
+        )
     meta = {"format": "vlaforge-judge/1", "width": cfg.width, "camera": eps.camera,
-            "image_size": int(eps.frames.shape[1]), "datasets": cfg.datasets, "report": report}  # fmt: skip
+            "image_size": int(eps.frames.shape[1]), "datasets": cfg.datasets, "report": report,
+            "frames": "imagined" if cfg.worldmodel else "real", "worldmodel": cfg.worldmodel}  # fmt: skip
     with atomic_dir(cfg.out, overwrite=True) as tmp:
         write_json(tmp / JUDGE_CONFIG, meta)
         with atomic_write(tmp / JUDGE_WEIGHTS) as w:
             save_file({k: v.detach().cpu().contiguous() for k, v in judge.state_dict().items()}, str(w))
     return report
+
+
+def _probs(judge: SuccessJudge, frames: np.ndarray, device: torch.device) -> np.ndarray:
+    """The judge's calibrated probabilities on uint8 frames (N, S, S, 3), 256 at a time."""
+    with torch.no_grad():
+        return np.concatenate(
+            [
+                judge.prob(torch.from_numpy(frames[i : i + 256]).to(device)).cpu().numpy()
+                for i in range(0, len(frames), 256)
+            ]
+            or [np.zeros(0, np.float32)]
+        )
 
 
 def on_real_frames(judge: SuccessJudge, eps: Episodes, episodes: list[int]) -> dict[str, dict]:

@@ -42,6 +42,10 @@ class AgreementConfig:
         reference_seed: another base seed (None: none): each policy is also evaluated in the simulator
             from there, and the simulator's agreement with itself (scenes of `seed` against these) is
             reported as ``simulator_vs_itself``, the ceiling sampling noise leaves at `episodes`.
+        sim_evals: an earlier agreement's output directory whose simulator evaluations (and reference
+            ones) are read instead of run again, e.g. to score a second judge or world model against the
+            same simulator episodes; each must be of the same policy (its weights' sha256), tasks, episodes,
+            seed and episode length, or the command stops before evaluating anything.
     """
 
     policies: str
@@ -56,6 +60,7 @@ class AgreementConfig:
     workers: int = 0
     baseline_image_size: int | None = None
     reference_seed: int | None = None
+    sim_evals: str | None = None
 
     def __post_init__(self) -> None:
         if len(self.names) < 2:
@@ -91,33 +96,50 @@ def run_agreement(cfg: AgreementConfig) -> dict:
     pairs = [(t, episode_seed(cfg.seed, t, i)) for t in tasks.split(",") for i in range(cfg.episodes)]
     same_scene = sum(s in set(known.get(t, ())) for t, s in pairs)
     try:  # before the long part: the datasets are read from where the world model was trained
-        judge_check: dict = _judge_check(cfg.worldmodel)
+        judge_frames, judge_check = _judge_check(cfg.worldmodel)
     except InputError as e:
-        judge_check = {"unavailable": str(e)}
-        print(f"agreement: the judge is not checked on real frames ({e})")
+        judge_frames, judge_check = "real", {"unavailable": str(e)}
+        print(f"agreement: the judge is not checked on held-out frames ({e})")
     for task in blind_tasks(judge_check):
         hit = judge_check[task]["tpr"]
-        print(f"agreement: warning: the judge sees {hit:.0%} of {task}'s real successful frames; the world "
-              "model's rates on it will measure the judge")  # fmt: skip
+        print(f"agreement: warning: the judge sees {hit:.0%} of {task}'s {judge_frames} successful frames; the "
+              "world model's rates on it will measure the judge")  # fmt: skip
     size = cfg.baseline_image_size or wm.image_size
     max_steps = cfg.max_steps or wm.max_steps
     out = Path(cfg.out)
     held = {p.strip() for p in (cfg.heldout_family or "").split(",") if p.strip()}
+    kinds = {
+        "sim": cfg.seed,
+        **({"sim-reference": cfg.reference_seed} if cfg.reference_seed is not None else {}),
+    }
+    earlier = {  # read and checked before anything runs
+        (k, kind): _earlier_sim(Path(cfg.sim_evals), k, kind, policy, tasks, cfg.episodes, seed, max_steps)
+        for k, policy in enumerate(cfg.names)
+        for kind, seed in kinds.items()
+        if cfg.sim_evals
+    }
     rows = []
     for k, policy in enumerate(cfg.names):
-        common = dict(policy=policy, tasks=tasks, episodes=cfg.episodes, max_steps=max_steps, seed=cfg.seed,
+        common = dict(policy=policy, tasks=tasks, episodes=cfg.episodes, max_steps=max_steps,
                       videos=1, instructions="train", baseline_image_size=size, baseline_cameras=list(wm.cameras),
                       overwrite=True, allow_training_seeds=True)  # fmt: skip
-        sim = evaluate(
-            EvalConfig(env=cfg.env, out=out / "evals" / f"{k:02d}-sim", workers=cfg.workers, **common)
-        )
+        sim = {
+            kind: earlier.get((k, kind))
+            or evaluate(
+                EvalConfig(
+                    env=cfg.env,
+                    out=out / "evals" / f"{k:02d}-{kind}",
+                    workers=cfg.workers,
+                    seed=seed,
+                    **common,
+                )
+            ).info  # fmt: skip
+            for kind, seed in kinds.items()
+        }
         imag = evaluate(EvalConfig(env=f"{PREFIX}{cfg.worldmodel}", out=out / "evals" / f"{k:02d}-wm", workers=0,
-                                   envs_per_worker=0, **common))  # fmt: skip
-        rs, ri, rr = _rates(sim.info), _rates(imag.info), None
-        if cfg.reference_seed is not None:
-            ref = evaluate(EvalConfig(env=cfg.env, out=out / "evals" / f"{k:02d}-sim-reference", workers=cfg.workers,
-                                      **{**common, "seed": cfg.reference_seed}))  # fmt: skip
-            rr = _rates(ref.info)
+                                   envs_per_worker=0, seed=cfg.seed, **common))  # fmt: skip
+        rs, ri = _rates(sim["sim"]), _rates(imag.info)
+        rr = _rates(sim["sim-reference"]) if "sim-reference" in sim else None
         for task in rs:
             rows.append({"policy": policy, "task": task, "sim": rs[task], "worldmodel": ri.get(task, 0.0),
                          "heldout_family": policy in held, **({"sim_reference": rr[task]} if rr else {})})  # fmt: skip
@@ -132,8 +154,10 @@ def run_agreement(cfg: AgreementConfig) -> dict:
         "same_start_scenes": {"matched": same_scene, "episodes": len(pairs)},
         "max_steps": max_steps,
         "worldmodel": cfg.worldmodel,
+        "sim_evals": cfg.sim_evals,
     }
-    summary["judge_on_real_frames"] = judge_check
+    summary["judge_frames"] = judge_frames
+    summary[f"judge_on_{judge_frames}_frames"] = judge_check
     summary["judge_blind_tasks"] = blind_tasks(judge_check)
     if cfg.reference_seed is not None:
         ref_per_task, ref_mean = by_task(rows, proxy="sim_reference")
@@ -154,6 +178,39 @@ def run_agreement(cfg: AgreementConfig) -> dict:
     return summary
 
 
+def _earlier_sim(
+    root: Path, k: int, kind: str, policy: str, tasks: str, episodes: int, seed: int, max_steps: int
+) -> dict:
+    """The eval_info.json of policy `k`'s simulator evaluation `kind` in an earlier agreement's `root`,
+    checked to be this protocol's: the same policy (weights' sha256 for a checkpoint), tasks, episodes,
+    seed and episode length."""
+    import json
+
+    from vlaforge.policy_files import read_policy_dir
+    from vlaforge.weights_hash import sha256_file
+
+    path = root / "evals" / f"{k:02d}-{kind}" / "eval_info.json"
+    if not path.is_file():
+        raise InputError(
+            f"--sim-evals {root}: no {path.relative_to(root)}; give the --out of an earlier "
+            "`vlaforge worldmodel agreement` over the same policies, in the same order"
+            + (" and with the same --reference-seed" if kind != "sim" else "")
+        )
+    info = json.loads(path.read_text())
+    p = info["protocol"]
+    was = {"policy": info["policy"], "tasks": sorted(info["tasks"]), "episodes": p["episodes_per_task"],
+           "seed": p["seed"], "max steps": p["max_steps"]}  # fmt: skip
+    now = {"policy": policy, "tasks": sorted(tasks.split(",")), "episodes": episodes, "seed": seed,
+           "max steps": max_steps}  # fmt: skip
+    if Path(policy).is_dir() and p.get("checkpoint"):
+        was["weights"] = p["checkpoint"]["model_sha256"]
+        now["weights"] = sha256_file(read_policy_dir(Path(policy)).weights)
+    differ = [f"{key} {was[key]} there, {now[key]} here" for key in now if was.get(key) != now[key]]
+    if differ:
+        raise InputError(f"--sim-evals: {path} is not this protocol's evaluation ({'; '.join(differ)})")
+    return info
+
+
 def blind_tasks(judge_check: dict) -> list[str]:
     """The tasks whose successful real frames the judge mostly misses (hit rate < `BLIND_JUDGE_HIT_RATE`)."""
     if "unavailable" in judge_check:
@@ -161,9 +218,11 @@ def blind_tasks(judge_check: dict) -> list[str]:
     return [t for t, j in judge_check.items() if j["tpr"] is not None and j["tpr"] < BLIND_JUDGE_HIT_RATE]
 
 
-def _judge_check(worldmodel: str) -> dict[str, dict]:
-    """The judge on the real frames of the world model's held-out episodes (where its episodes start):
-    can it see a success where the simulator flagged one? (`vlaforge.worldmodel.judge.on_real_frames`)
+def _judge_check(worldmodel: str) -> tuple[str, dict[str, dict]]:
+    """The judge on the world model's held-out episodes (where its episodes start): can it see a success
+    where the simulator flagged one? (`vlaforge.worldmodel.judge.on_real_frames`) On their real frames, or,
+    for a judge trained on the model's imagined frames, on the model's open-loop replays of them (the
+    frames it will score); returns which ("real" or "imagined") and the per-task figures.
 
     Raises:
         InputError: the world model's datasets cannot be read (moved, or named relative to where a world
@@ -177,9 +236,15 @@ def _judge_check(worldmodel: str) -> dict[str, dict]:
     from vlaforge.worldmodel.judge import load_judge, on_real_frames
 
     root = model_dir(worldmodel)
-    judge, _ = load_judge(judge_dir(root))
+    judge, meta = load_judge(judge_dir(root))
     eps = training_episodes(json.loads((root / WM_CONFIG).read_text()))
-    return on_real_frames(judge, eps, eps.heldout)
+    frames = meta.get("frames", "real")
+    if frames == "imagined":
+        from vlaforge.worldmodel.replay import imagined_episodes
+        from vlaforge.worldmodel.train import load_worldmodel
+
+        eps = imagined_episodes(load_worldmodel(worldmodel), eps, episodes=eps.heldout)
+    return frames, on_real_frames(judge, eps, eps.heldout)
 
 
 def _predicted(rows: list[dict], episodes: int) -> dict:
@@ -244,18 +309,21 @@ def format_table(summary: dict) -> str:
         m = summary["same_start_scenes"]
         lines += ["", f"{m['matched']} of {m['episodes']} imagined episodes per policy start from the real first "
                       "frame of the simulator's episode at the same seed."]  # fmt: skip
-    if summary.get("judge_on_real_frames") and "unavailable" not in summary["judge_on_real_frames"]:
-        lines += ["", "The judge on the real frames of the world model's held-out episodes (where imagined episodes "
+    kind = summary.get("judge_frames", "real")
+    check = summary.get(f"judge_on_{kind}_frames")
+    if check and "unavailable" not in check:
+        what = "the real frames" if kind == "real" else "the world model's open-loop replays"
+        lines += ["", f"The judge on {what} of the world model's held-out episodes (where imagined episodes "
                       "start):", "", "| task | episodes | successful frames | hit rate | false alarms | "
                       "episodes it ends before the simulator's success |", "|---|---|---|---|---|---|"]  # fmt: skip
-        for task, j in summary["judge_on_real_frames"].items():
+        for task, j in check.items():
             tpr = "-" if j["tpr"] is None else f"{j['tpr']:.2f}"
             fpr = "-" if j["fpr"] is None else f"{j['fpr']:.3f}"
             lines.append(
                 f"| {task} | {j['episodes']} | {j['successes']} | {tpr} | {fpr} | {j['fires_before_success']} |"
             )
-        for task in blind_tasks(summary["judge_on_real_frames"]):
-            lines += ["", f"Warning: on {task} the judge sees under {BLIND_JUDGE_HIT_RATE:.0%} of the real successful "
+        for task in blind_tasks(check):
+            lines += ["", f"Warning: on {task} the judge sees under {BLIND_JUDGE_HIT_RATE:.0%} of the {kind} successful "
                           "frames, so the world model's rates there measure the judge, not the imagined episodes; "
                           "a judge that sees this task's success (another camera or resolution, more recorded "
                           "successes) comes first."]  # fmt: skip
