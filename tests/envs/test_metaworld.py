@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from vlaforge.envs import metaworld as mw
+from vlaforge.errors import InputError
 
 mw.configure_rendering()  # OSMesa unless MUJOCO_GL says otherwise; before any test imports mujoco
 
@@ -169,6 +170,31 @@ def test_corner2_is_upright_and_the_raw_render_is_not():
     bottom = dark[img.shape[0] // 2 :]
     w = img.shape[1]
     assert bottom[:, : w // 2].sum() > 3 * bottom[:, w // 2 :].sum()
+
+
+def test_corner2_lerobot_sits_where_lerobot_places_it():
+    """`corner2_lerobot` is corner2 moved to the position LeRobot's Meta-World env gives it, (0.75, 0.075,
+    0.7) in its source, with corner2's orientation: the camera in the simulation is there, looks the
+    same way, and, nearer the table, sees the red arm larger than corner2 does from the same scene."""
+    import mujoco
+
+    with (
+        mw.MetaWorldEnv("reach-v3", image_size=64) as far,
+        mw.MetaWorldEnv("reach-v3", image_size=64, cameras="corner2_lerobot") as near,
+    ):
+        img_far, img_near = far.reset(seed=3).images["corner2"], near.reset(seed=3).images["corner2_lerobot"]
+        cam = mujoco.mj_name2id(near._env.model, mujoco.mjtObj.mjOBJ_CAMERA, "corner2")
+        np.testing.assert_allclose(near._env.data.cam_xpos[cam], [0.75, 0.075, 0.7])
+        np.testing.assert_allclose(near._env.data.cam_xmat[cam], far._env.data.cam_xmat[cam])
+        assert near.embodiment.camera_names == ["corner2_lerobot"]
+
+    def red(img):  # the Sawyer arm's share of the picture
+        x = img.astype(np.int32)
+        return float(((x[..., 0] > 120) & (x[..., 1] < 60) & (x[..., 2] < 60)).mean())
+
+    assert red(img_near) > 1.5 * red(img_far) > 0  # 7.9% of the pixels against 3.6% at 64 px
+    with pytest.raises(InputError, match="corner2 and corner2_lerobot are one MuJoCo camera"):
+        mw.MetaWorldEnv("reach-v3", image_size=64, cameras="corner2,corner2_lerobot")
 
 
 def test_render_can_be_chosen_per_call_and_renders_are_counted():

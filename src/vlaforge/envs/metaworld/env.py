@@ -39,6 +39,13 @@ CONTROL_HZ: float = 1.0 / (_FRAME_SKIP * _TIMESTEP)
 
 _STATE_DIM = 4  # hand xyz + gripper opening: the first 4 entries of Meta-World's observation
 
+# LeRobot's Meta-World env (lerobot/envs/metaworld.py, the env its MT50 evaluations and SmolVLA's run in)
+# moves the corner2 camera closer to the table, to this position in the world frame (metres), keeping its
+# orientation; `corner2_lerobot` is that view, so a policy trained on LeRobot's recordings sees here what
+# it saw there. It replaces corner2 in the env's model, so the two cannot be rendered by one env.
+LEROBOT_CORNER2_POS = (0.75, 0.075, 0.7)
+MOVED_CAMERAS = {"corner2_lerobot": ("corner2", LEROBOT_CORNER2_POS)}
+
 
 def embodiment(cameras: str | Sequence[str] = ("corner2",), image_size: int = 128) -> Embodiment:
     """The Sawyer arm of Meta-World as an `Embodiment` (4-D delta-xyz + gripper actions in [-1, 1])."""
@@ -63,7 +70,7 @@ class MetaWorldEnv:
     Args:
         task: a v3 task name (see `ALL_TASKS`).
         cameras: camera names (a comma string or a list): corner, corner2, corner3, corner4, topview,
-            behindGripper, gripperPOV.
+            behindGripper, gripperPOV, and corner2_lerobot (corner2 where LeRobot's env places it).
         image_size: side of the square images in pixels.
         max_steps: the episode is done (truncated) after this many steps.
         render: False skips rendering (observations then carry an empty `images` dict), for fast expert
@@ -114,10 +121,22 @@ class MetaWorldEnv:
         _check_control_hz(env)
 
         valid = camera_names_of(env.model)
-        unknown = [c for c in self.cameras if c not in valid]
+        unknown = [c for c in self.cameras if c not in valid and c not in MOVED_CAMERAS]
         if unknown:
-            raise InputError(f"unknown Meta-World camera(s) {unknown}; valid cameras are {valid}")
-        cam_ids = [valid.index(c) for c in self.cameras]
+            raise InputError(
+                f"unknown Meta-World camera(s) {unknown}; valid cameras are {valid + list(MOVED_CAMERAS)}"
+            )
+        for name, (base, pos) in MOVED_CAMERAS.items():
+            if name in self.cameras:
+                if base in self.cameras:
+                    raise InputError(
+                        f"cameras {base} and {name} are one MuJoCo camera in two places; an env renders one "
+                        "of them (record the other in a second collection)"
+                    )
+                env.model.cam_pos[valid.index(base)] = pos  # a fixed camera of the world body: its position
+        cam_ids = [
+            valid.index(MOVED_CAMERAS[c][0]) if c in MOVED_CAMERAS else valid.index(c) for c in self.cameras
+        ]
         self._cameras = Cameras(self, env.model, env.data, self.cameras, cam_ids, self.image_size)
 
     # -- images ---------------------------------------------------------------------------------------

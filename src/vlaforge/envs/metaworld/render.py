@@ -51,7 +51,9 @@ class Cameras:
         if self._renderer is None:
             self._renderer = make_renderer(self.model, self.image_size)
             self._close = weakref.finalize(self._owner(), free_renderer, self._renderer)
-        self._renderer.update_scene(self.data, camera=camera)
+        # one of ours by its id (a moved camera's name is not the model's), any other by the model's name
+        cam = self.cam_ids[self.cameras.index(camera)] if camera in self.cameras else camera
+        self._renderer.update_scene(self.data, camera=cam)
         return self._renderer.render()
 
     def images(self) -> dict[str, np.ndarray]:
