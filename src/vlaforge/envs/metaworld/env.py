@@ -41,8 +41,8 @@ _STATE_DIM = 4  # hand xyz + gripper opening: the first 4 entries of Meta-World'
 
 # LeRobot's Meta-World env (lerobot/envs/metaworld.py, the env its MT50 evaluations and SmolVLA's run in)
 # moves the corner2 camera closer to the table, to this position in the world frame (metres), keeping its
-# orientation; `corner2_lerobot` is that view, so a policy trained on LeRobot's recordings sees here what
-# it saw there. It replaces corner2 in the env's model, so the two cannot be rendered by one env.
+# orientation; `corner2_lerobot` is that view, so a policy that learned from frames rendered there sees
+# here what it saw there. It replaces corner2 in the env's model, so the two cannot be rendered by one env.
 LEROBOT_CORNER2_POS = (0.75, 0.075, 0.7)
 MOVED_CAMERAS = {"corner2_lerobot": ("corner2", LEROBOT_CORNER2_POS)}
 
