@@ -33,7 +33,7 @@ def test_judge_on_real_frames_counts_hits_alarms_and_early_calls():
     import torch
 
     from vlaforge.worldmodel.data import Episodes
-    from vlaforge.worldmodel.judge import on_real_frames
+    from vlaforge.worldmodel.judge import on_frames
     from vlaforge.worldmodel.model import SuccessJudge
 
     # Two episodes of task "a": 4 frames with the last 2 successful, and 3 frames never successful.
@@ -45,12 +45,12 @@ def test_judge_on_real_frames_counts_hits_alarms_and_early_calls():
     with torch.no_grad():  # a judge that calls every frame a success
         judge.net[-1].weight.zero_()
         judge.net[-1].bias.fill_(10.0)
-    r = on_real_frames(judge, eps, [0, 1])["a"]
+    r = on_frames(judge, eps, [0, 1])["a"]
     assert (r["episodes"], r["frames"], r["successes"]) == (2, 7, 2)
     # Every success is hit, every one of the 5 other frames is a false alarm, and both episodes are called
     # a success at their first frame, before the simulator's (episode 1 never succeeds).
     assert (r["tpr"], r["fpr"], r["fires_before_success"]) == (1.0, 1.0, 2)
     with torch.no_grad():  # and one that never does
         judge.net[-1].bias.fill_(-10.0)
-    r = on_real_frames(judge, eps, [0, 1])["a"]
+    r = on_frames(judge, eps, [0, 1])["a"]
     assert (r["tpr"], r["fpr"], r["fires_before_success"]) == (0.0, 0.0, 0)

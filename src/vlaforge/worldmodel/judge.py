@@ -196,10 +196,11 @@ def _probs(judge: SuccessJudge, frames: np.ndarray, device: torch.device) -> np.
         )
 
 
-def on_real_frames(judge: SuccessJudge, eps: Episodes, episodes: list[int]) -> dict[str, dict]:
-    """Per task, how the judge reads the real frames of `episodes` (e.g. a world model's held-out ones):
-    its hit rate on successful frames (tpr), its false alarms on the others (fpr), and in how many
-    episodes it calls a success before the simulator does (an imagined episode would end there)."""
+def on_frames(judge: SuccessJudge, eps: Episodes, episodes: list[int]) -> dict[str, dict]:
+    """Per task, how the judge reads the frames of `episodes` (a world model's held-out ones, real or
+    replayed in the model): its hit rate on successful frames (tpr), its false alarms on the others (fpr),
+    and in how many episodes it calls a success before the simulator does (an imagined episode would end
+    there)."""
     out: dict[str, dict] = {}
     for e in episodes:
         a, b = eps.bounds[e]

@@ -123,19 +123,20 @@ def run_agreement(cfg: AgreementConfig) -> dict:
         common = dict(policy=policy, tasks=tasks, episodes=cfg.episodes, max_steps=max_steps,
                       videos=1, instructions="train", baseline_image_size=size, baseline_cameras=list(wm.cameras),
                       overwrite=True, allow_training_seeds=True)  # fmt: skip
-        sim = {
-            kind: earlier.get((k, kind))
-            or evaluate(
-                EvalConfig(
-                    env=cfg.env,
-                    out=out / "evals" / f"{k:02d}-{kind}",
-                    workers=cfg.workers,
-                    seed=seed,
-                    **common,
-                )
-            ).info  # fmt: skip
-            for kind, seed in kinds.items()
-        }
+        sim = {}
+        for kind, seed in kinds.items():
+            sim[kind] = (
+                earlier.get((k, kind))
+                or evaluate(
+                    EvalConfig(
+                        env=cfg.env,
+                        out=out / "evals" / f"{k:02d}-{kind}",
+                        workers=cfg.workers,
+                        seed=seed,
+                        **common,
+                    )
+                ).info
+            )
         imag = evaluate(EvalConfig(env=f"{PREFIX}{cfg.worldmodel}", out=out / "evals" / f"{k:02d}-wm", workers=0,
                                    envs_per_worker=0, seed=cfg.seed, **common))  # fmt: skip
         rs, ri = _rates(sim["sim"]), _rates(imag.info)
@@ -212,7 +213,8 @@ def _earlier_sim(
 
 
 def blind_tasks(judge_check: dict) -> list[str]:
-    """The tasks whose successful real frames the judge mostly misses (hit rate < `BLIND_JUDGE_HIT_RATE`)."""
+    """The tasks whose successful held-out frames (real, or imagined for a judge of imagined frames) the
+    judge mostly misses (hit rate < `BLIND_JUDGE_HIT_RATE`)."""
     if "unavailable" in judge_check:
         return []
     return [t for t, j in judge_check.items() if j["tpr"] is not None and j["tpr"] < BLIND_JUDGE_HIT_RATE]
@@ -220,7 +222,7 @@ def blind_tasks(judge_check: dict) -> list[str]:
 
 def _judge_check(worldmodel: str) -> tuple[str, dict[str, dict]]:
     """The judge on the world model's held-out episodes (where its episodes start): can it see a success
-    where the simulator flagged one? (`vlaforge.worldmodel.judge.on_real_frames`) On their real frames, or,
+    where the simulator flagged one? (`vlaforge.worldmodel.judge.on_frames`) On their real frames, or,
     for a judge trained on the model's imagined frames, on the model's open-loop replays of them (the
     frames it will score); returns which ("real" or "imagined") and the per-task figures.
 
@@ -233,7 +235,7 @@ def _judge_check(worldmodel: str) -> tuple[str, dict[str, dict]]:
     from vlaforge.worldmodel.config import WM_CONFIG
     from vlaforge.worldmodel.data import training_episodes
     from vlaforge.worldmodel.env import judge_dir, model_dir
-    from vlaforge.worldmodel.judge import load_judge, on_real_frames
+    from vlaforge.worldmodel.judge import load_judge, on_frames
 
     root = model_dir(worldmodel)
     judge, meta = load_judge(judge_dir(root))
@@ -244,7 +246,7 @@ def _judge_check(worldmodel: str) -> tuple[str, dict[str, dict]]:
         from vlaforge.worldmodel.train import load_worldmodel
 
         eps = imagined_episodes(load_worldmodel(worldmodel), eps, episodes=eps.heldout)
-    return frames, on_real_frames(judge, eps, eps.heldout)
+    return frames, on_frames(judge, eps, eps.heldout)
 
 
 def _predicted(rows: list[dict], episodes: int) -> dict:
