@@ -54,3 +54,19 @@ def test_judge_on_real_frames_counts_hits_alarms_and_early_calls():
         judge.net[-1].bias.fill_(-10.0)
     r = on_frames(judge, eps, [0, 1])["a"]
     assert (r["tpr"], r["fpr"], r["fires_before_success"]) == (0.0, 0.0, 0)
+
+
+def test_held_out_episodes_per_task_keep_every_task_in_calibration(tmp_path):
+    """Recordings hold their episodes in task order, so the last N of a dataset can all be of one task; a
+    judge calibrated on those alone never learns another task's base rate. `by_task` holds out the last N
+    of each task (episode e of the synthetic dataset is of task e % 2), and keeps one of each in training."""
+    from vlaforge.data.synth import SynthConfig, write_synthetic
+    from vlaforge.worldmodel.data import load_episodes
+
+    write_synthetic(SynthConfig(out=str(tmp_path / "ds"), episodes=7, length=5, image_size=16, tasks=2))
+    path = [str(tmp_path / "ds")]
+    assert load_episodes(path, None, None, 2).heldout == [5, 6]
+    eps = load_episodes(path, None, None, 2, by_task=True)
+    assert eps.heldout == [3, 4, 5, 6]  # task 0: episodes 0, 2, 4, 6; task 1: 1, 3, 5
+    assert load_episodes(path, None, None, 9, by_task=True).heldout == [2, 3, 4, 5, 6]  # 0 and 1 train
+    assert eps.train == [0, 1, 2]

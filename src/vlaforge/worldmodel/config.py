@@ -140,7 +140,8 @@ class JudgeConfig:
         out: run directory (``judge.json`` + ``judge.safetensors`` + ``report.json``).
         camera: the camera read (None: the first dataset's first).
         image_size: square side the frames are read at (None: the dataset's own).
-        heldout: the last N episodes of every dataset are kept out of training: the temperature is fitted
+        heldout: the last N episodes of every task of every dataset are kept out of training (so that
+            calibration sees every task, recordings being in task order): the temperature is fitted
             and accuracy / ECE are reported on them.
         width: channels of the first conv layer.
         steps: optimizer steps.

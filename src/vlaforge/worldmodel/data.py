@@ -62,10 +62,17 @@ def _success(ds, n: int, bounds: list[tuple[int, int]]) -> np.ndarray:
 
 
 def load_episodes(
-    paths: list[str], camera: str | None, image_size: int | None, heldout: int, starts: list[str] = ()
+    paths: list[str],
+    camera: str | None,
+    image_size: int | None,
+    heldout: int,
+    starts: list[str] = (),
+    by_task: bool = False,
 ) -> Episodes:
-    """Reads `paths` (LeRobot v3.0 datasets) into one `Episodes`; the last `heldout` of each are held out,
-    and every episode of the datasets in `starts` (read after `paths`; never trained on).
+    """Reads `paths` (LeRobot v3.0 datasets) into one `Episodes`; the last `heldout` of each are held out
+    (with `by_task`, the last `heldout` of each task in each: recordings are in task order, so otherwise
+    every held-out episode is of the last task), and every episode of the datasets in `starts` (read
+    after `paths`; never trained on). At least one episode of each dataset (or task) stays in training.
 
     Raises:
         InputError: a path that is not a LeRobot dataset, a missing camera, or datasets that disagree.
@@ -92,10 +99,15 @@ def load_episodes(
         if actions and a.shape[1] != actions[0].shape[1]:
             raise InputError(f"{path}: action dim {a.shape[1]}, the first dataset's {actions[0].shape[1]}")
         local = [(r.start, r.stop) for r in (ds.episode_frames(e) for e in range(ds.num_episodes))]
-        n_held = len(local) if k in every else min(heldout, max(len(local) - 1, 0))
         task_idx = ds.task_indices()
+        groups: dict[int, list[int]] = {}  # the episodes of each task (or all of them in one group)
+        for e, (s, _) in enumerate(local):
+            groups.setdefault(int(task_idx[s]) if by_task else 0, []).append(e)
+        held_here = set(range(len(local))) if k in every else set()
+        for group in groups.values() if k not in every else ():
+            held_here.update(group[len(group) - min(heldout, len(group) - 1) :])
         for e, (s, t) in enumerate(local):
-            if e >= len(local) - n_held:
+            if e in held_here:
                 held.append(len(bounds))
             bounds.append((s + offset, t + offset))
             words.append(ds.tasks[int(task_idx[s])])

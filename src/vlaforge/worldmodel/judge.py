@@ -111,7 +111,7 @@ def train_judge(cfg: JudgeConfig) -> dict:
                     "a judge of imagined frames reads the model's own: leave it out"
                 )
         camera, size = model.cfg["camera"], int(model.cfg["image_size"])
-    eps = load_episodes(cfg.datasets, camera, size, cfg.heldout)
+    eps = load_episodes(cfg.datasets, camera, size, cfg.heldout, by_task=True)
     if cfg.worldmodel:
         real = eps.frames
         eps = imagined_episodes(model, eps, cfg.seed)
