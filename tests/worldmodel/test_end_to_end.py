@@ -144,9 +144,8 @@ def test_world_model_env_runs_a_policy(recorded, capsys, monkeypatch, tmp_path):
 
     import torch
 
-    from vlaforge.worldmodel.data import training_episodes
+    from vlaforge.worldmodel.data import imagined_episodes, training_episodes
     from vlaforge.worldmodel.model import imagine
-    from vlaforge.worldmodel.replay import imagined_episodes
     from vlaforge.worldmodel.train import load_worldmodel
 
     model = load_worldmodel(run)

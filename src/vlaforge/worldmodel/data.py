@@ -3,13 +3,18 @@ last N episodes of each held out, and the (context, target) windows of the dynam
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vlaforge.data.dataset import open_dataset
 from vlaforge.errors import InputError
+
+if TYPE_CHECKING:
+    from vlaforge.worldmodel.model import WorldModel
 
 
 @dataclass
@@ -202,3 +207,26 @@ def window_starts(bounds: list[tuple[int, int]], win: np.ndarray) -> np.ndarray:
     ep = np.searchsorted(stops, win[:, -1], side="right")
     assert np.all(starts[ep] <= win[:, -1])
     return starts[ep]
+
+
+def imagined_episodes(
+    model: WorldModel, eps: Episodes, seed: int = 0, episodes: Sequence[int] | None = None
+) -> Episodes:
+    """`eps` with the frames of `episodes` (None: all) replaced by the model's open-loop replay of each: its
+    first real frame, then what the model imagines under the episode's own recorded actions (the noise
+    seeded by `seed` + the episode's index, as `replay.replay` does). Actions and success labels stay the real
+    ones, so a judge trained on the result learns what the model draws when the simulator said success."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from vlaforge.worldmodel.model import imagine
+
+    model.eval()
+    frames = eps.frames.copy()
+    for e in tqdm(range(len(eps.bounds)) if episodes is None else episodes, desc="imagine", unit="episode"):
+        a, b = eps.bounds[e]
+        if b - a >= 2:
+            frames[a:b] = imagine(
+                model, eps.frames[a], eps.actions[a : b - 1], torch.Generator().manual_seed(seed + e)
+            )
+    return replace(eps, frames=frames)

@@ -97,7 +97,7 @@ def train_judge(cfg: JudgeConfig) -> dict:
     device = resolve_device(cfg.device)
     camera, size, real = cfg.camera, cfg.image_size, None
     if cfg.worldmodel:
-        from vlaforge.worldmodel.replay import imagined_episodes
+        from vlaforge.worldmodel.data import imagined_episodes
         from vlaforge.worldmodel.train import load_worldmodel
 
         model = load_worldmodel(cfg.worldmodel)

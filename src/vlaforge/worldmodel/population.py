@@ -242,7 +242,7 @@ def _judge_check(worldmodel: str) -> tuple[str, dict[str, dict]]:
     eps = training_episodes(json.loads((root / WM_CONFIG).read_text()))
     frames = meta.get("frames", "real")
     if frames == "imagined":
-        from vlaforge.worldmodel.replay import imagined_episodes
+        from vlaforge.worldmodel.data import imagined_episodes
         from vlaforge.worldmodel.train import load_worldmodel
 
         eps = imagined_episodes(load_worldmodel(worldmodel), eps, episodes=eps.heldout)

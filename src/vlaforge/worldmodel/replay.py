@@ -20,13 +20,11 @@ imagined row below).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from vlaforge.worldmodel.data import Episodes
 from vlaforge.worldmodel.model import SuccessJudge, WorldModel, imagine
@@ -43,24 +41,6 @@ def _other_actions(eps: Episodes, e: int, n: int) -> np.ndarray:
 def _abs_err(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Per frame mean absolute difference, (T,)."""
     return np.abs(x.astype(np.float32) - y.astype(np.float32)).mean(axis=(1, 2, 3))
-
-
-def imagined_episodes(
-    model: WorldModel, eps: Episodes, seed: int = 0, episodes: Sequence[int] | None = None
-) -> Episodes:
-    """`eps` with the frames of `episodes` (None: all) replaced by the model's open-loop replay of each: its
-    first real frame, then what the model imagines under the episode's own recorded actions (the noise
-    seeded by `seed` + the episode's index, as `replay` does). Actions and success labels stay the real
-    ones, so a judge trained on the result learns what the model draws when the simulator said success."""
-    model.eval()
-    frames = eps.frames.copy()
-    for e in tqdm(range(len(eps.bounds)) if episodes is None else episodes, desc="imagine", unit="episode"):
-        a, b = eps.bounds[e]
-        if b - a >= 2:
-            frames[a:b] = imagine(
-                model, eps.frames[a], eps.actions[a : b - 1], torch.Generator().manual_seed(seed + e)
-            )
-    return replace(eps, frames=frames)
 
 
 def replay(
