@@ -108,9 +108,10 @@ def load_episodes(
         groups: dict[int, list[int]] = {}  # the episodes of each task (or all of them in one group)
         for e, (s, _) in enumerate(local):
             groups.setdefault(int(task_idx[s]) if by_task else 0, []).append(e)
-        held_here = set(range(len(local))) if k in every else set()
-        for group in groups.values() if k not in every else ():
-            held_here.update(group[len(group) - min(heldout, len(group) - 1) :])
+        if k in every:
+            held_here = set(range(len(local)))
+        else:  # the last `heldout` of each group, one at least left to train on
+            held_here = {e for g in groups.values() for e in g[len(g) - min(heldout, len(g) - 1) :]}
         for e, (s, t) in enumerate(local):
             if e in held_here:
                 held.append(len(bounds))

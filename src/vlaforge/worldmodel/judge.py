@@ -139,17 +139,7 @@ def train_judge(cfg: JudgeConfig) -> dict:
         opt.step()
     judge.eval()
     eval_idx = held_idx if len(held_idx) else train_idx
-    with torch.no_grad():
-        logits = (
-            torch.cat(
-                [
-                    judge.logits(torch.from_numpy(eps.frames[eval_idx[i : i + 256]]).to(device))
-                    for i in range(0, len(eval_idx), 256)
-                ]
-            )
-            .cpu()
-            .numpy()
-        )
+    logits = _logits(judge, eps.frames[eval_idx], device)
     labels = eps.success[eval_idx]
     temp, bias = fit_platt(logits, labels)
     judge.temperature.fill_(temp)
@@ -171,9 +161,8 @@ def train_judge(cfg: JudgeConfig) -> dict:
         "trained_on": "imagined frames" if cfg.worldmodel else "real frames",
     }
     if real is not None:
-        report["balanced_accuracy_real_frames"] = round(
-            balanced_accuracy(_probs(judge, real[eval_idx], device), labels), 4
-        )
+        real_cal = 1 / (1 + np.exp(-(_logits(judge, real[eval_idx], device) / temp + bias)))
+        report["balanced_accuracy_real_frames"] = round(balanced_accuracy(real_cal, labels), 4)
     meta = {"format": "vlaforge-judge/1", "width": cfg.width, "camera": eps.camera,
             "image_size": int(eps.frames.shape[1]), "datasets": cfg.datasets, "report": report,
             "frames": "imagined" if cfg.worldmodel else "real", "worldmodel": cfg.worldmodel}  # fmt: skip
@@ -184,15 +173,18 @@ def train_judge(cfg: JudgeConfig) -> dict:
     return report
 
 
-def _probs(judge: SuccessJudge, frames: np.ndarray, device: torch.device) -> np.ndarray:
-    """The judge's calibrated probabilities on uint8 frames (N, S, S, 3), 256 at a time."""
+def _logits(judge: SuccessJudge, frames: np.ndarray, device: torch.device) -> np.ndarray:
+    """The judge's uncalibrated logits on uint8 frames (N, S, S, 3), 256 at a time."""
     with torch.no_grad():
-        return np.concatenate(
-            [
-                judge.prob(torch.from_numpy(frames[i : i + 256]).to(device)).cpu().numpy()
-                for i in range(0, len(frames), 256)
-            ]
-            or [np.zeros(0, np.float32)]
+        return (
+            torch.cat(
+                [
+                    judge.logits(torch.from_numpy(frames[i : i + 256]).to(device))
+                    for i in range(0, len(frames), 256)
+                ]
+            )
+            .cpu()
+            .numpy()
         )
 
 

@@ -112,12 +112,13 @@ def run_agreement(cfg: AgreementConfig) -> dict:
         "sim": cfg.seed,
         **({"sim-reference": cfg.reference_seed} if cfg.reference_seed is not None else {}),
     }
-    earlier = {  # read and checked before anything runs
-        (k, kind): _earlier_sim(Path(cfg.sim_evals), k, kind, policy, tasks, cfg.episodes, seed, max_steps)
-        for k, policy in enumerate(cfg.names)
-        for kind, seed in kinds.items()
-        if cfg.sim_evals
-    }
+    earlier = {}  # read and checked before anything runs
+    for k, policy in enumerate(cfg.names if cfg.sim_evals else ()):
+        weights = _weights_sha256(policy)
+        for kind, seed in kinds.items():
+            now = {"policy": policy, "tasks": sorted(tasks.split(",")), "episodes": cfg.episodes, "seed": seed,
+                   "max steps": max_steps, **({"weights": weights} if weights else {})}  # fmt: skip
+            earlier[k, kind] = _earlier_sim(Path(cfg.sim_evals), k, kind, now)
     rows = []
     for k, policy in enumerate(cfg.names):
         common = dict(policy=policy, tasks=tasks, episodes=cfg.episodes, max_steps=max_steps,
@@ -179,16 +180,19 @@ def run_agreement(cfg: AgreementConfig) -> dict:
     return summary
 
 
-def _earlier_sim(
-    root: Path, k: int, kind: str, policy: str, tasks: str, episodes: int, seed: int, max_steps: int
-) -> dict:
-    """The eval_info.json of policy `k`'s simulator evaluation `kind` in an earlier agreement's `root`,
-    checked to be this protocol's: the same policy (weights' sha256 for a checkpoint), tasks, episodes,
-    seed and episode length."""
-    import json
-
+def _weights_sha256(policy: str) -> str | None:
+    """The sha256 of a checkpoint's weights (what an evaluation records), None for a baseline."""
     from vlaforge.policy_files import read_policy_dir
     from vlaforge.weights_hash import sha256_file
+
+    return sha256_file(read_policy_dir(Path(policy)).weights) if Path(policy).is_dir() else None
+
+
+def _earlier_sim(root: Path, k: int, kind: str, now: dict) -> dict:
+    """The eval_info.json of policy `k`'s simulator evaluation `kind` in an earlier agreement's `root`,
+    checked to be the protocol `now` describes: the same policy (and weights' sha256 for a checkpoint),
+    tasks, episodes, seed and episode length."""
+    import json
 
     path = root / "evals" / f"{k:02d}-{kind}" / "eval_info.json"
     if not path.is_file():
@@ -200,12 +204,8 @@ def _earlier_sim(
     info = json.loads(path.read_text())
     p = info["protocol"]
     was = {"policy": info["policy"], "tasks": sorted(info["tasks"]), "episodes": p["episodes_per_task"],
-           "seed": p["seed"], "max steps": p["max_steps"]}  # fmt: skip
-    now = {"policy": policy, "tasks": sorted(tasks.split(",")), "episodes": episodes, "seed": seed,
-           "max steps": max_steps}  # fmt: skip
-    if Path(policy).is_dir() and p.get("checkpoint"):
-        was["weights"] = p["checkpoint"]["model_sha256"]
-        now["weights"] = sha256_file(read_policy_dir(Path(policy)).weights)
+           "seed": p["seed"], "max steps": p["max_steps"],
+           "weights": (p.get("checkpoint") or {}).get("model_sha256")}  # fmt: skip
     differ = [f"{key} {was[key]} there, {now[key]} here" for key in now if was.get(key) != now[key]]
     if differ:
         raise InputError(f"--sim-evals: {path} is not this protocol's evaluation ({'; '.join(differ)})")
