@@ -40,7 +40,12 @@ from vlaforge.data.lerobot_format import (
 )
 from vlaforge.data.lerobot_stats import StatsCollector
 from vlaforge.data.stats import stats_to_json
-from vlaforge.data.video import VideoWriter, probe
+from vlaforge.data.video import PIX_FMTS, VideoWriter, probe
+
+# How datasets store their camera frames by default: full-resolution colour at CRF 10, so that a policy
+# trains on what it will see (a one-pixel goal marker keeps its colour; `vlaforge.data.video`, "Chroma").
+DATASET_PIX_FMT = "yuv444p"
+DATASET_CRF = 10
 
 
 class LeRobotWriter:
@@ -59,6 +64,9 @@ class LeRobotWriter:
         video_codec: encoder family or name ("h264" by default; see `vlaforge.data.video.pick_encoder`).
         video_gop: keyframe interval in frames; None leaves the encoder's default (libx264: 250). A short
             interval makes random access (streaming training) cheaper and files bigger (LeRobot uses 2).
+        video_pix_fmt, video_crf: chroma layout and quality (`DATASET_PIX_FMT`, `DATASET_CRF`: full-resolution
+            colour, so a one-pixel coloured detail a policy must see survives; "yuv420p" for files any
+            player decodes at half-resolution colour; see `vlaforge.data.video`).
         data_files_size_in_mb, video_files_size_in_mb, chunks_size: file rollover limits (LeRobot's defaults).
 
     Use as a context manager: an exception inside ``with`` removes the temporary directory; leaving the block
@@ -75,6 +83,8 @@ class LeRobotWriter:
         extra_info: dict | None = None,
         video_codec: str = "h264",
         video_gop: int | None = None,
+        video_pix_fmt: str = DATASET_PIX_FMT,
+        video_crf: int = DATASET_CRF,
         data_files_size_in_mb: float = DATA_FILE_SIZE_IN_MB,
         video_files_size_in_mb: float = VIDEO_FILE_SIZE_IN_MB,
         chunks_size: int = CHUNKS_SIZE,
@@ -91,6 +101,11 @@ class LeRobotWriter:
         self.extra_info = dict(extra_info or {})
         self.video_codec = video_codec
         self.video_gop = video_gop
+        if video_pix_fmt not in PIX_FMTS:
+            raise DatasetError(f"video pixel format {video_pix_fmt!r} is not one of {PIX_FMTS}")
+        if not 0 <= int(video_crf) <= 51:
+            raise DatasetError(f"video CRF must be in [0, 51] (lower keeps more); got {video_crf}")
+        self.video_pix_fmt, self.video_crf = video_pix_fmt, int(video_crf)
         self.data_mb, self.video_mb = data_files_size_in_mb, video_files_size_in_mb
         self.chunks_size = chunks_size
         clash = sorted(set(self.extra_info) & INFO_KEYS)
@@ -231,7 +246,14 @@ class LeRobotWriter:
                 path = self.tmp / VIDEO_PATH.format(video_key=key, chunk_index=c, file_index=f)
                 h, w = self.features[key]["shape"][:2]
                 writer = self._videos[key] = VideoWriter(
-                    path, self.fps, h, w, codec=self.video_codec, gop=self.video_gop
+                    path,
+                    self.fps,
+                    h,
+                    w,
+                    codec=self.video_codec,
+                    gop=self.video_gop,
+                    pix_fmt=self.video_pix_fmt,
+                    crf=self.video_crf,
                 )
             start = writer.frames_written
             writer.write(frames[key])

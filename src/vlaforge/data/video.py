@@ -18,7 +18,13 @@ Design choices:
 - **Resizing** to the training resolution (`resize_frames`) is Pillow's bicubic filter on RGB, which is
   antialiased when shrinking (its kernel support widens by the scale factor), the same filter OpenVLA's
   image processor uses ("resize-naive", PIL bicubic). A non-square frame is stretched to the square.
-- Odd image sides cannot be stored as 4:2:0 chroma; they fall back to yuv444p.
+- **Chroma.** 4:2:0 (yuv420p) stores colour at half the resolution in each axis, so a one-pixel coloured
+  detail keeps its brightness and loses most of its colour: at 64 px, Meta-World's red goal marker (one
+  pixel) comes back grey, its red-minus-green from 227 to 33 levels at any CRF, while 4:4:4 (yuv444p) at
+  CRF 10 keeps 213 (`tests/data/test_video_quality.py`). `VideoWriter` defaults to yuv420p, which every
+  player decodes (what evaluation videos are for); datasets, which policies learn from, are written in
+  yuv444p at CRF 10 by default (`vlaforge.data.lerobot_writer.DATASET_PIX_FMT`, `DATASET_CRF`). Odd
+  image sides cannot be stored as 4:2:0 and always use yuv444p.
 """
 
 from __future__ import annotations
@@ -35,6 +41,9 @@ from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 from vlaforge.errors import InputError
+
+# The chroma layouts the writer offers (see the module's "Chroma").
+PIX_FMTS = ("yuv420p", "yuv444p")
 
 # Encoders in order of preference for each requested codec family.
 _ENCODERS = {
@@ -89,6 +98,8 @@ class VideoWriter:
         codec: encoder family or exact name (see `pick_encoder`).
         crf: constant rate factor (quality; lower is better). 20 keeps small images within a few levels.
         gop: keyframe interval; None leaves the encoder's default.
+        pix_fmt: "yuv420p" (every player decodes it; colour at half resolution) or "yuv444p" (full-resolution
+            colour); None: yuv420p, or yuv444p when a side is odd.
     """
 
     def __init__(
@@ -100,14 +111,21 @@ class VideoWriter:
         codec: str = "h264",
         crf: int = 20,
         gop: int | None = None,
+        pix_fmt: str | None = None,
     ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.height, self.width = int(height), int(width)
         self.encoder = pick_encoder(codec)
-        self.pix_fmt = "yuv420p" if self.height % 2 == 0 and self.width % 2 == 0 else "yuv444p"
+        if pix_fmt not in (None, *PIX_FMTS):
+            raise VideoError(f"{self.path}: pixel format {pix_fmt!r} is not one of {PIX_FMTS}")
+        odd = self.height % 2 or self.width % 2
+        self.pix_fmt = "yuv444p" if odd else (pix_fmt or "yuv420p")
         if self.encoder == "mpeg4" and self.pix_fmt != "yuv420p":
-            raise VideoError(f"{self.path}: the mpeg4 encoder needs even image sides; got {height}x{width}")
+            raise VideoError(
+                f"{self.path}: the mpeg4 encoder writes only yuv420p, which needs even image sides; got "
+                f"{height}x{width} with {self.pix_fmt} (install an FFmpeg with libx264)"
+            )
         self._rate = _rate(fps)
         self._container = av.open(str(self.path), mode="w")
         self._stream = self._container.add_stream(self.encoder, rate=self._rate)

@@ -64,6 +64,10 @@ class CollectConfig:
         max_attempts: seeds tried per task before giving up (None: 4 x episodes).
         max_steps: truncation of each attempt (None: the env's episode length).
         overwrite: replace an existing dataset at `out`.
+        video_pix_fmt: how the camera frames are stored: "yuv444p" (full-resolution colour) or "yuv420p"
+            (colour at half resolution, which every player decodes but which greys out one-pixel coloured
+            details); None: the dataset default (`vlaforge.data.lerobot_writer.DATASET_PIX_FMT`, yuv444p).
+        video_crf: the H.264 quality of the frames, 0 (lossless) to 51 (None: the dataset default, 10).
     """
 
     env: str = DEFAULT_ENV
@@ -77,6 +81,8 @@ class CollectConfig:
     max_attempts: int | None = None
     max_steps: int | None = None
     overwrite: bool = False
+    video_pix_fmt: str | None = None
+    video_crf: int | None = None
 
     def __post_init__(self) -> None:
         spec = get_env(self.env)
@@ -96,6 +102,10 @@ class CollectConfig:
                 problems.append(f"{name}={getattr(self, name)} (must be >= 1)")
         if self.workers < 0:
             problems.append(f"workers={self.workers} (must be >= 0)")
+        if self.video_pix_fmt not in (None, "yuv420p", "yuv444p"):
+            problems.append(f"video_pix_fmt={self.video_pix_fmt!r} (yuv444p or yuv420p)")
+        if self.video_crf is not None and not 0 <= self.video_crf <= 51:
+            problems.append(f"video_crf={self.video_crf} (0 lossless .. 51)")
         if self.max_attempts is not None and self.max_attempts < self.episodes:
             problems.append(
                 f"max_attempts ({self.max_attempts}) must be >= episodes ({self.episodes}): each kept "
@@ -252,10 +262,12 @@ def episode_writer(
     vlaforge_info: dict[str, Any],
     extra_features: dict[str, dict[str, Any]] | None = None,
     overwrite: bool = False,
+    video: dict[str, Any] | None = None,
 ):
     """A LeRobot v3.0 writer for episodes of `spec`'s envs: `episode_features` (plus `extra_features`), the
     env's fps and robot type, and `vlaforge_info` (env and embodiment filled in) under info.json's
-    ``"vlaforge"``. Used by `collect` and by DAgger's roll-outs (`vlaforge.dagger`)."""
+    ``"vlaforge"``. `video`: the writer's `video_pix_fmt` / `video_crf` where not the dataset defaults.
+    Used by `collect` and by DAgger's roll-outs (`vlaforge.dagger`)."""
     from vlaforge.data.lerobot import LeRobotWriter
 
     cams, size = list(cameras), int(image_size)
@@ -270,6 +282,7 @@ def episode_writer(
         robot_type=spec.robot_type,
         overwrite=overwrite,
         extra_info={"vlaforge": info},
+        **(video or {}),
     )
 
 
@@ -283,8 +296,15 @@ def _writer(cfg: CollectConfig, spec: EnvSpec, kept: list[dict[str, Any]]):
         "tail": SUCCESS_TAIL,
     }
     info = {"collection": collection, "episodes": kept}
+    video = {"video_pix_fmt": cfg.video_pix_fmt, "video_crf": cfg.video_crf}
     return episode_writer(
-        cfg.out, spec, as_list(cfg.cameras), int(cfg.image_size), info, overwrite=cfg.overwrite
+        cfg.out,
+        spec,
+        as_list(cfg.cameras),
+        int(cfg.image_size),
+        info,
+        overwrite=cfg.overwrite,
+        video={k: v for k, v in video.items() if v is not None},
     )
 
 
