@@ -79,3 +79,10 @@ def test_lossless_crf_is_nearly_exact(tmp_path):
 def test_bad_video_settings_are_refused(tmp_path, bad):
     with pytest.raises(DatasetError, match="pixel format|CRF"):
         LeRobotWriter(tmp_path / "x", fps=10, features=_features(8), **bad)
+
+
+def test_an_encoder_without_yuv444p_falls_back_with_a_warning(tmp_path):
+    frames, _ = _red_dots(4)
+    with pytest.warns(UserWarning, match="mpeg4 encoder cannot write yuv444p"):
+        stored, info = _round_trip(tmp_path, frames, video_codec="mpeg4")
+    assert info["video.pix_fmt"] == "yuv420p" and stored.shape == frames.shape

@@ -20,16 +20,19 @@ Design choices:
   image processor uses ("resize-naive", PIL bicubic). A non-square frame is stretched to the square.
 - **Chroma.** 4:2:0 (yuv420p) stores colour at half the resolution in each axis, so a one-pixel coloured
   detail keeps its brightness and loses most of its colour: at 64 px, Meta-World's red goal marker (one
-  pixel) comes back grey, its red-minus-green from 227 to 33 levels at any CRF, while 4:4:4 (yuv444p) at
-  CRF 10 keeps 213 (`tests/data/test_video_quality.py`). `VideoWriter` defaults to yuv420p, which every
-  player decodes (what evaluation videos are for); datasets, which policies learn from, are written in
-  yuv444p at CRF 10 by default (`vlaforge.data.lerobot_writer.DATASET_PIX_FMT`, `DATASET_CRF`). Odd
-  image sides cannot be stored as 4:2:0 and always use yuv444p.
+  pixel) comes back grey, its red-minus-green from 227 to 33 levels at CRF 20 (43 at CRF 10), while 4:4:4
+  (yuv444p) at CRF 10 keeps 213 (docs/results.md; a synthetic check in `tests/data/test_video_quality.py`).
+  `VideoWriter` defaults to yuv420p, which every player decodes (what evaluation videos are for);
+  datasets, which policies learn from, are written in yuv444p at CRF 10 by default
+  (`vlaforge.data.lerobot_writer.DATASET_PIX_FMT`, `DATASET_CRF`). An encoder that cannot write yuv444p
+  (mpeg4, SVT-AV1) writes yuv420p with a warning. Odd image sides cannot be stored as 4:2:0 and always
+  use yuv444p.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -84,6 +87,11 @@ def pick_encoder(preferred: str = "h264") -> str:
     raise VideoError(f"no video encoder among {candidates} is available in this PyAV/FFmpeg build")
 
 
+def _formats_of(encoder: str) -> list[str]:
+    """The pixel formats `encoder` accepts (empty when FFmpeg does not say)."""
+    return [f.name for f in (av.codec.Codec(encoder, "w").video_formats or [])]
+
+
 def _rate(fps: float) -> Fraction:
     return Fraction(fps).limit_denominator(1001)
 
@@ -121,6 +129,13 @@ class VideoWriter:
             raise VideoError(f"{self.path}: pixel format {pix_fmt!r} is not one of {PIX_FMTS}")
         odd = self.height % 2 or self.width % 2
         self.pix_fmt = "yuv444p" if odd else (pix_fmt or "yuv420p")
+        if self.pix_fmt == "yuv444p" and not odd and "yuv444p" not in _formats_of(self.encoder):
+            warnings.warn(
+                f"{self.path}: the {self.encoder} encoder cannot write yuv444p; writing yuv420p, whose colour "
+                "has half the resolution (one-pixel coloured details fade; use an FFmpeg with libx264)",
+                stacklevel=2,
+            )
+            self.pix_fmt = "yuv420p"
         if self.encoder == "mpeg4" and self.pix_fmt != "yuv420p":
             raise VideoError(
                 f"{self.path}: the mpeg4 encoder writes only yuv420p, which needs even image sides; got "
