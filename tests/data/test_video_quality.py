@@ -75,7 +75,9 @@ def test_lossless_crf_is_nearly_exact(tmp_path):
     assert np.abs(stored.astype(int) - frames.astype(int)).max() <= 3  # only RGB <-> YUV rounding
 
 
-@pytest.mark.parametrize("bad", [{"video_pix_fmt": "rgb24"}, {"video_crf": 60}])
+@pytest.mark.parametrize(
+    "bad", [{"video_pix_fmt": "rgb24"}, {"video_crf": 60}, {"video_crf": 64, "video_codec": "av1"}]
+)
 def test_bad_video_settings_are_refused(tmp_path, bad):
     with pytest.raises(DatasetError, match="pixel format|CRF"):
         LeRobotWriter(tmp_path / "x", fps=10, features=_features(8), **bad)
@@ -86,3 +88,9 @@ def test_an_encoder_without_yuv444p_falls_back_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="mpeg4 encoder cannot write yuv444p"):
         stored, info = _round_trip(tmp_path, frames, video_codec="mpeg4")
     assert info["video.pix_fmt"] == "yuv420p" and stored.shape == frames.shape
+
+
+def test_av1_takes_its_own_crf_scale(tmp_path):
+    LeRobotWriter(
+        tmp_path / "x", fps=10, features=_features(8), video_codec="av1", video_crf=60
+    )  # H.264 stops at 51

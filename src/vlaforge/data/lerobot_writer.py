@@ -103,8 +103,11 @@ class LeRobotWriter:
         self.video_gop = video_gop
         if video_pix_fmt not in PIX_FMTS:
             raise DatasetError(f"video pixel format {video_pix_fmt!r} is not one of {PIX_FMTS}")
-        if not 0 <= int(video_crf) <= 51:
-            raise DatasetError(f"video CRF must be in [0, 51] (lower keeps more); got {video_crf}")
+        top = 63 if "av1" in video_codec else 51  # AV1 encoders' CRF scale, H.264's
+        if not 0 <= int(video_crf) <= top:
+            raise DatasetError(
+                f"video CRF must be in [0, {top}] for {video_codec} (lower keeps more); got {video_crf}"
+            )
         self.video_pix_fmt, self.video_crf = video_pix_fmt, int(video_crf)
         self.data_mb, self.video_mb = data_files_size_in_mb, video_files_size_in_mb
         self.chunks_size = chunks_size
