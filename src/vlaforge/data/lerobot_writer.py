@@ -40,7 +40,7 @@ from vlaforge.data.lerobot_format import (
 )
 from vlaforge.data.lerobot_stats import StatsCollector
 from vlaforge.data.stats import stats_to_json
-from vlaforge.data.video import PIX_FMTS, VideoWriter, probe
+from vlaforge.data.video import PIX_FMTS, VideoWriter, max_crf, probe
 
 # How datasets store their camera frames by default: full-resolution colour at CRF 10, so that a policy
 # trains on what it will see (a one-pixel goal marker keeps its colour; `vlaforge.data.video`, "Chroma").
@@ -103,7 +103,7 @@ class LeRobotWriter:
         self.video_gop = video_gop
         if video_pix_fmt not in PIX_FMTS:
             raise DatasetError(f"video pixel format {video_pix_fmt!r} is not one of {PIX_FMTS}")
-        top = 63 if "av1" in video_codec else 51  # AV1 encoders' CRF scale, H.264's
+        top = max_crf(video_codec)
         if not 0 <= int(video_crf) <= top:
             raise DatasetError(
                 f"video CRF must be in [0, {top}] for {video_codec} (lower keeps more); got {video_crf}"

@@ -46,7 +46,7 @@ from PIL import Image
 from vlaforge.errors import InputError
 
 # The chroma layouts the writer offers (see the module's "Chroma").
-PIX_FMTS = ("yuv420p", "yuv444p")
+PIX_FMTS = ("yuv444p", "yuv420p")
 
 # Encoders in order of preference for each requested codec family.
 _ENCODERS = {
@@ -85,6 +85,11 @@ def pick_encoder(preferred: str = "h264") -> str:
         if has_codec(name, "w"):
             return name
     raise VideoError(f"no video encoder among {candidates} is available in this PyAV/FFmpeg build")
+
+
+def max_crf(codec: str) -> int:
+    """The top of `codec`'s CRF scale (0 keeps the most): 63 for the AV1 encoders, 51 for H.264's."""
+    return 63 if "av1" in codec else 51
 
 
 def _formats_of(encoder: str) -> list[str]:

@@ -102,10 +102,13 @@ class CollectConfig:
                 problems.append(f"{name}={getattr(self, name)} (must be >= 1)")
         if self.workers < 0:
             problems.append(f"workers={self.workers} (must be >= 0)")
-        if self.video_pix_fmt not in (None, "yuv420p", "yuv444p"):
-            problems.append(f"video_pix_fmt={self.video_pix_fmt!r} (yuv444p or yuv420p)")
-        if self.video_crf is not None and not 0 <= self.video_crf <= 51:
-            problems.append(f"video_crf={self.video_crf} (0 lossless .. 51)")
+        if self.video_pix_fmt is not None or self.video_crf is not None:
+            from vlaforge.data.video import PIX_FMTS, max_crf  # PyAV only when the storage is chosen
+
+            if self.video_pix_fmt not in (None, *PIX_FMTS):
+                problems.append(f"video_pix_fmt={self.video_pix_fmt!r} ({' or '.join(PIX_FMTS)})")
+            if self.video_crf is not None and not 0 <= self.video_crf <= max_crf("h264"):
+                problems.append(f"video_crf={self.video_crf} (0 lossless .. {max_crf('h264')})")
         if self.max_attempts is not None and self.max_attempts < self.episodes:
             problems.append(
                 f"max_attempts ({self.max_attempts}) must be >= episodes ({self.episodes}): each kept "
@@ -262,11 +265,12 @@ def episode_writer(
     vlaforge_info: dict[str, Any],
     extra_features: dict[str, dict[str, Any]] | None = None,
     overwrite: bool = False,
-    video: dict[str, Any] | None = None,
+    video_pix_fmt: str | None = None,
+    video_crf: int | None = None,
 ):
     """A LeRobot v3.0 writer for episodes of `spec`'s envs: `episode_features` (plus `extra_features`), the
     env's fps and robot type, and `vlaforge_info` (env and embodiment filled in) under info.json's
-    ``"vlaforge"``. `video`: the writer's `video_pix_fmt` / `video_crf` where not the dataset defaults.
+    ``"vlaforge"``. `video_pix_fmt`, `video_crf`: the frames' storage (None: the dataset defaults).
     Used by `collect` and by DAgger's roll-outs (`vlaforge.dagger`)."""
     from vlaforge.data.lerobot import LeRobotWriter
 
@@ -275,6 +279,7 @@ def episode_writer(
     features = episode_features(spec, cams, size)
     features.update(extra_features or {})
     info = {"embodiment": emb.to_dict(), "env": spec.name, **vlaforge_info}
+    video = {"video_pix_fmt": video_pix_fmt, "video_crf": video_crf}
     return LeRobotWriter(
         out,
         fps=spec.control_hz,
@@ -282,7 +287,7 @@ def episode_writer(
         robot_type=spec.robot_type,
         overwrite=overwrite,
         extra_info={"vlaforge": info},
-        **(video or {}),
+        **{k: v for k, v in video.items() if v is not None},
     )
 
 
@@ -296,7 +301,6 @@ def _writer(cfg: CollectConfig, spec: EnvSpec, kept: list[dict[str, Any]]):
         "tail": SUCCESS_TAIL,
     }
     info = {"collection": collection, "episodes": kept}
-    video = {"video_pix_fmt": cfg.video_pix_fmt, "video_crf": cfg.video_crf}
     return episode_writer(
         cfg.out,
         spec,
@@ -304,7 +308,8 @@ def _writer(cfg: CollectConfig, spec: EnvSpec, kept: list[dict[str, Any]]):
         int(cfg.image_size),
         info,
         overwrite=cfg.overwrite,
-        video={k: v for k, v in video.items() if v is not None},
+        video_pix_fmt=cfg.video_pix_fmt,
+        video_crf=cfg.video_crf,
     )
 
 
