@@ -114,6 +114,22 @@ def test_same_seed_same_initial_state_and_image_different_seed_different_objects
     assert not np.array_equal(a.images["corner2"], b.images["corner2"])
 
 
+@pytest.mark.parametrize("task", ["reach-v3", "window-open-v3", "peg-insert-side-v3"])
+def test_first_frame_shows_the_drawn_scene_not_the_previous_one(task):
+    """Meta-World's reset moves goal sites and static bodies in the model after its last mj_forward; the
+    first frame must already show them where this episode's seed put them (it showed a stale scene), and
+    reach's goal marker must stand at the drawn goal."""
+    import mujoco
+
+    with mw.MetaWorldEnv(task, image_size=64) as env:
+        for seed in (3, 4):
+            first = env.reset(seed=seed).images["corner2"]
+            if task == "reach-v3":
+                np.testing.assert_allclose(env._env.data.site("goal").xpos, env._env._target_pos, atol=1e-9)
+            mujoco.mj_forward(env._env.model, env._env.data)
+            np.testing.assert_array_equal(first, env.observe().images["corner2"])
+
+
 def test_observation_contract_and_step():
     with mw.MetaWorldEnv(
         "reach-v3", cameras=["corner2", "topview", "gripperPOV"], image_size=40, max_steps=3
