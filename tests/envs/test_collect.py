@@ -9,7 +9,7 @@ import pytest
 
 from vlaforge.data.lerobot import DatasetError, LeRobotDataset
 from vlaforge.envs import metaworld as mw
-from vlaforge.envs.collect import SUCCESS_TAIL, CollectConfig, collect
+from vlaforge.envs.collect import SUCCESS_TAIL, CollectConfig, action_noise_rng, collect, run_expert_episode
 from vlaforge.errors import InputError
 
 mw.configure_rendering()  # OSMesa unless MUJOCO_GL says otherwise; before any test imports mujoco
@@ -35,6 +35,7 @@ def test_dataset_has_the_episodes_tasks_and_features(dataset_dir):
     assert ds.info["features"]["observation.images.corner2"]["shape"] == [SIZE, SIZE, 3]
     emb = mw.embodiment("corner2", SIZE)
     assert ds.info["vlaforge"]["embodiment"] == emb.to_dict()
+    assert ds.info["vlaforge"]["collection"]["action_noise"] == 0.0
     assert ds.num_frames == sum(len(ds.episode_frames(e)) for e in range(4))
     # Episodes are in task order, then attempt order, whatever order the workers finished in.
     kept = ds.info["vlaforge"]["episodes"]
@@ -82,6 +83,33 @@ def test_a_recorded_seed_reproduces_its_episode(dataset_dir):
             obs = env.step(action)[0]
 
 
+def test_injected_noise_moves_the_path_and_the_labels_are_the_experts_actions_there():
+    """DART: the applied action is the label plus noise from the attempt's own stream, the recorded label
+    is what the expert does at each state the noisy path reached, and the episode still succeeds."""
+    seed, noise = 7, 0.5
+    clean = run_expert_episode("reach-v3", seed, image_size=SIZE)
+    noisy = run_expert_episode("reach-v3", seed, image_size=SIZE, action_noise=noise)
+    assert noisy is not None and noisy["next.success"][-1]
+    rng = action_noise_rng(seed)
+    with mw.MetaWorldEnv("reach-v3", image_size=SIZE) as env:
+        obs = env.reset(seed)
+        for t in range(len(noisy["action"])):
+            np.testing.assert_array_equal(obs.state, noisy["observation.state"][t])
+            label = env.expert_action()
+            np.testing.assert_array_equal(label, noisy["action"][t])
+            applied = np.clip(label + rng.normal(0.0, noise, 4).astype(np.float32), -1.0, 1.0)
+            obs = env.step(applied)[0]
+    # The noise changed the path: the hand's positions part from the clean episode's within a few steps.
+    steps = min(len(clean["action"]), len(noisy["action"]))
+    gap = np.abs(clean["observation.state"][:steps, :3] - noisy["observation.state"][:steps, :3]).max(1)
+    assert gap[1] > 0 and gap.max() > 0.01
+    np.testing.assert_array_equal(
+        run_expert_episode("reach-v3", seed, image_size=SIZE, action_noise=0.0)["action"], clean["action"]
+    )
+    with pytest.raises(InputError, match=r"action_noise=-0.1 \(a standard deviation from 0 to 2\)"):
+        CollectConfig(tasks="reach-v3", out="d", action_noise=-0.1)
+
+
 def test_worker_count_does_not_change_the_data(dataset_dir, tmp_path):
     # The keyword form is the same as passing a CollectConfig.
     inline = collect(tasks=TASKS, episodes=2, out=tmp_path / "inline", image_size=SIZE, workers=0, seed=3)
@@ -121,7 +149,7 @@ def test_collect_config_fields_defaults_and_validation(tmp_path):
 
     names = [f.name for f in dataclasses.fields(CollectConfig)]
     assert names == ["env", "tasks", "episodes", "out", "image_size", "cameras", "workers", "seed", "max_attempts",
-                     "max_steps", "overwrite", "video_pix_fmt", "video_crf"]  # fmt: skip
+                     "max_steps", "overwrite", "video_pix_fmt", "video_crf", "action_noise"]  # fmt: skip
     doc = CollectConfig.__doc__.split("Attributes:")[1]
     assert all(f"    {n}: " in doc for n in names)  # every field documented (the CLI's help text)
     cfg = CollectConfig(out=tmp_path / "d")

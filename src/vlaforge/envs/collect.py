@@ -68,6 +68,13 @@ class CollectConfig:
             (colour at half resolution, which every player decodes but which greys out one-pixel coloured
             details); None: the dataset default (`vlaforge.data.lerobot_writer.DATASET_PIX_FMT`, yuv444p).
         video_crf: the H.264 quality of the frames, 0 (lossless) to 51 (None: the dataset default, 10).
+        action_noise: noise injected into the executed actions, as in DART (Laskey et al., 2017): each
+            step applies the expert's action plus Gaussian noise of this standard deviation (in units of
+            half the action range, per dimension; clipped to the range), while the dataset's `action` is
+            the expert's own action at the state reached. The demonstrations then visit states off the
+            expert's path and label them with the way back, which a policy that copies the path (the hand
+            moving away from its start) cannot explain. 0: the expert's actions are applied as they are.
+            The noise is drawn from the episode's seed, so the executed actions can be recomputed.
     """
 
     env: str = DEFAULT_ENV
@@ -83,6 +90,7 @@ class CollectConfig:
     overwrite: bool = False
     video_pix_fmt: str | None = None
     video_crf: int | None = None
+    action_noise: float = 0.0
 
     def __post_init__(self) -> None:
         spec = get_env(self.env)
@@ -102,6 +110,8 @@ class CollectConfig:
                 problems.append(f"{name}={getattr(self, name)} (must be >= 1)")
         if self.workers < 0:
             problems.append(f"workers={self.workers} (must be >= 0)")
+        if not 0 <= self.action_noise <= 2:
+            problems.append(f"action_noise={self.action_noise} (a standard deviation from 0 to 2)")
         if self.video_pix_fmt is not None or self.video_crf is not None:
             from vlaforge.data.video import PIX_FMTS, max_crf  # PyAV only when the storage is chosen
 
@@ -133,33 +143,57 @@ def _env_for(env: str, task: str, cameras: tuple[str, ...], image_size: int, max
     return _ENVS[key]
 
 
-def _expert_attempt(env: Env, seed: int, tail: int) -> tuple[list[np.ndarray], list[bool]] | None:
-    """Pass 1: the expert from `seed` without pictures; its actions and success flags, or None on failure."""
+# The noise of attempt `seed` comes from default_rng((seed, _NOISE_STREAM)): a stream of its own, so the
+# env's draws (which default_rng(seed) makes) and the noise never share numbers.
+_NOISE_STREAM = 0xDA127
+
+
+def action_noise_rng(seed: int) -> np.random.Generator:
+    """The generator of an attempt's injected action noise (`CollectConfig.action_noise`)."""
+    return np.random.default_rng((int(seed), _NOISE_STREAM))
+
+
+def _expert_attempt(
+    env: Env, seed: int, tail: int, noise: float = 0.0
+) -> tuple[list[np.ndarray], list[np.ndarray], list[bool]] | None:
+    """Pass 1: the expert from `seed` without pictures; its actions (the labels), the actions applied
+    (the labels plus `noise`, see `CollectConfig.action_noise`) and the success flags, or None on failure."""
     env.render_images = False
     env.reset(seed)
-    actions: list[np.ndarray] = []
+    low = np.asarray(env.embodiment.action_low, np.float32)
+    high = np.asarray(env.embodiment.action_high, np.float32)
+    rng = action_noise_rng(seed) if noise > 0 else None
+    labels: list[np.ndarray] = []
+    applied: list[np.ndarray] = []
     successes: list[bool] = []
     first = None
     done = False
-    while not done and (first is None or len(actions) < first + 1 + tail):
-        action = env.expert_action()
+    while not done and (first is None or len(labels) < first + 1 + tail):
+        label = env.expert_action()
+        action = label
+        if rng is not None:
+            jitter = rng.normal(0.0, noise, label.shape).astype(np.float32) * (high - low) / 2
+            action = np.clip(label + jitter, low, high)
         _, _, done, info = env.step(action)
-        actions.append(action)
+        labels.append(label)
+        applied.append(action)
         successes.append(info["success"])
         if first is None and info["success"]:
-            first = len(actions) - 1
-    return None if first is None else (actions, successes)
+            first = len(labels) - 1
+    return None if first is None else (labels, applied, successes)
 
 
-def _replay(env: Env, seed: int, cameras: Sequence[str], actions: list[np.ndarray]) -> dict[str, np.ndarray]:
-    """Pass 2: the same actions from the same seed, rendering every frame."""
+def _replay(
+    env: Env, seed: int, cameras: Sequence[str], labels: list[np.ndarray], applied: list[np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Pass 2: the applied actions from the same seed, rendering every frame; `labels` are recorded."""
     env.render_images = True
     obs = env.reset(seed)
-    n, size = len(actions), env.embodiment.image_size
+    n, size = len(applied), env.embodiment.image_size
     images = {c: np.empty((n, size, size, 3), np.uint8) for c in cameras}
     states = np.empty((n, env.embodiment.state_dim), np.float32)
     replayed = np.empty(n, bool)
-    for t, action in enumerate(actions):
+    for t, action in enumerate(applied):
         for c in cameras:
             images[c][t] = obs.images[c]
         states[t] = obs.state
@@ -167,7 +201,7 @@ def _replay(env: Env, seed: int, cameras: Sequence[str], actions: list[np.ndarra
         replayed[t] = info["success"]
     frames: dict[str, np.ndarray] = {f"observation.images.{c}": images[c] for c in cameras}
     frames["observation.state"] = states
-    frames["action"] = np.stack(actions).astype(np.float32)
+    frames["action"] = np.stack(labels).astype(np.float32)
     frames["next.success"] = replayed
     return frames
 
@@ -180,6 +214,7 @@ def run_expert_episode(
     max_steps: int | None = None,
     tail: int = SUCCESS_TAIL,
     env: str = DEFAULT_ENV,
+    action_noise: float = 0.0,
 ) -> dict[str, np.ndarray] | None:
     """Runs the scripted expert of `task` from `seed` and records it if it succeeds.
 
@@ -190,22 +225,23 @@ def run_expert_episode(
         max_steps: truncation of the expert's attempt (None: the env's episode length).
         tail: steps kept after the first success.
         env: the environment's registry name.
+        action_noise: see `CollectConfig.action_noise`.
 
     Returns:
         None when the expert did not succeed within `max_steps`; otherwise the episode's frames, T of them:
         ``observation.images.<camera>`` uint8 (T, S, S, 3), ``observation.state`` float32 (T, S_state),
-        ``action`` float32 (T, D) (the action applied at that frame) and ``next.success`` bool (T,)
-        (success after that action).
+        ``action`` float32 (T, D) (the expert's action at that frame: the one applied unless
+        `action_noise` is set) and ``next.success`` bool (T,) (success after the applied action).
     """
     spec = get_env(env)
     cameras = tuple(as_list(cameras)) if cameras is not None else spec.cameras
     size = int(image_size or spec.image_size)
     sim = _env_for(spec.name, task, cameras, size, int(max_steps or spec.max_steps))
-    attempt = _expert_attempt(sim, seed, tail)
+    attempt = _expert_attempt(sim, seed, tail, float(action_noise))
     if attempt is None:
         return None
-    actions, successes = attempt
-    frames = _replay(sim, seed, cameras, actions)
+    labels, applied, successes = attempt
+    frames = _replay(sim, seed, cameras, labels, applied)
     if frames["next.success"].tolist() != successes:
         raise RuntimeError(
             f"{task} seed {seed}: replaying the expert's actions did not reproduce its success flags; "
@@ -215,8 +251,8 @@ def run_expert_episode(
 
 
 def _attempt(job: tuple) -> tuple[int, int, int, dict[str, np.ndarray] | None]:
-    env, task_index, attempt, task, seed, cameras, image_size, max_steps = job
-    frames = run_expert_episode(task, seed, cameras, image_size, max_steps, env=env)
+    env, task_index, attempt, task, seed, cameras, image_size, max_steps, noise = job
+    frames = run_expert_episode(task, seed, cameras, image_size, max_steps, env=env, action_noise=noise)
     return task_index, attempt, seed, frames
 
 
@@ -299,6 +335,7 @@ def _writer(cfg: CollectConfig, spec: EnvSpec, kept: list[dict[str, Any]]):
         "episodes_per_task": cfg.episodes,
         "max_steps": cfg.max_steps,
         "tail": SUCCESS_TAIL,
+        "action_noise": float(cfg.action_noise),
     }
     info = {"collection": collection, "episodes": kept}
     return episode_writer(
@@ -353,7 +390,8 @@ class _Schedule:
             task = self.tasks[ti]
             seed = episode_seed(cfg.seed, task, a)
             cams = tuple(as_list(cfg.cameras))
-            jobs.append((cfg.env, ti, a, task, seed, cams, int(cfg.image_size), int(cfg.max_steps)))
+            size, steps, noise = int(cfg.image_size), int(cfg.max_steps), float(cfg.action_noise)
+            jobs.append((cfg.env, ti, a, task, seed, cams, size, steps, noise))
         return jobs
 
     def finished(self, ti: int, attempt: int, seed: int, frames: dict | None) -> None:
