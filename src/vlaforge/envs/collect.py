@@ -7,7 +7,7 @@ most `max_attempts` per task): the kept episodes are a function of (env, tasks, 
 they are written in task order, then attempt order, whatever order the worker processes finish in.
 
 Design choices (docs/envs.md#collection): each attempt runs twice, first without rendering (failures cost
-only physics), then, if it succeeded, replayed from the same seed with the recorded actions and rendered,
+only physics), then, if it succeeded, replayed from the same seed with the actions it applied and rendered,
 checking that the replay reproduces the success flags; an episode ends `SUCCESS_TAIL` steps after its
 first success; workers are spawned processes keeping one env per task; the dataset is built in a hidden
 sibling directory and moved into place at the end, so a failed collection leaves nothing at `out`.
