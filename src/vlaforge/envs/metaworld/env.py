@@ -94,7 +94,6 @@ class MetaWorldEnv:
         render: bool = True,
     ) -> None:
         configure_rendering()  # before metaworld imports mujoco
-        import mujoco
         from metaworld.env_dict import ENV_CLS_MAP
 
         self.task = SPEC.check_task(task)
@@ -116,7 +115,6 @@ class MetaWorldEnv:
         env.seeded_rand_vec = True  # draw positions from env.np_random, which reset(seed) sets
         env.max_path_length = self.max_steps
         self._env = env
-        self._kinematics = mujoco.mj_kinematics
         self._expert = make_expert(self.task)
         self._raw_obs: np.ndarray | None = None
         self._steps = 0
@@ -177,6 +175,8 @@ class MetaWorldEnv:
             seed: the episode's seed.
             render: whether the returned observation carries images; None follows `render_images`.
         """
+        import mujoco  # after configure_rendering (__init__), like the renderer's import
+
         self._env.np_random = np.random.default_rng(int(seed))
         raw, _ = self._env.reset()
         # Meta-World's reset_model places goal sites and static bodies (reach's goal marker, the hole of
@@ -184,7 +184,7 @@ class MetaWorldEnv:
         # renderer reads would still be the previous draw's until the first step: the first frame showed
         # another scene's goal. Recomputing the kinematics from the state fixes the frame and leaves the
         # trajectory alone (mj_step recomputes the same quantities before it integrates).
-        self._kinematics(self._env.model, self._env.data)
+        mujoco.mj_kinematics(self._env.model, self._env.data)
         self._raw_obs = raw
         self._steps = 0
         return self.observe(render)
