@@ -2,9 +2,11 @@
 
 Sequence per sample, left-padded to the batch's longest:
 
-    [pad ...] [BOS] [patches of camera 1] ... [patches of camera C] [state token?] [prompt ids] [suffix]
+    [pad ...] [BOS] [patches of camera 1] ... [patches of camera C] [keypoints?] [state token?] [prompt ids] [suffix]
 
 - Patches are the projected second-to-last-block features (`vision.py`), cameras in embodiment order.
+- With `preset.keypoints`, one spatial soft-argmax token per camera image follows the patches, in the
+  patches' order (`keypoints.py`).
 - The optional state token is `Linear(state_dim -> d_llm)` of the normalised proprioceptive state.
 - The suffix is what the head appends: teacher-forced action tokens + `</s>` (token head) or H*D learned
   placeholders (chunk head). Because padding is on the left and the suffix has the same length for every
@@ -34,6 +36,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from vlaforge.errors import InputError
+from vlaforge.models.keypoints import KeypointEncoder
 from vlaforge.models.presets import LLMSpec, Preset
 from vlaforge.models.vision import Projector, VisionFeaturizer
 
@@ -122,7 +125,7 @@ def build_mask(valid: torch.Tensor, n_bidirectional: int, dtype: torch.dtype) ->
 
 
 class PrismaticBackbone(nn.Module):
-    """Vision featurizer + projector + causal LM (+ optional state projection).
+    """Vision featurizer + projector + causal LM (+ optional keypoint encoder and state projection).
 
     Args:
         preset: the model configuration.
@@ -140,6 +143,9 @@ class PrismaticBackbone(nn.Module):
         )
         self.projector = Projector(preset.vision_dim, preset.llm.hidden_size, fused=len(preset.vision) == 2)
         self.llm = build_llm(preset.llm)
+        self.keypoints = (
+            KeypointEncoder(preset.keypoints, preset.llm.hidden_size) if preset.keypoints else None
+        )
         self.state_dim = state_dim if preset.use_state else 0
         # With history, the T states of a sample (oldest first) are one token: Linear(T * S -> d).
         self.state_proj = (
@@ -169,7 +175,7 @@ class PrismaticBackbone(nn.Module):
     def embed_images(self, images: list[torch.Tensor]) -> torch.Tensor:
         """Per-camera uint8 (B, h, w, 3) (or (B, T, h, w, 3) with history), or already preprocessed float
         pixels (B, 3 * n_towers, S, S) as OpenVLA's processor returns them -> projected patches
-        (B, C * T * n_patches, d_llm)."""
+        (B, C * T * n_patches, d_llm), followed by the C * T keypoint tokens when the preset has them."""
         # With history a camera's frames are (B, T, h, w, 3): each time step is read like another camera,
         # oldest first, so the patches of one camera's T frames are consecutive.
         images = [frame for img in images for frame in (img.unbind(1) if img.ndim == 5 else (img,))]
@@ -179,7 +185,12 @@ class PrismaticBackbone(nn.Module):
         feats = self.vision(pixels)  # (C*B, n_patches, d_vision)
         patches = self.projector(feats)  # (C*B, n_patches, d_llm)
         C = len(images)
-        return patches.view(C, B, -1, patches.shape[-1]).transpose(0, 1).flatten(1, 2)  # (B, C*n_patches, d)
+        # (B, C*n_patches, d)
+        tokens = patches.view(C, B, -1, patches.shape[-1]).transpose(0, 1).flatten(1, 2)
+        if self.keypoints is None:
+            return tokens
+        points = self.keypoints(pixels[:, :3])  # the first tower's normalised pixels -> (C*B, d)
+        return torch.cat([tokens, points.view(C, B, -1).transpose(0, 1)], dim=1)  # (B, C*n_patches + C, d)
 
     def _pixels(self, img: torch.Tensor) -> torch.Tensor:
         if img.dtype == torch.uint8:

@@ -142,6 +142,9 @@ class Preset:
         resize_strategy: OpenVLA's `image_resize_strategy` (with "bicubic-pil"): "resize-naive" (stretch
             to a square), "letterbox" (pad to a square with the mean colour first) or "resize-crop"
             (shorter side to `image_size`, then a centre crop).
+        keypoints: K > 0 adds one token per camera image after its patches: K spatial soft-argmax
+            keypoints of a small conv net at the image's resolution (`vlaforge.models.keypoints`), a
+            position-aware read-out of the image (where a one-pixel goal marker is, say); 0 (OpenVLA) adds none.
     """
 
     name: str
@@ -161,10 +164,18 @@ class Preset:
     history: int = 1
     family: dict[str, Any] | None = None
     vlm: dict[str, Any] | None = None
+    keypoints: int = 0
 
     def __post_init__(self) -> None:
         if self.history < 1:
             raise InputError(f"history must be >= 1 (observations per prediction); got {self.history}")
+        if self.keypoints < 0:
+            raise InputError(f"keypoints must be >= 0 (0: no keypoint token); got {self.keypoints}")
+        if self.keypoints and (self.family is not None or self.vlm is not None):
+            raise InputError(
+                f"preset {self.name!r}: keypoint tokens are a Prismatic backbone's; a pretrained family or "
+                "transformers VLM backbone reads its images its own way (leave keypoints at 0)"
+            )
         if self.family is not None:
             if not isinstance(self.family, dict) or not isinstance(self.family.get("config"), dict):
                 raise InputError(f"preset {self.name!r}: family must be {{'type': ..., 'config': {{...}}}}")

@@ -50,6 +50,14 @@ def build_policy(
 
     init = cfg.init if cfg.init is not None else cfg.preset
     init_dir = Path(init)
+    foreign = cfg.init is not None and (
+        lerobot_format.detect(init) or openvla.is_openvla_dir(init_dir) or openvla.is_hub_id(init)
+    )
+    if cfg.keypoints and foreign:
+        raise InputError(
+            f"--keypoints {cfg.keypoints}: keypoint tokens are built into vlaforge's Prismatic backbone; "
+            f"{init} is an OpenVLA or LeRobot checkpoint (train from a preset or a vlaforge policy directory)"
+        )
     if cfg.init is not None and lerobot_format.detect(init):
         policy = _from_lerobot(cfg, embodiment, norm_stats)
     elif cfg.init is not None and (openvla.is_openvla_dir(init_dir) or openvla.is_hub_id(init)):
@@ -86,11 +94,19 @@ def build_policy(
             norm_stats,
             chunk_size=cfg.chunk_size,
             history=cfg.history,
+            keypoints=cfg.keypoints,
             **cfg.head_options,
         )
         weights = load_file(str(init_files.weights))
         parts = ("backbone.vision.", "backbone.projector.", "backbone.llm.")
-        wanted = {k for k in policy.state_dict() if k.startswith(parts)}
+        own = policy.state_dict()
+        wanted = {k for k in own if k.startswith(parts)}
+        # A keypoint encoder continues when the directory's policy has one of the same size.
+        wanted |= {
+            k
+            for k in own
+            if k.startswith("backbone.keypoints.") and k in weights and weights[k].shape == own[k].shape
+        }
         if cfg.init_head:  # the whole policy continues (DAgger): every tensor, same shapes
             wanted = _whole_policy(policy, weights, init_files)
         missing = sorted(wanted - set(weights))
@@ -111,6 +127,7 @@ def build_policy(
             norm_stats,
             chunk_size=cfg.chunk_size,
             history=cfg.history,
+            keypoints=cfg.keypoints,
             tokenizer_path=cfg.tokenizer_path,
             **cfg.head_options,
         )

@@ -96,6 +96,9 @@ class TrainConfig(JsonConfig):
         chunk_size: action chunk H; None takes the head's default (tokens: 1, chunk: the preset's).
         history: observations per prediction T (the current one and the T - 1 before it, padded at an
             episode's start by repeating its first); None takes the preset's (1).
+        keypoints: K spatial soft-argmax keypoints per camera image, one token each
+            (`vlaforge.models.keypoints`); None takes the preset's (0: none; a policy directory's own when
+            fine-tuning from one).
         save_every: checkpoint every N steps (and always at the end, and on Ctrl-C / SIGTERM at the next
             step boundary); None: only at the end and by ``save_minutes``. 1,000 steps is a few minutes
             of the tiny preset on a CPU; ``save_minutes`` bounds what a slow (large) run can lose.
@@ -172,6 +175,7 @@ class TrainConfig(JsonConfig):
     clip_grad: float = 1.0
     chunk_size: int | None = None
     history: int | None = None
+    keypoints: int | None = None
     save_every: int | None = 1000
     keep_checkpoints: int = 3
     save_minutes: float | None = 30.0
@@ -228,6 +232,8 @@ class TrainConfig(JsonConfig):
             problems.append(f"chunk_size={self.chunk_size} (must be >= 1)")
         if self.history is not None and self.history < 1:
             problems.append(f"history={self.history} (must be >= 1)")
+        if self.keypoints is not None and self.keypoints < 0:
+            problems.append(f"keypoints={self.keypoints} (must be >= 0; 0: no keypoint token)")
         if self.keep_checkpoints < 0:
             problems.append(
                 f"keep_checkpoints={self.keep_checkpoints} (must be >= 1, or 0 to keep every one)"

@@ -381,6 +381,8 @@ def check_exportable(bundle: Bundle) -> None:
         problems.append(f"tokenizer {p.tokenizer!r} (OpenVLA uses the Llama tokenizer)")
     if p.use_state and emb.state_dim:
         problems.append("a state token (OpenVLA reads no proprioception)")
+    if p.keypoints:
+        problems.append(f"{p.keypoints} keypoint tokens (OpenVLA reads patches only)")
     if len(emb.camera_names) != 1:
         problems.append(f"{len(emb.camera_names)} cameras (OpenVLA reads one image)")
     if p.llm.model_type != "llama":
