@@ -5,7 +5,8 @@ keeps the image's grid, a softmax over positions turns each of its K output chan
 over the image, and the channel's expected coordinates (x, y) are the features. robomimic and Diffusion
 Policy read images the same way. A ViT's patch tokens hold where things are only in their position
 embeddings, and the LLM must learn to pick the one patch that matters out of all of them; the expected
-coordinates hand it positions directly, at finer than patch resolution.
+coordinates hand it positions directly, at finer than patch resolution. Measured on Meta-World's reach
+(docs/results.md, "Reach alone"), the tiny policy read the goal from its patches as well without them.
 
 With `Preset.keypoints = K > 0` the Prismatic backbone runs one `KeypointEncoder` over every camera image
 (the first tower's normalised pixels at `image_size`) and adds its token after that image's patches:

@@ -7,7 +7,8 @@ resolved values and the recipe's name, so a run says exactly what it trained wit
 
 - `mt50` (CPU, the `tiny` preset): one language-conditioned policy for all 50 Meta-World tasks from
   `vlaforge collect --tasks mt50 --episodes 50 --image-size 64`. Flow-matching chunk head (the best of
-  `bench/heads.py`), no random-shift augmentation, every task sampled equally often, AdamW at the preset's 1e-3 with 1,000 warm-up steps and a cosine decay to zero.
+  `bench/heads.py`), no random-shift augmentation, every task sampled equally often, AdamW at the
+  preset's 1e-3 with 1,000 warm-up steps and a cosine decay to zero.
   Checkpoint selection: none. The run's last checkpoint is the one evaluated, so no evaluation seed
   ever influences which weights are reported. The recipe shifted images by up to 4 px (DrQ's 4 at 84 px,
   scaled) until MT10 showed what that costs with a fixed camera: the shift blurs where things are in the
