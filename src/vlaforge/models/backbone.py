@@ -2,7 +2,7 @@
 
 Sequence per sample, left-padded to the batch's longest:
 
-    [pad ...] [BOS] [patches of camera 1] ... [patches of camera C] [keypoints?] [state?] [prompt ids] [suffix]
+    [pad ...] [BOS] [patches of camera 1] ... [patches of camera C] [keypoints?] [state?] [prompt] [suffix]
 
 - Patches are the projected second-to-last-block features (`vision.py`), cameras in embodiment order.
 - With `preset.keypoints`, one spatial soft-argmax token per camera image follows the patches, in the
