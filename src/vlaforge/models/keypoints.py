@@ -57,7 +57,7 @@ class SpatialSoftmax(nn.Module):
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
         N, K, H, W = maps.shape
         z = maps.reshape(N, K, H * W).float()
-        z = (z - z.mean(-1, keepdim=True)) / (z.std(-1, keepdim=True) + 1e-6)
+        z = (z - z.mean(-1, keepdim=True)) / (z.std(-1, keepdim=True, correction=0) + 1e-6)
         prob = torch.softmax(z / self.log_temperature.float().exp(), dim=-1)  # (N, K, H*W)
         gx, gy = grid_coordinates(H, W, maps.device, torch.float32)
         xy = torch.stack([prob @ gx, prob @ gy], dim=-1)  # (N, K, 2)
