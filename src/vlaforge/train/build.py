@@ -50,17 +50,20 @@ def build_policy(
 
     init = cfg.init if cfg.init is not None else cfg.preset
     init_dir = Path(init)
-    foreign = cfg.init is not None and (
-        lerobot_format.detect(init) or openvla.is_openvla_dir(init_dir) or openvla.is_hub_id(init)
+    from_lerobot = cfg.init is not None and lerobot_format.detect(init)
+    from_openvla = (
+        cfg.init is not None
+        and not from_lerobot
+        and (openvla.is_openvla_dir(init_dir) or openvla.is_hub_id(init))
     )
-    if cfg.keypoints and foreign:
+    if cfg.keypoints and (from_lerobot or from_openvla):
         raise InputError(
             f"--keypoints {cfg.keypoints}: keypoint tokens are built into vlaforge's Prismatic backbone; "
             f"{init} is an OpenVLA or LeRobot checkpoint (train from a preset or a vlaforge policy directory)"
         )
-    if cfg.init is not None and lerobot_format.detect(init):
+    if from_lerobot:
         policy = _from_lerobot(cfg, embodiment, norm_stats)
-    elif cfg.init is not None and (openvla.is_openvla_dir(init_dir) or openvla.is_hub_id(init)):
+    elif from_openvla:
         # An OpenVLA checkpoint: its backbone (memory-mapped, no second copy) under a fresh head for
         # this dataset's embodiment; float32 weights train; a base quantised on CUDA keeps its dtype
         # (bfloat16 for openvla-7b), which autocast computes in.
