@@ -58,6 +58,8 @@ def test_bad_config_values(tmp_path):
         EvalConfig(policy="expert", instructions="test", out=tmp_path)
     with pytest.raises(ValueError, match="episodes"):
         EvalConfig(policy="expert", episodes=0, out=tmp_path)
+    with pytest.raises(InputError, match="video_crf must be in 0..51"):
+        EvalConfig(policy="expert", video_crf=52, out=tmp_path)
     with pytest.raises(ValueError, match="did you mean"):
         evaluate(EvalConfig(policy="expert", tasks="reach-v4", out=tmp_path))
 

@@ -77,6 +77,25 @@ def test_a_kept_video_still_has_every_frame(tmp_path):
     assert {k: v for k, v in rec.items() if k != "video"} == {k: v for k, v in ref.items() if k != "video"}
 
 
+def test_lossless_videos_keep_each_frame_whatever_follows(tmp_path):
+    """`--video-crf 0`: a frame decodes to its pixels (within one level: RGB to YUV and back) in any
+    video, so two runs' videos can be compared frame by frame."""
+    from vlaforge.data.video import read_video
+    from vlaforge.eval.rollout import write_mp4
+
+    rng = np.random.default_rng(0)
+    grey = lambda: np.repeat(rng.integers(0, 256, (32, 32, 1), dtype=np.uint8), 3, axis=2)  # noqa: E731
+    first = grey()
+    decoded = []
+    for k in range(2):  # the same first frame, then two different continuations
+        frames = [first] + [grey() for _ in range(6)]
+        _, video = read_video(write_mp4(frames, tmp_path / f"{k}.mp4", fps=10.0, crf=0))
+        assert video.shape == (7, 32, 32, 3)
+        assert np.abs(video.astype(int) - np.stack(frames).astype(int)).max() <= 1
+        decoded.append(video[0])
+    np.testing.assert_array_equal(decoded[0], decoded[1])
+
+
 def test_controllers_without_eyes_render_nothing():
     ctl = RandomController(embodiment(("corner2",), SIZE))
     rec, renders = _run(ctl, 11, render_every_step=False, max_steps=30)

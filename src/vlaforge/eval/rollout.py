@@ -51,6 +51,8 @@ from vlaforge.types import Observation
 EXECUTIONS = {"open-loop": "open_loop", "receding": "open_loop", "ensemble": "ensemble"}
 # ACT's m: w_i = exp(-m i), w_0 for the oldest prediction (`k = 0.01` in tonyzhaozh/act imitate_episodes.py).
 ENSEMBLE_DECAY = 0.01
+# H.264 quality of the evaluation videos (`write_mp4`): small files, lossy at these image sizes.
+VIDEO_CRF = 23
 
 
 @dataclass
@@ -96,6 +98,7 @@ class WorkerSpec:
         record_tail: steps recorded after an episode's first success (`run_episode`'s `tail`).
         unnorm_key: a mixture's checkpoint: the training dataset whose statistics un-normalise (None: its
             only set).
+        video_crf: the videos' H.264 quality (`write_mp4`; 0: lossless).
     """
 
     policy: str
@@ -113,6 +116,7 @@ class WorkerSpec:
     record_dir: str | None = None
     record_tail: int = 0
     unnorm_key: str | None = None
+    video_crf: int = VIDEO_CRF
 
 
 def connect_remote(uri: str, cameras: list[str], image_size: int, env: str = DEFAULT_ENV) -> Any:
@@ -144,9 +148,14 @@ def build_controller(spec: WorkerSpec) -> Controller:
     return PolicyController(policy, spec.execute_steps, spec.unnorm_key)
 
 
-def write_mp4(frames: list[np.ndarray], path: str | Path, fps: float) -> Path:
+def write_mp4(frames: list[np.ndarray], path: str | Path, fps: float, crf: int = VIDEO_CRF) -> Path:
     """Encodes uint8 (H, W, 3) frames as an mp4 browsers can play (h264, yuv420p) through
     `vlaforge.data.video.write_video` (MPEG-4 part 2 where this PyAV build has no h264 encoder).
+
+    `crf` is H.264's quality (0: lossless, 51: worst). The default keeps videos small; at 32-64 px it
+    moves about 15% of the pixels by more than 8 levels, and x264 sets a frame's quantiser from the
+    frames after it, so the same frame can decode differently in two videos. 0 keeps every frame exact
+    (up to yuv420p's half-resolution colour).
 
     Odd sides are padded by one pixel: yuv420p needs even dimensions, and the writer would otherwise
     switch to yuv444p, which browsers do not play.
@@ -157,7 +166,7 @@ def write_mp4(frames: list[np.ndarray], path: str | Path, fps: float) -> Path:
     _, h, w, _ = video.shape
     if h % 2 or w % 2:
         video = np.pad(video, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
-    return write_video(path, video, fps, codec="h264", crf=23)
+    return write_video(path, video, fps, codec="h264", crf=crf)
 
 
 def run_episode(
@@ -170,6 +179,7 @@ def run_episode(
     execution: str = "open-loop",
     ensemble_decay: float = ENSEMBLE_DECAY,
     tail: int = 0,
+    video_crf: int = VIDEO_CRF,
 ) -> dict:
     """Runs one episode and returns its record (task, episode, instruction, seed, success, steps, video).
 
@@ -191,6 +201,7 @@ def run_episode(
         tail: steps the controller keeps acting after the first success, for a recording env to see what
             follows success (`vlaforge eval --record`); the outcome, `steps` and the video end at the
             success as without it. With a tail, the record's ``tail_steps`` counts the steps taken.
+        video_crf: the video's H.264 quality (`write_mp4`).
     """
     if execution not in EXECUTIONS:
         raise InputError(f"execution must be one of {list(EXECUTIONS)}; got {execution!r}")
@@ -242,7 +253,7 @@ def run_episode(
             obs = env.observe(render=True)  # the state the controller re-plans from
     video = None
     if frames is not None:
-        video = str(write_mp4(frames, job.video, fps))
+        video = str(write_mp4(frames, job.video, fps, video_crf))
     return {
         "task": job.task,
         "episode": job.episode,
@@ -300,7 +311,7 @@ class EpisodeRunner:
             spec = self.spec
             record = run_episode(
                 self.controller, env, job, spec.max_steps, spec.fps, spec.render_every_step,
-                spec.execution, spec.ensemble_decay, spec.record_tail if spec.record_dir else 0,
+                spec.execution, spec.ensemble_decay, spec.record_tail if spec.record_dir else 0, spec.video_crf,
             )  # fmt: skip
             if spec.record_dir:
                 from vlaforge.eval.record import trace_path

@@ -77,7 +77,7 @@ from vlaforge.eval.checks import (
     trained_env,
     training_seeds,
 )
-from vlaforge.eval.rollout import ENSEMBLE_DECAY, EXECUTIONS, Job, WorkerSpec, run_jobs
+from vlaforge.eval.rollout import ENSEMBLE_DECAY, EXECUTIONS, VIDEO_CRF, Job, WorkerSpec, run_jobs
 from vlaforge.eval.suites import ABOUT, MODES, instruction_for, load_phrasings, parse_mode
 from vlaforge.eval.summary import (
     HELDOUT_NOTE,
@@ -129,6 +129,8 @@ class EvalConfig:
             "perturb" (both, plus distractor words, word order and typos), "train" or "heldout" alone,
             or the path of a JSON file {task: [phrasing, ...]} (train plus those phrasings, cycled).
         videos: videos kept per task (0: none).
+        video_crf: the videos' H.264 quality, 0 (lossless: every frame exact, for looking at one-pixel
+            details or comparing two runs frame by frame) to 51; the default keeps files small.
         seed: base seed; episode i of task t starts from `episode_seed(seed, t, i)`. `vlaforge collect`
             draws its demonstrations from `episode_seed(collect_seed, t, k)`, so keep the two seeds apart
             (collect defaults to 0, eval to 1000) or the evaluation replays training scenes.
@@ -182,6 +184,7 @@ class EvalConfig:
     max_steps: int | None = None
     instructions: str = "both"
     videos: int = 2
+    video_crf: int = VIDEO_CRF
     seed: int = 1000
     execute_steps: int | None = None
     device: str = "auto"
@@ -225,6 +228,8 @@ class EvalConfig:
             raise InputError(f"workers must be >= 0; got {self.workers}")
         if self.videos < 0:
             raise InputError(f"videos must be >= 0; got {self.videos}")
+        if not 0 <= self.video_crf <= 51:
+            raise InputError(f"video_crf must be in 0..51 (H.264's scale, 0 lossless); got {self.video_crf}")
         if self.record_tail < 0:
             raise InputError(f"record_tail must be >= 0; got {self.record_tail}")
         self.instructions = str(self.instructions)
@@ -516,7 +521,7 @@ def _worker_spec(
         policy=str(cfg.policy), cameras=list(side.embodiment.camera_names), image_size=side.embodiment.image_size,
         max_steps=cfg.max_steps, execute_steps=side.execute_steps, device=device, fps=float(env.control_hz),
         execution=cfg.execution, ensemble_decay=cfg.ensemble_decay, env=env.name, record_dir=record_dir,
-        record_tail=cfg.record_tail, unnorm_key=cfg.unnorm_key,
+        record_tail=cfg.record_tail, unnorm_key=cfg.unnorm_key, video_crf=cfg.video_crf,
     )  # fmt: skip
 
 

@@ -119,7 +119,9 @@ class _SimWorker:
                 ended = True
                 break
         if ended:
-            video = str(write_mp4(ep.frames, ep.job.video, self.spec.fps)) if keep else None
+            video = (
+                str(write_mp4(ep.frames, ep.job.video, self.spec.fps, self.spec.video_crf)) if keep else None
+            )
             self._release(slot)
             return {"slot": slot, "ended": True, "success": ep.success, "steps": ep.steps, "video": video}
         if not obs.images:
