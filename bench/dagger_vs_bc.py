@@ -117,6 +117,10 @@ def main() -> None:
     p.add_argument(
         "--lr", type=float, default=None, help="fine-tuning learning rate (default: the init run's)"
     )
+    p.add_argument(
+        "--schedule", choices=["constant", "cosine"], default="constant",
+        help="each round's learning-rate schedule, both arms (cosine: warm-up, then down to 0)",
+    )  # fmt: skip
     a = p.parse_args()
     from vlaforge.train.config import TrainConfig
     from vlaforge.train.loop import train
@@ -149,7 +153,7 @@ def main() -> None:
     cfg = DaggerConfig(init=str(init), out=str(out / "dagger"), rounds=a.rounds, tasks=",".join(tasks),
                        episodes_per_round=a.rollouts, steps_per_round=a.steps_per_round, max_steps=max_steps,
                        eval_episodes=a.eval_episodes, workers=2, device="cpu", lr=a.lr,
-                       takeover=a.takeover, beta=a.beta, beta_decay=a.beta_decay)  # fmt: skip
+                       schedule=a.schedule, takeover=a.takeover, beta=a.beta, beta_decay=a.beta_decay)  # fmt: skip
     state = run_dagger(cfg)
     timing["dagger_s"] = round(time.time() - t1, 1)
     t2 = time.time()

@@ -368,3 +368,24 @@ def test_init_head_continues_the_whole_policy(init):
         InputError, match=r"built with --head chunk --chunk-size 4 --history 1 on data of action dim 4"
     ):
         build_policy(bad, files.embodiment, files.norm_stats)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_a_rounds_fine_tune_follows_the_chosen_schedule(init, tmp_path, schedule):
+    """`--schedule cosine`: each round warms up briefly and ends at a learning rate near 0; `constant`
+    (the default) keeps the rate from the first step to the last."""
+    from vlaforge.dagger.run import train_config
+    from vlaforge.train.config import lr_at
+
+    saved = json.loads((init / "trainer_state.json").read_text())["config"]
+    cfg = _config(init, tmp_path / "o", steps_per_round=400, lr=1e-4, schedule=schedule)
+    tc = train_config(cfg, {"train": saved}, 1, str(init), tmp_path / "round-1" / "mix.json", SIZE)
+    assert (tc.schedule, tc.steps, tc.lr) == (schedule, 400, 1e-4)
+    rates = [lr_at(s, tc.lr, tc.schedule, tc.warmup_steps, tc.steps) for s in (0, 200, 399)]
+    if schedule == "constant":
+        assert tc.warmup_steps == 0 and rates == [1e-4] * 3
+    else:  # 5% of the steps warm up (20), the middle is near half the rate, the last step near 0
+        assert tc.warmup_steps == 20 and rates[0] == pytest.approx(5e-6)
+        assert rates[1] == pytest.approx(0.5e-4, rel=0.1) and rates[2] < 1e-7
+    with pytest.raises(InputError, match="schedule 'linear'"):
+        _config(init, tmp_path / "o", schedule="linear")

@@ -77,6 +77,9 @@ class DaggerConfig(JsonConfig):
         eval_episodes: evaluation episodes per task, every round (round 0 evaluates ``init``).
         batch_size: fine-tuning micro-batch (None: the ``init`` run's).
         lr: fine-tuning learning rate (None: the ``init`` run's).
+        schedule: each round's learning-rate schedule: ``constant`` (the rate throughout, no warm-up) or
+            ``cosine`` (a short warm-up, then down to 0 at the round's last step, so the round ends at a
+            settled point rather than wherever the last constant-rate steps left it).
         seed: the fine-tuning runs' seed (round r trains with seed + r).
         workers: evaluation worker processes (0: in this process).
         device: torch device for roll-outs and fine-tuning (``auto``: CUDA when present).
@@ -102,6 +105,7 @@ class DaggerConfig(JsonConfig):
     eval_episodes: int = 10
     batch_size: int | None = None
     lr: float | None = None
+    schedule: str = field(default="constant", metadata={"choices": ["constant", "cosine"]})
     seed: int = 0
     workers: int = 2
     device: str = "auto"
@@ -136,6 +140,8 @@ class DaggerConfig(JsonConfig):
             problems.append(f"batch_size={self.batch_size} (must be >= 1)")
         if self.lr is not None and not self.lr > 0:
             problems.append(f"lr={self.lr} (must be > 0)")
+        if self.schedule not in ("constant", "cosine"):
+            problems.append(f"schedule {self.schedule!r} (choose constant or cosine)")
         if self.rollout_seed == self.eval_seed:
             problems.append(
                 f"rollout_seed and eval_seed are both {self.eval_seed}: the roll-outs would train on the "

@@ -137,7 +137,7 @@ def train_config(cfg: DaggerConfig, plan: dict[str, Any], r: int, policy: str, m
 
     saved = dict(plan["train"])
     for key in ("recipe", "resume", "schedule", "warmup_steps", "threads", "init", "preset", "quantize"):
-        saved.pop(key, None)  # a fine-tune of its own: constant learning rate, no warm-up (TrainConfig)
+        saved.pop(key, None)  # a fine-tune of its own: `cfg.schedule` with TrainConfig's warm-up for it
     changes = {
         "dataset": str(mix),
         "out": str(mix.parent / "train"),
@@ -145,6 +145,7 @@ def train_config(cfg: DaggerConfig, plan: dict[str, Any], r: int, policy: str, m
         "init_head": True,
         "balance": "frames",  # the aggregate is a mixture, drawn by its weights (every frame alike)
         "steps": cfg.steps_per_round,
+        "schedule": cfg.schedule,
         "save_every": None,
         "seed": cfg.seed + r,
         "device": cfg.device,
