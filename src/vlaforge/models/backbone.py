@@ -29,6 +29,8 @@ only, so left padding does not shift RoPE positions: batched decoding equals one
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -259,14 +261,16 @@ class PrismaticBackbone(nn.Module):
 
     def run(self, seq: Sequence, cache=None) -> tuple[torch.Tensor, object]:
         """LLM decoder over an assembled sequence -> (final hidden states (B, T, d), KV cache or None)."""
-        out = self.llm.get_decoder()(
+        decoder = self.llm.get_decoder()
+        name = _cache_argument(type(decoder))
+        out = decoder(
             inputs_embeds=seq.embeds,
             attention_mask=seq.mask,
             position_ids=seq.position_ids,
-            past_key_values=cache,
             use_cache=cache is not None,
+            **{name: cache},
         )
-        return out.last_hidden_state, (out.past_key_values if cache is not None else None)
+        return out.last_hidden_state, (out[name] if cache is not None else None)
 
     @torch.no_grad()
     def encode_prefix(
@@ -312,3 +316,10 @@ class PrismaticBackbone(nn.Module):
         else:
             prefix.cache.crop(-K)  # drop the suffix again (negative: tokens to remove)
         return hidden
+
+
+@functools.cache
+def _cache_argument(decoder: type) -> str:
+    """The KV cache's name in `decoder.forward` and its output: ``cache`` from transformers 5.25 on,
+    ``past_key_values`` before (the old name still works there, with a deprecation warning)."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
