@@ -89,7 +89,9 @@ def test_one_token_per_camera_follows_the_patches_and_reads_the_pixels(policy, h
         assert tokens.shape == (3, 2 * n + 2, bb.hidden_size)
         for i, img in enumerate(images):  # the keypoint tokens come last, in camera order
             pixels = bb.vision.preprocess(img)[:, :3]
-            torch.testing.assert_close(tokens[:, 2 * n + i], bb.keypoints(pixels), rtol=0, atol=0)
+            # Not bit for bit: the cameras go through the convolutions as one batch there, and a batch of
+            # another size may take another kernel (seen: 3e-8 apart); the other camera's token is 0.35 away.
+            torch.testing.assert_close(tokens[:, 2 * n + i], bb.keypoints(pixels), rtol=0, atol=1e-6)
             torch.testing.assert_close(
                 tokens[:, i * n : (i + 1) * n], bb.projector(bb.vision(bb.vision.preprocess(img)))[:, :n]
             )
