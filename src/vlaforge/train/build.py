@@ -104,7 +104,8 @@ def build_policy(
         parts = ("backbone.vision.", "backbone.projector.", "backbone.llm.")
         own = policy.state_dict()
         wanted = {k for k in own if k.startswith(parts)}
-        # A keypoint encoder continues when the directory's policy has one of the same size.
+        # A keypoint encoder continues tensor by tensor where the directory's policy has the same shape
+        # (all of it for the same --keypoints; another K changes only the last conv and the projection).
         wanted |= {
             k
             for k in own
