@@ -348,15 +348,22 @@ def test_init_head_continues_the_whole_policy(init):
     from vlaforge.policy_files import read_policy_dir
     from vlaforge.train.build import build_policy
     from vlaforge.train.config import TrainConfig
+    from vlaforge.types import NormStats
 
     files = read_policy_dir(init)
     saved = json.loads((init / "trainer_state.json").read_text())["config"]
     weights = load_file(str(files.weights))
+    # New data with wider states (as DAgger's roll-outs bring): statistics other than the policy's.
+    wider = files.norm_stats.to_dict()
+    wider["observation.state"]["q01"] = [v - 0.1 for v in wider["observation.state"]["q01"]]
+    wider = NormStats.from_dict(wider)
     for whole in (True, False):
         given = {"init": str(init), "init_head": whole, "schedule": None, "warmup_steps": None}
         cfg = TrainConfig.from_dict({**saved, **given})
         torch.manual_seed(123)  # a fresh head is not the trained one
-        policy, _ = build_policy(cfg, files.embodiment, files.norm_stats)
+        policy, _ = build_policy(cfg, files.embodiment, wider)
+        # The whole policy keeps the statistics it was trained with; a fresh head takes the data's.
+        assert policy.norm_stats.to_dict() == (files.norm_stats if whole else wider).to_dict()
         same = {k: torch.equal(v, weights[k]) for k, v in policy.state_dict().items()}
         head = [k for k in same if k.startswith("head.")]
         assert head and all(same[k] for k in same if k.startswith("backbone.vision."))

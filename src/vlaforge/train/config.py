@@ -67,9 +67,10 @@ class TrainConfig(JsonConfig):
             so an OpenVLA token head continues from its action tokens), and the run's dataset brings its
             own embodiment (any action dim) and statistics.
         init_head: with a vlaforge policy directory as ``init``, its action head and state projection
-            continue too (the whole policy fine-tunes, as DAgger's rounds do; `vlaforge.dagger`); needs
-            the same head, chunk size, history and action / state dims as the directory's policy. Off: the
-            head starts fresh (a new dataset brings its own statistics).
+            continue too, and its normalisation statistics with them (the whole policy fine-tunes, as
+            DAgger's rounds do; `vlaforge.dagger`); needs the same head, chunk size, history and action /
+            state dims as the directory's policy. Off: the head starts fresh and the dataset brings its
+            own statistics.
         quantize: ``int4`` or ``int8`` quantises the ``init`` base (vision, projector, LLM) on the training
             device and trains LoRA adapters over it (QLoRA, `vlaforge.train.qlora`): bitsandbytes on CUDA,
             vlaforge's portable kernels on the CPU; needs ``lora_rank`` > 0. Checkpoints hold the adapters
