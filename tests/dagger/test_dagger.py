@@ -396,3 +396,10 @@ def test_a_rounds_fine_tune_follows_the_chosen_schedule(init, tmp_path, schedule
         assert rates[1] == pytest.approx(0.5e-4, rel=0.1) and rates[2] < 1e-7
     with pytest.raises(InputError, match="schedule 'linear'"):
         _config(init, tmp_path / "o", schedule="linear")
+    # A run started before --schedule existed (its dagger.json has no such key) trained at a constant rate.
+    older = {k: v for k, v in cfg.to_dict().items() if k != "schedule"}
+    if schedule == "constant":
+        cfg.check_continues(older, tmp_path / "o")
+    else:
+        with pytest.raises(InputError, match="schedule: 'constant' -> 'cosine'"):
+            cfg.check_continues(older, tmp_path / "o")

@@ -182,6 +182,7 @@ class DaggerConfig(JsonConfig):
 
     def check_continues(self, saved: dict[str, Any], where: Path) -> None:
         """Refuses to continue the run in `where` (started with `saved`) under other settings."""
+        saved = {"schedule": "constant", **saved}  # runs from before --schedule trained at a constant rate
         diffs = changed_settings(saved, self.to_dict(), RESUMABLE)
         if diffs:
             raise InputError(
