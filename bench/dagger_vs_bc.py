@@ -31,6 +31,7 @@ from vlaforge.envs.rendering import configure_rendering
 configure_rendering()
 
 from vlaforge.atomic import write_json  # noqa: E402
+from vlaforge.config import SCHEDULES  # noqa: E402
 from vlaforge.dagger.config import DaggerConfig  # noqa: E402
 from vlaforge.dagger.run import _evaluate, plot_curve, run_dagger, train_config  # noqa: E402
 from vlaforge.envs.base import episode_seed  # noqa: E402
@@ -118,7 +119,7 @@ def main() -> None:
         "--lr", type=float, default=None, help="fine-tuning learning rate (default: the init run's)"
     )
     p.add_argument(
-        "--schedule", choices=["constant", "cosine"], default="constant",
+        "--schedule", choices=list(SCHEDULES), default="constant",
         help="each round's learning-rate schedule, both arms (cosine: warm-up, then down to 0)",
     )  # fmt: skip
     a = p.parse_args()

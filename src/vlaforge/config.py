@@ -190,6 +190,8 @@ __all__ = ["add_config_args", "check_fields", "config_from_args", "field_docs", 
 
 # ------------------------------------------------------------------------------ what run configs share
 DEVICES = ("auto", "cpu", "cuda")
+# Learning-rate schedules of a training run (`vlaforge.train.config.lr_at`).
+SCHEDULES = ("constant", "cosine")
 
 
 def changed_settings(
@@ -215,6 +217,18 @@ class JsonConfig:
     def from_dict(cls, d: dict[str, Any]) -> typing.Self:
         known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def field_defaults(cls) -> dict[str, Any]:
+        """Every field's default (fields without one left out): what a run whose saved config lacks a field,
+        added to vlaforge after the run started, effectively used."""
+        out = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.default is not dataclasses.MISSING:
+                out[f.name] = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                out[f.name] = f.default_factory()
+        return out
 
 
 def device_problems(device: str) -> list[str]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlaforge.config import JsonConfig, changed_settings
+from vlaforge.config import SCHEDULES, JsonConfig, changed_settings
 from vlaforge.errors import InputError
 from vlaforge.types import as_list
 
@@ -105,7 +105,7 @@ class DaggerConfig(JsonConfig):
     eval_episodes: int = 10
     batch_size: int | None = None
     lr: float | None = None
-    schedule: str = field(default="constant", metadata={"choices": ["constant", "cosine"]})
+    schedule: str = field(default="constant", metadata={"choices": list(SCHEDULES)})
     seed: int = 0
     workers: int = 2
     device: str = "auto"
@@ -140,8 +140,8 @@ class DaggerConfig(JsonConfig):
             problems.append(f"batch_size={self.batch_size} (must be >= 1)")
         if self.lr is not None and not self.lr > 0:
             problems.append(f"lr={self.lr} (must be > 0)")
-        if self.schedule not in ("constant", "cosine"):
-            problems.append(f"schedule {self.schedule!r} (choose constant or cosine)")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule {self.schedule!r} (choose one of {list(SCHEDULES)})")
         if self.rollout_seed == self.eval_seed:
             problems.append(
                 f"rollout_seed and eval_seed are both {self.eval_seed}: the roll-outs would train on the "
@@ -182,7 +182,7 @@ class DaggerConfig(JsonConfig):
 
     def check_continues(self, saved: dict[str, Any], where: Path) -> None:
         """Refuses to continue the run in `where` (started with `saved`) under other settings."""
-        saved = {"schedule": "constant", **saved}  # runs from before --schedule trained at a constant rate
+        saved = {**self.field_defaults(), **saved}  # a field added since the run started: its default
         diffs = changed_settings(saved, self.to_dict(), RESUMABLE)
         if diffs:
             raise InputError(

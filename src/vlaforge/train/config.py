@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from vlaforge.config import JsonConfig, changed_settings, device_problems
+from vlaforge.config import SCHEDULES, JsonConfig, changed_settings, device_problems
 from vlaforge.errors import InputError
 from vlaforge.head_specs import HEADS  # torch-free, so the CLI builds train's flags without torch
 from vlaforge.train.recipes import RECIPES, check_recipe
@@ -225,7 +225,7 @@ class TrainConfig(JsonConfig):
         if self.warmup_steps is None:
             cosine = self.schedule == "cosine"
             self.warmup_steps = min(WARMUP_MAX, int(self.steps) // WARMUP_FRACTION) if cosine else 0
-        if self.schedule not in ("constant", "cosine"):
+        if self.schedule not in SCHEDULES:
             problems.append(f"schedule {self.schedule!r} (choose 'constant' or 'cosine')")
         if not 0 <= self.warmup_steps < max(self.steps, 1):
             problems.append(f"warmup_steps={self.warmup_steps} (must be in [0, steps={self.steps}))")
