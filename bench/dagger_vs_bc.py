@@ -32,7 +32,7 @@ configure_rendering()
 
 from vlaforge.atomic import write_json  # noqa: E402
 from vlaforge.config import SCHEDULES  # noqa: E402
-from vlaforge.dagger.config import DaggerConfig  # noqa: E402
+from vlaforge.dagger.config import LABELS, DaggerConfig  # noqa: E402
 from vlaforge.dagger.run import _evaluate, plot_curve, run_dagger, train_config  # noqa: E402
 from vlaforge.envs.base import episode_seed  # noqa: E402
 from vlaforge.envs.collect import CollectConfig, collect, episode_writer, run_expert_episode  # noqa: E402
@@ -106,6 +106,11 @@ def main() -> None:
         "in N steps and only its frames are labels (DaggerConfig.takeover)",
     )
     p.add_argument(
+        "--labels", choices=list(LABELS), default="step",
+        help="DAgger's chunk targets: the expert's labels of the states after a frame (step) or its own "
+        "open-loop plan from the frame's state (plan; DaggerConfig.labels)",
+    )  # fmt: skip
+    p.add_argument(
         "--beta", type=float, default=0.0,
         help="DAgger's roll-outs: the expert drives a chunk with this probability in round 1 (DaggerConfig.beta)",
     )  # fmt: skip
@@ -154,7 +159,8 @@ def main() -> None:
     cfg = DaggerConfig(init=str(init), out=str(out / "dagger"), rounds=a.rounds, tasks=",".join(tasks),
                        episodes_per_round=a.rollouts, steps_per_round=a.steps_per_round, max_steps=max_steps,
                        eval_episodes=a.eval_episodes, workers=2, device="cpu", lr=a.lr,
-                       schedule=a.schedule, takeover=a.takeover, beta=a.beta, beta_decay=a.beta_decay)  # fmt: skip
+                       schedule=a.schedule, takeover=a.takeover, beta=a.beta, beta_decay=a.beta_decay,
+                       labels=a.labels)  # fmt: skip
     state = run_dagger(cfg)
     timing["dagger_s"] = round(time.time() - t1, 1)
     t2 = time.time()

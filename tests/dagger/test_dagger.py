@@ -29,25 +29,6 @@ SIZE = 32
 STATE = mw.embodiment("corner2", SIZE).state_dim
 
 
-@pytest.fixture(scope="module")
-def init(tmp_path_factory):
-    """A training checkpoint of the tiny preset on one expert episode (RUN/last)."""
-    import torch
-
-    from vlaforge.envs.collect import CollectConfig, collect
-    from vlaforge.train.config import TrainConfig
-    from vlaforge.train.loop import train
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("dagger")
-    data = collect(
-        CollectConfig(tasks=TASK, episodes=1, out=root / "data", image_size=SIZE, workers=0, max_steps=200)
-    )
-    train(TrainConfig(dataset=str(data), out=str(root / "run"), steps=2, batch_size=4, device="cpu", log_every=1,
-                      save_every=None, chunk_size=4))  # fmt: skip
-    return root / "run" / "last"
-
-
 def _config(init, out, **changes):
     fields = dict(init=str(init), out=str(out), rounds=2, tasks=TASK, episodes_per_round=1, steps_per_round=1,
                   max_steps=12, tail=2, eval_episodes=1, workers=0, device="cpu")  # fmt: skip

@@ -20,6 +20,7 @@ from vlaforge.errors import InputError
 from vlaforge.types import as_list
 
 EXPERTS = ("scripted", "recorded")
+LABELS = ("step", "plan")
 # The column LeRobot's human-in-the-loop recordings flag a frame a person drove with (LeRobot's
 # `lerobot/rl/buffer.py` writes `complementary_info.<key>` columns; the key is "is_intervention", the name
 # `lerobot/processor/hil_processor.py` gives the teleoperator's take-over). 1 / True: a human drove.
@@ -63,6 +64,13 @@ class DaggerConfig(JsonConfig):
             drove become labels, with the actions it executed, flagged in
             ``complementary_info.is_intervention`` (HG-DAgger, the scripted expert as the person watching);
             a take-over the expert does not finish is dropped.
+        labels: ``scripted`` plain DAgger (``takeover`` 0) only: what a labelled state's chunk target is.
+            ``step``: the expert's action there, and the chunk is cut from the labels of the states
+            after it, as from a demonstration; but those states are where the policy went, so the chunk
+            is the expert's answers along the policy's path, not a plan the expert would carry out.
+            ``plan``: the expert's own next H actions (H: the ``init`` run's chunk), run open loop from
+            that state in the simulator and the episode put back (the env's ``snapshot``/``restore``),
+            stored in the column ``expert_plan`` that training reads in place of the cut chunk.
         beta: ``scripted`` only, plain DAgger (``takeover`` 0): the paper's mixing weight in round 1, the
             probability that the expert, not the policy, drives a chunk (drawn at every chunk boundary,
             per roll-out from its own generator; the expert then drives the next ``execute_steps`` steps).
@@ -98,6 +106,7 @@ class DaggerConfig(JsonConfig):
     max_steps: int | None = None
     tail: int = 10
     takeover: int = 0
+    labels: str = field(default="step", metadata={"choices": list(LABELS)})
     beta: float = 0.0
     beta_decay: float = 1.0
     rollout_seed: int = 2000
@@ -126,6 +135,13 @@ class DaggerConfig(JsonConfig):
             problems.append(f"takeover={self.takeover} (must be >= 0; 0 labels every visited state)")
         elif self.takeover and self.expert != "scripted":
             problems.append("--takeover is for --expert scripted (a recording flags who drove itself)")
+        if self.labels not in LABELS:
+            problems.append(f"labels {self.labels!r} (choose one of {list(LABELS)})")
+        elif self.labels == "plan" and (self.takeover or self.expert != "scripted"):
+            problems.append(
+                "--labels plan runs the scripted expert ahead from the states the policy visits: give it "
+                "with --expert scripted and --takeover 0 (a take-over's frames are the expert's own plan)"
+            )
         for name in ("beta", "beta_decay"):
             if not 0.0 <= float(getattr(self, name)) <= 1.0:
                 problems.append(f"{name}={getattr(self, name)} (must be in [0, 1])")

@@ -9,6 +9,9 @@
   it drove are kept, flagged as interventions (HG-DAgger).
   With a mixing weight (``beta`` > 0) the expert drives each chunk with that probability (the paper's
   beta_i), every state is still labelled, and the frames it drove are flagged.
+  With plan labels (``plan`` H > 0) every labelled state also gets the expert's own next H actions, run
+  open loop from a snapshot of that state (the env's `snapshot`/`restore`), in ``expert_plan``: the chunk
+  target training uses for the frame (`vlaforge.data.interface.PLAN_COLUMN`).
 - `recorded`: a LeRobot v3.0 dataset recorded while a policy drove and a person could take over; the frames
   flagged in ``complementary_info.is_intervention`` (the column LeRobot's human-in-the-loop recordings
   write) carry the person's actions, and only those are kept, each unbroken run of them an episode.
@@ -28,6 +31,7 @@ from tqdm.auto import tqdm
 
 from vlaforge.client import ActionQueue
 from vlaforge.dagger.config import INTERVENTION_COLUMN
+from vlaforge.data.interface import PLAN_COLUMN, PLAN_PAD_COLUMN
 from vlaforge.envs.base import Env, EnvSpec, episode_seed
 from vlaforge.errors import InputError
 from vlaforge.types import Embodiment, Observation
@@ -47,7 +51,8 @@ class Rollout:
             alone): ``observation.images.<camera>`` uint8 (T, S, S, 3), ``observation.state`` float32
             (T, S_state), ``action`` float32 (T, D), the expert's action at that state, ``next.success``
             bool (T,); labelling every state, also ``policy_action`` float32 (T, D), what was executed
-            there; with a take-over, ``complementary_info.is_intervention`` bool (T, 1), all true.
+            there; with a take-over, ``complementary_info.is_intervention`` bool (T, 1), all true; with
+            plan labels, ``expert_plan`` float32 (T, H, D) and ``expert_plan_is_pad`` bool (T, H).
         policy_success: the policy reached success itself (before any take-over; with mixing, the mixed
             roll-out's success).
         takeover: the step the expert took over at (None: it did not).
@@ -71,6 +76,7 @@ def label_rollout(
     tail: int,
     takeover: int = 0,
     beta: float = 0.0,
+    plan: int = 0,
 ) -> Rollout:
     """One roll-out of `controller` (a `vlaforge.eval.baselines.PolicyController`) from `seed`.
 
@@ -85,10 +91,20 @@ def label_rollout(
     ``controller.execute_steps`` steps with probability `beta` (drawn from
     ``np.random.default_rng([MIXING_STREAM, seed])``), the policy otherwise; every state is labelled as
     before and the expert's frames are flagged in ``complementary_info.is_intervention``.
+
+    `plan` H > 0 (with `takeover` 0): at every labelled state the expert also drives H - 1 steps ahead
+    (unrendered) from a snapshot that is then restored, so each frame carries the H actions the expert
+    would run from there (its first is the frame's label); past the env's episode end the plan repeats
+    its last action, flagged as padding.
     """
-    if beta and takeover:
+    if (beta or plan) and takeover:
         raise ValueError(
-            "label_rollout: beta mixes plain DAgger's roll-outs; it has no meaning with takeover"
+            "label_rollout: beta and plan label plain DAgger's roll-outs; they have no meaning with takeover"
+        )
+    if plan and not callable(getattr(env, "snapshot", None)):
+        raise InputError(
+            f"plan labels run the expert ahead from a saved state, and the {type(env).__name__} env has no "
+            "snapshot()/restore(); use --labels step"
         )
     mixing = np.random.default_rng([MIXING_STREAM, seed]) if beta else None
     cameras = list(controller.embodiment.camera_names)
@@ -100,6 +116,8 @@ def label_rollout(
         controller.observe(obs)
     images: dict[str, list[np.ndarray]] = {c: [] for c in cameras}
     states, labels, executed, successes, by_expert = [], [], [], [], []
+    plans: list[np.ndarray] = []
+    plan_pads: list[np.ndarray] = []
     first: int | None = None
     took_over: int | None = None
     expert_until = 0  # mixing: the expert drives until this step
@@ -113,6 +131,10 @@ def label_rollout(
                 images[c].append(obs.images[c])
             states.append(np.asarray(obs.state, np.float32))
             labels.append(np.asarray(env.expert_action(), np.float32))  # the label: the expert, here
+            if plan:
+                ahead, pad = expert_plan(env, plan, labels[-1])
+                plans.append(ahead)
+                plan_pads.append(pad)
         # At a chunk boundary (nobody's chunk is running), a draw decides who drives the next one.
         boundary = steps >= expert_until and not queue.remaining(steps)
         if mixing is not None and boundary and mixing.random() < beta:
@@ -151,8 +173,31 @@ def label_rollout(
         frames[POLICY_ACTION] = np.stack(executed)
         if beta:
             frames[INTERVENTION_COLUMN] = np.asarray(by_expert, bool).reshape(-1, 1)
+        if plan:
+            frames[PLAN_COLUMN] = np.stack(plans)
+            frames[PLAN_PAD_COLUMN] = np.stack(plan_pads)
     frames["next.success"] = np.asarray(successes, bool)
     return Rollout(frames, policy_success, took_over, steps, expert_steps)
+
+
+def expert_plan(env: Env, horizon: int, first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The expert's next `horizon` actions from the env's current state, `first` (its action here)
+    included: float32 (H, D) and the padding bool (H,), True where the env's episode ended first (the
+    last action repeats there). The env is stepped ahead unrendered and restored, so the episode goes on
+    exactly as if this had not run."""
+    actions, pad = [np.asarray(first, np.float32)], np.zeros(horizon, bool)
+    snapshot = env.snapshot()
+    try:
+        for k in range(1, horizon):
+            _obs, _reward, done, _info = env.step(actions[-1], render=False)
+            if done:  # the episode's last step: nothing after it
+                pad[k:] = True
+                actions += [actions[-1]] * (horizon - k)
+                break
+            actions.append(np.asarray(env.expert_action(), np.float32))
+    finally:
+        env.restore(snapshot)
+    return np.stack(actions), pad
 
 
 def scripted_round(
@@ -169,10 +214,12 @@ def scripted_round(
     info: dict[str, Any] | None = None,
     takeover: int = 0,
     beta: float = 0.0,
+    plan: bool = False,
 ) -> list[dict[str, Any]]:
     """Rolls `policy_dir` out `episodes` times per task and writes the labelled frames to `out`
     (`label_rollout`; `takeover` > 0: the expert takes over a roll-out not finished in that many steps and
-    only its frames are kept; `beta` > 0: the expert drives that share of the chunks, flagged).
+    only its frames are kept; `beta` > 0: the expert drives that share of the chunks, flagged; `plan`: each
+    frame also carries the expert's own next H actions, H the policy's chunk).
 
     Roll-out i of a task starts from ``episode_seed(seed, task, first_index + i)``. Returns one record per
     roll-out (episode_index, task, seed, success: the policy's own, frames; with a take-over also
@@ -187,6 +234,7 @@ def scripted_round(
     policy = Policy.from_pretrained(policy_dir, device=device)
     controller = PolicyController(policy)
     emb = policy.embodiment
+    horizon = int(policy.chunk_size) if plan else 0
     cameras, size = tuple(emb.camera_names), int(emb.image_size)
     kept: list[dict[str, Any]] = []
     action_names = list(spec.embodiment(list(cameras), size).action_names)
@@ -196,6 +244,9 @@ def scripted_round(
         extra = {POLICY_ACTION: {"dtype": "float32", "shape": [emb.action_dim], "names": action_names}}
         if beta:
             extra[INTERVENTION_COLUMN] = {"dtype": "bool", "shape": [1], "names": None}
+        if plan:
+            extra[PLAN_COLUMN] = {"dtype": "float32", "shape": [horizon, emb.action_dim], "names": None}
+            extra[PLAN_PAD_COLUMN] = {"dtype": "bool", "shape": [horizon], "names": None}
     writer = episode_writer(out, spec, cameras, size, {**(info or {}), "episodes": kept}, extra)
     bar = tqdm(total=episodes * len(tasks), desc="dagger roll-outs", unit="episode")
     try:
@@ -204,7 +255,7 @@ def scripted_round(
             for i in range(episodes):
                 s = episode_seed(seed, task, first_index + i)
                 ro = label_rollout(
-                    controller, env, s, spec.instructions[task], max_steps, tail, takeover, beta
+                    controller, env, s, spec.instructions[task], max_steps, tail, takeover, beta, horizon
                 )
                 expert_won = ro.frames is not None and bool(ro.frames["next.success"].any())
                 # A take-over the expert did not finish is no demonstration: dropped, as `vlaforge collect`

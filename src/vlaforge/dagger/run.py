@@ -208,7 +208,7 @@ def run_round(cfg: DaggerConfig, plan: dict[str, Any], state: dict[str, Any], r:
         episodes = scripted_round(
             policy, data, spec, plan["tasks"], cfg.episodes_per_round, cfg.rollout_seed,
             cfg.rollout_index(r, 0), plan["max_steps"], cfg.tail, _device(cfg.device), info, cfg.takeover,
-            cfg.beta_for(r),
+            cfg.beta_for(r), plan=cfg.labels == "plan",
         )  # fmt: skip
         wins = sum(e["success"] for e in episodes)
         record["rollouts"] = Rate.of(wins, len(episodes)).to_dict()  # the policy's own, on training seeds

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -28,6 +29,27 @@ from vlaforge.errors import InputError
 from vlaforge.types import Embodiment, NormStats
 
 IMAGE_PREFIX = "observation.images."  # a camera "corner2" is the dataset feature "observation.images.corner2"
+# A frame's own chunk target, where a dataset has one: float32 (P, D), the actions an expert would take from
+# that frame's state on, run open loop (`vlaforge dagger --labels plan`), and bool (P,), True past the
+# episode's end. Training takes a frame's chunk from these columns when they are there instead of cutting it
+# from the `action`s of the frames after it (which, off the expert's own path, are not what it would do).
+PLAN_COLUMN = "expert_plan"
+PLAN_PAD_COLUMN = "expert_plan_is_pad"
+
+
+@dataclass(frozen=True)
+class ActionPlans:
+    """Frames' own chunk targets (`PLAN_COLUMN`), for the datasets that have them.
+
+    Attributes:
+        actions: float32 (N, P, D) in robot units.
+        pad: bool (N, P), True past the end of a frame's episode (the action there repeats the last one).
+        present: bool (N,), False for frames without a plan (their chunk is cut from the actions after them).
+    """
+
+    actions: np.ndarray
+    pad: np.ndarray
+    present: np.ndarray
 
 
 @runtime_checkable
@@ -67,7 +89,9 @@ class BatchSampler(Protocol):
 @runtime_checkable
 class TrainingDataset(Protocol):
     """What `vlaforge.train.train` needs from a dataset (see the module docstring); batches come from
-    `vlaforge.data.sampler.make_sampler(dataset, ...)`.
+    `vlaforge.data.sampler.make_sampler(dataset, ...)`. A dataset whose frames carry their own chunk
+    targets (`PLAN_COLUMN`) also has ``action_plans() -> ActionPlans | None`` (optional: the sampler asks
+    with getattr; the LeRobot reader and mixtures have it).
 
     Attributes:
         num_frames: N, frames over all episodes.

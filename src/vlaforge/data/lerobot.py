@@ -23,7 +23,14 @@ import pyarrow as pa
 from tqdm.auto import tqdm
 
 from vlaforge.data.frame_cache import cached_frames, file_fingerprint
-from vlaforge.data.interface import IMAGE_PREFIX, normalize_mask, parse_unnormalized
+from vlaforge.data.interface import (
+    IMAGE_PREFIX,
+    PLAN_COLUMN,
+    PLAN_PAD_COLUMN,
+    ActionPlans,
+    normalize_mask,
+    parse_unnormalized,
+)
 from vlaforge.data.lerobot_format import (
     CODEBASE_VERSION,
     DATA_PATH,
@@ -283,6 +290,24 @@ class LeRobotDataset:
         if "action" not in self._columns:
             raise DatasetError(f"{self.root / INFO_PATH}: no 'action' feature; a policy needs actions")
         return np.ascontiguousarray(self._columns["action"], dtype=np.float32).reshape(self.num_frames, -1)
+
+    def action_plans(self) -> ActionPlans | None:
+        """Every frame's own chunk target (`vlaforge.data.interface.PLAN_COLUMN`), None when the dataset
+        has no such column."""
+        if PLAN_COLUMN not in self._columns:
+            return None
+        dim = self.actions().shape[1]
+        plans = np.asarray(self._columns[PLAN_COLUMN], np.float32).reshape(self.num_frames, -1, dim)
+        if PLAN_PAD_COLUMN in self._columns:
+            pad = np.asarray(self._columns[PLAN_PAD_COLUMN], bool).reshape(self.num_frames, -1)
+        else:
+            pad = np.zeros(plans.shape[:2], bool)
+        if pad.shape != plans.shape[:2]:
+            raise DatasetError(
+                f"{self.root}: {PLAN_PAD_COLUMN!r} has shape {pad.shape[1:]} per frame but {PLAN_COLUMN!r} "
+                f"plans {plans.shape[1]} steps; the two columns must agree"
+            )
+        return ActionPlans(plans, pad, np.ones(self.num_frames, bool))
 
     def states(self) -> np.ndarray:
         """float32 (N, S) "observation.state"; (N, 0) when the dataset has none."""

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from vlaforge.data.interface import TrainingDataset
+from vlaforge.data.interface import ActionPlans, TrainingDataset
 from vlaforge.data.stats import norm_stats_of
 from vlaforge.errors import InputError
 from vlaforge.types import Embodiment, NormStats
@@ -252,6 +252,25 @@ class MixtureDataset:
 
     def actions(self) -> np.ndarray:
         return np.concatenate([d.actions() for d in self.datasets]).astype(np.float32)
+
+    def action_plans(self) -> ActionPlans | None:
+        """The parts' plans (`TrainingDataset`'s optional `action_plans`) over the whole mixture, None when
+        no part has any; frames of parts without plans are marked absent, shorter plans padded."""
+        parts = [getattr(d, "action_plans", lambda: None)() for d in self.datasets]
+        if all(p is None for p in parts):
+            return None
+        horizon = max(p.actions.shape[1] for p in parts if p is not None)
+        dim = self.embodiment().action_dim
+        actions = np.zeros((self.num_frames, horizon, dim), np.float32)
+        pad = np.ones((self.num_frames, horizon), bool)
+        present = np.zeros(self.num_frames, bool)
+        for k, p in enumerate(parts):
+            if p is None:
+                continue
+            a, b, h = int(self.offsets[k]), int(self.offsets[k + 1]), p.actions.shape[1]
+            actions[a:b, :h], pad[a:b, :h], present[a:b] = p.actions, p.pad, p.present
+            actions[a:b, h:] = p.actions[:, -1:]  # a shorter plan: its last action repeats, as padding
+        return ActionPlans(actions, pad, present)
 
     def states(self) -> np.ndarray:
         return np.concatenate([d.states() for d in self.datasets]).astype(np.float32)

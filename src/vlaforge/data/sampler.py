@@ -108,6 +108,8 @@ class ChunkSampler:
         self.tasks = list(dataset.tasks)
         self.balance = balance
         self._offsets = np.arange(self.chunk_size, dtype=np.int64)
+        # Frames with their own chunk target (`vlaforge.data.interface.PLAN_COLUMN`) take it from there.
+        self.plans = getattr(dataset, "action_plans", lambda: None)()
         self.epoch = 0
         self.position = 0  # samples of the current epoch's shard already drawn
         self.cache_bytes = int(dataset.cache_bytes(self.cameras))
@@ -205,6 +207,8 @@ class ChunkSampler:
         pad = steps >= end
         steps = np.minimum(steps, end - 1)  # repeat the episode's last action past its end
         actions = self.action[steps]  # (B, H, D)
+        if self.plans is not None:
+            actions, pad = self._planned(idx, actions, pad)
         batch = {
             "images": images,
             "state": torch.from_numpy(self.state[idx]),
@@ -218,6 +222,25 @@ class ChunkSampler:
             batch["state"] = torch.from_numpy(self.state[hist])  # (B, T, S)
             batch["history_pad"] = torch.from_numpy(hist_pad)
         return batch
+
+    def _planned(
+        self, idx: np.ndarray, actions: np.ndarray, pad: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`actions` (B, H, D) and `pad` (B, H) with the chunks of planned frames taken from their plans (a
+        plan shorter than H: the rest is its last action, padded)."""
+        plans = self.plans
+        rows = np.flatnonzero(plans.present[idx])
+        if not len(rows):
+            return actions, pad
+        k = min(self.chunk_size, plans.actions.shape[1])
+        actions, pad = actions.copy(), pad.copy()
+        frames = idx[rows]
+        actions[rows, :k] = plans.actions[frames, :k]
+        pad[rows, :k] = plans.pad[frames, :k]
+        if k < self.chunk_size:
+            actions[rows, k:] = plans.actions[frames, k - 1 : k]
+            pad[rows, k:] = True
+        return actions, pad
 
     def next_indices(self) -> np.ndarray:
         """The frame indices of the next batch, advancing the sampler's position."""

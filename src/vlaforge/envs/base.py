@@ -56,6 +56,25 @@ class Env(Protocol):
 
 
 @dataclass(frozen=True)
+class EnvSnapshot:
+    """An episode's state, taken by an env's `snapshot()` and put back by its `restore(snapshot)`.
+
+    Optional in `Env`: an env that has the two lets an expert be run ahead from a state the policy reached
+    and the episode go on as if it had not been (`vlaforge dagger --labels plan`). Opaque to everyone but
+    the env that took it.
+
+    Attributes:
+        task: the env's task (a snapshot restores into an env of the same task only).
+        physics: the simulator's state, as the env packs it.
+        python: the rest of the episode's state the env keeps (step count, previous frame, ...).
+    """
+
+    task: str
+    physics: np.ndarray
+    python: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class EnvSpec:
     """An environment: how to build its tasks' envs, and what it knows about those tasks.
 

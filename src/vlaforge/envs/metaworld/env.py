@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vlaforge.envs.base import EnvSpec
+from vlaforge.envs.base import EnvSnapshot, EnvSpec
 from vlaforge.envs.metaworld.experts import make_expert
 from vlaforge.envs.metaworld.phrasings import PHRASINGS
 from vlaforge.envs.metaworld.published import ANCHORS
@@ -229,6 +229,48 @@ class MetaWorldEnv:
             warnings.simplefilter("ignore")  # experts warn when their gains exceed the action range
             action = self._expert.get_action(self._raw_obs)
         return np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+
+    def snapshot(self) -> EnvSnapshot:
+        """The episode's state as it is now, for `restore`: MuJoCo's integration state (positions,
+        velocities, controls, mocap targets, the solver's warm start: all `mj_step` reads) and the Python
+        side that shapes the next observation (Meta-World's previous frame and step count). Stepping on from
+        a restored snapshot gives bit for bit what stepping on from the original would have
+        (`tests/envs/test_snapshot.py`), so an expert can be run ahead in the same env and the episode
+        continued as if it had not been."""
+        import mujoco
+
+        if self._raw_obs is None:
+            raise RuntimeError(f"{self.task}: call reset(seed) before snapshot()")
+        env, what = self._env, mujoco.mjtState.mjSTATE_INTEGRATION
+        physics = np.empty(mujoco.mj_stateSize(env.model, what), np.float64)
+        mujoco.mj_getState(env.model, env.data, physics, what)
+        python = {
+            "raw_obs": self._raw_obs.copy(),
+            "steps": self._steps,
+            "curr_path_length": env.curr_path_length,
+            "prev_obs": np.array(env._prev_obs, copy=True),
+            "last_stable_obs": None if env._last_stable_obs is None else env._last_stable_obs.copy(),
+            "sim_exception": env._did_see_sim_exception,
+        }
+        return EnvSnapshot(self.task, physics, python)
+
+    def restore(self, snapshot: EnvSnapshot) -> None:
+        """Puts the episode back where `snapshot` (of this env's task) found it."""
+        import mujoco
+
+        if snapshot.task != self.task:
+            raise ValueError(f"a snapshot of {snapshot.task} cannot be restored into {self.task}")
+        env, py = self._env, snapshot.python
+        mujoco.mj_setState(env.model, env.data, snapshot.physics, mujoco.mjtState.mjSTATE_INTEGRATION)
+        # The positions the renderer reads. Not mj_forward: with it the continued episode drifted from the
+        # uninterrupted one within a few steps (~1e-12), which tests/envs/test_snapshot.py catches.
+        mujoco.mj_kinematics(env.model, env.data)
+        self._raw_obs = py["raw_obs"].copy()
+        self._steps = py["steps"]
+        env.curr_path_length = py["curr_path_length"]
+        env._prev_obs = py["prev_obs"].copy()
+        env._last_stable_obs = None if py["last_stable_obs"] is None else py["last_stable_obs"].copy()
+        env._did_see_sim_exception = py["sim_exception"]
 
     @property
     def raw_observation(self) -> np.ndarray:
