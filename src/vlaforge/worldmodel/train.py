@@ -284,6 +284,7 @@ RESUMABLE = ("out", "resume", "device", "threads", "steps", "log_every", "save_e
 
 def _check_continues(cfg: WorldModelConfig, saved: dict, run: Path) -> None:
     """Refuses to resume the run in `run` (started with `saved`) under other settings."""
+    saved = {**cfg.field_defaults(), **saved}  # a field added since the run started: its default
     diffs = changed_settings(saved, cfg.to_dict(), RESUMABLE)
     if diffs:
         raise InputError(
