@@ -87,6 +87,7 @@ def test_batched_and_per_process_give_the_same_episodes(tmp_path, head, policy_s
     assert single.info["protocol"]["runner"] == "per-process"
     assert batched.info["protocol"]["runner"] == "batched"
     assert batched.info["protocol"]["mean_batch"] > 1  # episodes really shared forward passes
+    assert batched.info["protocol"]["video_crf"] == 0 and batched.info["protocol"]["videos_per_task"] == 3
 
     strip = ("video",)
     a = [{k: v for k, v in r.items() if k not in strip} for r in single.info["episodes"]]
@@ -130,6 +131,7 @@ def test_a_history_policy_runs_per_process(tmp_path, policy_stats):
     Policy.from_preset("tiny", "chunk", EMB, policy_stats(4, 4), history=2).save_pretrained(tmp_path / "h")
     res = _run(tmp_path, "e", tmp_path / "h", tasks="reach-v3", episodes=1, max_steps=8, videos=0)
     assert res.info["protocol"]["runner"] == "per-process"
+    assert res.info["protocol"]["video_crf"] is None  # no videos, no quality to name
     spec = WorkerSpec(str(tmp_path / "h"), ["corner2"], SIZE, max_steps=8, execute_steps=None)
     with pytest.raises(InputError, match="reads 2 observations per prediction"):
         BatchedRunner(spec, workers=1, envs_per_worker=2)

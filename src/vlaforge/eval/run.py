@@ -587,6 +587,8 @@ def _run(
             "runner": "batched" if batched else "per-process",
             "envs_per_worker": cfg.envs_per_worker if batched else None,
             "mean_batch": round(sum(batch_sizes) / len(batch_sizes), 2) if batch_sizes else None,
+            "videos_per_task": cfg.videos,
+            "video_crf": cfg.video_crf if cfg.videos else None,  # the videos' H.264 quality (0: lossless)
             "wall_time_s": None,  # filled below
         },
         "tasks": tasks,
