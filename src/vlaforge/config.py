@@ -230,6 +230,11 @@ class JsonConfig:
                 out[f.name] = f.default_factory()
         return out
 
+    def changed_since(self, saved: dict[str, Any], may_change: typing.Iterable[str]) -> list[str]:
+        """`changed_settings` of this config against the `saved` one of the run it continues, a field the
+        saved file lacks (added to vlaforge since the run started) counting as its default."""
+        return changed_settings({**self.field_defaults(), **saved}, self.to_dict(), may_change)
+
 
 def device_problems(device: str) -> list[str]:
     """The problem with a ``--device`` value, as a list for a config's problem list (empty when fine)."""

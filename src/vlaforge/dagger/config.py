@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vlaforge.config import SCHEDULES, JsonConfig, changed_settings
+from vlaforge.config import SCHEDULES, JsonConfig
 from vlaforge.errors import InputError
 from vlaforge.types import as_list
 
@@ -198,8 +198,7 @@ class DaggerConfig(JsonConfig):
 
     def check_continues(self, saved: dict[str, Any], where: Path) -> None:
         """Refuses to continue the run in `where` (started with `saved`) under other settings."""
-        saved = {**self.field_defaults(), **saved}  # a field added since the run started: its default
-        diffs = changed_settings(saved, self.to_dict(), RESUMABLE)
+        diffs = self.changed_since(saved, RESUMABLE)
         if diffs:
             raise InputError(
                 f"{where} holds a DAgger run started with other settings ({'; '.join(diffs)}); only "

@@ -52,6 +52,13 @@ class ActionPlans:
     present: np.ndarray
 
 
+def action_plans_of(dataset: Any) -> ActionPlans | None:
+    """`dataset.action_plans()` where the dataset has that optional method (see `TrainingDataset`), else
+    None."""
+    method = getattr(dataset, "action_plans", None)
+    return method() if method is not None else None
+
+
 @runtime_checkable
 class FrameReader(Protocol):
     """Decodes chosen frames of one camera; picklable, so it can be sent to worker processes.
@@ -90,8 +97,8 @@ class BatchSampler(Protocol):
 class TrainingDataset(Protocol):
     """What `vlaforge.train.train` needs from a dataset (see the module docstring); batches come from
     `vlaforge.data.sampler.make_sampler(dataset, ...)`. A dataset whose frames carry their own chunk
-    targets (`PLAN_COLUMN`) also has ``action_plans() -> ActionPlans | None`` (optional: the sampler asks
-    with getattr; the LeRobot reader and mixtures have it).
+    targets (`PLAN_COLUMN`) also has ``action_plans() -> ActionPlans | None`` (optional: readers ask
+    through `action_plans_of`; the LeRobot reader and mixtures have it).
 
     Attributes:
         num_frames: N, frames over all episodes.

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from vlaforge.data.interface import ActionPlans, TrainingDataset
+from vlaforge.data.interface import ActionPlans, TrainingDataset, action_plans_of
 from vlaforge.data.stats import norm_stats_of
 from vlaforge.errors import InputError
 from vlaforge.types import Embodiment, NormStats
@@ -256,7 +256,7 @@ class MixtureDataset:
     def action_plans(self) -> ActionPlans | None:
         """The parts' plans (`TrainingDataset`'s optional `action_plans`) over the whole mixture, None when
         no part has any; frames of parts without plans are marked absent, shorter plans padded."""
-        parts = [getattr(d, "action_plans", lambda: None)() for d in self.datasets]
+        parts = [action_plans_of(d) for d in self.datasets]
         if all(p is None for p in parts):
             return None
         horizon = max(p.actions.shape[1] for p in parts if p is not None)

@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from vlaforge.data.interface import IMAGE_PREFIX, TrainingDataset, decode_job, init_decode_worker
+from vlaforge.data.interface import (
+    IMAGE_PREFIX,
+    TrainingDataset,
+    action_plans_of,
+    decode_job,
+    init_decode_worker,
+)
 from vlaforge.data.mixture import MixtureDataset
 from vlaforge.errors import InputError
 
@@ -109,7 +115,7 @@ class ChunkSampler:
         self.balance = balance
         self._offsets = np.arange(self.chunk_size, dtype=np.int64)
         # Frames with their own chunk target (`vlaforge.data.interface.PLAN_COLUMN`) take it from there.
-        self.plans = getattr(dataset, "action_plans", lambda: None)()
+        self.plans = action_plans_of(dataset)
         self.epoch = 0
         self.position = 0  # samples of the current epoch's shard already drawn
         self.cache_bytes = int(dataset.cache_bytes(self.cameras))

@@ -20,7 +20,6 @@ from tqdm.auto import tqdm
 
 from vlaforge import metrics_log
 from vlaforge.atomic import StagedDir, atomic_write, write_json
-from vlaforge.config import changed_settings
 from vlaforge.devices import resolve_device
 from vlaforge.errors import InputError
 from vlaforge.train.checkpoint import load_optimizer, optimizer_to_safetensors
@@ -284,8 +283,7 @@ RESUMABLE = ("out", "resume", "device", "threads", "steps", "log_every", "save_e
 
 def _check_continues(cfg: WorldModelConfig, saved: dict, run: Path) -> None:
     """Refuses to resume the run in `run` (started with `saved`) under other settings."""
-    saved = {**cfg.field_defaults(), **saved}  # a field added since the run started: its default
-    diffs = changed_settings(saved, cfg.to_dict(), RESUMABLE)
+    diffs = cfg.changed_since(saved, RESUMABLE)
     if diffs:
         raise InputError(
             f"{run} holds a world-model run started with other settings ({'; '.join(diffs)}); only "
