@@ -8,7 +8,8 @@
    training dataset the base, and its camera and image size those of the rounds' frames.
 2. DAgger: `vlaforge dagger` from init, `--rounds` rounds of `--rollouts` roll-outs per task (with
    `--takeover N`, the expert takes over roll-outs not finished in N steps and only its frames are labels;
-   with `--beta B`, the expert drives each chunk with probability B * beta_decay ** (r - 1)).
+   with `--beta B`, the expert drives each chunk with probability B * beta_decay ** (r - 1); with
+   `--expert-variant recovering`, Meta-World's recovering expert labels).
 3. BC: from the same init, the same rounds; round r adds ordinary expert demonstrations (seeds
    episode_seed(3000, task, k), k counting on over the rounds) until each task has at least as many new
    frames as DAgger's round r labelled for it, aggregated and fine-tuned exactly as DAgger's round r
@@ -111,6 +112,12 @@ def main() -> None:
         "open-loop plan from the frame's state (plan; DaggerConfig.labels)",
     )  # fmt: skip
     p.add_argument(
+        "--expert-variant", default=None,
+        help="DAgger's scripted expert: one of the env's expert variants (Meta-World: script, recovering; "
+        "DaggerConfig.expert_variant); the baseline's demonstrations start from initial states, where the "
+        "variants act alike",
+    )  # fmt: skip
+    p.add_argument(
         "--beta", type=float, default=0.0,
         help="DAgger's roll-outs: the expert drives a chunk with this probability in round 1 (DaggerConfig.beta)",
     )  # fmt: skip
@@ -160,7 +167,7 @@ def main() -> None:
                        episodes_per_round=a.rollouts, steps_per_round=a.steps_per_round, max_steps=max_steps,
                        eval_episodes=a.eval_episodes, workers=2, device="cpu", lr=a.lr,
                        schedule=a.schedule, takeover=a.takeover, beta=a.beta, beta_decay=a.beta_decay,
-                       labels=a.labels)  # fmt: skip
+                       labels=a.labels, expert_variant=a.expert_variant)  # fmt: skip
     state = run_dagger(cfg)
     timing["dagger_s"] = round(time.time() - t1, 1)
     t2 = time.time()

@@ -159,9 +159,12 @@ def test_a_takeover_round_trains_on_the_flagged_frames(init, tmp_path):
     from vlaforge.dagger.run import run_dagger
     from vlaforge.data.dataset import open_dataset
 
-    state = run_dagger(_config(init, tmp_path / "t", rounds=1, takeover=10, max_steps=100))
+    # The recovering variant is the script itself on this task (tests/envs/test_recovering_expert.py).
+    cfg = _config(init, tmp_path / "t", rounds=1, takeover=10, max_steps=100, expert_variant="recovering")
+    state = run_dagger(cfg)
     one = state["rounds"][1]
     ds = LeRobotDataset(one["data"])
+    assert state["plan"]["expert_variant"] == ds.info["vlaforge"]["dagger"]["expert_variant"] == "recovering"
     assert one["takeovers"] == 1 and one["frames_added"] == ds.num_frames > 0
     assert ds.column(INTERVENTION_COLUMN).all() and "policy_action" not in ds.features
     (episode,) = ds.info["vlaforge"]["episodes"]
@@ -320,6 +323,20 @@ def test_config_refuses_what_cannot_run(tmp_path):
     with pytest.raises(InputError, match="--beta mixes the scripted expert"):
         _config(tmp_path, tmp_path / "o", beta=0.5, takeover=30)
     assert _config(tmp_path, tmp_path / "o", beta=0.8, beta_decay=0.5).beta_for(3) == pytest.approx(0.2)
+    with pytest.raises(InputError, match="--expert-variant chooses a scripted expert"):
+        _config(tmp_path, tmp_path / "o", expert="recorded", dataset="a", expert_variant="recovering")
+
+
+def test_the_expert_variant_must_be_one_the_env_offers(init, tmp_path):
+    from vlaforge.dagger.run import make_plan
+    from vlaforge.envs.collect import _env_for
+    from vlaforge.envs.metaworld.experts import RecoveringExpert
+
+    assert make_plan(_config(init, tmp_path / "a"))["expert_variant"] == "script"
+    with pytest.raises(InputError, match=r"--expert-variant 'clever': the metaworld env offers \['script', "):
+        make_plan(_config(init, tmp_path / "b", expert_variant="clever"))
+    env = _env_for("metaworld", "push-v3", ("corner2",), SIZE, 20, "recovering")  # what a round labels with
+    assert isinstance(env._expert, RecoveringExpert)
 
 
 def test_init_head_continues_the_whole_policy(init):

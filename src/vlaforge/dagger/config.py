@@ -43,6 +43,10 @@ class DaggerConfig(JsonConfig):
         expert: who labels the frames: ``scripted`` (the env's scripted expert, at every state the policy
             visits) or ``recorded`` (the frames of ``dataset`` a person drove, flagged in the column
             ``complementary_info.is_intervention``).
+        expert_variant: ``scripted`` only: which of the env's scripted experts labels (its
+            ``expert_variants``; None: the env's default). Meta-World: ``script`` (Meta-World's scripts) or
+            ``recovering`` (the scripts plus a way out of the state push's and pick-place's scripts cannot
+            leave, the fingers shut on top of the puck: `vlaforge.envs.metaworld.experts.RecoveringExpert`).
         rounds: rounds of roll-out (or recorded labels), aggregation, fine-tuning and evaluation. A run
             continued with more rounds goes on from its last finished one.
         dataset: ``recorded`` only: the recorded datasets (LeRobot v3.0), a comma list with one per round
@@ -96,6 +100,7 @@ class DaggerConfig(JsonConfig):
     init: str
     out: str
     expert: str = field(default="scripted", metadata={"choices": list(EXPERTS)})
+    expert_variant: str | None = None
     rounds: int = 3
     dataset: str | None = None
     base: str | None = None
@@ -175,6 +180,8 @@ class DaggerConfig(JsonConfig):
             problems.append(
                 "--dataset is for --expert recorded; the scripted expert labels its own roll-outs"
             )
+        if self.expert_variant is not None and self.expert != "scripted":
+            problems.append("--expert-variant chooses a scripted expert: give it with --expert scripted")
         if problems:
             raise InputError("invalid dagger config: " + "; ".join(problems))
 

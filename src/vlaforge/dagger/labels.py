@@ -215,11 +215,13 @@ def scripted_round(
     takeover: int = 0,
     beta: float = 0.0,
     plan: bool = False,
+    expert_variant: str | None = None,
 ) -> list[dict[str, Any]]:
     """Rolls `policy_dir` out `episodes` times per task and writes the labelled frames to `out`
     (`label_rollout`; `takeover` > 0: the expert takes over a roll-out not finished in that many steps and
     only its frames are kept; `beta` > 0: the expert drives that share of the chunks, flagged; `plan`: each
-    frame also carries the expert's own next H actions, H the policy's chunk).
+    frame also carries the expert's own next H actions, H the policy's chunk; `expert_variant`: which of the
+    env's scripted experts labels, None: its only one).
 
     Roll-out i of a task starts from ``episode_seed(seed, task, first_index + i)``. Returns one record per
     roll-out (episode_index, task, seed, success: the policy's own, frames; with a take-over also
@@ -251,7 +253,7 @@ def scripted_round(
     bar = tqdm(total=episodes * len(tasks), desc="dagger roll-outs", unit="episode")
     try:
         for task in tasks:
-            env = _env_for(spec.name, task, cameras, size, max_steps)
+            env = _env_for(spec.name, task, cameras, size, max_steps, expert_variant)
             for i in range(episodes):
                 s = episode_seed(seed, task, first_index + i)
                 ro = label_rollout(

@@ -111,7 +111,18 @@ def make_plan(cfg: DaggerConfig) -> dict[str, Any]:
     }
     if cfg.expert == "scripted":
         _check_disjoint(cfg, spec, tasks)
+        plan["expert_variant"] = _expert_variant(cfg, spec)
     return plan
+
+
+def _expert_variant(cfg: DaggerConfig, spec: EnvSpec) -> str | None:
+    """The scripted expert variant the rounds label with (None: the env has only one expert)."""
+    if cfg.expert_variant is None:
+        return spec.expert_variants[0] if spec.expert_variants else None
+    if cfg.expert_variant not in spec.expert_variants:
+        offered = list(spec.expert_variants) or "one expert and no variants"
+        raise InputError(f"--expert-variant {cfg.expert_variant!r}: the {spec.name} env offers {offered}")
+    return cfg.expert_variant
 
 
 def _check_disjoint(cfg: DaggerConfig, spec: EnvSpec, tasks: list[str]) -> None:
@@ -203,12 +214,14 @@ def run_round(cfg: DaggerConfig, plan: dict[str, Any], state: dict[str, Any], r:
     spec = get_env(plan["env"])
     data = rdir / "data"
     info = {"dagger": {"round": r, "expert": cfg.expert, "policy": str(policy)}}
+    if plan.get("expert_variant"):
+        info["dagger"]["expert_variant"] = plan["expert_variant"]
     record: dict[str, Any] = {"round": r, "data": str(data)}
     if cfg.expert == "scripted":
         episodes = scripted_round(
             policy, data, spec, plan["tasks"], cfg.episodes_per_round, cfg.rollout_seed,
             cfg.rollout_index(r, 0), plan["max_steps"], cfg.tail, _device(cfg.device), info, cfg.takeover,
-            cfg.beta_for(r), plan=cfg.labels == "plan",
+            cfg.beta_for(r), plan=cfg.labels == "plan", expert_variant=plan.get("expert_variant"),
         )  # fmt: skip
         wins = sum(e["success"] for e in episodes)
         record["rollouts"] = Rate.of(wins, len(episodes)).to_dict()  # the policy's own, on training seeds

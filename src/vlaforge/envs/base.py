@@ -100,6 +100,8 @@ class EnvSpec:
         packages: distributions whose versions an evaluation records.
         task_suffix: a suffix that may be left out of task names ("-v3").
         success: how success is decided, in words (recorded with every evaluation).
+        expert_variants: the scripted experts `make(..., expert=NAME)` builds, the first the default; empty
+            when `make` takes no `expert` (the env has one expert).
     """
 
     name: str
@@ -123,6 +125,7 @@ class EnvSpec:
     success: str = "info['success'] at any step; the episode stops at the first success"
     extra: dict[str, Any] = field(default_factory=dict)
     phrasings: dict[str, list[str]] = field(default_factory=dict)
+    expert_variants: tuple[str, ...] = ()
 
     def resolve_tasks(self, spec: str | Sequence[str] | None = None) -> list[str]:
         """Turns a task spec into task names, in order and without duplicates.

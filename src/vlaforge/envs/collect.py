@@ -136,10 +136,15 @@ class CollectConfig:
         return 4 * self.episodes if self.max_attempts is None else int(self.max_attempts)
 
 
-def _env_for(env: str, task: str, cameras: tuple[str, ...], image_size: int, max_steps: int) -> Env:
-    key = (env, task, cameras, image_size, max_steps)
+def _env_for(
+    env: str, task: str, cameras: tuple[str, ...], image_size: int, max_steps: int, expert: str | None = None
+) -> Env:
+    key = (env, task, cameras, image_size, max_steps, expert)
     if key not in _ENVS:
-        _ENVS[key] = get_env(env).make(task, cameras=cameras, image_size=image_size, max_steps=max_steps)
+        kwargs = {} if expert is None else {"expert": expert}
+        _ENVS[key] = get_env(env).make(
+            task, cameras=cameras, image_size=image_size, max_steps=max_steps, **kwargs
+        )
     return _ENVS[key]
 
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from vlaforge.envs.base import EnvSnapshot, EnvSpec
-from vlaforge.envs.metaworld.experts import make_expert
+from vlaforge.envs.metaworld.experts import EXPERT_VARIANTS, make_expert
 from vlaforge.envs.metaworld.phrasings import PHRASINGS
 from vlaforge.envs.metaworld.published import ANCHORS
 from vlaforge.envs.metaworld.render import Cameras
@@ -75,6 +75,8 @@ class MetaWorldEnv:
         max_steps: the episode is done (truncated) after this many steps.
         render: False skips rendering (observations then carry an empty `images` dict), for fast expert
             rollouts.
+        expert: what `expert_action` runs: ``script`` (Meta-World's scripted policy) or ``recovering``
+            (the script, plus a way out of the states it cannot leave: `RecoveringExpert`).
 
     Attributes:
         embodiment: the `Embodiment` of this env (cameras and image size included).
@@ -92,6 +94,7 @@ class MetaWorldEnv:
         image_size: int = 128,
         max_steps: int = 500,
         render: bool = True,
+        expert: str = "script",
     ) -> None:
         configure_rendering()  # before metaworld imports mujoco
         from metaworld.env_dict import ENV_CLS_MAP
@@ -115,7 +118,7 @@ class MetaWorldEnv:
         env.seeded_rand_vec = True  # draw positions from env.np_random, which reset(seed) sets
         env.max_path_length = self.max_steps
         self._env = env
-        self._expert = make_expert(self.task)
+        self._expert = make_expert(self.task, expert)
         self._raw_obs: np.ndarray | None = None
         self._steps = 0
         _check_control_hz(env)
@@ -320,4 +323,5 @@ SPEC = EnvSpec(
     packages=("metaworld", "mujoco"),
     task_suffix="-v3",
     extra={"subset": "mt10", "published": ANCHORS},  # for bench/mt50_report.py
+    expert_variants=EXPERT_VARIANTS,
 )
