@@ -47,6 +47,8 @@ def test_each_frame_carries_the_experts_own_next_actions_from_its_state(planned)
     plans, pads = ds.column(PLAN_COLUMN), ds.column(PLAN_PAD_COLUMN)
     labels, executed = ds.column("action"), ds.column(POLICY_ACTION)
     assert plans.shape == (ds.num_frames, H, 4) and pads.shape == (ds.num_frames, H)
+    stats = json.loads((ds.root / "meta" / "stats.json").read_text())[PLAN_COLUMN]
+    np.testing.assert_allclose(stats["mean"], plans.astype(np.float64).mean(0), rtol=1e-6)  # (H, 4) kept
     np.testing.assert_array_equal(plans[:, 0], labels)  # a plan starts with the frame's label
     replay = mw.MetaWorldEnv(ROLLED, image_size=SIZE, max_steps=MAX_STEPS, render=False)
     cut_differs = False

@@ -39,6 +39,23 @@ def test_numeric_stats_equal_numpy():
         assert s["mean"].shape == (x.shape[1],)
 
 
+def test_a_feature_of_shape_h_d_keeps_its_shape():
+    """An (N, H, D) feature (an action plan) is reduced over frames only; its statistics are (H, D), as
+    LeRobot's compute_stats reduces a non-image feature over axis 0 alone."""
+    rng = np.random.default_rng(1)
+    plans = rng.normal(size=(300, 8, 4)).astype(np.float32)
+    s = compute_stats({"expert_plan": plans})["expert_plan"]
+    x = plans.astype(np.float64)
+    for key in ("min", "max", "mean", "std"):
+        assert s[key].shape == (8, 4)
+    np.testing.assert_allclose(s["mean"], x.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(s["std"], x.std(0), rtol=1e-12)
+    np.testing.assert_allclose(s["q99"], np.quantile(x, 0.99, axis=0), rtol=1e-12)
+    assert s["count"].tolist() == [300]
+    back = stats_from_json(stats_to_json({"expert_plan": s}))["expert_plan"]
+    np.testing.assert_array_equal(back["q01"], s["q01"])
+
+
 def test_image_stats_per_channel():
     imgs = smooth_images(40, 24, 24, seed=1)
     s = compute_stats({"cam": imgs})["cam"]

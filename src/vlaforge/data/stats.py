@@ -53,11 +53,12 @@ def feature_stats(arr: np.ndarray, max_image_frames: int = 100) -> dict[str, np.
     """Statistics of one feature's frames.
 
     Args:
-        arr: (N,) or (N, D) numeric/bool values, or uint8 images (N, H, W, 3).
+        arr: (N,), (N, D) or (N, H, D) numeric/bool values, or uint8 images (N, H, W, 3).
         max_image_frames: images are reduced over at most this many evenly spaced frames.
 
     Returns:
-        {stat: np.ndarray}: (D,) (or (1,)) for numeric features, (3, 1, 1) in [0, 1] for images;
+        {stat: np.ndarray}: the feature's shape for numeric features ((D,), (1,) for (N,), (H, D) for
+            (N, H, D), reduced over frames only, as LeRobot's compute_stats), (3, 1, 1) in [0, 1] for images;
         "count" is a (1,) int64 array holding the number of frames used.
 
     Raises:
@@ -76,6 +77,8 @@ def feature_stats(arr: np.ndarray, max_image_frames: int = 100) -> dict[str, np.
         raise InputError(f"cannot compute statistics of dtype {arr.dtype}")
     values = arr.astype(np.float64).reshape(arr.shape[0], -1)  # (N, D)
     out = _reduce(values)
+    if arr.ndim > 2:  # a feature of shape (H, D), e.g. an action plan: its statistics keep that shape
+        out = {k: v.reshape(arr.shape[1:]) for k, v in out.items()}
     out["count"] = np.array([arr.shape[0]], dtype=np.int64)
     return out
 

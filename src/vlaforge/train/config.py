@@ -226,7 +226,7 @@ class TrainConfig(JsonConfig):
             cosine = self.schedule == "cosine"
             self.warmup_steps = min(WARMUP_MAX, int(self.steps) // WARMUP_FRACTION) if cosine else 0
         if self.schedule not in SCHEDULES:
-            problems.append(f"schedule {self.schedule!r} (choose 'constant' or 'cosine')")
+            problems.append(f"schedule {self.schedule!r} (choose one of {list(SCHEDULES)})")
         if not 0 <= self.warmup_steps < max(self.steps, 1):
             problems.append(f"warmup_steps={self.warmup_steps} (must be in [0, steps={self.steps}))")
         if self.chunk_size is not None and self.chunk_size < 1:
