@@ -34,7 +34,7 @@ configure_rendering()
 from vlaforge.atomic import write_json  # noqa: E402
 from vlaforge.config import SCHEDULES  # noqa: E402
 from vlaforge.dagger.config import LABELS, DaggerConfig  # noqa: E402
-from vlaforge.dagger.run import _evaluate, plot_curve, run_dagger, train_config  # noqa: E402
+from vlaforge.dagger.run import _evaluate, mix_entries, plot_curve, run_dagger, train_config  # noqa: E402
 from vlaforge.envs.base import episode_seed  # noqa: E402
 from vlaforge.envs.collect import CollectConfig, collect, episode_writer, run_expert_episode  # noqa: E402
 from vlaforge.envs.registry import get_env  # noqa: E402
@@ -118,6 +118,11 @@ def main() -> None:
         "variants act alike",
     )  # fmt: skip
     p.add_argument(
+        "--label-share", type=float, default=0.0,
+        help="both arms: the share of a round's fine-tuning draws taken from the rounds' new frames (DAgger's "
+        "labels, the baseline's demonstrations); 0: every frame weighs the same (DaggerConfig.label_share)",
+    )  # fmt: skip
+    p.add_argument(
         "--beta", type=float, default=0.0,
         help="DAgger's roll-outs: the expert drives a chunk with this probability in round 1 (DaggerConfig.beta)",
     )  # fmt: skip
@@ -167,7 +172,7 @@ def main() -> None:
                        episodes_per_round=a.rollouts, steps_per_round=a.steps_per_round, max_steps=max_steps,
                        eval_episodes=a.eval_episodes, workers=2, device="cpu", lr=a.lr,
                        schedule=a.schedule, takeover=a.takeover, beta=a.beta, beta_decay=a.beta_decay,
-                       labels=a.labels, expert_variant=a.expert_variant)  # fmt: skip
+                       labels=a.labels, expert_variant=a.expert_variant, label_share=a.label_share)  # fmt: skip
     state = run_dagger(cfg)
     timing["dagger_s"] = round(time.time() - t1, 1)
     t2 = time.time()
@@ -189,10 +194,9 @@ def main() -> None:
             if any(per_task.values()):
                 got = bc_round(rdir / "data", tasks, per_task, cameras, size, max_steps, next_k)
                 demos.append(str(rdir / "data"))
-            entries = [
-                *state["plan"]["base"],
-                *({"path": d, "name": f"bc-{Path(d).parent.name}"} for d in demos),
-            ]
+            entries = mix_entries(
+                state["plan"], [(f"bc-{Path(d).parent.name}", d) for d in demos], a.label_share
+            )
             mix = write_json(rdir / "mix.json", {"statistics": "pooled", "datasets": entries})
             prev = bc["rounds"][-1]["policy"]
             tcfg = train_config(cfg, state["plan"], r, prev, mix, size)

@@ -160,7 +160,8 @@ def test_a_takeover_round_trains_on_the_flagged_frames(init, tmp_path):
     from vlaforge.data.dataset import open_dataset
 
     # The recovering variant is the script itself on this task (tests/envs/test_recovering_expert.py).
-    cfg = _config(init, tmp_path / "t", rounds=1, takeover=10, max_steps=100, expert_variant="recovering")
+    cfg = _config(init, tmp_path / "t", rounds=1, takeover=10, max_steps=100, expert_variant="recovering",
+                  label_share=0.4)  # fmt: skip
     state = run_dagger(cfg)
     one = state["rounds"][1]
     ds = LeRobotDataset(one["data"])
@@ -170,7 +171,10 @@ def test_a_takeover_round_trains_on_the_flagged_frames(init, tmp_path):
     (episode,) = ds.info["vlaforge"]["episodes"]
     assert episode["takeover"] == 10 and 10 + episode["frames"] <= 100 and episode["success"] is False
     base = LeRobotDataset(state["plan"]["base"][0]["path"])
-    assert open_dataset(tmp_path / "t" / "round-1" / "mix.json").num_frames == base.num_frames + ds.num_frames
+    mix = open_dataset(tmp_path / "t" / "round-1" / "mix.json")
+    assert mix.num_frames == base.num_frames + ds.num_frames
+    # The labels are drawn 40% of the time (OpenVLA's balancing: weight x frames), not ds/(base + ds).
+    np.testing.assert_allclose(mix.sample_probabilities(), [0.6, 0.4], rtol=1e-9)
 
 
 def test_mixed_rounds_record_their_beta_and_the_experts_steps(init, tmp_path):
@@ -323,6 +327,8 @@ def test_config_refuses_what_cannot_run(tmp_path):
     with pytest.raises(InputError, match="--beta mixes the scripted expert"):
         _config(tmp_path, tmp_path / "o", beta=0.5, takeover=30)
     assert _config(tmp_path, tmp_path / "o", beta=0.8, beta_decay=0.5).beta_for(3) == pytest.approx(0.2)
+    with pytest.raises(InputError, match=r"label_share=1.0 \(must be in \[0, 1\)"):
+        _config(tmp_path, tmp_path / "o", label_share=1.0)
     with pytest.raises(InputError, match="--expert-variant chooses a scripted expert"):
         _config(tmp_path, tmp_path / "o", expert="recorded", dataset="a", expert_variant="recovering")
 

@@ -82,6 +82,9 @@ class DaggerConfig(JsonConfig):
             are flagged in ``complementary_info.is_intervention``. 0: the policy drives alone.
         beta_decay: round r mixes with ``beta * beta_decay ** (r - 1)`` (the paper's beta_i = p^(i-1)
             with ``beta`` 1 and ``beta_decay`` p).
+        label_share: the share of a round's fine-tuning draws that come from the rounds' labels together
+            (the mixture weighs them so; `vlaforge.dagger.run.mix_entries`). 0: every frame, base or label,
+            weighs the same (plain aggregation), so labels few beside a large base are seldom drawn.
         rollout_seed: roll-out i of task t in round r starts from ``episode_seed(rollout_seed, t,
             (r - 1) * episodes_per_round + i)``; must differ from ``eval_seed`` (and from the collection
             seed of the ``base`` data), and the two sets of episode seeds are checked to be disjoint.
@@ -114,6 +117,7 @@ class DaggerConfig(JsonConfig):
     labels: str = field(default="step", metadata={"choices": list(LABELS)})
     beta: float = 0.0
     beta_decay: float = 1.0
+    label_share: float = 0.0
     rollout_seed: int = 2000
     eval_seed: int = 1000
     eval_episodes: int = 10
@@ -155,6 +159,8 @@ class DaggerConfig(JsonConfig):
                 "--beta mixes the scripted expert into plain DAgger's roll-outs: give it with --expert "
                 "scripted and --takeover 0"
             )
+        if not 0.0 <= float(self.label_share) < 1.0:
+            problems.append(f"label_share={self.label_share} (must be in [0, 1); 0: plain aggregation)")
         if self.workers < 0:
             problems.append(f"workers={self.workers} (must be >= 0)")
         if self.batch_size is not None and self.batch_size < 1:

@@ -70,6 +70,28 @@ def _base_entries(base: str | None) -> list[dict[str, Any]]:
     return [{"path": str(path.resolve()), "name": f"base-{path.resolve().name}"}]
 
 
+def base_frames(entries: list[dict[str, Any]]) -> float:
+    """The base data's frames, each dataset's counted times its weight (what its share of draws scales with)."""
+    from vlaforge.data.dataset import open_dataset
+
+    return float(sum(float(e.get("weight", 1.0)) * open_dataset(e["path"]).num_frames for e in entries))
+
+
+def mix_entries(plan: dict[str, Any], labelled: list[tuple[str, str]], share: float) -> list[dict[str, Any]]:
+    """A round's mixture: the base entries, then each labelled dataset (`labelled`: name, path). With
+    `share` > 0 the labelled datasets together are drawn that share of the time (a dataset is drawn in
+    proportion to weight x frames, so they all get one weight: share x B / ((1 - share) x L), B the base's
+    weighted frames, L the labels'); 0: every frame weighs the same, plain aggregation."""
+    entries = [dict(e) for e in plan["base"]]
+    weight = None
+    if share and labelled and plan.get("base_frames"):
+        total = sum(_frames(Path(path)) for _name, path in labelled)
+        weight = share * float(plan["base_frames"]) / ((1.0 - share) * total)
+    for name, path in labelled:
+        entries.append({"path": str(path), "name": name, **({"weight": weight} if weight else {})})
+    return entries
+
+
 def _saved_dataset(init: Path, saved: dict[str, Any]) -> str | None:
     """The `init` run's dataset. A relative path was relative to the directory training ran in; when it
     is not found from here, that directory is recovered from where the run is and its recorded ``out``
@@ -112,6 +134,8 @@ def make_plan(cfg: DaggerConfig) -> dict[str, Any]:
     if cfg.expert == "scripted":
         _check_disjoint(cfg, spec, tasks)
         plan["expert_variant"] = _expert_variant(cfg, spec)
+    if cfg.label_share:
+        plan["base_frames"] = base_frames(plan["base"])
     return plan
 
 
@@ -240,8 +264,10 @@ def run_round(cfg: DaggerConfig, plan: dict[str, Any], state: dict[str, Any], r:
     record["episodes_added"] = len(episodes)
     if not episodes:  # finished by the policy, or take-overs the expert did not finish: no new labels
         record["data"] = None
-    labelled = [(q["round"], q["data"]) for q in [*state["rounds"][1:], record] if q.get("data")]
-    entries = [*plan["base"], *({"path": p, "name": f"dagger-round-{k}"} for k, p in labelled)]
+    labelled = [
+        (f"dagger-round-{q['round']}", q["data"]) for q in [*state["rounds"][1:], record] if q.get("data")
+    ]
+    entries = mix_entries(plan, labelled, cfg.label_share)
     mix = write_json(rdir / "mix.json", {"statistics": "pooled", "datasets": entries})
     record["frames_labelled_total"] = (
         sum(q.get("frames_added", 0) for q in state["rounds"][1:]) + record["frames_added"]
