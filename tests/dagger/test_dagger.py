@@ -161,7 +161,7 @@ def test_a_takeover_round_trains_on_the_flagged_frames(init, tmp_path):
 
     # The recovering variant is the script itself on this task (tests/envs/test_recovering_expert.py).
     cfg = _config(init, tmp_path / "t", rounds=1, takeover=10, max_steps=100, expert_variant="recovering",
-                  label_share=0.4)  # fmt: skip
+                  label_share=0.75)  # fmt: skip
     state = run_dagger(cfg)
     one = state["rounds"][1]
     ds = LeRobotDataset(one["data"])
@@ -173,8 +173,8 @@ def test_a_takeover_round_trains_on_the_flagged_frames(init, tmp_path):
     base = LeRobotDataset(state["plan"]["base"][0]["path"])
     mix = open_dataset(tmp_path / "t" / "round-1" / "mix.json")
     assert mix.num_frames == base.num_frames + ds.num_frames
-    # The labels are drawn 40% of the time (OpenVLA's balancing: weight x frames), not ds/(base + ds).
-    np.testing.assert_allclose(mix.sample_probabilities(), [0.6, 0.4], rtol=1e-9)
+    # The labels are drawn 75% of the time (weight x frames, OpenVLA's balancing), not ds / (base + ds).
+    np.testing.assert_allclose(mix.sample_probabilities(), [0.25, 0.75], rtol=1e-9)
 
 
 def test_mixed_rounds_record_their_beta_and_the_experts_steps(init, tmp_path):
