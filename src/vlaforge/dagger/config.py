@@ -43,10 +43,9 @@ class DaggerConfig(JsonConfig):
         expert: who labels the frames: ``scripted`` (the env's scripted expert, at every state the policy
             visits) or ``recorded`` (the frames of ``dataset`` a person drove, flagged in the column
             ``complementary_info.is_intervention``).
-        expert_variant: ``scripted`` only: which of the env's scripted experts labels (its
-            ``expert_variants``; None: the env's default). Meta-World: ``script`` (Meta-World's scripts) or
-            ``recovering`` (the scripts plus a way out of the state push's and pick-place's scripts cannot
-            leave, the fingers shut on top of the puck: `vlaforge.envs.metaworld.experts.RecoveringExpert`).
+        expert_variant: ``scripted`` only: which of the env's scripted experts labels (one of its
+            `EnvSpec.expert_variants`, such as an expert that also recovers from states its plain script
+            cannot leave; None: the env's default, the first).
         rounds: rounds of roll-out (or recorded labels), aggregation, fine-tuning and evaluation. A run
             continued with more rounds goes on from its last finished one.
         dataset: ``recorded`` only: the recorded datasets (LeRobot v3.0), a comma list with one per round
