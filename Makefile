@@ -39,7 +39,7 @@ demo: setup
 	$(VENV)/bin/vlaforge demo
 
 test: setup
-	$(VENV)/bin/pytest -q -m "not gpu"
+	$(VENV)/bin/pytest -q -m "not gpu" --durations=15
 
 test-fast: setup
 	$(VENV)/bin/pytest -q -m "not slow and not gpu"
