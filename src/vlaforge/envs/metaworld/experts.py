@@ -25,6 +25,7 @@ RECOVERING_TASKS = tuple(_HEIGHTS)
 # about 0.4, resting on its top 0.3.
 _OPEN = 0.97
 _SHUT = 0.6
+_AIM = np.array([-0.005, 0.0, 0.0])  # both scripts aim 5 mm behind the object's centre along x
 _LIFT = 0.1  # m above the object the recovery lifts the hand to, the script's own approach height
 _GAIN = 10.0  # the script's proportional gain on the position error
 
@@ -97,8 +98,7 @@ class RecoveringExpert:
         still be descending onto the object, and the fingers are more closed than its own descent has them
         at that height (they would shut before the hand is low enough to grasp)."""
         hand, opening, obj = obs[:3], obs[3], obs[4:7]
-        # Both scripts aim 5 mm behind the object's centre along x.
-        aligned = np.linalg.norm(hand[:2] - (obj[:2] + [-0.005, 0.0])) <= 0.02
+        aligned = np.linalg.norm(hand[:2] - (obj + _AIM)[:2]) <= 0.02
         height = abs(hand[2] - obj[2])
         descending = height > self.descends_until
         if self.task == "pick-place-v3":
@@ -108,6 +108,6 @@ class RecoveringExpert:
     def get_action(self, obs: np.ndarray) -> np.ndarray:
         if not self.recovering(obs):
             return self.script.get_action(obs)
-        target = obs[4:7] + np.array([-0.005, 0.0, _LIFT])
+        target = obs[4:7] + _AIM + np.array([0.0, 0.0, _LIFT])
         move = np.clip(_GAIN * (target - obs[:3]), -1.0, 1.0)
         return np.concatenate([move, [-1.0]]).astype(np.float32)  # -1: open the fingers
