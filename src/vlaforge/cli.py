@@ -144,7 +144,7 @@ CONFIG_COMMANDS: dict[str, tuple[str, str, Callable[[Any], None]]] = {
     "train": ("train or fine-tune a policy", "vlaforge.train.config:TrainConfig", _run_train),
     "eval": ("evaluate a policy in simulation (--env)", "vlaforge.eval.run:EvalConfig", _run_eval),
     "rl": (
-        "improve a trained policy by acting in simulation (PPO or GRPO on the success flag)",
+        "improve a trained policy by acting in simulation (PPO, GRPO or DSRL's SAC on the success flag)",
         "vlaforge.rl.config:RLConfig",
         _run_rl,
     ),

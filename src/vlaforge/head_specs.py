@@ -145,6 +145,13 @@ HEADS: dict[str, HeadSpec] = {
                     "start the integration from a learned, state-dependent Gaussian instead of N(0, I) "
                     "(DSRL; `vlaforge rl --flow-rl latent` adds and trains it)",
                 ),
+                HeadOption(
+                    "noise_bound",
+                    float,
+                    0.0,
+                    "with a noise policy: its draw squashed to (-b, b) by b * tanh (DSRL's off-policy "
+                    "learner, `vlaforge rl --algo sac`); 0: unbounded",
+                ),
             ),
         ),
     )

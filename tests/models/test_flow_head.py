@@ -31,6 +31,7 @@ def test_shapes_loss_and_gradients_reach_the_backbone(embodiment, norm_stats, h)
         "num_steps": 10,
         "expert_width": 64,  # half the tiny LLM's 128, a multiple of its head_dim 32
         "noise_policy": False,
+        "noise_bound": 0.0,
     }
     batch = h.batch(B=3)
     loss, metrics = policy.compute_loss(batch)

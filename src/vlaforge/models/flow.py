@@ -135,10 +135,18 @@ class FlowHead(ActionHead):
             this noise, the expert stays as it is). Created with mu = 0 and log_std = 0, so it starts as
             exactly the plain sampler; `vlaforge rl --flow-rl latent` adds (`enable_noise_policy`) and
             trains it.
+        noise_bound: with a noise policy and a bound b > 0, the start is b * tanh(x) of that Gaussian's
+            draw x, so every element lies in (-b, b) (DSRL's off-policy learner bounds its noise so, at
+            b = 1.5; `vlaforge rl --algo sac` sets it). 0: unbounded.
     """
 
     def __init__(
-        self, dims: HeadDims, num_steps: int = 10, expert_width: int = 0, noise_policy: bool = False
+        self,
+        dims: HeadDims,
+        num_steps: int = 10,
+        expert_width: int = 0,
+        noise_policy: bool = False,
+        noise_bound: float = 0.0,
     ):
         super().__init__(dims.action_dim, dims.chunk_size)
         llm = getattr(dims, "llm", None)
@@ -165,6 +173,9 @@ class FlowHead(ActionHead):
         self.action_out = nn.Linear(width, dims.action_dim)
         self.llm_width = llm.hidden_size
         self.noise_policy = False
+        if noise_bound < 0:
+            raise InputError(f"noise_bound must be >= 0 (0: unbounded), got {noise_bound}")
+        self.noise_bound = float(noise_bound)
         if noise_policy:
             self.enable_noise_policy()
 
@@ -198,6 +209,15 @@ class FlowHead(ActionHead):
         w = self.noise_mean[0].weight
         mean = self.noise_mean(prefix.last_hidden.to(device=w.device, dtype=w.dtype)).float().view(B, H, D)
         return mean, self.noise_log_std.float()
+
+    def start_noise(self, prefix: Prefix, x: torch.Tensor) -> torch.Tensor:
+        """Where the integration starts, from a standard normal draw x (B, H, D): x itself without a noise
+        policy; mean + exp(log_std) * x with one, then `noise_bound` * tanh of that when the bound is set."""
+        if not self.noise_policy:
+            return x
+        mean, log_std = self.noise_distribution(prefix)
+        u = mean + torch.exp(log_std) * x.to(mean.device)
+        return self.noise_bound * torch.tanh(u) if self.noise_bound > 0 else u
 
     # -------------------------------------------------------------------- the expert
     def embed(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -360,10 +380,7 @@ class FlowHead(ActionHead):
         if n < 1:
             raise InputError(f"num_steps must be >= 1, got {n}")
         prefix = backbone.encode_prefix(ctx.images, ctx.state, ctx.prompt_ids)
-        x = self.initial_noise(ctx.batch_size, backbone.device, generator)
-        if self.noise_policy:
-            mean, log_std = self.noise_distribution(prefix)
-            x = mean + torch.exp(log_std) * x
+        x = self.start_noise(prefix, self.initial_noise(ctx.batch_size, backbone.device, generator))
         return self.integrate(backbone, prefix, x, n)
 
     @torch.no_grad()

@@ -87,10 +87,18 @@ class ActorCritic(nn.Module):
         policy: the policy to improve (chunk or flow head).
         init_log_std: initial log-std (chunk) or log noise level (flow).
         train_backbone: also update the backbone (else it is frozen; the head trains).
+        flow_rl: how a flow head explores (`vlaforge.rl.config.RLConfig.flow_rl`).
+        noise_bound: ``latent`` only: the bound a noise policy the run adds gets (`FlowHead.noise_bound`; 0:
+            unbounded); a policy that has one keeps its own.
     """
 
     def __init__(
-        self, policy: Any, init_log_std: float = -1.0, train_backbone: bool = False, flow_rl: str = "sde"
+        self,
+        policy: Any,
+        init_log_std: float = -1.0,
+        train_backbone: bool = False,
+        flow_rl: str = "sde",
+        noise_bound: float = 0.0,
     ):
         super().__init__()
         kind = policy.head.kind
@@ -136,6 +144,7 @@ class ActorCritic(nn.Module):
             if fresh:
                 with torch.no_grad():
                     head.noise_log_std.fill_(float(init_log_std))
+                head.noise_bound = float(noise_bound)
             for p in head.parameters():
                 p.requires_grad_(False)
             for p in head.untrained_parameters():
@@ -197,8 +206,7 @@ class ActorCritic(nn.Module):
         x1 = torch.randn((B, head.chunk_size, head.action_dim), generator=generator, device=generator.device)
         backbone = self.policy.backbone
         if self.flow_rl == "latent":
-            mean, log_std = head.noise_distribution(fwd.prefix)
-            w = mean + torch.exp(log_std) * x1.to(mean.device)
+            w = head.start_noise(fwd.prefix, x1)
             return head.integrate(backbone, fwd.prefix, w, head.num_steps), w
         if self.flow_rl == "noise":
             chain = self._noise_chain(fwd.prefix, x1.to(backbone.device), generator)
@@ -251,6 +259,11 @@ class ActorCritic(nn.Module):
             ent = gaussian_entropy(log_std, keep)
             return logp, ent, value
         if self.flow_rl == "latent":  # record: the starting noise w (B, H, D); all of it acts
+            if self.policy.head.noise_bound > 0:
+                raise InputError(
+                    "this policy's noise policy is bounded (noise_bound > 0): it trains with --algo sac, "
+                    "whose log-probabilities account for the bound"
+                )
             mean, log_std = self.policy.head.noise_distribution(fwd.prefix)
             return gaussian_log_prob(record, mean, log_std), gaussian_entropy(log_std).expand_as(value), value
         n = record.shape[1] - 1

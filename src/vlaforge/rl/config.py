@@ -30,8 +30,10 @@ class RLConfig(JsonConfig):
         env: the environment (``vlaforge.envs.registry``); None: the one the policy was trained in (else the
             registry's default).
         tasks: the tasks to train on: a task set, group, task name or comma list (None: the env's default).
-        algo: ``ppo`` (clipped objective, GAE with a learned critic) or ``grpo`` (no critic; advantages are
-            episode returns normalised within a group of episodes that start from the same scene).
+        algo: ``ppo`` (clipped objective, GAE with a learned critic), ``grpo`` (no critic; advantages are
+            episode returns normalised within a group of episodes that start from the same scene) or ``sac``
+            (DSRL's off-policy learner: soft actor-critic on the flow head's starting noise, with a replay
+            buffer; needs ``--flow-rl latent``, `vlaforge.rl.sac`).
         iterations: rollout + update rounds (a resumed run continues up to this).
         envs: episodes per iteration, run side by side (one batched forward pass per step group).
         workers: simulation worker processes, each stepping its share of the episodes (0: every env in this
@@ -80,6 +82,17 @@ class RLConfig(JsonConfig):
             at success either way); ``dense``: the simulator's shaped reward summed over each executed chunk,
             divided by ``max_steps`` (Meta-World's is in [0, 10] per step), plus the success flag: easier to
             learn from and easier to game, an option for experiments only.
+        utd: ``sac``: gradient steps per new transition (update-to-data ratio; DSRL: 5, from 20 steps per 4
+            envs' step), taken after each iteration's rollouts once the buffer holds ``batch_size``.
+        batch_size: ``sac``: transitions per gradient step (DSRL: 256).
+        tau: ``sac``: Polyak rate of the target critics (DSRL: 0.005).
+        noise_bound: ``sac``: the noise policy's draws are squashed to (-b, b) by b tanh (DSRL: 1.5); saved
+            with the policy (the head's ``noise_bound``).
+        target_entropy: ``sac``: the entropy of the noise policy (nats per decision, over the whole (H, D)
+            noise) the temperature is tuned towards (DSRL: 0).
+        init_alpha: ``sac``: the temperature's start.
+        buffer_size: ``sac``: transitions the replay buffer holds (the oldest are overwritten); saved with
+            each checkpoint for an exact resume.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         resume: continue from ``out/last`` exactly (policy, critic, log-std, optimiser, RNG, iteration).
     """
@@ -88,7 +101,7 @@ class RLConfig(JsonConfig):
     out: str = "runs/rl"
     env: str | None = None
     tasks: str | None = None
-    algo: Literal["ppo", "grpo"] = "ppo"
+    algo: Literal["ppo", "grpo", "sac"] = "ppo"
     iterations: int = 100
     envs: int = 16
     workers: int = 0
@@ -117,14 +130,37 @@ class RLConfig(JsonConfig):
     save_every: int = 10
     video_every: int = 50
     reward: Literal["success", "dense"] = "success"
+    utd: float = 1.0
+    batch_size: int = 256
+    tau: float = 0.005
+    noise_bound: float = 1.5
+    target_entropy: float = 0.0
+    init_alpha: float = 0.01
+    buffer_size: int = 200_000
     device: str = "auto"
     resume: bool = False
 
     def __post_init__(self) -> None:
         if not self.init and not self.resume:
             raise InputError("--init is required: the policy directory to improve (e.g. RUN/last)")
-        if self.algo not in ("ppo", "grpo"):
-            raise InputError(f"--algo must be ppo or grpo, got {self.algo!r}")
+        if self.algo not in ("ppo", "grpo", "sac"):
+            raise InputError(f"--algo must be ppo, grpo or sac, got {self.algo!r}")
+        if self.algo == "sac" and self.flow_rl != "latent":
+            raise InputError(
+                "--algo sac learns the flow head's starting noise (DSRL); add --flow-rl latent (a policy "
+                "with a flow head)"
+            )
+        if self.algo == "sac":
+            if self.utd <= 0 or self.batch_size < 1 or self.buffer_size < self.batch_size:
+                raise InputError(
+                    f"--utd must be > 0, --batch-size >= 1 and --buffer-size >= --batch-size; got {self.utd}, "
+                    f"{self.batch_size}, {self.buffer_size}"
+                )
+            if not 0.0 < self.tau <= 1.0 or self.noise_bound <= 0 or self.init_alpha <= 0:
+                raise InputError(
+                    f"--tau must be in (0, 1], --noise-bound and --init-alpha > 0; got {self.tau}, "
+                    f"{self.noise_bound}, {self.init_alpha}"
+                )
         if self.flow_rl not in ("sde", "noise", "latent"):
             raise InputError(f"--flow-rl must be sde, noise or latent, got {self.flow_rl!r}")
         if self.init_log_std is None:

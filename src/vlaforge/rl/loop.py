@@ -15,6 +15,7 @@ import base64
 import copy
 import dataclasses
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ from vlaforge.rl.algos import gae, grpo_advantages, ppo_loss, value_loss
 from vlaforge.rl.config import RUN_CONFIG, RLConfig, resumed_config
 from vlaforge.rl.logprob import gaussian_kl
 from vlaforge.rl.rollout import Batch, EnvPool, WorkerPool, collect, eval_seed_set, training_scenes
+from vlaforge.rl.sac import BUFFER_FILE, ReplayBuffer, SACModules, sac_losses, transitions
 from vlaforge.train.checkpoint import (
     load_optimizer,
     optimizer_to_safetensors,
@@ -56,20 +58,39 @@ class RLRun:
 
     def __init__(self, cfg: RLConfig, policy: Any, device: str):
         self.cfg, self.device = cfg, device
-        self.actor = ActorCritic(policy, cfg.init_log_std, cfg.train_backbone, cfg.flow_rl).to(device)
+        sac = cfg.algo == "sac"
+        self.actor = ActorCritic(
+            policy,
+            cfg.init_log_std,
+            cfg.train_backbone,
+            cfg.flow_rl,
+            noise_bound=cfg.noise_bound if sac else 0.0,
+        ).to(device)
         self.actor.eval()  # no dropout: the log-probabilities of sampling and update are the same function
+        self.buffer: ReplayBuffer | None = None
+        if sac:  # the Q-networks, their targets and the temperature live beside the policy
+            head, width = self.actor.policy.head, policy.backbone.hidden_size
+            self.actor.sac = SACModules(2 * width, head.chunk_size * head.action_dim, cfg.init_alpha).to(
+                device
+            )
+            self.buffer = ReplayBuffer(cfg.buffer_size, 2 * width, (head.chunk_size, head.action_dim))
         critic = [p for n, p in self.actor.named_parameters() if n.startswith("critic.")]
-        self.names = [n for n, p in self.actor.named_parameters() if p.requires_grad]
+        own = ("critic.", "sac.")
         actor_params = [
-            p for n, p in self.actor.named_parameters() if p.requires_grad and not n.startswith("critic.")
+            p for n, p in self.actor.named_parameters() if p.requires_grad and not n.startswith(own)
         ]
         groups = [{"params": actor_params, "lr": cfg.lr}]
         if cfg.algo == "ppo":
             groups.append({"params": critic, "lr": cfg.critic_lr})
-        else:
+        else:  # GRPO has no critic; SAC's are its Q-networks
             for p in critic:
                 p.requires_grad_(False)
-            self.names = [n for n in self.names if not n.startswith("critic.")]
+        if sac:
+            groups.append({"params": list(self.actor.sac.q.parameters()), "lr": cfg.critic_lr})
+            groups.append({"params": [self.actor.sac.log_alpha], "lr": cfg.lr})
+        # The optimiser's parameters in its own order: the names its checkpoint is keyed by.
+        ids = {id(p): n for n, p in self.actor.named_parameters()}
+        self.names = [ids[id(p)] for g in groups for p in g["params"]]
         self.optimizer = torch.optim.Adam(groups)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.iteration = 0
@@ -89,6 +110,9 @@ class RLRun:
             save_file(rl_tensors, str(staged.path / MODEL_FILE))
             tensors, meta = optimizer_to_safetensors(self.optimizer, self.names)
             save_file(tensors, str(staged.path / OPTIMIZER_FILE), metadata=meta)
+            if self.buffer is not None:
+                tensors, meta = self.buffer.state()
+                save_file(tensors, str(staged.path / BUFFER_FILE), metadata=meta)
             state = {
                 "iteration": self.iteration,
                 "generator": base64.b64encode(self.generator.get_state().numpy().tobytes()).decode("ascii"),
@@ -119,6 +143,12 @@ class RLRun:
                 if n in tensors:
                     p.copy_(tensors[n])
         load_optimizer(ckpt / OPTIMIZER_FILE, self.optimizer, self.names)
+        if self.buffer is not None:
+            from safetensors import safe_open
+
+            with safe_open(str(ckpt / BUFFER_FILE), framework="pt") as f:
+                meta = f.metadata()
+            self.buffer.restore(load_file(str(ckpt / BUFFER_FILE)), meta)
         state = json.loads((ckpt / STATE_FILE).read_text())
         self.iteration = int(state["iteration"])
         raw = np.frombuffer(base64.b64decode(state["generator"]), dtype=np.uint8).copy()
@@ -226,6 +256,43 @@ def update(run: RLRun, batch: Batch) -> dict[str, float]:
                 stop = True
                 break
     return {**{k: v / max(1, steps) for k, v in sums.items()}, "gradient_steps": steps, **extra}
+
+
+@torch.no_grad()
+def decision_features(actor: ActorCritic, decisions: list, minibatch: int = 64) -> torch.Tensor:
+    """What SAC's networks read of each decision's observation (M, 2 d), float32 on the CPU: the LLM's last
+    prefix hidden state (the noise policy's input) and the mean of its hidden states over the prefix."""
+    out = []
+    for s in range(0, len(decisions), minibatch):
+        fwd = actor.forward_ctx(_contexts(actor, decisions[s : s + minibatch]))
+        out.append(torch.cat([fwd.prefix.last_hidden.float(), fwd.features.float()], -1).cpu())
+    return torch.cat(out)
+
+
+def sac_update(run: RLRun, batch: Batch) -> dict[str, float]:
+    """SAC's part of an iteration: the batch's transitions into the replay buffer, then `utd` gradient
+    steps per new transition (none until the buffer holds a minibatch)."""
+    cfg, actor, buffer = run.cfg, run.actor, run.buffer
+    assert buffer is not None
+    new = transitions(batch.decisions, decision_features(actor, batch.decisions))
+    buffer.add(**new)
+    n_new = len(new["reward"])
+    steps = math.ceil(cfg.utd * n_new) if buffer.size >= cfg.batch_size else 0
+    head, hidden = actor.policy.head, actor.policy.backbone.hidden_size
+    sums: dict[str, float] = {}
+    for _ in range(steps):
+        sample = {k: v.to(run.device) for k, v in buffer.sample(cfg.batch_size, run.generator).items()}
+        loss, stats = sac_losses(
+            actor.sac, head, sample, hidden, cfg.gamma, cfg.target_entropy, run.generator
+        )
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        actor.sac.update_targets(cfg.tau)
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0.0) + v
+    out = {k: v / steps for k, v in sums.items()}
+    return {**out, "gradient_steps": steps, "transitions": n_new, "buffer_size": buffer.size}
 
 
 def _init_weights(init: str) -> tuple[Path, str]:
@@ -500,7 +567,7 @@ def run_rl(cfg: RLConfig) -> Path:
             scenes = training_scenes(tasks, state.iteration, n_groups, cfg.train_seed, avoid)
             batch = collect(state.actor, pool, scenes, cfg.group_size, state.execute_steps, state.generator)
             t0 = time.perf_counter()
-            stats = update(state, batch)
+            stats = sac_update(state, batch) if cfg.algo == "sac" else update(state, batch)
             update_s = time.perf_counter() - t0
             kl = kl_to_initial(state, initial, batch)
             state.iteration += 1

@@ -35,6 +35,7 @@ class Decision:
     executed: int  # rows of the chunk that reached the env
     reward: float
     done: bool
+    success: bool = False  # the episode ended here in success (done for that reason, not its step limit)
 
 
 @dataclass
@@ -344,6 +345,7 @@ def collect(
                     executed=res["executed"],
                     reward=res["reward"],
                     done=res["done"],
+                    success=res["success"],
                 )
             )
             if res["done"]:
