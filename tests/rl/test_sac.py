@@ -84,19 +84,21 @@ def _decision(slot, reward=0.0, done=False, success=False, w=0.0):
 
 
 def test_transitions_pair_each_decision_with_the_next_of_its_episode():
-    """Episodes interleaved as rollouts append them: slot 0 succeeds at its 3rd decision (a terminal
-    transition), slot 1 runs out of steps at its 2nd (its last decision gives no transition)."""
+    """Episodes interleaved as rollouts append them: slot 0 succeeds at its 3rd decision, slot 1 runs out
+    of steps at its 2nd; both end in a terminal transition, and a decision of an episode still running
+    at the end of the batch (slot 2, never done) gives none."""
     decisions = [
         _decision(0, w=0), _decision(1, w=10),
         _decision(0, w=1), _decision(1, done=True, w=11),
         _decision(0, reward=1.0, done=True, success=True, w=2),
+        _decision(2, w=20),
     ]  # fmt: skip
-    features = torch.arange(5, dtype=torch.float32)[:, None] * 100
+    features = torch.arange(6, dtype=torch.float32)[:, None] * 100
     t = transitions(decisions, features)
-    assert t["noise"][:, 0, 0].tolist() == [0, 10, 1, 2]
-    assert t["features"][:, 0].tolist() == [0, 100, 200, 400]
+    assert t["noise"][:, 0, 0].tolist() == [0, 10, 1, 11, 2]
+    assert t["features"][:, 0].tolist() == [0, 100, 200, 300, 400]
     assert t["next_features"][:3, 0].tolist() == [200, 300, 400]
-    assert t["terminal"].tolist() == [0, 0, 0, 1] and t["reward"].tolist() == [0, 0, 0, 1]
+    assert t["terminal"].tolist() == [0, 0, 0, 1, 1] and t["reward"].tolist() == [0, 0, 0, 0, 1]
 
 
 def test_replay_buffer_ring_and_restore():
