@@ -43,7 +43,8 @@ def test_resume_is_bitwise_exact(tmp_path, weak_policy, algo, head, flow_rl):
     common = dict(
         init=str(init), tasks="drawer-close", envs=2, max_steps=24, device="cpu", algo=algo, lr=1e-3,
         group_size=2 if algo == "grpo" else 1, epochs=2, save_every=1, init_log_std=-0.3,
-        reward="dense", flow_rl=flow_rl, **({"batch_size": 4, "utd": 2.0} if algo == "sac" else {}),
+        reward="success" if algo == "sac" else "dense", flow_rl=flow_rl,
+        **({"batch_size": 4, "utd": 2.0} if algo == "sac" else {}),
     )  # fmt: skip
     straight = run_rl(RLConfig(out=str(tmp_path / "a"), iterations=2, **common))
     half = run_rl(RLConfig(out=str(tmp_path / "b"), iterations=1, **common))

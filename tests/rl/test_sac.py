@@ -77,6 +77,8 @@ def test_bounded_noise_policy_is_saved_and_samples_as_the_actor(tmp_path):
         actor.evaluate(ctx, w, torch.ones(3, 8, dtype=torch.bool))
     with pytest.raises(InputError, match="--flow-rl latent"):
         RLConfig(init="x", algo="sac")
+    with pytest.raises(InputError, match="success flag"):
+        RLConfig(init="x", algo="sac", flow_rl="latent", reward="dense")
 
 
 def _decision(slot, reward=0.0, done=False, success=False, w=0.0):
@@ -116,8 +118,8 @@ def test_replay_buffer_ring_and_restore():
 
 
 def test_sac_learns_a_one_step_bandit():
-    """One decision per episode (terminal), reward = the first noise element w[0, 0] (in (-1.5, 1.5)): the
-    critic must learn Q(s, w) = w[0, 0] from the buffer and the actor push w[0, 0] to the bound, leaving
+    """One decision per episode (terminal), reward = (w[0, 0] + 1.5) / 3 (in (0, 1)): the critic must learn
+    Q(s, w) = that from the buffer and the actor push w[0, 0] to the bound, leaving
     the other elements alone. 600 gradient steps, seeded; fails without the actor's Q term (the mean would
     stay at 0) or with a critic that does not fit."""
     emb = get_env("metaworld").embodiment(("corner2",), 64)
@@ -131,7 +133,8 @@ def test_sac_learns_a_one_step_bandit():
     feats = torch.randn(n, 2 * d, generator=g)
     w = 1.5 * torch.tanh(torch.randn(n, 8, 4, generator=g))
     buf = ReplayBuffer(n, 2 * d, (8, 4))
-    buf.add(features=feats, noise=w, reward=w[:, 0, 0].clone(), terminal=torch.ones(n), next_features=feats)
+    reward = (w[:, 0, 0] + 1.5) / 3  # in (0, 1), as a discounted chance of success is
+    buf.add(features=feats, noise=w, reward=reward, terminal=torch.ones(n), next_features=feats)
     params = [*head.untrained_parameters()]
     opt = torch.optim.Adam([
         {"params": params, "lr": 3e-3}, {"params": list(sac.q.parameters()), "lr": 1e-3},
@@ -150,5 +153,6 @@ def test_sac_learns_a_one_step_bandit():
         q = sac.values(probe, w_probe).mean(0)
     assert drawn[:, 0, 0].mean() > 1.2, drawn[:, 0, 0].mean()
     assert drawn[:, 1:].mean().abs() < 0.3
+    assert (q - (w_probe[:, 0, 0] + 1.5) / 3).abs().mean() < 0.1
     r = np.corrcoef(q.numpy(), w_probe[:, 0, 0].numpy())[0, 1]
     assert r > 0.9, r

@@ -90,7 +90,8 @@ class RLConfig(JsonConfig):
             with the policy (the head's ``noise_bound``).
         target_entropy: ``sac``: the entropy of the noise policy (nats per decision, over the whole (H, D)
             noise) the temperature is tuned towards (DSRL: 0).
-        init_alpha: ``sac``: the temperature's start.
+        init_alpha: ``sac``: the temperature's start (stable-baselines3's automatic temperature, which DSRL
+            uses, starts at 1: the actor stays spread while the critics learn, until the temperature falls).
         buffer_size: ``sac``: transitions the replay buffer holds (the oldest are overwritten); saved with
             each checkpoint for an exact resume.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
@@ -135,7 +136,7 @@ class RLConfig(JsonConfig):
     tau: float = 0.005
     noise_bound: float = 1.5
     target_entropy: float = 0.0
-    init_alpha: float = 0.01
+    init_alpha: float = 1.0
     buffer_size: int = 200_000
     device: str = "auto"
     resume: bool = False
@@ -151,6 +152,11 @@ class RLConfig(JsonConfig):
                 "with a flow head)"
             )
         if self.algo == "sac":
+            if self.reward != "success":
+                raise InputError(
+                    "--algo sac learns from the success flag alone (its Q is a discounted chance of success, in "
+                    "[0, 1]); drop --reward dense"
+                )
             if self.utd <= 0 or self.batch_size < 1 or self.buffer_size < self.batch_size:
                 raise InputError(
                     f"--utd must be > 0, --batch-size >= 1 and --buffer-size >= --batch-size; got {self.utd}, "

@@ -12,7 +12,7 @@ state (what the noise policy reads) and the mean of its hidden states over the p
 frozen, so they never change and the buffer keeps them instead of frames.
 
 One gradient step draws a minibatch and makes one Adam step on three losses at once, each reaching only
-its own parameters: the critics' squared error to r + gamma (1 - terminal) min Q_target(s', w'), w' drawn
+its own parameters: the critics' cross-entropy to r + gamma (1 - terminal) min Q_target(s', w'), w' drawn
 from the current policy; the actor's alpha log pi(w|s) - min Q(s, w), the critics held fixed; the
 temperature's -log alpha (log pi(w|s) + target_entropy). Target critics follow by Polyak averaging
 (`tau`). The backup leaves out the entropy bonus (jaxrl's `backup_entropy=False`): with a success reward
@@ -72,7 +72,13 @@ def _q_net(in_dim: int) -> nn.Sequential:
 
 
 class SACModules(nn.Module):
-    """Two Q-networks on (features, flattened w), their Polyak targets and the log-temperature."""
+    """Two Q-networks on (features, flattened w), their Polyak targets and the log-temperature.
+
+    Each Q-network ends in a logit and Q is its sigmoid: with the success flag as the only reward and the
+    episode ending at success or at its step limit, a return lies in [0, 1], so Q is a discounted chance
+    of success, fitted by binary cross-entropy to soft targets. Unbounded, Q ran away from the data: the
+    actor moved to noise the buffer never held, the critics extrapolated there, and the targets carried
+    it back (mean Q 0.19 -> 6.8 in 9 iterations with a success rate near 0.16)."""
 
     def __init__(self, feature_dim: int, noise_dim: int, init_alpha: float):
         super().__init__()
@@ -82,11 +88,15 @@ class SACModules(nn.Module):
             p.requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(init_alpha)))
 
-    def values(self, features: torch.Tensor, w: torch.Tensor, target: bool = False) -> torch.Tensor:
-        """Q of both networks (2, B)."""
+    def logits(self, features: torch.Tensor, w: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """Both networks' logits (2, B)."""
         x = torch.cat([features, w.flatten(1)], dim=-1)
         nets = self.q_target if target else self.q
         return torch.stack([net(x).squeeze(-1) for net in nets])
+
+    def values(self, features: torch.Tensor, w: torch.Tensor, target: bool = False) -> torch.Tensor:
+        """Q of both networks (2, B), in (0, 1)."""
+        return torch.sigmoid(self.logits(features, w, target))
 
     def values_fixed(self, features: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """`values` with the Q-networks' parameters detached: gradients reach w only (the actor's loss)."""
@@ -95,7 +105,7 @@ class SACModules(nn.Module):
         for net in self.q:
             params = {n: p.detach() for n, p in net.named_parameters()}
             out.append(functional_call(net, params, (x,)).squeeze(-1))
-        return torch.stack(out)
+        return torch.sigmoid(torch.stack(out))
 
     @torch.no_grad()
     def update_targets(self, tau: float) -> None:
@@ -198,8 +208,9 @@ def sac_losses(
         w2, _ = sample_noise(head, f2[:, :hidden_dim], generator)
         q2 = sac.values(f2, w2, target=True).min(0).values
         y = batch["reward"] + gamma * (1.0 - batch["terminal"]) * q2
-    q = sac.values(f, batch["noise"])
-    critic_loss = 0.5 * (q - y[None]).pow(2).mean(1).sum()
+    logits = sac.logits(f, batch["noise"])
+    critic_loss = nn.functional.binary_cross_entropy_with_logits(logits, y[None].expand_as(logits)) * 2
+    q = torch.sigmoid(logits.detach())
     w, logp = sample_noise(head, f[:, :hidden_dim], generator)
     q_pi = sac.values_fixed(f, w).min(0).values
     actor_loss = (alpha.detach() * logp - q_pi).mean()
