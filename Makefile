@@ -38,8 +38,10 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/vlaforge demo
 
+# Two worker processes of one thread each, then the tests marked serial alone (tests/conftest.py).
 test: setup
-	$(VENV)/bin/pytest -q -m "not gpu" --durations=15
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -n 2 --dist worksteal -m "not gpu and not serial" --durations=15
+	$(VENV)/bin/pytest -q -m "serial and not gpu" --durations=5
 
 test-fast: setup
 	$(VENV)/bin/pytest -q -m "not slow and not gpu"
