@@ -14,6 +14,7 @@ from vlaforge.errors import InputError
 from vlaforge.models.policy import Policy
 from vlaforge.rl.actor import ActorCritic
 from vlaforge.rl.config import RLConfig
+from vlaforge.rl.loop import RLRun
 from vlaforge.rl.rollout import Decision
 from vlaforge.rl.sac import (
     ReplayBuffer,
@@ -77,6 +78,9 @@ def test_bounded_noise_policy_is_saved_and_samples_as_the_actor(tmp_path):
         actor.evaluate(ctx, w, torch.ones(3, 8, dtype=torch.bool))
     with pytest.raises(InputError, match="--flow-rl latent"):
         RLConfig(init="x", algo="sac")
+    unbounded = Policy.from_preset("tiny", "flow", emb, make_stats(4, 4), num_steps=3, noise_policy=True)
+    with pytest.raises(InputError, match="unbounded"):
+        RLRun(RLConfig(init="x", algo="sac", flow_rl="latent"), unbounded, "cpu")
     with pytest.raises(InputError, match="success flag"):
         RLConfig(init="x", algo="sac", flow_rl="latent", reward="dense")
 

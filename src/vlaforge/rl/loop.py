@@ -70,6 +70,11 @@ class RLRun:
         self.buffer: ReplayBuffer | None = None
         if sac:  # the Q-networks, their targets and the temperature live beside the policy
             head, width = self.actor.policy.head, policy.backbone.hidden_size
+            if head.noise_bound <= 0:
+                raise InputError(
+                    "--algo sac: this policy already has a noise policy, unbounded (noise_bound 0, trained by "
+                    "--algo ppo --flow-rl latent); SAC needs a bounded one: start from the policy it came from"
+                )
             self.actor.sac = SACModules(2 * width, head.chunk_size * head.action_dim, cfg.init_alpha).to(
                 device
             )
