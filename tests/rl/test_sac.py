@@ -113,6 +113,11 @@ def test_replay_buffer_ring_and_restore():
         f = torch.tensor([[float(i)]])
         buf.add(features=f, noise=f[:, :, None], reward=f[:, 0], terminal=f[:, 0] * 0, next_features=f)
     assert buf.size == 3 and buf.pos == 2 and buf.data["features"][:, 0].tolist() == [3, 4, 2]
+    at_once = ReplayBuffer(3, 1, (1, 1))  # one batch larger than the ring: the same rows, the same place
+    f = torch.arange(5.0)[:, None]
+    at_once.add(features=f, noise=f[:, :, None], reward=f[:, 0], terminal=f[:, 0] * 0, next_features=f)
+    assert all(torch.equal(at_once.data[k], buf.data[k]) for k in buf.KEYS)
+    assert (at_once.size, at_once.pos) == (buf.size, buf.pos)
     tensors, meta = buf.state()
     other = ReplayBuffer(3, 1, (1, 1))
     other.restore(tensors, meta)

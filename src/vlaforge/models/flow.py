@@ -202,22 +202,31 @@ class FlowHead(ActionHead):
     def noise_distribution(self, prefix: Prefix) -> tuple[torch.Tensor, torch.Tensor]:
         """The start of the integration: mean (B, H, D) and log-std (H, D), float32; zeros without a noise
         policy (N(0, I))."""
-        B, H, D = prefix.last_hidden.shape[0], self.chunk_size, self.action_dim
+        return self.noise_moments(prefix.last_hidden)
+
+    def noise_moments(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`noise_distribution` from the prefix's last hidden states (B, d) alone (what the noise policy
+        reads; SAC's replay buffer keeps them instead of prefixes)."""
+        B, H, D = hidden.shape[0], self.chunk_size, self.action_dim
         if not self.noise_policy:
-            zeros = torch.zeros((B, H, D), device=prefix.last_hidden.device)
+            zeros = torch.zeros((B, H, D), device=hidden.device)
             return zeros, zeros[0]
         w = self.noise_mean[0].weight
-        mean = self.noise_mean(prefix.last_hidden.to(device=w.device, dtype=w.dtype)).float().view(B, H, D)
+        mean = self.noise_mean(hidden.to(device=w.device, dtype=w.dtype)).float().view(B, H, D)
         return mean, self.noise_log_std.float()
+
+    def bound_noise(self, u: torch.Tensor) -> torch.Tensor:
+        """A noise policy's draw u as the integration's start: `noise_bound` * tanh(u) when the bound is set,
+        else u itself."""
+        return self.noise_bound * torch.tanh(u) if self.noise_bound > 0 else u
 
     def start_noise(self, prefix: Prefix, x: torch.Tensor) -> torch.Tensor:
         """Where the integration starts, from a standard normal draw x (B, H, D): x itself without a noise
-        policy; mean + exp(log_std) * x with one, then `noise_bound` * tanh of that when the bound is set."""
+        policy; mean + exp(log_std) * x with one, then `bound_noise` of that."""
         if not self.noise_policy:
             return x
         mean, log_std = self.noise_distribution(prefix)
-        u = mean + torch.exp(log_std) * x.to(mean.device)
-        return self.noise_bound * torch.tanh(u) if self.noise_bound > 0 else u
+        return self.bound_noise(mean + torch.exp(log_std) * x.to(mean.device))
 
     # -------------------------------------------------------------------- the expert
     def embed(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

@@ -146,12 +146,12 @@ class RLConfig(JsonConfig):
             raise InputError("--init is required: the policy directory to improve (e.g. RUN/last)")
         if self.algo not in ("ppo", "grpo", "sac"):
             raise InputError(f"--algo must be ppo, grpo or sac, got {self.algo!r}")
-        if self.algo == "sac" and self.flow_rl != "latent":
-            raise InputError(
-                "--algo sac learns the flow head's starting noise (DSRL); add --flow-rl latent (a policy "
-                "with a flow head)"
-            )
         if self.algo == "sac":
+            if self.flow_rl != "latent":
+                raise InputError(
+                    "--algo sac learns the flow head's starting noise (DSRL); add --flow-rl latent (a policy "
+                    "with a flow head)"
+                )
             if self.reward != "success":
                 raise InputError(
                     "--algo sac learns from the success flag alone (its Q is a discounted chance of success, in "

@@ -54,12 +54,10 @@ def sample_noise(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A reparameterised draw of the bounded noise for prefix hidden states (B, d): w (B, H, D) and
     log pi(w | s) (B,), with gradients to the noise policy."""
-    x = hidden.to(dtype=head.noise_mean[0].weight.dtype)
-    mean = head.noise_mean(x).float().view(hidden.shape[0], head.chunk_size, head.action_dim)
-    log_std = head.noise_log_std.float()
+    mean, log_std = head.noise_moments(hidden)
     eps = torch.randn(mean.shape, generator=generator, device=generator.device).to(mean.device)
     u = mean + torch.exp(log_std) * eps
-    return head.noise_bound * torch.tanh(u), tanh_gaussian_log_prob(u, mean, log_std, head.noise_bound)
+    return head.bound_noise(u), tanh_gaussian_log_prob(u, mean, log_std, head.noise_bound)
 
 
 def _q_net(in_dim: int) -> nn.Sequential:
@@ -135,11 +133,12 @@ class ReplayBuffer:
 
     def add(self, **batch: torch.Tensor) -> None:
         n = len(batch["reward"])
-        for i in range(n):  # ring order, element by element, so wrapping needs no special case
-            for k in self.KEYS:
-                self.data[k][self.pos] = batch[k][i]
-            self.pos = (self.pos + 1) % self.capacity
-            self.size = min(self.size + 1, self.capacity)
+        skip = max(0, n - self.capacity)  # rows a batch larger than the ring would overwrite itself
+        idx = (self.pos + torch.arange(skip, n)) % self.capacity
+        for k in self.KEYS:
+            self.data[k][idx] = batch[k][skip:].to(self.data[k].dtype)
+        self.pos = (self.pos + n) % self.capacity
+        self.size = min(self.size + n, self.capacity)
 
     def sample(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
         idx = torch.randint(0, self.size, (n,), generator=generator)
@@ -209,6 +208,7 @@ def sac_losses(
         q2 = sac.values(f2, w2, target=True).min(0).values
         y = batch["reward"] + gamma * (1.0 - batch["terminal"]) * q2
     logits = sac.logits(f, batch["noise"])
+    # the mean over both networks and the minibatch, times 2: the sum of the two networks' losses
     critic_loss = nn.functional.binary_cross_entropy_with_logits(logits, y[None].expand_as(logits)) * 2
     q = torch.sigmoid(logits.detach())
     w, logp = sample_noise(head, f[:, :hidden_dim], generator)
