@@ -185,3 +185,18 @@ def test_a_killed_simulation_worker_is_named():
             pool.reset([(0, "drawer-close-v3", 1)])
     finally:
         pool.close()
+
+
+def test_resume_of_a_latent_noise_run_keeps_its_filled_in_settings(tmp_path):
+    """`init_log_std` left unset is filled from `flow_rl` (0 for the latent noise policy, -1 otherwise): a
+    resume that names neither must not count the other method's value as a change."""
+    from vlaforge.rl.config import RUN_CONFIG, resumed_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = RLConfig(init="x", out=str(run), algo="sac", flow_rl="latent", reward="success", iterations=3)
+    (run / RUN_CONFIG).write_text(json.dumps(saved.to_dict()))
+    cfg = resumed_config(RLConfig(out=str(run), iterations=9, resume=True), run)
+    assert (cfg.algo, cfg.flow_rl, cfg.init_log_std, cfg.iterations) == ("sac", "latent", 0.0, 9)
+    with pytest.raises(InputError, match=r"init_log_std: 0\.0 -> -2\.0"):
+        resumed_config(RLConfig(out=str(run), iterations=9, resume=True, init_log_std=-2.0), run)

@@ -170,7 +170,7 @@ class RLConfig(JsonConfig):
         if self.flow_rl not in ("sde", "noise", "latent"):
             raise InputError(f"--flow-rl must be sde, noise or latent, got {self.flow_rl!r}")
         if self.init_log_std is None:
-            self.init_log_std = 0.0 if self.flow_rl == "latent" else -1.0
+            self.init_log_std = default_log_std(self.flow_rl)
         if self.flow_rl == "latent" and self.train_backbone:
             raise InputError(
                 "--flow-rl latent trains only the noise the frozen policy starts from; drop --train-backbone "
@@ -207,6 +207,11 @@ class RLConfig(JsonConfig):
             )
 
 
+def default_log_std(flow_rl: str) -> float:
+    """`RLConfig.init_log_std` when not given: the latent noise policy starts at the flow's own N(0, I)."""
+    return 0.0 if flow_rl == "latent" else -1.0
+
+
 def resumed_config(cfg: RLConfig, run: Path) -> RLConfig:
     """The settings a resumed run continues with: the saved ones, and of this call's only those it sets
     (a value other than the field's default), e.g. ``vlaforge rl --out RUN --iterations 200 --resume``.
@@ -217,6 +222,8 @@ def resumed_config(cfg: RLConfig, run: Path) -> RLConfig:
         raise InputError(f"--resume: {path} does not exist; is {run} an RL run directory?")
     saved = json.loads(path.read_text())
     defaults = {f.name: f.default for f in fields(RLConfig)}
+    # A field left unset is filled from others in __post_init__: its filled value is a default too.
+    defaults["init_log_std"] = default_log_std(cfg.flow_rl)
     given = {k: v for k, v in cfg.to_dict().items() if k in defaults and v != defaults[k]}
     changed = changed_settings(saved, given, (*RESUMABLE_CHANGES, "init"))
     if changed:
