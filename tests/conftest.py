@@ -1,5 +1,7 @@
 """Marks the tests that must run alone: `make test` runs the rest in two worker processes (pytest-xdist),
-then these one after another, on an otherwise idle machine."""
+then these one after another, on an otherwise idle machine. The tests marked slow are collected first, so
+that the two processes start on them and share the short ones at the end, rather than one process running
+a minutes-long test while the other has nothing left."""
 
 from __future__ import annotations
 
@@ -23,3 +25,4 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         node = f"{item.path.resolve().relative_to(HERE).as_posix()}::{item.name}"
         if node.startswith(SERIAL):
             item.add_marker(pytest.mark.serial)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: file order otherwise

@@ -2,15 +2,15 @@
 
 The commands are read from README.md and docs/*.md themselves (fenced bash blocks and inline code
 starting with `vlaforge` or `torchrun`, and `python -m vlaforge.<module>` helpers, which run first; a
-command shown twice runs once), so the pages cannot drift from
-the code. Each one is parsed by the real `vlaforge` parser
-and its config built (a refused flag combination fails here), then run in a scratch directory with only
-its sizes scaled down, as listed in `SCALE`: Meta-World's tasks become one easy task, episode and step counts
-shrink. A command that needs a GPU (`--device cuda`) is parsed and configured only. A bare command name in a
-sentence (`vlaforge demo` runs ...) is a mention, not a command: the demo itself is `make demo`, and
-tests/eval/test_end_to_end.py runs it scaled down. `vlaforge serve` runs until stopped: it is started in a
-subprocess on a free port, the README's evaluation over `ws://127.0.0.1:8000` is pointed at it, and it is
-stopped at the end.
+command shown twice runs once), so the pages cannot drift from the code. Each one is parsed by the real
+`vlaforge` parser and its config built (a refused flag combination fails here), then run in a scratch
+directory with only its sizes scaled down, as listed in `SCALE`: Meta-World's tasks become one easy task,
+episode and step counts shrink (a collection that, scaled, repeats an earlier one with another --out copies
+that one's dataset). A command that needs a GPU (`--device cuda`) is parsed and configured only. A bare
+command name in a sentence (`vlaforge demo` runs ...) is a mention, not a command: the demo itself is
+`make demo`, and tests/eval/test_end_to_end.py runs it scaled down. `vlaforge serve` runs until stopped:
+it is started in a subprocess on a free port, the README's evaluation over `ws://127.0.0.1:8000` is
+pointed at it, and it is stopped at the end.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,7 @@ SCALE = {
     ("demo", "--episodes"): "2",
     (None, "--steps"): "2",
     (None, "--tasks"): TASK,
+    ("eval", "--max-steps"): "40",
     ("serve", "--port"): "0",  # a free port; the README's ws://127.0.0.1:8000 is rewritten to it
 }
 
@@ -84,6 +86,8 @@ def _scaled(argv: list[str]) -> list[str]:
                 out[i + 1] = value
     if name == "train" and "--steps" not in out:
         out += ["--steps", "2", "--warmup-steps", "0"]  # the default or a recipe's own length, scaled down
+    if name == "eval" and "--max-steps" not in out and "--protocol" not in out:
+        out += ["--max-steps", "40"]  # the env's episode length, scaled down (a protocol fixes its own)
     return ["demo/run/last" if a == "demo/run/last" else a for a in out]
 
 
@@ -141,6 +145,7 @@ def test_every_readme_command_runs(tmp_path, monkeypatch):
 
 def _run_commands(commands: list[list[str]], ran: list, servers: list, served: dict) -> None:
     gpu_outputs: list[str] = []  # what commands that need a GPU would have written
+    collected: dict[tuple[str, ...], str] = {}  # a scaled collect's flags but --out -> its output
     for cmd in commands:
         if cmd[0] == "python":
             done = subprocess.run([sys.executable, *cmd[1:]], capture_output=True, text=True, timeout=300)
@@ -171,6 +176,16 @@ def _run_commands(commands: list[list[str]], ran: list, servers: list, served: d
 
             config_from_args(_load(CONFIG_COMMANDS[name][1]), args)  # valid, but needs a GPU to run
             continue
+        if name == "collect" and "--out" in argv:
+            # Scaled down, several pages' collections are the same command with another --out (4 episodes
+            # of one task): it ran once; the others copy its dataset.
+            i = argv.index("--out")
+            key = tuple(argv[:i] + argv[i + 2 :])
+            if key in collected:
+                shutil.copytree(collected[key], argv[i + 1])
+                ran.append(" ".join(argv))
+                continue
+            collected[key] = argv[i + 1]
         if name == "serve":
             proc = subprocess.Popen(
                 [sys.executable, "-m", "vlaforge.cli", *argv], stdout=subprocess.PIPE, text=True

@@ -78,6 +78,7 @@ def _same_trajectories(single, batched) -> int:
     return sum(moved for _, moved in measured)
 
 
+@pytest.mark.slow
 @pytest.mark.sim
 @pytest.mark.parametrize("head", ["chunk", "flow"])
 def test_batched_and_per_process_give_the_same_episodes(tmp_path, head, policy_stats):
@@ -100,6 +101,7 @@ def test_batched_and_per_process_give_the_same_episodes(tmp_path, head, policy_s
     assert [e["seed"] for e in ha["episodes"]] == [e["seed"] for e in a]
 
 
+@pytest.mark.slow
 @pytest.mark.sim
 @pytest.mark.parametrize(
     "execution", [dict(execution="ensemble"), dict(execution="receding", replan_every=3)]
@@ -107,7 +109,8 @@ def test_batched_and_per_process_give_the_same_episodes(tmp_path, head, policy_s
 def test_batched_execution_modes_match_per_process(tmp_path, execution, policy_stats):
     """Ensembling (a chunk every step) and receding re-plans go through the slots' action queues."""
     ckpt = _save(tmp_path / "ckpt", "chunk", policy_stats)
-    kw = dict(episodes=2, max_steps=10, videos=2, **execution)
+    # The training instructions only: the held-out column's agreement is the test above's.
+    kw = dict(episodes=2, max_steps=10, videos=2, instructions="train", **execution)
     single = _run(tmp_path, "single", ckpt, envs_per_worker=0, **kw)
     # One worker with two slots: the slots alternate as two groups of one, so every forward pass has the
     # batch of one the per-process path has, and the videos must agree exactly (no rounding to allow for).
@@ -129,7 +132,8 @@ def test_a_history_policy_runs_per_process(tmp_path, policy_stats):
 
     torch.manual_seed(0)
     Policy.from_preset("tiny", "chunk", EMB, policy_stats(4, 4), history=2).save_pretrained(tmp_path / "h")
-    res = _run(tmp_path, "e", tmp_path / "h", tasks="reach-v3", episodes=1, max_steps=8, videos=0)
+    kw = dict(tasks="reach-v3", episodes=1, max_steps=8, videos=0, instructions="train")
+    res = _run(tmp_path, "e", tmp_path / "h", **kw)
     assert res.info["protocol"]["runner"] == "per-process"
     assert res.info["protocol"]["video_crf"] is None  # no videos, no quality to name
     spec = WorkerSpec(str(tmp_path / "h"), ["corner2"], SIZE, max_steps=8, execute_steps=None)
@@ -142,7 +146,8 @@ def test_every_episode_ends_where_it_should(tmp_path, policy_stats):
     """The expert path is per-process; a checkpoint through the batched path stops at max_steps, and
     with more episodes than slots every job still runs exactly once."""
     ckpt = _save(tmp_path / "ckpt", "chunk", policy_stats)
-    res = _run(tmp_path, "b", ckpt, episodes=5, max_steps=13, videos=0, envs_per_worker=1, workers=1)
+    kw = dict(episodes=5, max_steps=13, videos=0, envs_per_worker=1, workers=1, instructions="train")
+    res = _run(tmp_path, "b", ckpt, **kw)
     eps = res.info["episodes"]
     assert [(e["task"], e["episode"]) for e in eps] == [(t, i) for t in TASKS.split(",") for i in range(5)]
     assert all(e["steps"] == 13 and not e["success"] for e in eps)  # 13 is not a multiple of the chunk
