@@ -121,3 +121,21 @@ def test_policy_runner_renders_once_per_chunk(tmp_path, tiny_policy):
     assert recs == ref_recs and [r["steps"] for r in recs] == [20, 20]
     assert renders == 2 * 3  # plans at steps 0, 8, 16 of each episode
     assert ref_renders == 2 * 21
+
+
+def test_a_job_pool_keeps_its_workers_across_runs(tmp_path, tiny_policy):
+    """An evaluation's instruction suites share one `JobPool`: the second run reuses the workers the first
+    started (the policy loaded once per worker) and gives what a pool of its own gives."""
+    from vlaforge.eval.rollout import JobPool, run_jobs
+
+    ckpt = tiny_policy(tmp_path / "ckpt", embodiment(("corner2",), SIZE))
+    spec = WorkerSpec(policy=str(ckpt), cameras=["corner2"], image_size=SIZE, max_steps=12, execute_steps=4)
+    jobs = [Job(TASK, i, episode_seed(5, TASK, i), words) for i, words in enumerate(["press it", "push it"])]
+    with JobPool(spec, 1) as pool:
+        first = list(pool.run(jobs[:1]))
+        workers = set(pool._pool._processes)
+        second = list(pool.run(jobs[1:]))
+        assert set(pool._pool._processes) == workers and len(workers) == 1
+    assert pool._pool is None  # closed with the block
+    alone = list(run_jobs(spec, jobs[1:], 1))
+    assert second == alone and first[0]["seed"] != second[0]["seed"]

@@ -33,6 +33,7 @@ of the episodes it was asked to record (h264 + yuv420p so that browsers play the
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -346,37 +347,49 @@ def _run_job(job_dict: dict) -> dict:
     return _RUNNER(Job(**job_dict))
 
 
-def run_jobs(spec: WorkerSpec, jobs: list[Job], workers: int, progress: Any = None):
-    """Runs the jobs and yields each episode record as it finishes (in completion order).
+class JobPool:
+    """Worker processes that each build `spec`'s runner (its policy loaded) once and then run episodes for
+    every `run` call until closed: an evaluation's instruction suites share one pool, where each suite would
+    start the processes and load the policy again.
 
     Args:
         spec: what every worker builds.
-        jobs: the episodes.
         workers: number of spawned worker processes; 0 runs everything in this process (useful for
             debugging and for very small evaluations, where starting processes costs more than it saves).
-        progress: an optional tqdm bar, advanced by one per episode.
     """
-    if workers <= 0:
-        runner = EpisodeRunner(spec)
-        try:
+
+    def __init__(self, spec: WorkerSpec, workers: int):
+        self.spec, self.workers = spec, workers
+        self._pool: Any = None  # a ProcessPoolExecutor, started by the first run
+        self._runner: EpisodeRunner | None = None  # workers == 0
+
+    def run(self, jobs: list[Job], progress: Any = None) -> Iterator[dict]:
+        """Runs the jobs and yields each episode record as it finishes (in completion order); `progress`, an
+        optional tqdm bar, advances by one per episode."""
+        if not jobs:
+            return
+        if self.workers <= 0:
+            if self._runner is None:
+                self._runner = EpisodeRunner(self.spec)
             for job in jobs:
-                rec = runner(job)
+                rec = self._runner(job)
                 if progress is not None:
                     progress.update(1)
                 yield rec
-        finally:
-            runner.close()
-        return
+            return
+        from concurrent.futures import as_completed
 
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+        if self._pool is None:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
 
-    # An executor (not multiprocessing.Pool): a worker that fails to start or dies breaks the executor and
-    # the error reaches the caller, where a Pool would silently respawn it forever.
-    ctx = mp.get_context("spawn")
-    n = min(workers, len(jobs))
-    with ProcessPoolExecutor(n, mp_context=ctx, initializer=_init_worker, initargs=(asdict(spec),)) as pool:
-        futures = [pool.submit(_run_job, asdict(j)) for j in jobs]
+            # An executor (not multiprocessing.Pool): a worker that fails to start or dies breaks the executor
+            # and the error reaches the caller, where a Pool would silently respawn it forever.
+            n = min(self.workers, len(jobs))
+            self._pool = ProcessPoolExecutor(
+                n, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(asdict(self.spec),)
+            )
+        futures = [self._pool.submit(_run_job, asdict(j)) for j in jobs]
         try:
             for fut in as_completed(futures):
                 rec = fut.result()
@@ -386,3 +399,24 @@ def run_jobs(spec: WorkerSpec, jobs: list[Job], workers: int, progress: Any = No
         finally:
             for fut in futures:
                 fut.cancel()
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> JobPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def run_jobs(spec: WorkerSpec, jobs: list[Job], workers: int, progress: Any = None) -> Iterator[dict]:
+    """Runs the jobs on a `JobPool` of their own and yields each episode record as it finishes (in
+    completion order); `progress`, an optional tqdm bar, advances by one per episode."""
+    with JobPool(spec, workers) as pool:
+        yield from pool.run(jobs, progress)

@@ -49,6 +49,7 @@ evaluation whose episodes start from any of those seeds is refused before any ro
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import math
 import platform
@@ -77,7 +78,7 @@ from vlaforge.eval.checks import (
     trained_env,
     training_seeds,
 )
-from vlaforge.eval.rollout import ENSEMBLE_DECAY, EXECUTIONS, VIDEO_CRF, Job, WorkerSpec, run_jobs
+from vlaforge.eval.rollout import ENSEMBLE_DECAY, EXECUTIONS, VIDEO_CRF, Job, JobPool, WorkerSpec, run_jobs
 from vlaforge.eval.suites import ABOUT, MODES, instruction_for, load_phrasings, parse_mode
 from vlaforge.eval.summary import (
     HELDOUT_NOTE,
@@ -401,19 +402,26 @@ def _make_jobs(
     return jobs, used
 
 
-def _roll_out(
-    cfg: EvalConfig, spec: WorkerSpec, side: PolicySide, jobs: list[Job], desc: str = ""
-) -> tuple[list[dict], bool, list[int]]:
-    """Runs the jobs (batched for a local one-frame checkpoint, else per process); the records in job
-    order, whether the batched runner ran, and its batch sizes."""
+def _batched(cfg: EvalConfig, spec: WorkerSpec, side: PolicySide) -> bool:
+    """Whether the batched runner runs the jobs: a local one-frame checkpoint, not recording."""
     files = side.files
-    batched = (
+    return (
         files is not None
         and cfg.envs_per_worker > 0
         and cfg.workers > 0
         and int(files.preset.get("history", 1)) == 1
         and not spec.record_dir
     )
+
+
+def _roll_out(
+    cfg: EvalConfig, spec: WorkerSpec, side: PolicySide, jobs: list[Job], desc: str = "",
+    pool: JobPool | None = None,
+) -> tuple[list[dict], bool, list[int]]:  # fmt: skip
+    """Runs the jobs (batched for a local one-frame checkpoint, else per process, on `pool` if given: it
+    must have been built from `spec`); the records in job order, whether the batched runner ran, and its
+    batch sizes."""
+    batched = _batched(cfg, spec, side)
     records: list[dict] = []
     batch_sizes: list[int] = []
     label = f"eval {Path(cfg.policy).name}" + (f" ({desc})" if desc else "")
@@ -425,7 +433,7 @@ def _roll_out(
             stream = runner.run(jobs, progress=bar)
             batch_sizes = runner.batch_sizes
         else:
-            stream = run_jobs(spec, jobs, cfg.workers, progress=bar)
+            stream = pool.run(jobs, bar) if pool is not None else run_jobs(spec, jobs, cfg.workers, bar)
         for rec in stream:
             records.append(rec)
             bar.set_postfix(success=f"{sum(r['success'] for r in records) / len(records):.2f}")
@@ -487,20 +495,28 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
     # The whole directory is built beside --out and swapped in at the end: an interrupted evaluation
     # leaves the earlier one (or nothing) in place, never a mix.
     staged = StagedDir(cfg.out, overwrite=True)
+    # Per-process rollouts load the policy in every worker: the instruction suites share the workers (a
+    # recording first suite has workers of its own).
+    spec = _worker_spec(cfg, env, side, device)
+    share = not cfg.record and len(cfg.suites) > 1 and not _batched(cfg, spec, side)
     try:
         jobs, _ = _make_jobs(cfg, env, tasks, staged.path, custom=custom)
-        t_first = time.time()
-        result = _run(cfg, env, tasks, side, jobs, used_instructions, staged.path, device, start, overlap)
-        result.info.update(
-            tasks_rule=getattr(cfg, "tasks_rule", "given"), training_tasks=trained, trained_on=marks,
-            compare=compare,
-        )  # fmt: skip
-        result.info["aggregates"] = pooled_aggregates(
-            result.info["episodes"], env.difficulty, env.groups, marks
-        )
-        result.info["instruction_suites"] = _suites(
-            cfg, env, tasks, side, device, marks, custom, result.info, staged.path, time.time() - t_first
-        )
+        with JobPool(spec, cfg.workers) if share else contextlib.nullcontext() as pool:
+            t_first = time.time()
+            result = _run(
+                cfg, env, tasks, side, jobs, used_instructions, staged.path, device, start, overlap, pool
+            )
+            result.info.update(
+                tasks_rule=getattr(cfg, "tasks_rule", "given"), training_tasks=trained, trained_on=marks,
+                compare=compare,
+            )  # fmt: skip
+            result.info["aggregates"] = pooled_aggregates(
+                result.info["episodes"], env.difficulty, env.groups, marks
+            )
+            result.info["instruction_suites"] = _suites(
+                cfg, env, tasks, side, device, marks, custom, result.info, staged.path, time.time() - t_first,
+                pool,
+            )  # fmt: skip
         result.info["protocol"]["wall_time_s"] = round(time.time() - start, 2)
         write_json(staged.path / "eval_info.json", result.info)
         from vlaforge.eval.report import write_report
@@ -536,10 +552,11 @@ def _run(
     device: str,
     start: float,
     overlap: int,
+    pool: JobPool | None = None,
 ) -> EvalResult:
-    """Rolls the jobs out into `out` (the staging directory) and builds the info dict."""
+    """Rolls the jobs out into `out` (the staging directory; on `pool` if given) and builds the info dict."""
     spec = _worker_spec(cfg, env, side, device, record_dir=str(out / ".record") if cfg.record else None)
-    records, batched, batch_sizes = _roll_out(cfg, spec, side, jobs)
+    records, batched, batch_sizes = _roll_out(cfg, spec, side, jobs, pool=pool)
     if cfg.record:
         from vlaforge.eval.record import write_recording
 
@@ -612,10 +629,11 @@ def _suites(
     info: dict[str, Any],
     out: Path,
     first_s: float,
+    pool: JobPool | None = None,
 ) -> dict[str, Any]:
     """Every instruction suite on the first suite's episodes: {suite: {about, instructions, overall,
     per_task, episodes, wall_time_s}}; the first suite's episodes are `info["episodes"]` (not repeated
-    here); `first_s`: the first suite's rollout time."""
+    here); `first_s`: the first suite's rollout time; `pool`: the workers the first suite ran on, if shared."""
     suites: dict[str, Any] = {}
     for k, suite in enumerate(cfg.suites):
         t0 = time.time()
@@ -623,7 +641,8 @@ def _suites(
             records, used = info["episodes"], info["instructions"]
         else:
             jobs, used = _make_jobs(cfg, env, tasks, out, suite=suite, custom=custom)
-            records, _, _ = _roll_out(cfg, _worker_spec(cfg, env, side, device), side, jobs, desc=suite)
+            spec = _worker_spec(cfg, env, side, device)
+            records, _, _ = _roll_out(cfg, spec, side, jobs, desc=suite, pool=pool)
             for r in records:
                 r.pop("execute_steps", None)
                 r.pop("video", None)
