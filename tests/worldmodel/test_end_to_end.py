@@ -185,3 +185,37 @@ def test_world_model_env_runs_a_policy(recorded, capsys, monkeypatch, tmp_path):
     assert second["judge_frames"] == "imagined" and "judge_on_real_frames" not in second
     assert second["judge_on_imagined_frames"][TASK]["episodes"] == 4
     assert "open-loop replays" in (root / "agree2" / "agreement.md").read_text()
+
+
+def test_a_strided_world_model_shows_a_new_frame_every_n_steps(recorded, tmp_path):
+    from vlaforge.eval.checks import PolicySide, stride_mismatch
+    from vlaforge.eval.run import EvalConfig
+    from vlaforge.worldmodel.model import imagine
+
+    run = tmp_path / "run"
+    main(["worldmodel", "train", "--dataset", str(recorded / "rec-random"), "--starts", str(recorded / "rec-expert"),
+          "--out", str(run), "--stride", "3", "--objective", "mse", "--rollout", "2", "--context", "2",
+          "--latent-channels", "4", "--width", "8", "--dyn-width", "16", "--dyn-blocks", "1", "--ae-steps", "4",
+          "--steps", "4", "--batch-size", "8", "--sample-every", "0", "--device", "cpu"])  # fmt: skip
+    assert json.loads((run / "last" / "worldmodel.json").read_text())["stride"] == 3
+    data = f"{recorded / 'rec-expert'},{recorded / 'rec-random'}"
+    main(["worldmodel", "judge", "--dataset", data, "--out", str(run / "judge"),
+          "--heldout", "1", "--steps", "2", "--batch-size", "8", "--device", "cpu"])  # fmt: skip
+    spec = get_env(f"worldmodel:{run}")
+    assert spec.extra["frame_stride"] == 3
+    env = spec.make(TASK, max_steps=9)
+    first = env.reset(1).images["corner2"]
+    actions = np.random.default_rng(0).uniform(-1, 1, (6, 4)).astype(np.float32)
+    frames = np.stack([env.step(a)[0].images["corner2"] for a in actions])
+    # steps 1 and 2 show the first frame again; step 3 the prediction from it and the 3 actions, held
+    # through steps 4 and 5 (tests/worldmodel/test_stride.py checks the prediction itself by hand)
+    assert np.array_equal(frames, imagine(env.model, first, actions, None)[1:])
+    assert np.array_equal(frames[0], first) and np.array_equal(frames[1], first)
+    assert np.array_equal(frames[3], frames[2]) and np.array_equal(frames[4], frames[2])
+    # a policy re-planning between the frames is told so; one re-planning on them is not
+    side = PolicySide(spec.embodiment(), None, None, 4, 8)
+    served = "ws://127.0.0.1:9"
+    assert "every 3 steps" in stride_mismatch(EvalConfig(policy=served, out="x", execute_steps=4), spec, side)
+    side.execute_steps = 6
+    assert stride_mismatch(EvalConfig(policy=served, out="x", execute_steps=6), spec, side) is None
+    assert stride_mismatch(EvalConfig(policy="random", out="x"), spec, side) is None

@@ -196,6 +196,23 @@ def policy_side(cfg: Any, spec: EnvSpec, task: str) -> PolicySide:
     return PolicySide(emb, checkpoint, files, execute_steps, chunk)
 
 
+def stride_mismatch(cfg: Any, spec: EnvSpec, side: PolicySide) -> str | None:
+    """A note when the env shows a new frame only every N steps (a world model trained with a stride) and
+    the policy re-plans between them, so it acts on the frame it saw before (None when they fit)."""
+    stride = int(spec.extra.get("frame_stride", 1))
+    if stride <= 1 or cfg.policy in BASELINES:
+        return None
+    replan = 1 if cfg.execution == "ensemble" else side.execute_steps or side.chunk
+    if replan and replan % stride == 0:
+        return None
+    return (
+        f"{spec.name} shows a new frame every {stride} steps, but {cfg.policy} re-plans every "
+        f"{replan or 'few'} step(s): between the frames it re-plans from the one it saw before. Use "
+        f"--execution open-loop with --execute-steps a multiple of {stride}, or a world model trained "
+        "with a --stride that divides the policy's steps"
+    )
+
+
 def check_unnorm_key(key: str | None, files: PolicyFiles, path: Path) -> None:
     """A checkpoint with several training datasets' statistics needs `key`, one of them; others none."""
     keys = sorted(files.dataset_stats)

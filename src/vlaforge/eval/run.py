@@ -55,6 +55,7 @@ import math
 import platform
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -75,6 +76,7 @@ from vlaforge.eval.checks import (
     check_training_seeds,
     is_remote,
     policy_side,
+    stride_mismatch,
     trained_env,
     training_seeds,
 )
@@ -475,6 +477,9 @@ def evaluate(cfg: EvalConfig) -> EvalResult:
             f"predicts: receding executes the first replan_every actions of each chunk, so use at most "
             f"{side.chunk}"
         )
+    note = stride_mismatch(cfg, env, side)
+    if note:
+        warnings.warn(note, stacklevel=1)
     custom = load_phrasings(cfg.phrasings_file, env, tasks) if cfg.phrasings_file else None
     jobs, used_instructions = _make_jobs(cfg, env, tasks, cfg.out, custom=custom)
     overlap = check_training_seeds(jobs, side.files, cfg) if side.files is not None else 0

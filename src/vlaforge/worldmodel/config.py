@@ -36,6 +36,11 @@ class WorldModelConfig(JsonConfig):
             e.g. the expert recorded at an evaluation's seed: an evaluation inside the world model then
             starts each episode from the real first frame recorded at that episode's own seed.
         context: K, the frames the dynamics model sees before predicting the next one.
+        stride: N, steps between the frames modelled: the model predicts frame t + N from frames t,
+            t - N, ... and the N actions taken from each; in imagination the steps in between show the
+            last frame again. A policy that executes chunks of N actions open loop (or a multiple)
+            sees exactly what it sees at stride 1, in N times fewer predictions, each of a change N
+            times larger (1: every step).
         latent_channels: channels of the latent grid (a quarter of the image side on each axis).
         width: channels of the autoencoder's first conv layer (doubled once).
         dyn_width: channels of the dynamics model's residual blocks.
@@ -69,6 +74,7 @@ class WorldModelConfig(JsonConfig):
     heldout: int = 2
     starts: str | None = None
     context: int = 4
+    stride: int = 1
     latent_channels: int = 8
     width: int = 32
     dyn_width: int = 64
@@ -96,6 +102,7 @@ class WorldModelConfig(JsonConfig):
             p.append(f"image_size must be a multiple of 4 and >= 8; got {self.image_size}")
         for name in (
             "context",
+            "stride",
             "latent_channels",
             "width",
             "dyn_width",

@@ -163,42 +163,54 @@ def episodes_to_test(cfg: dict, dataset: str | None) -> tuple[Episodes, list[int
     return eps, list(eps.heldout)
 
 
-def windows(bounds: list[tuple[int, int]], episodes: list[int], context: int, horizon: int = 1) -> np.ndarray:
-    """int64 (W, K + R): per window, K context frame indices then R = `horizon` target frame indices.
+def windows(
+    bounds: list[tuple[int, int]], episodes: list[int], context: int, horizon: int = 1, stride: int = 1
+) -> np.ndarray:
+    """int64 (W, K + R): per window, K context frame indices then R = `horizon` target frame indices, all
+    `stride` frames apart (the model predicts every `stride`-th frame).
 
-    Every frame but an episode's first starts the targets of a window whose R targets lie in the episode;
-    context indices before the episode's start are the first frame repeated (so an episode can start from
-    its first frame alone, as the environment does).
+    Every frame at least `stride` after an episode's first starts the targets of a window whose R targets
+    lie in the episode; context slots before the episode's start hold the earliest slot inside it
+    (with stride 1 the first frame), so an episode can start from its first frame alone, as the
+    environment does.
     """
     rows = []
+    offsets = stride * np.arange(-context, horizon)
     for e in episodes:
         start, stop = bounds[e]
-        for j in range(start + 1, stop - horizon + 1):
-            idx = np.arange(j - context, j + horizon)
-            rows.append(np.maximum(idx, start))
+        for j in range(start + stride, stop - (horizon - 1) * stride):
+            idx = j + offsets
+            inside = idx >= start
+            rows.append(np.where(inside, idx, idx[inside][0]))
     if not rows:
+        if horizon == 1 and stride == 1:
+            raise InputError("no training windows: every episode has a single frame")
         raise InputError(
-            "no training windows: every episode has a single frame"
-            if horizon == 1
-            else f"no training windows: no episode has more than {horizon} frames (lower --rollout)"
+            f"no training windows: no episode has more than {(horizon - 1) * stride + stride} frames "
+            "(lower --rollout or --stride)"
         )
     return np.stack(rows).astype(np.int64)
 
 
 def context_actions(
-    actions: np.ndarray, win: np.ndarray, bounds_start: np.ndarray, context: int | None = None
+    actions: np.ndarray,
+    win: np.ndarray,
+    bounds_start: np.ndarray,
+    context: int | None = None,
+    stride: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """float32 (W, K + R - 1, A): the action taken at each frame of the window but its last (the K
-    context frames, then the first R - 1 targets, through which a rollout goes on), and bool
-    (W, K + R - 1): the padding positions (before the episode's start), whose actions the model sees as
-    zeros. `context` is K (None: the window's length less one, R = 1)."""
+    """float32 (W, K + R - 1, stride * A): the `stride` actions taken from each frame of the window but its
+    last (the K context frames, then the first R - 1 targets, through which a rollout goes on), flattened
+    in time order, and bool (W, K + R - 1): the padding slots (before the episode's start), whose actions
+    the model sees as zeros. `context` is K (None: the window's length less one, R = 1)."""
     k = win.shape[1] - 1 if context is None else int(context)
     first = win[:, k : k + 1]  # the first target
-    true_idx = first - k + np.arange(win.shape[1] - 1)[None, :]  # the frame each action slot belongs to
-    pad = true_idx < bounds_start[:, None]
-    out = actions[np.maximum(true_idx, 0)].astype(np.float32)
+    slot_frame = first + stride * (np.arange(win.shape[1] - 1)[None, :] - k)  # the frame each slot starts at
+    pad = slot_frame < bounds_start[:, None]
+    steps = slot_frame[..., None] + np.arange(stride)  # (W, K + R - 1, stride)
+    out = actions[np.maximum(steps, 0)].astype(np.float32)  # (W, K + R - 1, stride, A)
     out[pad] = 0.0
-    return out, pad
+    return out.reshape(*pad.shape, -1), pad
 
 
 def window_starts(bounds: list[tuple[int, int]], win: np.ndarray) -> np.ndarray:

@@ -3,7 +3,8 @@
 `reset(seed)` starts from the real first frame (and state) of one of the world model's held-out episodes
 of the task: the one recorded at that very seed when there is one (`vlaforge worldmodel train --starts`,
 the scenes of the simulator's evaluation at the same seeds), else episode seed mod their number.
-`step(action)` imagines the next frame, and success is the judge's calibrated probability >= 0.5 on that
+`step(action)` imagines the next frame (a model trained with a stride N imagines after every N-th step and
+shows the last frame in between), and success is the judge's calibrated probability >= 0.5 on that
 frame. The state is not modelled: observations carry the episode's first state throughout. RUN is a
 `vlaforge worldmodel train` run holding its judge in ``RUN/judge`` (``vlaforge worldmodel judge --out
 RUN/judge``).
@@ -157,5 +158,6 @@ def world_model_spec(path: str) -> EnvSpec:
         cameras=tuple(base.camera_names), image_size=base.image_size, max_steps=max_steps,
         control_hz=float(cfg.get("fps") or base.control_hz), robot_type=base.robot_type,
         success=f"the success judge's calibrated probability >= {SUCCESS_THRESHOLD} on an imagined frame",
-        extra={"imitates": cfg.get("env"), "start_seeds": {t: sorted(v) for t, v in seeds.items()}},
+        extra={"imitates": cfg.get("env"), "start_seeds": {t: sorted(v) for t, v in seeds.items()},
+               "frame_stride": int(cfg.get("stride", 1))},
     )  # fmt: skip

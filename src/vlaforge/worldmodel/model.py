@@ -2,7 +2,8 @@
 
 - `FrameAutoencoder`: conv encoder to a (C, S/4, S/4) latent grid (tanh-bounded) and a mirrored decoder.
 - `LatentDynamics`: predicts the next latent frame from the K previous ones and their K actions (causal:
-  only the past is read). With the "flow" objective it is a flow-matching velocity field over the
+  only the past is read). With a stride S > 1 the frames are S steps apart, the next one is S steps on,
+  and each frame's "action" is the S actions taken from it. With the "flow" objective it is a flow-matching velocity field over the
   normalised latent change d = (z_{t+1} - z_t) / delta_std, the convention of pi0's action expert
   (x_s = s * noise + (1 - s) * d, target noise - d, Euler from s = 1 to 0); with "mse" it regresses d.
   Conditioning (actions and the flow time) enters every residual block by FiLM. With "mse" the loss can
@@ -103,7 +104,11 @@ class WorldModel(nn.Module):
         self.cfg = dict(cfg)
         self.ae = FrameAutoencoder(cfg["latent_channels"], cfg["width"])
         self.dyn = LatentDynamics(
-            cfg["latent_channels"], cfg["context"], cfg["action_dim"], cfg["dyn_width"], cfg["dyn_blocks"]
+            cfg["latent_channels"],
+            cfg["context"],
+            cfg["action_dim"] * self.stride,
+            cfg["dyn_width"],
+            cfg["dyn_blocks"],
         )
         self.register_buffer("action_mean", torch.zeros(cfg["action_dim"]))
         self.register_buffer("action_std", torch.ones(cfg["action_dim"]))
@@ -113,8 +118,16 @@ class WorldModel(nn.Module):
     def context(self) -> int:
         return int(self.cfg["context"])
 
+    @property
+    def stride(self) -> int:
+        """Steps between the frames the model predicts (models saved before strides existed: 1)."""
+        return int(self.cfg.get("stride", 1))
+
     def norm_actions(self, a: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
-        out = (a - self.action_mean) / self.action_std
+        """Robot-unit actions (..., A), or groups of them flattened (..., n * A), normalised per dim;
+        positions marked in `pad` (...) become zeros."""
+        dim = self.action_mean.shape[0]
+        out = ((a.unflatten(-1, (-1, dim)) - self.action_mean) / self.action_std).flatten(-2)
         return out if pad is None else out.masked_fill(pad[..., None], 0.0)
 
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
@@ -230,6 +243,10 @@ class Imagination:
     `start(frames)` begins from real frames (B, S, S, 3): the context is that frame repeated with zero
     (padding) actions, as the model saw an episode's first frames in training.
 
+    A model with a stride N > 1 predicts after every N-th step, from the N actions of those steps; the
+    steps between return the last frame again (a camera running N times slower than the control loop, what
+    a policy executing chunks of N actions open loop looks at anyway).
+
     Frames are decoded as changes (`pixel_residual`): the next frame is the current one plus
     decode(z_next) - decode(z_now), so the autoencoder's own reconstruction error, the same in both
     terms, cancels, and a still scene stays exactly the real first frame. Off, each frame is decode(z).
@@ -249,31 +266,38 @@ class Imagination:
         z = self.model.encode_frames(frames.to(self.device))  # (B, C, h, w)
         k = self.model.context
         self.z = z[:, None].repeat(1, k, 1, 1, 1)  # (B, K, C, h, w)
-        a = int(self.model.cfg["action_dim"])
+        a = int(self.model.cfg["action_dim"]) * self.model.stride
         self.actions = torch.zeros(z.shape[0], k, a, device=self.device)  # normalised; 0 at padding
+        self.pending: list[torch.Tensor] = []
         self._anchor(frames)
 
     @torch.no_grad()
     def start_from(self, frames: torch.Tensor, actions: torch.Tensor, pad: torch.Tensor) -> None:
-        """Begins from real context: frames (B, K, S, S, 3) ending at the current frame, and the actions
-        (B, K, A, robot units) taken at the K frames before it; `pad` (B, K) marks padding positions."""
+        """Begins from real context: frames (B, K, S, S, 3) ending at the current frame, the model's
+        stride apart, and the actions (B, K, stride * A, robot units) that led to each of them (the
+        group taken from the context frame before); `pad` (B, K) marks padding positions."""
         self.z = self.model.encode_frames(frames.to(self.device))
         self.actions = self.model.norm_actions(actions.to(self.device).float(), pad.to(self.device))
+        self.pending = []
         self._anchor(frames[:, -1])
 
     @torch.no_grad()
     def step(self, actions: torch.Tensor) -> torch.Tensor:
-        """Applies (B, A) robot-unit actions; returns the imagined next frames uint8 (B, S, S, 3)."""
-        a = self.model.norm_actions(actions.to(self.device).float())
+        """Applies (B, A) robot-unit actions; returns the imagined next frames uint8 (B, S, S, 3) (the
+        current ones again until a stride's actions are in)."""
+        self.pending.append(actions.to(self.device).float())
+        if len(self.pending) < self.model.stride:
+            return to_uint8(self.frame if self.pixel_residual else self.decoded)
+        a = self.model.norm_actions(torch.cat(self.pending, dim=1))
+        self.pending = []
         self.actions = torch.cat([self.actions[:, 1:], a[:, None]], dim=1)
         nxt = self.model.predict(self.z, self.actions, self.gen)
         self.z = torch.cat([self.z[:, 1:], nxt[:, None]], dim=1)
         decoded = self.model.ae.decode(nxt)
-        if not self.pixel_residual:
-            return to_uint8(decoded)
-        self.frame = (self.frame + decoded - self.decoded).clamp(-1, 1)
+        if self.pixel_residual:
+            self.frame = (self.frame + decoded - self.decoded).clamp(-1, 1)
         self.decoded = decoded
-        return to_uint8(self.frame)
+        return to_uint8(self.frame if self.pixel_residual else decoded)
 
 
 def imagine(

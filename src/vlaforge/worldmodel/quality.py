@@ -59,15 +59,16 @@ def prediction_quality(
     """PSNR / SSIM of the model and of copy-last-frame at each horizon h, over every start s (every
     `stride`-th frame) of the episodes (default: held out) with s + h inside the episode.
 
-    The model sees the real K frames up to s and the recorded actions from s on, and imagines h steps
-    open loop (its own predictions fed back); `pixel_residual` as in `Imagination`.
+    The model sees the real K frames up to s (its own stride apart) and the recorded actions from s on,
+    and imagines h steps open loop (its own predictions fed back; with a stride N, a horizon that is not
+    a multiple of N shows the last predicted frame); `pixel_residual` as in `Imagination`.
 
     Returns:
         {str(h): {"n", "psnr", "ssim", "copy_psnr", "copy_ssim"}} (means over the starts).
     """
     episodes = list(eps.heldout if episodes is None else episodes)
     gen = torch.Generator().manual_seed(seed)
-    k, hmax = model.context, max(horizons)
+    k, n, hmax = model.context, model.stride, max(horizons)
     pred_by_h: dict[int, list] = {h: [] for h in horizons}
     real_by_h: dict[int, list] = {h: [] for h in horizons}
     copy_by_h: dict[int, list] = {h: [] for h in horizons}
@@ -77,10 +78,13 @@ def prediction_quality(
         starts = np.arange(a, b - 1, stride)
         if not len(starts):
             continue
-        idx = np.maximum(starts[:, None] + np.arange(-k + 1, 1)[None, :], a)  # (B, K) frames up to s
-        prev = starts[:, None] + np.arange(-k, 0)[None, :]  # the frames whose actions led here
-        pad = prev < a
-        acts = eps.actions[np.maximum(prev, 0)].copy()
+        true = starts[:, None] + n * np.arange(-k + 1, 1)[None, :]  # (B, K) frames up to s, n apart
+        inside = true >= a
+        earliest = true[np.arange(len(true)), inside.argmax(1)]  # the earliest inside the episode
+        idx = np.where(inside, true, earliest[:, None])
+        led = (true - n)[..., None] + np.arange(n)  # (B, K, n): the steps whose actions led to each
+        pad = true - n < a
+        acts = eps.actions[np.maximum(led, 0)].reshape(*pad.shape, -1)
         acts[pad] = 0
         im = Imagination(model, gen, pixel_residual)
         im.start_from(torch.from_numpy(eps.frames[idx]), torch.from_numpy(acts), torch.from_numpy(pad))

@@ -43,6 +43,7 @@ def model_dict(cfg: WorldModelConfig, eps: Episodes) -> dict[str, Any]:
         "fps": eps.fps,
         "action_dim": int(eps.actions.shape[1]),
         "context": cfg.context,
+        "stride": cfg.stride,
         "latent_channels": cfg.latent_channels,
         "width": cfg.width,
         "dyn_width": cfg.dyn_width,
@@ -108,11 +109,12 @@ def load_worldmodel(path: str | Path, device: str | torch.device = "cpu") -> Wor
 class _Batches:
     """Training windows, their actions and the batch of step s (a function of (seed, s) alone)."""
 
-    def __init__(self, eps: Episodes, context: int, seed: int, rollout: int = 1):
+    def __init__(self, eps: Episodes, context: int, seed: int, rollout: int = 1, stride: int = 1):
         self.eps, self.seed, self.context = eps, seed, context
-        self.win = windows(eps.bounds, eps.train, context, rollout)  # (W, K + R)
+        self.win = windows(eps.bounds, eps.train, context, rollout, stride)  # (W, K + R)
         starts = window_starts(eps.bounds, self.win)
-        self.acts, self.pad = context_actions(eps.actions, self.win, starts, context)  # (W, K + R - 1, A)
+        # (W, K + R - 1, stride * A)
+        self.acts, self.pad = context_actions(eps.actions, self.win, starts, context, stride)
         self.frame_ids = np.unique(self.win)
 
     def rng(self, step: int) -> np.random.Generator:
@@ -134,7 +136,8 @@ def encode_all(model: WorldModel, frames: np.ndarray, device, chunk: int = 256) 
 
 
 def dynamics_batch(model: WorldModel, batches: _Batches, step: int, n: int, latents: torch.Tensor) -> tuple:
-    """Context latents (B, K, C, h, w), normalised actions (B, K + R - 1, A), targets (B, R, C, h, w)."""
+    """Context latents (B, K, C, h, w), normalised actions (B, K + R - 1, stride * A), targets
+    (B, R, C, h, w)."""
     i = batches.rng(step).integers(0, len(batches.win), n)
     z = latents[torch.from_numpy(batches.win[i]).to(latents.device)]  # (B, K + R, C, h, w)
     a = model.norm_actions(torch.from_numpy(batches.acts[i]).to(latents.device),
@@ -154,7 +157,7 @@ def fit(
     ``last/`` every `save_every` steps, ``metrics.jsonl`` and sample videos, and resumes from ``last/``.
     `stop_at` ends the run early after that step, as an interruption would (tests)."""
     device = next(model.parameters()).device
-    batches = _Batches(eps, cfg.context, cfg.seed, cfg.rollout)
+    batches = _Batches(eps, cfg.context, cfg.seed, cfg.rollout, cfg.stride)
     groups = [{"params": list(model.ae.parameters()), "lr": cfg.ae_lr},
               {"params": list(model.dyn.parameters()), "lr": cfg.lr}]  # fmt: skip
     opt = torch.optim.AdamW(groups, weight_decay=0.0)
