@@ -33,8 +33,9 @@ of the episodes it was asked to record (h264 + yuv420p so that browsers play the
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,33 @@ class Job:
     seed: int
     instruction: str
     video: str | None = None
+
+
+class VideoGate:
+    """Decides, as each episode starts, whether its video is still worth recording.
+
+    An evaluation keeps per task the video of the first success, of the first failure and then of the
+    first episodes, `keep` in all (`vlaforge.eval.run`'s choice). Recording renders every step, which
+    costs more than the episode's physics, so an episode whose task already has a finished success and
+    a finished failure before it, and whose index is `keep` or more, cannot be chosen and runs without
+    a video. The videos kept are exactly those of recording every episode, whatever order the episodes
+    of a task finish in, as long as they start in index order (every runner starts them so). `keep`
+    None records every video asked for.
+    """
+
+    def __init__(self, keep: int | None):
+        self.keep = keep
+        self._outcomes: dict[str, dict[int, bool]] = {}
+
+    def admit(self, job: Job) -> Job:
+        """`job` as it should run: with its video path if the video may be kept, else without."""
+        if not job.video or self.keep is None or job.episode < self.keep:
+            return job
+        before = {ok for e, ok in self._outcomes.get(job.task, {}).items() if e < job.episode}
+        return job if len(before) < 2 else replace(job, video=None)
+
+    def finished(self, record: dict) -> None:
+        self._outcomes.setdefault(record["task"], {})[int(record["episode"])] = bool(record["success"])
 
 
 @dataclass
@@ -363,21 +391,24 @@ class JobPool:
         self._pool: Any = None  # a ProcessPoolExecutor, started by the first run
         self._runner: EpisodeRunner | None = None  # workers == 0
 
-    def run(self, jobs: list[Job], progress: Any = None) -> Iterator[dict]:
+    def run(self, jobs: list[Job], progress: Any = None, gate: VideoGate | None = None) -> Iterator[dict]:
         """Runs the jobs and yields each episode record as it finishes (in completion order); `progress`, an
-        optional tqdm bar, advances by one per episode."""
+        optional tqdm bar, advances by one per episode; `gate` decides as each job starts whether its
+        video is recorded."""
         if not jobs:
             return
+        gate = gate or VideoGate(None)
         if self.workers <= 0:
             if self._runner is None:
                 self._runner = EpisodeRunner(self.spec)
             for job in jobs:
-                rec = self._runner(job)
+                rec = self._runner(gate.admit(job))
+                gate.finished(rec)
                 if progress is not None:
                     progress.update(1)
                 yield rec
             return
-        from concurrent.futures import as_completed
+        from concurrent.futures import FIRST_COMPLETED, wait
 
         if self._pool is None:
             import multiprocessing as mp
@@ -389,15 +420,22 @@ class JobPool:
             self._pool = ProcessPoolExecutor(
                 n, mp_context=mp.get_context("spawn"), initializer=_init_worker, initargs=(asdict(self.spec),)
             )
-        futures = [self._pool.submit(_run_job, asdict(j)) for j in jobs]
+        # Two jobs per worker in flight: every worker stays busy, and each job is admitted by the gate as
+        # late as that allows, knowing the outcomes of the episodes before it.
+        todo, running = deque(jobs), set()
         try:
-            for fut in as_completed(futures):
-                rec = fut.result()
-                if progress is not None:
-                    progress.update(1)
-                yield rec
+            while todo or running:
+                while todo and len(running) < 2 * self.workers:
+                    running.add(self._pool.submit(_run_job, asdict(gate.admit(todo.popleft()))))
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    rec = fut.result()
+                    gate.finished(rec)
+                    if progress is not None:
+                        progress.update(1)
+                    yield rec
         finally:
-            for fut in futures:
+            for fut in running:
                 fut.cancel()
 
     def close(self) -> None:
@@ -415,8 +453,11 @@ class JobPool:
         self.close()
 
 
-def run_jobs(spec: WorkerSpec, jobs: list[Job], workers: int, progress: Any = None) -> Iterator[dict]:
+def run_jobs(
+    spec: WorkerSpec, jobs: list[Job], workers: int, progress: Any = None, gate: VideoGate | None = None
+) -> Iterator[dict]:
     """Runs the jobs on a `JobPool` of their own and yields each episode record as it finishes (in
-    completion order); `progress`, an optional tqdm bar, advances by one per episode."""
+    completion order); `progress`, an optional tqdm bar, advances by one per episode; `gate` as in
+    `JobPool.run`."""
     with JobPool(spec, workers) as pool:
-        yield from pool.run(jobs, progress)
+        yield from pool.run(jobs, progress, gate)

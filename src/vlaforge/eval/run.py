@@ -80,7 +80,16 @@ from vlaforge.eval.checks import (
     trained_env,
     training_seeds,
 )
-from vlaforge.eval.rollout import ENSEMBLE_DECAY, EXECUTIONS, VIDEO_CRF, Job, JobPool, WorkerSpec, run_jobs
+from vlaforge.eval.rollout import (
+    ENSEMBLE_DECAY,
+    EXECUTIONS,
+    VIDEO_CRF,
+    Job,
+    JobPool,
+    VideoGate,
+    WorkerSpec,
+    run_jobs,
+)
 from vlaforge.eval.suites import ABOUT, MODES, instruction_for, load_phrasings, parse_mode
 from vlaforge.eval.summary import (
     HELDOUT_NOTE,
@@ -385,9 +394,10 @@ def _make_jobs(
     custom: dict[str, list[str]] | None = None,
 ) -> tuple[list[Job], dict[str, list[str]]]:
     """Every (task, episode) with its seed, instruction (`suite`'s; None: the first suite) and video path
-    under `out`; and the instructions used per task. With videos on, every episode of the first suite is
-    recorded (to disk, one at a time) so that the kept ones can show a failure and a success wherever both
-    happened, however late in the task; the other suites record none."""
+    under `out`; and the instructions used per task. With videos on, every episode of the first suite may
+    be recorded (to disk, one at a time) so that the kept ones can show a failure and a success wherever
+    both happened, however late in the task; `rollout.VideoGate` drops, as each episode starts, the
+    recordings that can no longer be kept. The other suites record none."""
     suite = suite or cfg.suites[0]
     video_dir = out / "videos"
     record_first = cfg.episodes if cfg.videos and suite == cfg.suites[0] else 0
@@ -424,6 +434,7 @@ def _roll_out(
     must have been built from `spec`); the records in job order, whether the batched runner ran, and its
     batch sizes."""
     batched = _batched(cfg, spec, side)
+    gate = VideoGate(cfg.videos)  # records only the videos that can still be kept
     records: list[dict] = []
     batch_sizes: list[int] = []
     label = f"eval {Path(cfg.policy).name}" + (f" ({desc})" if desc else "")
@@ -432,10 +443,14 @@ def _roll_out(
             from vlaforge.eval.vector import BatchedRunner
 
             runner = BatchedRunner(spec, cfg.workers, cfg.envs_per_worker, cfg.threads)
-            stream = runner.run(jobs, progress=bar)
+            stream = runner.run(jobs, progress=bar, gate=gate)
             batch_sizes = runner.batch_sizes
         else:
-            stream = pool.run(jobs, bar) if pool is not None else run_jobs(spec, jobs, cfg.workers, bar)
+            stream = (
+                pool.run(jobs, bar, gate)
+                if pool is not None
+                else run_jobs(spec, jobs, cfg.workers, bar, gate)
+            )
         for rec in stream:
             records.append(rec)
             bar.set_postfix(success=f"{sum(r['success'] for r in records) / len(records):.2f}")

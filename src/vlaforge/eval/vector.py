@@ -42,7 +42,7 @@ from vlaforge.envs.registry import get_env
 from vlaforge.envs.rendering import configure_rendering
 from vlaforge.errors import InputError
 from vlaforge.eval.baselines import noise_generator
-from vlaforge.eval.rollout import EXECUTIONS, Job, WorkerSpec, write_mp4
+from vlaforge.eval.rollout import EXECUTIONS, Job, VideoGate, WorkerSpec, write_mp4
 
 GROUPS = 2  # slot groups taking turns between the simulators and the model
 
@@ -236,11 +236,14 @@ class BatchedRunner:
         self.execute_steps = int(spec.execute_steps or self.policy.execute_steps)
         self.workers, self.envs_per_worker = int(workers), int(envs_per_worker)
         self.batch_sizes: list[int] = []  # of every forward pass, for the protocol and the bench
+        self.gate = VideoGate(None)
 
-    def run(self, jobs: list[Job], progress: Any = None) -> Iterator[dict]:
-        """Yields each episode's record (as `rollout.run_episode` returns it) as the episode ends."""
+    def run(self, jobs: list[Job], progress: Any = None, gate: VideoGate | None = None) -> Iterator[dict]:
+        """Yields each episode's record (as `rollout.run_episode` returns it) as the episode ends; `gate`
+        decides as each episode starts whether its video is recorded (`rollout.VideoGate`)."""
         if not jobs:
             return
+        self.gate = gate or VideoGate(None)
         import torch
 
         before = torch.get_num_threads()
@@ -278,7 +281,9 @@ class BatchedRunner:
                     for reply in self._receive(conns, waiting[g]):
                         slot = slots[reply["slot"]]
                         if reply.get("ended"):
-                            yield self._record(slot, reply)
+                            rec = self._record(slot, reply)
+                            self.gate.finished(rec)
+                            yield rec
                             if progress is not None:
                                 progress.update(1)
                             slot.last_task, slot.job, slot.obs = slot.job.task, None, None
@@ -306,6 +311,7 @@ class BatchedRunner:
     # -- steps of the loop ---------------------------------------------------------------------------
 
     def _start(self, slot: _Slot, job: Job) -> dict[str, Any]:
+        job = self.gate.admit(job)
         mode = EXECUTIONS[self.spec.execution]
         slot.job, slot.steps, slot.obs = job, 0, None
         slot.queue = ActionQueue(mode, self.execute_steps, self.spec.ensemble_decay)
