@@ -6,7 +6,9 @@ length, as an evaluation inside the model would be; the imagined frames are comp
 
 - error: mean absolute difference to the real frame (grey levels of 255), at the end and over the episode;
 - motion: the mean absolute change between consecutive frames, real and imagined; a model that predicts
-  too little change (the regression-to-the-mean failure) shows an imagined motion far below the real one;
+  too little change (the regression-to-the-mean failure) shows an imagined motion far below the real one.
+  For a model with a stride N, between the frames it predicts (N apart), divided by N: per step, and
+  comparable with the real frames at the same spacing;
 - other actions: the same replay driven by another episode's actions (the next one in the list, its last
   action repeated when it is shorter); a model that reads its actions has a larger error with them than
   with the episode's own, one that extrapolates the context the same;
@@ -69,8 +71,9 @@ def replay(
         err = _abs_err(own, real)
         row["error_end"] = round(float(err[-1]), 3)
         row["error_mean"] = round(float(err[1:].mean()), 3)
-        row["motion_real"] = round(float(_abs_err(real[1:], real[:-1]).mean()), 3)
-        row["motion_imagined"] = round(float(_abs_err(own[1:], own[:-1]).mean()), 3)
+        n = model.stride if len(real) > model.stride else 1
+        row["motion_real"] = round(float(_abs_err(real[n::n], real[:-n:n]).mean()) / n, 3)
+        row["motion_imagined"] = round(float(_abs_err(own[n::n], own[:-n:n]).mean()) / n, 3)
         if len(episodes) > 1:
             other = _other_actions(eps, episodes[(i + 1) % len(episodes)], b - a - 1)
             moved = imagine(model, real[0], other, torch.Generator().manual_seed(seed + e))
