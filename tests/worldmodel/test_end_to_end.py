@@ -188,6 +188,8 @@ def test_world_model_env_runs_a_policy(recorded, capsys, monkeypatch, tmp_path):
 
 
 def test_a_strided_world_model_shows_a_new_frame_every_n_steps(recorded, tmp_path):
+    import torch
+
     from vlaforge.eval.checks import PolicySide, stride_mismatch
     from vlaforge.eval.run import EvalConfig
     from vlaforge.worldmodel.model import imagine
@@ -212,6 +214,22 @@ def test_a_strided_world_model_shows_a_new_frame_every_n_steps(recorded, tmp_pat
     assert np.array_equal(frames, imagine(env.model, first, actions, None)[1:])
     assert np.array_equal(frames[0], first) and np.array_equal(frames[1], first)
     assert np.array_equal(frames[3], frames[2]) and np.array_equal(frames[4], frames[2])
+    # With a state predictor (`vlaforge worldmodel state`), the state moves with each imagined frame: the
+    # predictor's answer for the stride's 3 actions, unchanged in between.
+    main(["worldmodel", "state", str(run), "--steps", "30", "--batch-size", "32"])
+    report = json.loads((run / "state" / "state.json").read_text())["report"]
+    assert report["episodes"] == 4 and report["error_mean_first_state_kept"] > 0
+    from vlaforge.worldmodel.env import world_model_spec
+
+    world_model_spec.cache_clear()
+    assert get_env(f"worldmodel:{run}").extra["state"] == "predicted"
+    env = get_env(f"worldmodel:{run}").make(TASK, max_steps=9)
+    s0 = env.reset(1).state
+    states = [env.step(a)[0].state for a in actions[:4]]
+    assert np.array_equal(states[0], s0) and np.array_equal(states[1], s0)
+    want = env.state_model.predict(torch.from_numpy(s0[None]), torch.from_numpy(actions[None, :3]))[0].numpy()
+    assert np.array_equal(states[2], want) and not np.array_equal(want, s0)
+    assert np.array_equal(states[3], states[2])
     # a policy re-planning between the frames is told so; one re-planning on them is not
     side = PolicySide(spec.embodiment(), None, None, 4, 8)
     served = "ws://127.0.0.1:9"

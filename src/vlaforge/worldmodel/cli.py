@@ -1,4 +1,4 @@
-"""`vlaforge worldmodel train | judge | quality | replay | agreement` (torch-free here: flags from the configs)."""
+"""`vlaforge worldmodel train | judge | state | quality | replay | agreement` (torch-free here: flags from the configs)."""
 
 from __future__ import annotations
 
@@ -48,6 +48,14 @@ def add_worldmodel_command(sub: Any, build: bool) -> None:
     r.add_argument("--strips", type=int, default=4, help="PNG strips of the first N episodes (default: 4)")
     r.add_argument("--out", default=None, help="write replay.json and strips/ here")
     r.set_defaults(func=_replay)
+    s = wsub.add_parser("state", help="learn the robot state for the world model's environment")
+    s.add_argument("worldmodel", help="the world model's run directory (writes RUN/state)")
+    s.add_argument("--steps", type=int, default=2000, help="optimizer steps (default: 2000)")
+    s.add_argument("--batch-size", type=int, default=256, help="transitions per step (default: 256)")
+    s.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
+    s.add_argument("--width", type=int, default=128, help="hidden width of the MLP (default: 128)")
+    s.add_argument("--seed", type=int, default=0, help="seeds init and batches (default: 0)")
+    s.set_defaults(func=_state)
     g = wsub.add_parser("agreement", help="evaluate policies in the simulator and the world model; compare")
     add_config_args(g, AgreementConfig)
     g.set_defaults(func=lambda a: _agreement(config_from_args(AgreementConfig, a)))
@@ -75,6 +83,12 @@ def _replay(a: Any) -> None:
     from vlaforge.worldmodel.replay import run_replay
 
     run_replay(a.worldmodel, a.dataset, a.episodes, a.seed, a.out, a.strips)
+
+
+def _state(a: Any) -> None:
+    from vlaforge.worldmodel.state import train_state
+
+    print(json.dumps(train_state(a.worldmodel, a.steps, a.batch_size, a.lr, a.width, a.seed), indent=2))
 
 
 def _agreement(cfg: Any) -> None:

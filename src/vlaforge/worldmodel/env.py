@@ -5,7 +5,8 @@ of the task: the one recorded at that very seed when there is one (`vlaforge wor
 the scenes of the simulator's evaluation at the same seeds), else episode seed mod their number.
 `step(action)` imagines the next frame (a model trained with a stride N imagines after every N-th step and
 shows the last frame in between), and success is the judge's calibrated probability >= 0.5 on that
-frame. The state is not modelled: observations carry the episode's first state throughout. RUN is a
+frame. The robot state is the episode's first state throughout, unless the run has a state predictor
+(``vlaforge worldmodel state RUN``, in ``RUN/state``): then it moves with every imagined frame. RUN is a
 `vlaforge worldmodel train` run holding its judge in ``RUN/judge`` (``vlaforge worldmodel judge --out
 RUN/judge``).
 """
@@ -25,6 +26,7 @@ from vlaforge.envs.base import EnvSpec
 from vlaforge.errors import InputError
 from vlaforge.types import Embodiment, Observation
 from vlaforge.worldmodel.config import WM_CONFIG
+from vlaforge.worldmodel.state import state_dir
 
 PREFIX = "worldmodel:"
 SUCCESS_THRESHOLD = 0.5
@@ -38,12 +40,14 @@ class WorldModelEnv:
         from safetensors.numpy import load_file
 
         from vlaforge.worldmodel.judge import load_judge
+        from vlaforge.worldmodel.state import load_state_predictor
         from vlaforge.worldmodel.train import STARTS, load_worldmodel
 
         self.task, self.embodiment, self.max_steps = task, emb, max_steps
         self.render_images, self.frames_rendered = True, 0
         self.model = load_worldmodel(spec_root)
         self.judge, self.judge_meta = load_judge(judge_dir(spec_root))
+        self.state_model = load_state_predictor(spec_root) if emb.state_dim else None
         starts = load_file(str(spec_root / STARTS))
         self.first_frames, self.first_states = starts["frames"], starts.get("states")
         self.rows, self.instruction = rows, instruction
@@ -64,12 +68,20 @@ class WorldModelEnv:
         dim = self.embodiment.state_dim
         have = self.first_states is not None and self.first_states.shape[1] == dim
         self._state = self.first_states[row] if have else np.zeros(dim, np.float32)
+        self._pending: list[np.ndarray] = []  # the actions since the last imagined frame
         self.steps, self.frames_rendered = 0, self.frames_rendered + 1
         return self._obs()
 
     def step(self, action: np.ndarray, render: bool | None = None) -> tuple[Observation, float, bool, dict]:
         a = torch.as_tensor(np.asarray(action, np.float32)[None])
         self._frame = self.im.step(a)[0].cpu().numpy()
+        self._pending.append(np.asarray(action, np.float32))
+        if len(self._pending) == self.model.stride:  # a frame was imagined: the state moves with it
+            if self.state_model is not None:
+                s = torch.from_numpy(np.asarray(self._state, np.float32)[None])
+                acts = torch.from_numpy(np.stack(self._pending)[None])
+                self._state = self.state_model.predict(s, acts)[0].numpy()
+            self._pending = []
         self.steps += 1
         self.frames_rendered += 1
         p = self.success_prob(self._frame)
@@ -159,5 +171,6 @@ def world_model_spec(path: str) -> EnvSpec:
         control_hz=float(cfg.get("fps") or base.control_hz), robot_type=base.robot_type,
         success=f"the success judge's calibrated probability >= {SUCCESS_THRESHOLD} on an imagined frame",
         extra={"imitates": cfg.get("env"), "start_seeds": {t: sorted(v) for t, v in seeds.items()},
-               "frame_stride": int(cfg.get("stride", 1))},
+               "frame_stride": int(cfg.get("stride", 1)),
+               "state": "predicted" if (state_dir(root) / "state.json").is_file() else "first frame's"},
     )  # fmt: skip

@@ -1,0 +1,181 @@
+"""`vlaforge worldmodel state RUN`: the robot state for a world model's environment, learned.
+
+The world model draws the camera; a policy that also reads the robot state (Meta-World's: the hand's
+position and the gripper) would otherwise see the first frame's state for the whole imagined episode,
+telling it the arm never moved while the frames show it moving. `StatePredictor` predicts the state
+after the model's stride N from the state and the N actions taken (an MLP on normalised inputs,
+regressing the normalised change), trained on the world model's own training episodes; the environment
+(`vlaforge.worldmodel.env`) applies it whenever it imagines a frame. It lives in ``RUN/state`` beside
+the run's ``last/`` (``state.json`` with its settings and report, ``state.safetensors``).
+
+The report compares, on the held-out episodes replayed open loop from their first state under their
+recorded actions, the mean absolute error of the predicted states with that of keeping the first state.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from vlaforge.atomic import atomic_write, write_json
+from vlaforge.errors import InputError
+from vlaforge.worldmodel.config import WM_CONFIG
+from vlaforge.worldmodel.data import Episodes
+
+STATE_DIR = "state"
+STATE_CONFIG = "state.json"
+STATE_WEIGHTS = "state.safetensors"
+
+
+class StatePredictor(nn.Module):
+    """(state, the next N actions) -> the state N steps on, in robot units."""
+
+    def __init__(self, state_dim: int, action_dim: int, stride: int, width: int = 128):
+        super().__init__()
+        self.state_dim, self.action_dim, self.stride = state_dim, action_dim, stride
+        self.net = nn.Sequential(
+            nn.Linear(state_dim + stride * action_dim, width), nn.GELU(),
+            nn.Linear(width, width), nn.GELU(),
+            nn.Linear(width, state_dim),
+        )  # fmt: skip
+        for name, dim in (("state", state_dim), ("action", action_dim), ("delta", state_dim)):
+            self.register_buffer(f"{name}_mean", torch.zeros(dim))
+            self.register_buffer(f"{name}_std", torch.ones(dim))
+
+    def normalised_change(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """state (B, D), actions (B, N, A), robot units -> the predicted change, normalised (B, D)."""
+        s = (state - self.state_mean) / self.state_std
+        a = ((actions - self.action_mean) / self.action_std).flatten(1)
+        return self.net(torch.cat([s, a], dim=1))
+
+    @torch.no_grad()
+    def predict(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """The state (B, D) after `actions` (B, N, A) from `state` (B, D), robot units."""
+        return state + self.normalised_change(state, actions) * self.delta_std + self.delta_mean
+
+
+def transitions(eps: Episodes, episodes: list[int], stride: int) -> tuple[np.ndarray, ...]:
+    """(state at t (P, D), the actions of t .. t + N - 1 (P, N, A), state at t + N (P, D)) for every t of
+    the episodes with t + N inside."""
+    s0, acts, s1 = [], [], []
+    for e in episodes:
+        a, b = eps.bounds[e]
+        for t in range(a, b - stride):
+            s0.append(eps.states[t])
+            acts.append(eps.actions[t : t + stride])
+            s1.append(eps.states[t + stride])
+    if not s0:
+        raise InputError(
+            f"no episode is longer than the model's stride ({stride} steps): nothing to learn from"
+        )
+    return np.stack(s0).astype(np.float32), np.stack(acts).astype(np.float32), np.stack(s1).astype(np.float32)
+
+
+def open_loop_error(model: StatePredictor, eps: Episodes, episodes: list[int]) -> dict[str, float]:
+    """Mean absolute state error over the held-out episodes replayed open loop (a prediction every N
+    steps from the first state under the recorded actions), against keeping the first state."""
+    n, pred_err, frozen_err, end_pred, end_frozen = model.stride, [], [], [], []
+    for e in episodes:
+        a, b = eps.bounds[e]
+        if b - a <= n:
+            continue
+        state = torch.from_numpy(eps.states[a : a + 1].astype(np.float32))
+        first = eps.states[a]
+        for t in range(a + n, b, n):
+            state = model.predict(state, torch.from_numpy(eps.actions[t - n : t][None].astype(np.float32)))
+            pred_err.append(float(np.abs(state[0].numpy() - eps.states[t]).mean()))
+            frozen_err.append(float(np.abs(first - eps.states[t]).mean()))
+        end_pred.append(pred_err[-1])
+        end_frozen.append(frozen_err[-1])
+    if not pred_err:
+        return {"episodes": 0}
+    return {
+        "episodes": len(end_pred),
+        "error_mean": round(float(np.mean(pred_err)), 5),
+        "error_mean_first_state_kept": round(float(np.mean(frozen_err)), 5),
+        "error_end": round(float(np.mean(end_pred)), 5),
+        "error_end_first_state_kept": round(float(np.mean(end_frozen)), 5),
+    }
+
+
+def train_state(
+    run: str, steps: int = 2000, batch_size: int = 256, lr: float = 1e-3, width: int = 128, seed: int = 0
+) -> dict[str, Any]:
+    """Trains the state predictor of the world model run `run` on its training episodes and writes it to
+    ``RUN/state``; returns its report (`open_loop_error` on the held-out episodes)."""
+    from vlaforge.worldmodel.data import training_episodes
+
+    root = Path(run) / "last" if (Path(run) / "last" / WM_CONFIG).is_file() else Path(run)
+    cfg_path = root / WM_CONFIG
+    if not cfg_path.is_file():
+        raise InputError(f"{run}: no worldmodel.json; give a `vlaforge worldmodel train` run")
+    if steps < 1 or batch_size < 1 or width < 1 or not lr > 0:
+        raise InputError(
+            f"steps, batch_size, width must be >= 1 and lr > 0; got {steps}, {batch_size}, {width}, {lr}"
+        )
+    cfg = json.loads(cfg_path.read_text())
+    eps = training_episodes(cfg)
+    if eps.states is None or eps.states.shape[1] == 0:
+        raise InputError(f"{run}: its datasets record no robot state (observation.state); nothing to predict")
+    stride = int(cfg.get("stride", 1))
+    model, transitions_seen, loss = fit_state(eps, stride, steps, batch_size, lr, width, seed)
+    report = {"transitions": transitions_seen, "final_loss": round(loss, 6),
+              **open_loop_error(model, eps, list(eps.heldout))}  # fmt: skip
+    out = state_dir(root)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / STATE_WEIGHTS) as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    write_json(out / STATE_CONFIG, {
+        "format": "vlaforge-worldmodel-state/1", "state_dim": model.state_dim, "action_dim": model.action_dim,
+        "stride": stride, "width": width, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "report": report,
+    })  # fmt: skip
+    return report
+
+
+def fit_state(
+    eps: Episodes, stride: int, steps: int, batch_size: int, lr: float, width: int, seed: int
+) -> tuple[StatePredictor, int, float]:
+    """A `StatePredictor` fitted on the training episodes of `eps` (the batch of step s drawn from
+    (seed, s)); returns it (in eval mode), the number of transitions and the last loss."""
+    s0, acts, s1 = transitions(eps, eps.train, stride)
+    torch.manual_seed(seed)
+    model = StatePredictor(s0.shape[1], acts.shape[2], stride, width)
+    delta = s1 - s0
+    for name, x in (("state", s0), ("action", acts.reshape(-1, acts.shape[2])), ("delta", delta)):
+        getattr(model, f"{name}_mean").copy_(torch.from_numpy(x.mean(0)))
+        getattr(model, f"{name}_std").copy_(torch.from_numpy(x.std(0) + 1e-4))
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    s0_t, acts_t = torch.from_numpy(s0), torch.from_numpy(acts)
+    target = (torch.from_numpy(delta) - model.delta_mean) / model.delta_std
+    for step in tqdm(range(steps), desc="state", unit="step"):
+        i = torch.from_numpy(np.random.default_rng([seed, step]).integers(0, len(s0), batch_size))
+        loss = nn.functional.mse_loss(model.normalised_change(s0_t[i], acts_t[i]), target[i])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval(), len(s0), float(loss.item())
+
+
+def state_dir(model: Path) -> Path:
+    """Where the state predictor of the world model in directory `model` lives: ``RUN/state`` beside
+    ``RUN/last``, or inside a model directory of its own (as the judge)."""
+    return model.parent / STATE_DIR if model.name == "last" else model / STATE_DIR
+
+
+def load_state_predictor(model: Path) -> StatePredictor | None:
+    """The state predictor of the world model in directory `model`, or None when it has none."""
+    d = state_dir(model)
+    if not (d / STATE_CONFIG).is_file():
+        return None
+    cfg = json.loads((d / STATE_CONFIG).read_text())
+    sp = StatePredictor(int(cfg["state_dim"]), int(cfg["action_dim"]), int(cfg["stride"]), int(cfg["width"]))
+    sp.load_state_dict(load_file(str(d / STATE_WEIGHTS)))
+    return sp.eval()
