@@ -39,7 +39,7 @@ class WorldModelConfig(JsonConfig):
         stride: N, steps between the frames modelled: the model predicts frame t + N from frames t,
             t - N, ... and the N actions taken from each; in imagination the steps in between show the
             last frame again. A policy that executes chunks of N actions open loop (or a multiple)
-            sees exactly what it sees at stride 1, in N times fewer predictions, each of a change N
+            meets a new frame exactly when it looks, in N times fewer predictions, each of a change N
             times larger (1: every step).
         latent_channels: channels of the latent grid (a quarter of the image side on each axis).
         width: channels of the autoencoder's first conv layer (doubled once).

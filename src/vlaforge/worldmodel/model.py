@@ -3,9 +3,10 @@
 - `FrameAutoencoder`: conv encoder to a (C, S/4, S/4) latent grid (tanh-bounded) and a mirrored decoder.
 - `LatentDynamics`: predicts the next latent frame from the K previous ones and their K actions (causal:
   only the past is read). With a stride S > 1 the frames are S steps apart, the next one is S steps on,
-  and each frame's "action" is the S actions taken from it. With the "flow" objective it is a flow-matching velocity field over the
-  normalised latent change d = (z_{t+1} - z_t) / delta_std, the convention of pi0's action expert
-  (x_s = s * noise + (1 - s) * d, target noise - d, Euler from s = 1 to 0); with "mse" it regresses d.
+  and each frame's "action" is the S actions taken from it. With the "flow" objective it is a
+  flow-matching velocity field over the normalised latent change d = (z_{t+1} - z_t) / delta_std, the
+  convention of pi0's action expert (x_s = s * noise + (1 - s) * d, target noise - d, Euler from s = 1
+  to 0); with "mse" it regresses d.
   Conditioning (actions and the flow time) enters every residual block by FiLM. With "mse" the loss can
   be unrolled R steps on the model's own predictions (`rollout_loss`).
 - `SuccessJudge`: a small conv classifier of one frame, with a fitted temperature.
