@@ -230,6 +230,12 @@ def test_a_strided_world_model_shows_a_new_frame_every_n_steps(recorded, tmp_pat
     want = env.state_model.predict(torch.from_numpy(s0[None]), torch.from_numpy(actions[None, :3]))[0].numpy()
     assert np.array_equal(states[2], want) and not np.array_equal(want, s0)
     assert np.array_equal(states[3], states[2])
+    # a state predictor of another stride (a run retrained beside it) is refused, not silently misused
+    meta = json.loads((run / "state" / "state.json").read_text())
+    (run / "state" / "state.json").write_text(json.dumps({**meta, "stride": 2}))
+    with pytest.raises(InputError, match="steps 2 actions at a time, the world model 3"):
+        get_env(f"worldmodel:{run}").make(TASK, max_steps=9)
+    (run / "state" / "state.json").write_text(json.dumps(meta))
     # a policy re-planning between the frames is told so; one re-planning on them is not
     side = PolicySide(spec.embodiment(), None, None, 4, 8)
     served = "ws://127.0.0.1:9"

@@ -47,12 +47,7 @@ class WorldModelEnv:
         self.render_images, self.frames_rendered = True, 0
         self.model = load_worldmodel(spec_root)
         self.judge, self.judge_meta = load_judge(judge_dir(spec_root))
-        self.state_model = load_state_predictor(spec_root) if emb.state_dim else None
-        if self.state_model is not None and self.state_model.stride != self.model.stride:
-            raise InputError(
-                f"{spec_root}: the state predictor steps {self.state_model.stride} actions at a time, the world "
-                f"model {self.model.stride}; train it again with `vlaforge worldmodel state {spec_root.parent}`"
-            )
+        self.state_model = load_state_predictor(spec_root, self.model.stride) if emb.state_dim else None
         starts = load_file(str(spec_root / STARTS))
         self.first_frames, self.first_states = starts["frames"], starts.get("states")
         self.rows, self.instruction = rows, instruction

@@ -170,12 +170,22 @@ def state_dir(model: Path) -> Path:
     return model.parent / STATE_DIR if model.name == "last" else model / STATE_DIR
 
 
-def load_state_predictor(model: Path) -> StatePredictor | None:
-    """The state predictor of the world model in directory `model`, or None when it has none."""
+def load_state_predictor(model: Path, stride: int) -> StatePredictor | None:
+    """The state predictor of the world model in directory `model` (whose stride is `stride`), or None when
+    it has none.
+
+    Raises:
+        InputError: a predictor made for another stride (a model retrained beside it).
+    """
     d = state_dir(model)
     if not (d / STATE_CONFIG).is_file():
         return None
     cfg = json.loads((d / STATE_CONFIG).read_text())
+    if int(cfg["stride"]) != stride:
+        raise InputError(
+            f"{d}: the state predictor steps {cfg['stride']} actions at a time, the world model {stride}; "
+            f"train it again with `vlaforge worldmodel state` on the model's run"
+        )
     sp = StatePredictor(int(cfg["state_dim"]), int(cfg["action_dim"]), int(cfg["stride"]), int(cfg["width"]))
     sp.load_state_dict(load_file(str(d / STATE_WEIGHTS)))
     return sp.eval()
