@@ -4,6 +4,7 @@ torch-free, so the CLI builds `vlaforge worldmodel`'s flags without importing to
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from vlaforge.config import JsonConfig
@@ -14,6 +15,12 @@ WM_WEIGHTS = "worldmodel.safetensors"
 JUDGE_CONFIG = "judge.json"
 JUDGE_WEIGHTS = "judge.safetensors"
 OBJECTIVES = ("flow", "mse")
+
+
+def model_dir(path: str | Path) -> Path:
+    """A world model's directory: ``RUN/last`` for a `vlaforge worldmodel train` run, else `path` itself."""
+    root = Path(path)
+    return root / "last" if (root / "last" / WM_CONFIG).is_file() else root
 
 
 def _check(problems: list[str], what: str) -> None:

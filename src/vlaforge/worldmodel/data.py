@@ -163,6 +163,15 @@ def episodes_to_test(cfg: dict, dataset: str | None) -> tuple[Episodes, list[int
     return eps, list(eps.heldout)
 
 
+def clamp_to_episode(idx: np.ndarray, start: int | np.ndarray) -> np.ndarray:
+    """Increasing frame indices (..., L) with those before their episode's `start` (a scalar or (...,))
+    replaced by the earliest one inside it: the context an episode starting from its first frame alone
+    has (at stride 1, that first frame repeated)."""
+    inside = idx >= np.asarray(start)[..., None]
+    earliest = np.take_along_axis(idx, inside.argmax(-1)[..., None], -1)
+    return np.where(inside, idx, earliest)
+
+
 def windows(
     bounds: list[tuple[int, int]], episodes: list[int], context: int, horizon: int = 1, stride: int = 1
 ) -> np.ndarray:
@@ -179,9 +188,7 @@ def windows(
     for e in episodes:
         start, stop = bounds[e]
         for j in range(start + stride, stop - (horizon - 1) * stride):
-            idx = j + offsets
-            inside = idx >= start
-            rows.append(np.where(inside, idx, idx[inside][0]))
+            rows.append(clamp_to_episode(j + offsets, start))
     if not rows:
         if horizon == 1 and stride == 1:
             raise InputError("no training windows: every episode has a single frame")

@@ -25,8 +25,8 @@ from torch.nn import functional as F
 from vlaforge.envs.base import EnvSpec
 from vlaforge.errors import InputError
 from vlaforge.types import Embodiment, Observation
-from vlaforge.worldmodel.config import WM_CONFIG
-from vlaforge.worldmodel.state import state_dir
+from vlaforge.worldmodel.config import WM_CONFIG, model_dir
+from vlaforge.worldmodel.state import STATE_CONFIG, state_dir
 
 PREFIX = "worldmodel:"
 SUCCESS_THRESHOLD = 0.5
@@ -117,12 +117,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "task"
 
 
-def model_dir(path: str | Path) -> Path:
-    """A world model's directory: ``RUN/last`` for a `vlaforge worldmodel train` run, else `path` itself."""
-    root = Path(path)
-    return root / "last" if (root / "last" / WM_CONFIG).is_file() else root
-
-
 def judge_dir(model: Path) -> Path:
     """Where the success judge of the world model in directory `model` lives: ``RUN/judge`` beside
     ``RUN/last``, or inside a model directory of its own."""
@@ -172,5 +166,5 @@ def world_model_spec(path: str) -> EnvSpec:
         success=f"the success judge's calibrated probability >= {SUCCESS_THRESHOLD} on an imagined frame",
         extra={"imitates": cfg.get("env"), "start_seeds": {t: sorted(v) for t, v in seeds.items()},
                "frame_stride": int(cfg.get("stride", 1)),
-               "state": "predicted" if (state_dir(root) / "state.json").is_file() else "first frame's"},
+               "state": "predicted" if (state_dir(root) / STATE_CONFIG).is_file() else "first frame's"},
     )  # fmt: skip

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from vlaforge.worldmodel.data import Episodes
+from vlaforge.worldmodel.data import Episodes, clamp_to_episode
 from vlaforge.worldmodel.model import Imagination, WorldModel
 
 HORIZONS = (1, 8, 32)
@@ -79,9 +79,7 @@ def prediction_quality(
         if not len(starts):
             continue
         true = starts[:, None] + n * np.arange(-k + 1, 1)[None, :]  # (B, K) frames up to s, n apart
-        inside = true >= a
-        earliest = true[np.arange(len(true)), inside.argmax(1)]  # the earliest inside the episode
-        idx = np.where(inside, true, earliest[:, None])
+        idx = clamp_to_episode(true, a)
         led = (true - n)[..., None] + np.arange(n)  # (B, K, n): the steps whose actions led to each
         pad = true - n < a
         acts = eps.actions[np.maximum(led, 0)].reshape(*pad.shape, -1)

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from vlaforge.atomic import atomic_write, write_json
 from vlaforge.errors import InputError
-from vlaforge.worldmodel.config import WM_CONFIG
+from vlaforge.worldmodel.config import WM_CONFIG, model_dir
 from vlaforge.worldmodel.data import Episodes
 
 STATE_DIR = "state"
@@ -112,7 +112,7 @@ def train_state(
     ``RUN/state``; returns its report (`open_loop_error` on the held-out episodes)."""
     from vlaforge.worldmodel.data import training_episodes
 
-    root = Path(run) / "last" if (Path(run) / "last" / WM_CONFIG).is_file() else Path(run)
+    root = model_dir(run)
     cfg_path = root / WM_CONFIG
     if not cfg_path.is_file():
         raise InputError(f"{run}: no worldmodel.json; give a `vlaforge worldmodel train` run")

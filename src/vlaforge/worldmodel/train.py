@@ -24,7 +24,7 @@ from vlaforge.devices import resolve_device
 from vlaforge.errors import InputError
 from vlaforge.train.checkpoint import load_optimizer, optimizer_to_safetensors
 from vlaforge.train.config import RUN_CONFIG
-from vlaforge.worldmodel.config import WM_CONFIG, WM_WEIGHTS, WorldModelConfig
+from vlaforge.worldmodel.config import WM_CONFIG, WM_WEIGHTS, WorldModelConfig, model_dir
 from vlaforge.worldmodel.data import Episodes, context_actions, load_episodes, window_starts, windows
 from vlaforge.worldmodel.model import WorldModel, imagine
 
@@ -94,8 +94,7 @@ def episode_starts(eps: Episodes) -> dict[str, np.ndarray]:
 
 def load_worldmodel(path: str | Path, device: str | torch.device = "cpu") -> WorldModel:
     """A trained world model from a run directory (its ``last/``) or a model directory."""
-    path = Path(path)
-    d = path / "last" if (path / "last" / WM_CONFIG).is_file() else path
+    d = model_dir(path)
     if not (d / WM_CONFIG).is_file():
         raise InputError(
             f"{path}: no {WM_CONFIG} (nor last/{WM_CONFIG}); give a `vlaforge worldmodel train` run"
