@@ -12,7 +12,9 @@ that action). After a success the policy acts on for `--record-tail` steps (the 
 final observation: its action is zeros and its `next.success` repeats the last step's. `observation.success` is the
 success of the scene shown in the frame (frame 0: False; frame t: `next.success` t - 1), the label a
 success judge learns from. meta/info.json's "vlaforge" entry holds the policy, its weights' sha256 and
-each episode's task, seed and outcome.
+each episode's task, seed and outcome. An env that reports the scene's state (`environment_state()`,
+e.g. Meta-World's object and goal poses) adds it as `observation.environment_state`, named by its spec's
+``extra["environment_state_names"]``.
 """
 
 from __future__ import annotations
@@ -28,10 +30,12 @@ from vlaforge.types import Embodiment, Observation
 
 
 class RecordingEnv:
-    """An `Env` that renders every step and keeps the episode's frames, states, actions and success flags."""
+    """An `Env` that renders every step and keeps the episode's frames, states, actions and success flags
+    (and the scene's state, when the env reports it)."""
 
     def __init__(self, env: Env):
         self.env = env
+        self._scene = getattr(env, "environment_state", None)
         self.task = env.task
         self.embodiment = env.embodiment
         self.render_images = True
@@ -44,6 +48,7 @@ class RecordingEnv:
     def clear(self) -> None:
         self.images: dict[str, list[np.ndarray]] = {c: [] for c in self.embodiment.camera_names}
         self.states: list[np.ndarray] = []
+        self.scene: list[np.ndarray] = []
         self.actions: list[np.ndarray] = []
         self.success: list[bool] = []
 
@@ -52,6 +57,8 @@ class RecordingEnv:
             self.images[c].append(np.asarray(obs.images[c], np.uint8))
         state = obs.state if obs.state is not None else np.zeros(self.embodiment.state_dim, np.float32)
         self.states.append(np.asarray(state, np.float32))
+        if self._scene is not None:
+            self.scene.append(np.asarray(self._scene(), np.float32))
 
     def reset(self, seed: int, render: bool | None = None) -> Observation:
         self.clear()
@@ -85,6 +92,8 @@ class RecordingEnv:
         seen = np.array([False, *self.success], bool)
         out = {f"observation.images.{c}": np.stack(v) for c, v in self.images.items()}
         out.update({"observation.state": np.stack(self.states), "action": actions})
+        if self.scene:
+            out["observation.environment_state"] = np.stack(self.scene)
         out.update({"next.success": nxt, "observation.success": seen})
         return out
 
@@ -106,14 +115,19 @@ def trace_path(record_dir: str | Path, task: str, episode: int) -> Path:
     return Path(record_dir) / f"{task}__{int(episode):05d}.safetensors"
 
 
-def features(emb: Embodiment) -> dict[str, dict[str, Any]]:
-    """The dataset's features for a policy's embodiment (its cameras at its image size)."""
+def features(emb: Embodiment, scene_names: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The dataset's features for a policy's embodiment (its cameras at its image size), with the scene's
+    state when `scene_names` name its entries."""
     size = int(emb.image_size)
     out: dict[str, dict[str, Any]] = {
         f"observation.images.{c}": {"dtype": "video", "shape": [size, size, 3], "names": None}
         for c in emb.camera_names
     }
     out["observation.state"] = {"dtype": "float32", "shape": [emb.state_dim], "names": list(emb.state_names)}
+    if scene_names:
+        out["observation.environment_state"] = {
+            "dtype": "float32", "shape": [len(scene_names)], "names": list(scene_names),
+        }  # fmt: skip
     out["action"] = {"dtype": "float32", "shape": [emb.action_dim], "names": list(emb.action_names)}
     out["next.success"] = {"dtype": "bool", "shape": [1], "names": None}
     out["observation.success"] = {"dtype": "bool", "shape": [1], "names": None}
@@ -161,8 +175,19 @@ def write_recording(
         "model_sha256": (checkpoint or {}).get("model_sha256"),
         "episodes": episodes,
     }
+    first = (
+        load_file(str(trace_path(record_dir, records[0]["task"], records[0]["episode"]))) if records else {}
+    )
+    scene = first.get("observation.environment_state")
+    names = None
+    if scene is not None:
+        names = list(
+            env.extra.get("environment_state_names") or [f"scene_{i}" for i in range(scene.shape[1])]
+        )
+        if len(names) != scene.shape[1]:
+            raise RuntimeError(f"{env.name}: {len(names)} scene-state names for {scene.shape[1]} values")
     with LeRobotWriter(
-        out, fps=env.control_hz, features=features(emb), robot_type=env.robot_type,
+        out, fps=env.control_hz, features=features(emb, names), robot_type=env.robot_type,
         overwrite=overwrite, extra_info={"vlaforge": info},
     ) as writer:  # fmt: skip
         for r in records:

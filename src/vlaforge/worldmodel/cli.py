@@ -48,13 +48,21 @@ def add_worldmodel_command(sub: Any, build: bool) -> None:
     r.add_argument("--strips", type=int, default=4, help="PNG strips of the first N episodes (default: 4)")
     r.add_argument("--out", default=None, help="write replay.json and strips/ here")
     r.set_defaults(func=_replay)
-    s = wsub.add_parser("state", help="learn the robot state for the world model's environment")
+    s = wsub.add_parser("state", help="learn the robot (and scene) state for the world model's environment")
     s.add_argument("worldmodel", help="the world model's run directory (writes RUN/state)")
     s.add_argument("--steps", type=int, default=2000, help="optimizer steps (default: 2000)")
     s.add_argument("--batch-size", type=int, default=256, help="transitions per step (default: 256)")
     s.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
     s.add_argument("--width", type=int, default=128, help="hidden width of the MLP (default: 128)")
     s.add_argument("--seed", type=int, default=0, help="seeds init and batches (default: 0)")
+    s.add_argument(
+        "--no-scene",
+        action="store_true",
+        help="the robot state only, even when the datasets record the scene's (observation.environment_state)",
+    )
+    s.add_argument(
+        "--judge-steps", type=int, default=2000, help="optimizer steps of the scene judge (default: 2000)"
+    )
     s.set_defaults(func=_state)
     g = wsub.add_parser("agreement", help="evaluate policies in the simulator and the world model; compare")
     add_config_args(g, AgreementConfig)
@@ -88,7 +96,10 @@ def _replay(a: Any) -> None:
 def _state(a: Any) -> None:
     from vlaforge.worldmodel.state import train_state
 
-    print(json.dumps(train_state(a.worldmodel, a.steps, a.batch_size, a.lr, a.width, a.seed), indent=2))
+    report = train_state(
+        a.worldmodel, a.steps, a.batch_size, a.lr, a.width, a.seed, not a.no_scene, a.judge_steps
+    )
+    print(json.dumps(report, indent=2))
 
 
 def _agreement(cfg: Any) -> None:

@@ -3,6 +3,7 @@ last N episodes of each held out, and the (context, target) windows of the dynam
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -45,6 +46,7 @@ class Episodes:
     tasks: list[str] = field(default_factory=list)
     seeds: list[int | None] = field(default_factory=list)  # each episode's recorded start seed, if any
     states: np.ndarray | None = None  # float32 (N, S) when the datasets have a state
+    scene: np.ndarray | None = None  # float32 (N, E) when every dataset has `observation.environment_state`
     embodiment: dict | None = None  # the first dataset's robot, at the camera and size read
     env: str | None = None  # the registered env the first dataset was recorded in
 
@@ -52,6 +54,17 @@ class Episodes:
     def train(self) -> list[int]:
         held = set(self.heldout)
         return [e for e in range(len(self.bounds)) if e not in held]
+
+
+def slug(text: str) -> str:
+    """A task's key made from its words, for episodes recorded without a task name."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "task"
+
+
+def task_key(eps: Episodes, e: int) -> str:
+    """The task of episode `e`: its recorded task name, else `slug` of its words (as the world model's
+    environment names its tasks)."""
+    return (eps.tasks[e] if e < len(eps.tasks) else "") or slug(eps.instructions[e])
 
 
 def _success(ds, n: int, bounds: list[tuple[int, int]]) -> np.ndarray:
@@ -64,6 +77,13 @@ def _success(ds, n: int, bounds: list[tuple[int, int]]) -> np.ndarray:
         for a, b in bounds:
             out[a + 1 : b] = nxt[a : b - 1]
     return out
+
+
+def _scene(ds) -> np.ndarray | None:
+    cols = getattr(ds, "_columns", {})
+    if "observation.environment_state" not in cols:
+        return None
+    return np.ascontiguousarray(cols["observation.environment_state"], np.float32).reshape(ds.num_frames, -1)
 
 
 def load_episodes(
@@ -85,7 +105,7 @@ def load_episodes(
     if not paths:
         raise InputError("--dataset: give at least one LeRobot v3.0 dataset")
     frames, actions, success, bounds, held, words, sources, tasks, seeds = [], [], [], [], [], [], [], [], []
-    states, emb, env = [], None, None
+    states, scenes, emb, env = [], [], None, None
     offset, cam, fps, size = 0, camera, None, image_size
     every = set(range(len(paths), len(paths) + len(starts)))
     for k, path in enumerate([*paths, *starts]):
@@ -121,6 +141,7 @@ def load_episodes(
         frames.append(f)
         actions.append(a)
         states.append(ds.states())
+        scenes.append(_scene(ds))
         if emb is None:
             emb = {**ds.embodiment().to_dict(), "camera_names": [cam], "image_size": int(size)}
             env = (ds.info.get("vlaforge") or {}).get("env")
@@ -137,6 +158,8 @@ def load_episodes(
         bounds=bounds, heldout=held, instructions=words, sources=sources, camera=cam, fps=float(fps),
         tasks=tasks, seeds=seeds, embodiment=emb, env=env,
         states=np.concatenate(states) if len({x.shape[1] for x in states}) == 1 else None,
+        scene=np.concatenate(scenes) if all(x is not None for x in scenes)
+        and len({x.shape[1] for x in scenes}) == 1 else None,
     )  # fmt: skip
 
 

@@ -8,14 +8,15 @@ shows the last frame in between), and success is the judge's calibrated probabil
 frame. The robot state is the episode's first state throughout, unless the run has a state predictor
 (``vlaforge worldmodel state RUN``, in ``RUN/state``): then it moves with every imagined frame. RUN is a
 `vlaforge worldmodel train` run holding its judge in ``RUN/judge`` (``vlaforge worldmodel judge --out
-RUN/judge``).
+RUN/judge``). When the state predictor also learnt the scene's state (datasets recording
+`observation.environment_state`), the scene moves with it too and success is its scene judge's
+(`vlaforge.worldmodel.scene`) on the predicted state instead of the frame judge's.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from vlaforge.envs.base import EnvSpec
 from vlaforge.errors import InputError
 from vlaforge.types import Embodiment, Observation
 from vlaforge.worldmodel.config import WM_CONFIG, model_dir
+from vlaforge.worldmodel.data import slug
 from vlaforge.worldmodel.state import STATE_CONFIG, state_dir
 
 PREFIX = "worldmodel:"
@@ -40,14 +42,20 @@ class WorldModelEnv:
         from safetensors.numpy import load_file
 
         from vlaforge.worldmodel.judge import load_judge
+        from vlaforge.worldmodel.scene import load_scene
         from vlaforge.worldmodel.state import load_state_predictor
         from vlaforge.worldmodel.train import STARTS, load_worldmodel
 
         self.task, self.embodiment, self.max_steps = task, emb, max_steps
         self.render_images, self.frames_rendered = True, 0
         self.model = load_worldmodel(spec_root)
-        self.judge, self.judge_meta = load_judge(judge_dir(spec_root))
         self.state_model = load_state_predictor(spec_root, self.model.stride) if emb.state_dim else None
+        scene = load_scene(state_dir(spec_root), self.state_model) if self.state_model is not None else None
+        self.scene_starts, self.scene_judge = scene if scene is not None else (None, None)
+        if self.scene_judge is not None:
+            self.task_index = self.scene_judge.task_index(task)
+        else:
+            self.judge, self.judge_meta = load_judge(judge_dir(spec_root))
         starts = load_file(str(spec_root / STARTS))
         self.first_frames, self.first_states = starts["frames"], starts.get("states")
         self.rows, self.instruction = rows, instruction
@@ -68,6 +76,9 @@ class WorldModelEnv:
         dim = self.embodiment.state_dim
         have = self.first_states is not None and self.first_states.shape[1] == dim
         self._state = self.first_states[row] if have else np.zeros(dim, np.float32)
+        if self.scene_judge is not None:
+            self._scene = self._scene0 = self.scene_starts[row]
+            self._p = self._scene_prob()
         self._pending: list[np.ndarray] = []  # the actions since the last imagined frame
         self.steps, self.frames_rendered = 0, self.frames_rendered + 1
         return self._obs()
@@ -78,19 +89,33 @@ class WorldModelEnv:
         self._pending.append(np.asarray(action, np.float32))
         if len(self._pending) == self.model.stride:  # a frame was imagined: the state moves with it
             if self.state_model is not None:
-                s = torch.from_numpy(np.asarray(self._state, np.float32)[None])
+                full = self._state if self.scene_judge is None else np.concatenate([self._state, self._scene])
+                s = torch.from_numpy(np.asarray(full, np.float32)[None])
                 acts = torch.from_numpy(np.stack(self._pending)[None])
-                self._state = self.state_model.predict(s, acts)[0].numpy()
+                full = self.state_model.predict(s, acts)[0].numpy()
+                self._state = full[: self.state_model.robot_dim]
+                if self.scene_judge is not None:
+                    self._scene = full[self.state_model.robot_dim :]
+                    self._p = self._scene_prob()
             self._pending = []
         self.steps += 1
         self.frames_rendered += 1
-        p = self.success_prob(self._frame)
+        p = self._p if self.scene_judge is not None else self.success_prob(self._frame)
         success = p >= SUCCESS_THRESHOLD
         return (
             self._obs(),
             float(success),
             bool(success or self.steps >= self.max_steps),
             {"success": success, "success_prob": p},
+        )
+
+    def _scene_prob(self) -> float:
+        """The scene judge's probability of success for the current (predicted) robot and scene state."""
+        one = lambda x: np.asarray(x, np.float32)[None]  # noqa: E731
+        return float(
+            self.scene_judge.prob(
+                one(self._state), one(self._scene), one(self._scene0), np.array([self.task_index])
+            )[0]
         )
 
     def success_prob(self, frame: np.ndarray) -> float:
@@ -113,8 +138,15 @@ class WorldModelEnv:
         pass
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "task"
+def has_scene_judge(model: Path) -> bool:
+    """Whether the world model in directory `model` judges success from its predicted scene state
+    (`vlaforge worldmodel state` on datasets that record it) rather than from its frames."""
+    from vlaforge.worldmodel.scene import SCENE_JUDGE_WEIGHTS
+
+    d = state_dir(model)
+    if not (d / STATE_CONFIG).is_file() or not (d / SCENE_JUDGE_WEIGHTS).is_file():
+        return False
+    return bool(json.loads((d / STATE_CONFIG).read_text()).get("scene_dim"))
 
 
 def judge_dir(model: Path) -> Path:
@@ -136,8 +168,8 @@ def world_model_spec(path: str) -> EnvSpec:
         )
     if not cfg.get("embodiment"):
         raise InputError(f"{path}: the world model records no embodiment (its datasets had none)")
-    judge = judge_dir(root)
-    if not (judge / "judge.json").is_file():
+    judge, scene_judged = judge_dir(root), has_scene_judge(root)
+    if not scene_judged and not (judge / "judge.json").is_file():
         raise InputError(
             f"{path}: no success judge in {judge}; train one with `vlaforge worldmodel judge --out {judge}`"
         )
@@ -145,7 +177,7 @@ def world_model_spec(path: str) -> EnvSpec:
     seeds: dict[str, dict[int, int]] = {}
     words: dict[str, str] = {}
     for i, h in enumerate(cfg["heldout"]):
-        task = h.get("task") or _slug(h["instruction"])
+        task = h.get("task") or slug(h["instruction"])
         rows.setdefault(task, []).append(i)
         words.setdefault(task, h["instruction"])
         if h.get("seed") is not None:
@@ -163,8 +195,10 @@ def world_model_spec(path: str) -> EnvSpec:
         instructions=words, heldout_instructions={t: [w] for t, w in words.items()}, default_tasks=",".join(tasks),
         cameras=tuple(base.camera_names), image_size=base.image_size, max_steps=max_steps,
         control_hz=float(cfg.get("fps") or base.control_hz), robot_type=base.robot_type,
-        success=f"the success judge's calibrated probability >= {SUCCESS_THRESHOLD} on an imagined frame",
+        success=f"the scene judge's calibrated probability >= {SUCCESS_THRESHOLD} on the predicted state"
+        if scene_judged else f"the success judge's calibrated probability >= {SUCCESS_THRESHOLD} on an imagined frame",
         extra={"imitates": cfg.get("env"), "start_seeds": {t: sorted(v) for t, v in seeds.items()},
                "frame_stride": int(cfg.get("stride", 1)),
-               "state": "predicted" if (state_dir(root) / STATE_CONFIG).is_file() else "first frame's"},
+               "state": "predicted" if (state_dir(root) / STATE_CONFIG).is_file() else "first frame's",
+               "judge": "scene state" if scene_judged else "frames"},
     )  # fmt: skip

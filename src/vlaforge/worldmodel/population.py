@@ -102,7 +102,7 @@ def run_agreement(cfg: AgreementConfig) -> dict:
         print(f"agreement: the judge is not checked on held-out frames ({e})")
     for task in blind_tasks(judge_check):
         hit = judge_check[task]["tpr"]
-        print(f"agreement: warning: the judge sees {hit:.0%} of {task}'s {judge_frames} successful frames; the "
+        print(f"agreement: warning: the judge sees {hit:.0%} of {task}'s {judge_frames.replace('_', ' ')} successful frames; the "
               "world model's rates on it will measure the judge")  # fmt: skip
     size = cfg.baseline_image_size or wm.image_size
     max_steps = cfg.max_steps or wm.max_steps
@@ -224,7 +224,9 @@ def _judge_check(worldmodel: str) -> tuple[str, dict[str, dict]]:
     """The judge on the world model's held-out episodes (where its episodes start): can it see a success
     where the simulator flagged one? (`vlaforge.worldmodel.judge.on_frames`) On their real frames, or,
     for a judge trained on the model's imagined frames, on the model's open-loop replays of them (the
-    frames it will score); returns which ("real" or "imagined") and the per-task figures.
+    frames it will score), or, for a scene judge, on the states the state predictor gives in open-loop
+    replays (`vlaforge.worldmodel.scene.on_predicted`); returns which ("real", "imagined" or
+    "predicted_scene") and the per-task figures.
 
     Raises:
         InputError: the world model's datasets cannot be read (moved, or named relative to where a world
@@ -238,6 +240,13 @@ def _judge_check(worldmodel: str) -> tuple[str, dict[str, dict]]:
     from vlaforge.worldmodel.judge import load_judge, on_frames
 
     root = model_dir(worldmodel)
+    from vlaforge.worldmodel.env import has_scene_judge
+
+    if has_scene_judge(root):  # its check was made when it was trained, on the states it will judge
+        from vlaforge.worldmodel.state import STATE_CONFIG, state_dir
+
+        report = json.loads((state_dir(root) / STATE_CONFIG).read_text())["report"]
+        return "predicted_scene", report["scene_judge"]["on_predicted_states"]
     judge, meta = load_judge(judge_dir(root))
     eps = training_episodes(json.loads((root / WM_CONFIG).read_text()))
     frames = meta.get("frames", "real")
@@ -314,7 +323,9 @@ def format_table(summary: dict) -> str:
     kind = summary.get("judge_frames", "real")
     check = summary.get(f"judge_on_{kind}_frames")
     if check and "unavailable" not in check:
-        what = "the real frames" if kind == "real" else "the world model's open-loop replays"
+        what = {"real": "the real frames", "predicted_scene": "the predicted scene states"}.get(
+            kind, "the world model's open-loop replays"
+        )
         lines += ["", f"The judge on {what} of the world model's held-out episodes (where imagined episodes "
                       "start):", "", "| task | episodes | successful frames | hit rate | false alarms | "
                       "episodes it ends before the simulator's success |", "|---|---|---|---|---|---|"]  # fmt: skip
@@ -325,7 +336,7 @@ def format_table(summary: dict) -> str:
                 f"| {task} | {j['episodes']} | {j['successes']} | {tpr} | {fpr} | {j['fires_before_success']} |"
             )
         for task in blind_tasks(check):
-            lines += ["", f"Warning: on {task} the judge sees under {BLIND_JUDGE_HIT_RATE:.0%} of the {kind} successful "
+            lines += ["", f"Warning: on {task} the judge sees under {BLIND_JUDGE_HIT_RATE:.0%} of the {kind.replace('_', ' ')} successful "
                           "frames, so the world model's rates there measure the judge, not the imagined episodes; "
                           "a judge that sees this task's success (another camera or resolution, more recorded "
                           "successes) comes first."]  # fmt: skip

@@ -15,11 +15,13 @@ recorded actions, the mean absolute error of the predicted states with that of k
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors.numpy import save_file as save_np
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
@@ -35,11 +37,13 @@ STATE_WEIGHTS = "state.safetensors"
 
 
 class StatePredictor(nn.Module):
-    """(state, the next N actions) -> the state N steps on, in robot units."""
+    """(state, the next N actions) -> the state N steps on, in robot units. The state may be the robot's
+    followed by the scene's: its first `robot_dim` entries are the robot's."""
 
     def __init__(self, state_dim: int, action_dim: int, stride: int, width: int = 128):
         super().__init__()
         self.state_dim, self.action_dim, self.stride = state_dim, action_dim, stride
+        self.robot_dim = state_dim
         self.net = nn.Sequential(
             nn.Linear(state_dim + stride * action_dim, width), nn.GELU(),
             nn.Linear(width, width), nn.GELU(),
@@ -78,20 +82,23 @@ def transitions(eps: Episodes, episodes: list[int], stride: int) -> tuple[np.nda
     return np.stack(s0).astype(np.float32), np.stack(acts).astype(np.float32), np.stack(s1).astype(np.float32)
 
 
-def open_loop_error(model: StatePredictor, eps: Episodes, episodes: list[int]) -> dict[str, float]:
-    """Mean absolute state error over the held-out episodes replayed open loop (a prediction every N
-    steps from the first state under the recorded actions), against keeping the first state."""
+def open_loop_error(
+    model: StatePredictor, eps: Episodes, episodes: list[int], dims: slice = slice(None)
+) -> dict[str, float]:
+    """Mean absolute state error (over the entries `dims`) of the held-out episodes replayed open loop (a
+    prediction every N steps from the first state under the recorded actions), against keeping the first
+    state."""
     n, pred_err, frozen_err, end_pred, end_frozen = model.stride, [], [], [], []
     for e in episodes:
         a, b = eps.bounds[e]
         if b - a <= n:
             continue
         state = torch.from_numpy(eps.states[a : a + 1].astype(np.float32))
-        first = eps.states[a]
+        first = eps.states[a, dims]
         for t in range(a + n, b, n):
             state = model.predict(state, torch.from_numpy(eps.actions[t - n : t][None].astype(np.float32)))
-            pred_err.append(float(np.abs(state[0].numpy() - eps.states[t]).mean()))
-            frozen_err.append(float(np.abs(first - eps.states[t]).mean()))
+            pred_err.append(float(np.abs(state[0].numpy()[dims] - eps.states[t, dims]).mean()))
+            frozen_err.append(float(np.abs(first - eps.states[t, dims]).mean()))
         end_pred.append(pred_err[-1])
         end_frozen.append(frozen_err[-1])
     if not pred_err:
@@ -106,36 +113,77 @@ def open_loop_error(model: StatePredictor, eps: Episodes, episodes: list[int]) -
 
 
 def train_state(
-    run: str, steps: int = 2000, batch_size: int = 256, lr: float = 1e-3, width: int = 128, seed: int = 0
+    run: str,
+    steps: int = 2000,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    width: int = 128,
+    seed: int = 0,
+    scene: bool = True,
+    judge_steps: int = 2000,
 ) -> dict[str, Any]:
     """Trains the state predictor of the world model run `run` on its training episodes and writes it to
-    ``RUN/state``; returns its report (`open_loop_error` on the held-out episodes)."""
+    ``RUN/state``; returns its report (`open_loop_error` on the held-out episodes).
+
+    With `scene` and datasets that record the scene's state (`observation.environment_state`), the
+    predictor learns the robot and the scene state together, and a `SceneJudge` (`judge_steps` steps) is
+    trained beside it: the world model's environment then judges success from the predicted scene.
+    """  # fmt: skip
     from vlaforge.worldmodel.data import training_episodes
 
     root = model_dir(run)
     cfg_path = root / WM_CONFIG
     if not cfg_path.is_file():
         raise InputError(f"{run}: no worldmodel.json; give a `vlaforge worldmodel train` run")
-    if steps < 1 or batch_size < 1 or width < 1 or not lr > 0:
+    if steps < 1 or batch_size < 1 or width < 1 or judge_steps < 1 or not lr > 0:
         raise InputError(
-            f"steps, batch_size, width must be >= 1 and lr > 0; got {steps}, {batch_size}, {width}, {lr}"
+            f"steps, batch_size, width, judge_steps must be >= 1 and lr > 0; got {steps}, {batch_size}, "
+            f"{width}, {judge_steps}, {lr}"
         )
     cfg = json.loads(cfg_path.read_text())
     eps = training_episodes(cfg)
     if eps.states is None or eps.states.shape[1] == 0:
         raise InputError(f"{run}: its datasets record no robot state (observation.state); nothing to predict")
-    stride = int(cfg.get("stride", 1))
-    model, transitions_seen, loss = fit_state(eps, stride, steps, batch_size, lr, width, seed)
+    if len(eps.heldout) != len(cfg.get("heldout") or []):
+        raise InputError(
+            f"{run}: its datasets now give {len(eps.heldout)} held-out episodes, the model was trained with "
+            f"{len(cfg.get('heldout') or [])}; were they recorded again? train the world model again on them"
+        )
+    stride, robot_dim = int(cfg.get("stride", 1)), eps.states.shape[1]
+    with_scene = bool(scene) and eps.scene is not None
+    full = replace(eps, states=np.concatenate([eps.states, eps.scene], axis=1)) if with_scene else eps
+    model, transitions_seen, loss = fit_state(full, stride, steps, batch_size, lr, width, seed)
+    held = list(eps.heldout)
     report = {"transitions": transitions_seen, "final_loss": round(loss, 6),
-              **open_loop_error(model, eps, list(eps.heldout))}  # fmt: skip
+              **open_loop_error(model, full, held, slice(0, robot_dim))}  # fmt: skip
     out = state_dir(root)
     out.mkdir(parents=True, exist_ok=True)
+    meta: dict[str, Any] = {}
+    if with_scene:
+        from vlaforge.worldmodel.scene import SCENE_JUDGE_WEIGHTS, SCENE_STARTS, fit_scene_judge, on_predicted
+
+        report["scene"] = open_loop_error(model, full, held, slice(robot_dim, None))
+        judge, judge_report = fit_scene_judge(eps, judge_steps, seed=seed)
+        judge_report["on_predicted_states"] = on_predicted(judge, model, eps, held)
+        report["scene_judge"] = judge_report
+        firsts = np.array([eps.bounds[e][0] for e in held], np.int64)
+        with atomic_write(out / SCENE_STARTS) as tmp:
+            save_np({"scene": np.ascontiguousarray(eps.scene[firsts])}, str(tmp))
+        with atomic_write(out / SCENE_JUDGE_WEIGHTS) as tmp:
+            save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(tmp))
+        meta = {"scene_dim": int(eps.scene.shape[1]),
+                "scene_judge": {"tasks": judge.tasks, "width": judge.net[0].out_features}}  # fmt: skip
+    else:  # a scene judge of an earlier training would judge states this predictor does not give
+        from vlaforge.worldmodel.scene import SCENE_JUDGE_WEIGHTS, SCENE_STARTS
+
+        for name in (SCENE_JUDGE_WEIGHTS, SCENE_STARTS):
+            (out / name).unlink(missing_ok=True)
     with atomic_write(out / STATE_WEIGHTS) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     write_json(out / STATE_CONFIG, {
         "format": "vlaforge-worldmodel-state/1", "state_dim": model.state_dim, "action_dim": model.action_dim,
-        "stride": stride, "width": width, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-        "report": report,
+        "robot_state_dim": robot_dim, "stride": stride, "width": width, "steps": steps, "batch_size": batch_size,
+        "lr": lr, "seed": seed, **meta, "report": report,
     })  # fmt: skip
     return report
 
@@ -188,4 +236,5 @@ def load_state_predictor(model: Path, stride: int) -> StatePredictor | None:
         )
     sp = StatePredictor(int(cfg["state_dim"]), int(cfg["action_dim"]), int(cfg["stride"]), int(cfg["width"]))
     sp.load_state_dict(load_file(str(d / STATE_WEIGHTS)))
+    sp.robot_dim = int(cfg.get("robot_state_dim", cfg["state_dim"]))  # the rest is the scene's state
     return sp.eval()

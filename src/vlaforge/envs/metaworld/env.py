@@ -39,6 +39,15 @@ CONTROL_HZ: float = 1.0 / (_FRAME_SKIP * _TIMESTEP)
 
 _STATE_DIM = 4  # hand xyz + gripper opening: the first 4 entries of Meta-World's observation
 
+# The scene around the robot as Meta-World's observation reports it (entries 4:18, two objects' position
+# and quaternion, zeros for a task with one object; 36:39, the goal position, shown because the experts
+# read it): what its success tests are computed from. Recorded as LeRobot's `observation.environment_state`
+# (`vlaforge eval --record`), where a world model learns to predict it.
+ENVIRONMENT_STATE_NAMES = [
+    *(f"{obj}_{k}" for obj in ("obj1", "obj2") for k in ("x", "y", "z", "qw", "qx", "qy", "qz")),
+    "goal_x", "goal_y", "goal_z",
+]  # fmt: skip
+
 # LeRobot's Meta-World env (lerobot/envs/metaworld.py, the env its MT50 evaluations and SmolVLA's run in)
 # moves the corner2 camera closer to the table, to this position in the world frame (metres), keeping its
 # orientation; `corner2_lerobot` is that view, so a policy that learned from frames rendered there sees
@@ -224,6 +233,12 @@ class MetaWorldEnv:
         done = bool(truncated) or self._steps >= self.max_steps
         return self.observe(render), float(reward), done, info
 
+    def environment_state(self) -> np.ndarray:
+        """The scene's state now (`ENVIRONMENT_STATE_NAMES`), float32 (17,)."""
+        if self._raw_obs is None:
+            raise RuntimeError(f"{self.task}: call reset(seed) before environment_state()")
+        return np.concatenate([self._raw_obs[4:18], self._raw_obs[36:39]]).astype(np.float32)
+
     def expert_action(self) -> np.ndarray:
         """The scripted expert's action for the current state, float32 (4,) in [-1, 1]."""
         if self._raw_obs is None:
@@ -322,6 +337,10 @@ SPEC = EnvSpec(
     robot_type="sawyer",
     packages=("metaworld", "mujoco"),
     task_suffix="-v3",
-    extra={"subset": "mt10", "published": ANCHORS},  # for bench/mt50_report.py
+    extra={
+        "subset": "mt10",
+        "published": ANCHORS,  # for bench/mt50_report.py
+        "environment_state_names": ENVIRONMENT_STATE_NAMES,
+    },  # fmt: skip
     expert_variants=EXPERT_VARIANTS,
 )
