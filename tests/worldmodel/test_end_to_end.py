@@ -215,20 +215,39 @@ def test_a_strided_world_model_shows_a_new_frame_every_n_steps(recorded, tmp_pat
     assert np.array_equal(frames[0], first) and np.array_equal(frames[1], first)
     assert np.array_equal(frames[3], frames[2]) and np.array_equal(frames[4], frames[2])
     # With a state predictor (`vlaforge worldmodel state`), the state moves with each imagined frame: the
-    # predictor's answer for the stride's 3 actions, unchanged in between.
+    # predictor's answer for the stride's 3 actions, unchanged in between. The recordings hold the scene's
+    # state (Meta-World's object and goal poses), predicted with the robot's; with no success in the
+    # training episodes (the random policy's) there is no scene judge and the frames are judged.
     main(["worldmodel", "state", str(run), "--steps", "30", "--batch-size", "32"])
-    report = json.loads((run / "state" / "state.json").read_text())["report"]
+    state_cfg = json.loads((run / "state" / "state.json").read_text())
+    report = state_cfg["report"]
     assert report["episodes"] == 4 and report["error_mean_first_state_kept"] > 0
+    assert (
+        state_cfg["robot_state_dim"] == 4
+        and state_cfg["state_dim"] == 4 + 17
+        and state_cfg["scene_dim"] == 17
+    )
+    assert "skipped" in report["scene_judge"] and report["scene"]["episodes"] == 4
     from vlaforge.worldmodel.env import world_model_spec
 
     world_model_spec.cache_clear()
     assert get_env(f"worldmodel:{run}").extra["state"] == "predicted"
+    assert get_env(f"worldmodel:{run}").extra["judge"] == "frames"
     env = get_env(f"worldmodel:{run}").make(TASK, max_steps=9)
-    s0 = env.reset(1).state
+    s0 = env.reset(episode_seed(1000, TASK, 1)).state
+    # the scene starts where the simulator's episode at that seed started (the expert's 2nd, held out)
+    rec = open_dataset(str(recorded / "rec-expert"))
+    first = np.asarray(rec._columns["observation.environment_state"])[rec.episode_frames(1).start]
+    np.testing.assert_array_equal(env._scene, first)
     states = [env.step(a)[0].state for a in actions[:4]]
     assert np.array_equal(states[0], s0) and np.array_equal(states[1], s0)
-    want = env.state_model.predict(torch.from_numpy(s0[None]), torch.from_numpy(actions[None, :3]))[0].numpy()
-    assert np.array_equal(states[2], want) and not np.array_equal(want, s0)
+    full = torch.from_numpy(np.concatenate([s0, first])[None])
+    want = env.state_model.predict(full, torch.from_numpy(actions[None, :3]))[0].numpy()
+    assert (
+        np.array_equal(states[2], want[:4])
+        and np.array_equal(env._scene, want[4:])
+        and not np.array_equal(want[:4], s0)
+    )
     assert np.array_equal(states[3], states[2])
     # a state predictor of another stride (a run retrained beside it) is refused, not silently misused
     meta = json.loads((run / "state" / "state.json").read_text())
@@ -243,3 +262,45 @@ def test_a_strided_world_model_shows_a_new_frame_every_n_steps(recorded, tmp_pat
     side.execute_steps = 6
     assert stride_mismatch(EvalConfig(policy=served, out="x", execute_steps=6), spec, side) is None
     assert stride_mismatch(EvalConfig(policy="random", out="x"), spec, side) is None
+
+
+def test_a_world_model_with_a_scene_judge_judges_the_predicted_scene(recorded, tmp_path):
+    import torch
+
+    from vlaforge.worldmodel.env import world_model_spec
+    from vlaforge.worldmodel.population import _judge_check
+
+    run = tmp_path / "run"
+    data = f"{recorded / 'rec-expert'},{recorded / 'rec-random'}"
+    main(["worldmodel", "train", "--dataset", data, "--out", str(run), "--stride", "3", "--objective", "mse",
+          "--rollout", "2", "--context", "2", "--latent-channels", "4", "--width", "8", "--dyn-width", "16",
+          "--dyn-blocks", "1", "--ae-steps", "2", "--steps", "2", "--batch-size", "8", "--sample-every", "0",
+          "--device", "cpu"])  # fmt: skip
+    # the expert's successes are in training: a scene judge is trained, and no frame judge is needed
+    main(["worldmodel", "state", str(run), "--steps", "30", "--batch-size", "32", "--judge-steps", "30"])
+    report = json.loads((run / "state" / "state.json").read_text())["report"]["scene_judge"]
+    assert report["tasks"] == [TASK] and report["successful_frames"] > 0
+    assert set(report["on_predicted_states"]) == {TASK}
+    world_model_spec.cache_clear()
+    spec = get_env(f"worldmodel:{run}")
+    assert spec.extra["judge"] == "scene state" and "predicted state" in spec.success
+    kind, check = _judge_check(str(run))
+    assert kind == "predicted_scene" and check == report["on_predicted_states"]
+    env = spec.make(TASK, max_steps=9)
+    env.reset(0)
+    r0, scene0 = env._state.copy(), env._scene.copy()
+    actions = np.random.default_rng(1).uniform(-1, 1, (3, 4)).astype(np.float32)
+    infos = [env.step(a)[3] for a in actions]
+    judge = env.scene_judge
+    one = lambda x: np.asarray(x, np.float32)[None]  # noqa: E731
+    # before the first prediction: the start's scene judged; after it, the predicted one
+    p0 = judge.prob(one(r0), one(scene0), one(scene0), np.array([0]))[0]
+    assert infos[0]["success_prob"] == infos[1]["success_prob"] == pytest.approx(float(p0))
+    full = env.state_model.predict(
+        torch.from_numpy(np.concatenate([r0, scene0])[None]), torch.from_numpy(actions[None])
+    )
+    robot, scene = full[0, :4].numpy(), full[0, 4:].numpy()
+    assert infos[2]["success_prob"] == pytest.approx(
+        float(judge.prob(one(robot), one(scene), one(scene0), np.array([0]))[0])
+    )
+    assert infos[2]["success"] == (infos[2]["success_prob"] >= 0.5)

@@ -51,3 +51,24 @@ def test_the_predicted_state_follows_the_hand_open_loop():
     assert err["episodes"] == 2
     assert err["error_mean"] < 0.25 * err["error_mean_first_state_kept"], err
     assert err["error_end"] < 0.25 * err["error_end_first_state_kept"], err
+
+
+def test_rollout_samples_by_hand():
+    from vlaforge.worldmodel.state import rollouts
+
+    eps = hand_world(episodes=2, steps=9)
+    s0, acts, s1 = rollouts(eps, [1], stride=2, k=3)
+    # t = 9 .. 11 of episode 1 (frames 9-17): t + 6 inside it
+    assert s0.shape == (3, 4) and acts.shape == (3, 3, 2, 4) and s1.shape == (3, 3, 4)
+    np.testing.assert_array_equal(s0[1], eps.states[10])
+    np.testing.assert_array_equal(acts[1].reshape(6, 4), eps.actions[10:16])
+    np.testing.assert_array_equal(s1[1], eps.states[[12, 14, 16]])
+
+
+def test_a_predictor_trained_on_rollouts_follows_the_hand_open_loop():
+    torch.set_num_threads(1)
+    eps = hand_world()
+    model, n, _ = fit_state(eps, stride=4, steps=600, batch_size=64, lr=3e-3, width=64, seed=0, rollout=3)
+    assert n == 28 * (40 - 12)
+    err = open_loop_error(model, eps, eps.heldout)
+    assert err["error_mean"] < 0.25 * err["error_mean_first_state_kept"], err

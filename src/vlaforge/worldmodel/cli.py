@@ -63,6 +63,15 @@ def add_worldmodel_command(sub: Any, build: bool) -> None:
     s.add_argument(
         "--judge-steps", type=int, default=2000, help="optimizer steps of the scene judge (default: 2000)"
     )
+    s.add_argument(
+        "--rollout", type=int, default=1, help="predictions unrolled per sample in training (default: 1)"
+    )
+    s.add_argument(
+        "--judge-on",
+        choices=("real", "predicted"),
+        default="real",
+        help="the scene judge learns from the recorded states or the predictor's open-loop ones (default: real)",
+    )
     s.set_defaults(func=_state)
     g = wsub.add_parser("agreement", help="evaluate policies in the simulator and the world model; compare")
     add_config_args(g, AgreementConfig)

@@ -14,6 +14,10 @@ WM_CONFIG = "worldmodel.json"  # the model's sizes, camera and held-out episodes
 WM_WEIGHTS = "worldmodel.safetensors"
 JUDGE_CONFIG = "judge.json"
 JUDGE_WEIGHTS = "judge.safetensors"
+STATE_DIR = "state"  # `vlaforge worldmodel state`'s predictor (and scene judge) beside the run's last/
+STATE_CONFIG = "state.json"
+STATE_WEIGHTS = "state.safetensors"
+INPUT_STD_FLOOR = 1e-2  # the smallest spread a state input is normalised by (metres, or values in [-1, 1])
 OBJECTIVES = ("flow", "mse")
 
 

@@ -76,8 +76,9 @@ class WorldModelEnv:
         dim = self.embodiment.state_dim
         have = self.first_states is not None and self.first_states.shape[1] == dim
         self._state = self.first_states[row] if have else np.zeros(dim, np.float32)
-        if self.scene_judge is not None:
+        if self.scene_starts is not None:
             self._scene = self._scene0 = self.scene_starts[row]
+        if self.scene_judge is not None:
             self._p = self._scene_prob()
         self._pending: list[np.ndarray] = []  # the actions since the last imagined frame
         self.steps, self.frames_rendered = 0, self.frames_rendered + 1
@@ -89,13 +90,16 @@ class WorldModelEnv:
         self._pending.append(np.asarray(action, np.float32))
         if len(self._pending) == self.model.stride:  # a frame was imagined: the state moves with it
             if self.state_model is not None:
-                full = self._state if self.scene_judge is None else np.concatenate([self._state, self._scene])
+                full = (
+                    self._state if self.scene_starts is None else np.concatenate([self._state, self._scene])
+                )
                 s = torch.from_numpy(np.asarray(full, np.float32)[None])
                 acts = torch.from_numpy(np.stack(self._pending)[None])
                 full = self.state_model.predict(s, acts)[0].numpy()
                 self._state = full[: self.state_model.robot_dim]
-                if self.scene_judge is not None:
+                if self.scene_starts is not None:
                     self._scene = full[self.state_model.robot_dim :]
+                if self.scene_judge is not None:
                     self._p = self._scene_prob()
             self._pending = []
         self.steps += 1
@@ -146,7 +150,8 @@ def has_scene_judge(model: Path) -> bool:
     d = state_dir(model)
     if not (d / STATE_CONFIG).is_file() or not (d / SCENE_JUDGE_WEIGHTS).is_file():
         return False
-    return bool(json.loads((d / STATE_CONFIG).read_text()).get("scene_dim"))
+    cfg = json.loads((d / STATE_CONFIG).read_text())
+    return bool(cfg.get("scene_dim") and cfg.get("scene_judge"))
 
 
 def judge_dir(model: Path) -> Path:

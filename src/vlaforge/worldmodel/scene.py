@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from vlaforge.errors import InputError
+from vlaforge.worldmodel.config import INPUT_STD_FLOOR, STATE_CONFIG
 from vlaforge.worldmodel.data import Episodes, task_key
 from vlaforge.worldmodel.judge import balanced_accuracy, ece, fit_platt
 
@@ -74,25 +75,57 @@ class SceneJudge(nn.Module):
         return torch.sigmoid(z / self.temperature + self.bias).numpy()
 
 
-def _rows(eps: Episodes, episodes: list[int], tasks: list[str]) -> tuple[np.ndarray, ...]:
-    """Every frame of `episodes`: features (P, R + 2E), task index (P,), label (P,)."""
-    xs, ts, ys = [], [], []
+def predicted_states(predictor, eps: Episodes, e: int) -> tuple[np.ndarray, np.ndarray]:
+    """Episode `e` replayed open loop by `predictor` (a `StatePredictor` of robot + scene state) from its
+    first real state under its recorded actions: the predicted states (K, D) every stride, and the frames
+    (K,) of the episode they stand for."""
+    a, b = eps.bounds[e]
+    n = predictor.stride
+    state = torch.from_numpy(np.concatenate([eps.states[a], eps.scene[a]])[None].astype(np.float32))
+    preds, ts = [], list(range(n, b - a, n))
+    for t in ts:
+        state = predictor.predict(
+            state, torch.from_numpy(eps.actions[a + t - n : a + t][None].astype(np.float32))
+        )
+        preds.append(state[0].numpy())
+    d = eps.states.shape[1] + eps.scene.shape[1]
+    return (np.stack(preds) if preds else np.zeros((0, d), np.float32)), np.array(ts, np.int64)
+
+
+def _rows(eps: Episodes, episodes: list[int], tasks: list[str], predictor=None) -> tuple[np.ndarray, ...]:
+    """Every frame of `episodes` (or, with `predictor`, every predicted frame of their open-loop replays):
+    features (P, R + 2E), task index (P,), label (P,)."""
+    xs, ts, ys, r = [], [], [], eps.states.shape[1]
     for e in episodes:
         a, b = eps.bounds[e]
-        scene = eps.scene[a:b]
-        xs.append(SceneJudge.inputs(eps.states[a:b], scene, np.repeat(scene[:1], b - a, 0)))
-        ts.append(np.full(b - a, tasks.index(task_key(eps, e)), np.int64))
-        ys.append(eps.success[a:b])
+        if predictor is None:
+            robot, scene, labels = eps.states[a:b], eps.scene[a:b], eps.success[a:b]
+        else:
+            pred, at = predicted_states(predictor, eps, e)
+            robot, scene, labels = pred[:, :r], pred[:, r:], eps.success[a:b][at]
+        xs.append(SceneJudge.inputs(robot, scene, np.repeat(eps.scene[a : a + 1], len(scene), 0)))
+        ts.append(np.full(len(scene), tasks.index(task_key(eps, e)), np.int64))
+        ys.append(labels)
     return np.concatenate(xs), np.concatenate(ts), np.concatenate(ys)
 
 
 def fit_scene_judge(
-    eps: Episodes, steps: int = 2000, batch_size: int = 256, lr: float = 1e-3, width: int = 64, seed: int = 0
+    eps: Episodes,
+    steps: int = 2000,
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    width: int = 64,
+    seed: int = 0,
+    predictor=None,
 ) -> tuple[SceneJudge, dict]:
     """A `SceneJudge` trained on the training episodes of `eps` (which must have `states` and `scene`) and
-    calibrated on its held-out ones; returns it (eval mode) and its report on the held-out real states."""
+    calibrated on its held-out ones; returns it (eval mode) and its report on the held-out episodes.
+
+    With `predictor` it learns from, is calibrated and reported on the states `predictor` gives in
+    open-loop replays of the episodes (`predicted_states`), the states it will judge inside the world
+    model, with the simulator's label of the frame each stands for (as a judge of imagined frames)."""  # fmt: skip
     tasks = sorted({task_key(eps, e) for e in range(len(eps.bounds))})
-    x, t, y = _rows(eps, eps.train, tasks)
+    x, t, y = _rows(eps, eps.train, tasks, predictor)
     if not y.any() or y.all():
         raise InputError(
             f"the training episodes have {int(y.sum())} successful and {int((~y).sum())} unsuccessful frames; "
@@ -101,7 +134,7 @@ def fit_scene_judge(
     torch.manual_seed(seed)
     judge = SceneJudge(eps.states.shape[1], eps.scene.shape[1], tasks, width)
     judge.in_mean.copy_(torch.from_numpy(x.mean(0)))
-    judge.in_std.copy_(torch.from_numpy(x.std(0) + 1e-4))
+    judge.in_std.copy_(torch.from_numpy(np.maximum(x.std(0), INPUT_STD_FLOOR)))
     pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
     opt = torch.optim.AdamW(judge.parameters(), lr=lr)
     x_t, t_t, y_t = torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(y.astype(np.float32))
@@ -116,20 +149,20 @@ def fit_scene_judge(
         opt.step()
     judge.eval()
     held = list(eps.heldout) or eps.train
-    xh, th, yh = _rows(eps, held, tasks)
+    xh, th, yh = _rows(eps, held, tasks, predictor)
     with torch.no_grad():
         z = judge.logits(torch.from_numpy(xh), torch.from_numpy(th)).numpy()
     temp, bias = fit_platt(z, yh)
     judge.temperature.fill_(temp)
     judge.bias.fill_(bias)
-    cal = 1 / (1 + np.exp(-(z / temp + bias)))
+    cal = np.exp(-np.logaddexp(0.0, -(z / temp + bias)))  # sigmoid, without overflow
     report = {
         "frames": int(len(yh)), "successful_frames": int(yh.sum()),
         "split": "held-out episodes" if eps.heldout else "training episodes (none held out)",
         "accuracy": round(float(((cal >= 0.5) == yh).mean()), 4),
         "balanced_accuracy": round(balanced_accuracy(cal, yh), 4),
         "temperature": round(temp, 4), "bias": round(bias, 4), "ece_calibrated": round(ece(cal, yh), 4),
-        "tasks": tasks,
+        "tasks": tasks, "states": "real" if predictor is None else "predicted",
     }  # fmt: skip
     return judge, report
 
@@ -139,26 +172,18 @@ def on_predicted(judge: SceneJudge, predictor, eps: Episodes, episodes: list[int
     episode of `episodes` replayed open loop from its first state under its recorded actions, read at the
     predicted frames (every stride) against the simulator's label there: the hit rate on successful frames
     (tpr), the false alarms (fpr) and the episodes it calls a success in before the simulator does."""
-    n, r_dim, out = predictor.stride, judge.robot_dim, {}
+    r_dim, out = judge.robot_dim, {}
     for e in episodes:
         a, b = eps.bounds[e]
-        full = np.concatenate([eps.states[a:b], eps.scene[a:b]], axis=1).astype(np.float32)
-        state, preds, ts = torch.from_numpy(full[:1]), [], []
-        for t in range(n, b - a, n):
-            state = predictor.predict(
-                state, torch.from_numpy(eps.actions[a + t - n : a + t][None].astype(np.float32))
-            )
-            preds.append(state[0].numpy())
-            ts.append(t)
+        p, ts = predicted_states(predictor, eps, e)
         task = task_key(eps, e)
         r = out.setdefault(
             task, {"episodes": 0, "frames": 0, "successes": 0, "hits": 0, "alarms": 0, "early": 0}
         )
         r["episodes"] += 1
-        if not preds:
+        if not len(p):
             continue
-        p = np.stack(preds)
-        prob = judge.prob(p[:, :r_dim], p[:, r_dim:], np.repeat(full[:1, r_dim:], len(p), 0),
+        prob = judge.prob(p[:, :r_dim], p[:, r_dim:], np.repeat(eps.scene[a : a + 1], len(p), 0),
                           np.full(len(p), judge.task_index(task)))  # fmt: skip
         hit, y = prob >= 0.5, eps.success[a:b][ts]
         first = int(np.argmax(y)) if y.any() else len(y)
@@ -175,20 +200,22 @@ def on_predicted(judge: SceneJudge, predictor, eps: Episodes, episodes: list[int
     return out
 
 
-def load_scene(state_root: Path, predictor) -> tuple[np.ndarray, SceneJudge] | None:
-    """The scene's first states (H, E) of the world model's held-out episodes and the `SceneJudge` in the
-    state directory `state_root` (``RUN/state``), or None when its predictor learnt the robot state alone."""
+def load_scene(state_root: Path, predictor) -> tuple[np.ndarray, SceneJudge | None] | None:
+    """The scene's first states (H, E) of the world model's held-out episodes and the `SceneJudge` (None
+    when its training episodes had no success to learn from) in the state directory `state_root`
+    (``RUN/state``), or None when its predictor learnt the robot state alone."""
     import json
 
     from safetensors.numpy import load_file as load_np
     from safetensors.torch import load_file
 
-    from vlaforge.worldmodel.state import STATE_CONFIG
-
     cfg = json.loads((state_root / STATE_CONFIG).read_text())
-    if not cfg.get("scene_dim") or not (state_root / SCENE_JUDGE_WEIGHTS).is_file():
+    if not cfg.get("scene_dim"):
         return None
-    j = cfg["scene_judge"]
+    starts = load_np(str(state_root / SCENE_STARTS))["scene"]
+    j = cfg.get("scene_judge")
+    if not j or not (state_root / SCENE_JUDGE_WEIGHTS).is_file():
+        return starts, None
     judge = SceneJudge(predictor.robot_dim, int(cfg["scene_dim"]), list(j["tasks"]), int(j["width"]))
     judge.load_state_dict(load_file(str(state_root / SCENE_JUDGE_WEIGHTS)))
-    return load_np(str(state_root / SCENE_STARTS))["scene"], judge.eval()
+    return starts, judge.eval()

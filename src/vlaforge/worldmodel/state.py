@@ -28,12 +28,15 @@ from tqdm.auto import tqdm
 
 from vlaforge.atomic import atomic_write, write_json
 from vlaforge.errors import InputError
-from vlaforge.worldmodel.config import WM_CONFIG, model_dir
+from vlaforge.worldmodel.config import (
+    INPUT_STD_FLOOR,
+    STATE_CONFIG,
+    STATE_DIR,
+    STATE_WEIGHTS,
+    WM_CONFIG,
+    model_dir,
+)
 from vlaforge.worldmodel.data import Episodes
-
-STATE_DIR = "state"
-STATE_CONFIG = "state.json"
-STATE_WEIGHTS = "state.safetensors"
 
 
 class StatePredictor(nn.Module):
@@ -121,6 +124,8 @@ def train_state(
     seed: int = 0,
     scene: bool = True,
     judge_steps: int = 2000,
+    rollout: int = 1,
+    judge_on: str = "real",
 ) -> dict[str, Any]:
     """Trains the state predictor of the world model run `run` on its training episodes and writes it to
     ``RUN/state``; returns its report (`open_loop_error` on the held-out episodes).
@@ -128,6 +133,8 @@ def train_state(
     With `scene` and datasets that record the scene's state (`observation.environment_state`), the
     predictor learns the robot and the scene state together, and a `SceneJudge` (`judge_steps` steps) is
     trained beside it: the world model's environment then judges success from the predicted scene.
+    `rollout`: see `fit_state`. `judge_on`: the scene judge learns from the recordings' real states
+    (``real``) or from the predictor's open-loop states of them (``predicted``; `fit_scene_judge`).
     """  # fmt: skip
     from vlaforge.worldmodel.data import training_episodes
 
@@ -135,6 +142,8 @@ def train_state(
     cfg_path = root / WM_CONFIG
     if not cfg_path.is_file():
         raise InputError(f"{run}: no worldmodel.json; give a `vlaforge worldmodel train` run")
+    if judge_on not in ("real", "predicted"):
+        raise InputError(f"--judge-on must be real or predicted; got {judge_on!r}")
     if steps < 1 or batch_size < 1 or width < 1 or judge_steps < 1 or not lr > 0:
         raise InputError(
             f"steps, batch_size, width, judge_steps must be >= 1 and lr > 0; got {steps}, {batch_size}, "
@@ -152,7 +161,7 @@ def train_state(
     stride, robot_dim = int(cfg.get("stride", 1)), eps.states.shape[1]
     with_scene = bool(scene) and eps.scene is not None
     full = replace(eps, states=np.concatenate([eps.states, eps.scene], axis=1)) if with_scene else eps
-    model, transitions_seen, loss = fit_state(full, stride, steps, batch_size, lr, width, seed)
+    model, transitions_seen, loss = fit_state(full, stride, steps, batch_size, lr, width, seed, rollout)
     held = list(eps.heldout)
     report = {"transitions": transitions_seen, "final_loss": round(loss, 6),
               **open_loop_error(model, full, held, slice(0, robot_dim))}  # fmt: skip
@@ -163,16 +172,27 @@ def train_state(
         from vlaforge.worldmodel.scene import SCENE_JUDGE_WEIGHTS, SCENE_STARTS, fit_scene_judge, on_predicted
 
         report["scene"] = open_loop_error(model, full, held, slice(robot_dim, None))
-        judge, judge_report = fit_scene_judge(eps, judge_steps, seed=seed)
-        judge_report["on_predicted_states"] = on_predicted(judge, model, eps, held)
-        report["scene_judge"] = judge_report
         firsts = np.array([eps.bounds[e][0] for e in held], np.int64)
         with atomic_write(out / SCENE_STARTS) as tmp:
             save_np({"scene": np.ascontiguousarray(eps.scene[firsts])}, str(tmp))
-        with atomic_write(out / SCENE_JUDGE_WEIGHTS) as tmp:
-            save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(tmp))
-        meta = {"scene_dim": int(eps.scene.shape[1]),
-                "scene_judge": {"tasks": judge.tasks, "width": judge.net[0].out_features}}  # fmt: skip
+        meta = {"scene_dim": int(eps.scene.shape[1])}
+        (out / SCENE_JUDGE_WEIGHTS).unlink(missing_ok=True)
+        labels = np.concatenate([eps.success[slice(*eps.bounds[e])] for e in eps.train])
+        if labels.any() and not labels.all():
+            model.robot_dim = robot_dim
+            on = model if judge_on == "predicted" else None
+            judge, judge_report = fit_scene_judge(eps, judge_steps, seed=seed, predictor=on)
+            judge_report["on_predicted_states"] = on_predicted(judge, model, eps, held)
+            report["scene_judge"] = judge_report
+            with atomic_write(out / SCENE_JUDGE_WEIGHTS) as tmp:
+                save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(tmp))
+            meta["scene_judge"] = {"tasks": judge.tasks, "width": judge.net[0].out_features}
+        else:
+            report["scene_judge"] = {
+                "skipped": f"the training episodes have {int(labels.sum())} successful frames of {len(labels)}; "
+                "a scene judge needs both kinds (success is judged from the frames)"
+            }
+            print(f"state: no scene judge: {report['scene_judge']['skipped']}")
     else:  # a scene judge of an earlier training would judge states this predictor does not give
         from vlaforge.worldmodel.scene import SCENE_JUDGE_WEIGHTS, SCENE_STARTS
 
@@ -183,33 +203,74 @@ def train_state(
     write_json(out / STATE_CONFIG, {
         "format": "vlaforge-worldmodel-state/1", "state_dim": model.state_dim, "action_dim": model.action_dim,
         "robot_state_dim": robot_dim, "stride": stride, "width": width, "steps": steps, "batch_size": batch_size,
-        "lr": lr, "seed": seed, **meta, "report": report,
+        "lr": lr, "seed": seed, "rollout": rollout, "judge_on": judge_on, **meta, "report": report,
     })  # fmt: skip
     return report
 
 
 def fit_state(
-    eps: Episodes, stride: int, steps: int, batch_size: int, lr: float, width: int, seed: int
+    eps: Episodes,
+    stride: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    width: int,
+    seed: int,
+    rollout: int = 1,
 ) -> tuple[StatePredictor, int, float]:
     """A `StatePredictor` fitted on the training episodes of `eps` (the batch of step s drawn from
-    (seed, s)); returns it (in eval mode), the number of transitions and the last loss."""
+    (seed, s)); returns it (in eval mode), the number of samples and the last loss.
+
+    With `rollout` K > 1 each sample starts at a real state and unrolls K predictions (K * stride steps)
+    under the recorded actions, each on the one before, and the loss is the mean over the K of the error
+    against the real state there (in units of the one-stride change's spread): the predictor learns to
+    correct its own drift, which open-loop use compounds (K = 1: one stride from the real state).
+    """
+    if rollout < 1:
+        raise InputError(f"--rollout must be >= 1; got {rollout}")
     s0, acts, s1 = transitions(eps, eps.train, stride)
     torch.manual_seed(seed)
     model = StatePredictor(s0.shape[1], acts.shape[2], stride, width)
     delta = s1 - s0
     for name, x in (("state", s0), ("action", acts.reshape(-1, acts.shape[2])), ("delta", delta)):
         getattr(model, f"{name}_mean").copy_(torch.from_numpy(x.mean(0)))
-        getattr(model, f"{name}_std").copy_(torch.from_numpy(x.std(0) + 1e-4))
+        # An input constant in training (a one-object task's second object, a goal that never moved) is
+        # floored at INPUT_STD_FLOOR, not divided by ~0: a held-out episode's other value would explode.
+        floor = 1e-4 if name == "delta" else INPUT_STD_FLOOR
+        getattr(model, f"{name}_std").copy_(torch.from_numpy(np.maximum(x.std(0), floor)))
+    if rollout > 1:
+        s0, acts, s1 = rollouts(eps, eps.train, stride, rollout)
+    else:
+        acts, s1 = acts[:, None], s1[:, None]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    s0_t, acts_t = torch.from_numpy(s0), torch.from_numpy(acts)
-    target = (torch.from_numpy(delta) - model.delta_mean) / model.delta_std
+    s0_t, acts_t, s1_t = torch.from_numpy(s0), torch.from_numpy(acts), torch.from_numpy(s1)
     for step in tqdm(range(steps), desc="state", unit="step"):
         i = torch.from_numpy(np.random.default_rng([seed, step]).integers(0, len(s0), batch_size))
-        loss = nn.functional.mse_loss(model.normalised_change(s0_t[i], acts_t[i]), target[i])
+        state, loss = s0_t[i], 0.0
+        for k in range(rollout):
+            change = model.normalised_change(state, acts_t[i, k])
+            target = (s1_t[i, k] - state - model.delta_mean) / model.delta_std
+            loss = loss + nn.functional.mse_loss(change, target) / rollout
+            state = state + change * model.delta_std + model.delta_mean
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     return model.eval(), len(s0), float(loss.item())
+
+
+def rollouts(eps: Episodes, episodes: list[int], stride: int, k: int) -> tuple[np.ndarray, ...]:
+    """(state at t (P, D), the actions of t .. t + kN - 1 as (P, k, N, A), the states at t + N, ..., t + kN
+    (P, k, D)) for every t of the episodes with t + kN inside."""
+    s0, acts, s1 = [], [], []
+    for e in episodes:
+        a, b = eps.bounds[e]
+        for t in range(a, b - k * stride):
+            s0.append(eps.states[t])
+            acts.append(eps.actions[t : t + k * stride].reshape(k, stride, -1))
+            s1.append(eps.states[t + stride : t + k * stride + 1 : stride])
+    if not s0:
+        raise InputError(f"no episode is longer than {k} strides of {stride} steps: lower --rollout")
+    return np.stack(s0).astype(np.float32), np.stack(acts).astype(np.float32), np.stack(s1).astype(np.float32)
 
 
 def state_dir(model: Path) -> Path:

@@ -234,10 +234,15 @@ class MetaWorldEnv:
         return self.observe(render), float(reward), done, info
 
     def environment_state(self) -> np.ndarray:
-        """The scene's state now (`ENVIRONMENT_STATE_NAMES`), float32 (17,)."""
+        """The scene's state now (`ENVIRONMENT_STATE_NAMES`), float32 (17,).
+
+        Read from the simulation rather than from the last observation: the one `reset` returns was
+        computed before the kinematics were brought up to the new scene (see `reset`), so its object
+        positions can be the previous episode's."""
         if self._raw_obs is None:
             raise RuntimeError(f"{self.task}: call reset(seed) before environment_state()")
-        return np.concatenate([self._raw_obs[4:18], self._raw_obs[36:39]]).astype(np.float32)
+        objects = self._env._get_curr_obs_combined_no_goal()[4:18]
+        return np.concatenate([objects, self._env._target_pos]).astype(np.float32)
 
     def expert_action(self) -> np.ndarray:
         """The scripted expert's action for the current state, float32 (4,) in [-1, 1]."""
