@@ -277,9 +277,12 @@ def test_a_world_model_with_a_scene_judge_judges_the_predicted_scene(recorded, t
           "--dyn-blocks", "1", "--ae-steps", "2", "--steps", "2", "--batch-size", "8", "--sample-every", "0",
           "--device", "cpu"])  # fmt: skip
     # the expert's successes are in training: a scene judge is trained, and no frame judge is needed
-    main(["worldmodel", "state", str(run), "--steps", "30", "--batch-size", "32", "--judge-steps", "30"])
-    report = json.loads((run / "state" / "state.json").read_text())["report"]["scene_judge"]
-    assert report["tasks"] == [TASK] and report["successful_frames"] > 0
+    main(["worldmodel", "state", str(run), "--steps", "30", "--batch-size", "32", "--judge-steps", "30",
+          "--rollout", "2", "--judge-on", "predicted"])  # fmt: skip
+    state_cfg = json.loads((run / "state" / "state.json").read_text())
+    assert state_cfg["rollout"] == 2 and state_cfg["judge_on"] == "predicted"
+    report = state_cfg["report"]["scene_judge"]
+    assert report["tasks"] == [TASK] and report["successful_frames"] > 0 and report["states"] == "predicted"
     assert set(report["on_predicted_states"]) == {TASK}
     world_model_spec.cache_clear()
     spec = get_env(f"worldmodel:{run}")

@@ -106,8 +106,9 @@ def _state(a: Any) -> None:
     from vlaforge.worldmodel.state import train_state
 
     report = train_state(
-        a.worldmodel, a.steps, a.batch_size, a.lr, a.width, a.seed, not a.no_scene, a.judge_steps
-    )
+        a.worldmodel, a.steps, a.batch_size, a.lr, a.width, a.seed,
+        scene=not a.no_scene, judge_steps=a.judge_steps, rollout=a.rollout, judge_on=a.judge_on,
+    )  # fmt: skip
     print(json.dumps(report, indent=2))
 
 
