@@ -1,6 +1,8 @@
 """Recorded evaluations -> a tiny world model + judge -> a policy evaluated inside it, through the CLI."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -307,3 +309,45 @@ def test_a_world_model_with_a_scene_judge_judges_the_predicted_scene(recorded, t
         float(judge.prob(one(robot), one(scene), one(scene0), np.array([0]))[0])
     )
     assert infos[2]["success"] == (infos[2]["success_prob"] >= 0.5)
+
+
+def test_a_world_model_starts_from_other_recorded_scenes(recorded, tmp_path, monkeypatch):
+    from safetensors.numpy import load_file
+
+    from vlaforge.worldmodel.env import world_model_spec
+
+    run, new = tmp_path / "run", tmp_path / "new"
+    main(["worldmodel", "train", "--dataset", str(recorded / "rec-random"), "--starts", str(recorded / "rec-expert"),
+          "--out", str(run), "--heldout", "1", "--context", "2", "--latent-channels", "4", "--width", "8",
+          "--dyn-width", "16", "--dyn-blocks", "1", "--ae-steps", "2", "--steps", "2", "--batch-size", "8",
+          "--sample-every", "0", "--device", "cpu"])  # fmt: skip
+    main(["worldmodel", "starts", str(run), "--starts", str(recorded / "rec-random"), "--out", str(new)])
+    cfg = json.loads((new / "last" / "worldmodel.json").read_text())
+    # random's last episode is held out of training as before; both random episodes are now the starts
+    assert [(Path(h["dataset"]).name, h["episode"]) for h in cfg["heldout"]] == [
+        ("rec-random", 1),
+        ("rec-random", 0),
+        ("rec-random", 1),
+    ]
+    old = json.loads((run / "last" / "worldmodel.json").read_text())
+    assert {k: v for k, v in cfg.items() if k not in ("starts", "heldout")} == {
+        k: v for k, v in old.items() if k not in ("starts", "heldout")
+    }
+    rec = open_dataset(str(recorded / "rec-random"))
+    frames = np.asarray(rec.frames("corner2"))
+    firsts = load_file(str(new / "last" / "starts.safetensors"))["frames"]
+    np.testing.assert_array_equal(firsts[1], frames[rec.episode_frames(0).start])
+    np.testing.assert_array_equal(firsts[2], frames[rec.episode_frames(1).start])
+    # the env starts an episode at a start's seed from that start's frame
+    main(["worldmodel", "judge", "--dataset", f"{recorded / 'rec-expert'},{recorded / 'rec-random'}",
+          "--out", str(run / "judge"), "--heldout", "1", "--steps", "2", "--batch-size", "8", "--device", "cpu"])  # fmt: skip
+    shutil.rmtree(new)
+    main(["worldmodel", "starts", str(run), "--starts", str(recorded / "rec-random"), "--out", str(new)])
+    assert (new / "judge" / "judge.json").is_file()
+    world_model_spec.cache_clear()
+    env = get_env(f"worldmodel:{new}").make(TASK, max_steps=5)
+    seed = rec.info["vlaforge"]["episodes"][1]["seed"]
+    np.testing.assert_array_equal(env.reset(seed).images["corner2"], frames[rec.episode_frames(1).start])
+    monkeypatch.setenv("VLAFORGE_DEBUG", "1")  # the error itself, not the exit
+    with pytest.raises(InputError, match="exists; choose another directory or pass --overwrite"):
+        main(["worldmodel", "starts", str(run), "--starts", str(recorded / "rec-random"), "--out", str(new)])

@@ -1,4 +1,4 @@
-"""`vlaforge worldmodel train | judge | state | quality | replay | agreement` (torch-free here: flags from the configs)."""
+"""`vlaforge worldmodel train | judge | state | starts | quality | replay | agreement` (torch-free here: flags from the configs)."""
 
 from __future__ import annotations
 
@@ -73,6 +73,16 @@ def add_worldmodel_command(sub: Any, build: bool) -> None:
         help="the scene judge learns from the recorded states or the predictor's open-loop ones (default: real)",
     )
     s.set_defaults(func=_state)
+    n = wsub.add_parser(
+        "starts", help="the same world model, starting its episodes from other recorded scenes"
+    )
+    n.add_argument("worldmodel", help="the world model's run directory")
+    n.add_argument(
+        "--starts", required=True, help="comma list of recorded evaluations (`vlaforge eval --record`)"
+    )
+    n.add_argument("--out", required=True, help="the new model directory")
+    n.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    n.set_defaults(func=_starts)
     g = wsub.add_parser("agreement", help="evaluate policies in the simulator and the world model; compare")
     add_config_args(g, AgreementConfig)
     g.set_defaults(func=lambda a: _agreement(config_from_args(AgreementConfig, a)))
@@ -110,6 +120,13 @@ def _state(a: Any) -> None:
         scene=not a.no_scene, judge_steps=a.judge_steps, rollout=a.rollout, judge_on=a.judge_on,
     )  # fmt: skip
     print(json.dumps(report, indent=2))
+
+
+def _starts(a: Any) -> None:
+    from vlaforge.worldmodel.starts import with_starts
+
+    path = with_starts(a.worldmodel, a.starts, a.out, a.overwrite)
+    print(f"wrote {path}; a state predictor is not carried over: `vlaforge worldmodel state {a.out}`")
 
 
 def _agreement(cfg: Any) -> None:

@@ -57,17 +57,23 @@ def model_dict(cfg: WorldModelConfig, eps: Episodes) -> dict[str, Any]:
         "starts": [str(Path(d).resolve()) for d in cfg.start_datasets],
         "embodiment": eps.embodiment,
         "env": eps.env,
-        "heldout": [
-            {
-                "dataset": eps.sources[e][0],
-                "episode": eps.sources[e][1],
-                "instruction": eps.instructions[e],
-                "task": eps.tasks[e] if e < len(eps.tasks) else "",
-                "seed": eps.seeds[e] if e < len(eps.seeds) else None,
-            }
-            for e in eps.heldout
-        ],  # fmt: skip
+        "heldout": heldout_entries(eps),
     }
+
+
+def heldout_entries(eps: Episodes) -> list[dict[str, Any]]:
+    """Where each held-out episode comes from (dataset, episode, words, task, seed): the rows the world
+    model's environment starts its episodes from, in ``starts.safetensors``'s order."""
+    return [
+        {
+            "dataset": eps.sources[e][0],
+            "episode": eps.sources[e][1],
+            "instruction": eps.instructions[e],
+            "task": eps.tasks[e] if e < len(eps.tasks) else "",
+            "seed": eps.seeds[e] if e < len(eps.seeds) else None,
+        }
+        for e in eps.heldout
+    ]
 
 
 def save_model(model: WorldModel, path: Path, starts: dict[str, np.ndarray] | None = None) -> None:
