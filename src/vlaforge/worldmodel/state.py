@@ -21,12 +21,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.numpy import save_file as save_np
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from vlaforge.atomic import atomic_write, write_json
+from vlaforge.atomic import atomic_dir, write_json
 from vlaforge.errors import InputError
 from vlaforge.worldmodel.config import (
     INPUT_STD_FLOOR,
@@ -165,18 +164,15 @@ def train_state(
     held = list(eps.heldout)
     report = {"transitions": transitions_seen, "final_loss": round(loss, 6),
               **open_loop_error(model, full, held, slice(0, robot_dim))}  # fmt: skip
-    out = state_dir(root)
-    out.mkdir(parents=True, exist_ok=True)
+    arrays: dict[str, dict[str, Any]] = {STATE_WEIGHTS: model.state_dict()}
     meta: dict[str, Any] = {}
     if with_scene:
         from vlaforge.worldmodel.scene import SCENE_JUDGE_WEIGHTS, SCENE_STARTS, fit_scene_judge, on_predicted
 
         report["scene"] = open_loop_error(model, full, held, slice(robot_dim, None))
         firsts = np.array([eps.bounds[e][0] for e in held], np.int64)
-        with atomic_write(out / SCENE_STARTS) as tmp:
-            save_np({"scene": np.ascontiguousarray(eps.scene[firsts])}, str(tmp))
+        arrays[SCENE_STARTS] = {"scene": torch.from_numpy(np.ascontiguousarray(eps.scene[firsts]))}
         meta = {"scene_dim": int(eps.scene.shape[1])}
-        (out / SCENE_JUDGE_WEIGHTS).unlink(missing_ok=True)
         labels = np.concatenate([eps.success[slice(*eps.bounds[e])] for e in eps.train])
         if labels.any() and not labels.all():
             model.robot_dim = robot_dim
@@ -184,8 +180,7 @@ def train_state(
             judge, judge_report = fit_scene_judge(eps, judge_steps, seed=seed, predictor=on)
             judge_report["on_predicted_states"] = on_predicted(judge, model, eps, held)
             report["scene_judge"] = judge_report
-            with atomic_write(out / SCENE_JUDGE_WEIGHTS) as tmp:
-                save_file({k: v.contiguous() for k, v in judge.state_dict().items()}, str(tmp))
+            arrays[SCENE_JUDGE_WEIGHTS] = judge.state_dict()
             meta["scene_judge"] = {"tasks": judge.tasks, "width": judge.net[0].out_features}
         else:
             report["scene_judge"] = {
@@ -193,18 +188,16 @@ def train_state(
                 "a scene judge needs both kinds (success is judged from the frames)"
             }
             print(f"state: no scene judge: {report['scene_judge']['skipped']}")
-    else:  # a scene judge of an earlier training would judge states this predictor does not give
-        from vlaforge.worldmodel.scene import SCENE_JUDGE_WEIGHTS, SCENE_STARTS
-
-        for name in (SCENE_JUDGE_WEIGHTS, SCENE_STARTS):
-            (out / name).unlink(missing_ok=True)
-    with atomic_write(out / STATE_WEIGHTS) as tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    write_json(out / STATE_CONFIG, {
-        "format": "vlaforge-worldmodel-state/1", "state_dim": model.state_dim, "action_dim": model.action_dim,
-        "robot_state_dim": robot_dim, "stride": stride, "width": width, "steps": steps, "batch_size": batch_size,
-        "lr": lr, "seed": seed, "rollout": rollout, "judge_on": judge_on, **meta, "report": report,
-    })  # fmt: skip
+    # RUN/state is replaced whole: no file of an earlier training (a scene judge, say) outlives it
+    with atomic_dir(state_dir(root), overwrite=True) as tmp:
+        for name, tensors in arrays.items():
+            save_file({k: v.detach().contiguous() for k, v in tensors.items()}, str(tmp / name))
+        write_json(tmp / STATE_CONFIG, {
+            "format": "vlaforge-worldmodel-state/1", "state_dim": model.state_dim, "action_dim": model.action_dim,
+            "robot_state_dim": robot_dim, "stride": stride, "width": width, "steps": steps,
+            "batch_size": batch_size, "lr": lr, "seed": seed, "rollout": rollout, "judge_on": judge_on, **meta,
+            "report": report,
+        })  # fmt: skip
     return report
 
 
