@@ -197,18 +197,27 @@ def on_frames(judge: SuccessJudge, eps: Episodes, episodes: list[int]) -> dict[s
     for e in episodes:
         a, b = eps.bounds[e]
         p = judge.prob(torch.from_numpy(eps.frames[a:b])).cpu().numpy() >= 0.5
-        y = eps.success[a:b]
-        first = int(np.argmax(y)) if y.any() else b - a
         task = (eps.tasks[e] if e < len(eps.tasks) else "") or eps.instructions[e]
-        r = out.setdefault(
-            task, {"episodes": 0, "frames": 0, "successes": 0, "hits": 0, "alarms": 0, "early": 0}
-        )
-        r["episodes"] += 1
-        r["frames"] += b - a
-        r["successes"] += int(y.sum())
-        r["hits"] += int((p & y).sum())
-        r["alarms"] += int((p & ~y).sum())
-        r["early"] += int(p[:first].any())
+        tally_calls(out, task, p, eps.success[a:b])
+    return call_rates(out)
+
+
+def tally_calls(out: dict[str, dict], task: str, calls: np.ndarray, labels: np.ndarray) -> None:
+    """Adds one episode to `task`'s counts in `out`: the judge's calls (bool, the frames it read) against
+    the simulator's labels of the same frames; an episode with no frame read counts as an episode."""
+    first = int(np.argmax(labels)) if labels.any() else len(labels)
+    r = out.setdefault(task, {"episodes": 0, "frames": 0, "successes": 0, "hits": 0, "alarms": 0, "early": 0})
+    r["episodes"] += 1
+    r["frames"] += len(labels)
+    r["successes"] += int(labels.sum())
+    r["hits"] += int((calls & labels).sum())
+    r["alarms"] += int((calls & ~labels).sum())
+    r["early"] += int(calls[:first].any())
+
+
+def call_rates(out: dict[str, dict]) -> dict[str, dict]:
+    """`tally_calls`'s counts turned into the hit rate (tpr), false-alarm rate (fpr) and the episodes
+    called a success before the simulator's (`fires_before_success`), in place; returns `out`."""
     for r in out.values():
         r["tpr"] = round(r.pop("hits") / r["successes"], 4) if r["successes"] else None
         fails = r["frames"] - r["successes"]

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from vlaforge.errors import InputError
 from vlaforge.worldmodel.config import INPUT_STD_FLOOR, STATE_CONFIG
 from vlaforge.worldmodel.data import Episodes, task_key
-from vlaforge.worldmodel.judge import balanced_accuracy, ece, fit_platt
+from vlaforge.worldmodel.judge import balanced_accuracy, call_rates, ece, fit_platt, tally_calls
 
 SCENE_JUDGE_WEIGHTS = "scene_judge.safetensors"
 SCENE_STARTS = "scene_starts.safetensors"
@@ -177,27 +177,13 @@ def on_predicted(judge: SceneJudge, predictor, eps: Episodes, episodes: list[int
         a, b = eps.bounds[e]
         p, ts = predicted_states(predictor, eps, e)
         task = task_key(eps, e)
-        r = out.setdefault(
-            task, {"episodes": 0, "frames": 0, "successes": 0, "hits": 0, "alarms": 0, "early": 0}
-        )
-        r["episodes"] += 1
-        if not len(p):
-            continue
-        prob = judge.prob(p[:, :r_dim], p[:, r_dim:], np.repeat(eps.scene[a : a + 1], len(p), 0),
-                          np.full(len(p), judge.task_index(task)))  # fmt: skip
-        hit, y = prob >= 0.5, eps.success[a:b][ts]
-        first = int(np.argmax(y)) if y.any() else len(y)
-        r["frames"] += len(y)
-        r["successes"] += int(y.sum())
-        r["hits"] += int((hit & y).sum())
-        r["alarms"] += int((hit & ~y).sum())
-        r["early"] += int(hit[:first].any())
-    for r in out.values():
-        r["tpr"] = round(r.pop("hits") / r["successes"], 4) if r["successes"] else None
-        fails = r["frames"] - r["successes"]
-        r["fpr"] = round(r.pop("alarms") / fails, 4) if fails else None
-        r["fires_before_success"] = r.pop("early")
-    return out
+        if len(p):
+            prob = judge.prob(p[:, :r_dim], p[:, r_dim:], np.repeat(eps.scene[a : a + 1], len(p), 0),
+                              np.full(len(p), judge.task_index(task)))  # fmt: skip
+        else:
+            prob = np.zeros(0, np.float32)
+        tally_calls(out, task, prob >= 0.5, eps.success[a:b][ts])
+    return call_rates(out)
 
 
 def load_scene(state_root: Path, predictor) -> tuple[np.ndarray, SceneJudge | None] | None:
