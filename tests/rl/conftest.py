@@ -46,6 +46,24 @@ def save_weak_policy(directory: Path, head: str = "chunk", scale: float = 0.05) 
     return Path(directory)
 
 
+def save_driving_policy(directory: Path, action: tuple[float, ...] = (0.0, 0.8, -0.6, 0.0)) -> Path:
+    """A tiny flow-head policy whose velocity is a constant (its output layer's weight zeroed, its bias
+    -`action`): Euler from x1 ~ N(0, I) to t = 0 lands on x1 + `action`, so its chunks are `action`
+    (normalised units) plus unit noise whatever it sees. The default drives the hand forward and down,
+    which closes drawer-close's drawer in some episodes and not in others."""
+    from vlaforge.envs.registry import get_env
+    from vlaforge.models.policy import Policy
+
+    emb = get_env("metaworld").embodiment(("corner2",), 64)
+    torch.manual_seed(0)
+    policy = Policy.from_preset("tiny", "flow", emb, make_stats(emb.action_dim, emb.state_dim))
+    with torch.no_grad():
+        policy.head.action_out.weight.zero_()
+        policy.head.action_out.bias.copy_(-torch.tensor(action))
+    policy.save_pretrained(directory)
+    return Path(directory)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """One intra-op thread: bitwise comparisons need one reduction order, and the machine has 2 cores."""
@@ -58,3 +76,8 @@ def _one_thread():
 @pytest.fixture
 def weak_policy():
     return save_weak_policy
+
+
+@pytest.fixture
+def driving_policy():
+    return save_driving_policy

@@ -22,8 +22,9 @@ def _weights(run):
     out = load_file(str(ckpt / "policy" / "model.safetensors"))
     out.update({f"rl.{k}": v for k, v in load_file(str(ckpt / "rl_model.safetensors")).items()})
     out.update({f"opt.{k}": v for k, v in load_file(str(ckpt / "optimizer.safetensors")).items()})
-    if (ckpt / "replay.safetensors").is_file():  # SAC's replay buffer
-        out.update({f"replay.{k}": v for k, v in load_file(str(ckpt / "replay.safetensors")).items()})
+    for name in ("replay", "successes"):  # SAC's replay buffer, filtered's success buffer
+        if (ckpt / f"{name}.safetensors").is_file():
+            out.update({f"{name}.{k}": v for k, v in load_file(str(ckpt / f"{name}.safetensors")).items()})
     return out
 
 
@@ -36,14 +37,18 @@ def _weights(run):
         ("ppo", "flow", "noise"),
         ("ppo", "flow", "latent"),
         ("sac", "flow", "latent"),
+        ("filtered", "flow", "sde"),
     ],  # fmt: skip
 )
-def test_resume_is_bitwise_exact(tmp_path, weak_policy, algo, head, flow_rl):
-    init = weak_policy(tmp_path / "init", head=head)
+def test_resume_is_bitwise_exact(tmp_path, weak_policy, driving_policy, algo, head, flow_rl):
+    # filtered learns from successes alone: a policy that closes the drawer in some episodes
+    init = (
+        driving_policy(tmp_path / "init") if algo == "filtered" else weak_policy(tmp_path / "init", head=head)
+    )
     common = dict(
-        init=str(init), tasks="drawer-close", envs=2, max_steps=24, device="cpu", algo=algo, lr=1e-3,
+        init=str(init), tasks="drawer-close", envs=4 if algo == "filtered" else 2, max_steps=24, device="cpu", algo=algo, lr=1e-3,
         group_size=2 if algo == "grpo" else 1, epochs=2, save_every=1, init_log_std=-0.3,
-        reward="success" if algo == "sac" else "dense", flow_rl=flow_rl,
+        reward="success" if algo in ("sac", "filtered") else "dense", flow_rl=flow_rl,
         **({"batch_size": 4, "utd": 2.0} if algo == "sac" else {}),
     )  # fmt: skip
     straight = run_rl(RLConfig(out=str(tmp_path / "a"), iterations=2, **common))
@@ -62,6 +67,11 @@ def test_resume_is_bitwise_exact(tmp_path, weak_policy, algo, head, flow_rl):
         changed = bool(a["head.noise_mean.2.weight"].abs().sum() > 0)
         assert set(a) - set(first) >= {"head.noise_log_std", "head.noise_mean.2.weight"}
     assert changed, "the update changed no policy weight: the comparison would prove nothing"
+    if algo == "filtered":  # the resumed iteration learned from the buffer it loaded
+        steps = [
+            json.loads(x)["gradient_steps"] for x in (resumed / "metrics.jsonl").read_text().splitlines()
+        ]
+        assert steps[-1] > 0, steps
     rows_a = [json.loads(x) for x in (straight / "metrics.jsonl").read_text().splitlines()]
     rows_b = [json.loads(x) for x in (resumed / "metrics.jsonl").read_text().splitlines()]
     # Timings, and how many envs the process holds (it keeps the envs earlier runs in it made): not the run.

@@ -33,7 +33,10 @@ class RLConfig(JsonConfig):
         algo: ``ppo`` (clipped objective, GAE with a learned critic), ``grpo`` (no critic; advantages are
             episode returns normalised within a group of episodes that start from the same scene) or ``sac``
             (DSRL's off-policy learner: soft actor-critic on the flow head's starting noise, with a replay
-            buffer; needs ``--flow-rl latent``, `vlaforge.rl.sac`).
+            buffer; needs ``--flow-rl latent``, `vlaforge.rl.sac`) or ``filtered`` (the policy imitates its own
+            successful episodes with its own training loss: reward-weighted regression on the success flag,
+            `vlaforge.rl.filtered`; it explores as ``--flow-rl`` samples, Flow-SDE or the chunk head's
+            Gaussian).
         iterations: rollout + update rounds (a resumed run continues up to this).
         envs: episodes per iteration, run side by side (one batched forward pass per step group).
         workers: simulation worker processes, each stepping its share of the episodes (0: every env in this
@@ -46,8 +49,9 @@ class RLConfig(JsonConfig):
         gamma: discount per decision (per executed chunk).
         gae_lambda: GAE's lambda.
         clip: PPO's ratio clip epsilon.
-        epochs: passes over each iteration's data in the update.
-        minibatch: decisions per gradient step (0: all of them at once).
+        epochs: passes over each iteration's data in the update (``filtered``: ``ceil(epochs * new /
+            minibatch)`` gradient steps per iteration, for the decisions its new successes added).
+        minibatch: decisions per gradient step (0: all of them at once; ``filtered``: 64).
         target_kl: stop an iteration's update early once a minibatch's approximate KL (old vs new policy)
             exceeds 1.5 x this (0: never), the guard most PPO implementations use against a collapse.
         lr: learning rate of the policy and its log-std.
@@ -92,8 +96,9 @@ class RLConfig(JsonConfig):
             noise) the temperature is tuned towards (DSRL: 0).
         init_alpha: ``sac``: the temperature's start (stable-baselines3's automatic temperature, which DSRL
             uses, starts at 1: the actor stays spread while the critics learn, until the temperature falls).
-        buffer_size: ``sac``: transitions the replay buffer holds (the oldest are overwritten); saved with
-            each checkpoint for an exact resume.
+        buffer_size: ``sac``: transitions the replay buffer holds (the oldest are overwritten); ``filtered``:
+            decisions of successful episodes kept (the oldest dropped first); saved with each checkpoint
+            for an exact resume.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         resume: continue from ``out/last`` exactly (policy, critic, log-std, optimiser, RNG, iteration).
     """
@@ -102,7 +107,7 @@ class RLConfig(JsonConfig):
     out: str = "runs/rl"
     env: str | None = None
     tasks: str | None = None
-    algo: Literal["ppo", "grpo", "sac"] = "ppo"
+    algo: Literal["ppo", "grpo", "sac", "filtered"] = "ppo"
     iterations: int = 100
     envs: int = 16
     workers: int = 0
@@ -144,8 +149,18 @@ class RLConfig(JsonConfig):
     def __post_init__(self) -> None:
         if not self.init and not self.resume:
             raise InputError("--init is required: the policy directory to improve (e.g. RUN/last)")
-        if self.algo not in ("ppo", "grpo", "sac"):
-            raise InputError(f"--algo must be ppo, grpo or sac, got {self.algo!r}")
+        if self.algo not in ("ppo", "grpo", "sac", "filtered"):
+            raise InputError(f"--algo must be ppo, grpo, sac or filtered, got {self.algo!r}")
+        if self.algo == "filtered":
+            if self.flow_rl == "latent":
+                raise InputError(
+                    "--algo filtered trains the policy on its own successes; --flow-rl latent freezes the "
+                    "policy. Use --flow-rl sde (the default) or noise"
+                )
+            if self.reward != "success":
+                raise InputError("--algo filtered keeps the episodes that succeed; drop --reward dense")
+            if self.buffer_size < 1:
+                raise InputError(f"--buffer-size must be >= 1, got {self.buffer_size}")
         if self.algo == "sac":
             if self.flow_rl != "latent":
                 raise InputError(

@@ -1,4 +1,5 @@
-"""`vlaforge rl`: improve a trained policy by acting in simulation (PPO or GRPO), resumable exactly.
+"""`vlaforge rl`: improve a trained policy by acting in simulation (PPO, GRPO, SAC or success-filtered
+self-imitation), resumable exactly.
 
 An iteration collects `envs` episodes (`vlaforge.rl.rollout`), computes advantages (GAE on the critic's
 values for PPO; group-normalised episode returns for GRPO, `vlaforge.rl.algos`), then runs `epochs` passes of
@@ -33,6 +34,8 @@ from vlaforge.errors import InputError
 from vlaforge.rl.actor import ActorCritic
 from vlaforge.rl.algos import gae, grpo_advantages, ppo_loss, value_loss
 from vlaforge.rl.config import RUN_CONFIG, RLConfig, resumed_config
+from vlaforge.rl.filtered import BUFFER_FILE as SUCCESS_FILE
+from vlaforge.rl.filtered import SuccessBuffer, filtered_update
 from vlaforge.rl.logprob import gaussian_kl
 from vlaforge.rl.rollout import Batch, EnvPool, WorkerPool, collect, eval_seed_set, training_scenes
 from vlaforge.rl.sac import BUFFER_FILE, ReplayBuffer, SACModules, sac_losses, transitions
@@ -67,7 +70,9 @@ class RLRun:
             noise_bound=cfg.noise_bound if sac else 0.0,
         ).to(device)
         self.actor.eval()  # no dropout: the log-probabilities of sampling and update are the same function
-        self.buffer: ReplayBuffer | None = None
+        self.buffer: ReplayBuffer | SuccessBuffer | None = None
+        if cfg.algo == "filtered":
+            self.buffer = SuccessBuffer(cfg.buffer_size)
         if sac:  # the Q-networks, their targets and the temperature live beside the policy
             head, width = self.actor.policy.head, policy.backbone.hidden_size
             if head.noise_bound <= 0:
@@ -87,7 +92,7 @@ class RLRun:
         groups = [{"params": actor_params, "lr": cfg.lr}]
         if cfg.algo == "ppo":
             groups.append({"params": critic, "lr": cfg.critic_lr})
-        else:  # GRPO has no critic; SAC's are its Q-networks
+        else:  # GRPO and filtered have no critic; SAC's are its Q-networks
             for p in critic:
                 p.requires_grad_(False)
         if sac:
@@ -115,9 +120,12 @@ class RLRun:
             save_file(rl_tensors, str(staged.path / MODEL_FILE))
             tensors, meta = optimizer_to_safetensors(self.optimizer, self.names)
             save_file(tensors, str(staged.path / OPTIMIZER_FILE), metadata=meta)
-            if self.buffer is not None:
+            if isinstance(self.buffer, ReplayBuffer):
                 tensors, meta = self.buffer.state()
                 save_file(tensors, str(staged.path / BUFFER_FILE), metadata=meta)
+            elif isinstance(self.buffer, SuccessBuffer):
+                tensors, meta = self.buffer.state_dict()
+                save_file(tensors, str(staged.path / SUCCESS_FILE), metadata=meta)
             state = {
                 "iteration": self.iteration,
                 "generator": base64.b64encode(self.generator.get_state().numpy().tobytes()).decode("ascii"),
@@ -151,9 +159,14 @@ class RLRun:
         if self.buffer is not None:
             from safetensors import safe_open
 
-            with safe_open(str(ckpt / BUFFER_FILE), framework="pt") as f:
+            sac = isinstance(self.buffer, ReplayBuffer)
+            path = str(ckpt / (BUFFER_FILE if sac else SUCCESS_FILE))
+            with safe_open(path, framework="pt") as f:
                 meta = f.metadata()
-            self.buffer.restore(load_file(str(ckpt / BUFFER_FILE)), meta)
+            if sac:
+                self.buffer.restore(load_file(path), meta)
+            else:
+                self.buffer.load_state_dict(load_file(path), meta)
         state = json.loads((ckpt / STATE_FILE).read_text())
         self.iteration = int(state["iteration"])
         raw = np.frombuffer(base64.b64decode(state["generator"]), dtype=np.uint8).copy()
@@ -278,7 +291,7 @@ def sac_update(run: RLRun, batch: Batch) -> dict[str, float]:
     """SAC's part of an iteration: the batch's transitions into the replay buffer, then `utd` gradient
     steps per new transition (none until the buffer holds a minibatch)."""
     cfg, actor, buffer = run.cfg, run.actor, run.buffer
-    assert buffer is not None
+    assert isinstance(buffer, ReplayBuffer)
     new = transitions(batch.decisions, decision_features(actor, batch.decisions))
     buffer.add(**new)
     n_new = len(new["reward"])
@@ -546,12 +559,13 @@ def run_rl(cfg: RLConfig) -> Path:
     if state.actor.kind == "chunk" or state.actor.flow_rl in ("sde", "latent"):
         if state.iteration == 0:
             initial = copy.deepcopy(state.actor if cfg.train_backbone else state.actor.policy.head)
-        else:
-            start = Policy.from_pretrained(cfg.init)
-            if state.actor.flow_rl == "latent":  # the noise policy the run started with, as it added it
-                initial = ActorCritic(start, cfg.init_log_std, flow_rl="latent").policy.head
-            else:
-                initial = ActorCritic(start, cfg.init_log_std) if cfg.train_backbone else start.head
+        else:  # built without a draw from the global generator, which the resumed run's update reads on
+            with torch.random.fork_rng(devices=[]):
+                start = Policy.from_pretrained(cfg.init)
+                if state.actor.flow_rl == "latent":  # the noise policy the run started with, as it added it
+                    initial = ActorCritic(start, cfg.init_log_std, flow_rl="latent").policy.head
+                else:
+                    initial = ActorCritic(start, cfg.init_log_std) if cfg.train_backbone else start.head
             initial = initial.to(device)
         initial.eval()
         for p in initial.parameters():
@@ -572,7 +586,8 @@ def run_rl(cfg: RLConfig) -> Path:
             scenes = training_scenes(tasks, state.iteration, n_groups, cfg.train_seed, avoid)
             batch = collect(state.actor, pool, scenes, cfg.group_size, state.execute_steps, state.generator)
             t0 = time.perf_counter()
-            stats = sac_update(state, batch) if cfg.algo == "sac" else update(state, batch)
+            step = {"sac": sac_update, "filtered": filtered_update}.get(cfg.algo, update)
+            stats = step(state, batch)
             update_s = time.perf_counter() - t0
             kl = kl_to_initial(state, initial, batch)
             state.iteration += 1

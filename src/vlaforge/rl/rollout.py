@@ -36,6 +36,7 @@ class Decision:
     reward: float
     done: bool
     success: bool = False  # the episode ended here in success (done for that reason, not its step limit)
+    actions: np.ndarray | None = None  # the executed rows in robot units, as the env received them
 
 
 @dataclass
@@ -346,6 +347,7 @@ def collect(
                     reward=res["reward"],
                     done=res["done"],
                     success=res["success"],
+                    actions=chunks[b, : res["executed"]].copy(),
                 )
             )
             if res["done"]:
