@@ -29,10 +29,13 @@ def _decision(slot, executed, first, image_value=0, success=False):
 
 def _episode(slot, sizes, success):
     out, first = [], 0
+    # As rollouts give them: each decision's frame a view into its step group's stacked frames.
+    group = np.stack([np.full((64, 64, 3), 10 * slot + k, np.uint8) for k in range(len(sizes))])
     for k, n in enumerate(sizes):
         out.append(
             _decision(slot, n, first, image_value=10 * slot + k, success=success and k == len(sizes) - 1)
         )
+        out[-1].images["corner2"] = group[k]
         first += n
     return out
 
@@ -54,6 +57,7 @@ def test_the_buffer_keeps_successful_episodes_only_drops_the_oldest_and_round_tr
     # Five decisions of the two successes; the capacity keeps the last four: episode 0's 2nd and 3rd, episode 2.
     assert len(buf) == 4 and buf.episodes == 2
     assert [img[0, 0, 0] for img in buf.images["corner2"]] == [1, 2, 20, 21]
+    assert all(img.base is None for img in buf.images["corner2"])  # copies, not views of whole step groups
     assert buf.instruction == ["task 0", "task 0", "task 2", "task 2"]
     b = buf.batch([3, 0])
     assert b["actions"][:, :, 1].tolist() == [[4, 4, 4, 4], [3, 4, 5, 6]]

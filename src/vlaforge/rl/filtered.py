@@ -81,10 +81,12 @@ class SuccessBuffer:
             ds = by_slot[e["slot"]]
             actions, pad = episode_targets(ds, chunk_size)
             for d, a, p in zip(ds, actions, pad):
+                # Copies: a decision's frame is a view of its whole step group's stacked frames, which a
+                # kept view would keep alive (up to `envs` frames per decision).
                 for cam, img in d.images.items():
-                    self.images.setdefault(cam, []).append(np.asarray(img, np.uint8))
+                    self.images.setdefault(cam, []).append(np.array(img, np.uint8))
                 if d.state is not None:
-                    self.state.append(np.asarray(d.state, np.float32))
+                    self.state.append(np.array(d.state, np.float32))
                 self.instruction.append(d.instruction)
                 self.actions.append(a)
                 self.pad.append(p)
