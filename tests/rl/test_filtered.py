@@ -62,16 +62,16 @@ def test_the_buffer_keeps_successful_episodes_only_drops_the_oldest_and_round_tr
     b = buf.batch([3, 0])
     assert b["actions"][:, :, 1].tolist() == [[4, 4, 4, 4], [3, 4, 5, 6]]
     assert b["action_pad"].tolist() == [[False, True, True, True], [False] * 4]
-    tensors, meta = buf.state_dict()
+    tensors, meta = buf.state()
     again = SuccessBuffer(capacity=4)
-    again.load_state_dict(tensors, meta)
+    again.restore(tensors, meta)
     b2 = again.batch([3, 0])
     assert again.episodes == 2 and again.instruction == buf.instruction
     for k in ("actions", "action_pad", "instruction", "state"):
         assert np.array_equal(np.asarray(b[k]), np.asarray(b2[k])), k
     assert np.array_equal(b["images"]["corner2"], b2["images"]["corner2"])
     with pytest.raises(InputError, match="--buffer-size"):
-        SuccessBuffer(capacity=5).load_state_dict(tensors, meta)
+        SuccessBuffer(capacity=5).restore(tensors, meta)
 
 
 def test_the_update_pulls_the_policy_to_what_its_successes_did():

@@ -55,12 +55,15 @@ def episode_targets(decisions: list, chunk_size: int) -> tuple[np.ndarray, np.nd
 
 
 class SuccessBuffer:
-    """The decisions of successful episodes, first in first out, up to `capacity`."""
+    """The decisions of successful episodes, first in first out, up to `capacity`; saved and restored
+    as `vlaforge.rl.sac.ReplayBuffer` is (`state`, `restore`, into a checkpoint's `file`)."""
+
+    file = BUFFER_FILE
 
     def __init__(self, capacity: int):
         self.capacity = int(capacity)
         self.images: dict[str, list[np.ndarray]] = {}
-        self.state: list[np.ndarray] = []
+        self.states: list[np.ndarray] = []
         self.instruction: list[str] = []
         self.actions: list[np.ndarray] = []
         self.pad: list[np.ndarray] = []
@@ -86,7 +89,7 @@ class SuccessBuffer:
                 for cam, img in d.images.items():
                     self.images.setdefault(cam, []).append(np.array(img, np.uint8))
                 if d.state is not None:
-                    self.state.append(np.array(d.state, np.float32))
+                    self.states.append(np.array(d.state, np.float32))
                 self.instruction.append(d.instruction)
                 self.actions.append(a)
                 self.pad.append(p)
@@ -100,8 +103,8 @@ class SuccessBuffer:
         if drop > 0:
             for frames in self.images.values():
                 del frames[:drop]
-            if self.state:
-                del self.state[:drop]
+            if self.states:
+                del self.states[:drop]
             del self.instruction[:drop], self.actions[:drop], self.pad[:drop]
 
     def batch(self, idx: list[int]) -> dict[str, Any]:
@@ -112,12 +115,12 @@ class SuccessBuffer:
             "actions": np.stack([self.actions[i] for i in idx]),
             "action_pad": np.stack([self.pad[i] for i in idx]),
         }
-        if self.state:
-            out["state"] = np.stack([self.state[i] for i in idx])
+        if self.states:
+            out["state"] = np.stack([self.states[i] for i in idx])
         return out
 
     # ------------------------------------------------------------------ persistence
-    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    def state(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """Tensors and safetensors metadata (instructions as an index into a table of distinct ones)."""
         table = sorted(set(self.instruction))
         where = {s: i for i, s in enumerate(table)}
@@ -128,8 +131,8 @@ class SuccessBuffer:
             tensors["instruction"] = torch.tensor([where[s] for s in self.instruction], dtype=torch.int64)
             for cam, frames in self.images.items():
                 tensors[f"images.{cam}"] = torch.from_numpy(np.stack(frames))
-            if self.state:
-                tensors["state"] = torch.from_numpy(np.stack(self.state))
+            if self.states:
+                tensors["state"] = torch.from_numpy(np.stack(self.states))
         meta = {
             "capacity": str(self.capacity),
             "episodes": str(self.episodes),
@@ -137,7 +140,7 @@ class SuccessBuffer:
         }
         return tensors, meta
 
-    def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    def restore(self, tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
         if int(meta["capacity"]) != self.capacity:
             raise InputError(
                 f"the run's success buffer holds up to {meta['capacity']} decisions, this call asks for "
@@ -153,7 +156,7 @@ class SuccessBuffer:
         self.images = {
             k.split(".", 1)[1]: list(v.numpy()) for k, v in tensors.items() if k.startswith("images.")
         }
-        self.state = list(tensors["state"].numpy()) if "state" in tensors else []
+        self.states = list(tensors["state"].numpy()) if "state" in tensors else []
 
 
 def filtered_update(run: Any, batch: Any) -> dict[str, float | int | None]:

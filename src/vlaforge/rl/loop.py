@@ -34,11 +34,10 @@ from vlaforge.errors import InputError
 from vlaforge.rl.actor import ActorCritic
 from vlaforge.rl.algos import gae, grpo_advantages, ppo_loss, value_loss
 from vlaforge.rl.config import RUN_CONFIG, RLConfig, resumed_config
-from vlaforge.rl.filtered import BUFFER_FILE as SUCCESS_FILE
 from vlaforge.rl.filtered import SuccessBuffer, filtered_update
 from vlaforge.rl.logprob import gaussian_kl
 from vlaforge.rl.rollout import Batch, EnvPool, WorkerPool, collect, eval_seed_set, training_scenes
-from vlaforge.rl.sac import BUFFER_FILE, ReplayBuffer, SACModules, sac_losses, transitions
+from vlaforge.rl.sac import ReplayBuffer, SACModules, sac_losses, transitions
 from vlaforge.train.checkpoint import (
     load_optimizer,
     optimizer_to_safetensors,
@@ -120,12 +119,9 @@ class RLRun:
             save_file(rl_tensors, str(staged.path / MODEL_FILE))
             tensors, meta = optimizer_to_safetensors(self.optimizer, self.names)
             save_file(tensors, str(staged.path / OPTIMIZER_FILE), metadata=meta)
-            if isinstance(self.buffer, ReplayBuffer):
+            if self.buffer is not None:  # SAC's replay buffer or filtered's successes
                 tensors, meta = self.buffer.state()
-                save_file(tensors, str(staged.path / BUFFER_FILE), metadata=meta)
-            elif isinstance(self.buffer, SuccessBuffer):
-                tensors, meta = self.buffer.state_dict()
-                save_file(tensors, str(staged.path / SUCCESS_FILE), metadata=meta)
+                save_file(tensors, str(staged.path / self.buffer.file), metadata=meta)
             state = {
                 "iteration": self.iteration,
                 "generator": base64.b64encode(self.generator.get_state().numpy().tobytes()).decode("ascii"),
@@ -159,14 +155,10 @@ class RLRun:
         if self.buffer is not None:
             from safetensors import safe_open
 
-            sac = isinstance(self.buffer, ReplayBuffer)
-            path = str(ckpt / (BUFFER_FILE if sac else SUCCESS_FILE))
+            path = str(ckpt / self.buffer.file)
             with safe_open(path, framework="pt") as f:
                 meta = f.metadata()
-            if sac:
-                self.buffer.restore(load_file(path), meta)
-            else:
-                self.buffer.load_state_dict(load_file(path), meta)
+            self.buffer.restore(load_file(path), meta)
         state = json.loads((ckpt / STATE_FILE).read_text())
         self.iteration = int(state["iteration"])
         raw = np.frombuffer(base64.b64decode(state["generator"]), dtype=np.uint8).copy()

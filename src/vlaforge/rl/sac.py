@@ -118,6 +118,8 @@ class ReplayBuffer:
 
     KEYS = ("features", "noise", "reward", "terminal", "next_features")
 
+    file = BUFFER_FILE  # where a checkpoint keeps it
+
     def __init__(self, capacity: int, feature_dim: int, noise_shape: tuple[int, int]):
         if capacity < 1:
             raise InputError(f"--buffer-size must be >= 1, got {capacity}")
