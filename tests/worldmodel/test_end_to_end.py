@@ -280,9 +280,9 @@ def test_a_world_model_with_a_scene_judge_judges_the_predicted_scene(recorded, t
           "--device", "cpu"])  # fmt: skip
     # the expert's successes are in training: a scene judge is trained, and no frame judge is needed
     main(["worldmodel", "state", str(run), "--steps", "30", "--batch-size", "32", "--judge-steps", "30",
-          "--rollout", "2", "--judge-on", "predicted"])  # fmt: skip
+          "--rollout", "2", "--judge-on", "predicted", "--ensemble", "2"])  # fmt: skip
     state_cfg = json.loads((run / "state" / "state.json").read_text())
-    assert state_cfg["rollout"] == 2 and state_cfg["judge_on"] == "predicted"
+    assert state_cfg["rollout"] == 2 and state_cfg["judge_on"] == "predicted" and state_cfg["ensemble"] == 2
     report = state_cfg["report"]["scene_judge"]
     assert report["tasks"] == [TASK] and report["successful_frames"] > 0 and report["states"] == "predicted"
     assert set(report["on_predicted_states"]) == {TASK}
@@ -304,6 +304,13 @@ def test_a_world_model_with_a_scene_judge_judges_the_predicted_scene(recorded, t
     full = env.state_model.predict(
         torch.from_numpy(np.concatenate([r0, scene0])[None]), torch.from_numpy(actions[None])
     )
+    # two predictors from two seeds, the environment moving the state by the mean of their predictions
+    each = [
+        m.predict(torch.from_numpy(np.concatenate([r0, scene0])[None]), torch.from_numpy(actions[None]))
+        for m in env.state_model.members
+    ]
+    assert len(each) == 2 and not torch.allclose(each[0], each[1])
+    torch.testing.assert_close(full, (each[0] + each[1]) / 2)
     robot, scene = full[0, :4].numpy(), full[0, 4:].numpy()
     assert infos[2]["success_prob"] == pytest.approx(
         float(judge.prob(one(robot), one(scene), one(scene0), np.array([0]))[0])
@@ -351,3 +358,28 @@ def test_a_world_model_starts_from_other_recorded_scenes(recorded, tmp_path, mon
     monkeypatch.setenv("VLAFORGE_DEBUG", "1")  # the error itself, not the exit
     with pytest.raises(InputError, match="exists; choose another directory or pass --overwrite"):
         main(["worldmodel", "starts", str(run), "--starts", str(recorded / "rec-random"), "--out", str(new)])
+
+
+def test_the_state_learns_from_more_recorded_episodes(recorded, tmp_path):
+    from vlaforge.worldmodel.data import load_episodes
+
+    run, stride = tmp_path / "run", 3
+    main(["worldmodel", "train", "--dataset", str(recorded / "rec-random"), "--out", str(run), "--heldout", "1",
+          "--stride", str(stride), "--context", "2", "--latent-channels", "4", "--width", "8", "--dyn-width", "16",
+          "--dyn-blocks", "1", "--ae-steps", "2", "--steps", "2", "--batch-size", "8", "--sample-every", "0",
+          "--device", "cpu"])  # fmt: skip
+    state = ["worldmodel", "state", str(run), "--steps", "5", "--batch-size", "8", "--judge-steps", "5"]
+    main(state)
+    alone = json.loads((run / "state" / "state.json").read_text())
+    # the random policy never succeeds: nothing for a scene judge to learn
+    assert "skipped" in alone["report"]["scene_judge"] and alone["extra_datasets"] == []
+    main([*state, "--dataset", str(recorded / "rec-expert")])
+    both = json.loads((run / "state" / "state.json").read_text())
+    random = load_episodes([str(recorded / "rec-random")], "corner2", 32, 1)
+    expert = load_episodes([str(recorded / "rec-expert")], "corner2", 32, 0)
+    span = lambda eps, es: sum(eps.bounds[e][1] - eps.bounds[e][0] - stride for e in es)  # noqa: E731
+    # every transition of random's training episode and of all three expert episodes; the same held-out one
+    assert both["report"]["transitions"] == span(random, random.train) + span(expert, range(3))
+    assert both["report"]["episodes"] == alone["report"]["episodes"] == 1
+    assert both["extra_datasets"] == [str(recorded / "rec-expert")]
+    assert both["report"]["scene_judge"]["tasks"] == [TASK]

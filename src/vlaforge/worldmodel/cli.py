@@ -67,6 +67,14 @@ def add_worldmodel_command(sub: Any, build: bool) -> None:
         "--rollout", type=int, default=1, help="predictions unrolled per sample in training (default: 1)"
     )
     s.add_argument(
+        "--dataset",
+        default=None,
+        help="more recorded datasets (comma list) to learn the state and scene judge from, none held out",
+    )
+    s.add_argument(
+        "--ensemble", type=int, default=1, help="predictors from seeds seed.., their mean used (default: 1)"
+    )
+    s.add_argument(
         "--judge-on",
         choices=("real", "predicted"),
         default="real",
@@ -118,6 +126,7 @@ def _state(a: Any) -> None:
     report = train_state(
         a.worldmodel, a.steps, a.batch_size, a.lr, a.width, a.seed,
         scene=not a.no_scene, judge_steps=a.judge_steps, rollout=a.rollout, judge_on=a.judge_on,
+        ensemble=a.ensemble, extra=[d.strip() for d in (a.dataset or '').split(',') if d.strip()],
     )  # fmt: skip
     print(json.dumps(report, indent=2))
 

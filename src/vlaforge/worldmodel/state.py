@@ -67,6 +67,22 @@ class StatePredictor(nn.Module):
         return state + self.normalised_change(state, actions) * self.delta_std + self.delta_mean
 
 
+class StateEnsemble(nn.Module):
+    """Members of one `StatePredictor` shape trained from different seeds; predicts the mean of their
+    predictions (one open-loop step at a time, so each step starts from the ensemble's state)."""
+
+    def __init__(self, members: list[StatePredictor]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        m = members[0]
+        self.state_dim, self.action_dim, self.stride = m.state_dim, m.action_dim, m.stride
+        self.robot_dim = m.robot_dim
+
+    @torch.no_grad()
+    def predict(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m.predict(state, actions) for m in self.members]).mean(0)
+
+
 def transitions(eps: Episodes, episodes: list[int], stride: int) -> tuple[np.ndarray, ...]:
     """(state at t (P, D), the actions of t .. t + N - 1 (P, N, A), state at t + N (P, D)) for every t of
     the episodes with t + N inside."""
@@ -125,6 +141,8 @@ def train_state(
     judge_steps: int = 2000,
     rollout: int = 1,
     judge_on: str = "real",
+    ensemble: int = 1,
+    extra: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Trains the state predictor of the world model run `run` on its training episodes and writes it to
     ``RUN/state``; returns its report (`open_loop_error` on the held-out episodes).
@@ -132,10 +150,13 @@ def train_state(
     With `scene` and datasets that record the scene's state (`observation.environment_state`), the
     predictor learns the robot and the scene state together, and a `SceneJudge` (`judge_steps` steps) is
     trained beside it: the world model's environment then judges success from the predicted scene.
-    `rollout`: see `fit_state`. `judge_on`: the scene judge learns from the recordings' real states
+    `rollout`: see `fit_state`. `ensemble` K > 1: K predictors trained alike from seeds `seed` .. `seed` + K - 1
+    (their batches drawn from each seed), the mean of their predictions used (`StateEnsemble`). `extra`: more
+    recorded datasets (`vlaforge eval --record`) whose episodes the predictor and the scene judge also train on,
+    none held out (the frame model need not have seen them); the held-out episodes stay the model's. `judge_on`: the scene judge learns from the recordings' real states
     (``real``) or from the predictor's open-loop states of them (``predicted``; `fit_scene_judge`).
     """  # fmt: skip
-    from vlaforge.worldmodel.data import training_episodes
+    from vlaforge.worldmodel.data import load_episodes, training_episodes
 
     root = model_dir(run)
     cfg_path = root / WM_CONFIG
@@ -143,13 +164,24 @@ def train_state(
         raise InputError(f"{run}: no worldmodel.json; give a `vlaforge worldmodel train` run")
     if judge_on not in ("real", "predicted"):
         raise InputError(f"--judge-on must be real or predicted; got {judge_on!r}")
-    if steps < 1 or batch_size < 1 or width < 1 or judge_steps < 1 or not lr > 0:
+    if min(steps, batch_size, width, judge_steps, ensemble) < 1 or not lr > 0:
         raise InputError(
-            f"steps, batch_size, width, judge_steps must be >= 1 and lr > 0; got {steps}, {batch_size}, "
-            f"{width}, {judge_steps}, {lr}"
+            f"steps, batch_size, width, judge_steps, ensemble must be >= 1 and lr > 0; got {steps}, "
+            f"{batch_size}, {width}, {judge_steps}, {ensemble}, {lr}"
         )
     cfg = json.loads(cfg_path.read_text())
     eps = training_episodes(cfg)
+    if extra:
+        own = training_episodes(cfg)
+        eps = load_episodes([*cfg["datasets"], *extra], cfg["camera"], cfg["image_size"],
+                            int(cfg["heldout_per_dataset"]), cfg.get("starts") or [])  # fmt: skip
+        added = set(map(str, extra))
+        eps.heldout = [e for e in eps.heldout if eps.sources[e][0] not in added]  # extras: all trained on
+        if (own.scene is None) != (eps.scene is None):
+            raise InputError(
+                f"--dataset {','.join(extra)}: the world model's datasets record the scene's state "
+                "(observation.environment_state) and these do not; record them with `vlaforge eval --record`"
+            )
     if eps.states is None or eps.states.shape[1] == 0:
         raise InputError(f"{run}: its datasets record no robot state (observation.state); nothing to predict")
     if len(eps.heldout) != len(cfg.get("heldout") or []):
@@ -160,11 +192,13 @@ def train_state(
     stride, robot_dim = int(cfg.get("stride", 1)), eps.states.shape[1]
     with_scene = bool(scene) and eps.scene is not None
     full = replace(eps, states=np.concatenate([eps.states, eps.scene], axis=1)) if with_scene else eps
-    model, transitions_seen, loss = fit_state(full, stride, steps, batch_size, lr, width, seed, rollout)
+    fits = [fit_state(full, stride, steps, batch_size, lr, width, seed + k, rollout) for k in range(ensemble)]
+    transitions_seen, loss = fits[0][1], float(np.mean([f[2] for f in fits]))
+    model = fits[0][0] if ensemble == 1 else StateEnsemble([f[0] for f in fits]).eval()
     held = list(eps.heldout)
     report = {"transitions": transitions_seen, "final_loss": round(loss, 6),
               **open_loop_error(model, full, held, slice(0, robot_dim))}  # fmt: skip
-    arrays: dict[str, dict[str, Any]] = {STATE_WEIGHTS: model.state_dict()}
+    arrays: dict[str, dict[str, Any]] = {STATE_WEIGHTS: model.state_dict()}  # members as members.K.*
     meta: dict[str, Any] = {}
     if with_scene:
         from vlaforge.worldmodel.scene import SCENE_JUDGE_WEIGHTS, SCENE_STARTS, fit_scene_judge, on_predicted
@@ -195,7 +229,8 @@ def train_state(
         write_json(tmp / STATE_CONFIG, {
             "format": "vlaforge-worldmodel-state/1", "state_dim": model.state_dim, "action_dim": model.action_dim,
             "robot_state_dim": robot_dim, "stride": stride, "width": width, "steps": steps,
-            "batch_size": batch_size, "lr": lr, "seed": seed, "rollout": rollout, "judge_on": judge_on, **meta,
+            "batch_size": batch_size, "lr": lr, "seed": seed, "rollout": rollout, "judge_on": judge_on,
+            "ensemble": ensemble, "extra_datasets": [str(d) for d in extra], **meta,
             "report": report,
         })  # fmt: skip
     return report
@@ -288,7 +323,11 @@ def load_state_predictor(model: Path, stride: int) -> StatePredictor | None:
             f"{d}: the state predictor steps {cfg['stride']} actions at a time, the world model {stride}; "
             f"train it again with `vlaforge worldmodel state` on the model's run"
         )
-    sp = StatePredictor(int(cfg["state_dim"]), int(cfg["action_dim"]), int(cfg["stride"]), int(cfg["width"]))
+    shape = (int(cfg["state_dim"]), int(cfg["action_dim"]), int(cfg["stride"]), int(cfg["width"]))
+    k = int(cfg.get("ensemble", 1))  # predictors written before ensembles existed have one member
+    sp = StatePredictor(*shape) if k == 1 else StateEnsemble([StatePredictor(*shape) for _ in range(k)])
     sp.load_state_dict(load_file(str(d / STATE_WEIGHTS)))
-    sp.robot_dim = int(cfg.get("robot_state_dim", cfg["state_dim"]))  # the rest is the scene's state
+    robot_dim = int(cfg.get("robot_state_dim", cfg["state_dim"]))  # the rest is the scene's state
+    for m in [sp, *getattr(sp, "members", [])]:
+        m.robot_dim = robot_dim
     return sp.eval()
