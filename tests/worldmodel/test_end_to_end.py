@@ -360,7 +360,7 @@ def test_a_world_model_starts_from_other_recorded_scenes(recorded, tmp_path, mon
         main(["worldmodel", "starts", str(run), "--starts", str(recorded / "rec-random"), "--out", str(new)])
 
 
-def test_the_state_learns_from_more_recorded_episodes(recorded, tmp_path):
+def test_the_state_learns_from_more_recorded_episodes(recorded, tmp_path, monkeypatch):
     from vlaforge.worldmodel.data import load_episodes
 
     run, stride = tmp_path / "run", 3
@@ -383,3 +383,8 @@ def test_the_state_learns_from_more_recorded_episodes(recorded, tmp_path):
     assert both["report"]["episodes"] == alone["report"]["episodes"] == 1
     assert both["extra_datasets"] == [str(recorded / "rec-expert")]
     assert both["report"]["scene_judge"]["tasks"] == [TASK]
+    # the model's own data again is refused (its held-out episode would be trained on), the state left as it was
+    monkeypatch.setenv("VLAFORGE_DEBUG", "1")
+    with pytest.raises(InputError, match="already the world model's own data"):
+        main([*state, "--dataset", str(recorded / "rec-random")])
+    assert json.loads((run / "state" / "state.json").read_text()) == both

@@ -150,11 +150,12 @@ def train_state(
     With `scene` and datasets that record the scene's state (`observation.environment_state`), the
     predictor learns the robot and the scene state together, and a `SceneJudge` (`judge_steps` steps) is
     trained beside it: the world model's environment then judges success from the predicted scene.
-    `rollout`: see `fit_state`. `ensemble` K > 1: K predictors trained alike from seeds `seed` .. `seed` + K - 1
-    (their batches drawn from each seed), the mean of their predictions used (`StateEnsemble`). `extra`: more
-    recorded datasets (`vlaforge eval --record`) whose episodes the predictor and the scene judge also train on,
-    none held out (the frame model need not have seen them); the held-out episodes stay the model's. `judge_on`: the scene judge learns from the recordings' real states
-    (``real``) or from the predictor's open-loop states of them (``predicted``; `fit_scene_judge`).
+    `rollout`: see `fit_state`. `ensemble` K > 1: K predictors trained alike from seeds `seed` .. `seed` +
+    K - 1 (their batches drawn from each seed), the mean of their predictions used (`StateEnsemble`).
+    `extra`: more recorded datasets (`vlaforge eval --record`) whose episodes the predictor and the scene
+    judge also train on, none held out (the frame model need not have seen them); the held-out episodes
+    stay the model's. `judge_on`: the scene judge learns from the recordings' real states (``real``) or
+    from the predictor's open-loop states of them (``predicted``; `fit_scene_judge`).
     """  # fmt: skip
     from vlaforge.worldmodel.data import load_episodes, training_episodes
 
@@ -172,7 +173,14 @@ def train_state(
     cfg = json.loads(cfg_path.read_text())
     eps = training_episodes(cfg)
     if extra:
-        own = training_episodes(cfg)
+        own = eps
+        known = {str(Path(d).resolve()) for d in [*cfg["datasets"], *(cfg.get("starts") or [])]}
+        again = [d for d in extra if str(Path(d).resolve()) in known]
+        if again:
+            raise InputError(
+                f"--dataset {','.join(again)}: already the world model's own data (trained on or held out); "
+                "give recordings it was not trained from"
+            )
         eps = load_episodes([*cfg["datasets"], *extra], cfg["camera"], cfg["image_size"],
                             int(cfg["heldout_per_dataset"]), cfg.get("starts") or [])  # fmt: skip
         added = set(map(str, extra))
