@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from vlaforge.worldmodel.model import WorldModel
 
 
+SCENE_KEY = "observation.environment_state"  # the scene's state, as `vlaforge eval --record` writes it
+
+
 @dataclass
 class Episodes:
     """Every frame of the chosen datasets, concatenated.
@@ -81,9 +84,9 @@ def _success(ds, n: int, bounds: list[tuple[int, int]]) -> np.ndarray:
 
 def _scene(ds) -> np.ndarray | None:
     cols = getattr(ds, "_columns", {})
-    if "observation.environment_state" not in cols:
+    if SCENE_KEY not in cols:
         return None
-    return np.ascontiguousarray(cols["observation.environment_state"], np.float32).reshape(ds.num_frames, -1)
+    return np.ascontiguousarray(cols[SCENE_KEY], np.float32).reshape(ds.num_frames, -1)
 
 
 def load_episodes(

@@ -35,7 +35,7 @@ from vlaforge.worldmodel.config import (
     WM_CONFIG,
     model_dir,
 )
-from vlaforge.worldmodel.data import Episodes
+from vlaforge.worldmodel.data import SCENE_KEY, Episodes
 
 
 class StatePredictor(nn.Module):
@@ -171,25 +171,14 @@ def train_state(
             f"{batch_size}, {width}, {judge_steps}, {ensemble}, {lr}"
         )
     cfg = json.loads(cfg_path.read_text())
-    eps = training_episodes(cfg)
     if extra:
-        own = eps
-        known = {str(Path(d).resolve()) for d in [*cfg["datasets"], *(cfg.get("starts") or [])]}
-        again = [d for d in extra if str(Path(d).resolve()) in known]
-        if again:
-            raise InputError(
-                f"--dataset {','.join(again)}: already the world model's own data (trained on or held out); "
-                "give recordings it was not trained from"
-            )
+        _check_extra(cfg, extra)
         eps = load_episodes([*cfg["datasets"], *extra], cfg["camera"], cfg["image_size"],
                             int(cfg["heldout_per_dataset"]), cfg.get("starts") or [])  # fmt: skip
         added = set(map(str, extra))
         eps.heldout = [e for e in eps.heldout if eps.sources[e][0] not in added]  # extras: all trained on
-        if (own.scene is None) != (eps.scene is None):
-            raise InputError(
-                f"--dataset {','.join(extra)}: the world model's datasets record the scene's state "
-                "(observation.environment_state) and these do not; record them with `vlaforge eval --record`"
-            )
+    else:
+        eps = training_episodes(cfg)
     if eps.states is None or eps.states.shape[1] == 0:
         raise InputError(f"{run}: its datasets record no robot state (observation.state); nothing to predict")
     if len(eps.heldout) != len(cfg.get("heldout") or []):
@@ -242,6 +231,31 @@ def train_state(
             "report": report,
         })  # fmt: skip
     return report
+
+
+def _check_extra(cfg: dict, extra: list[str] | tuple[str, ...]) -> None:
+    """Refuses extra datasets that are the world model's own (trained on or held out) or that lack the
+    scene's state its datasets record (read from each dataset's ``meta/info.json`` features)."""
+    known = {str(Path(d).resolve()) for d in [*cfg["datasets"], *(cfg.get("starts") or [])]}
+    again = [d for d in extra if str(Path(d).resolve()) in known]
+    if again:
+        raise InputError(
+            f"--dataset {','.join(again)}: already the world model's own data (trained on or held out); "
+            "give recordings it was not trained from"
+        )
+
+    def records_scene(path: str) -> bool:
+        info = Path(path) / "meta" / "info.json"
+        if not info.is_file():
+            raise InputError(f"--dataset {path}: no meta/info.json; give a LeRobot v3.0 dataset")
+        return SCENE_KEY in json.loads(info.read_text()).get("features", {})
+
+    lacking = [d for d in extra if not records_scene(d)]
+    if lacking and all(records_scene(d) for d in cfg["datasets"]):
+        raise InputError(
+            f"--dataset {','.join(lacking)}: the world model's datasets record the scene's state ({SCENE_KEY}) "
+            "and these do not; record them with `vlaforge eval --record`"
+        )
 
 
 def fit_state(
@@ -335,7 +349,5 @@ def load_state_predictor(model: Path, stride: int) -> StatePredictor | None:
     k = int(cfg.get("ensemble", 1))  # predictors written before ensembles existed have one member
     sp = StatePredictor(*shape) if k == 1 else StateEnsemble([StatePredictor(*shape) for _ in range(k)])
     sp.load_state_dict(load_file(str(d / STATE_WEIGHTS)))
-    robot_dim = int(cfg.get("robot_state_dim", cfg["state_dim"]))  # the rest is the scene's state
-    for m in [sp, *getattr(sp, "members", [])]:
-        m.robot_dim = robot_dim
+    sp.robot_dim = int(cfg.get("robot_state_dim", cfg["state_dim"]))  # the rest is the scene's state
     return sp.eval()
